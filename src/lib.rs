@@ -1,0 +1,8 @@
+//! ipn-relay: verifies, dedupes and durably relays payment-provider callbacks.
+//!
+//! The modules follow the pipeline: [`ingress`] takes `POST /hooks/{source}`,
+//! [`providers`] verify and normalise each provider's callbacks (using the
+//! [`canonical`] JSON form), [`event`] is the normalised event, and [`store`]
+//! admits it atomically with its dedupe key and deliveries.
+
+pub mod canonical;
