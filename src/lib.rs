@@ -6,3 +6,4 @@
 //! admits it atomically with its dedupe key and deliveries.
 
 pub mod canonical;
+pub mod config;
