@@ -82,6 +82,15 @@ impl Value {
         }
     }
 
+    /// Whether any array occurs in this value.
+    pub fn has_array(&self) -> bool {
+        match self {
+            Value::Array(_) => true,
+            Value::Object(members) => members.iter().any(|(_, v)| v.has_array()),
+            _ => false,
+        }
+    }
+
     /// Compact JSON in received order with numbers as written. This is what
     /// a sender that serialises without sorting produces.
     pub fn to_compact(&self) -> String {
@@ -106,6 +115,13 @@ pub enum ArrayStyle {
 enum NumberStyle {
     AsWritten,
     Ecmascript,
+}
+
+/// `JSON.stringify(value)`: received key order, ECMAScript numbers.
+pub fn stringify(value: &Value) -> String {
+    let mut out = String::new();
+    write_value(&mut out, value, NumberStyle::Ecmascript, ArrayStyle::Array, false);
+    out
 }
 
 /// `JSON.stringify(sortObject(value))`, with arrays per `arrays`.

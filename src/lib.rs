@@ -7,3 +7,5 @@
 
 pub mod canonical;
 pub mod config;
+pub mod event;
+pub mod providers;

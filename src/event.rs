@@ -1,0 +1,136 @@
+//! The normalised event: what every endpoint receives, whatever the provider.
+//!
+//! An event's id is derived from its source name and the provider's dedupe
+//! key, so a repeat of the same callback always carries the same id — and the
+//! same `webhook-id` downstream — even after its dedupe key has expired.
+//! The provider's verified body rides along as `payload`, compacted but with
+//! every number exactly as the provider wrote it.
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+use time::format_description::FormatItem;
+use time::macros::format_description;
+
+/// What a subject of an event is: a payment, a payout, a Nova deposit…
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Subject {
+    pub kind: String,
+    pub id: Option<String>,
+}
+
+/// The provider-specific part of a normalised event, produced by a provider
+/// module from a verified body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Normalised {
+    /// Identifies "the same callback" for deduplication.
+    pub dedupe_key: String,
+    pub event_type: String,
+    pub provider_status: Option<String>,
+    pub subject: Subject,
+    pub amount: Option<String>,
+    pub currency: Option<String>,
+    pub network: Option<String>,
+    pub user_id: Option<String>,
+    pub order_id: Option<String>,
+    pub tx_hash: Option<String>,
+    pub occurred_at: Option<String>,
+    /// The verified body, compact, numbers as written.
+    pub payload: String,
+}
+
+/// A normalised event ready to store and deliver.
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub source: String,
+    pub provider: &'static str,
+    pub provider_status: Option<String>,
+    pub subject: Subject,
+    pub amount: Option<String>,
+    pub currency: Option<String>,
+    pub network: Option<String>,
+    pub user_id: Option<String>,
+    pub order_id: Option<String>,
+    pub tx_hash: Option<String>,
+    pub occurred_at: Option<String>,
+    pub received_at: String,
+    pub payload: Box<RawValue>,
+}
+
+impl Event {
+    /// Builds the event for `source` (a configured name) of provider kind
+    /// `provider`, received at `received_at`.
+    pub fn new(source: &str, provider: &'static str, n: Normalised, received_at: OffsetDateTime) -> Event {
+        // The payload came out of our own strict parser, so it is valid JSON;
+        // fall back to null rather than panic if that ever stopped being true.
+        let payload = RawValue::from_string(n.payload).unwrap_or_else(|_| RawValue::from_string("null".into()).expect("null is JSON"));
+        Event {
+            id: event_id(source, &n.dedupe_key),
+            event_type: n.event_type,
+            source: source.to_owned(),
+            provider,
+            provider_status: n.provider_status,
+            subject: n.subject,
+            amount: n.amount,
+            currency: n.currency,
+            network: n.network,
+            user_id: n.user_id,
+            order_id: n.order_id,
+            tx_hash: n.tx_hash,
+            occurred_at: n.occurred_at,
+            received_at: rfc3339_millis(received_at),
+            payload,
+        }
+    }
+
+    /// The JSON bytes that are stored and delivered, byte for byte.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("an event always serialises")
+    }
+}
+
+/// `evt_` and 128 bits of SHA-256 over the source name and the dedupe key.
+pub fn event_id(source: &str, dedupe_key: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(source.as_bytes());
+    h.update([0u8]);
+    h.update(dedupe_key.as_bytes());
+    let digest = h.finalize();
+    format!("evt_{}", hex::encode(&digest[..16]))
+}
+
+const MILLIS: &[FormatItem<'static>] =
+    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+
+/// `2026-11-21T10:00:00.123Z`: UTC, milliseconds.
+pub fn rfc3339_millis(t: OffsetDateTime) -> String {
+    t.to_offset(time::UtcOffset::UTC).format(MILLIS).unwrap_or_else(|_| "1970-01-01T00:00:00.000Z".into())
+}
+
+/// Parses an RFC 3339 time with any offset.
+pub fn parse_rfc3339(s: &str) -> Option<OffsetDateTime> {
+    OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_id_is_stable_and_separates_source_from_key() {
+        assert_eq!(event_id("np", "a"), event_id("np", "a"));
+        assert_ne!(event_id("np", "a"), event_id("np2", "a"));
+        assert_ne!(event_id("np", "xa"), event_id("npx", "a"));
+        assert_eq!(event_id("np", "a").len(), 4 + 32);
+    }
+
+    #[test]
+    fn formats_times_in_utc_millis() {
+        let t = parse_rfc3339("2025-12-09T05:04:21.0979+02:00").unwrap();
+        assert_eq!(rfc3339_millis(t), "2025-12-09T03:04:21.097Z");
+    }
+}

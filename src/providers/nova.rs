@@ -1,0 +1,262 @@
+//! Nova webhooks: HMAC-SHA256 verification, timestamp tolerance and
+//! normalisation.
+//!
+//! Nova either signs the raw body and sends the signature in `X-Signature`
+//! (optionally `sha256=`-prefixed), or puts it in the body's `signature`
+//! field, computed over the body without that field. For the in-body form we
+//! cannot know how the sender serialised, so we accept the compact form in
+//! received key order (numbers as written, or as JavaScript prints them) and
+//! the canonical form. When the header is present, only the header counts: a
+//! sender cannot fall back to a weaker form by adding a body field.
+
+use std::time::Duration;
+
+use http::HeaderMap;
+use sha2::Sha256;
+use time::OffsetDateTime;
+
+use super::{ProviderError, decode_hex_signature, dedupe_key, hmac_matches, key_part, parse_body, provider_time, text_field};
+use crate::canonical::{self, ArrayStyle, Value};
+use crate::config::Secret;
+use crate::event::{self, Normalised, Subject};
+
+pub const SIGNATURE_HEADER: &str = "x-signature";
+
+type HmacSha256 = hmac::Hmac<Sha256>;
+
+/// Verifies, checks the timestamp and normalises one webhook.
+pub fn process(
+    secrets: &[Secret],
+    tolerance: Option<Duration>,
+    headers: &HeaderMap,
+    body: &[u8],
+    now: OffsetDateTime,
+) -> Result<Normalised, ProviderError> {
+    let value = verify(secrets, headers, body)?;
+    let n = normalise(&value)?;
+    // Checked after the signature: only a genuine webhook learns it is stale.
+    if let Some(tolerance) = tolerance {
+        let ts = value.get("timestamp").and_then(Value::as_str).and_then(event::parse_rfc3339).ok_or_else(|| {
+            ProviderError::BadRequest("`timestamp` must be an RFC 3339 time".into())
+        })?;
+        let skew = (now - ts).unsigned_abs();
+        if skew > tolerance {
+            return Err(ProviderError::StaleTimestamp);
+        }
+    }
+    Ok(n)
+}
+
+/// Returns the parsed body if a secret signed it in an accepted form.
+pub fn verify(secrets: &[Secret], headers: &HeaderMap, body: &[u8]) -> Result<Value, ProviderError> {
+    if let Some(header) = headers.get(SIGNATURE_HEADER) {
+        let header = header.to_str().map_err(|_| ProviderError::InvalidSignature("malformed"))?;
+        let hex = header.trim();
+        let hex = hex.strip_prefix("sha256=").unwrap_or(hex);
+        let sig = decode_hex_signature(hex, 32)?;
+        if hmac_matches::<HmacSha256>(secrets, body, &sig) {
+            return parse_body(body);
+        }
+        return Err(ProviderError::InvalidSignature("wrong"));
+    }
+
+    let value = canonical::parse(body).map_err(|_| ProviderError::InvalidSignature("missing"))?;
+    let Value::Object(members) = &value else {
+        return Err(ProviderError::InvalidSignature("missing"));
+    };
+    let sig = match value.get("signature") {
+        Some(Value::String(s)) => decode_hex_signature(s, 32)?,
+        Some(_) => return Err(ProviderError::InvalidSignature("malformed")),
+        None => return Err(ProviderError::InvalidSignature("missing")),
+    };
+    let unsigned = Value::Object(members.iter().filter(|(k, _)| k != "signature").cloned().collect());
+    let as_written = unsigned.to_compact();
+    let js = canonical::stringify(&unsigned);
+    let sorted = canonical::canonical(&unsigned, ArrayStyle::Array);
+    let mut forms = vec![as_written];
+    for f in [js, sorted] {
+        if !forms.contains(&f) {
+            forms.push(f);
+        }
+    }
+    if forms.iter().any(|f| hmac_matches::<HmacSha256>(secrets, f.as_bytes(), &sig)) {
+        return Ok(value);
+    }
+    Err(ProviderError::InvalidSignature("wrong"))
+}
+
+/// Lowercase hex HMAC-SHA256 of exactly `msg`: the `X-Signature` Nova sends.
+pub fn sign(secret: &[u8], msg: &[u8]) -> String {
+    use hmac::{KeyInit, Mac};
+    let mut mac = <HmacSha256 as KeyInit>::new_from_slice(secret).expect("HMAC takes any key length");
+    mac.update(msg);
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// `word.word` in lowercase letters, digits and underscores.
+fn is_dotted_type(s: &str) -> bool {
+    let word = |w: &str| !w.is_empty() && w.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    matches!(s.split_once('.'), Some((a, b)) if word(a) && word(b))
+}
+
+/// Maps a verified webhook to the normalised event (SPEC §4.2).
+pub fn normalise(v: &Value) -> Result<Normalised, ProviderError> {
+    let Some(Value::String(name)) = v.get("event") else {
+        return Err(ProviderError::BadRequest("`event` must be a string".into()));
+    };
+    let data = match v.get("data") {
+        Some(d @ Value::Object(_)) => d,
+        _ => return Err(ProviderError::BadRequest("`data` must be an object".into())),
+    };
+    let id = text_field(data, "id").ok_or_else(|| ProviderError::BadRequest("`data.id` must be a string or number".into()))?;
+    if !matches!(v.get("timestamp"), Some(Value::String(_))) {
+        return Err(ProviderError::BadRequest("`timestamp` must be an RFC 3339 time".into()));
+    }
+    // The five documented events keep their names, as does any other
+    // `word.word` event; anything else is `unknown` but still delivered.
+    let (event_type, subject_kind) = if is_dotted_type(name) {
+        (name.clone(), name.split('.').next().unwrap_or_default().to_owned())
+    } else {
+        ("unknown".to_owned(), "unknown".to_owned())
+    };
+    Ok(Normalised {
+        dedupe_key: dedupe_key("nova", &[name.clone().into(), key_part(data.get("id"))]),
+        event_type,
+        provider_status: Some(name.clone()),
+        subject: Subject { kind: subject_kind, id: Some(id) },
+        amount: text_field(data, "amount"),
+        currency: text_field(data, "currency"),
+        network: text_field(data, "network"),
+        user_id: text_field(data, "userId"),
+        order_id: text_field(data, "orderId"),
+        tx_hash: text_field(data, "txHash"),
+        occurred_at: provider_time(v.get("timestamp")),
+        payload: v.to_compact(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+    use time::macros::datetime;
+
+    const DEPOSIT: &str = include_str!("../../tests/fixtures/nova/deposit-confirmed.json");
+    const AT: OffsetDateTime = datetime!(2025-03-06 00:06:00 UTC);
+    const FIVE_MIN: Option<Duration> = Some(Duration::from_secs(300));
+
+    fn secrets() -> Vec<Secret> {
+        vec![Secret::new("old"), Secret::new("nova-secret")]
+    }
+
+    fn with_header(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(SIGNATURE_HEADER, HeaderValue::from_str(v).unwrap());
+        h
+    }
+
+    #[test]
+    fn header_signature_over_raw_body_with_or_without_prefix() {
+        let sig = sign(b"nova-secret", DEPOSIT.as_bytes());
+        for h in [sig.clone(), format!("sha256={sig}"), sig.to_uppercase()] {
+            let n = process(&secrets(), FIVE_MIN, &with_header(&h), DEPOSIT.as_bytes(), AT).unwrap();
+            assert_eq!(n.event_type, "deposit.confirmed");
+        }
+        let wrong = sign(b"nope", DEPOSIT.as_bytes());
+        assert_eq!(process(&secrets(), FIVE_MIN, &with_header(&wrong), DEPOSIT.as_bytes(), AT), Err(ProviderError::InvalidSignature("wrong")));
+        assert_eq!(process(&secrets(), FIVE_MIN, &with_header("sha256=abc"), DEPOSIT.as_bytes(), AT), Err(ProviderError::InvalidSignature("malformed")));
+        assert_eq!(process(&secrets(), FIVE_MIN, &HeaderMap::new(), DEPOSIT.as_bytes(), AT), Err(ProviderError::InvalidSignature("missing")));
+    }
+
+    fn with_body_signature(unsigned: &Value, signed_form: &str) -> Vec<u8> {
+        let sig = sign(b"nova-secret", signed_form.as_bytes());
+        let Value::Object(mut m) = unsigned.clone() else { unreachable!() };
+        m.push(("signature".into(), Value::String(sig)));
+        Value::Object(m).to_compact().into_bytes()
+    }
+
+    #[test]
+    fn in_body_signature_over_received_order_or_canonical_form() {
+        let unsigned = canonical::parse(DEPOSIT.as_bytes()).unwrap();
+        for form in [unsigned.to_compact(), canonical::canonical(&unsigned, ArrayStyle::Array)] {
+            let body = with_body_signature(&unsigned, &form);
+            let n = process(&secrets(), FIVE_MIN, &HeaderMap::new(), &body, AT).unwrap();
+            assert_eq!(n.subject.id.as_deref(), Some("dep_001"));
+        }
+        // Signed over something else: refused.
+        let body = with_body_signature(&unsigned, "{}");
+        assert_eq!(process(&secrets(), FIVE_MIN, &HeaderMap::new(), &body, AT), Err(ProviderError::InvalidSignature("wrong")));
+    }
+
+    #[test]
+    fn header_wins_over_body_signature() {
+        let unsigned = canonical::parse(DEPOSIT.as_bytes()).unwrap();
+        let body = with_body_signature(&unsigned, &unsigned.to_compact());
+        let wrong = sign(b"nope", &body);
+        assert_eq!(process(&secrets(), FIVE_MIN, &with_header(&wrong), &body, AT), Err(ProviderError::InvalidSignature("wrong")));
+    }
+
+    #[test]
+    fn stale_timestamps_are_refused_in_both_directions() {
+        let sig = sign(b"nova-secret", DEPOSIT.as_bytes());
+        let h = with_header(&sig);
+        let late = datetime!(2025-03-06 00:10:01 UTC);
+        let early = datetime!(2025-03-06 00:00:00 UTC) - Duration::from_secs(1);
+        assert_eq!(process(&secrets(), FIVE_MIN, &h, DEPOSIT.as_bytes(), late), Err(ProviderError::StaleTimestamp));
+        assert_eq!(process(&secrets(), FIVE_MIN, &h, DEPOSIT.as_bytes(), early), Err(ProviderError::StaleTimestamp));
+        assert!(process(&secrets(), FIVE_MIN, &h, DEPOSIT.as_bytes(), datetime!(2025-03-06 00:10:00 UTC)).is_ok());
+        // Disabled tolerance accepts any time.
+        assert!(process(&secrets(), None, &h, DEPOSIT.as_bytes(), late).is_ok());
+    }
+
+    #[test]
+    fn normalises_the_documented_deposit() {
+        let n = normalise(&canonical::parse(DEPOSIT.as_bytes()).unwrap()).unwrap();
+        assert_eq!(n.event_type, "deposit.confirmed");
+        assert_eq!(n.provider_status.as_deref(), Some("deposit.confirmed"));
+        assert_eq!(n.subject, Subject { kind: "deposit".into(), id: Some("dep_001".into()) });
+        assert_eq!(n.amount.as_deref(), Some("100"));
+        assert_eq!(n.currency.as_deref(), Some("USDT"));
+        assert_eq!(n.network.as_deref(), Some("TRC20"));
+        assert_eq!(n.user_id.as_deref(), Some("user_8a2f"));
+        assert_eq!(n.tx_hash.as_deref(), Some("T9f8a2...3b1c"));
+        assert_eq!(n.occurred_at.as_deref(), Some("2025-03-06T00:05:00.000Z"));
+    }
+
+    #[test]
+    fn event_names_pass_through_or_become_unknown() {
+        let t = |e: &str| {
+            let body = format!(r#"{{"event":"{e}","data":{{"id":1}},"timestamp":"2025-03-06T00:05:00Z"}}"#);
+            normalise(&canonical::parse(body.as_bytes()).unwrap()).unwrap().event_type
+        };
+        for known in ["deposit.confirmed", "deposit.failed", "payout.completed", "payout.failed", "transfer.completed"] {
+            assert_eq!(t(known), known);
+        }
+        assert_eq!(t("refund.created"), "refund.created");
+        assert_eq!(t("weird"), "unknown");
+        assert_eq!(t("a.b.c"), "unknown");
+        assert_eq!(t("Deposit.Confirmed"), "unknown");
+    }
+
+    #[test]
+    fn missing_required_fields_are_bad_requests() {
+        for body in [
+            r#"{"data":{"id":1},"timestamp":"2025-03-06T00:05:00Z"}"#,
+            r#"{"event":"deposit.confirmed","timestamp":"2025-03-06T00:05:00Z"}"#,
+            r#"{"event":"deposit.confirmed","data":{},"timestamp":"2025-03-06T00:05:00Z"}"#,
+            r#"{"event":"deposit.confirmed","data":{"id":1}}"#,
+        ] {
+            let sig = sign(b"nova-secret", body.as_bytes());
+            let r = process(&secrets(), FIVE_MIN, &with_header(&sig), body.as_bytes(), AT);
+            assert!(matches!(r, Err(ProviderError::BadRequest(_))), "{body}: {r:?}");
+        }
+    }
+
+    #[test]
+    fn dedupe_key_is_event_and_data_id() {
+        let k = |body: &str| normalise(&canonical::parse(body.as_bytes()).unwrap()).unwrap().dedupe_key;
+        let a = k(r#"{"event":"deposit.confirmed","data":{"id":"d1","amount":1},"timestamp":"2025-03-06T00:05:00Z"}"#);
+        assert_eq!(a, k(r#"{"event":"deposit.confirmed","data":{"id":"d1","amount":2},"timestamp":"2025-03-07T00:05:00Z"}"#));
+        assert_ne!(a, k(r#"{"event":"deposit.failed","data":{"id":"d1"},"timestamp":"2025-03-06T00:05:00Z"}"#));
+    }
+}
