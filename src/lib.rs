@@ -9,3 +9,4 @@ pub mod canonical;
 pub mod config;
 pub mod event;
 pub mod providers;
+pub mod store;

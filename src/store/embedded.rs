@@ -1,0 +1,629 @@
+//! The embedded store: one redb file, for a single relay process.
+//!
+//! **One writer thread, group commit.** redb allows one write transaction at
+//! a time and each durable commit costs an fsync. Every write (admissions,
+//! claims, finishes, replays, sweeps) is therefore sent to a dedicated
+//! thread, which takes everything queued — up to [`MAX_BATCH`] operations —
+//! applies it in one transaction and commits once. Under load a single fsync
+//! covers hundreds of admissions; when idle, a lone admission commits at
+//! once. Nobody is answered before the commit that holds their write is on
+//! disk, and a failed commit fails every operation in it, so a 200 always
+//! means stored. Reads run on the blocking pool against MVCC snapshots and
+//! never wait for the writer.
+//!
+//! **Recovery.** After an I/O error (a full disk, a vanished device) redb
+//! refuses further writes until the database is reopened. The writer then
+//! answers `Unavailable` and tries to reopen before each later batch, so the
+//! relay comes back by itself once the disk does.
+//!
+//! Layout: `events` (id → JSON), `dedupe` (event id → expiry) with an expiry
+//! index for sweeping, `deliveries` (id → record) with a `due` index keyed by
+//! the time a delivery next needs attention — its due time while pending, its
+//! claim deadline while in flight — so claiming and the visibility timeout are
+//! one range scan. `counts` keeps the number of deliveries in each state.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use async_trait::async_trait;
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table, TableDefinition, WriteTransaction};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    Admission, Attempt, Claim, Delivery, DeliveryFilter, DeliveryState, Millis, NewDelivery, NewEvent, Next, Page, ReplayCount,
+    Store, StoreError, StoredEvent,
+};
+
+/// Most operations one commit carries.
+pub const MAX_BATCH: usize = 2048;
+/// Most expired dedupe keys one sweep removes.
+const SWEEP_CHUNK: usize = 10_000;
+
+const EVENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("events");
+const DEDUPE: TableDefinition<&str, u64> = TableDefinition::new("dedupe");
+const DEDUPE_EXPIRY: TableDefinition<(u64, &str), ()> = TableDefinition::new("dedupe_expiry");
+const DELIVERIES: TableDefinition<&str, &[u8]> = TableDefinition::new("deliveries");
+const EVENT_DELIVERIES: TableDefinition<(&str, &str), ()> = TableDefinition::new("event_deliveries");
+const ATTEMPTS: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("attempts");
+const DUE: TableDefinition<(u64, &str), ()> = TableDefinition::new("due");
+const COUNTS: TableDefinition<&str, u64> = TableDefinition::new("counts");
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn corrupt(key: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt { key: key.to_owned(), message: e.to_string() }
+}
+
+type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+enum Op {
+    Admit { event: NewEvent, deliveries: Vec<NewDelivery>, ttl_ms: u64, reply: Reply<Admission> },
+    Claim { now: Millis, limit: usize, visibility_ms: u64, reply: Reply<Vec<Claim>> },
+    Finish { id: String, token: u64, attempt: Attempt, next: Next, reply: Reply<bool> },
+    Release { id: String, token: u64, due: Millis, reply: Reply<bool> },
+    Replay { ids: Vec<String>, include_delivered: bool, now: Millis, reply: Reply<ReplayCount> },
+    Sweep { now: Millis, reply: Reply<usize> },
+    Ping { reply: Reply<()> },
+}
+
+/// Sends a batch member's answer once its commit's fate is known.
+type Answer = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+
+fn answer<T: Send + 'static>(reply: Reply<T>, value: T) -> Answer {
+    Box::new(move |committed| {
+        let _ = reply.send(committed.map(|()| value));
+    })
+}
+
+/// The shared handle to the open database, replaced on reopen.
+type DbSlot = Arc<RwLock<Option<Arc<Database>>>>;
+
+pub struct EmbeddedStore {
+    ops: mpsc::Sender<Op>,
+    db: DbSlot,
+    writer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the database at `path`, creating its directory.
+    pub fn open(path: &Path) -> Result<EmbeddedStore, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| unavailable(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let db = open_db(path)?;
+        let slot: DbSlot = Arc::new(RwLock::new(Some(Arc::new(db))));
+        let (tx, rx) = mpsc::channel(MAX_BATCH * 4);
+        let writer = Writer { path: path.to_owned(), db: slot.clone(), ops: rx };
+        let handle = std::thread::Builder::new()
+            .name("redb-writer".into())
+            .spawn(move || writer.run())
+            .map_err(|e| unavailable(format!("cannot start the writer thread: {e}")))?;
+        Ok(EmbeddedStore { ops: tx, db: slot, writer: std::sync::Mutex::new(Some(handle)) })
+    }
+
+    /// Finishes queued writes and closes the file, so it can be reopened.
+    pub async fn close(self) {
+        let EmbeddedStore { ops, db, writer } = self;
+        drop(ops);
+        if let Ok(mut slot) = db.write() {
+            *slot = None;
+        }
+        let handle = writer.lock().ok().and_then(|mut h| h.take());
+        if let Some(h) = handle {
+            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+        }
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Op) -> Result<T, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.ops.send(make(tx)).await.map_err(|_| unavailable("the writer thread has stopped"))?;
+        rx.await.map_err(|_| unavailable("the writer thread dropped the request"))?
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&redb::ReadTransaction) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let db = self.db.read().map_err(|_| unavailable("lock poisoned"))?.clone().ok_or_else(|| unavailable("the database is being reopened"))?;
+        tokio::task::spawn_blocking(move || {
+            let txn = db.begin_read().map_err(unavailable)?;
+            f(&txn)
+        })
+        .await
+        .map_err(|e| unavailable(format!("read task failed: {e}")))?
+    }
+}
+
+fn open_db(path: &Path) -> Result<Database, StoreError> {
+    let db = Database::create(path).map_err(|e| unavailable(format!("cannot open {}: {e}", path.display())))?;
+    // Create every table up front so readers never meet a missing one.
+    let mut txn = db.begin_write().map_err(unavailable)?;
+    txn.set_durability(Durability::Immediate).map_err(unavailable)?;
+    Tables::open(&txn)?;
+    txn.commit().map_err(unavailable)?;
+    Ok(db)
+}
+
+struct Writer {
+    path: PathBuf,
+    db: DbSlot,
+    ops: mpsc::Receiver<Op>,
+}
+
+impl Writer {
+    fn run(mut self) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        while let Some(op) = self.ops.blocking_recv() {
+            batch.push(op);
+            while batch.len() < MAX_BATCH {
+                match self.ops.try_recv() {
+                    Ok(op) => batch.push(op),
+                    Err(_) => break,
+                }
+            }
+            self.commit_batch(&mut batch);
+        }
+    }
+
+    fn current_db(&mut self) -> Result<Arc<Database>, StoreError> {
+        if let Some(db) = self.db.read().map_err(|_| unavailable("lock poisoned"))?.clone() {
+            return Ok(db);
+        }
+        // Reopen after an I/O error. Readers may still hold the old handle
+        // for a moment; then the file is still locked and we try next batch.
+        let db = Arc::new(open_db(&self.path)?);
+        *self.db.write().map_err(|_| unavailable("lock poisoned"))? = Some(db.clone());
+        tracing::info!(path = %self.path.display(), "embedded store reopened");
+        Ok(db)
+    }
+
+    /// Applies the batch in one transaction and commits it. On failure,
+    /// returns the answers of the ops already applied, to be failed too.
+    fn try_commit(&mut self, batch: &mut Vec<Op>) -> Result<Vec<Answer>, (StoreError, Vec<Answer>)> {
+        let db = self.current_db().map_err(|e| (e, Vec::new()))?;
+        let mut txn = db.begin_write().map_err(|e| (unavailable(e), Vec::new()))?;
+        txn.set_durability(Durability::Immediate).map_err(|e| (unavailable(e), Vec::new()))?;
+        let mut answers = Vec::with_capacity(batch.len());
+        {
+            let mut t = Tables::open(&txn).map_err(|e| (e, Vec::new()))?;
+            for op in batch.drain(..) {
+                match apply(&mut t, op) {
+                    Ok(a) => answers.push(a),
+                    Err((e, a)) => {
+                        answers.push(a);
+                        return Err((e, answers));
+                    }
+                }
+            }
+        }
+        match txn.commit() {
+            Ok(()) => Ok(answers),
+            Err(e) => Err((unavailable(e), answers)),
+        }
+    }
+
+    fn commit_batch(&mut self, batch: &mut Vec<Op>) {
+        let result = self.try_commit(batch);
+        match result {
+            Ok(answers) => answers.into_iter().for_each(|a| a(Ok(()))),
+            Err((e, answers)) => {
+                tracing::error!(error = %e, "embedded store write failed; answering unavailable");
+                if matches!(e, StoreError::Unavailable(_)) {
+                    // Drop our handle so the next batch reopens the file.
+                    if let Ok(mut slot) = self.db.write() {
+                        *slot = None;
+                    }
+                }
+                for a in answers {
+                    a(Err(e.clone()));
+                }
+                for op in batch.drain(..) {
+                    fail(op, e.clone());
+                }
+            }
+        }
+    }
+}
+
+fn fail(op: Op, e: StoreError) {
+    match op {
+        Op::Admit { reply, .. } => drop(reply.send(Err(e))),
+        Op::Claim { reply, .. } => drop(reply.send(Err(e))),
+        Op::Finish { reply, .. } => drop(reply.send(Err(e))),
+        Op::Release { reply, .. } => drop(reply.send(Err(e))),
+        Op::Replay { reply, .. } => drop(reply.send(Err(e))),
+        Op::Sweep { reply, .. } => drop(reply.send(Err(e))),
+        Op::Ping { reply } => drop(reply.send(Err(e))),
+    }
+}
+
+/// Applies one op inside the batch's transaction. On a storage error the
+/// whole batch is abandoned; the op's answer is returned with the error.
+fn apply(t: &mut Tables<'_>, op: Op) -> Result<Answer, (StoreError, Answer)> {
+    macro_rules! run {
+        ($reply:expr, $body:expr) => {{
+            let reply = $reply;
+            match $body {
+                Ok(v) => Ok(answer(reply, v)),
+                Err(e) => {
+                    let e: StoreError = e;
+                    Err((e.clone(), answer(reply, Default::default())))
+                }
+            }
+        }};
+    }
+    match op {
+        Op::Admit { event, deliveries, ttl_ms, reply } => {
+            let reply: Reply<Admission> = reply;
+            match t.admit(event, deliveries, ttl_ms) {
+                Ok(v) => Ok(answer(reply, v)),
+                Err(e) => Err((e.clone(), answer(reply, Admission::Duplicate))),
+            }
+        }
+        Op::Claim { now, limit, visibility_ms, reply } => run!(reply, t.claim(now, limit, visibility_ms)),
+        Op::Finish { id, token, attempt, next, reply } => run!(reply, t.finish(&id, token, attempt, next)),
+        Op::Release { id, token, due, reply } => run!(reply, t.release(&id, token, due)),
+        Op::Replay { ids, include_delivered, now, reply } => run!(reply, t.replay(&ids, include_delivered, now)),
+        Op::Sweep { now, reply } => run!(reply, t.sweep(now)),
+        Op::Ping { reply } => run!(reply, Ok(())),
+    }
+}
+
+impl Clone for StoreError {
+    fn clone(&self) -> Self {
+        match self {
+            StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
+            StoreError::Corrupt { key, message } => StoreError::Corrupt { key: key.clone(), message: message.clone() },
+        }
+    }
+}
+
+/// Every table, opened once per write transaction.
+struct Tables<'txn> {
+    events: Table<'txn, &'static str, &'static [u8]>,
+    dedupe: Table<'txn, &'static str, u64>,
+    dedupe_expiry: Table<'txn, (u64, &'static str), ()>,
+    deliveries: Table<'txn, &'static str, &'static [u8]>,
+    event_deliveries: Table<'txn, (&'static str, &'static str), ()>,
+    attempts: Table<'txn, (&'static str, u32), &'static [u8]>,
+    due: Table<'txn, (u64, &'static str), ()>,
+    counts: Table<'txn, &'static str, u64>,
+}
+
+fn decode_delivery(id: &str, bytes: &[u8]) -> Result<Delivery, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| corrupt(id, e))
+}
+
+fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("store records always serialise")
+}
+
+impl<'txn> Tables<'txn> {
+    fn open(txn: &'txn WriteTransaction) -> Result<Tables<'txn>, StoreError> {
+        Ok(Tables {
+            events: txn.open_table(EVENTS).map_err(unavailable)?,
+            dedupe: txn.open_table(DEDUPE).map_err(unavailable)?,
+            dedupe_expiry: txn.open_table(DEDUPE_EXPIRY).map_err(unavailable)?,
+            deliveries: txn.open_table(DELIVERIES).map_err(unavailable)?,
+            event_deliveries: txn.open_table(EVENT_DELIVERIES).map_err(unavailable)?,
+            attempts: txn.open_table(ATTEMPTS).map_err(unavailable)?,
+            due: txn.open_table(DUE).map_err(unavailable)?,
+            counts: txn.open_table(COUNTS).map_err(unavailable)?,
+        })
+    }
+
+    fn bump(&mut self, state: DeliveryState, delta: i64) -> Result<(), StoreError> {
+        let key = state.as_str();
+        let cur = self.counts.get(key).map_err(unavailable)?.map(|g| g.value()).unwrap_or(0);
+        self.counts.insert(key, cur.saturating_add_signed(delta)).map_err(unavailable)?;
+        Ok(())
+    }
+
+    fn get_delivery(&self, id: &str) -> Result<Option<Delivery>, StoreError> {
+        match self.deliveries.get(id).map_err(unavailable)? {
+            Some(g) => decode_delivery(id, g.value()).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Writes `d` and keeps the due index and state counts in step with the
+    /// record it replaces (`old`).
+    fn put_delivery(&mut self, old: Option<&Delivery>, d: &Delivery) -> Result<(), StoreError> {
+        if let Some(old) = old {
+            if let Some(at) = old.next_attempt_at.filter(|_| is_scheduled(old.state)) {
+                self.due.remove((at, old.id.as_str())).map_err(unavailable)?;
+            }
+            if old.state != d.state {
+                self.bump(old.state, -1)?;
+                self.bump(d.state, 1)?;
+            }
+        } else {
+            self.bump(d.state, 1)?;
+        }
+        if let Some(at) = d.next_attempt_at.filter(|_| is_scheduled(d.state)) {
+            self.due.insert((at, d.id.as_str()), ()).map_err(unavailable)?;
+        }
+        self.deliveries.insert(d.id.as_str(), encode(d).as_slice()).map_err(unavailable)?;
+        Ok(())
+    }
+
+    fn admit(&mut self, event: NewEvent, deliveries: Vec<NewDelivery>, ttl_ms: u64) -> Result<Admission, StoreError> {
+        let now = event.received_at;
+        let previous = self.dedupe.get(event.id.as_str()).map_err(unavailable)?.map(|g| g.value());
+        if let Some(expires) = previous {
+            if expires > now {
+                return Ok(Admission::Duplicate);
+            }
+            // Expired but not yet swept: the callback counts as new again.
+            self.dedupe_expiry.remove((expires, event.id.as_str())).map_err(unavailable)?;
+        }
+        let expires = now.saturating_add(ttl_ms);
+        self.dedupe.insert(event.id.as_str(), expires).map_err(unavailable)?;
+        self.dedupe_expiry.insert((expires, event.id.as_str()), ()).map_err(unavailable)?;
+        self.events.insert(event.id.as_str(), event.json.as_slice()).map_err(unavailable)?;
+        for nd in deliveries {
+            let d = Delivery {
+                id: nd.id,
+                event_id: event.id.clone(),
+                endpoint: nd.endpoint,
+                source: event.source.clone(),
+                event_type: event.event_type.clone(),
+                state: DeliveryState::Pending,
+                attempts: 0,
+                budget_start: 0,
+                next_attempt_at: Some(now),
+                last_error: None,
+                created_at: now,
+                updated_at: now,
+                claim_token: 0,
+            };
+            self.event_deliveries.insert((event.id.as_str(), d.id.as_str()), ()).map_err(unavailable)?;
+            self.put_delivery(None, &d)?;
+        }
+        Ok(Admission::Accepted)
+    }
+
+    fn claim(&mut self, now: Millis, limit: usize, visibility_ms: u64) -> Result<Vec<Claim>, StoreError> {
+        let mut ids = Vec::new();
+        for entry in self.due.range((0u64, "")..=(now, "\u{10ffff}")).map_err(unavailable)?.take(limit) {
+            let (k, _) = entry.map_err(unavailable)?;
+            ids.push(k.value().1.to_owned());
+        }
+        let mut claims = Vec::with_capacity(ids.len());
+        for id in ids {
+            let Some(old) = self.get_delivery(&id)? else { continue };
+            let mut d = old.clone();
+            // Pending and due, or an in-flight claim past its deadline: the
+            // visibility timeout hands it to this claim.
+            d.state = DeliveryState::InFlight;
+            d.claim_token += 1;
+            d.next_attempt_at = Some(now.saturating_add(visibility_ms));
+            d.updated_at = now;
+            self.put_delivery(Some(&old), &d)?;
+            let event_json = self.events.get(d.event_id.as_str()).map_err(unavailable)?.map(|g| g.value().to_vec());
+            let Some(event_json) = event_json else {
+                return Err(corrupt(&d.event_id, "delivery refers to a missing event"));
+            };
+            claims.push(Claim { delivery: d, event_json });
+        }
+        Ok(claims)
+    }
+
+    /// The delivery if `token` still holds its claim.
+    fn claimed(&self, id: &str, token: u64) -> Result<Option<Delivery>, StoreError> {
+        Ok(self.get_delivery(id)?.filter(|d| d.state == DeliveryState::InFlight && d.claim_token == token))
+    }
+
+    fn finish(&mut self, id: &str, token: u64, attempt: Attempt, next: Next) -> Result<bool, StoreError> {
+        let Some(old) = self.claimed(id, token)? else { return Ok(false) };
+        let mut d = old.clone();
+        d.attempts += 1;
+        d.updated_at = attempt.started_at.saturating_add(attempt.duration_ms);
+        d.last_error = match &attempt.result {
+            super::AttemptResult::Status { code } if (200..300).contains(code) => None,
+            super::AttemptResult::Status { code } => Some(format!("HTTP {code}")),
+            super::AttemptResult::Error { class, detail } => Some(format!("{class}: {detail}")),
+        };
+        let mut attempt = attempt;
+        attempt.number = d.attempts;
+        self.attempts.insert((id, d.attempts), encode(&attempt).as_slice()).map_err(unavailable)?;
+        (d.state, d.next_attempt_at) = match next {
+            Next::Delivered => (DeliveryState::Delivered, None),
+            Next::RetryAt(at) => (DeliveryState::Pending, Some(at)),
+            Next::Dead => (DeliveryState::Dead, None),
+        };
+        self.put_delivery(Some(&old), &d)?;
+        Ok(true)
+    }
+
+    fn release(&mut self, id: &str, token: u64, due: Millis) -> Result<bool, StoreError> {
+        let Some(old) = self.claimed(id, token)? else { return Ok(false) };
+        let mut d = old.clone();
+        d.state = DeliveryState::Pending;
+        d.next_attempt_at = Some(due);
+        self.put_delivery(Some(&old), &d)?;
+        Ok(true)
+    }
+
+    fn replay(&mut self, ids: &[String], include_delivered: bool, now: Millis) -> Result<ReplayCount, StoreError> {
+        let mut count = ReplayCount::default();
+        let mut seen = std::collections::HashSet::new();
+        for id in ids {
+            // The same id twice in one request is replayed once.
+            if !seen.insert(id.as_str()) {
+                continue;
+            }
+            let Some(old) = self.get_delivery(id)? else {
+                count.not_found += 1;
+                continue;
+            };
+            let eligible = old.state == DeliveryState::Dead || (include_delivered && old.state == DeliveryState::Delivered);
+            if !eligible {
+                count.skipped += 1;
+                continue;
+            }
+            let mut d = old.clone();
+            d.state = DeliveryState::Pending;
+            d.budget_start = d.attempts;
+            d.next_attempt_at = Some(now);
+            d.updated_at = now;
+            self.put_delivery(Some(&old), &d)?;
+            count.replayed += 1;
+        }
+        Ok(count)
+    }
+
+    fn sweep(&mut self, now: Millis) -> Result<usize, StoreError> {
+        let mut expired = Vec::new();
+        for entry in self.dedupe_expiry.range((0u64, "")..(now, "")).map_err(unavailable)?.take(SWEEP_CHUNK) {
+            let (k, _) = entry.map_err(unavailable)?;
+            let (at, id) = k.value();
+            expired.push((at, id.to_owned()));
+        }
+        for (at, id) in &expired {
+            self.dedupe_expiry.remove((*at, id.as_str())).map_err(unavailable)?;
+            self.dedupe.remove(id.as_str()).map_err(unavailable)?;
+        }
+        Ok(expired.len())
+    }
+}
+
+/// Whether a delivery in `state` sits in the due index.
+fn is_scheduled(state: DeliveryState) -> bool {
+    matches!(state, DeliveryState::Pending | DeliveryState::InFlight)
+}
+
+fn read_delivery(txn: &redb::ReadTransaction, id: &str) -> Result<Option<Delivery>, StoreError> {
+    let table = txn.open_table(DELIVERIES).map_err(unavailable)?;
+    match table.get(id).map_err(unavailable)? {
+        Some(g) => decode_delivery(id, g.value()).map(Some),
+        None => Ok(None),
+    }
+}
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    async fn admit(&self, event: NewEvent, deliveries: Vec<NewDelivery>, dedupe_ttl_ms: u64) -> Result<Admission, StoreError> {
+        self.call(|reply| Op::Admit { event, deliveries, ttl_ms: dedupe_ttl_ms, reply }).await
+    }
+
+    async fn event(&self, id: &str) -> Result<Option<StoredEvent>, StoreError> {
+        let id = id.to_owned();
+        self.read(move |txn| {
+            let table = txn.open_table(EVENTS).map_err(unavailable)?;
+            Ok(table.get(id.as_str()).map_err(unavailable)?.map(|g| StoredEvent { id: id.clone(), json: g.value().to_vec() }))
+        })
+        .await
+    }
+
+    async fn event_deliveries(&self, event_id: &str) -> Result<Vec<Delivery>, StoreError> {
+        let event_id = event_id.to_owned();
+        self.read(move |txn| {
+            let index = txn.open_table(EVENT_DELIVERIES).map_err(unavailable)?;
+            let mut out = Vec::new();
+            for entry in index.range((event_id.as_str(), "")..(event_id.as_str(), "\u{10ffff}")).map_err(unavailable)? {
+                let (k, _) = entry.map_err(unavailable)?;
+                if let Some(d) = read_delivery(txn, k.value().1)? {
+                    out.push(d);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn delivery(&self, id: &str) -> Result<Option<(Delivery, Vec<Attempt>)>, StoreError> {
+        let id = id.to_owned();
+        self.read(move |txn| {
+            let Some(d) = read_delivery(txn, &id)? else { return Ok(None) };
+            let table = txn.open_table(ATTEMPTS).map_err(unavailable)?;
+            let mut attempts = Vec::new();
+            for entry in table.range((id.as_str(), 0u32)..=(id.as_str(), u32::MAX)).map_err(unavailable)? {
+                let (_, v) = entry.map_err(unavailable)?;
+                attempts.push(serde_json::from_slice(v.value()).map_err(|e| corrupt(&id, e))?);
+            }
+            Ok(Some((d, attempts)))
+        })
+        .await
+    }
+
+    async fn claim_due(&self, now: Millis, limit: usize, visibility_ms: u64) -> Result<Vec<Claim>, StoreError> {
+        self.call(|reply| Op::Claim { now, limit, visibility_ms, reply }).await
+    }
+
+    async fn finish(&self, delivery_id: &str, claim_token: u64, attempt: Attempt, next: Next) -> Result<bool, StoreError> {
+        let id = delivery_id.to_owned();
+        self.call(|reply| Op::Finish { id, token: claim_token, attempt, next, reply }).await
+    }
+
+    async fn release(&self, delivery_id: &str, claim_token: u64, due: Millis) -> Result<bool, StoreError> {
+        let id = delivery_id.to_owned();
+        self.call(|reply| Op::Release { id, token: claim_token, due, reply }).await
+    }
+
+    async fn list(&self, filter: &DeliveryFilter, cursor: Option<&str>, limit: usize) -> Result<Page, StoreError> {
+        let filter = filter.clone();
+        let cursor = cursor.map(str::to_owned);
+        self.read(move |txn| {
+            let table = txn.open_table(DELIVERIES).map_err(unavailable)?;
+            // Ids begin with their creation time, so the time window bounds
+            // the scan; the cursor is the last id already returned.
+            let lower = filter.since.map(|t| format!("dlv_{t:012x}")).unwrap_or_default();
+            let mut upper = filter.until.map(|t| format!("dlv_{t:012x}")).unwrap_or_else(|| "\u{10ffff}".into());
+            if let Some(c) = cursor.filter(|c| *c < upper) {
+                upper = c;
+            }
+            let mut items = Vec::new();
+            let mut more = false;
+            for entry in table.range(lower.as_str()..upper.as_str()).map_err(unavailable)?.rev() {
+                let (k, v) = entry.map_err(unavailable)?;
+                let d = decode_delivery(k.value(), v.value())?;
+                if !filter.matches(&d) {
+                    continue;
+                }
+                if items.len() == limit {
+                    more = true;
+                    break;
+                }
+                items.push(d);
+            }
+            let next_cursor = if more { items.last().map(|d| d.id.clone()) } else { None };
+            Ok(Page { items, next_cursor })
+        })
+        .await
+    }
+
+    async fn replay(&self, ids: &[String], include_delivered: bool, now: Millis) -> Result<ReplayCount, StoreError> {
+        let ids = ids.to_vec();
+        self.call(|reply| Op::Replay { ids, include_delivered, now, reply }).await
+    }
+
+    async fn sweep(&self, now: Millis) -> Result<usize, StoreError> {
+        self.call(|reply| Op::Sweep { now, reply }).await
+    }
+
+    async fn counts(&self) -> Result<[(DeliveryState, u64); 4], StoreError> {
+        self.read(|txn| {
+            let table = txn.open_table(COUNTS).map_err(unavailable)?;
+            let get = |s: DeliveryState| -> Result<(DeliveryState, u64), StoreError> {
+                Ok((s, table.get(s.as_str()).map_err(unavailable)?.map(|g| g.value()).unwrap_or(0)))
+            };
+            Ok([get(DeliveryState::Pending)?, get(DeliveryState::InFlight)?, get(DeliveryState::Delivered)?, get(DeliveryState::Dead)?])
+        })
+        .await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        // A round trip through the writer: it proves writes can be committed.
+        self.call(|reply| Op::Ping { reply }).await
+    }
+}
+
+impl EmbeddedStore {
+    /// The number of stored events (tests and diagnostics).
+    pub async fn event_count(&self) -> Result<u64, StoreError> {
+        self.read(|txn| txn.open_table(EVENTS).map_err(unavailable)?.len().map_err(unavailable)).await
+    }
+}

@@ -1,0 +1,258 @@
+//! The store: the seam between the ingress half and the delivery half.
+//!
+//! Ingress calls [`Store::admit`], which writes the dedupe key, the event and
+//! one delivery per matching endpoint together or not at all, durably, before
+//! the provider gets its 200. Delivery workers [`claim_due`](Store::claim_due)
+//! deliveries and [`finish`](Store::finish) each claim with the attempt's
+//! outcome; an unfinished claim returns to `pending` after its visibility
+//! timeout. Operators [`list`](Store::list) and [`replay`](Store::replay).
+//!
+//! Backends: [`embedded`] (redb, one process) and, later, Redis (several
+//! processes). Both must pass the same conformance tests; every method is
+//! defined by its effect on the records below, not by a backend's layout.
+//! Times are unix milliseconds.
+
+pub mod embedded;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+/// Milliseconds since the unix epoch.
+pub type Millis = u64;
+
+pub fn now_millis() -> Millis {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as Millis).unwrap_or(0)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store cannot be reached or written: ingress answers 503 and the
+    /// caller may retry later. Nothing was admitted.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// A stored record could not be read back.
+    #[error("corrupt record {key}: {message}")]
+    Corrupt { key: String, message: String },
+}
+
+/// An event to admit: its id (derived from source + dedupe key), what the
+/// filters need, and the exact JSON bytes that will be delivered.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub id: String,
+    pub source: String,
+    pub event_type: String,
+    pub received_at: Millis,
+    pub json: Vec<u8>,
+}
+
+/// A delivery to create at admission: one per matching endpoint.
+#[derive(Debug, Clone)]
+pub struct NewDelivery {
+    pub id: String,
+    pub endpoint: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Stored now, with its deliveries.
+    Accepted,
+    /// The dedupe key is live: nothing was written.
+    Duplicate,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryState {
+    Pending,
+    InFlight,
+    Delivered,
+    Dead,
+}
+
+impl DeliveryState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::Pending => "pending",
+            DeliveryState::InFlight => "in_flight",
+            DeliveryState::Delivered => "delivered",
+            DeliveryState::Dead => "dead",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<DeliveryState> {
+        [DeliveryState::Pending, DeliveryState::InFlight, DeliveryState::Delivered, DeliveryState::Dead]
+            .into_iter()
+            .find(|st| st.as_str() == s)
+    }
+}
+
+/// One delivery of one event to one endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Delivery {
+    pub id: String,
+    pub event_id: String,
+    pub endpoint: String,
+    pub source: String,
+    pub event_type: String,
+    pub state: DeliveryState,
+    /// Attempts made in all, across replays.
+    pub attempts: u32,
+    /// `attempts` when the current budget began (0, or the count at the last
+    /// replay): the retry schedule counts from here.
+    pub budget_start: u32,
+    /// When a pending delivery is due, or when an in-flight claim expires.
+    pub next_attempt_at: Option<Millis>,
+    pub last_error: Option<String>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+    /// Fencing token: bumped at every claim, so a worker whose claim expired
+    /// and was taken over cannot finish it.
+    pub claim_token: u64,
+}
+
+impl Delivery {
+    /// Attempts made in the current budget.
+    pub fn attempts_in_budget(&self) -> u32 {
+        self.attempts - self.budget_start
+    }
+}
+
+/// How one attempt ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum AttemptResult {
+    /// The endpoint answered with this status.
+    Status { code: u16 },
+    /// No usable answer: `timeout`, `connect`, `reset`, … and a short detail.
+    Error { class: String, detail: String },
+}
+
+/// The record of one delivery attempt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// 1-based, across replays.
+    pub number: u32,
+    pub started_at: Millis,
+    pub duration_ms: u64,
+    pub result: AttemptResult,
+    /// The start of the response body, truncated.
+    pub response_excerpt: Option<String>,
+}
+
+/// A claimed delivery and the exact bytes to send.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    pub delivery: Delivery,
+    pub event_json: Vec<u8>,
+}
+
+/// What to do with a delivery after an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    Delivered,
+    RetryAt(Millis),
+    Dead,
+}
+
+/// Selects deliveries for listing and bulk replay. Empty fields match all.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DeliveryFilter {
+    pub state: Option<DeliveryState>,
+    pub source: Option<String>,
+    pub endpoint: Option<String>,
+    pub event_type: Option<String>,
+    /// Created at or after.
+    pub since: Option<Millis>,
+    /// Created before.
+    pub until: Option<Millis>,
+}
+
+impl DeliveryFilter {
+    pub fn matches(&self, d: &Delivery) -> bool {
+        self.state.is_none_or(|s| s == d.state)
+            && self.source.as_ref().is_none_or(|s| *s == d.source)
+            && self.endpoint.as_ref().is_none_or(|e| *e == d.endpoint)
+            && self.event_type.as_ref().is_none_or(|t| *t == d.event_type)
+            && self.since.is_none_or(|t| d.created_at >= t)
+            && self.until.is_none_or(|t| d.created_at < t)
+    }
+}
+
+/// One page of deliveries, newest first. `next_cursor` continues after the
+/// last item; it stays valid while deliveries change state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page {
+    pub items: Vec<Delivery>,
+    pub next_cursor: Option<String>,
+}
+
+/// What a replay did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReplayCount {
+    pub replayed: usize,
+    /// Selected but pending or in flight already (or delivered, unless
+    /// delivered ones were asked for): left as they were.
+    pub skipped: usize,
+    pub not_found: usize,
+}
+
+/// A stored event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEvent {
+    pub id: String,
+    pub json: Vec<u8>,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Admits `event` with its deliveries, atomically with its dedupe key,
+    /// which lives for `dedupe_ttl_ms`. Durable when it returns `Ok`.
+    async fn admit(&self, event: NewEvent, deliveries: Vec<NewDelivery>, dedupe_ttl_ms: u64) -> Result<Admission, StoreError>;
+
+    async fn event(&self, id: &str) -> Result<Option<StoredEvent>, StoreError>;
+
+    /// The deliveries of one event.
+    async fn event_deliveries(&self, event_id: &str) -> Result<Vec<Delivery>, StoreError>;
+
+    /// One delivery with every attempt, oldest first.
+    async fn delivery(&self, id: &str) -> Result<Option<(Delivery, Vec<Attempt>)>, StoreError>;
+
+    /// Claims up to `limit` deliveries due at `now` (pending and due, or in
+    /// flight with an expired claim), marking them in flight until
+    /// `now + visibility_ms`.
+    async fn claim_due(&self, now: Millis, limit: usize, visibility_ms: u64) -> Result<Vec<Claim>, StoreError>;
+
+    /// Records `attempt` and moves the claimed delivery on per `next`.
+    /// Returns false, changing nothing, if the claim was lost (expired and
+    /// taken by another claim, or replayed meanwhile).
+    async fn finish(&self, delivery_id: &str, claim_token: u64, attempt: Attempt, next: Next) -> Result<bool, StoreError>;
+
+    /// Returns an unfinished claim to `pending`, due at `due`, without
+    /// counting an attempt (shutdown). False if the claim was lost.
+    async fn release(&self, delivery_id: &str, claim_token: u64, due: Millis) -> Result<bool, StoreError>;
+
+    async fn list(&self, filter: &DeliveryFilter, cursor: Option<&str>, limit: usize) -> Result<Page, StoreError>;
+
+    /// Puts the given deliveries back to `pending`, due `now`, with a fresh
+    /// attempt budget and their history kept. Dead ones always; delivered
+    /// ones only if `include_delivered`.
+    async fn replay(&self, ids: &[String], include_delivered: bool, now: Millis) -> Result<ReplayCount, StoreError>;
+
+    /// Removes dedupe keys that expired by `now`; returns how many.
+    async fn sweep(&self, now: Millis) -> Result<usize, StoreError>;
+
+    /// Counts of deliveries by state, for gauges.
+    async fn counts(&self) -> Result<[(DeliveryState, u64); 4], StoreError>;
+
+    /// Whether the store is reachable and writable right now.
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// A new delivery id: `dlv_`, 12 hex digits of milliseconds, 16 random hex
+/// digits. Ids sort by creation time, which is what cursors rely on.
+pub fn new_delivery_id(now: Millis) -> String {
+    format!("dlv_{:012x}{:016x}", now, rand::random::<u64>())
+}

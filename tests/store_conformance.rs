@@ -1,0 +1,243 @@
+//! One conformance suite for every `Store` backend. Each test body is generic
+//! over the store; each backend instantiates every body.
+
+use std::sync::Arc;
+
+use ipn_relay::store::embedded::EmbeddedStore;
+use ipn_relay::store::{
+    Admission, Attempt, AttemptResult, DeliveryFilter, DeliveryState, NewDelivery, NewEvent, Next, Store, new_delivery_id,
+};
+
+const TTL: u64 = 1_000;
+const VIS: u64 = 500;
+
+fn event(id: &str, source: &str, event_type: &str, at: u64) -> NewEvent {
+    NewEvent {
+        id: id.into(),
+        source: source.into(),
+        event_type: event_type.into(),
+        received_at: at,
+        json: format!(r#"{{"id":"{id}","type":"{event_type}"}}"#).into_bytes(),
+    }
+}
+
+fn deliveries(at: u64, endpoints: &[&str]) -> Vec<NewDelivery> {
+    endpoints.iter().map(|e| NewDelivery { id: new_delivery_id(at), endpoint: (*e).into() }).collect()
+}
+
+fn attempt(at: u64, code: u16) -> Attempt {
+    Attempt { number: 0, started_at: at, duration_ms: 3, result: AttemptResult::Status { code }, response_excerpt: Some("body".into()) }
+}
+
+async fn admit_stores_event_and_deliveries(s: Arc<impl Store>) {
+    let r = s.admit(event("evt_a", "np", "deposit.confirmed", 1000), deliveries(1000, &["be", "audit"]), TTL).await.unwrap();
+    assert_eq!(r, Admission::Accepted);
+    let stored = s.event("evt_a").await.unwrap().unwrap();
+    assert_eq!(stored.json, br#"{"id":"evt_a","type":"deposit.confirmed"}"#);
+    let ds = s.event_deliveries("evt_a").await.unwrap();
+    assert_eq!(ds.len(), 2);
+    assert!(ds.iter().all(|d| d.state == DeliveryState::Pending && d.attempts == 0 && d.next_attempt_at == Some(1000)));
+    let mut eps: Vec<_> = ds.iter().map(|d| d.endpoint.as_str()).collect();
+    eps.sort();
+    assert_eq!(eps, ["audit", "be"]);
+    assert!(s.event("evt_missing").await.unwrap().is_none());
+}
+
+async fn event_without_endpoints_is_still_stored(s: Arc<impl Store>) {
+    assert_eq!(s.admit(event("evt_lonely", "np", "unknown", 1000), vec![], TTL).await.unwrap(), Admission::Accepted);
+    assert!(s.event("evt_lonely").await.unwrap().is_some());
+    assert!(s.event_deliveries("evt_lonely").await.unwrap().is_empty());
+}
+
+async fn dedupe_holds_for_the_ttl_then_expires(s: Arc<impl Store>) {
+    assert_eq!(s.admit(event("evt_d", "np", "t.t", 1000), deliveries(1000, &["be"]), TTL).await.unwrap(), Admission::Accepted);
+    // A duplicate writes nothing: still one delivery.
+    assert_eq!(s.admit(event("evt_d", "np", "t.t", 1999), deliveries(1999, &["be"]), TTL).await.unwrap(), Admission::Duplicate);
+    assert_eq!(s.event_deliveries("evt_d").await.unwrap().len(), 1);
+    // At expiry the same callback is new again (same event id, new delivery).
+    assert_eq!(s.admit(event("evt_d", "np", "t.t", 2000), deliveries(2000, &["be"]), TTL).await.unwrap(), Admission::Accepted);
+    assert_eq!(s.event_deliveries("evt_d").await.unwrap().len(), 2);
+    assert_eq!(s.admit(event("evt_d", "np", "t.t", 2500), vec![], TTL).await.unwrap(), Admission::Duplicate);
+}
+
+async fn sweep_removes_only_expired_keys(s: Arc<impl Store>) {
+    s.admit(event("evt_s1", "np", "t.t", 1000), vec![], TTL).await.unwrap();
+    s.admit(event("evt_s2", "np", "t.t", 5000), vec![], TTL).await.unwrap();
+    assert_eq!(s.sweep(2001).await.unwrap(), 1);
+    assert_eq!(s.sweep(2001).await.unwrap(), 0);
+    // evt_s2's key is live: still a duplicate. evt_s1's was swept: new.
+    assert_eq!(s.admit(event("evt_s2", "np", "t.t", 5500), vec![], TTL).await.unwrap(), Admission::Duplicate);
+    assert_eq!(s.admit(event("evt_s1", "np", "t.t", 5500), vec![], TTL).await.unwrap(), Admission::Accepted);
+}
+
+async fn concurrent_admissions_of_one_event_accept_once(s: Arc<impl Store>) {
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let s = s.clone();
+            tokio::spawn(async move { s.admit(event("evt_c", "np", "t.t", 1000), deliveries(1000, &["be"]), TTL).await.unwrap() })
+        })
+        .collect();
+    let mut accepted = 0;
+    for t in tasks {
+        if t.await.unwrap() == Admission::Accepted {
+            accepted += 1;
+        }
+    }
+    assert_eq!(accepted, 1);
+    assert_eq!(s.event_deliveries("evt_c").await.unwrap().len(), 1);
+}
+
+async fn claims_are_exclusive_until_the_visibility_timeout(s: Arc<impl Store>) {
+    s.admit(event("evt_v", "np", "t.t", 1000), deliveries(1000, &["a", "b", "c"]), TTL).await.unwrap();
+    assert!(s.claim_due(999, 10, VIS).await.unwrap().is_empty(), "not due yet");
+    let first = s.claim_due(1000, 2, VIS).await.unwrap();
+    assert_eq!(first.len(), 2, "limit respected");
+    assert!(first.iter().all(|c| c.event_json.starts_with(br#"{"id":"evt_v""#)));
+    let second = s.claim_due(1001, 10, VIS).await.unwrap();
+    assert_eq!(second.len(), 1, "only the unclaimed one");
+    assert!(s.claim_due(1400, 10, VIS).await.unwrap().is_empty(), "claims are held");
+    // Past the deadline the claims return, with a new token.
+    let again = s.claim_due(1000 + VIS, 10, VIS).await.unwrap();
+    assert_eq!(again.len(), 2);
+    let old = &first[0].delivery;
+    let new = again.iter().find(|c| c.delivery.id == old.id).unwrap();
+    assert!(new.delivery.claim_token > old.claim_token);
+    // The expired claim can no longer finish; the new one can.
+    assert!(!s.finish(&old.id, old.claim_token, attempt(1600, 200), Next::Delivered).await.unwrap());
+    assert!(s.finish(&old.id, new.delivery.claim_token, attempt(1600, 200), Next::Delivered).await.unwrap());
+    let (d, attempts) = s.delivery(&old.id).await.unwrap().unwrap();
+    assert_eq!(d.state, DeliveryState::Delivered);
+    assert_eq!(attempts.len(), 1);
+}
+
+async fn retries_are_scheduled_and_dead_is_final(s: Arc<impl Store>) {
+    s.admit(event("evt_r", "np", "t.t", 1000), deliveries(1000, &["be"]), TTL).await.unwrap();
+    let c = s.claim_due(1000, 10, VIS).await.unwrap().remove(0);
+    let id = c.delivery.id.clone();
+    assert!(s.finish(&id, c.delivery.claim_token, attempt(1000, 500), Next::RetryAt(3000)).await.unwrap());
+    let (d, _) = s.delivery(&id).await.unwrap().unwrap();
+    assert_eq!((d.state, d.attempts, d.next_attempt_at), (DeliveryState::Pending, 1, Some(3000)));
+    assert_eq!(d.last_error.as_deref(), Some("HTTP 500"));
+    assert!(s.claim_due(2999, 10, VIS).await.unwrap().is_empty());
+    let c = s.claim_due(3000, 10, VIS).await.unwrap().remove(0);
+    let failed = Attempt { result: AttemptResult::Error { class: "timeout".into(), detail: "after 10s".into() }, ..attempt(3000, 0) };
+    assert!(s.finish(&id, c.delivery.claim_token, failed, Next::Dead).await.unwrap());
+    let (d, attempts) = s.delivery(&id).await.unwrap().unwrap();
+    assert_eq!((d.state, d.attempts, d.next_attempt_at), (DeliveryState::Dead, 2, None));
+    assert_eq!(attempts.iter().map(|a| a.number).collect::<Vec<_>>(), [1, 2]);
+    assert!(matches!(&attempts[1].result, AttemptResult::Error { class, .. } if class == "timeout"));
+    assert!(s.claim_due(u64::MAX / 2, 10, VIS).await.unwrap().is_empty(), "dead is never claimed");
+}
+
+async fn release_returns_a_claim_without_counting_an_attempt(s: Arc<impl Store>) {
+    s.admit(event("evt_rel", "np", "t.t", 1000), deliveries(1000, &["be"]), TTL).await.unwrap();
+    let c = s.claim_due(1000, 10, VIS).await.unwrap().remove(0);
+    assert!(s.release(&c.delivery.id, c.delivery.claim_token, 1000).await.unwrap());
+    let (d, attempts) = s.delivery(&c.delivery.id).await.unwrap().unwrap();
+    assert_eq!((d.state, d.attempts, attempts.len()), (DeliveryState::Pending, 0, 0));
+    assert!(!s.release(&c.delivery.id, c.delivery.claim_token, 1000).await.unwrap(), "a released claim is gone");
+    assert_eq!(s.claim_due(1000, 10, VIS).await.unwrap().len(), 1);
+}
+
+async fn list_filters_and_pages_newest_first(s: Arc<impl Store>) {
+    for i in 0..7u64 {
+        let (src, ty) = if i % 2 == 0 { ("np", "deposit.confirmed") } else { ("nova", "payout.failed") };
+        s.admit(event(&format!("evt_l{i}"), src, ty, 1000 + i * 10), deliveries(1000 + i * 10, &["be"]), TTL).await.unwrap();
+    }
+    let all = s.list(&DeliveryFilter::default(), None, 100).await.unwrap();
+    assert_eq!(all.items.len(), 7);
+    assert!(all.items.windows(2).all(|w| w[0].id > w[1].id), "newest first");
+    assert_eq!(all.next_cursor, None);
+
+    let f = DeliveryFilter { source: Some("np".into()), ..Default::default() };
+    let p1 = s.list(&f, None, 3).await.unwrap();
+    assert_eq!(p1.items.len(), 3);
+    // A state change between pages must not shift the cursor.
+    let c = s.claim_due(u64::MAX / 2, 100, VIS).await.unwrap();
+    assert_eq!(c.len(), 7);
+    let p2 = s.list(&f, p1.next_cursor.as_deref(), 3).await.unwrap();
+    assert_eq!(p2.items.len(), 1);
+    assert_eq!(p2.next_cursor, None);
+    let seen: Vec<_> = p1.items.iter().chain(&p2.items).map(|d| d.event_id.clone()).collect();
+    assert_eq!(seen, ["evt_l6", "evt_l4", "evt_l2", "evt_l0"]);
+
+    let f = DeliveryFilter { event_type: Some("payout.failed".into()), since: Some(1015), until: Some(1051), ..Default::default() };
+    let got: Vec<_> = s.list(&f, None, 10).await.unwrap().items.into_iter().map(|d| d.event_id).collect();
+    assert_eq!(got, ["evt_l5", "evt_l3"]);
+    let f = DeliveryFilter { state: Some(DeliveryState::InFlight), endpoint: Some("nope".into()), ..Default::default() };
+    assert!(s.list(&f, None, 10).await.unwrap().items.is_empty());
+}
+
+async fn replay_resets_the_budget_and_keeps_history(s: Arc<impl Store>) {
+    s.admit(event("evt_p", "np", "t.t", 1000), deliveries(1000, &["a", "b", "c"]), TTL).await.unwrap();
+    let claims = s.claim_due(1000, 10, VIS).await.unwrap();
+    let [a, b, c] = [&claims[0].delivery, &claims[1].delivery, &claims[2].delivery];
+    s.finish(&a.id, a.claim_token, attempt(1000, 500), Next::Dead).await.unwrap();
+    s.finish(&b.id, b.claim_token, attempt(1000, 200), Next::Delivered).await.unwrap();
+    let ids = vec![a.id.clone(), a.id.clone(), b.id.clone(), c.id.clone(), "dlv_nope".into()];
+    let r = s.replay(&ids, false, 2000).await.unwrap();
+    assert_eq!((r.replayed, r.skipped, r.not_found), (1, 2, 1), "a replayed once; b delivered and c in flight skipped");
+    let (d, attempts) = s.delivery(&a.id).await.unwrap().unwrap();
+    assert_eq!((d.state, d.attempts, d.budget_start, d.attempts_in_budget()), (DeliveryState::Pending, 1, 1, 0));
+    assert_eq!(attempts.len(), 1, "history kept");
+    assert_eq!(s.replay(std::slice::from_ref(&b.id), true, 2000).await.unwrap().replayed, 1, "delivered on request");
+    let claimed: Vec<_> = s.claim_due(2000, 10, VIS).await.unwrap().into_iter().map(|c| c.delivery.id).collect();
+    assert!(claimed.contains(&a.id) && claimed.contains(&b.id));
+}
+
+async fn counts_follow_state_changes(s: Arc<impl Store>) {
+    s.admit(event("evt_n", "np", "t.t", 1000), deliveries(1000, &["a", "b"]), TTL).await.unwrap();
+    let c = s.claim_due(1000, 1, VIS).await.unwrap().remove(0);
+    s.finish(&c.delivery.id, c.delivery.claim_token, attempt(1000, 500), Next::Dead).await.unwrap();
+    let counts = s.counts().await.unwrap();
+    assert_eq!(counts.map(|(_, n)| n), [1, 0, 0, 1]);
+}
+
+macro_rules! conformance {
+    ($backend:ident, $make:expr) => {
+        mod $backend {
+            use super::*;
+            macro_rules! case {
+                ($name:ident) => {
+                    #[tokio::test]
+                    async fn $name() {
+                        let (store, _guard) = $make;
+                        super::$name(store).await;
+                    }
+                };
+            }
+            case!(admit_stores_event_and_deliveries);
+            case!(event_without_endpoints_is_still_stored);
+            case!(dedupe_holds_for_the_ttl_then_expires);
+            case!(sweep_removes_only_expired_keys);
+            case!(concurrent_admissions_of_one_event_accept_once);
+            case!(claims_are_exclusive_until_the_visibility_timeout);
+            case!(retries_are_scheduled_and_dead_is_final);
+            case!(release_returns_a_claim_without_counting_an_attempt);
+            case!(list_filters_and_pages_newest_first);
+            case!(replay_resets_the_budget_and_keeps_history);
+            case!(counts_follow_state_changes);
+        }
+    };
+}
+
+fn embedded() -> (Arc<EmbeddedStore>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(&dir.path().join("relay.redb")).unwrap();
+    (Arc::new(store), dir)
+}
+
+conformance!(embedded_store, embedded());
+
+#[tokio::test]
+async fn embedded_store_keeps_everything_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nested/dir/relay.redb");
+    let s = EmbeddedStore::open(&path).unwrap();
+    s.admit(event("evt_keep", "np", "t.t", 1000), deliveries(1000, &["be"]), TTL).await.unwrap();
+    s.close().await;
+    let s = EmbeddedStore::open(&path).unwrap();
+    assert!(s.event("evt_keep").await.unwrap().is_some());
+    assert_eq!(s.admit(event("evt_keep", "np", "t.t", 1500), vec![], TTL).await.unwrap(), Admission::Duplicate);
+    assert_eq!(s.claim_due(1000, 10, VIS).await.unwrap().len(), 1);
+}
