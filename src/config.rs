@@ -569,7 +569,7 @@ fn signing_key(key: &str, secret: &str) -> Result<Secret, Invalid> {
 impl RawConfig {
     fn validate(self, defaulted_vars: Vec<String>) -> Result<Config, Invalid> {
         let s = self.server;
-        if s.listen.0 == s.admin_listen.0 {
+        if s.listen.0 == s.admin_listen.0 && s.listen.0.port() != 0 {
             return invalid("server.admin_listen", "must differ from server.listen");
         }
         let admin_token = s.admin_token.map(|t| t.0).filter(|t| !t.is_empty()).map(Secret::new);

@@ -10,3 +10,7 @@ pub mod config;
 pub mod event;
 pub mod providers;
 pub mod store;
+pub mod admin;
+pub mod cli;
+pub mod ingress;
+pub mod server;

@@ -1,0 +1,130 @@
+//! The `ipn-relay` command line (SPEC §2).
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::{Config, LogFormat, StoreKind};
+use crate::providers::{nova, nowpayments};
+use crate::server;
+use crate::store::Store;
+use crate::store::embedded::EmbeddedStore;
+
+#[derive(Parser)]
+#[command(name = "ipn-relay", version, about = "Verifies, dedupes and durably relays NOWPayments IPNs and Nova webhooks")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args)]
+struct ConfigArg {
+    /// Configuration file.
+    #[arg(long, env = "IPN_RELAY_CONFIG", default_value = "ipn-relay.toml")]
+    config: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run ingress, delivery and the admin listener.
+    Serve(ConfigArg),
+    /// Validate the configuration and print a summary; exit 1 on error.
+    CheckConfig(ConfigArg),
+    /// Print the signature a provider would send for a body (local testing).
+    Sign {
+        provider: SignProvider,
+        /// The provider secret (IPN secret or API secret).
+        #[arg(long)]
+        secret: String,
+        /// The body; standard input if omitted.
+        file: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SignProvider {
+    /// HMAC-SHA512 over the sorted JSON form, for `x-nowpayments-sig`.
+    Nowpayments,
+    /// HMAC-SHA256 over the exact bytes, for `X-Signature`.
+    Nova,
+}
+
+/// Runs the command line; returns the process exit code.
+pub fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::CheckConfig(c) => {
+            let config = Config::load(&c.config)?;
+            print!("{} is valid\n{}", c.config.display(), config.summary());
+            Ok(())
+        }
+        Command::Sign { provider, secret, file } => {
+            let body = match file {
+                Some(path) => std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?,
+                None => {
+                    let mut buf = Vec::new();
+                    std::io::stdin().read_to_end(&mut buf).context("cannot read standard input")?;
+                    buf
+                }
+            };
+            let sig = match provider {
+                SignProvider::Nowpayments => nowpayments::sign(secret.as_bytes(), &body),
+                SignProvider::Nova => nova::sign(secret.as_bytes(), &body),
+            };
+            println!("{sig}");
+            Ok(())
+        }
+        Command::Serve(c) => {
+            let config = Config::load(&c.config)?;
+            init_logging(config.log_format);
+            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(serve(config))
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Pretty => builder.init(),
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    for var in &config.defaulted_vars {
+        tracing::warn!(
+            variable = %var,
+            "!!! DEVELOPMENT DEFAULT IN USE: ${{{var}}} is not set, so its built-in default from the config applies. Set it before taking real traffic."
+        );
+    }
+    let store: Arc<dyn Store> = match &config.store.kind {
+        StoreKind::Embedded { path } => {
+            let store = EmbeddedStore::open(path).with_context(|| format!("cannot open the embedded store at {}", path.display()))?;
+            tracing::info!(path = %path.display(), "embedded store open");
+            Arc::new(store)
+        }
+        StoreKind::Redis { .. } => bail!("store.kind = \"redis\" is not available in this version yet; use \"embedded\""),
+    };
+    let ingress = tokio::net::TcpListener::bind(config.server.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (server.listen)", config.server.listen))?;
+    let admin = tokio::net::TcpListener::bind(config.server.admin_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (server.admin_listen)", config.server.admin_listen))?;
+    server::run(Arc::new(config), store, ingress, admin, server::shutdown_signal()).await?;
+    Ok(())
+}

@@ -1,0 +1,371 @@
+//! Ingress: `POST /hooks/{source}` from providers to an admitted event.
+//!
+//! Checks run cheapest first, so a flood costs as little as possible: the
+//! route, the client's address against the allowlist and its rate limit, the
+//! declared body size, then the body itself (capped while reading and timed),
+//! then the signature, the JSON and the normalisation, and finally the
+//! admission, which is durable before the 200 is written. Every refusal is a
+//! JSON error with the code of SPEC §4; nothing about secrets or expected
+//! signatures is ever echoed or logged.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use governor::clock::{Clock, DefaultClock};
+use governor::state::keyed::DefaultKeyedStateStore;
+use governor::{Quota, RateLimiter};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use ipnet::IpNet;
+use serde_json::json;
+use time::OffsetDateTime;
+
+use crate::config::{Config, RateLimit, Source};
+use crate::event::Event;
+use crate::providers::{self, ProviderError};
+use crate::store::{Admission, NewDelivery, NewEvent, Store, new_delivery_id};
+
+type KeyedLimiter = RateLimiter<IpAddr, DefaultKeyedStateStore<IpAddr>, DefaultClock>;
+
+/// Seconds a client is told to wait when the store is down.
+const UNAVAILABLE_RETRY_AFTER_SECS: u64 = 5;
+
+/// Why a request was refused: each knows its status and `error.code`.
+#[derive(Debug, thiserror::Error)]
+pub enum IngressError {
+    #[error("no such route")]
+    NotFound,
+    #[error("no source is configured under this name")]
+    UnknownSource,
+    #[error("only POST is allowed here")]
+    MethodNotAllowed,
+    #[error("request body exceeds {0} bytes")]
+    BodyTooLarge(usize),
+    #[error("client address is not allowed for this source")]
+    IpNotAllowed,
+    #[error("too many requests from this address")]
+    RateLimited { retry_after_secs: u64 },
+    #[error("signature missing, malformed or wrong")]
+    InvalidSignature,
+    #[error("timestamp outside the accepted tolerance")]
+    StaleTimestamp,
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("request body not received in time")]
+    BodyTimeout,
+    #[error("store unavailable; retry later")]
+    Unavailable,
+}
+
+impl IngressError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            IngressError::NotFound | IngressError::UnknownSource => StatusCode::NOT_FOUND,
+            IngressError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            IngressError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            IngressError::IpNotAllowed => StatusCode::FORBIDDEN,
+            IngressError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            IngressError::InvalidSignature | IngressError::StaleTimestamp => StatusCode::UNAUTHORIZED,
+            IngressError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            IngressError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            IngressError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            IngressError::NotFound => "not_found",
+            IngressError::UnknownSource => "unknown_source",
+            IngressError::MethodNotAllowed => "method_not_allowed",
+            IngressError::BodyTooLarge(_) => "body_too_large",
+            IngressError::IpNotAllowed => "ip_not_allowed",
+            IngressError::RateLimited { .. } => "rate_limited",
+            IngressError::InvalidSignature => "invalid_signature",
+            IngressError::StaleTimestamp => "stale_timestamp",
+            IngressError::BadRequest(_) => "bad_request",
+            IngressError::BodyTimeout => "request_timeout",
+            IngressError::Unavailable => "unavailable",
+        }
+    }
+
+    fn into_response(self) -> Response<Full<Bytes>> {
+        let body = json!({"error": {"code": self.code(), "message": self.to_string()}});
+        let mut resp = json_response(self.status(), &body);
+        let h = resp.headers_mut();
+        match self {
+            IngressError::RateLimited { retry_after_secs } => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+            }
+            IngressError::Unavailable => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from(UNAVAILABLE_RETRY_AFTER_SECS));
+            }
+            IngressError::MethodNotAllowed => {
+                h.insert(header::ALLOW, HeaderValue::from_static("POST"));
+            }
+            _ => {}
+        }
+        resp
+    }
+}
+
+impl From<ProviderError> for IngressError {
+    fn from(e: ProviderError) -> Self {
+        match e {
+            ProviderError::InvalidSignature(_) => IngressError::InvalidSignature,
+            ProviderError::StaleTimestamp => IngressError::StaleTimestamp,
+            ProviderError::BadRequest(m) => IngressError::BadRequest(m),
+        }
+    }
+}
+
+pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+struct SourceGate {
+    source: Source,
+    limiter: Option<KeyedLimiter>,
+}
+
+fn limiter(r: RateLimit) -> KeyedLimiter {
+    let per_second = NonZeroU32::new(r.per_second).unwrap_or(NonZeroU32::MIN);
+    let burst = NonZeroU32::new(r.burst).unwrap_or(per_second);
+    RateLimiter::keyed(Quota::per_second(per_second).allow_burst(burst))
+}
+
+/// The ingress handler, shared by every connection.
+pub struct Ingress {
+    config: Arc<Config>,
+    gates: HashMap<String, SourceGate>,
+    store: Arc<dyn Store>,
+    dedupe_ttl_ms: u64,
+}
+
+impl Ingress {
+    pub fn new(config: Arc<Config>, store: Arc<dyn Store>) -> Ingress {
+        let gates = config
+            .sources
+            .iter()
+            .map(|s| (s.name.clone(), SourceGate { source: s.clone(), limiter: s.rate_limit.map(limiter) }))
+            .collect();
+        let dedupe_ttl_ms = config.store.dedupe_ttl.as_millis() as u64;
+        Ingress { config, gates, store, dedupe_ttl_ms }
+    }
+
+    /// Forgets rate-limit state of addresses that have been quiet, so the
+    /// per-IP maps do not grow without bound.
+    pub fn forget_idle_clients(&self) {
+        for gate in self.gates.values() {
+            if let Some(l) = &gate.limiter {
+                l.retain_recent();
+                l.shrink_to_fit();
+            }
+        }
+    }
+
+    /// Answers one request. Never fails: every error is a response.
+    pub async fn handle<B>(&self, req: Request<B>, peer: SocketAddr) -> Response<Full<Bytes>>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let started = Instant::now();
+        let source = req.uri().path().strip_prefix("/hooks/").unwrap_or("").to_owned();
+        let result = self.accept(req, peer).await;
+        let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+        match result {
+            Ok((admission, id)) => {
+                let status = match admission {
+                    Admission::Accepted => "accepted",
+                    Admission::Duplicate => "duplicate",
+                };
+                tracing::info!(source = %source, event_id = %id, outcome = status, elapsed_ms, "callback admitted");
+                // Field order as in SPEC §4: {"status":…,"id":…}.
+                let mut resp = Response::new(Full::new(Bytes::from(format!(r#"{{"status":"{status}","id":"{id}"}}"#))));
+                resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                resp
+            }
+            Err(e) => {
+                match &e {
+                    IngressError::Unavailable => tracing::warn!(source = %source, outcome = e.code(), "callback refused: store unavailable"),
+                    _ => tracing::info!(source = %source, outcome = e.code(), %peer, elapsed_ms, "callback refused"),
+                }
+                e.into_response()
+            }
+        }
+    }
+
+    async fn accept<B>(&self, req: Request<B>, peer: SocketAddr) -> Result<(Admission, String), IngressError>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let name = req.uri().path().strip_prefix("/hooks/").ok_or(IngressError::NotFound)?;
+        if name.is_empty() || name.contains('/') {
+            return Err(IngressError::NotFound);
+        }
+        let gate = self.gates.get(name).ok_or(IngressError::UnknownSource)?;
+        if req.method() != Method::POST {
+            return Err(IngressError::MethodNotAllowed);
+        }
+        let client = client_ip(peer.ip(), req.headers(), &self.config.server.trusted_proxies);
+        let source = &gate.source;
+        if !source.allow_ips.is_empty() && !source.allow_ips.iter().any(|net| net.contains(&client)) {
+            return Err(IngressError::IpNotAllowed);
+        }
+        if let Some(limiter) = &gate.limiter
+            && let Err(not_until) = limiter.check_key(&client)
+        {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            return Err(IngressError::RateLimited { retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64 });
+        }
+
+        let max = self.config.server.max_body_bytes;
+        let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > max as u64) {
+            return Err(IngressError::BodyTooLarge(max));
+        }
+        let (parts, body) = req.into_parts();
+        let body = read_body(body, max, self.config.server.body_read_timeout).await?;
+
+        let received_at = OffsetDateTime::now_utc();
+        let normalised = providers::process(source, &parts.headers, &body, received_at).map_err(|e| {
+            tracing::debug!(source = %source.name, reason = %e, "verification failed");
+            IngressError::from(e)
+        })?;
+        let event = Event::new(&source.name, source.kind.as_str(), normalised, received_at);
+        let received_ms = (received_at.unix_timestamp_nanos() / 1_000_000) as u64;
+        let deliveries = self
+            .config
+            .endpoints
+            .iter()
+            .filter(|ep| ep.wants(&source.name, &event.event_type))
+            .map(|ep| NewDelivery { id: new_delivery_id(received_ms), endpoint: ep.name.clone() })
+            .collect::<Vec<_>>();
+        if deliveries.is_empty() {
+            tracing::info!(source = %source.name, event_id = %event.id, event_type = %event.event_type, "event matches no endpoint; stored without deliveries");
+        }
+        let id = event.id.clone();
+        let new = NewEvent {
+            id: event.id.clone(),
+            source: source.name.clone(),
+            event_type: event.event_type.clone(),
+            received_at: received_ms,
+            json: event.to_json(),
+        };
+        match self.store.admit(new, deliveries, self.dedupe_ttl_ms).await {
+            Ok(admission) => Ok((admission, id)),
+            Err(e) => {
+                tracing::error!(source = %source.name, event_id = %id, error = %e, "admission failed");
+                Err(IngressError::Unavailable)
+            }
+        }
+    }
+}
+
+async fn read_body<B>(body: B, max: usize, timeout: std::time::Duration) -> Result<Bytes, IngressError>
+where
+    B: hyper::body::Body<Data = Bytes> + Send,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    match tokio::time::timeout(timeout, Limited::new(body, max).collect()).await {
+        Err(_) => Err(IngressError::BodyTimeout),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(IngressError::BodyTooLarge(max)),
+        Ok(Err(e)) => Err(IngressError::BadRequest(format!("could not read the request body: {e}"))),
+    }
+}
+
+/// The client's address: the TCP peer, unless the peer is a trusted proxy,
+/// in which case `X-Forwarded-For` is walked from the right past every
+/// trusted proxy. The first untrusted hop is the client; entries further
+/// left were written by the client itself and are never believed.
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    let peer = canonical_ip(peer);
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let mut client = peer;
+    let hops = headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).collect::<Vec<_>>();
+    for hop in hops.iter().rev() {
+        let Ok(ip) = hop.trim().parse::<IpAddr>() else {
+            // An unparseable hop ends the chain we can trust.
+            break;
+        };
+        client = canonical_ip(ip);
+        if !is_trusted(&client) {
+            break;
+        }
+    }
+    client
+}
+
+/// IPv4-mapped IPv6 addresses compare as IPv4, so `10.0.0.0/8` matches
+/// `::ffff:10.1.2.3` from a dual-stack socket.
+fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn xff(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_str(v).unwrap());
+        h
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let peer: IpAddr = "10.0.0.5".parse().unwrap();
+        let outsider: IpAddr = "198.51.100.7".parse().unwrap();
+        // Untrusted peer: header ignored.
+        assert_eq!(client_ip(outsider, &xff("1.2.3.4"), &trusted), outsider);
+        // Trusted peer: the rightmost untrusted hop.
+        assert_eq!(client_ip(peer, &xff("6.6.6.6, 1.2.3.4, 10.0.0.9"), &trusted), "1.2.3.4".parse::<IpAddr>().unwrap());
+        // No header: the proxy itself.
+        assert_eq!(client_ip(peer, &HeaderMap::new(), &trusted), peer);
+        // Garbage stops the walk at the last good hop.
+        assert_eq!(client_ip(peer, &xff("1.2.3.4, junk"), &trusted), peer);
+        // No trusted proxies configured: never believed.
+        assert_eq!(client_ip(peer, &xff("1.2.3.4"), &[]), peer);
+    }
+
+    #[test]
+    fn mapped_ipv6_addresses_match_ipv4_networks() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let mapped: IpAddr = "::ffff:10.0.0.5".parse().unwrap();
+        assert_eq!(client_ip(mapped, &xff("1.2.3.4"), &trusted), "1.2.3.4".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn every_error_has_the_spec_status_and_code() {
+        let cases = [
+            (IngressError::UnknownSource, 404, "unknown_source"),
+            (IngressError::MethodNotAllowed, 405, "method_not_allowed"),
+            (IngressError::BodyTooLarge(1), 413, "body_too_large"),
+            (IngressError::IpNotAllowed, 403, "ip_not_allowed"),
+            (IngressError::RateLimited { retry_after_secs: 1 }, 429, "rate_limited"),
+            (IngressError::InvalidSignature, 401, "invalid_signature"),
+            (IngressError::StaleTimestamp, 401, "stale_timestamp"),
+            (IngressError::BadRequest("x".into()), 400, "bad_request"),
+            (IngressError::Unavailable, 503, "unavailable"),
+        ];
+        for (e, status, code) in cases {
+            assert_eq!((e.status().as_u16(), e.code()), (status, code));
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! Runs the relay: the ingress and admin listeners plus housekeeping, until
+//! a shutdown signal.
+//!
+//! [`run`] takes already-bound listeners and a shutdown future, so tests start
+//! the real server on `127.0.0.1:0` and stop it when they like. Shutdown stops
+//! accepting at once, lets open requests finish for `shutdown_grace` (an
+//! admission in progress completes, so its provider gets its answer), then
+//! returns.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::admin::Admin;
+use crate::config::Config;
+use crate::ingress::Ingress;
+use crate::store::{Store, now_millis};
+
+/// How often expired dedupe keys and idle rate-limit entries are dropped.
+const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
+
+/// Serves until `shutdown` completes, then drains within the grace period.
+pub async fn run(
+    config: Arc<Config>,
+    store: Arc<dyn Store>,
+    ingress_listener: TcpListener,
+    admin_listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let ingress = Arc::new(Ingress::new(config.clone(), store.clone()));
+    let admin = Arc::new(Admin::new(config.clone(), store.clone()));
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    tracing::info!(addr = %ingress_listener.local_addr()?, "ingress listening");
+    tracing::info!(addr = %admin_listener.local_addr()?, "admin listening");
+
+    let header_timeout = config.server.header_read_timeout;
+    let ingress_task = tokio::spawn(serve(ingress_listener, header_timeout, stop_rx.clone(), config.server.shutdown_grace, {
+        let ingress = ingress.clone();
+        move |req, peer| {
+            let ingress = ingress.clone();
+            async move { ingress.handle(req, peer).await }
+        }
+    }));
+    let admin_task = tokio::spawn(serve(admin_listener, header_timeout, stop_rx.clone(), Duration::from_secs(1), {
+        let admin = admin.clone();
+        move |req, _peer| {
+            let admin = admin.clone();
+            async move { admin.handle(req).await }
+        }
+    }));
+    let housekeeping = tokio::spawn(housekeeping(store.clone(), ingress.clone(), stop_rx));
+
+    shutdown.await;
+    tracing::info!("shutting down: no new connections; finishing open requests");
+    let _ = stop_tx.send(true);
+    let _ = ingress_task.await;
+    let _ = admin_task.await;
+    housekeeping.abort();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Accepts HTTP/1.1 connections and serves `handler` on each until `stop`.
+async fn serve<F, Fut>(listener: TcpListener, header_timeout: Duration, mut stop: watch::Receiver<bool>, grace: Duration, handler: F)
+where
+    F: Fn(hyper::Request<hyper::body::Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = hyper::Response<http_body_util::Full<bytes::Bytes>>> + Send + 'static,
+{
+    let graceful = GracefulShutdown::new();
+    let mut builder = http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(header_timeout).keep_alive(true);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off briefly.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let handler = handler.clone();
+                let svc = service_fn(move |req| {
+                    let handler = handler.clone();
+                    async move { Ok::<_, Infallible>(handler(req, peer).await) }
+                });
+                let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), svc));
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(%peer, error = %e, "connection closed with an error");
+                    }
+                });
+            }
+            _ = stopped(&mut stop) => break,
+        }
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(grace) => tracing::warn!(grace = ?grace, "grace period over; closing remaining connections"),
+    }
+}
+
+async fn housekeeping(store: Arc<dyn Store>, ingress: Arc<Ingress>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(HOUSEKEEPING_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stopped(&mut stop) => return,
+        }
+        ingress.forget_idle_clients();
+        // Sweep in chunks until nothing expired is left.
+        loop {
+            match store.sweep(now_millis()).await {
+                Ok(0) => break,
+                Ok(n) => tracing::debug!(removed = n, "expired dedupe keys swept"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "dedupe sweep failed; will retry");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Resolves once the stop flag is set (or its sender is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    // The guard `wait_for` returns is not Send; drop it here.
+    let _ = stop.wait_for(|s| *s).await.map(|_| ());
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
