@@ -1,0 +1,148 @@
+//! Shared helpers: start the real server in-process on 127.0.0.1:0 with a
+//! fresh redb file, and sign requests the way providers do.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ipn_relay::config::Config;
+use ipn_relay::providers::{nova, nowpayments};
+use ipn_relay::store::embedded::EmbeddedStore;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub const NP_SECRET: &str = "np-test-secret";
+pub const NOVA_SECRET: &str = "nova-test-secret";
+
+/// `[server]` and the two standard sources; `{store}` and `{extra}` are filled in.
+pub fn config_text(store_path: &Path, extra: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+max_body_bytes = 4096
+body_read_timeout = "1s"
+header_read_timeout = "1s"
+shutdown_grace = "5s"
+
+[store]
+path = "{}"
+
+[[sources]]
+name = "nowpayments"
+kind = "nowpayments"
+secrets = ["old-rotated-secret", "{NP_SECRET}"]
+
+[[sources]]
+name = "nova"
+kind = "nova"
+secrets = ["{NOVA_SECRET}"]
+timestamp_tolerance = "5m"
+
+[[endpoints]]
+name = "backend"
+url = "http://127.0.0.1:9/hooks"
+secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+events = ["deposit.*"]
+{extra}
+"#,
+        store_path.display()
+    )
+}
+
+pub struct Relay {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub store: Arc<EmbeddedStore>,
+    pub config: Arc<Config>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+    pub dir: Option<tempfile::TempDir>,
+}
+
+impl Relay {
+    /// Starts a relay with the standard config plus `extra` TOML.
+    pub async fn start(extra: &str) -> Relay {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = Relay::start_at(&dir.path().join("relay.redb"), extra).await;
+        r.dir = Some(dir);
+        r
+    }
+
+    pub async fn start_at(store_path: &Path, extra: &str) -> Relay {
+        let text = config_text(store_path, extra);
+        let config = Arc::new(Config::parse(&text, Path::new("test.toml")).unwrap());
+        let store = Arc::new(EmbeddedStore::open(store_path).unwrap());
+        let ingress = TcpListener::bind(config.server.listen).await.unwrap();
+        let admin = TcpListener::bind(config.server.admin_listen).await.unwrap();
+        let (addr, admin_addr) = (ingress.local_addr().unwrap(), admin.local_addr().unwrap());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(ipn_relay::server::run(config.clone(), store.clone(), ingress, admin, async move {
+            let _ = stopped.await;
+        }));
+        Relay { addr, admin: admin_addr, store, config, stop: Some(stop), task: Some(task), dir: None }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Signals shutdown and waits for the server to finish.
+    pub async fn stop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.await.unwrap().unwrap();
+        }
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().build().unwrap()
+}
+
+/// A NOWPayments payment IPN of about 700 bytes, unique by `payment_id`.
+pub fn payment_ipn(payment_id: u64, status: &str) -> String {
+    format!(
+        r#"{{"actually_paid":0.00656612,"actually_paid_at_fiat":0,"fee":{{"currency":"eth","depositFee":0.000002,"serviceFee":0,"withdrawalFee":0}},"invoice_id":null,"order_description":"Deposit to casino wallet","order_id":"deposit_a79c3f0e-5d2b-4c1a-9e8f-{payment_id:012}","outcome_amount":0.0065,"outcome_currency":"eth","parent_payment_id":null,"pay_address":"0x8f2b9c1d4e7a6b5c3d2e1f0a9b8c7d6e5f4a3b2c","pay_amount":0.00656612,"pay_currency":"eth","payin_extra_id":null,"payment_extra_ids":null,"payment_id":{payment_id},"payment_status":"{status}","price_amount":25,"price_currency":"usd","purchase_id":"4857392011","updated_at":1765249461097}}"#
+    )
+}
+
+pub async fn post_np(c: &reqwest::Client, relay: &Relay, body: &str, secret: &str) -> reqwest::Response {
+    let sig = nowpayments::sign(secret.as_bytes(), body.as_bytes());
+    c.post(relay.url("/hooks/nowpayments")).header("x-nowpayments-sig", sig).body(body.to_owned()).send().await.unwrap()
+}
+
+pub fn nova_body(event: &str, id: &str, timestamp: &str) -> String {
+    format!(r#"{{"event":"{event}","data":{{"id":"{id}","userId":"user_8a2f","amount":100,"currency":"USDT","network":"TRC20","txHash":"T9f8a2"}},"timestamp":"{timestamp}"}}"#)
+}
+
+pub async fn post_nova(c: &reqwest::Client, relay: &Relay, body: &str) -> reqwest::Response {
+    let sig = nova::sign(NOVA_SECRET.as_bytes(), body.as_bytes());
+    c.post(relay.url("/hooks/nova")).header("X-Signature", format!("sha256={sig}")).body(body.to_owned()).send().await.unwrap()
+}
+
+/// Status and parsed JSON body of a response.
+pub async fn answer(r: reqwest::Response) -> (u16, serde_json::Value) {
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    let json = serde_json::from_str(&text).unwrap_or_else(|e| panic!("response is not JSON ({e}): {text:?}"));
+    (status, json)
+}
+
+pub fn error_code(v: &serde_json::Value) -> &str {
+    v["error"]["code"].as_str().unwrap_or_else(|| panic!("no error.code in {v}"))
+}
+
+pub fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap()
+}
+
+pub fn fixture(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(path)
+}

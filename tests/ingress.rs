@@ -1,0 +1,363 @@
+//! The ingress against the real server and a real redb file: every row of
+//! the SPEC §4 status table, duplicates under concurrency, and the ugly
+//! inputs (truncated JSON, duplicate keys, deep nesting, huge and slow
+//! bodies, wrong secrets).
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use ipn_relay::providers::{nova, nowpayments};
+use ipn_relay::store::{DeliveryState, Store};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+#[tokio::test]
+async fn genuine_ipn_is_accepted_stored_and_normalised() {
+    let relay = Relay::start("").await;
+    let c = client();
+    let body = payment_ipn(5800567260, "finished");
+    let (status, v) = answer(post_np(&c, &relay, &body, NP_SECRET).await).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["status"], "accepted");
+    let id = v["id"].as_str().unwrap();
+    assert!(id.starts_with("evt_"));
+
+    let stored = relay.store.event(id).await.unwrap().expect("event stored before the 200");
+    let event: serde_json::Value = serde_json::from_slice(&stored.json).unwrap();
+    assert_eq!(event["type"], "deposit.confirmed");
+    assert_eq!(event["source"], "nowpayments");
+    assert_eq!(event["subject"], serde_json::json!({"kind": "payment", "id": "5800567260"}));
+    assert_eq!(event["amount"], "0.00656612");
+    assert_eq!(event["occurred_at"], "2025-12-09T03:04:21.097Z");
+    // Numbers in the payload exactly as the provider wrote them.
+    assert!(String::from_utf8_lossy(&stored.json).contains(r#""depositFee":0.000002"#));
+    // One delivery for the one matching endpoint, pending.
+    let ds = relay.store.event_deliveries(id).await.unwrap();
+    assert_eq!(ds.len(), 1);
+    assert_eq!((ds[0].endpoint.as_str(), ds[0].state), ("backend", DeliveryState::Pending));
+}
+
+#[tokio::test]
+async fn the_same_ipn_ten_times_at_once_is_accepted_once() {
+    let relay = Relay::start("").await;
+    let c = client();
+    let body = payment_ipn(42, "finished");
+    let sends = (0..10).map(|_| {
+        let (c, body) = (c.clone(), body.clone());
+        let url = relay.url("/hooks/nowpayments");
+        let sig = nowpayments::sign(NP_SECRET.as_bytes(), body.as_bytes());
+        tokio::spawn(async move { answer(c.post(url).header("x-nowpayments-sig", sig).body(body).send().await.unwrap()).await })
+    });
+    let mut outcomes = Vec::new();
+    for s in sends {
+        let (status, v) = s.await.unwrap();
+        assert_eq!(status, 200);
+        outcomes.push(v["status"].as_str().unwrap().to_owned());
+    }
+    outcomes.sort();
+    assert_eq!(outcomes.iter().filter(|o| *o == "accepted").count(), 1, "{outcomes:?}");
+    assert_eq!(outcomes.iter().filter(|o| *o == "duplicate").count(), 9, "{outcomes:?}");
+    assert_eq!(relay.store.event_count().await.unwrap(), 1);
+    let id = ipn_relay::event::event_id("nowpayments", r#"["payment","42","finished","0.00656612"]"#);
+    assert_eq!(relay.store.event_deliveries(&id).await.unwrap().len(), 1, "a duplicate stores no delivery");
+}
+
+#[tokio::test]
+async fn a_new_status_of_the_same_payment_is_a_new_event() {
+    let relay = Relay::start("").await;
+    let c = client();
+    let (_, a) = answer(post_np(&c, &relay, &payment_ipn(7, "confirming"), NP_SECRET).await).await;
+    let (_, b) = answer(post_np(&c, &relay, &payment_ipn(7, "finished"), NP_SECRET).await).await;
+    assert_eq!((a["status"].as_str(), b["status"].as_str()), (Some("accepted"), Some("accepted")));
+    assert_ne!(a["id"], b["id"]);
+}
+
+#[tokio::test]
+async fn unknown_source_and_unknown_path_are_404() {
+    let relay = Relay::start("").await;
+    let c = client();
+    let (status, v) = answer(c.post(relay.url("/hooks/stripe")).body("{}").send().await.unwrap()).await;
+    assert_eq!((status, error_code(&v)), (404, "unknown_source"));
+    let (status, v) = answer(c.get(relay.url("/")).send().await.unwrap()).await;
+    assert_eq!((status, error_code(&v)), (404, "not_found"));
+}
+
+#[tokio::test]
+async fn methods_other_than_post_are_405_with_allow() {
+    let relay = Relay::start("").await;
+    let c = client();
+    for method in [reqwest::Method::GET, reqwest::Method::PUT, reqwest::Method::DELETE] {
+        let r = c.request(method, relay.url("/hooks/nowpayments")).send().await.unwrap();
+        assert_eq!(r.headers()["allow"], "POST");
+        let (status, v) = answer(r).await;
+        assert_eq!((status, error_code(&v)), (405, "method_not_allowed"));
+    }
+}
+
+#[tokio::test]
+async fn body_over_the_limit_is_413_by_header_and_while_reading() {
+    let relay = Relay::start("").await;
+    let c = client();
+    // Declared too large: refused before reading.
+    let big = "x".repeat(5000);
+    let (status, v) = answer(post_np(&c, &relay, &big, NP_SECRET).await).await;
+    assert_eq!((status, error_code(&v)), (413, "body_too_large"));
+    // No Content-Length (chunked): refused while reading.
+    let chunks = futures_stream(vec![vec![b'x'; 3000], vec![b'x'; 3000]]);
+    let r = c.post(relay.url("/hooks/nowpayments")).header("x-nowpayments-sig", "00").body(reqwest::Body::wrap_stream(chunks)).send().await.unwrap();
+    let (status, v) = answer(r).await;
+    assert_eq!((status, error_code(&v)), (413, "body_too_large"));
+    // A lying Content-Length of 10 GB is refused at once, without waiting for it.
+    let mut s = TcpStream::connect(relay.addr).await.unwrap();
+    s.write_all(b"POST /hooks/nowpayments HTTP/1.1\r\nhost: x\r\ncontent-length: 10000000000\r\n\r\n").await.unwrap();
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+}
+
+fn futures_stream(chunks: Vec<Vec<u8>>) -> impl futures_core::Stream<Item = Result<Vec<u8>, std::io::Error>> {
+    tokio_stream::iter(chunks.into_iter().map(Ok))
+}
+
+async fn read_head(s: &mut TcpStream) -> String {
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.expect("server answers in time").unwrap();
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+#[tokio::test]
+async fn addresses_outside_allow_ips_are_403() {
+    let relay = Relay::start(
+        r#"
+[[sources]]
+name = "locked"
+kind = "nowpayments"
+secrets = ["np-test-secret"]
+allow_ips = ["192.0.2.0/24"]
+
+[[sources]]
+name = "local"
+kind = "nowpayments"
+secrets = ["np-test-secret"]
+allow_ips = ["127.0.0.0/8", "::1"]
+"#,
+    )
+    .await;
+    let c = client();
+    let body = payment_ipn(1, "waiting");
+    let sig = nowpayments::sign(NP_SECRET.as_bytes(), body.as_bytes());
+    let (status, v) = answer(c.post(relay.url("/hooks/locked")).header("x-nowpayments-sig", &sig).body(body.clone()).send().await.unwrap()).await;
+    assert_eq!((status, error_code(&v)), (403, "ip_not_allowed"));
+    // X-Forwarded-For from an untrusted peer changes nothing.
+    let (status, _) = answer(
+        c.post(relay.url("/hooks/locked")).header("x-nowpayments-sig", &sig).header("x-forwarded-for", "192.0.2.1").body(body.clone()).send().await.unwrap(),
+    )
+    .await;
+    assert_eq!(status, 403);
+    let (status, v) = answer(c.post(relay.url("/hooks/local")).header("x-nowpayments-sig", &sig).body(body).send().await.unwrap()).await;
+    assert_eq!((status, v["status"].as_str()), (200, Some("accepted")));
+}
+
+#[tokio::test]
+async fn forwarded_for_is_believed_from_trusted_proxies() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = r#"
+[[sources]]
+name = "locked"
+kind = "nowpayments"
+secrets = ["np-test-secret"]
+allow_ips = ["192.0.2.0/24"]
+"#;
+    let text = config_text(&dir.path().join("r.redb"), extra).replace("[server]\n", "[server]\ntrusted_proxies = [\"127.0.0.1\"]\n");
+    let config = std::sync::Arc::new(ipn_relay::config::Config::parse(&text, std::path::Path::new("t.toml")).unwrap());
+    let store = std::sync::Arc::new(ipn_relay::store::embedded::EmbeddedStore::open(&dir.path().join("r.redb")).unwrap());
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(ipn_relay::server::run(config, store, l, a, std::future::pending()));
+    let c = client();
+    let body = payment_ipn(2, "waiting");
+    let sig = nowpayments::sign(NP_SECRET.as_bytes(), body.as_bytes());
+    let url = format!("http://{addr}/hooks/locked");
+    let send = |xff: &'static str| c.post(&url).header("x-nowpayments-sig", &sig).header("x-forwarded-for", xff).body(body.clone()).send();
+    assert_eq!(send("192.0.2.77").await.unwrap().status(), 200);
+    // A spoofed left-most entry is not believed: the proxy saw 198.51.100.1.
+    assert_eq!(send("192.0.2.77, 198.51.100.1").await.unwrap().status(), 403);
+}
+
+#[tokio::test]
+async fn floods_from_one_address_are_429_with_retry_after() {
+    let relay = Relay::start(
+        r#"
+[[sources]]
+name = "limited"
+kind = "nowpayments"
+secrets = ["np-test-secret"]
+rate_limit = { per_second = 1, burst = 3 }
+"#,
+    )
+    .await;
+    let c = client();
+    let mut statuses = Vec::new();
+    let mut retry_after = None;
+    for i in 0..6 {
+        let body = payment_ipn(100 + i, "waiting");
+        let sig = nowpayments::sign(NP_SECRET.as_bytes(), body.as_bytes());
+        let r = c.post(relay.url("/hooks/limited")).header("x-nowpayments-sig", sig).body(body).send().await.unwrap();
+        if r.status() == 429 {
+            retry_after = r.headers().get("retry-after").map(|v| v.to_str().unwrap().parse::<u64>().unwrap());
+        }
+        let (status, v) = answer(r).await;
+        if status == 429 {
+            assert_eq!(error_code(&v), "rate_limited");
+        }
+        statuses.push(status);
+    }
+    assert_eq!(&statuses[..3], [200, 200, 200], "{statuses:?}");
+    assert!(statuses[3..].contains(&429), "{statuses:?}");
+    assert!(retry_after.is_some_and(|s| (1..=2).contains(&s)), "{retry_after:?}");
+    // Another source is limited separately.
+    assert_eq!(post_np(&c, &relay, &payment_ipn(999, "waiting"), NP_SECRET).await.status(), 200);
+}
+
+#[tokio::test]
+async fn forged_and_malformed_signatures_are_401() {
+    let relay = Relay::start("").await;
+    let c = client();
+    let body = payment_ipn(3, "finished");
+    let (status, v) = answer(post_np(&c, &relay, &body, "wrong-secret").await).await;
+    assert_eq!((status, error_code(&v)), (401, "invalid_signature"));
+    let (status, v) = answer(c.post(relay.url("/hooks/nowpayments")).body(body.clone()).send().await.unwrap()).await;
+    assert_eq!((status, error_code(&v)), (401, "invalid_signature"), "missing");
+    let (status, _) = answer(c.post(relay.url("/hooks/nowpayments")).header("x-nowpayments-sig", "not-hex").body(body.clone()).send().await.unwrap()).await;
+    assert_eq!(status, 401, "malformed");
+    // The error body never contains the expected signature.
+    let expected = nowpayments::sign(NP_SECRET.as_bytes(), body.as_bytes());
+    let r = c.post(relay.url("/hooks/nowpayments")).header("x-nowpayments-sig", "0".repeat(128)).body(body.clone()).send().await.unwrap();
+    assert!(!r.text().await.unwrap().contains(&expected[..16]));
+    // Nothing was stored by any of this.
+    assert_eq!(relay.store.event_count().await.unwrap(), 0);
+    // A rotated-out secret still listed verifies.
+    assert_eq!(post_np(&c, &relay, &body, "old-rotated-secret").await.status(), 200);
+}
+
+#[tokio::test]
+async fn nova_webhooks_verify_and_stale_ones_are_401() {
+    let relay = Relay::start("").await;
+    let c = client();
+    let fresh = nova_body("deposit.confirmed", "dep_001", &now_rfc3339());
+    let (status, v) = answer(post_nova(&c, &relay, &fresh).await).await;
+    assert_eq!((status, v["status"].as_str()), (200, Some("accepted")), "{v}");
+    let stale = nova_body("deposit.confirmed", "dep_002", "2025-03-06T00:05:00Z");
+    let (status, v) = answer(post_nova(&c, &relay, &stale).await).await;
+    assert_eq!((status, error_code(&v)), (401, "stale_timestamp"));
+    // A forged webhook with a stale timestamp learns only that it is forged.
+    let r = c.post(relay.url("/hooks/nova")).header("X-Signature", "ab".repeat(32)).body(stale).send().await.unwrap();
+    let (status, v) = answer(r).await;
+    assert_eq!((status, error_code(&v)), (401, "invalid_signature"));
+    // In-body signature.
+    let unsigned = nova_body("payout.completed", "po_1", &now_rfc3339());
+    let sig = nova::sign(NOVA_SECRET.as_bytes(), unsigned.as_bytes());
+    let signed = format!(r#"{},"signature":"{sig}"}}"#, unsigned.trim_end_matches('}'));
+    let (status, v) = answer(c.post(relay.url("/hooks/nova")).body(signed).send().await.unwrap()).await;
+    assert_eq!((status, v["status"].as_str()), (200, Some("accepted")), "{v}");
+}
+
+#[tokio::test]
+async fn signed_but_unusable_bodies_are_400() {
+    let relay = Relay::start("").await;
+    let c = client();
+    let full = payment_ipn(4, "finished");
+    let deep = format!(r#"{{"payment_id":1,"payment_status":"waiting","x":{}1{}}}"#, "[".repeat(70), "]".repeat(70));
+    let bad = [
+        ("truncated", full[..full.len() / 2].to_owned()),
+        ("not json", "payment_id=1&status=finished".to_owned()),
+        ("duplicate keys", r#"{"payment_id":1,"payment_status":"waiting","payment_status":"finished"}"#.to_owned()),
+        ("deep nesting", deep),
+        ("wrong field type", r#"{"payment_id":1,"payment_status":["finished"]}"#.to_owned()),
+        ("not an object", "[1,2,3]".to_owned()),
+    ];
+    for (what, body) in bad {
+        // Signed over the exact bytes, so only the content is at fault.
+        let sig = nowpayments::hex_hmac(NP_SECRET.as_bytes(), body.as_bytes());
+        let r = c.post(relay.url("/hooks/nowpayments")).header("x-nowpayments-sig", sig).body(body).send().await.unwrap();
+        let (status, v) = answer(r).await;
+        assert_eq!((status, error_code(&v)), (400, "bad_request"), "{what}: {v}");
+    }
+    let missing = r#"{"event":"deposit.confirmed","timestamp":"2025-03-06T00:05:00Z"}"#;
+    let (status, v) = answer(post_nova(&c, &relay, missing).await).await;
+    assert_eq!((status, error_code(&v)), (400, "bad_request"), "nova without data: {v}");
+    assert_eq!(relay.store.event_count().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn unrecognised_verified_ipns_are_stored_as_unknown() {
+    let relay = Relay::start("").await;
+    let c = client();
+    let body = std::fs::read_to_string(fixture("nowpayments/docs-custodial-recurring-ipn.json")).unwrap();
+    let (status, v) = answer(post_np(&c, &relay, &body, NP_SECRET).await).await;
+    assert_eq!((status, v["status"].as_str()), (200, Some("accepted")));
+    let id = v["id"].as_str().unwrap();
+    let event: serde_json::Value = serde_json::from_slice(&relay.store.event(id).await.unwrap().unwrap().json).unwrap();
+    assert_eq!(event["type"], "unknown");
+    // `unknown` matches no endpoint here (deposit.* only): stored, no delivery.
+    assert!(relay.store.event_deliveries(id).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn slow_clients_are_cut_off() {
+    let relay = Relay::start("").await;
+    // Headers never finished: the connection is closed after header_read_timeout.
+    let mut s = TcpStream::connect(relay.addr).await.unwrap();
+    s.write_all(b"POST /hooks/nowpayments HTTP/1.1\r\nhost: x\r\n").await.unwrap();
+    let mut buf = [0u8; 256];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.expect("closed in time").unwrap_or(0);
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(n == 0 || text.starts_with("HTTP/1.1 408"), "{text}");
+    // Body promised but not sent: 408 after body_read_timeout.
+    let mut s = TcpStream::connect(relay.addr).await.unwrap();
+    s.write_all(b"POST /hooks/nowpayments HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{\"a\":").await.unwrap();
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+}
+
+#[tokio::test]
+async fn readiness_reflects_the_store_and_health_is_always_up() {
+    let relay = Relay::start("").await;
+    let c = client();
+    let r = c.get(format!("http://{}/healthz", relay.admin)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = c.get(format!("http://{}/readyz", relay.admin)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn shutdown_lets_an_open_request_finish() {
+    let mut relay = Relay::start("").await;
+    let body = payment_ipn(77, "finished");
+    let sig = nowpayments::sign(NP_SECRET.as_bytes(), body.as_bytes());
+    // Send the head and half the body, then ask the server to stop.
+    let mut s = TcpStream::connect(relay.addr).await.unwrap();
+    let head = format!("POST /hooks/nowpayments HTTP/1.1\r\nhost: x\r\nx-nowpayments-sig: {sig}\r\ncontent-length: {}\r\n\r\n", body.len());
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(&body.as_bytes()[..100]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let stopping = tokio::spawn(async move {
+        relay.stop().await;
+        relay
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // New connections are refused once the listener is closed.
+    assert!(TcpStream::connect(stopping_addr(&s)).await.is_err());
+    s.write_all(&body.as_bytes()[100..]).await.unwrap();
+    let answer_head = read_head(&mut s).await;
+    assert!(answer_head.starts_with("HTTP/1.1 200"), "{answer_head}");
+    assert!(answer_head.contains("\"accepted\""), "{answer_head}");
+    let relay = stopping.await.unwrap();
+    assert_eq!(relay.store.event_count().await.unwrap(), 1);
+}
+
+fn stopping_addr(s: &TcpStream) -> std::net::SocketAddr {
+    s.peer_addr().unwrap()
+}
