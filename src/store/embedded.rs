@@ -23,6 +23,7 @@
 //! one range scan. `counts` keeps the number of deliveries in each state.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
@@ -47,6 +48,12 @@ const EVENT_DELIVERIES: TableDefinition<(&str, &str), ()> = TableDefinition::new
 const ATTEMPTS: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("attempts");
 const DUE: TableDefinition<(u64, &str), ()> = TableDefinition::new("due");
 const COUNTS: TableDefinition<&str, u64> = TableDefinition::new("counts");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// After a failed write the store reports not ready for this long, unless a
+/// write succeeds sooner. A heartbeat may fit in pages the file already has
+/// while admissions need it to grow, so the heartbeat alone cannot tell.
+const FAILURE_MEMORY_MS: u64 = 10_000;
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
@@ -83,6 +90,8 @@ type DbSlot = Arc<RwLock<Option<Arc<Database>>>>;
 pub struct EmbeddedStore {
     ops: mpsc::Sender<Op>,
     db: DbSlot,
+    /// When the last write batch failed (unix ms), 0 once one succeeded.
+    last_failure: Arc<AtomicU64>,
     writer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -95,17 +104,18 @@ impl EmbeddedStore {
         let db = open_db(path)?;
         let slot: DbSlot = Arc::new(RwLock::new(Some(Arc::new(db))));
         let (tx, rx) = mpsc::channel(MAX_BATCH * 4);
-        let writer = Writer { path: path.to_owned(), db: slot.clone(), ops: rx };
+        let last_failure = Arc::new(AtomicU64::new(0));
+        let writer = Writer { path: path.to_owned(), db: slot.clone(), ops: rx, last_failure: last_failure.clone() };
         let handle = std::thread::Builder::new()
             .name("redb-writer".into())
             .spawn(move || writer.run())
             .map_err(|e| unavailable(format!("cannot start the writer thread: {e}")))?;
-        Ok(EmbeddedStore { ops: tx, db: slot, writer: std::sync::Mutex::new(Some(handle)) })
+        Ok(EmbeddedStore { ops: tx, db: slot, last_failure, writer: std::sync::Mutex::new(Some(handle)) })
     }
 
     /// Finishes queued writes and closes the file, so it can be reopened.
     pub async fn close(self) {
-        let EmbeddedStore { ops, db, writer } = self;
+        let EmbeddedStore { ops, db, writer, .. } = self;
         drop(ops);
         if let Ok(mut slot) = db.write() {
             *slot = None;
@@ -150,6 +160,7 @@ struct Writer {
     path: PathBuf,
     db: DbSlot,
     ops: mpsc::Receiver<Op>,
+    last_failure: Arc<AtomicU64>,
 }
 
 impl Writer {
@@ -205,10 +216,17 @@ impl Writer {
     }
 
     fn commit_batch(&mut self, batch: &mut Vec<Op>) {
+        let only_pings = batch.iter().all(|op| matches!(op, Op::Ping { .. }));
         let result = self.try_commit(batch);
         match result {
-            Ok(answers) => answers.into_iter().for_each(|a| a(Ok(()))),
+            Ok(answers) => {
+                if !only_pings {
+                    self.last_failure.store(0, Ordering::Relaxed);
+                }
+                answers.into_iter().for_each(|a| a(Ok(())));
+            }
             Err((e, answers)) => {
+                self.last_failure.store(super::now_millis().max(1), Ordering::Relaxed);
                 tracing::error!(error = %e, "embedded store write failed; answering unavailable");
                 if matches!(e, StoreError::Unavailable(_)) {
                     // Drop our handle so the next batch reopens the file.
@@ -267,7 +285,7 @@ fn apply(t: &mut Tables<'_>, op: Op) -> Result<Answer, (StoreError, Answer)> {
         Op::Release { id, token, due, reply } => run!(reply, t.release(&id, token, due)),
         Op::Replay { ids, include_delivered, now, reply } => run!(reply, t.replay(&ids, include_delivered, now)),
         Op::Sweep { now, reply } => run!(reply, t.sweep(now)),
-        Op::Ping { reply } => run!(reply, Ok(())),
+        Op::Ping { reply } => run!(reply, t.meta.insert("heartbeat", super::now_millis()).map(|_| ()).map_err(unavailable)),
     }
 }
 
@@ -290,6 +308,7 @@ struct Tables<'txn> {
     attempts: Table<'txn, (&'static str, u32), &'static [u8]>,
     due: Table<'txn, (u64, &'static str), ()>,
     counts: Table<'txn, &'static str, u64>,
+    meta: Table<'txn, &'static str, u64>,
 }
 
 fn decode_delivery(id: &str, bytes: &[u8]) -> Result<Delivery, StoreError> {
@@ -311,6 +330,7 @@ impl<'txn> Tables<'txn> {
             attempts: txn.open_table(ATTEMPTS).map_err(unavailable)?,
             due: txn.open_table(DUE).map_err(unavailable)?,
             counts: txn.open_table(COUNTS).map_err(unavailable)?,
+            meta: txn.open_table(META).map_err(unavailable)?,
         })
     }
 
@@ -616,8 +636,15 @@ impl Store for EmbeddedStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        // A round trip through the writer: it proves writes can be committed.
-        self.call(|reply| Op::Ping { reply }).await
+        // A heartbeat committed through the writer proves the file is open
+        // and writable; a recent failed batch says the writes that matter
+        // are not getting through.
+        self.call(|reply| Op::Ping { reply }).await?;
+        let failed_at = self.last_failure.load(Ordering::Relaxed);
+        if failed_at != 0 && super::now_millis().saturating_sub(failed_at) < FAILURE_MEMORY_MS {
+            return Err(unavailable("a write failed in the last 10s"));
+        }
+        Ok(())
     }
 }
 
