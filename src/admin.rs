@@ -40,7 +40,10 @@ impl Admin {
                 }
                 Err(_) => json_response(StatusCode::SERVICE_UNAVAILABLE, &json!({"status": "unavailable"})),
             },
-            _ => json_response(StatusCode::NOT_FOUND, &json!({"error": {"code": "not_found", "message": "no such route"}})),
+            _ => json_response(
+                StatusCode::NOT_FOUND,
+                &json!({"error": {"code": "not_found", "message": "no such route"}}),
+            ),
         }
     }
 }

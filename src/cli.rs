@@ -14,7 +14,11 @@ use crate::store::Store;
 use crate::store::embedded::EmbeddedStore;
 
 #[derive(Parser)]
-#[command(name = "ipn-relay", version, about = "Verifies, dedupes and durably relays NOWPayments IPNs and Nova webhooks")]
+#[command(
+    name = "ipn-relay",
+    version,
+    about = "Verifies, dedupes and durably relays NOWPayments IPNs and Nova webhooks"
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -96,7 +100,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
@@ -113,11 +118,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     }
     let store: Arc<dyn Store> = match &config.store.kind {
         StoreKind::Embedded { path } => {
-            let store = EmbeddedStore::open(path).with_context(|| format!("cannot open the embedded store at {}", path.display()))?;
+            let store = EmbeddedStore::open(path)
+                .with_context(|| format!("cannot open the embedded store at {}", path.display()))?;
             tracing::info!(path = %path.display(), "embedded store open");
             Arc::new(store)
         }
-        StoreKind::Redis { .. } => bail!("store.kind = \"redis\" is not available in this version yet; use \"embedded\""),
+        StoreKind::Redis { .. } => {
+            bail!("store.kind = \"redis\" is not available in this version yet; use \"embedded\"")
+        }
     };
     let ingress = tokio::net::TcpListener::bind(config.server.listen)
         .await

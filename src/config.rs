@@ -189,7 +189,8 @@ impl Config {
 
     /// Reads and validates the file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         Config::parse(&text, path)
     }
 
@@ -211,7 +212,12 @@ impl Config {
             StoreKind::Embedded { path } => format!("embedded ({})", path.display()),
             StoreKind::Redis { url, prefix } => format!("redis ({}, prefix {prefix})", redact_url(url)),
         };
-        s.push_str(&format!("ingress   {}\nadmin     {}\nstore     {store}, dedupe ttl {}\n", self.server.listen, self.server.admin_listen, humantime::format_duration(self.store.dedupe_ttl)));
+        s.push_str(&format!(
+            "ingress   {}\nadmin     {}\nstore     {store}, dedupe ttl {}\n",
+            self.server.listen,
+            self.server.admin_listen,
+            humantime::format_duration(self.store.dedupe_ttl)
+        ));
         for src in &self.sources {
             s.push_str(&format!(
                 "source    {} ({}) → POST /hooks/{}, {} secret(s){}{}\n",
@@ -219,12 +225,22 @@ impl Config {
                 src.kind.as_str(),
                 src.name,
                 src.secrets.len(),
-                if src.allow_ips.is_empty() { String::new() } else { format!(", {} allowed network(s)", src.allow_ips.len()) },
+                if src.allow_ips.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {} allowed network(s)", src.allow_ips.len())
+                },
                 src.rate_limit.map(|r| format!(", {}/s burst {} per IP", r.per_second, r.burst)).unwrap_or_default()
             ));
         }
         for ep in &self.endpoints {
-            s.push_str(&format!("endpoint  {} → {} (timeout {}, max in flight {})\n", ep.name, ep.url, humantime::format_duration(ep.timeout), ep.max_in_flight));
+            s.push_str(&format!(
+                "endpoint  {} → {} (timeout {}, max in flight {})\n",
+                ep.name,
+                ep.url,
+                humantime::format_duration(ep.timeout),
+                ep.max_in_flight
+            ));
         }
         let d = &self.delivery;
         s.push_str(&format!(
@@ -286,7 +302,11 @@ pub fn interpolate(s: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<(
                 out.push_str(d);
                 defaulted.push(name.to_owned());
             }
-            (None, None) => return Err(format!("environment variable {name} is not set (use ${{{name}:-default}} for a fallback)")),
+            (None, None) => {
+                return Err(format!(
+                    "environment variable {name} is not set (use ${{{name}:-default}} for a fallback)"
+                ));
+            }
         }
         rest = &after[end + 1..];
     }
@@ -314,9 +334,11 @@ struct Dur(Duration);
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let Text(s) = Text::deserialize(d)?;
-        humantime::parse_duration(&s)
-            .map(Dur)
-            .map_err(|e| de::Error::custom(format!("invalid duration {s:?} ({e}); write e.g. \"500ms\", \"10s\", \"5m\", \"2h\", \"30d\"")))
+        humantime::parse_duration(&s).map(Dur).map_err(|e| {
+            de::Error::custom(format!(
+                "invalid duration {s:?} ({e}); write e.g. \"500ms\", \"10s\", \"5m\", \"2h\", \"30d\""
+            ))
+        })
     }
 }
 
@@ -345,9 +367,9 @@ impl<'de> Deserialize<'de> for Cidr {
         if let Ok(net) = s.parse::<IpNet>() {
             return Ok(Cidr(net.trunc()));
         }
-        s.parse::<IpAddr>()
-            .map(|ip| Cidr(IpNet::from(ip)))
-            .map_err(|_| de::Error::custom(format!("invalid CIDR {s:?}; write e.g. \"203.0.113.0/24\" or \"2001:db8::1\"")))
+        s.parse::<IpAddr>().map(|ip| Cidr(IpNet::from(ip))).map_err(|_| {
+            de::Error::custom(format!("invalid CIDR {s:?}; write e.g. \"203.0.113.0/24\" or \"2001:db8::1\""))
+        })
     }
 }
 
@@ -549,7 +571,12 @@ fn event_pattern(key: &str, p: &str) -> Result<EventPattern, Invalid> {
     match p.split_once('.') {
         Some((a, b)) if word(a) && word(b) => Ok(EventPattern::Exact(p.to_owned())),
         None if p == "unknown" => Ok(EventPattern::Exact(p.to_owned())),
-        _ => invalid(key, format!("{p:?} is not an event pattern; use \"*\", \"deposit.*\" or an exact type such as \"deposit.confirmed\"")),
+        _ => invalid(
+            key,
+            format!(
+                "{p:?} is not an event pattern; use \"*\", \"deposit.*\" or an exact type such as \"deposit.confirmed\""
+            ),
+        ),
     }
 }
 
@@ -558,9 +585,7 @@ fn signing_key(key: &str, secret: &str) -> Result<Secret, Invalid> {
         return invalid(key, "must be a Standard Webhooks secret starting with \"whsec_\"");
     };
     match base64::engine::general_purpose::STANDARD.decode(b64) {
-        Ok(bytes) if bytes.len() >= 24 && bytes.len() <= 64 => {
-            Ok(Secret(bytes))
-        }
+        Ok(bytes) if bytes.len() >= 24 && bytes.len() <= 64 => Ok(Secret(bytes)),
         Ok(_) => invalid(key, "the key after \"whsec_\" must decode to 24–64 bytes"),
         Err(_) => invalid(key, "the part after \"whsec_\" is not valid base64"),
     }
@@ -574,12 +599,17 @@ impl RawConfig {
         }
         let admin_token = s.admin_token.map(|t| t.0).filter(|t| !t.is_empty()).map(Secret::new);
         if admin_token.is_none() && !s.admin_listen.0.ip().is_loopback() {
-            return invalid("server.admin_token", format!("is required because admin_listen {} is not a loopback address", s.admin_listen.0));
+            return invalid(
+                "server.admin_token",
+                format!("is required because admin_listen {} is not a loopback address", s.admin_listen.0),
+            );
         }
         if s.max_body_bytes < 1024 || s.max_body_bytes > 16 * 1024 * 1024 {
             return invalid("server.max_body_bytes", "must be between 1024 and 16777216");
         }
-        for (key, d) in [("server.header_read_timeout", s.header_read_timeout), ("server.body_read_timeout", s.body_read_timeout)] {
+        for (key, d) in
+            [("server.header_read_timeout", s.header_read_timeout), ("server.body_read_timeout", s.body_read_timeout)]
+        {
             if d.0.is_zero() {
                 return invalid(key, "must be greater than 0s");
             }
@@ -621,7 +651,10 @@ impl RawConfig {
                 }
                 let prefix = st.prefix.map(|p| p.0).unwrap_or_else(|| "ipn-relay".into());
                 if prefix.is_empty() || prefix.contains(['{', '}']) {
-                    return invalid("store.prefix", "must be non-empty and contain no braces (it becomes the {hash tag})");
+                    return invalid(
+                        "store.prefix",
+                        "must be non-empty and contain no braces (it becomes the {hash tag})",
+                    );
                 }
                 StoreKind::Redis { url, prefix }
             }
@@ -645,7 +678,10 @@ impl RawConfig {
             }
             let timestamp_tolerance = match (src.kind, src.timestamp_tolerance) {
                 (ProviderKind::Nowpayments, Some(_)) => {
-                    return invalid(format!("{key}.timestamp_tolerance"), "applies to kind = \"nova\" only (NOWPayments IPNs carry no signed timestamp)");
+                    return invalid(
+                        format!("{key}.timestamp_tolerance"),
+                        "applies to kind = \"nova\" only (NOWPayments IPNs carry no signed timestamp)",
+                    );
                 }
                 (ProviderKind::Nowpayments, None) => None,
                 (ProviderKind::Nova, t) => {
@@ -687,12 +723,17 @@ impl RawConfig {
                 Err(e) => return invalid(format!("{key}.url"), format!("{:?} is not a URL: {e}", ep.url.0)),
             };
             if !matches!(url.scheme_str(), Some("http" | "https")) || url.host().is_none_or(str::is_empty) {
-                return invalid(format!("{key}.url"), format!("{:?} must be an absolute http:// or https:// URL", ep.url.0));
+                return invalid(
+                    format!("{key}.url"),
+                    format!("{:?} must be an absolute http:// or https:// URL", ep.url.0),
+                );
             }
             let signing_key = signing_key(&format!("{key}.secret"), &ep.secret.0)?;
             let events = match ep.events {
                 None => vec![EventPattern::Any],
-                Some(v) if v.is_empty() => return invalid(format!("{key}.events"), "must not be empty (omit it for [\"*\"])"),
+                Some(v) if v.is_empty() => {
+                    return invalid(format!("{key}.events"), "must not be empty (omit it for [\"*\"])");
+                }
                 Some(v) => v.iter().map(|p| event_pattern(&format!("{key}.events"), &p.0)).collect::<Result<_, _>>()?,
             };
             let ep_sources: Vec<String> = ep.sources.into_iter().map(|s| s.0).collect();
@@ -738,7 +779,11 @@ impl RawConfig {
         if let Some(ep) = endpoints.iter().find(|ep| ep.timeout >= d.visibility_timeout.0) {
             return invalid(
                 "delivery.visibility_timeout",
-                format!("must exceed every endpoint timeout; endpoint {:?} has {}", ep.name, humantime::format_duration(ep.timeout)),
+                format!(
+                    "must exceed every endpoint timeout; endpoint {:?} has {}",
+                    ep.name,
+                    humantime::format_duration(ep.timeout)
+                ),
             );
         }
         let delivery = DeliveryConfig {
@@ -812,21 +857,27 @@ secrets = ["s1"]
 
     #[test]
     fn missing_variable_names_the_line() {
-        let e = err("\n[[sources]]\nname = \"nova\"\nkind = \"nova\"\nsecrets = [\"${IPN_RELAY_TEST_SURELY_UNSET}\"]\n");
+        let e =
+            err("\n[[sources]]\nname = \"nova\"\nkind = \"nova\"\nsecrets = [\"${IPN_RELAY_TEST_SURELY_UNSET}\"]\n");
         assert!(e.contains("IPN_RELAY_TEST_SURELY_UNSET is not set"), "{e}");
         assert!(e.contains("line 14"), "{e}");
     }
 
     #[test]
     fn records_defaulted_variables() {
-        let cfg = parse("\n[[sources]]\nname = \"nova\"\nkind = \"nova\"\nsecrets = [\"${IPN_RELAY_TEST_SURELY_UNSET:-dev}\"]\n").unwrap();
+        let cfg = parse(
+            "\n[[sources]]\nname = \"nova\"\nkind = \"nova\"\nsecrets = [\"${IPN_RELAY_TEST_SURELY_UNSET:-dev}\"]\n",
+        )
+        .unwrap();
         assert_eq!(cfg.defaulted_vars, vec!["IPN_RELAY_TEST_SURELY_UNSET".to_owned()]);
         assert_eq!(cfg.sources[1].secrets[0].expose(), b"dev");
     }
 
     #[test]
     fn syntax_errors_name_the_line() {
-        let e = Config::parse("[server]\nlisten = \"127.0.0.1:1\"\nadmin_listen = oops\n", Path::new("c.toml")).unwrap_err().to_string();
+        let e = Config::parse("[server]\nlisten = \"127.0.0.1:1\"\nadmin_listen = oops\n", Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("line 3"), "{e}");
     }
 
@@ -840,7 +891,9 @@ secrets = ["s1"]
 
     #[test]
     fn durations_are_human_readable() {
-        let cfg = parse("\n[delivery]\ninitial_backoff = \"1h 30m\"\nmax_backoff = \"2d\"\nvisibility_timeout = \"90s\"\n").unwrap();
+        let cfg =
+            parse("\n[delivery]\ninitial_backoff = \"1h 30m\"\nmax_backoff = \"2d\"\nvisibility_timeout = \"90s\"\n")
+                .unwrap();
         assert_eq!(cfg.delivery.initial_backoff, Duration::from_secs(5400));
         assert_eq!(cfg.delivery.max_backoff, Duration::from_secs(2 * 86400));
         assert!(err("\n[delivery]\ninitial_backoff = \"soon\"\n").contains("invalid duration \"soon\""));
@@ -866,13 +919,17 @@ secrets = ["s1"]
 
     #[test]
     fn refuses_tolerance_longer_than_dedupe_ttl() {
-        let e = err("\n[store]\ndedupe_ttl = \"1h\"\n\n[[sources]]\nname = \"nova\"\nkind = \"nova\"\nsecrets = [\"x\"]\ntimestamp_tolerance = \"2h\"\n");
+        let e = err(
+            "\n[store]\ndedupe_ttl = \"1h\"\n\n[[sources]]\nname = \"nova\"\nkind = \"nova\"\nsecrets = [\"x\"]\ntimestamp_tolerance = \"2h\"\n",
+        );
         assert!(e.contains("sources[1].timestamp_tolerance") && e.contains("dedupe_ttl"), "{e}");
     }
 
     #[test]
     fn zero_tolerance_disables_the_check() {
-        let cfg = parse("\n[[sources]]\nname = \"nova\"\nkind = \"nova\"\nsecrets = [\"x\"]\ntimestamp_tolerance = \"0s\"\n").unwrap();
+        let cfg =
+            parse("\n[[sources]]\nname = \"nova\"\nkind = \"nova\"\nsecrets = [\"x\"]\ntimestamp_tolerance = \"0s\"\n")
+                .unwrap();
         assert_eq!(cfg.sources[1].timestamp_tolerance, None);
     }
 
@@ -895,8 +952,13 @@ secrets = ["s1"]
     fn refuses_bad_patterns_cidrs_and_source_filters() {
         assert!(err(&format!("{EP}events = [\"deposit*\"]\n")).contains("endpoints[0].events"));
         assert!(err(&format!("{EP}sources = [\"nope\"]\n")).contains("no source is named \"nope\""));
-        assert!(err("\n[[sources]]\nname = \"x\"\nkind = \"nova\"\nsecrets = [\"x\"]\nallow_ips = [\"10.0.0.0/33\"]\n").contains("invalid CIDR"));
-        assert!(err("\n[[sources]]\nname = \"Bad Name\"\nkind = \"nova\"\nsecrets = [\"x\"]\n").contains("sources[1].name"));
+        assert!(
+            err("\n[[sources]]\nname = \"x\"\nkind = \"nova\"\nsecrets = [\"x\"]\nallow_ips = [\"10.0.0.0/33\"]\n")
+                .contains("invalid CIDR")
+        );
+        assert!(
+            err("\n[[sources]]\nname = \"Bad Name\"\nkind = \"nova\"\nsecrets = [\"x\"]\n").contains("sources[1].name")
+        );
     }
 
     #[test]

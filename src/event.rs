@@ -67,7 +67,8 @@ impl Event {
     pub fn new(source: &str, provider: &'static str, n: Normalised, received_at: OffsetDateTime) -> Event {
         // The payload came out of our own strict parser, so it is valid JSON;
         // fall back to null rather than panic if that ever stopped being true.
-        let payload = RawValue::from_string(n.payload).unwrap_or_else(|_| RawValue::from_string("null".into()).expect("null is JSON"));
+        let payload = RawValue::from_string(n.payload)
+            .unwrap_or_else(|_| RawValue::from_string("null".into()).expect("null is JSON"));
         Event {
             id: event_id(source, &n.dedupe_key),
             event_type: n.event_type,

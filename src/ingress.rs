@@ -194,7 +194,9 @@ impl Ingress {
             }
             Err(e) => {
                 match &e {
-                    IngressError::Unavailable => tracing::warn!(source = %source, outcome = e.code(), "callback refused: store unavailable"),
+                    IngressError::Unavailable => {
+                        tracing::warn!(source = %source, outcome = e.code(), "callback refused: store unavailable")
+                    }
                     _ => tracing::info!(source = %source, outcome = e.code(), %peer, elapsed_ms, "callback refused"),
                 }
                 e.into_response()
@@ -228,7 +230,8 @@ impl Ingress {
         }
 
         let max = self.config.server.max_body_bytes;
-        let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+        let declared =
+            req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > max as u64) {
             return Err(IngressError::BodyTooLarge(max));
         }
@@ -294,7 +297,12 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr
         return peer;
     }
     let mut client = peer;
-    let hops = headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).collect::<Vec<_>>();
+    let hops = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .collect::<Vec<_>>();
     for hop in hops.iter().rev() {
         let Ok(ip) = hop.trim().parse::<IpAddr>() else {
             // An unparseable hop ends the chain we can trust.

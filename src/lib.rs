@@ -5,12 +5,12 @@
 //! [`canonical`] JSON form), [`event`] is the normalised event, and [`store`]
 //! admits it atomically with its dedupe key and deliveries.
 
+pub mod admin;
 pub mod canonical;
+pub mod cli;
 pub mod config;
 pub mod event;
-pub mod providers;
-pub mod store;
-pub mod admin;
-pub mod cli;
 pub mod ingress;
+pub mod providers;
 pub mod server;
+pub mod store;

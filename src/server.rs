@@ -44,13 +44,14 @@ pub async fn run(
     tracing::info!(addr = %admin_listener.local_addr()?, "admin listening");
 
     let header_timeout = config.server.header_read_timeout;
-    let ingress_task = tokio::spawn(serve(ingress_listener, header_timeout, stop_rx.clone(), config.server.shutdown_grace, {
-        let ingress = ingress.clone();
-        move |req, peer| {
+    let ingress_task =
+        tokio::spawn(serve(ingress_listener, header_timeout, stop_rx.clone(), config.server.shutdown_grace, {
             let ingress = ingress.clone();
-            async move { ingress.handle(req, peer).await }
-        }
-    }));
+            move |req, peer| {
+                let ingress = ingress.clone();
+                async move { ingress.handle(req, peer).await }
+            }
+        }));
     let admin_task = tokio::spawn(serve(admin_listener, header_timeout, stop_rx.clone(), Duration::from_secs(1), {
         let admin = admin.clone();
         move |req, _peer| {
@@ -71,8 +72,13 @@ pub async fn run(
 }
 
 /// Accepts HTTP/1.1 connections and serves `handler` on each until `stop`.
-async fn serve<F, Fut>(listener: TcpListener, header_timeout: Duration, mut stop: watch::Receiver<bool>, grace: Duration, handler: F)
-where
+async fn serve<F, Fut>(
+    listener: TcpListener,
+    header_timeout: Duration,
+    mut stop: watch::Receiver<bool>,
+    grace: Duration,
+    handler: F,
+) where
     F: Fn(hyper::Request<hyper::body::Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = hyper::Response<http_body_util::Full<bytes::Bytes>>> + Send + 'static,
 {

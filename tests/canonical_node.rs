@@ -56,7 +56,8 @@ impl Node {
         writeln!(self.stdin, "{}", serde_json::to_string(text).unwrap()).unwrap();
         let mut line = String::new();
         self.stdout.read_line(&mut line).unwrap();
-        let [keep, sort]: [String; 2] = serde_json::from_str(&line).unwrap_or_else(|e| panic!("node answered {line:?}: {e}"));
+        let [keep, sort]: [String; 2] =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("node answered {line:?}: {e}"));
         (keep, sort)
     }
 }
@@ -145,7 +146,12 @@ fn json() -> impl Strategy<Value = J> {
             prop::collection::vec(inner.clone(), 0..6).prop_map(J::Arr),
             prop::collection::vec((key(), inner), 0..6).prop_map(|members| {
                 let mut seen = std::collections::HashSet::new();
-                J::Obj(members.into_iter().filter(|(k, _)| seen.insert(k.iter().map(|c| c.0).collect::<String>())).collect())
+                J::Obj(
+                    members
+                        .into_iter()
+                        .filter(|(k, _)| seen.insert(k.iter().map(|c| c.0).collect::<String>()))
+                        .collect(),
+                )
             }),
         ]
     })

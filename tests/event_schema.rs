@@ -28,7 +28,8 @@ fn source(kind: ProviderKind, secret: &str) -> Source {
 }
 
 fn event(src: &Source, headers: http::HeaderMap, body: &[u8], now: OffsetDateTime) -> serde_json::Value {
-    let n = providers::process(src, &headers, body, now).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(body)));
+    let n = providers::process(src, &headers, body, now)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(body)));
     serde_json::from_slice(&Event::new(&src.name, src.kind.as_str(), n, now).to_json()).unwrap()
 }
 
@@ -40,10 +41,11 @@ fn assert_valid(v: &serde_json::Value) {
 #[test]
 fn every_normalised_test_event_validates() {
     let np = source(ProviderKind::Nowpayments, NP_SECRET);
-    let mut bodies: Vec<String> = ["docs-payment-ipn.json", "docs-payout-ipn.json", "docs-custodial-recurring-ipn.json"]
-        .iter()
-        .map(|f| std::fs::read_to_string(fixture(&format!("nowpayments/{f}"))).unwrap())
-        .collect();
+    let mut bodies: Vec<String> =
+        ["docs-payment-ipn.json", "docs-payout-ipn.json", "docs-custodial-recurring-ipn.json"]
+            .iter()
+            .map(|f| std::fs::read_to_string(fixture(&format!("nowpayments/{f}"))).unwrap())
+            .collect();
     for status in ["waiting", "partially_paid", "finished", "failed", "refunded", "brand_new"] {
         bodies.push(payment_ipn(9, status));
     }
@@ -52,7 +54,10 @@ fn every_normalised_test_event_validates() {
     let now = OffsetDateTime::now_utc();
     for body in &bodies {
         let mut h = http::HeaderMap::new();
-        h.insert(nowpayments::SIGNATURE_HEADER, nowpayments::sign(NP_SECRET.as_bytes(), body.as_bytes()).parse().unwrap());
+        h.insert(
+            nowpayments::SIGNATURE_HEADER,
+            nowpayments::sign(NP_SECRET.as_bytes(), body.as_bytes()).parse().unwrap(),
+        );
         assert_valid(&event(&np, h, body.as_bytes(), now));
     }
 

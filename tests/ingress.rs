@@ -48,7 +48,9 @@ async fn the_same_ipn_ten_times_at_once_is_accepted_once() {
         let (c, body) = (c.clone(), body.clone());
         let url = relay.url("/hooks/nowpayments");
         let sig = nowpayments::sign(NP_SECRET.as_bytes(), body.as_bytes());
-        tokio::spawn(async move { answer(c.post(url).header("x-nowpayments-sig", sig).body(body).send().await.unwrap()).await })
+        tokio::spawn(async move {
+            answer(c.post(url).header("x-nowpayments-sig", sig).body(body).send().await.unwrap()).await
+        })
     });
     let mut outcomes = Vec::new();
     for s in sends {
@@ -106,7 +108,13 @@ async fn body_over_the_limit_is_413_by_header_and_while_reading() {
     assert_eq!((status, error_code(&v)), (413, "body_too_large"));
     // No Content-Length (chunked): refused while reading.
     let chunks = futures_stream(vec![vec![b'x'; 3000], vec![b'x'; 3000]]);
-    let r = c.post(relay.url("/hooks/nowpayments")).header("x-nowpayments-sig", "00").body(reqwest::Body::wrap_stream(chunks)).send().await.unwrap();
+    let r = c
+        .post(relay.url("/hooks/nowpayments"))
+        .header("x-nowpayments-sig", "00")
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
     let (status, v) = answer(r).await;
     assert_eq!((status, error_code(&v)), (413, "body_too_large"));
     // A lying Content-Length of 10 GB is refused at once, without waiting for it.
@@ -122,7 +130,8 @@ fn futures_stream(chunks: Vec<Vec<u8>>) -> impl futures_core::Stream<Item = Resu
 
 async fn read_head(s: &mut TcpStream) -> String {
     let mut buf = vec![0u8; 4096];
-    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.expect("server answers in time").unwrap();
+    let n =
+        tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.expect("server answers in time").unwrap();
     String::from_utf8_lossy(&buf[..n]).into_owned()
 }
 
@@ -147,15 +156,26 @@ allow_ips = ["127.0.0.0/8", "::1"]
     let c = client();
     let body = payment_ipn(1, "waiting");
     let sig = nowpayments::sign(NP_SECRET.as_bytes(), body.as_bytes());
-    let (status, v) = answer(c.post(relay.url("/hooks/locked")).header("x-nowpayments-sig", &sig).body(body.clone()).send().await.unwrap()).await;
+    let (status, v) = answer(
+        c.post(relay.url("/hooks/locked")).header("x-nowpayments-sig", &sig).body(body.clone()).send().await.unwrap(),
+    )
+    .await;
     assert_eq!((status, error_code(&v)), (403, "ip_not_allowed"));
     // X-Forwarded-For from an untrusted peer changes nothing.
     let (status, _) = answer(
-        c.post(relay.url("/hooks/locked")).header("x-nowpayments-sig", &sig).header("x-forwarded-for", "192.0.2.1").body(body.clone()).send().await.unwrap(),
+        c.post(relay.url("/hooks/locked"))
+            .header("x-nowpayments-sig", &sig)
+            .header("x-forwarded-for", "192.0.2.1")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap(),
     )
     .await;
     assert_eq!(status, 403);
-    let (status, v) = answer(c.post(relay.url("/hooks/local")).header("x-nowpayments-sig", &sig).body(body).send().await.unwrap()).await;
+    let (status, v) =
+        answer(c.post(relay.url("/hooks/local")).header("x-nowpayments-sig", &sig).body(body).send().await.unwrap())
+            .await;
     assert_eq!((status, v["status"].as_str()), (200, Some("accepted")));
 }
 
@@ -169,9 +189,11 @@ kind = "nowpayments"
 secrets = ["np-test-secret"]
 allow_ips = ["192.0.2.0/24"]
 "#;
-    let text = config_text(&dir.path().join("r.redb"), extra).replace("[server]\n", "[server]\ntrusted_proxies = [\"127.0.0.1\"]\n");
+    let text = config_text(&dir.path().join("r.redb"), extra)
+        .replace("[server]\n", "[server]\ntrusted_proxies = [\"127.0.0.1\"]\n");
     let config = std::sync::Arc::new(ipn_relay::config::Config::parse(&text, std::path::Path::new("t.toml")).unwrap());
-    let store = std::sync::Arc::new(ipn_relay::store::embedded::EmbeddedStore::open(&dir.path().join("r.redb")).unwrap());
+    let store =
+        std::sync::Arc::new(ipn_relay::store::embedded::EmbeddedStore::open(&dir.path().join("r.redb")).unwrap());
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let a = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
@@ -180,7 +202,9 @@ allow_ips = ["192.0.2.0/24"]
     let body = payment_ipn(2, "waiting");
     let sig = nowpayments::sign(NP_SECRET.as_bytes(), body.as_bytes());
     let url = format!("http://{addr}/hooks/locked");
-    let send = |xff: &'static str| c.post(&url).header("x-nowpayments-sig", &sig).header("x-forwarded-for", xff).body(body.clone()).send();
+    let send = |xff: &'static str| {
+        c.post(&url).header("x-nowpayments-sig", &sig).header("x-forwarded-for", xff).body(body.clone()).send()
+    };
     assert_eq!(send("192.0.2.77").await.unwrap().status(), 200);
     // A spoofed left-most entry is not believed: the proxy saw 198.51.100.1.
     assert_eq!(send("192.0.2.77, 198.51.100.1").await.unwrap().status(), 403);
@@ -230,11 +254,25 @@ async fn forged_and_malformed_signatures_are_401() {
     assert_eq!((status, error_code(&v)), (401, "invalid_signature"));
     let (status, v) = answer(c.post(relay.url("/hooks/nowpayments")).body(body.clone()).send().await.unwrap()).await;
     assert_eq!((status, error_code(&v)), (401, "invalid_signature"), "missing");
-    let (status, _) = answer(c.post(relay.url("/hooks/nowpayments")).header("x-nowpayments-sig", "not-hex").body(body.clone()).send().await.unwrap()).await;
+    let (status, _) = answer(
+        c.post(relay.url("/hooks/nowpayments"))
+            .header("x-nowpayments-sig", "not-hex")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(status, 401, "malformed");
     // The error body never contains the expected signature.
     let expected = nowpayments::sign(NP_SECRET.as_bytes(), body.as_bytes());
-    let r = c.post(relay.url("/hooks/nowpayments")).header("x-nowpayments-sig", "0".repeat(128)).body(body.clone()).send().await.unwrap();
+    let r = c
+        .post(relay.url("/hooks/nowpayments"))
+        .header("x-nowpayments-sig", "0".repeat(128))
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
     assert!(!r.text().await.unwrap().contains(&expected[..16]));
     // Nothing was stored by any of this.
     assert_eq!(relay.store.event_count().await.unwrap(), 0);
@@ -281,7 +319,8 @@ async fn signed_but_unusable_bodies_are_400() {
     for (what, body) in bad {
         // Signed over the exact bytes, so only the content is at fault.
         let sig = nowpayments::hex_hmac(NP_SECRET.as_bytes(), body.as_bytes());
-        let r = c.post(relay.url("/hooks/nowpayments")).header("x-nowpayments-sig", sig).body(body).send().await.unwrap();
+        let r =
+            c.post(relay.url("/hooks/nowpayments")).header("x-nowpayments-sig", sig).body(body).send().await.unwrap();
         let (status, v) = answer(r).await;
         assert_eq!((status, error_code(&v)), (400, "bad_request"), "{what}: {v}");
     }
@@ -339,7 +378,10 @@ async fn shutdown_lets_an_open_request_finish() {
     let sig = nowpayments::sign(NP_SECRET.as_bytes(), body.as_bytes());
     // Send the head and half the body, then ask the server to stop.
     let mut s = TcpStream::connect(relay.addr).await.unwrap();
-    let head = format!("POST /hooks/nowpayments HTTP/1.1\r\nhost: x\r\nx-nowpayments-sig: {sig}\r\ncontent-length: {}\r\n\r\n", body.len());
+    let head = format!(
+        "POST /hooks/nowpayments HTTP/1.1\r\nhost: x\r\nx-nowpayments-sig: {sig}\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
     s.write_all(head.as_bytes()).await.unwrap();
     s.write_all(&body.as_bytes()[..100]).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;

@@ -48,7 +48,13 @@ fn spawn_relay(config: &Path) -> RelayProcess {
 
 async fn post(c: &reqwest::Client, addr: SocketAddr, body: String) -> Option<(u16, serde_json::Value)> {
     let sig = nowpayments::sign(NP_SECRET.as_bytes(), body.as_bytes());
-    let r = c.post(format!("http://{addr}/hooks/nowpayments")).header("x-nowpayments-sig", sig).body(body).send().await.ok()?;
+    let r = c
+        .post(format!("http://{addr}/hooks/nowpayments"))
+        .header("x-nowpayments-sig", sig)
+        .body(body)
+        .send()
+        .await
+        .ok()?;
     let status = r.status().as_u16();
     let v = serde_json::from_str(&r.text().await.ok()?).ok()?;
     Some((status, v))
@@ -96,7 +102,11 @@ async fn every_accepted_event_survives_kill_9() {
         s.await.unwrap();
     }
     let accepted = accepted.lock().unwrap().clone();
-    assert!(accepted.len() >= 300 && accepted.len() < 1000, "the kill must land mid-stream: {} accepted", accepted.len());
+    assert!(
+        accepted.len() >= 300 && accepted.len() < 1000,
+        "the kill must land mid-stream: {} accepted",
+        accepted.len()
+    );
 
     // Restart on the same file: every accepted IPN is a duplicate now.
     let mut relay = spawn_relay(&config);

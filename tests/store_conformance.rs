@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use ipn_relay::store::embedded::EmbeddedStore;
 use ipn_relay::store::{
-    Admission, Attempt, AttemptResult, DeliveryFilter, DeliveryState, NewDelivery, NewEvent, Next, Store, new_delivery_id,
+    Admission, Attempt, AttemptResult, DeliveryFilter, DeliveryState, NewDelivery, NewEvent, Next, Store,
+    new_delivery_id,
 };
 
 const TTL: u64 = 1_000;
@@ -26,11 +27,20 @@ fn deliveries(at: u64, endpoints: &[&str]) -> Vec<NewDelivery> {
 }
 
 fn attempt(at: u64, code: u16) -> Attempt {
-    Attempt { number: 0, started_at: at, duration_ms: 3, result: AttemptResult::Status { code }, response_excerpt: Some("body".into()) }
+    Attempt {
+        number: 0,
+        started_at: at,
+        duration_ms: 3,
+        result: AttemptResult::Status { code },
+        response_excerpt: Some("body".into()),
+    }
 }
 
 async fn admit_stores_event_and_deliveries(s: Arc<impl Store>) {
-    let r = s.admit(event("evt_a", "np", "deposit.confirmed", 1000), deliveries(1000, &["be", "audit"]), TTL).await.unwrap();
+    let r = s
+        .admit(event("evt_a", "np", "deposit.confirmed", 1000), deliveries(1000, &["be", "audit"]), TTL)
+        .await
+        .unwrap();
     assert_eq!(r, Admission::Accepted);
     let stored = s.event("evt_a").await.unwrap().unwrap();
     assert_eq!(stored.json, br#"{"id":"evt_a","type":"deposit.confirmed"}"#);
@@ -50,12 +60,21 @@ async fn event_without_endpoints_is_still_stored(s: Arc<impl Store>) {
 }
 
 async fn dedupe_holds_for_the_ttl_then_expires(s: Arc<impl Store>) {
-    assert_eq!(s.admit(event("evt_d", "np", "t.t", 1000), deliveries(1000, &["be"]), TTL).await.unwrap(), Admission::Accepted);
+    assert_eq!(
+        s.admit(event("evt_d", "np", "t.t", 1000), deliveries(1000, &["be"]), TTL).await.unwrap(),
+        Admission::Accepted
+    );
     // A duplicate writes nothing: still one delivery.
-    assert_eq!(s.admit(event("evt_d", "np", "t.t", 1999), deliveries(1999, &["be"]), TTL).await.unwrap(), Admission::Duplicate);
+    assert_eq!(
+        s.admit(event("evt_d", "np", "t.t", 1999), deliveries(1999, &["be"]), TTL).await.unwrap(),
+        Admission::Duplicate
+    );
     assert_eq!(s.event_deliveries("evt_d").await.unwrap().len(), 1);
     // At expiry the same callback is new again (same event id, new delivery).
-    assert_eq!(s.admit(event("evt_d", "np", "t.t", 2000), deliveries(2000, &["be"]), TTL).await.unwrap(), Admission::Accepted);
+    assert_eq!(
+        s.admit(event("evt_d", "np", "t.t", 2000), deliveries(2000, &["be"]), TTL).await.unwrap(),
+        Admission::Accepted
+    );
     assert_eq!(s.event_deliveries("evt_d").await.unwrap().len(), 2);
     assert_eq!(s.admit(event("evt_d", "np", "t.t", 2500), vec![], TTL).await.unwrap(), Admission::Duplicate);
 }
@@ -74,7 +93,9 @@ async fn concurrent_admissions_of_one_event_accept_once(s: Arc<impl Store>) {
     let tasks: Vec<_> = (0..20)
         .map(|_| {
             let s = s.clone();
-            tokio::spawn(async move { s.admit(event("evt_c", "np", "t.t", 1000), deliveries(1000, &["be"]), TTL).await.unwrap() })
+            tokio::spawn(async move {
+                s.admit(event("evt_c", "np", "t.t", 1000), deliveries(1000, &["be"]), TTL).await.unwrap()
+            })
         })
         .collect();
     let mut accepted = 0;
@@ -120,7 +141,10 @@ async fn retries_are_scheduled_and_dead_is_final(s: Arc<impl Store>) {
     assert_eq!(d.last_error.as_deref(), Some("HTTP 500"));
     assert!(s.claim_due(2999, 10, VIS).await.unwrap().is_empty());
     let c = s.claim_due(3000, 10, VIS).await.unwrap().remove(0);
-    let failed = Attempt { result: AttemptResult::Error { class: "timeout".into(), detail: "after 10s".into() }, ..attempt(3000, 0) };
+    let failed = Attempt {
+        result: AttemptResult::Error { class: "timeout".into(), detail: "after 10s".into() },
+        ..attempt(3000, 0)
+    };
     assert!(s.finish(&id, c.delivery.claim_token, failed, Next::Dead).await.unwrap());
     let (d, attempts) = s.delivery(&id).await.unwrap().unwrap();
     assert_eq!((d.state, d.attempts, d.next_attempt_at), (DeliveryState::Dead, 2, None));
@@ -142,7 +166,9 @@ async fn release_returns_a_claim_without_counting_an_attempt(s: Arc<impl Store>)
 async fn list_filters_and_pages_newest_first(s: Arc<impl Store>) {
     for i in 0..7u64 {
         let (src, ty) = if i % 2 == 0 { ("np", "deposit.confirmed") } else { ("nova", "payout.failed") };
-        s.admit(event(&format!("evt_l{i}"), src, ty, 1000 + i * 10), deliveries(1000 + i * 10, &["be"]), TTL).await.unwrap();
+        s.admit(event(&format!("evt_l{i}"), src, ty, 1000 + i * 10), deliveries(1000 + i * 10, &["be"]), TTL)
+            .await
+            .unwrap();
     }
     let all = s.list(&DeliveryFilter::default(), None, 100).await.unwrap();
     assert_eq!(all.items.len(), 7);
@@ -161,10 +187,16 @@ async fn list_filters_and_pages_newest_first(s: Arc<impl Store>) {
     let seen: Vec<_> = p1.items.iter().chain(&p2.items).map(|d| d.event_id.clone()).collect();
     assert_eq!(seen, ["evt_l6", "evt_l4", "evt_l2", "evt_l0"]);
 
-    let f = DeliveryFilter { event_type: Some("payout.failed".into()), since: Some(1015), until: Some(1051), ..Default::default() };
+    let f = DeliveryFilter {
+        event_type: Some("payout.failed".into()),
+        since: Some(1015),
+        until: Some(1051),
+        ..Default::default()
+    };
     let got: Vec<_> = s.list(&f, None, 10).await.unwrap().items.into_iter().map(|d| d.event_id).collect();
     assert_eq!(got, ["evt_l5", "evt_l3"]);
-    let f = DeliveryFilter { state: Some(DeliveryState::InFlight), endpoint: Some("nope".into()), ..Default::default() };
+    let f =
+        DeliveryFilter { state: Some(DeliveryState::InFlight), endpoint: Some("nope".into()), ..Default::default() };
     assert!(s.list(&f, None, 10).await.unwrap().items.is_empty());
 }
 

@@ -29,7 +29,12 @@ pub enum ProviderError {
 }
 
 /// Verifies and normalises one callback for `source`.
-pub fn process(source: &Source, headers: &HeaderMap, body: &[u8], now: OffsetDateTime) -> Result<Normalised, ProviderError> {
+pub fn process(
+    source: &Source,
+    headers: &HeaderMap,
+    body: &[u8],
+    now: OffsetDateTime,
+) -> Result<Normalised, ProviderError> {
     match source.kind {
         ProviderKind::Nowpayments => nowpayments::process(&source.secrets, headers, body),
         ProviderKind::Nova => nova::process(&source.secrets, source.timestamp_tolerance, headers, body, now),
@@ -75,7 +80,9 @@ fn key_part(v: Option<&Value>) -> serde_json::Value {
         Some(Value::String(s)) => s.clone().into(),
         Some(Value::Number(n)) => canonical::ecmascript_number(n).into(),
         Some(Value::Bool(b)) => b.to_string().into(),
-        Some(other @ (Value::Array(_) | Value::Object(_))) => canonical::canonical(other, canonical::ArrayStyle::Array).into(),
+        Some(other @ (Value::Array(_) | Value::Object(_))) => {
+            canonical::canonical(other, canonical::ArrayStyle::Array).into()
+        }
         Some(Value::Null) | None => serde_json::Value::Null,
     }
 }
@@ -95,7 +102,8 @@ fn provider_time(v: Option<&Value>) -> Option<String> {
         Value::String(s) => event::parse_rfc3339(s).map(event::rfc3339_millis),
         Value::Number(n) => {
             let ms: f64 = n.parse().ok()?;
-            if !ms.is_finite() || ms < 0.0 || ms > 253_402_300_799_000.0 {
+            // Up to 9999-12-31, the last time RFC 3339 can write.
+            if !(0.0..=253_402_300_799_000.0).contains(&ms) {
                 return None;
             }
             OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000).ok().map(event::rfc3339_millis)

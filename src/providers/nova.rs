@@ -15,7 +15,9 @@ use http::HeaderMap;
 use sha2::Sha256;
 use time::OffsetDateTime;
 
-use super::{ProviderError, decode_hex_signature, dedupe_key, hmac_matches, key_part, parse_body, provider_time, text_field};
+use super::{
+    ProviderError, decode_hex_signature, dedupe_key, hmac_matches, key_part, parse_body, provider_time, text_field,
+};
 use crate::canonical::{self, ArrayStyle, Value};
 use crate::config::Secret;
 use crate::event::{self, Normalised, Subject};
@@ -36,9 +38,11 @@ pub fn process(
     let n = normalise(&value)?;
     // Checked after the signature: only a genuine webhook learns it is stale.
     if let Some(tolerance) = tolerance {
-        let ts = value.get("timestamp").and_then(Value::as_str).and_then(event::parse_rfc3339).ok_or_else(|| {
-            ProviderError::BadRequest("`timestamp` must be an RFC 3339 time".into())
-        })?;
+        let ts = value
+            .get("timestamp")
+            .and_then(Value::as_str)
+            .and_then(event::parse_rfc3339)
+            .ok_or_else(|| ProviderError::BadRequest("`timestamp` must be an RFC 3339 time".into()))?;
         let skew = (now - ts).unsigned_abs();
         if skew > tolerance {
             return Err(ProviderError::StaleTimestamp);
@@ -108,7 +112,8 @@ pub fn normalise(v: &Value) -> Result<Normalised, ProviderError> {
         Some(d @ Value::Object(_)) => d,
         _ => return Err(ProviderError::BadRequest("`data` must be an object".into())),
     };
-    let id = text_field(data, "id").ok_or_else(|| ProviderError::BadRequest("`data.id` must be a string or number".into()))?;
+    let id = text_field(data, "id")
+        .ok_or_else(|| ProviderError::BadRequest("`data.id` must be a string or number".into()))?;
     if !matches!(v.get("timestamp"), Some(Value::String(_))) {
         return Err(ProviderError::BadRequest("`timestamp` must be an RFC 3339 time".into()));
     }
@@ -163,9 +168,18 @@ mod tests {
             assert_eq!(n.event_type, "deposit.confirmed");
         }
         let wrong = sign(b"nope", DEPOSIT.as_bytes());
-        assert_eq!(process(&secrets(), FIVE_MIN, &with_header(&wrong), DEPOSIT.as_bytes(), AT), Err(ProviderError::InvalidSignature("wrong")));
-        assert_eq!(process(&secrets(), FIVE_MIN, &with_header("sha256=abc"), DEPOSIT.as_bytes(), AT), Err(ProviderError::InvalidSignature("malformed")));
-        assert_eq!(process(&secrets(), FIVE_MIN, &HeaderMap::new(), DEPOSIT.as_bytes(), AT), Err(ProviderError::InvalidSignature("missing")));
+        assert_eq!(
+            process(&secrets(), FIVE_MIN, &with_header(&wrong), DEPOSIT.as_bytes(), AT),
+            Err(ProviderError::InvalidSignature("wrong"))
+        );
+        assert_eq!(
+            process(&secrets(), FIVE_MIN, &with_header("sha256=abc"), DEPOSIT.as_bytes(), AT),
+            Err(ProviderError::InvalidSignature("malformed"))
+        );
+        assert_eq!(
+            process(&secrets(), FIVE_MIN, &HeaderMap::new(), DEPOSIT.as_bytes(), AT),
+            Err(ProviderError::InvalidSignature("missing"))
+        );
     }
 
     fn with_body_signature(unsigned: &Value, signed_form: &str) -> Vec<u8> {
@@ -185,7 +199,10 @@ mod tests {
         }
         // Signed over something else: refused.
         let body = with_body_signature(&unsigned, "{}");
-        assert_eq!(process(&secrets(), FIVE_MIN, &HeaderMap::new(), &body, AT), Err(ProviderError::InvalidSignature("wrong")));
+        assert_eq!(
+            process(&secrets(), FIVE_MIN, &HeaderMap::new(), &body, AT),
+            Err(ProviderError::InvalidSignature("wrong"))
+        );
     }
 
     #[test]
@@ -193,7 +210,10 @@ mod tests {
         let unsigned = canonical::parse(DEPOSIT.as_bytes()).unwrap();
         let body = with_body_signature(&unsigned, &unsigned.to_compact());
         let wrong = sign(b"nope", &body);
-        assert_eq!(process(&secrets(), FIVE_MIN, &with_header(&wrong), &body, AT), Err(ProviderError::InvalidSignature("wrong")));
+        assert_eq!(
+            process(&secrets(), FIVE_MIN, &with_header(&wrong), &body, AT),
+            Err(ProviderError::InvalidSignature("wrong"))
+        );
     }
 
     #[test]
@@ -229,7 +249,8 @@ mod tests {
             let body = format!(r#"{{"event":"{e}","data":{{"id":1}},"timestamp":"2025-03-06T00:05:00Z"}}"#);
             normalise(&canonical::parse(body.as_bytes()).unwrap()).unwrap().event_type
         };
-        for known in ["deposit.confirmed", "deposit.failed", "payout.completed", "payout.failed", "transfer.completed"] {
+        for known in ["deposit.confirmed", "deposit.failed", "payout.completed", "payout.failed", "transfer.completed"]
+        {
             assert_eq!(t(known), known);
         }
         assert_eq!(t("refund.created"), "refund.created");
@@ -256,7 +277,10 @@ mod tests {
     fn dedupe_key_is_event_and_data_id() {
         let k = |body: &str| normalise(&canonical::parse(body.as_bytes()).unwrap()).unwrap().dedupe_key;
         let a = k(r#"{"event":"deposit.confirmed","data":{"id":"d1","amount":1},"timestamp":"2025-03-06T00:05:00Z"}"#);
-        assert_eq!(a, k(r#"{"event":"deposit.confirmed","data":{"id":"d1","amount":2},"timestamp":"2025-03-07T00:05:00Z"}"#));
+        assert_eq!(
+            a,
+            k(r#"{"event":"deposit.confirmed","data":{"id":"d1","amount":2},"timestamp":"2025-03-07T00:05:00Z"}"#)
+        );
         assert_ne!(a, k(r#"{"event":"deposit.failed","data":{"id":"d1"},"timestamp":"2025-03-06T00:05:00Z"}"#));
     }
 }

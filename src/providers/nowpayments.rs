@@ -11,7 +11,9 @@
 use http::HeaderMap;
 use sha2::{Digest, Sha512};
 
-use super::{ProviderError, decode_hex_signature, dedupe_key, hmac_matches, key_part, parse_body, provider_time, text_field};
+use super::{
+    ProviderError, decode_hex_signature, dedupe_key, hmac_matches, key_part, parse_body, provider_time, text_field,
+};
 use crate::canonical::{self, ArrayStyle, Value};
 use crate::config::Secret;
 use crate::event::{Normalised, Subject};
@@ -115,7 +117,8 @@ pub fn normalise(v: &Value) -> Result<Normalised, ProviderError> {
 
     if present(v, "payment_id") && present(v, "payment_status") {
         let status = status_of(v, "payment_status")?;
-        let id = text_field(v, "payment_id").ok_or_else(|| ProviderError::BadRequest("`payment_id` must be a string or number".into()))?;
+        let id = text_field(v, "payment_id")
+            .ok_or_else(|| ProviderError::BadRequest("`payment_id` must be a string or number".into()))?;
         return Ok(Normalised {
             dedupe_key: dedupe_key(
                 "payment",
@@ -135,10 +138,12 @@ pub fn normalise(v: &Value) -> Result<Normalised, ProviderError> {
         });
     }
 
-    let is_payout = present(v, "batch_withdrawal_id") || (present(v, "id") && present(v, "status") && present(v, "address"));
+    let is_payout =
+        present(v, "batch_withdrawal_id") || (present(v, "id") && present(v, "status") && present(v, "address"));
     if is_payout {
         let status = status_of(v, "status")?;
-        let id = text_field(v, "id").ok_or_else(|| ProviderError::BadRequest("payout `id` must be a string or number".into()))?;
+        let id = text_field(v, "id")
+            .ok_or_else(|| ProviderError::BadRequest("payout `id` must be a string or number".into()))?;
         return Ok(Normalised {
             dedupe_key: dedupe_key("payout", &[key_part(v.get("id")), status.to_ascii_lowercase().into()]),
             event_type: payout_type(&status).into(),
@@ -230,10 +235,14 @@ mod tests {
         }
         // The same signatures over a re-ordered or re-spaced body still pass
         // through the canonical forms, except the raw one.
-        let reordered = br#"{ "actually_paid": 2e-6, "items": [ {"a":2,"b":1} ], "payment_status": "waiting", "payment_id": 5 }"#;
+        let reordered =
+            br#"{ "actually_paid": 2e-6, "items": [ {"a":2,"b":1} ], "payment_status": "waiting", "payment_id": 5 }"#;
         assert!(check("new", &hex_hmac(b"new", &forms[1]), reordered).is_ok());
         assert!(check("new", &hex_hmac(b"new", &forms[2]), reordered).is_ok());
-        assert_eq!(check("new", &hex_hmac(b"new", &forms[0]), reordered), Err(ProviderError::InvalidSignature("wrong")));
+        assert_eq!(
+            check("new", &hex_hmac(b"new", &forms[0]), reordered),
+            Err(ProviderError::InvalidSignature("wrong"))
+        );
     }
 
     #[test]
@@ -307,17 +316,30 @@ mod tests {
     #[test]
     fn status_tables_match_the_spec() {
         for (s, t) in [
-            ("waiting", "deposit.pending"), ("confirming", "deposit.pending"), ("confirmed", "deposit.pending"),
-            ("sending", "deposit.pending"), ("partially_paid", "deposit.partially_paid"), ("finished", "deposit.confirmed"),
-            ("failed", "deposit.failed"), ("expired", "deposit.failed"), ("refunded", "deposit.refunded"),
-            ("FINISHED", "deposit.confirmed"), ("something_new", "unknown"),
+            ("waiting", "deposit.pending"),
+            ("confirming", "deposit.pending"),
+            ("confirmed", "deposit.pending"),
+            ("sending", "deposit.pending"),
+            ("partially_paid", "deposit.partially_paid"),
+            ("finished", "deposit.confirmed"),
+            ("failed", "deposit.failed"),
+            ("expired", "deposit.failed"),
+            ("refunded", "deposit.refunded"),
+            ("FINISHED", "deposit.confirmed"),
+            ("something_new", "unknown"),
         ] {
             assert_eq!(payment_type(s), t, "payment {s}");
         }
         for (s, t) in [
-            ("CREATING", "payout.pending"), ("waiting", "payout.pending"), ("PROCESSING", "payout.pending"),
-            ("SENDING", "payout.pending"), ("FINISHED", "payout.completed"), ("FAILED", "payout.failed"),
-            ("REJECTED", "payout.failed"), ("cancelled", "payout.failed"), ("NEW_STATE", "unknown"),
+            ("CREATING", "payout.pending"),
+            ("waiting", "payout.pending"),
+            ("PROCESSING", "payout.pending"),
+            ("SENDING", "payout.pending"),
+            ("FINISHED", "payout.completed"),
+            ("FAILED", "payout.failed"),
+            ("REJECTED", "payout.failed"),
+            ("cancelled", "payout.failed"),
+            ("NEW_STATE", "unknown"),
         ] {
             assert_eq!(payout_type(s), t, "payout {s}");
         }
@@ -330,12 +352,18 @@ mod tests {
         assert_ne!(a, n(r#"{"payment_id":1,"payment_status":"finished","actually_paid":0}"#));
         assert_ne!(a, n(r#"{"payment_id":1,"payment_status":"confirming","actually_paid":1}"#));
         assert_eq!(a, n(r#"{"payment_status":"confirming","actually_paid":0.0,"payment_id":"1","extra":2}"#));
-        assert_eq!(n(r#"{"id":"7","status":"FINISHED","address":"a"}"#), n(r#"{"id":7,"status":"finished","address":"b"}"#));
+        assert_eq!(
+            n(r#"{"id":"7","status":"FINISHED","address":"a"}"#),
+            n(r#"{"id":7,"status":"finished","address":"b"}"#)
+        );
     }
 
     #[test]
     fn epoch_millisecond_times_are_normalised() {
-        let n = normalise(&canonical::parse(br#"{"payment_id":1,"payment_status":"waiting","updated_at":1765249461097}"#).unwrap()).unwrap();
+        let n = normalise(
+            &canonical::parse(br#"{"payment_id":1,"payment_status":"waiting","updated_at":1765249461097}"#).unwrap(),
+        )
+        .unwrap();
         assert_eq!(n.occurred_at.as_deref(), Some("2025-12-09T03:04:21.097Z"));
     }
 

@@ -27,12 +27,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table, TableDefinition, WriteTransaction};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table, TableDefinition,
+    WriteTransaction,
+};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Admission, Attempt, Claim, Delivery, DeliveryFilter, DeliveryState, Millis, NewDelivery, NewEvent, Next, Page, ReplayCount,
-    Store, StoreError, StoredEvent,
+    Admission, Attempt, Claim, Delivery, DeliveryFilter, DeliveryState, Millis, NewDelivery, NewEvent, Next, Page,
+    ReplayCount, Store, StoreError, StoredEvent,
 };
 
 /// Most operations one commit carries.
@@ -136,7 +139,12 @@ impl EmbeddedStore {
         &self,
         f: impl FnOnce(&redb::ReadTransaction) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let db = self.db.read().map_err(|_| unavailable("lock poisoned"))?.clone().ok_or_else(|| unavailable("the database is being reopened"))?;
+        let db = self
+            .db
+            .read()
+            .map_err(|_| unavailable("lock poisoned"))?
+            .clone()
+            .ok_or_else(|| unavailable("the database is being reopened"))?;
         tokio::task::spawn_blocking(move || {
             let txn = db.begin_read().map_err(unavailable)?;
             f(&txn)
@@ -285,7 +293,9 @@ fn apply(t: &mut Tables<'_>, op: Op) -> Result<Answer, (StoreError, Answer)> {
         Op::Release { id, token, due, reply } => run!(reply, t.release(&id, token, due)),
         Op::Replay { ids, include_delivered, now, reply } => run!(reply, t.replay(&ids, include_delivered, now)),
         Op::Sweep { now, reply } => run!(reply, t.sweep(now)),
-        Op::Ping { reply } => run!(reply, t.meta.insert("heartbeat", super::now_millis()).map(|_| ()).map_err(unavailable)),
+        Op::Ping { reply } => {
+            run!(reply, t.meta.insert("heartbeat", super::now_millis()).map(|_| ()).map_err(unavailable))
+        }
     }
 }
 
@@ -479,7 +489,8 @@ impl<'txn> Tables<'txn> {
                 count.not_found += 1;
                 continue;
             };
-            let eligible = old.state == DeliveryState::Dead || (include_delivered && old.state == DeliveryState::Delivered);
+            let eligible =
+                old.state == DeliveryState::Dead || (include_delivered && old.state == DeliveryState::Delivered);
             if !eligible {
                 count.skipped += 1;
                 continue;
@@ -525,7 +536,12 @@ fn read_delivery(txn: &redb::ReadTransaction, id: &str) -> Result<Option<Deliver
 
 #[async_trait]
 impl Store for EmbeddedStore {
-    async fn admit(&self, event: NewEvent, deliveries: Vec<NewDelivery>, dedupe_ttl_ms: u64) -> Result<Admission, StoreError> {
+    async fn admit(
+        &self,
+        event: NewEvent,
+        deliveries: Vec<NewDelivery>,
+        dedupe_ttl_ms: u64,
+    ) -> Result<Admission, StoreError> {
         self.call(|reply| Op::Admit { event, deliveries, ttl_ms: dedupe_ttl_ms, reply }).await
     }
 
@@ -533,7 +549,10 @@ impl Store for EmbeddedStore {
         let id = id.to_owned();
         self.read(move |txn| {
             let table = txn.open_table(EVENTS).map_err(unavailable)?;
-            Ok(table.get(id.as_str()).map_err(unavailable)?.map(|g| StoredEvent { id: id.clone(), json: g.value().to_vec() }))
+            Ok(table
+                .get(id.as_str())
+                .map_err(unavailable)?
+                .map(|g| StoredEvent { id: id.clone(), json: g.value().to_vec() }))
         })
         .await
     }
@@ -573,7 +592,13 @@ impl Store for EmbeddedStore {
         self.call(|reply| Op::Claim { now, limit, visibility_ms, reply }).await
     }
 
-    async fn finish(&self, delivery_id: &str, claim_token: u64, attempt: Attempt, next: Next) -> Result<bool, StoreError> {
+    async fn finish(
+        &self,
+        delivery_id: &str,
+        claim_token: u64,
+        attempt: Attempt,
+        next: Next,
+    ) -> Result<bool, StoreError> {
         let id = delivery_id.to_owned();
         self.call(|reply| Op::Finish { id, token: claim_token, attempt, next, reply }).await
     }
@@ -630,7 +655,12 @@ impl Store for EmbeddedStore {
             let get = |s: DeliveryState| -> Result<(DeliveryState, u64), StoreError> {
                 Ok((s, table.get(s.as_str()).map_err(unavailable)?.map(|g| g.value()).unwrap_or(0)))
             };
-            Ok([get(DeliveryState::Pending)?, get(DeliveryState::InFlight)?, get(DeliveryState::Delivered)?, get(DeliveryState::Dead)?])
+            Ok([
+                get(DeliveryState::Pending)?,
+                get(DeliveryState::InFlight)?,
+                get(DeliveryState::Delivered)?,
+                get(DeliveryState::Dead)?,
+            ])
         })
         .await
     }

@@ -210,7 +210,12 @@ pub struct StoredEvent {
 pub trait Store: Send + Sync + 'static {
     /// Admits `event` with its deliveries, atomically with its dedupe key,
     /// which lives for `dedupe_ttl_ms`. Durable when it returns `Ok`.
-    async fn admit(&self, event: NewEvent, deliveries: Vec<NewDelivery>, dedupe_ttl_ms: u64) -> Result<Admission, StoreError>;
+    async fn admit(
+        &self,
+        event: NewEvent,
+        deliveries: Vec<NewDelivery>,
+        dedupe_ttl_ms: u64,
+    ) -> Result<Admission, StoreError>;
 
     async fn event(&self, id: &str) -> Result<Option<StoredEvent>, StoreError>;
 
@@ -228,7 +233,13 @@ pub trait Store: Send + Sync + 'static {
     /// Records `attempt` and moves the claimed delivery on per `next`.
     /// Returns false, changing nothing, if the claim was lost (expired and
     /// taken by another claim, or replayed meanwhile).
-    async fn finish(&self, delivery_id: &str, claim_token: u64, attempt: Attempt, next: Next) -> Result<bool, StoreError>;
+    async fn finish(
+        &self,
+        delivery_id: &str,
+        claim_token: u64,
+        attempt: Attempt,
+        next: Next,
+    ) -> Result<bool, StoreError>;
 
     /// Returns an unfinished claim to `pending`, due at `due`, without
     /// counting an attempt (shutdown). False if the claim was lost.

@@ -119,12 +119,19 @@ pub async fn post_np(c: &reqwest::Client, relay: &Relay, body: &str, secret: &st
 }
 
 pub fn nova_body(event: &str, id: &str, timestamp: &str) -> String {
-    format!(r#"{{"event":"{event}","data":{{"id":"{id}","userId":"user_8a2f","amount":100,"currency":"USDT","network":"TRC20","txHash":"T9f8a2"}},"timestamp":"{timestamp}"}}"#)
+    format!(
+        r#"{{"event":"{event}","data":{{"id":"{id}","userId":"user_8a2f","amount":100,"currency":"USDT","network":"TRC20","txHash":"T9f8a2"}},"timestamp":"{timestamp}"}}"#
+    )
 }
 
 pub async fn post_nova(c: &reqwest::Client, relay: &Relay, body: &str) -> reqwest::Response {
     let sig = nova::sign(NOVA_SECRET.as_bytes(), body.as_bytes());
-    c.post(relay.url("/hooks/nova")).header("X-Signature", format!("sha256={sig}")).body(body.to_owned()).send().await.unwrap()
+    c.post(relay.url("/hooks/nova"))
+        .header("X-Signature", format!("sha256={sig}"))
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap()
 }
 
 /// Status and parsed JSON body of a response.
