@@ -1,1 +1,296 @@
-fn main() {}
+//! Ingest benchmark: unique signed NOWPayments IPNs (~700 bytes) posted over
+//! many keep-alive connections on loopback.
+//!
+//! Three runs, each against a separate process so the load generator's
+//! costs are the same for all of them:
+//! 1. a bare hyper server that reads the body and answers 200 (the ceiling);
+//! 2. the relay (`ipn-relay serve`, this build) with durable admission on a
+//!    fresh redb file, at full speed;
+//! 3. the relay again at half of its measured rate, open loop, for latency
+//!    under a steady load (latency counted from each request's scheduled send
+//!    time, so a stall is not hidden by the sender waiting for it).
+//!
+//! Run: `cargo bench --bench ingest` (env: BENCH_SECS, BENCH_CONNECTIONS).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use ipn_relay::providers::nowpayments;
+use tokio::net::TcpStream;
+
+const ROLE_ENV: &str = "IPN_RELAY_BENCH_ROLE";
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn main() {
+    if std::env::var(ROLE_ENV).as_deref() == Ok("bare") {
+        return bare_server(std::env::args().nth(1).unwrap().parse().unwrap());
+    }
+    // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing
+    // useful either way. Only run when invoked as a benchmark.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("ingest benchmark: run with `cargo bench --bench ingest`");
+        return;
+    }
+    let secs: u64 = env_or("BENCH_SECS", 5);
+    let conns: usize = env_or("BENCH_CONNECTIONS", 64);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let body_len = common::payment_ipn(1_000_000_000, "finished").len();
+    println!("ingest benchmark: {conns} connections, {secs}s per run, IPN body {body_len} bytes, {} cores", num_cpus());
+
+    // 1. Ceiling.
+    let port = free_port();
+    let mut bare = Command::new(std::env::current_exe().unwrap())
+        .arg(port.to_string())
+        .env(ROLE_ENV, "bare")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    wait_listening(addr);
+    let ceiling = rt.block_on(load(addr, conns, Duration::from_secs(secs), None, 0));
+    let bare_rss = peak_rss_kib(bare.id());
+    bare.kill().ok();
+    bare.wait().ok();
+    ceiling.print("bare hyper (ceiling)");
+
+    // 2. Relay at full speed.
+    let dir = tempfile::tempdir().unwrap();
+    let (mut relay, addr) = spawn_relay(dir.path());
+    let cpu0 = cpu_seconds(relay.id());
+    let full = rt.block_on(load(addr, conns, Duration::from_secs(secs), None, 1_000_000));
+    let cpu = cpu_seconds(relay.id()) - cpu0;
+    full.print("ipn-relay, durable admission");
+    println!(
+        "  ratio to ceiling: {:.1} %   relay CPU: {:.1} µs per accepted request",
+        100.0 * full.rps() / ceiling.rps(),
+        cpu * 1e6 / full.ok as f64
+    );
+
+    // 3. Relay at half its rate.
+    let half = full.rps() / 2.0;
+    let steady = rt.block_on(load(addr, conns, Duration::from_secs(secs), Some(half), 100_000_000));
+    steady.print(&format!("ipn-relay at {half:.0} req/s (half its maximum), open loop"));
+    let rss = peak_rss_kib(relay.id());
+    relay.kill().ok();
+    relay.wait().ok();
+    println!("  peak RSS: relay {:.1} MiB, bare hyper {:.1} MiB", rss as f64 / 1024.0, bare_rss as f64 / 1024.0);
+}
+
+fn num_cpus() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+fn spawn_relay(dir: &Path) -> (Child, SocketAddr) {
+    let port = free_port();
+    let admin = free_port();
+    let text = common::config_text(&dir.join("relay.redb"), "")
+        .replace(
+            "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"",
+            &format!("listen = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin}\""),
+        )
+        .replace("max_body_bytes = 4096", "max_body_bytes = 65536");
+    let config = dir.join("relay.toml");
+    std::fs::write(&config, format!("{text}\n[log]\nformat = \"json\"\n")).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_ipn-relay"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let addr = ([127, 0, 0, 1], port).into();
+    wait_listening(addr);
+    (child, addr)
+}
+
+fn wait_listening(addr: SocketAddr) {
+    let until = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < until, "nothing listening on {addr}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Peak resident set size of a process, from /proc (KiB).
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+        .unwrap_or(0)
+}
+
+/// User + system CPU seconds a process has used, from /proc.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let ticks: f64 = fields.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0)
+        + fields.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+    ticks / 100.0 // USER_HZ
+}
+
+struct Run {
+    ok: u64,
+    errors: u64,
+    elapsed: Duration,
+    latencies_us: Vec<u32>,
+}
+
+impl Run {
+    fn rps(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn percentile_ms(&self, p: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((self.latencies_us.len() as f64 - 1.0) * p).round() as usize;
+        self.latencies_us[i] as f64 / 1000.0
+    }
+
+    fn print(&self, name: &str) {
+        println!(
+            "{name}\n  {:.0} req/s ({} ok, {} errors)   latency p50 {:.2} ms  p99 {:.2} ms",
+            self.rps(),
+            self.ok,
+            self.errors,
+            self.percentile_ms(0.50),
+            self.percentile_ms(0.99)
+        );
+    }
+}
+
+/// Drives `conns` connections for `duration` (after a one-second warm-up).
+/// Closed loop when `rate` is `None`, else `rate` requests per second spread
+/// evenly over the connections. Payment ids start at `first_id`, so every
+/// request is unique.
+async fn load(addr: SocketAddr, conns: usize, duration: Duration, rate: Option<f64>, first_id: u64) -> Run {
+    let next_id = Arc::new(AtomicU64::new(first_id));
+    let warmup = Duration::from_secs(1);
+    let start = Instant::now() + Duration::from_millis(50);
+    let measure_from = start + warmup;
+    let end = measure_from + duration;
+    let tasks: Vec<_> = (0..conns)
+        .map(|i| {
+            let next_id = next_id.clone();
+            let interval = rate.map(|r| Duration::from_secs_f64(conns as f64 / r));
+            // Stagger open-loop senders so their requests interleave.
+            let offset = interval.map(|iv| iv.mul_f64(i as f64 / conns as f64)).unwrap_or_default();
+            tokio::spawn(connection(addr, next_id, start + offset, measure_from, end, interval))
+        })
+        .collect();
+    let mut run = Run { ok: 0, errors: 0, elapsed: duration, latencies_us: Vec::new() };
+    for t in tasks {
+        let (ok, errors, lat) = t.await.unwrap();
+        run.ok += ok;
+        run.errors += errors;
+        run.latencies_us.extend(lat);
+    }
+    run.latencies_us.sort_unstable();
+    run
+}
+
+async fn connection(
+    addr: SocketAddr,
+    next_id: Arc<AtomicU64>,
+    start: Instant,
+    measure_from: Instant,
+    end: Instant,
+    interval: Option<Duration>,
+) -> (u64, u64, Vec<u32>) {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    let (mut ok, mut errors, mut lat) = (0u64, 0u64, Vec::with_capacity(1 << 16));
+    let mut scheduled = start;
+    tokio::time::sleep_until(start.into()).await;
+    loop {
+        if interval.is_some() {
+            tokio::time::sleep_until(scheduled.into()).await;
+        } else {
+            scheduled = Instant::now();
+        }
+        if scheduled >= end {
+            break;
+        }
+        let id = next_id.fetch_add(1, Ordering::Relaxed);
+        let body = common::payment_ipn(id, "finished");
+        let sig = nowpayments::hex_hmac(common::NP_SECRET.as_bytes(), body.as_bytes());
+        let req = Request::post("/hooks/nowpayments")
+            .header("host", "bench")
+            .header("content-type", "application/json")
+            .header("x-nowpayments-sig", sig)
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        if sender.ready().await.is_err() {
+            break;
+        }
+        let result = sender.send_request(req).await;
+        let done = Instant::now();
+        let good = match result {
+            Ok(resp) => {
+                let status = resp.status();
+                let _ = resp.into_body().collect().await;
+                status == 200
+            }
+            Err(_) => false,
+        };
+        if scheduled >= measure_from {
+            if good {
+                ok += 1;
+                lat.push(done.duration_since(scheduled).as_micros().min(u32::MAX as u128) as u32);
+            } else {
+                errors += 1;
+            }
+        }
+        if let Some(iv) = interval {
+            scheduled += iv;
+        }
+    }
+    (ok, errors, lat)
+}
+
+/// The ceiling: hyper reading each request body and answering 200 with a
+/// small JSON body, on the same runtime shape as the relay.
+fn bare_server(port: u16) {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            stream.set_nodelay(true).unwrap();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
+                    let _ = req.into_body().collect().await;
+                    let mut resp = hyper::Response::new(Full::new(Bytes::from_static(
+                        br#"{"status":"accepted","id":"evt_00000000000000000000000000000000"}"#,
+                    )));
+                    resp.headers_mut().insert("content-type", "application/json".parse().unwrap());
+                    Ok::<_, std::convert::Infallible>(resp)
+                });
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+            });
+        }
+    });
+}

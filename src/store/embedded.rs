@@ -16,11 +16,17 @@
 //! answers `Unavailable` and tries to reopen before each later batch, so the
 //! relay comes back by itself once the disk does.
 //!
-//! Layout: `events` (id → JSON), `dedupe` (event id → expiry) with an expiry
-//! index for sweeping, `deliveries` (id → record) with a `due` index keyed by
-//! the time a delivery next needs attention — its due time while pending, its
-//! claim deadline while in flight — so claiming and the visibility timeout are
-//! one range scan. `counts` keeps the number of deliveries in each state.
+//! Layout: `events` maps an event id to one record holding its dedupe expiry,
+//! its delivery ids and its JSON. Event ids are hashes, so every admission
+//! dirties a random page of that tree; keeping the dedupe key and the
+//! event-to-deliveries link in the same record means one such page per
+//! admission instead of three. The other trees are keyed by time and only
+//! ever append: `dedupe_expiry` (for sweeping), `deliveries` (id → record;
+//! ids begin with their creation time) and `due`, keyed by the time a
+//! delivery next needs attention — its due time while pending, its claim
+//! deadline while in flight — so claiming and the visibility timeout are one
+//! range scan. `counts` keeps the number of deliveries in each state,
+//! updated once per commit.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,14 +46,15 @@ use super::{
 
 /// Most operations one commit carries.
 pub const MAX_BATCH: usize = 2048;
+/// redb's page cache. Admissions touch recent pages; a small cache keeps the
+/// relay's memory small without costing throughput.
+const CACHE_BYTES: usize = 16 * 1024 * 1024;
 /// Most expired dedupe keys one sweep removes.
 const SWEEP_CHUNK: usize = 10_000;
 
 const EVENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("events");
-const DEDUPE: TableDefinition<&str, u64> = TableDefinition::new("dedupe");
 const DEDUPE_EXPIRY: TableDefinition<(u64, &str), ()> = TableDefinition::new("dedupe_expiry");
 const DELIVERIES: TableDefinition<&str, &[u8]> = TableDefinition::new("deliveries");
-const EVENT_DELIVERIES: TableDefinition<(&str, &str), ()> = TableDefinition::new("event_deliveries");
 const ATTEMPTS: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("attempts");
 const DUE: TableDefinition<(u64, &str), ()> = TableDefinition::new("due");
 const COUNTS: TableDefinition<&str, u64> = TableDefinition::new("counts");
@@ -155,7 +162,10 @@ impl EmbeddedStore {
 }
 
 fn open_db(path: &Path) -> Result<Database, StoreError> {
-    let db = Database::create(path).map_err(|e| unavailable(format!("cannot open {}: {e}", path.display())))?;
+    let db = Database::builder()
+        .set_cache_size(CACHE_BYTES)
+        .create(path)
+        .map_err(|e| unavailable(format!("cannot open {}: {e}", path.display())))?;
     // Create every table up front so readers never meet a missing one.
     let mut txn = db.begin_write().map_err(unavailable)?;
     txn.set_durability(Durability::Immediate).map_err(unavailable)?;
@@ -215,6 +225,9 @@ impl Writer {
                         return Err((e, answers));
                     }
                 }
+            }
+            if let Err(e) = t.flush_counts() {
+                return Err((e, answers));
             }
         }
         match txn.commit() {
@@ -311,14 +324,14 @@ impl Clone for StoreError {
 /// Every table, opened once per write transaction.
 struct Tables<'txn> {
     events: Table<'txn, &'static str, &'static [u8]>,
-    dedupe: Table<'txn, &'static str, u64>,
     dedupe_expiry: Table<'txn, (u64, &'static str), ()>,
     deliveries: Table<'txn, &'static str, &'static [u8]>,
-    event_deliveries: Table<'txn, (&'static str, &'static str), ()>,
     attempts: Table<'txn, (&'static str, u32), &'static [u8]>,
     due: Table<'txn, (u64, &'static str), ()>,
     counts: Table<'txn, &'static str, u64>,
     meta: Table<'txn, &'static str, u64>,
+    /// State-count changes of this batch, written once before commit.
+    count_deltas: [i64; 4],
 }
 
 fn decode_delivery(id: &str, bytes: &[u8]) -> Result<Delivery, StoreError> {
@@ -333,21 +346,30 @@ impl<'txn> Tables<'txn> {
     fn open(txn: &'txn WriteTransaction) -> Result<Tables<'txn>, StoreError> {
         Ok(Tables {
             events: txn.open_table(EVENTS).map_err(unavailable)?,
-            dedupe: txn.open_table(DEDUPE).map_err(unavailable)?,
             dedupe_expiry: txn.open_table(DEDUPE_EXPIRY).map_err(unavailable)?,
             deliveries: txn.open_table(DELIVERIES).map_err(unavailable)?,
-            event_deliveries: txn.open_table(EVENT_DELIVERIES).map_err(unavailable)?,
             attempts: txn.open_table(ATTEMPTS).map_err(unavailable)?,
             due: txn.open_table(DUE).map_err(unavailable)?,
             counts: txn.open_table(COUNTS).map_err(unavailable)?,
             meta: txn.open_table(META).map_err(unavailable)?,
+            count_deltas: [0; 4],
         })
     }
 
-    fn bump(&mut self, state: DeliveryState, delta: i64) -> Result<(), StoreError> {
-        let key = state.as_str();
-        let cur = self.counts.get(key).map_err(unavailable)?.map(|g| g.value()).unwrap_or(0);
-        self.counts.insert(key, cur.saturating_add_signed(delta)).map_err(unavailable)?;
+    fn bump(&mut self, state: DeliveryState, delta: i64) {
+        self.count_deltas[state_index(state)] += delta;
+    }
+
+    /// Writes the batch's state-count changes.
+    fn flush_counts(&mut self) -> Result<(), StoreError> {
+        for state in ALL_STATES {
+            let delta = std::mem::take(&mut self.count_deltas[state_index(state)]);
+            if delta != 0 {
+                let key = state.as_str();
+                let cur = self.counts.get(key).map_err(unavailable)?.map(|g| g.value()).unwrap_or(0);
+                self.counts.insert(key, cur.saturating_add_signed(delta)).map_err(unavailable)?;
+            }
+        }
         Ok(())
     }
 
@@ -366,11 +388,11 @@ impl<'txn> Tables<'txn> {
                 self.due.remove((at, old.id.as_str())).map_err(unavailable)?;
             }
             if old.state != d.state {
-                self.bump(old.state, -1)?;
-                self.bump(d.state, 1)?;
+                self.bump(old.state, -1);
+                self.bump(d.state, 1);
             }
         } else {
-            self.bump(d.state, 1)?;
+            self.bump(d.state, 1);
         }
         if let Some(at) = d.next_attempt_at.filter(|_| is_scheduled(d.state)) {
             self.due.insert((at, d.id.as_str()), ()).map_err(unavailable)?;
@@ -379,20 +401,30 @@ impl<'txn> Tables<'txn> {
         Ok(())
     }
 
+    fn get_event(&self, id: &str) -> Result<Option<EventRecord>, StoreError> {
+        match self.events.get(id).map_err(unavailable)? {
+            Some(g) => EventRecord::decode(id, g.value()).map(Some),
+            None => Ok(None),
+        }
+    }
+
     fn admit(&mut self, event: NewEvent, deliveries: Vec<NewDelivery>, ttl_ms: u64) -> Result<Admission, StoreError> {
         let now = event.received_at;
-        let previous = self.dedupe.get(event.id.as_str()).map_err(unavailable)?.map(|g| g.value());
-        if let Some(expires) = previous {
-            if expires > now {
+        let previous = self.get_event(&event.id)?;
+        let mut delivery_ids = Vec::new();
+        if let Some(prev) = previous {
+            if prev.dedupe_expires > now {
                 return Ok(Admission::Duplicate);
             }
-            // Expired but not yet swept: the callback counts as new again.
-            self.dedupe_expiry.remove((expires, event.id.as_str())).map_err(unavailable)?;
+            // Its dedupe key expired (swept or not): the callback is new
+            // again. Same id, so the old deliveries stay linked to it.
+            if prev.dedupe_expires != 0 {
+                self.dedupe_expiry.remove((prev.dedupe_expires, event.id.as_str())).map_err(unavailable)?;
+            }
+            delivery_ids = prev.delivery_ids;
         }
-        let expires = now.saturating_add(ttl_ms);
-        self.dedupe.insert(event.id.as_str(), expires).map_err(unavailable)?;
+        let expires = now.saturating_add(ttl_ms).max(1);
         self.dedupe_expiry.insert((expires, event.id.as_str()), ()).map_err(unavailable)?;
-        self.events.insert(event.id.as_str(), event.json.as_slice()).map_err(unavailable)?;
         for nd in deliveries {
             let d = Delivery {
                 id: nd.id,
@@ -409,9 +441,11 @@ impl<'txn> Tables<'txn> {
                 updated_at: now,
                 claim_token: 0,
             };
-            self.event_deliveries.insert((event.id.as_str(), d.id.as_str()), ()).map_err(unavailable)?;
             self.put_delivery(None, &d)?;
+            delivery_ids.push(d.id);
         }
+        let record = EventRecord { dedupe_expires: expires, delivery_ids, json: event.json };
+        self.events.insert(event.id.as_str(), record.encode().as_slice()).map_err(unavailable)?;
         Ok(Admission::Accepted)
     }
 
@@ -432,11 +466,10 @@ impl<'txn> Tables<'txn> {
             d.next_attempt_at = Some(now.saturating_add(visibility_ms));
             d.updated_at = now;
             self.put_delivery(Some(&old), &d)?;
-            let event_json = self.events.get(d.event_id.as_str()).map_err(unavailable)?.map(|g| g.value().to_vec());
-            let Some(event_json) = event_json else {
+            let Some(event) = self.get_event(&d.event_id)? else {
                 return Err(corrupt(&d.event_id, "delivery refers to a missing event"));
             };
-            claims.push(Claim { delivery: d, event_json });
+            claims.push(Claim { delivery: d, event_json: event.json });
         }
         Ok(claims)
     }
@@ -515,15 +548,82 @@ impl<'txn> Tables<'txn> {
         }
         for (at, id) in &expired {
             self.dedupe_expiry.remove((*at, id.as_str())).map_err(unavailable)?;
-            self.dedupe.remove(id.as_str()).map_err(unavailable)?;
+            // The event stays (for inspection and replay); only its dedupe
+            // key is cleared.
+            if let Some(mut record) = self.get_event(id)?.filter(|r| r.dedupe_expires == *at) {
+                record.dedupe_expires = 0;
+                self.events.insert(id.as_str(), record.encode().as_slice()).map_err(unavailable)?;
+            }
         }
         Ok(expired.len())
+    }
+}
+
+const ALL_STATES: [DeliveryState; 4] =
+    [DeliveryState::Pending, DeliveryState::InFlight, DeliveryState::Delivered, DeliveryState::Dead];
+
+fn state_index(s: DeliveryState) -> usize {
+    match s {
+        DeliveryState::Pending => 0,
+        DeliveryState::InFlight => 1,
+        DeliveryState::Delivered => 2,
+        DeliveryState::Dead => 3,
+    }
+}
+
+/// The stored form of an event: dedupe expiry (0 once swept), the ids of
+/// its deliveries, and the event JSON exactly as delivered.
+///
+/// Encoding: expiry as u64 LE, delivery count as u32 LE, each id as a
+/// length byte and its bytes, then the JSON to the end.
+struct EventRecord {
+    dedupe_expires: Millis,
+    delivery_ids: Vec<String>,
+    json: Vec<u8>,
+}
+
+impl EventRecord {
+    fn encode(&self) -> Vec<u8> {
+        let ids: usize = self.delivery_ids.iter().map(|i| i.len() + 1).sum();
+        let mut out = Vec::with_capacity(12 + ids + self.json.len());
+        out.extend_from_slice(&self.dedupe_expires.to_le_bytes());
+        out.extend_from_slice(&(self.delivery_ids.len() as u32).to_le_bytes());
+        for id in &self.delivery_ids {
+            // Delivery ids are ours: short ASCII, always under 256 bytes.
+            out.push(id.len() as u8);
+            out.extend_from_slice(id.as_bytes());
+        }
+        out.extend_from_slice(&self.json);
+        out
+    }
+
+    fn decode(key: &str, b: &[u8]) -> Result<EventRecord, StoreError> {
+        let bad = || corrupt(key, "truncated event record");
+        let dedupe_expires = u64::from_le_bytes(b.get(0..8).ok_or_else(bad)?.try_into().map_err(|_| bad())?);
+        let n = u32::from_le_bytes(b.get(8..12).ok_or_else(bad)?.try_into().map_err(|_| bad())?);
+        let mut pos = 12;
+        let mut delivery_ids = Vec::with_capacity(n as usize);
+        for _ in 0..n {
+            let len = *b.get(pos).ok_or_else(bad)? as usize;
+            let id = b.get(pos + 1..pos + 1 + len).ok_or_else(bad)?;
+            delivery_ids.push(String::from_utf8(id.to_vec()).map_err(|e| corrupt(key, e))?);
+            pos += 1 + len;
+        }
+        Ok(EventRecord { dedupe_expires, delivery_ids, json: b[pos..].to_vec() })
     }
 }
 
 /// Whether a delivery in `state` sits in the due index.
 fn is_scheduled(state: DeliveryState) -> bool {
     matches!(state, DeliveryState::Pending | DeliveryState::InFlight)
+}
+
+fn read_event(txn: &redb::ReadTransaction, id: &str) -> Result<Option<EventRecord>, StoreError> {
+    let table = txn.open_table(EVENTS).map_err(unavailable)?;
+    match table.get(id).map_err(unavailable)? {
+        Some(g) => EventRecord::decode(id, g.value()).map(Some),
+        None => Ok(None),
+    }
 }
 
 fn read_delivery(txn: &redb::ReadTransaction, id: &str) -> Result<Option<Delivery>, StoreError> {
@@ -547,24 +647,15 @@ impl Store for EmbeddedStore {
 
     async fn event(&self, id: &str) -> Result<Option<StoredEvent>, StoreError> {
         let id = id.to_owned();
-        self.read(move |txn| {
-            let table = txn.open_table(EVENTS).map_err(unavailable)?;
-            Ok(table
-                .get(id.as_str())
-                .map_err(unavailable)?
-                .map(|g| StoredEvent { id: id.clone(), json: g.value().to_vec() }))
-        })
-        .await
+        self.read(move |txn| Ok(read_event(txn, &id)?.map(|r| StoredEvent { id: id.clone(), json: r.json }))).await
     }
 
     async fn event_deliveries(&self, event_id: &str) -> Result<Vec<Delivery>, StoreError> {
         let event_id = event_id.to_owned();
         self.read(move |txn| {
-            let index = txn.open_table(EVENT_DELIVERIES).map_err(unavailable)?;
             let mut out = Vec::new();
-            for entry in index.range((event_id.as_str(), "")..(event_id.as_str(), "\u{10ffff}")).map_err(unavailable)? {
-                let (k, _) = entry.map_err(unavailable)?;
-                if let Some(d) = read_delivery(txn, k.value().1)? {
+            for id in read_event(txn, &event_id)?.map(|r| r.delivery_ids).unwrap_or_default() {
+                if let Some(d) = read_delivery(txn, &id)? {
                     out.push(d);
                 }
             }
@@ -655,12 +746,7 @@ impl Store for EmbeddedStore {
             let get = |s: DeliveryState| -> Result<(DeliveryState, u64), StoreError> {
                 Ok((s, table.get(s.as_str()).map_err(unavailable)?.map(|g| g.value()).unwrap_or(0)))
             };
-            Ok([
-                get(DeliveryState::Pending)?,
-                get(DeliveryState::InFlight)?,
-                get(DeliveryState::Delivered)?,
-                get(DeliveryState::Dead)?,
-            ])
+            Ok([get(ALL_STATES[0])?, get(ALL_STATES[1])?, get(ALL_STATES[2])?, get(ALL_STATES[3])?])
         })
         .await
     }
