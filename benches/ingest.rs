@@ -106,7 +106,9 @@ fn spawn_relay(dir: &Path) -> (Child, SocketAddr) {
             "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"",
             &format!("listen = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin}\""),
         )
-        .replace("max_body_bytes = 4096", "max_body_bytes = 65536");
+        .replace("max_body_bytes = 4096", "max_body_bytes = 65536")
+        // One secret, as outside a rotation.
+        .replace("secrets = [\"old-rotated-secret\", ", "secrets = [");
     let config = dir.join("relay.toml");
     std::fs::write(&config, format!("{text}\n[log]\nformat = \"json\"\n")).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_ipn-relay"))

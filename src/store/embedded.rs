@@ -16,13 +16,14 @@
 //! answers `Unavailable` and tries to reopen before each later batch, so the
 //! relay comes back by itself once the disk does.
 //!
-//! Layout: `events` maps an event id to one record holding its dedupe expiry,
-//! its delivery ids and its JSON. Event ids are hashes, so every admission
-//! dirties a random page of that tree; keeping the dedupe key and the
-//! event-to-deliveries link in the same record means one such page per
-//! admission instead of three. The other trees are keyed by time and only
-//! ever append: `dedupe_expiry` (for sweeping), `deliveries` (id → record;
-//! ids begin with their creation time) and `due`, keyed by the time a
+//! Layout: event ids are hashes, so the tree keyed by them takes its inserts
+//! at random pages, and every admission dirties one. That tree,
+//! `event_index`, therefore holds only small records (dedupe expiry, body
+//! sequence number, delivery ids), so it stays compact and cached; the event
+//! JSON, ten times larger, goes to `event_bodies`, keyed by a sequence number
+//! and only ever appended to. The other trees are keyed by time and append
+//! too: `dedupe_expiry` (for sweeping), `deliveries` (id → record; ids begin
+//! with their creation time) and `due`, keyed by the time a
 //! delivery next needs attention — its due time while pending, its claim
 //! deadline while in flight — so claiming and the visibility timeout are one
 //! range scan. `counts` keeps the number of deliveries in each state,
@@ -52,7 +53,8 @@ const CACHE_BYTES: usize = 16 * 1024 * 1024;
 /// Most expired dedupe keys one sweep removes.
 const SWEEP_CHUNK: usize = 10_000;
 
-const EVENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("events");
+const EVENT_INDEX: TableDefinition<&str, &[u8]> = TableDefinition::new("event_index");
+const EVENT_BODIES: TableDefinition<u64, &[u8]> = TableDefinition::new("event_bodies");
 const DEDUPE_EXPIRY: TableDefinition<(u64, &str), ()> = TableDefinition::new("dedupe_expiry");
 const DELIVERIES: TableDefinition<&str, &[u8]> = TableDefinition::new("deliveries");
 const ATTEMPTS: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("attempts");
@@ -323,7 +325,10 @@ impl Clone for StoreError {
 
 /// Every table, opened once per write transaction.
 struct Tables<'txn> {
-    events: Table<'txn, &'static str, &'static [u8]>,
+    index: Table<'txn, &'static str, &'static [u8]>,
+    bodies: Table<'txn, u64, &'static [u8]>,
+    /// The last body sequence number used.
+    body_seq: u64,
     dedupe_expiry: Table<'txn, (u64, &'static str), ()>,
     deliveries: Table<'txn, &'static str, &'static [u8]>,
     attempts: Table<'txn, (&'static str, u32), &'static [u8]>,
@@ -345,7 +350,9 @@ fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
 impl<'txn> Tables<'txn> {
     fn open(txn: &'txn WriteTransaction) -> Result<Tables<'txn>, StoreError> {
         Ok(Tables {
-            events: txn.open_table(EVENTS).map_err(unavailable)?,
+            index: txn.open_table(EVENT_INDEX).map_err(unavailable)?,
+            bodies: txn.open_table(EVENT_BODIES).map_err(unavailable)?,
+            body_seq: 0,
             dedupe_expiry: txn.open_table(DEDUPE_EXPIRY).map_err(unavailable)?,
             deliveries: txn.open_table(DELIVERIES).map_err(unavailable)?,
             attempts: txn.open_table(ATTEMPTS).map_err(unavailable)?,
@@ -353,6 +360,10 @@ impl<'txn> Tables<'txn> {
             counts: txn.open_table(COUNTS).map_err(unavailable)?,
             meta: txn.open_table(META).map_err(unavailable)?,
             count_deltas: [0; 4],
+        })
+        .and_then(|mut t| {
+            t.body_seq = t.bodies.last().map_err(unavailable)?.map(|(k, _)| k.value()).unwrap_or(0);
+            Ok(t)
         })
     }
 
@@ -401,16 +412,23 @@ impl<'txn> Tables<'txn> {
         Ok(())
     }
 
-    fn get_event(&self, id: &str) -> Result<Option<EventRecord>, StoreError> {
-        match self.events.get(id).map_err(unavailable)? {
-            Some(g) => EventRecord::decode(id, g.value()).map(Some),
+    fn get_index(&self, id: &str) -> Result<Option<IndexRecord>, StoreError> {
+        match self.index.get(id).map_err(unavailable)? {
+            Some(g) => IndexRecord::decode(id, g.value()).map(Some),
             None => Ok(None),
+        }
+    }
+
+    fn get_body(&self, event_id: &str, seq: u64) -> Result<Vec<u8>, StoreError> {
+        match self.bodies.get(seq).map_err(unavailable)? {
+            Some(g) => Ok(g.value().to_vec()),
+            None => Err(corrupt(event_id, "event body missing")),
         }
     }
 
     fn admit(&mut self, event: NewEvent, deliveries: Vec<NewDelivery>, ttl_ms: u64) -> Result<Admission, StoreError> {
         let now = event.received_at;
-        let previous = self.get_event(&event.id)?;
+        let previous = self.get_index(&event.id)?;
         let mut delivery_ids = Vec::new();
         if let Some(prev) = previous {
             if prev.dedupe_expires > now {
@@ -422,6 +440,8 @@ impl<'txn> Tables<'txn> {
                 self.dedupe_expiry.remove((prev.dedupe_expires, event.id.as_str())).map_err(unavailable)?;
             }
             delivery_ids = prev.delivery_ids;
+            // The new body (a new received_at) replaces the old one.
+            self.bodies.remove(prev.body_seq).map_err(unavailable)?;
         }
         let expires = now.saturating_add(ttl_ms).max(1);
         self.dedupe_expiry.insert((expires, event.id.as_str()), ()).map_err(unavailable)?;
@@ -444,8 +464,10 @@ impl<'txn> Tables<'txn> {
             self.put_delivery(None, &d)?;
             delivery_ids.push(d.id);
         }
-        let record = EventRecord { dedupe_expires: expires, delivery_ids, json: event.json };
-        self.events.insert(event.id.as_str(), record.encode().as_slice()).map_err(unavailable)?;
+        self.body_seq += 1;
+        self.bodies.insert(self.body_seq, event.json.as_slice()).map_err(unavailable)?;
+        let record = IndexRecord { dedupe_expires: expires, body_seq: self.body_seq, delivery_ids };
+        self.index.insert(event.id.as_str(), record.encode().as_slice()).map_err(unavailable)?;
         Ok(Admission::Accepted)
     }
 
@@ -466,10 +488,11 @@ impl<'txn> Tables<'txn> {
             d.next_attempt_at = Some(now.saturating_add(visibility_ms));
             d.updated_at = now;
             self.put_delivery(Some(&old), &d)?;
-            let Some(event) = self.get_event(&d.event_id)? else {
+            let Some(event) = self.get_index(&d.event_id)? else {
                 return Err(corrupt(&d.event_id, "delivery refers to a missing event"));
             };
-            claims.push(Claim { delivery: d, event_json: event.json });
+            let event_json = self.get_body(&d.event_id, event.body_seq)?;
+            claims.push(Claim { delivery: d, event_json });
         }
         Ok(claims)
     }
@@ -550,9 +573,9 @@ impl<'txn> Tables<'txn> {
             self.dedupe_expiry.remove((*at, id.as_str())).map_err(unavailable)?;
             // The event stays (for inspection and replay); only its dedupe
             // key is cleared.
-            if let Some(mut record) = self.get_event(id)?.filter(|r| r.dedupe_expires == *at) {
+            if let Some(mut record) = self.get_index(id)?.filter(|r| r.dedupe_expires == *at) {
                 record.dedupe_expires = 0;
-                self.events.insert(id.as_str(), record.encode().as_slice()).map_err(unavailable)?;
+                self.index.insert(id.as_str(), record.encode().as_slice()).map_err(unavailable)?;
             }
         }
         Ok(expired.len())
@@ -571,45 +594,45 @@ fn state_index(s: DeliveryState) -> usize {
     }
 }
 
-/// The stored form of an event: dedupe expiry (0 once swept), the ids of
-/// its deliveries, and the event JSON exactly as delivered.
+/// The index entry of an event: dedupe expiry (0 once swept), where its
+/// JSON is, and the ids of its deliveries.
 ///
-/// Encoding: expiry as u64 LE, delivery count as u32 LE, each id as a
-/// length byte and its bytes, then the JSON to the end.
-struct EventRecord {
+/// Encoding: expiry and body sequence as u64 LE, then each delivery id as a
+/// length byte and its bytes.
+struct IndexRecord {
     dedupe_expires: Millis,
+    body_seq: u64,
     delivery_ids: Vec<String>,
-    json: Vec<u8>,
 }
 
-impl EventRecord {
+impl IndexRecord {
     fn encode(&self) -> Vec<u8> {
         let ids: usize = self.delivery_ids.iter().map(|i| i.len() + 1).sum();
-        let mut out = Vec::with_capacity(12 + ids + self.json.len());
+        let mut out = Vec::with_capacity(16 + ids);
         out.extend_from_slice(&self.dedupe_expires.to_le_bytes());
-        out.extend_from_slice(&(self.delivery_ids.len() as u32).to_le_bytes());
+        out.extend_from_slice(&self.body_seq.to_le_bytes());
         for id in &self.delivery_ids {
             // Delivery ids are ours: short ASCII, always under 256 bytes.
             out.push(id.len() as u8);
             out.extend_from_slice(id.as_bytes());
         }
-        out.extend_from_slice(&self.json);
         out
     }
 
-    fn decode(key: &str, b: &[u8]) -> Result<EventRecord, StoreError> {
-        let bad = || corrupt(key, "truncated event record");
-        let dedupe_expires = u64::from_le_bytes(b.get(0..8).ok_or_else(bad)?.try_into().map_err(|_| bad())?);
-        let n = u32::from_le_bytes(b.get(8..12).ok_or_else(bad)?.try_into().map_err(|_| bad())?);
-        let mut pos = 12;
-        let mut delivery_ids = Vec::with_capacity(n as usize);
-        for _ in 0..n {
-            let len = *b.get(pos).ok_or_else(bad)? as usize;
+    fn decode(key: &str, b: &[u8]) -> Result<IndexRecord, StoreError> {
+        let bad = || corrupt(key, "truncated event index record");
+        let u64_at =
+            |at: usize| b.get(at..at + 8).and_then(|s| s.try_into().ok()).map(u64::from_le_bytes).ok_or_else(bad);
+        let (dedupe_expires, body_seq) = (u64_at(0)?, u64_at(8)?);
+        let mut pos = 16;
+        let mut delivery_ids = Vec::new();
+        while pos < b.len() {
+            let len = b[pos] as usize;
             let id = b.get(pos + 1..pos + 1 + len).ok_or_else(bad)?;
             delivery_ids.push(String::from_utf8(id.to_vec()).map_err(|e| corrupt(key, e))?);
             pos += 1 + len;
         }
-        Ok(EventRecord { dedupe_expires, delivery_ids, json: b[pos..].to_vec() })
+        Ok(IndexRecord { dedupe_expires, body_seq, delivery_ids })
     }
 }
 
@@ -618,10 +641,10 @@ fn is_scheduled(state: DeliveryState) -> bool {
     matches!(state, DeliveryState::Pending | DeliveryState::InFlight)
 }
 
-fn read_event(txn: &redb::ReadTransaction, id: &str) -> Result<Option<EventRecord>, StoreError> {
-    let table = txn.open_table(EVENTS).map_err(unavailable)?;
+fn read_index(txn: &redb::ReadTransaction, id: &str) -> Result<Option<IndexRecord>, StoreError> {
+    let table = txn.open_table(EVENT_INDEX).map_err(unavailable)?;
     match table.get(id).map_err(unavailable)? {
-        Some(g) => EventRecord::decode(id, g.value()).map(Some),
+        Some(g) => IndexRecord::decode(id, g.value()).map(Some),
         None => Ok(None),
     }
 }
@@ -647,14 +670,21 @@ impl Store for EmbeddedStore {
 
     async fn event(&self, id: &str) -> Result<Option<StoredEvent>, StoreError> {
         let id = id.to_owned();
-        self.read(move |txn| Ok(read_event(txn, &id)?.map(|r| StoredEvent { id: id.clone(), json: r.json }))).await
+        self.read(move |txn| {
+            let Some(record) = read_index(txn, &id)? else { return Ok(None) };
+            let bodies = txn.open_table(EVENT_BODIES).map_err(unavailable)?;
+            let json =
+                bodies.get(record.body_seq).map_err(unavailable)?.ok_or_else(|| corrupt(&id, "event body missing"))?;
+            Ok(Some(StoredEvent { id: id.clone(), json: json.value().to_vec() }))
+        })
+        .await
     }
 
     async fn event_deliveries(&self, event_id: &str) -> Result<Vec<Delivery>, StoreError> {
         let event_id = event_id.to_owned();
         self.read(move |txn| {
             let mut out = Vec::new();
-            for id in read_event(txn, &event_id)?.map(|r| r.delivery_ids).unwrap_or_default() {
+            for id in read_index(txn, &event_id)?.map(|r| r.delivery_ids).unwrap_or_default() {
                 if let Some(d) = read_delivery(txn, &id)? {
                     out.push(d);
                 }
@@ -767,6 +797,6 @@ impl Store for EmbeddedStore {
 impl EmbeddedStore {
     /// The number of stored events (tests and diagnostics).
     pub async fn event_count(&self) -> Result<u64, StoreError> {
-        self.read(|txn| txn.open_table(EVENTS).map_err(unavailable)?.len().map_err(unavailable)).await
+        self.read(|txn| txn.open_table(EVENT_INDEX).map_err(unavailable)?.len().map_err(unavailable)).await
     }
 }

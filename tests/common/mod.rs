@@ -109,7 +109,7 @@ pub fn client() -> reqwest::Client {
 /// A NOWPayments payment IPN of about 700 bytes, unique by `payment_id`.
 pub fn payment_ipn(payment_id: u64, status: &str) -> String {
     format!(
-        r#"{{"actually_paid":0.00656612,"actually_paid_at_fiat":0,"fee":{{"currency":"eth","depositFee":0.000002,"serviceFee":0,"withdrawalFee":0}},"invoice_id":null,"order_description":"Deposit to casino wallet","order_id":"deposit_a79c3f0e-5d2b-4c1a-9e8f-{payment_id:012}","outcome_amount":0.0065,"outcome_currency":"eth","parent_payment_id":null,"pay_address":"0x8f2b9c1d4e7a6b5c3d2e1f0a9b8c7d6e5f4a3b2c","pay_amount":0.00656612,"pay_currency":"eth","payin_extra_id":null,"payment_extra_ids":null,"payment_id":{payment_id},"payment_status":"{status}","price_amount":25,"price_currency":"usd","purchase_id":"4857392011","updated_at":1765249461097}}"#
+        r#"{{"actually_paid":0.00656612,"actually_paid_at_fiat":0,"fee":{{"currency":"eth","depositFee":0.000002,"serviceFee":0,"withdrawalFee":0}},"invoice_id":null,"order_description":"Deposit of 0.00656612 ETH to casino wallet 7f3c for player account 4857392011 (web, eu-2)","order_id":"deposit_a79c3f0e-5d2b-4c1a-9e8f-{payment_id:012}","outcome_amount":0.0065,"outcome_currency":"eth","parent_payment_id":null,"pay_address":"0x8f2b9c1d4e7a6b5c3d2e1f0a9b8c7d6e5f4a3b2c","pay_amount":0.00656612,"pay_currency":"eth","payin_extra_id":null,"payment_extra_ids":null,"payment_id":{payment_id},"payment_status":"{status}","price_amount":25,"price_currency":"usd","purchase_id":"4857392011","updated_at":1765249461097}}"#
     )
 }
 
