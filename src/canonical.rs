@@ -18,7 +18,9 @@
 //! Everything here is pure and is tested against `node` itself in
 //! `tests/canonical_node.rs`.
 
+use std::borrow::Cow;
 use std::cmp::Ordering;
+use std::collections::HashSet;
 use std::fmt::Write as _;
 
 /// Deepest nesting of arrays and objects we accept. Real IPNs nest two or
@@ -26,18 +28,23 @@ use std::fmt::Write as _;
 pub const MAX_DEPTH: usize = 64;
 
 /// A parsed JSON value that remembers how numbers were written and the order
-/// keys arrived in.
+/// keys arrived in. It borrows from the input wherever it can: only strings
+/// with escapes are copied.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Value {
+pub enum Value<'a> {
     Null,
     Bool(bool),
     /// The number's literal text, already checked against the JSON grammar.
-    Number(String),
-    String(String),
-    Array(Vec<Value>),
+    Number(&'a str),
+    String(Cow<'a, str>),
+    Array(Vec<Value<'a>>),
     /// Members in received order; keys are unique.
-    Object(Vec<(String, Value)>),
+    Object(Vec<(Cow<'a, str>, Value<'a>)>),
 }
+
+/// Objects with more members than this check duplicates with a hash set, so
+/// a large hostile object costs linear time, not quadratic.
+const LINEAR_DUPLICATE_CHECK: usize = 16;
 
 /// Why a body is not acceptable JSON. Positions are byte offsets.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -50,9 +57,9 @@ pub enum ParseError {
     TooDeep,
 }
 
-impl Value {
+impl<'a> Value<'a> {
     /// The member `key` of an object, if this is one and has it.
-    pub fn get(&self, key: &str) -> Option<&Value> {
+    pub fn get(&self, key: &str) -> Option<&Value<'a>> {
         match self {
             Value::Object(members) => members.iter().find(|(k, _)| k == key).map(|(_, v)| v),
             _ => None,
@@ -133,7 +140,7 @@ pub fn canonical(value: &Value, arrays: ArrayStyle) -> String {
 
 /// Parses one JSON text strictly: RFC 8259 grammar, UTF-8 only, no duplicate
 /// keys, at most [`MAX_DEPTH`] levels, nothing but whitespace after it.
-pub fn parse(bytes: &[u8]) -> Result<Value, ParseError> {
+pub fn parse(bytes: &[u8]) -> Result<Value<'_>, ParseError> {
     let text = std::str::from_utf8(bytes).map_err(|e| ParseError::Syntax(e.valid_up_to(), "invalid UTF-8"))?;
     let mut p = Parser { s: text.as_bytes(), src: text, pos: 0 };
     p.skip_ws();
@@ -143,6 +150,30 @@ pub fn parse(bytes: &[u8]) -> Result<Value, ParseError> {
         return Err(ParseError::Syntax(p.pos, "trailing characters after JSON value"));
     }
     Ok(value)
+}
+
+/// Whether a JSON text has no whitespace outside its strings: then it is
+/// already its own compact form and can be passed on byte for byte.
+pub fn is_compact(raw: &[u8]) -> bool {
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in raw {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+        } else {
+            match b {
+                b'"' => in_string = true,
+                b' ' | b'\t' | b'\n' | b'\r' => return false,
+                _ => {}
+            }
+        }
+    }
+    true
 }
 
 /// Formats an `f64` the way ECMAScript's `Number.prototype.toString` does,
@@ -172,7 +203,7 @@ struct Parser<'a> {
     pos: usize,
 }
 
-impl Parser<'_> {
+impl<'a> Parser<'a> {
     fn err<T>(&self, what: &'static str) -> Result<T, ParseError> {
         Err(ParseError::Syntax(self.pos, what))
     }
@@ -183,7 +214,7 @@ impl Parser<'_> {
         }
     }
 
-    fn value(&mut self, depth: usize) -> Result<Value, ParseError> {
+    fn value(&mut self, depth: usize) -> Result<Value<'a>, ParseError> {
         match self.s.get(self.pos) {
             None => self.err("unexpected end of input"),
             Some(b'{') => self.object(depth + 1),
@@ -197,7 +228,7 @@ impl Parser<'_> {
         }
     }
 
-    fn literal(&mut self, word: &'static str, v: Value) -> Result<Value, ParseError> {
+    fn literal(&mut self, word: &'static str, v: Value<'a>) -> Result<Value<'a>, ParseError> {
         if self.s[self.pos..].starts_with(word.as_bytes()) {
             self.pos += word.len();
             Ok(v)
@@ -206,12 +237,13 @@ impl Parser<'_> {
         }
     }
 
-    fn object(&mut self, depth: usize) -> Result<Value, ParseError> {
+    fn object(&mut self, depth: usize) -> Result<Value<'a>, ParseError> {
         if depth > MAX_DEPTH {
             return Err(ParseError::TooDeep);
         }
         self.pos += 1; // '{'
-        let mut members: Vec<(String, Value)> = Vec::new();
+        let mut members: Vec<(Cow<'a, str>, Value<'a>)> = Vec::new();
+        let mut seen: HashSet<Cow<'a, str>> = HashSet::new();
         self.skip_ws();
         if self.s.get(self.pos) == Some(&b'}') {
             self.pos += 1;
@@ -225,8 +257,16 @@ impl Parser<'_> {
             let key = self.string()?;
             // Refuse duplicates: the verifier and the merchant's parser could
             // otherwise each pick a different one of the two values.
-            if members.iter().any(|(k, _)| *k == key) {
-                return Err(ParseError::DuplicateKey(key));
+            let duplicate = if members.len() < LINEAR_DUPLICATE_CHECK {
+                members.iter().any(|(k, _)| *k == key)
+            } else {
+                if seen.is_empty() {
+                    seen.extend(members.iter().map(|(k, _)| k.clone()));
+                }
+                !seen.insert(key.clone())
+            };
+            if duplicate {
+                return Err(ParseError::DuplicateKey(key.into_owned()));
             }
             self.skip_ws();
             if self.s.get(self.pos) != Some(&b':') {
@@ -248,7 +288,7 @@ impl Parser<'_> {
         }
     }
 
-    fn array(&mut self, depth: usize) -> Result<Value, ParseError> {
+    fn array(&mut self, depth: usize) -> Result<Value<'a>, ParseError> {
         if depth > MAX_DEPTH {
             return Err(ParseError::TooDeep);
         }
@@ -274,7 +314,7 @@ impl Parser<'_> {
         }
     }
 
-    fn number(&mut self) -> Result<Value, ParseError> {
+    fn number(&mut self) -> Result<Value<'a>, ParseError> {
         let start = self.pos;
         let digits = |p: &mut Self| {
             let from = p.pos;
@@ -308,7 +348,7 @@ impl Parser<'_> {
                 return self.err("invalid number: no digits in exponent");
             }
         }
-        Ok(Value::Number(self.src[start..self.pos].to_owned()))
+        Ok(Value::Number(&self.src[start..self.pos]))
     }
 
     fn hex4(&mut self) -> Result<u32, ParseError> {
@@ -325,9 +365,21 @@ impl Parser<'_> {
         Ok(v)
     }
 
-    fn string(&mut self) -> Result<String, ParseError> {
+    fn string(&mut self) -> Result<Cow<'a, str>, ParseError> {
         self.pos += 1; // opening quote
-        let mut out = String::new();
+        // Most strings have no escapes: borrow them from the input.
+        let start = self.pos;
+        while let Some(&b) = self.s.get(self.pos) {
+            if b == b'"' {
+                self.pos += 1;
+                return Ok(Cow::Borrowed(&self.src[start..self.pos - 1]));
+            }
+            if b == b'\\' || b < 0x20 {
+                break;
+            }
+            self.pos += 1;
+        }
+        let mut out = String::from(&self.src[start..self.pos]);
         loop {
             // Copy the run of plain characters in one go.
             let run_start = self.pos;
@@ -342,7 +394,7 @@ impl Parser<'_> {
                 None => return self.err("unterminated string"),
                 Some(b'"') => {
                     self.pos += 1;
-                    return Ok(out);
+                    return Ok(Cow::Owned(out));
                 }
                 Some(b'\\') => {
                     self.pos += 1;
@@ -449,7 +501,7 @@ fn write_value(out: &mut String, v: &Value, numbers: NumberStyle, arrays: ArrayS
             out.push(']');
         }
         Value::Object(members) => {
-            let mut order: Vec<&(String, Value)> = members.iter().collect();
+            let mut order: Vec<&(Cow<str>, Value)> = members.iter().collect();
             if sort {
                 order.sort_by(|a, b| js_key_order(&a.0, &b.0));
             }
@@ -606,6 +658,24 @@ mod tests {
             assert!(parse(bad.as_bytes()).is_err(), "accepted {bad:?}");
         }
         assert!(parse(b"\xff").is_err());
+    }
+
+    #[test]
+    fn detects_compact_texts() {
+        assert!(is_compact(br#"{"a":"x y\" \\","b":[1,2]}"#));
+        assert!(!is_compact(br#"{"a": 1}"#));
+        assert!(!is_compact(b"{}\n"));
+    }
+
+    #[test]
+    fn large_objects_still_refuse_duplicates() {
+        let mut text = String::from("{");
+        for i in 0..5000 {
+            text.push_str(&format!("\"k{i}\":{i},"));
+        }
+        text.push_str("\"k4999\":0}");
+        assert_eq!(parse(text.as_bytes()), Err(ParseError::DuplicateKey("k4999".into())));
+        assert!(parse(text.replace(",\"k4999\":0}", "}").as_bytes()).is_ok());
     }
 
     #[test]

@@ -59,16 +59,26 @@ fn hmac_matches<M: Mac + KeyInit>(secrets: &[crate::config::Secret], msg: &[u8],
     })
 }
 
-fn parse_body(body: &[u8]) -> Result<Value, ProviderError> {
+fn parse_body(body: &[u8]) -> Result<Value<'_>, ProviderError> {
     canonical::parse(body).map_err(|e| ProviderError::BadRequest(e.to_string()))
+}
+
+/// The event's `payload`: the body itself when it is already compact (so
+/// numbers and escapes stay exactly as the provider wrote them), else its
+/// compact form with numbers as written.
+fn payload_text(raw: &[u8], v: &Value) -> String {
+    match std::str::from_utf8(raw) {
+        Ok(text) if canonical::is_compact(raw) => text.to_owned(),
+        _ => v.to_compact(),
+    }
 }
 
 /// A scalar field as an id or amount string: strings as they are, numbers as
 /// written. Null, absent, booleans and containers give `None`.
 fn text_field(v: &Value, key: &str) -> Option<String> {
     match v.get(key)? {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.clone()),
+        Value::String(s) => Some(s.to_string()),
+        Value::Number(n) => Some((*n).to_owned()),
         _ => None,
     }
 }
@@ -77,7 +87,7 @@ fn text_field(v: &Value, key: &str) -> Option<String> {
 /// `15.0` are the same payment.
 fn key_part(v: Option<&Value>) -> serde_json::Value {
     match v {
-        Some(Value::String(s)) => s.clone().into(),
+        Some(Value::String(s)) => s.to_string().into(),
         Some(Value::Number(n)) => canonical::ecmascript_number(n).into(),
         Some(Value::Bool(b)) => b.to_string().into(),
         Some(other @ (Value::Array(_) | Value::Object(_))) => {

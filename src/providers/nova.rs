@@ -16,7 +16,8 @@ use sha2::Sha256;
 use time::OffsetDateTime;
 
 use super::{
-    ProviderError, decode_hex_signature, dedupe_key, hmac_matches, key_part, parse_body, provider_time, text_field,
+    ProviderError, decode_hex_signature, dedupe_key, hmac_matches, key_part, parse_body, payload_text, provider_time,
+    text_field,
 };
 use crate::canonical::{self, ArrayStyle, Value};
 use crate::config::Secret;
@@ -35,7 +36,7 @@ pub fn process(
     now: OffsetDateTime,
 ) -> Result<Normalised, ProviderError> {
     let value = verify(secrets, headers, body)?;
-    let n = normalise(&value)?;
+    let n = normalise(&value, body)?;
     // Checked after the signature: only a genuine webhook learns it is stale.
     if let Some(tolerance) = tolerance {
         let ts = value
@@ -52,7 +53,7 @@ pub fn process(
 }
 
 /// Returns the parsed body if a secret signed it in an accepted form.
-pub fn verify(secrets: &[Secret], headers: &HeaderMap, body: &[u8]) -> Result<Value, ProviderError> {
+pub fn verify<'a>(secrets: &[Secret], headers: &HeaderMap, body: &'a [u8]) -> Result<Value<'a>, ProviderError> {
     if let Some(header) = headers.get(SIGNATURE_HEADER) {
         let header = header.to_str().map_err(|_| ProviderError::InvalidSignature("malformed"))?;
         let hex = header.trim();
@@ -104,7 +105,7 @@ fn is_dotted_type(s: &str) -> bool {
 }
 
 /// Maps a verified webhook to the normalised event (SPEC §4.2).
-pub fn normalise(v: &Value) -> Result<Normalised, ProviderError> {
+pub fn normalise(v: &Value, raw: &[u8]) -> Result<Normalised, ProviderError> {
     let Some(Value::String(name)) = v.get("event") else {
         return Err(ProviderError::BadRequest("`event` must be a string".into()));
     };
@@ -120,14 +121,14 @@ pub fn normalise(v: &Value) -> Result<Normalised, ProviderError> {
     // The five documented events keep their names, as does any other
     // `word.word` event; anything else is `unknown` but still delivered.
     let (event_type, subject_kind) = if is_dotted_type(name) {
-        (name.clone(), name.split('.').next().unwrap_or_default().to_owned())
+        (name.to_string(), name.split('.').next().unwrap_or_default().to_owned())
     } else {
         ("unknown".to_owned(), "unknown".to_owned())
     };
     Ok(Normalised {
-        dedupe_key: dedupe_key("nova", &[name.clone().into(), key_part(data.get("id"))]),
+        dedupe_key: dedupe_key("nova", &[name.to_string().into(), key_part(data.get("id"))]),
         event_type,
-        provider_status: Some(name.clone()),
+        provider_status: Some(name.to_string()),
         subject: Subject { kind: subject_kind, id: Some(id) },
         amount: text_field(data, "amount"),
         currency: text_field(data, "currency"),
@@ -136,13 +137,17 @@ pub fn normalise(v: &Value) -> Result<Normalised, ProviderError> {
         order_id: text_field(data, "orderId"),
         tx_hash: text_field(data, "txHash"),
         occurred_at: provider_time(v.get("timestamp")),
-        payload: v.to_compact(),
+        payload: payload_text(raw, v),
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn norm(body: &[u8]) -> Result<Normalised, ProviderError> {
+        normalise(&canonical::parse(body).unwrap(), body)
+    }
     use http::HeaderValue;
     use time::macros::datetime;
 
@@ -185,7 +190,7 @@ mod tests {
     fn with_body_signature(unsigned: &Value, signed_form: &str) -> Vec<u8> {
         let sig = sign(b"nova-secret", signed_form.as_bytes());
         let Value::Object(mut m) = unsigned.clone() else { unreachable!() };
-        m.push(("signature".into(), Value::String(sig)));
+        m.push(("signature".into(), Value::String(sig.into())));
         Value::Object(m).to_compact().into_bytes()
     }
 
@@ -231,7 +236,7 @@ mod tests {
 
     #[test]
     fn normalises_the_documented_deposit() {
-        let n = normalise(&canonical::parse(DEPOSIT.as_bytes()).unwrap()).unwrap();
+        let n = norm(DEPOSIT.as_bytes()).unwrap();
         assert_eq!(n.event_type, "deposit.confirmed");
         assert_eq!(n.provider_status.as_deref(), Some("deposit.confirmed"));
         assert_eq!(n.subject, Subject { kind: "deposit".into(), id: Some("dep_001".into()) });
@@ -247,7 +252,7 @@ mod tests {
     fn event_names_pass_through_or_become_unknown() {
         let t = |e: &str| {
             let body = format!(r#"{{"event":"{e}","data":{{"id":1}},"timestamp":"2025-03-06T00:05:00Z"}}"#);
-            normalise(&canonical::parse(body.as_bytes()).unwrap()).unwrap().event_type
+            norm(body.as_bytes()).unwrap().event_type
         };
         for known in ["deposit.confirmed", "deposit.failed", "payout.completed", "payout.failed", "transfer.completed"]
         {
@@ -275,7 +280,7 @@ mod tests {
 
     #[test]
     fn dedupe_key_is_event_and_data_id() {
-        let k = |body: &str| normalise(&canonical::parse(body.as_bytes()).unwrap()).unwrap().dedupe_key;
+        let k = |body: &str| norm(body.as_bytes()).unwrap().dedupe_key;
         let a = k(r#"{"event":"deposit.confirmed","data":{"id":"d1","amount":1},"timestamp":"2025-03-06T00:05:00Z"}"#);
         assert_eq!(
             a,

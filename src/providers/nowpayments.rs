@@ -12,7 +12,8 @@ use http::HeaderMap;
 use sha2::{Digest, Sha512};
 
 use super::{
-    ProviderError, decode_hex_signature, dedupe_key, hmac_matches, key_part, parse_body, provider_time, text_field,
+    ProviderError, decode_hex_signature, dedupe_key, hmac_matches, key_part, parse_body, payload_text, provider_time,
+    text_field,
 };
 use crate::canonical::{self, ArrayStyle, Value};
 use crate::config::Secret;
@@ -26,12 +27,12 @@ type HmacSha512 = hmac::Hmac<Sha512>;
 /// normalises the body.
 pub fn process(secrets: &[Secret], headers: &HeaderMap, body: &[u8]) -> Result<Normalised, ProviderError> {
     let value = verify(secrets, headers, body)?;
-    normalise(&value)
+    normalise(&value, body)
 }
 
 /// Returns the parsed body if the signature matches any secret over any of
 /// the accepted forms.
-pub fn verify(secrets: &[Secret], headers: &HeaderMap, body: &[u8]) -> Result<Value, ProviderError> {
+pub fn verify<'a>(secrets: &[Secret], headers: &HeaderMap, body: &'a [u8]) -> Result<Value<'a>, ProviderError> {
     let header = headers.get(SIGNATURE_HEADER).ok_or(ProviderError::InvalidSignature("missing"))?;
     let header = header.to_str().map_err(|_| ProviderError::InvalidSignature("malformed"))?;
     let sig = decode_hex_signature(header, 64)?;
@@ -78,7 +79,7 @@ pub fn hex_hmac(secret: &[u8], msg: &[u8]) -> String {
 
 fn status_of(v: &Value, key: &str) -> Result<String, ProviderError> {
     match v.get(key) {
-        Some(Value::String(s)) => Ok(s.clone()),
+        Some(Value::String(s)) => Ok(s.to_string()),
         _ => Err(ProviderError::BadRequest(format!("`{key}` must be a string"))),
     }
 }
@@ -108,12 +109,12 @@ fn present(v: &Value, key: &str) -> bool {
 }
 
 /// Maps a verified IPN to the normalised event (SPEC §4.1 table).
-pub fn normalise(v: &Value) -> Result<Normalised, ProviderError> {
+pub fn normalise(v: &Value, raw: &[u8]) -> Result<Normalised, ProviderError> {
     if !matches!(v, Value::Object(_)) {
         return Err(ProviderError::BadRequest("IPN body must be a JSON object".into()));
     }
     let occurred_at = provider_time(v.get("updated_at").filter(|x| !x.is_null()).or_else(|| v.get("created_at")));
-    let payload = v.to_compact();
+    let payload = payload_text(raw, v);
 
     if present(v, "payment_id") && present(v, "payment_status") {
         let status = status_of(v, "payment_status")?;
@@ -182,6 +183,10 @@ pub fn normalise(v: &Value) -> Result<Normalised, ProviderError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn norm(body: &[u8]) -> Result<Normalised, ProviderError> {
+        normalise(&canonical::parse(body).unwrap(), body)
+    }
     use http::HeaderValue;
 
     const PAYMENT: &str = include_str!("../../tests/fixtures/nowpayments/docs-payment-ipn.json");
@@ -347,7 +352,7 @@ mod tests {
 
     #[test]
     fn dedupe_key_tracks_status_and_amount() {
-        let n = |body: &str| normalise(&canonical::parse(body.as_bytes()).unwrap()).unwrap().dedupe_key;
+        let n = |body: &str| norm(body.as_bytes()).unwrap().dedupe_key;
         let a = n(r#"{"payment_id":1,"payment_status":"confirming","actually_paid":0}"#);
         assert_ne!(a, n(r#"{"payment_id":1,"payment_status":"finished","actually_paid":0}"#));
         assert_ne!(a, n(r#"{"payment_id":1,"payment_status":"confirming","actually_paid":1}"#));
@@ -360,18 +365,15 @@ mod tests {
 
     #[test]
     fn epoch_millisecond_times_are_normalised() {
-        let n = normalise(
-            &canonical::parse(br#"{"payment_id":1,"payment_status":"waiting","updated_at":1765249461097}"#).unwrap(),
-        )
-        .unwrap();
+        let n = norm(br#"{"payment_id":1,"payment_status":"waiting","updated_at":1765249461097}"#).unwrap();
         assert_eq!(n.occurred_at.as_deref(), Some("2025-12-09T03:04:21.097Z"));
     }
 
     #[test]
     fn wrong_types_for_required_fields_are_bad_requests() {
-        let r = normalise(&canonical::parse(br#"{"payment_id":1,"payment_status":7}"#).unwrap());
+        let r = norm(br#"{"payment_id":1,"payment_status":7}"#);
         assert!(matches!(r, Err(ProviderError::BadRequest(_))));
-        let r = normalise(&canonical::parse(b"[1,2]").unwrap());
+        let r = norm(b"[1,2]");
         assert!(matches!(r, Err(ProviderError::BadRequest(_))));
     }
 }
