@@ -111,10 +111,12 @@ fn spawn_relay(dir: &Path) -> (Child, SocketAddr) {
         .replace("secrets = [\"old-rotated-secret\", ", "secrets = [");
     let config = dir.join("relay.toml");
     std::fs::write(&config, format!("{text}\n[log]\nformat = \"json\"\n")).unwrap();
+    // Keep the relay's log for a look after the run.
+    let log = std::fs::File::create(Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-relay.log")).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_ipn-relay"))
         .args(["serve", "--config"])
         .arg(&config)
-        .stdout(Stdio::null())
+        .stdout(log)
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();

@@ -50,6 +50,8 @@ pub const MAX_BATCH: usize = 2048;
 /// redb's page cache. Admissions touch recent pages; a small cache keeps the
 /// relay's memory small without costing throughput.
 const CACHE_BYTES: usize = 16 * 1024 * 1024;
+/// A commit slower than this is logged: every admission in it waited.
+const SLOW_COMMIT: std::time::Duration = std::time::Duration::from_millis(100);
 /// Most expired dedupe keys one sweep removes.
 const SWEEP_CHUNK: usize = 10_000;
 
@@ -240,7 +242,13 @@ impl Writer {
 
     fn commit_batch(&mut self, batch: &mut Vec<Op>) {
         let only_pings = batch.iter().all(|op| matches!(op, Op::Ping { .. }));
+        let ops = batch.len();
+        let started = std::time::Instant::now();
         let result = self.try_commit(batch);
+        let took = started.elapsed();
+        if took >= SLOW_COMMIT {
+            tracing::warn!(ops, took_ms = took.as_millis() as u64, "slow embedded store commit");
+        }
         match result {
             Ok(answers) => {
                 if !only_pings {
