@@ -15,6 +15,11 @@ use crate::canonical::{self, Value};
 use crate::config::{ProviderKind, Source};
 use crate::event::{self, Normalised};
 
+#[cfg(test)]
+pub(crate) fn verified_as_written(body: &[u8]) -> Verified<'_> {
+    Verified::new(canonical::parse(body).expect("test body is JSON"), body, SignedNumbers::AsWritten)
+}
+
 /// Why a callback is refused. Messages never contain secrets or the
 /// signature we expected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -59,28 +64,62 @@ fn hmac_matches<M: Mac + KeyInit>(secrets: &[crate::config::Secret], msg: &[u8],
     })
 }
 
-fn parse_body(body: &[u8]) -> Result<Value<'_>, ProviderError> {
-    canonical::parse(body).map_err(|e| ProviderError::BadRequest(e.to_string()))
+/// Which text of the body's numbers a signature covered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignedNumbers {
+    /// The signed bytes held the literals as they arrived (the raw body, or
+    /// a compact form in received order with literals as written).
+    AsWritten,
+    /// Only a re-serialised form verified, in which numbers are printed the
+    /// ECMAScript way. The literals in the body are then unauthenticated:
+    /// `0.1` and `0.10000000000000000001` sign the same. What we pass on is
+    /// the signed text.
+    Ecmascript,
 }
 
-/// The event's `payload`: the body itself when it is already compact (so
-/// numbers and escapes stay exactly as the provider wrote them), else its
-/// compact form with numbers as written.
-fn payload_text(raw: &[u8], v: &Value) -> String {
-    match std::str::from_utf8(raw) {
-        Ok(text) if canonical::is_compact(raw) => text.to_owned(),
-        _ => v.to_compact(),
+/// A body whose signature checked out.
+#[derive(Debug, Clone)]
+pub struct Verified<'a> {
+    pub value: Value<'a>,
+    raw: &'a [u8],
+    numbers: SignedNumbers,
+}
+
+impl<'a> Verified<'a> {
+    pub fn new(value: Value<'a>, raw: &'a [u8], numbers: SignedNumbers) -> Verified<'a> {
+        Verified { value, raw, numbers }
+    }
+
+    /// A scalar field of `obj` as an id or amount string: strings as they
+    /// are, numbers as signed. Null, absent, booleans and containers give
+    /// `None`.
+    fn text(&self, obj: &Value, key: &str) -> Option<String> {
+        match obj.get(key)? {
+            Value::String(s) => Some(s.to_string()),
+            Value::Number(n) => match self.numbers {
+                SignedNumbers::AsWritten => Some((*n).to_owned()),
+                SignedNumbers::Ecmascript => Some(canonical::ecmascript_number(n)).filter(|t| t != "null"),
+            },
+            _ => None,
+        }
+    }
+
+    /// The event's `payload`: the body itself when it was signed as is and
+    /// is already compact, else its compact form with numbers as signed.
+    fn payload(&self) -> String {
+        match (self.numbers, std::str::from_utf8(self.raw)) {
+            (SignedNumbers::AsWritten, Ok(text)) if canonical::is_compact(self.raw) => text.to_owned(),
+            (SignedNumbers::AsWritten, _) => self.value.to_compact(),
+            (SignedNumbers::Ecmascript, _) => canonical::stringify(&self.value),
+        }
     }
 }
 
-/// A scalar field as an id or amount string: strings as they are, numbers as
-/// written. Null, absent, booleans and containers give `None`.
-fn text_field(v: &Value, key: &str) -> Option<String> {
-    match v.get(key)? {
-        Value::String(s) => Some(s.to_string()),
-        Value::Number(n) => Some((*n).to_owned()),
-        _ => None,
-    }
+/// The body of a raw-signed request, parsed: now a malformed body is the
+/// sender's error, not a forgery.
+fn parse_signed(body: &[u8]) -> Result<Verified<'_>, ProviderError> {
+    let value = canonical::parse(body).map_err(|e| ProviderError::BadRequest(e.to_string()))?;
+    Ok(Verified::new(value, body, SignedNumbers::AsWritten))
 }
 
 /// A dedupe-key component: numbers in their ECMAScript form, so `15` and

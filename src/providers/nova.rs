@@ -16,8 +16,8 @@ use sha2::Sha256;
 use time::OffsetDateTime;
 
 use super::{
-    ProviderError, decode_hex_signature, dedupe_key, hmac_matches, key_part, parse_body, payload_text, provider_time,
-    text_field,
+    ProviderError, SignedNumbers, Verified, decode_hex_signature, dedupe_key, hmac_matches, key_part, parse_signed,
+    provider_time,
 };
 use crate::canonical::{self, ArrayStyle, Value};
 use crate::config::Secret;
@@ -35,8 +35,9 @@ pub fn process(
     body: &[u8],
     now: OffsetDateTime,
 ) -> Result<Normalised, ProviderError> {
-    let value = verify(secrets, headers, body)?;
-    let n = normalise(&value, body)?;
+    let verified = verify(secrets, headers, body)?;
+    let n = normalise(&verified)?;
+    let value = &verified.value;
     // Checked after the signature: only a genuine webhook learns it is stale.
     if let Some(tolerance) = tolerance {
         let ts = value
@@ -53,14 +54,14 @@ pub fn process(
 }
 
 /// Returns the parsed body if a secret signed it in an accepted form.
-pub fn verify<'a>(secrets: &[Secret], headers: &HeaderMap, body: &'a [u8]) -> Result<Value<'a>, ProviderError> {
+pub fn verify<'a>(secrets: &[Secret], headers: &HeaderMap, body: &'a [u8]) -> Result<Verified<'a>, ProviderError> {
     if let Some(header) = headers.get(SIGNATURE_HEADER) {
         let header = header.to_str().map_err(|_| ProviderError::InvalidSignature("malformed"))?;
         let hex = header.trim();
         let hex = hex.strip_prefix("sha256=").unwrap_or(hex);
         let sig = decode_hex_signature(hex, 32)?;
         if hmac_matches::<HmacSha256>(secrets, body, &sig) {
-            return parse_body(body);
+            return parse_signed(body);
         }
         return Err(ProviderError::InvalidSignature("wrong"));
     }
@@ -75,17 +76,15 @@ pub fn verify<'a>(secrets: &[Secret], headers: &HeaderMap, body: &'a [u8]) -> Re
         None => return Err(ProviderError::InvalidSignature("missing")),
     };
     let unsigned = Value::Object(members.iter().filter(|(k, _)| k != "signature").cloned().collect());
-    let as_written = unsigned.to_compact();
+    // Received order with literals as written authenticates the literals;
+    // the re-serialised forms authenticate only their ECMAScript text.
+    if hmac_matches::<HmacSha256>(secrets, unsigned.to_compact().as_bytes(), &sig) {
+        return Ok(Verified::new(value, body, SignedNumbers::AsWritten));
+    }
     let js = canonical::stringify(&unsigned);
     let sorted = canonical::canonical(&unsigned, ArrayStyle::Array);
-    let mut forms = vec![as_written];
-    for f in [js, sorted] {
-        if !forms.contains(&f) {
-            forms.push(f);
-        }
-    }
-    if forms.iter().any(|f| hmac_matches::<HmacSha256>(secrets, f.as_bytes(), &sig)) {
-        return Ok(value);
+    if [js, sorted].iter().any(|f| hmac_matches::<HmacSha256>(secrets, f.as_bytes(), &sig)) {
+        return Ok(Verified::new(value, body, SignedNumbers::Ecmascript));
     }
     Err(ProviderError::InvalidSignature("wrong"))
 }
@@ -105,7 +104,9 @@ fn is_dotted_type(s: &str) -> bool {
 }
 
 /// Maps a verified webhook to the normalised event (SPEC §4.2).
-pub fn normalise(v: &Value, raw: &[u8]) -> Result<Normalised, ProviderError> {
+pub fn normalise(verified: &Verified) -> Result<Normalised, ProviderError> {
+    let v = &verified.value;
+    let text_field = |obj: &Value, key: &str| verified.text(obj, key);
     let Some(Value::String(name)) = v.get("event") else {
         return Err(ProviderError::BadRequest("`event` must be a string".into()));
     };
@@ -137,7 +138,7 @@ pub fn normalise(v: &Value, raw: &[u8]) -> Result<Normalised, ProviderError> {
         order_id: text_field(data, "orderId"),
         tx_hash: text_field(data, "txHash"),
         occurred_at: provider_time(v.get("timestamp")),
-        payload: payload_text(raw, v),
+        payload: verified.payload(),
     })
 }
 
@@ -146,7 +147,7 @@ mod tests {
     use super::*;
 
     fn norm(body: &[u8]) -> Result<Normalised, ProviderError> {
-        normalise(&canonical::parse(body).unwrap(), body)
+        normalise(&super::super::verified_as_written(body))
     }
     use http::HeaderValue;
     use time::macros::datetime;
@@ -208,6 +209,21 @@ mod tests {
             process(&secrets(), FIVE_MIN, &HeaderMap::new(), &body, AT),
             Err(ProviderError::InvalidSignature("wrong"))
         );
+    }
+
+    #[test]
+    fn in_body_signature_over_a_reserialised_form_passes_on_the_signed_numbers() {
+        let body =
+            br#"{"event":"deposit.confirmed","data":{"id":"d1","amount":1e2},"timestamp":"2025-03-06T00:05:00Z"}"#;
+        let unsigned = canonical::parse(body).unwrap();
+        // Signed as JavaScript would print it: amount 100, not 1e2.
+        let signed = with_body_signature(&unsigned, &canonical::stringify(&unsigned));
+        let n = process(&secrets(), FIVE_MIN, &HeaderMap::new(), &signed, AT).unwrap();
+        assert_eq!(n.amount.as_deref(), Some("100"));
+        // Signed over the literals as written: 1e2 is authentic and kept.
+        let signed = with_body_signature(&unsigned, &unsigned.to_compact());
+        let n = process(&secrets(), FIVE_MIN, &HeaderMap::new(), &signed, AT).unwrap();
+        assert_eq!(n.amount.as_deref(), Some("1e2"));
     }
 
     #[test]

@@ -9,11 +9,11 @@
 //! really does to them).
 
 use http::HeaderMap;
-use sha2::{Digest, Sha512};
+use sha2::{Digest, Sha256, Sha512};
 
 use super::{
-    ProviderError, decode_hex_signature, dedupe_key, hmac_matches, key_part, parse_body, payload_text, provider_time,
-    text_field,
+    ProviderError, SignedNumbers, Verified, decode_hex_signature, dedupe_key, hmac_matches, key_part, parse_signed,
+    provider_time,
 };
 use crate::canonical::{self, ArrayStyle, Value};
 use crate::config::Secret;
@@ -26,13 +26,12 @@ type HmacSha512 = hmac::Hmac<Sha512>;
 /// Verifies the signature against every secret and accepted form, then
 /// normalises the body.
 pub fn process(secrets: &[Secret], headers: &HeaderMap, body: &[u8]) -> Result<Normalised, ProviderError> {
-    let value = verify(secrets, headers, body)?;
-    normalise(&value, body)
+    normalise(&verify(secrets, headers, body)?)
 }
 
 /// Returns the parsed body if the signature matches any secret over any of
 /// the accepted forms.
-pub fn verify<'a>(secrets: &[Secret], headers: &HeaderMap, body: &'a [u8]) -> Result<Value<'a>, ProviderError> {
+pub fn verify<'a>(secrets: &[Secret], headers: &HeaderMap, body: &'a [u8]) -> Result<Verified<'a>, ProviderError> {
     let header = headers.get(SIGNATURE_HEADER).ok_or(ProviderError::InvalidSignature("missing"))?;
     let header = header.to_str().map_err(|_| ProviderError::InvalidSignature("malformed"))?;
     let sig = decode_hex_signature(header, 64)?;
@@ -40,19 +39,19 @@ pub fn verify<'a>(secrets: &[Secret], headers: &HeaderMap, body: &'a [u8]) -> Re
     if hmac_matches::<HmacSha512>(secrets, body, &sig) {
         // Signed as sent; a body that is not acceptable JSON is now a client
         // error rather than a forgery.
-        return parse_body(body);
+        return parse_signed(body);
     }
     // An unverified body that does not parse is reported as a bad signature:
     // an unauthenticated sender learns nothing about our parser.
     let value = canonical::parse(body).map_err(|_| ProviderError::InvalidSignature("wrong"))?;
     let sorted = canonical::canonical(&value, ArrayStyle::Array);
     if hmac_matches::<HmacSha512>(secrets, sorted.as_bytes(), &sig) {
-        return Ok(value);
+        return Ok(Verified::new(value, body, SignedNumbers::Ecmascript));
     }
     if value.has_array() {
         let indexed = canonical::canonical(&value, ArrayStyle::IndexedObject);
         if hmac_matches::<HmacSha512>(secrets, indexed.as_bytes(), &sig) {
-            return Ok(value);
+            return Ok(Verified::new(value, body, SignedNumbers::Ecmascript));
         }
     }
     Err(ProviderError::InvalidSignature("wrong"))
@@ -109,12 +108,14 @@ fn present(v: &Value, key: &str) -> bool {
 }
 
 /// Maps a verified IPN to the normalised event (SPEC §4.1 table).
-pub fn normalise(v: &Value, raw: &[u8]) -> Result<Normalised, ProviderError> {
+pub fn normalise(verified: &Verified) -> Result<Normalised, ProviderError> {
+    let v = &verified.value;
+    let text_field = |obj: &Value, key: &str| verified.text(obj, key);
     if !matches!(v, Value::Object(_)) {
         return Err(ProviderError::BadRequest("IPN body must be a JSON object".into()));
     }
     let occurred_at = provider_time(v.get("updated_at").filter(|x| !x.is_null()).or_else(|| v.get("created_at")));
-    let payload = payload_text(raw, v);
+    let payload = verified.payload();
 
     if present(v, "payment_id") && present(v, "payment_status") {
         let status = status_of(v, "payment_status")?;
@@ -163,9 +164,9 @@ pub fn normalise(v: &Value, raw: &[u8]) -> Result<Normalised, ProviderError> {
 
     // Verified but of a kind we do not model: delivered as `unknown`, never
     // dropped. Deduped on its whole canonical content.
-    let digest = Sha512::digest(canonical::canonical(v, ArrayStyle::Array).as_bytes());
+    let digest = Sha256::digest(canonical::canonical(v, ArrayStyle::Array).as_bytes());
     Ok(Normalised {
-        dedupe_key: dedupe_key("other", &[hex::encode(&digest[..32]).into()]),
+        dedupe_key: dedupe_key("other", &[hex::encode(digest).into()]),
         event_type: "unknown".into(),
         provider_status: v.get("status").or_else(|| v.get("payment_status")).and_then(Value::as_str).map(str::to_owned),
         subject: Subject { kind: "unknown".into(), id: text_field(v, "id") },
@@ -185,7 +186,7 @@ mod tests {
     use super::*;
 
     fn norm(body: &[u8]) -> Result<Normalised, ProviderError> {
-        normalise(&canonical::parse(body).unwrap(), body)
+        normalise(&super::super::verified_as_written(body))
     }
     use http::HeaderValue;
 
@@ -248,6 +249,24 @@ mod tests {
             check("new", &hex_hmac(b"new", &forms[0]), reordered),
             Err(ProviderError::InvalidSignature("wrong"))
         );
+    }
+
+    #[test]
+    fn numbers_come_from_the_signed_text() {
+        let body = br#"{"actually_paid":0.1,"payment_id":12345678901234567890,"payment_status":"finished"}"#;
+        // The raw body was signed: its literals are authentic, kept as written.
+        let n = check("s", &hex_hmac(b"s", body), body).unwrap();
+        assert_eq!(n.subject.id.as_deref(), Some("12345678901234567890"));
+        // NOWPayments signs the canonical form, where the id prints as
+        // 12345678901234567000. A body whose literals differ from it verifies
+        // only through that form, so the signed text is what is passed on.
+        let sig = sign(b"s", body);
+        let rewritten = br#"{"payment_status":"finished","actually_paid":0.10000000000000000001,"payment_id":12345678901234567891}"#;
+        let n = check("s", &sig, rewritten).unwrap();
+        assert_eq!(n.amount.as_deref(), Some("0.1"));
+        assert_eq!(n.subject.id.as_deref(), Some("12345678901234567000"));
+        assert!(n.payload.contains(r#""actually_paid":0.1,"#), "{}", n.payload);
+        assert!(!n.payload.contains("0.10000000000000000001"), "{}", n.payload);
     }
 
     #[test]

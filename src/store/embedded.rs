@@ -288,29 +288,31 @@ fn fail(op: Op, e: StoreError) {
     }
 }
 
-/// Applies one op inside the batch's transaction. On a storage error the
-/// whole batch is abandoned; the op's answer is returned with the error.
+/// An answer that reports the op's own failure whatever the commit does.
+fn refuse<T: Send + 'static>(reply: Reply<T>, e: StoreError) -> Answer {
+    Box::new(move |_| {
+        let _ = reply.send(Err(e));
+    })
+}
+
+/// Applies one op inside the batch's transaction. A storage error abandons
+/// the whole batch (the op's answer is returned with it). A corrupt record
+/// fails only its own op: every op reads the records it needs before it
+/// writes anything, and ops that walk many records skip bad ones, so the
+/// error leaves nothing half-done for the commit to keep.
 fn apply(t: &mut Tables<'_>, op: Op) -> Result<Answer, (StoreError, Answer)> {
     macro_rules! run {
         ($reply:expr, $body:expr) => {{
             let reply = $reply;
             match $body {
                 Ok(v) => Ok(answer(reply, v)),
-                Err(e) => {
-                    let e: StoreError = e;
-                    Err((e.clone(), answer(reply, Default::default())))
-                }
+                Err(e @ StoreError::Corrupt { .. }) => Ok(refuse(reply, e)),
+                Err(e) => Err((e.clone(), refuse(reply, e))),
             }
         }};
     }
     match op {
-        Op::Admit { event, deliveries, ttl_ms, reply } => {
-            let reply: Reply<Admission> = reply;
-            match t.admit(event, deliveries, ttl_ms) {
-                Ok(v) => Ok(answer(reply, v)),
-                Err(e) => Err((e.clone(), answer(reply, Admission::Duplicate))),
-            }
-        }
+        Op::Admit { event, deliveries, ttl_ms, reply } => run!(reply, t.admit(event, deliveries, ttl_ms)),
         Op::Claim { now, limit, visibility_ms, reply } => run!(reply, t.claim(now, limit, visibility_ms)),
         Op::Finish { id, token, attempt, next, reply } => run!(reply, t.finish(&id, token, attempt, next)),
         Op::Release { id, token, due, reply } => run!(reply, t.release(&id, token, due)),
@@ -483,11 +485,47 @@ impl<'txn> Tables<'txn> {
         let mut ids = Vec::new();
         for entry in self.due.range((0u64, "")..=(now, "\u{10ffff}")).map_err(unavailable)?.take(limit) {
             let (k, _) = entry.map_err(unavailable)?;
-            ids.push(k.value().1.to_owned());
+            let (at, id) = k.value();
+            ids.push((at, id.to_owned()));
         }
         let mut claims = Vec::with_capacity(ids.len());
-        for id in ids {
-            let Some(old) = self.get_delivery(&id)? else { continue };
+        for (at, id) in ids {
+            let old = match self.get_delivery(&id) {
+                Ok(Some(d)) => d,
+                Ok(None) => {
+                    self.due.remove((at, id.as_str())).map_err(unavailable)?;
+                    continue;
+                }
+                Err(e @ StoreError::Corrupt { .. }) => {
+                    // Unreadable: take it off the schedule so claims do not
+                    // spin on it; the record stays for inspection.
+                    tracing::error!(delivery_id = %id, error = %e, "unreadable delivery record removed from the schedule");
+                    self.due.remove((at, id.as_str())).map_err(unavailable)?;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let event_json = match self.get_index(&old.event_id) {
+                Ok(Some(event)) => self.get_body(&old.event_id, event.body_seq),
+                Ok(None) => Err(corrupt(&old.event_id, "event record missing")),
+                Err(e) => Err(e),
+            };
+            let event_json = match event_json {
+                Ok(json) => json,
+                Err(e @ StoreError::Corrupt { .. }) => {
+                    // Nothing can be delivered: dead, with the reason, so an
+                    // operator sees it instead of a silent loop.
+                    tracing::error!(delivery_id = %id, error = %e, "delivery's event is unreadable; marking it dead");
+                    let mut d = old.clone();
+                    d.state = DeliveryState::Dead;
+                    d.next_attempt_at = None;
+                    d.last_error = Some(e.to_string());
+                    d.updated_at = now;
+                    self.put_delivery(Some(&old), &d)?;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             let mut d = old.clone();
             // Pending and due, or an in-flight claim past its deadline: the
             // visibility timeout hands it to this claim.
@@ -496,10 +534,6 @@ impl<'txn> Tables<'txn> {
             d.next_attempt_at = Some(now.saturating_add(visibility_ms));
             d.updated_at = now;
             self.put_delivery(Some(&old), &d)?;
-            let Some(event) = self.get_index(&d.event_id)? else {
-                return Err(corrupt(&d.event_id, "delivery refers to a missing event"));
-            };
-            let event_json = self.get_body(&d.event_id, event.body_seq)?;
             claims.push(Claim { delivery: d, event_json });
         }
         Ok(claims)
@@ -549,9 +583,18 @@ impl<'txn> Tables<'txn> {
             if !seen.insert(id.as_str()) {
                 continue;
             }
-            let Some(old) = self.get_delivery(id)? else {
-                count.not_found += 1;
-                continue;
+            let old = match self.get_delivery(id) {
+                Ok(Some(d)) => d,
+                Ok(None) => {
+                    count.not_found += 1;
+                    continue;
+                }
+                Err(e @ StoreError::Corrupt { .. }) => {
+                    tracing::error!(delivery_id = %id, error = %e, "unreadable delivery record not replayed");
+                    count.skipped += 1;
+                    continue;
+                }
+                Err(e) => return Err(e),
             };
             let eligible =
                 old.state == DeliveryState::Dead || (include_delivered && old.state == DeliveryState::Delivered);
@@ -581,9 +624,16 @@ impl<'txn> Tables<'txn> {
             self.dedupe_expiry.remove((*at, id.as_str())).map_err(unavailable)?;
             // The event stays (for inspection and replay); only its dedupe
             // key is cleared.
-            if let Some(mut record) = self.get_index(id)?.filter(|r| r.dedupe_expires == *at) {
-                record.dedupe_expires = 0;
-                self.index.insert(id.as_str(), record.encode().as_slice()).map_err(unavailable)?;
+            match self.get_index(id) {
+                Ok(Some(mut record)) if record.dedupe_expires == *at => {
+                    record.dedupe_expires = 0;
+                    self.index.insert(id.as_str(), record.encode().as_slice()).map_err(unavailable)?;
+                }
+                Ok(_) => {}
+                Err(e @ StoreError::Corrupt { .. }) => {
+                    tracing::error!(event_id = %id, error = %e, "unreadable event index record left as it is");
+                }
+                Err(e) => return Err(e),
             }
         }
         Ok(expired.len())
@@ -806,5 +856,67 @@ impl EmbeddedStore {
     /// The number of stored events (tests and diagnostics).
     pub async fn event_count(&self) -> Result<u64, StoreError> {
         self.read(|txn| txn.open_table(EVENT_INDEX).map_err(unavailable)?.len().map_err(unavailable)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{DeliveryState, NewDelivery, NewEvent, new_delivery_id};
+
+    fn event(id: &str, at: u64) -> NewEvent {
+        NewEvent { id: id.into(), source: "np".into(), event_type: "t.t".into(), received_at: at, json: b"{}".to_vec() }
+    }
+
+    #[tokio::test]
+    async fn corrupt_records_fail_alone_and_never_wedge_claims() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.redb");
+        let store = EmbeddedStore::open(&path).unwrap();
+        let good = NewDelivery { id: new_delivery_id(1000), endpoint: "be".into() };
+        let orphan = NewDelivery { id: new_delivery_id(1000), endpoint: "be".into() };
+        store.admit(event("evt_good", 1000), vec![good.clone()], 10_000).await.unwrap();
+        store.admit(event("evt_orphan", 1000), vec![orphan.clone()], 10_000).await.unwrap();
+        store.close().await;
+
+        // Break two records behind the store's back: one delivery becomes
+        // unreadable, and one event's index entry disappears.
+        let db = Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut deliveries = txn.open_table(DELIVERIES).unwrap();
+            deliveries.insert("dlv_broken", b"not json".as_slice()).unwrap();
+            txn.open_table(DUE).unwrap().insert((500u64, "dlv_broken"), ()).unwrap();
+            txn.open_table(EVENT_INDEX).unwrap().remove("evt_orphan").unwrap();
+        }
+        txn.commit().unwrap();
+        drop(db);
+
+        let store = EmbeddedStore::open(&path).unwrap();
+        let claims = store.claim_due(2000, 10, 500).await.unwrap();
+        let ids: Vec<_> = claims.iter().map(|c| c.delivery.id.clone()).collect();
+        assert_eq!(ids, vec![good.id.clone()], "only the readable, deliverable one is claimed");
+        let (d, _) = store.delivery(&orphan.id).await.unwrap().unwrap();
+        assert_eq!(d.state, DeliveryState::Dead);
+        assert!(d.last_error.unwrap().contains("event record missing"));
+        // The broken one is off the schedule: later claims do not meet it again.
+        assert!(store.claim_due(2400, 10, 500).await.unwrap().is_empty());
+        // Replaying it is counted, not fatal; admissions still commit.
+        let r = store.replay(&["dlv_broken".to_owned()], false, 3000).await.unwrap();
+        assert_eq!(r.skipped, 1);
+        assert!(store.finish("dlv_broken", 1, attempt(), crate::store::Next::Delivered).await.is_err());
+        store.admit(event("evt_after", 3000), vec![], 10_000).await.unwrap();
+        assert!(store.event("evt_after").await.unwrap().is_some());
+        store.ping().await.unwrap();
+    }
+
+    fn attempt() -> crate::store::Attempt {
+        crate::store::Attempt {
+            number: 0,
+            started_at: 0,
+            duration_ms: 0,
+            result: crate::store::AttemptResult::Status { code: 200 },
+            response_excerpt: None,
+        }
     }
 }
