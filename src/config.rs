@@ -138,6 +138,10 @@ pub struct ServerConfig {
     pub body_read_timeout: Duration,
     /// How long shutdown waits for open requests.
     pub shutdown_grace: Duration,
+    /// Open ingress connections at most; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// An admission not committed within this answers 503 (a hung disk).
+    pub admission_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -409,6 +413,17 @@ struct RawServer {
     body_read_timeout: Dur,
     #[serde(default = "default_grace")]
     shutdown_grace: Dur,
+    #[serde(default = "default_max_connections")]
+    max_connections: usize,
+    #[serde(default = "default_admission_timeout")]
+    admission_timeout: Dur,
+}
+
+fn default_max_connections() -> usize {
+    1024
+}
+fn default_admission_timeout() -> Dur {
+    Dur(Duration::from_secs(10))
 }
 
 fn default_max_body() -> usize {
@@ -607,9 +622,14 @@ impl RawConfig {
         if s.max_body_bytes < 1024 || s.max_body_bytes > 16 * 1024 * 1024 {
             return invalid("server.max_body_bytes", "must be between 1024 and 16777216");
         }
-        for (key, d) in
-            [("server.header_read_timeout", s.header_read_timeout), ("server.body_read_timeout", s.body_read_timeout)]
-        {
+        if s.max_connections == 0 {
+            return invalid("server.max_connections", "must be at least 1");
+        }
+        for (key, d) in [
+            ("server.header_read_timeout", s.header_read_timeout),
+            ("server.body_read_timeout", s.body_read_timeout),
+            ("server.admission_timeout", s.admission_timeout),
+        ] {
             if d.0.is_zero() {
                 return invalid(key, "must be greater than 0s");
             }
@@ -623,6 +643,8 @@ impl RawConfig {
             header_read_timeout: s.header_read_timeout.0,
             body_read_timeout: s.body_read_timeout.0,
             shutdown_grace: s.shutdown_grace.0,
+            max_connections: s.max_connections,
+            admission_timeout: s.admission_timeout.0,
         };
 
         let st = self.store;

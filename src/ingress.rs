@@ -263,10 +263,17 @@ impl Ingress {
             received_at: received_ms,
             json: event.to_json(),
         };
-        match self.store.admit(new, deliveries, self.dedupe_ttl_ms).await {
-            Ok(admission) => Ok((admission, id)),
-            Err(e) => {
+        let admit = self.store.admit(new, deliveries, self.dedupe_ttl_ms);
+        match tokio::time::timeout(self.config.server.admission_timeout, admit).await {
+            Ok(Ok(admission)) => Ok((admission, id)),
+            Ok(Err(e)) => {
                 tracing::error!(source = %source.name, event_id = %id, error = %e, "admission failed");
+                Err(IngressError::Unavailable)
+            }
+            Err(_) => {
+                // The write may still commit later; the provider's retry is
+                // then answered "duplicate". Never a 200 before the commit.
+                tracing::error!(source = %source.name, event_id = %id, "admission timed out; the store is not answering");
                 Err(IngressError::Unavailable)
             }
         }

@@ -18,12 +18,15 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 
 use crate::admin::Admin;
 use crate::config::Config;
 use crate::ingress::Ingress;
 use crate::store::{Store, now_millis};
+
+/// Open connections to the admin listener at most.
+const ADMIN_MAX_CONNECTIONS: usize = 64;
 
 /// How often expired dedupe keys and idle rate-limit entries are dropped.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
@@ -44,15 +47,17 @@ pub async fn run(
     tracing::info!(addr = %admin_listener.local_addr()?, "admin listening");
 
     let header_timeout = config.server.header_read_timeout;
-    let ingress_task =
-        tokio::spawn(serve(ingress_listener, header_timeout, stop_rx.clone(), config.server.shutdown_grace, {
+    let limits =
+        Limits { header_timeout, max_connections: config.server.max_connections, grace: config.server.shutdown_grace };
+    let ingress_task = tokio::spawn(serve(ingress_listener, limits, stop_rx.clone(), {
+        let ingress = ingress.clone();
+        move |req, peer| {
             let ingress = ingress.clone();
-            move |req, peer| {
-                let ingress = ingress.clone();
-                async move { ingress.handle(req, peer).await }
-            }
-        }));
-    let admin_task = tokio::spawn(serve(admin_listener, header_timeout, stop_rx.clone(), Duration::from_secs(1), {
+            async move { ingress.handle(req, peer).await }
+        }
+    }));
+    let admin_limits = Limits { header_timeout, max_connections: ADMIN_MAX_CONNECTIONS, grace: Duration::from_secs(1) };
+    let admin_task = tokio::spawn(serve(admin_listener, admin_limits, stop_rx.clone(), {
         let admin = admin.clone();
         move |req, _peer| {
             let admin = admin.clone();
@@ -71,21 +76,34 @@ pub async fn run(
     Ok(())
 }
 
-/// Accepts HTTP/1.1 connections and serves `handler` on each until `stop`.
-async fn serve<F, Fut>(
-    listener: TcpListener,
+/// Connection limits of one listener.
+#[derive(Clone, Copy)]
+struct Limits {
     header_timeout: Duration,
-    mut stop: watch::Receiver<bool>,
+    max_connections: usize,
     grace: Duration,
-    handler: F,
-) where
+}
+
+/// Accepts HTTP/1.1 connections and serves `handler` on each until `stop`.
+/// At most `max_connections` are open; further clients wait in the kernel's
+/// backlog, so a flood of slow connections cannot exhaust memory or files.
+async fn serve<F, Fut>(listener: TcpListener, limits: Limits, mut stop: watch::Receiver<bool>, handler: F)
+where
     F: Fn(hyper::Request<hyper::body::Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = hyper::Response<http_body_util::Full<bytes::Bytes>>> + Send + 'static,
 {
     let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();
-    builder.timer(TokioTimer::new()).header_read_timeout(header_timeout).keep_alive(true);
+    builder.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout).keep_alive(true);
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
     loop {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+            _ = stopped(&mut stop) => break,
+        };
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, peer) = match accepted {
@@ -108,6 +126,7 @@ async fn serve<F, Fut>(
                     if let Err(e) = conn.await {
                         tracing::debug!(%peer, error = %e, "connection closed with an error");
                     }
+                    drop(slot);
                 });
             }
             _ = stopped(&mut stop) => break,
@@ -116,7 +135,7 @@ async fn serve<F, Fut>(
     drop(listener);
     tokio::select! {
         _ = graceful.shutdown() => {}
-        _ = tokio::time::sleep(grace) => tracing::warn!(grace = ?grace, "grace period over; closing remaining connections"),
+        _ = tokio::time::sleep(limits.grace) => tracing::warn!(grace = ?limits.grace, "grace period over; closing remaining connections"),
     }
 }
 

@@ -403,3 +403,111 @@ async fn shutdown_lets_an_open_request_finish() {
 fn stopping_addr(s: &TcpStream) -> std::net::SocketAddr {
     s.peer_addr().unwrap()
 }
+
+/// A store whose admissions never finish: what a hung disk looks like from
+/// ingress. (A real hung fsync cannot be produced cheaply in a test.)
+struct HungStore(std::sync::Arc<ipn_relay::store::embedded::EmbeddedStore>);
+
+#[async_trait::async_trait]
+impl Store for HungStore {
+    async fn admit(
+        &self,
+        _: ipn_relay::store::NewEvent,
+        _: Vec<ipn_relay::store::NewDelivery>,
+        _: u64,
+    ) -> Result<ipn_relay::store::Admission, ipn_relay::store::StoreError> {
+        std::future::pending().await
+    }
+    async fn event(&self, id: &str) -> Result<Option<ipn_relay::store::StoredEvent>, ipn_relay::store::StoreError> {
+        self.0.event(id).await
+    }
+    async fn event_deliveries(&self, id: &str) -> Result<Vec<ipn_relay::store::Delivery>, ipn_relay::store::StoreError> {
+        self.0.event_deliveries(id).await
+    }
+    async fn delivery(
+        &self,
+        id: &str,
+    ) -> Result<Option<(ipn_relay::store::Delivery, Vec<ipn_relay::store::Attempt>)>, ipn_relay::store::StoreError> {
+        self.0.delivery(id).await
+    }
+    async fn claim_due(&self, n: u64, l: usize, v: u64) -> Result<Vec<ipn_relay::store::Claim>, ipn_relay::store::StoreError> {
+        self.0.claim_due(n, l, v).await
+    }
+    async fn finish(
+        &self,
+        id: &str,
+        t: u64,
+        a: ipn_relay::store::Attempt,
+        n: ipn_relay::store::Next,
+    ) -> Result<bool, ipn_relay::store::StoreError> {
+        self.0.finish(id, t, a, n).await
+    }
+    async fn release(&self, id: &str, t: u64, d: u64) -> Result<bool, ipn_relay::store::StoreError> {
+        self.0.release(id, t, d).await
+    }
+    async fn list(
+        &self,
+        f: &ipn_relay::store::DeliveryFilter,
+        c: Option<&str>,
+        l: usize,
+    ) -> Result<ipn_relay::store::Page, ipn_relay::store::StoreError> {
+        self.0.list(f, c, l).await
+    }
+    async fn replay(&self, ids: &[String], d: bool, n: u64) -> Result<ipn_relay::store::ReplayCount, ipn_relay::store::StoreError> {
+        self.0.replay(ids, d, n).await
+    }
+    async fn sweep(&self, n: u64) -> Result<usize, ipn_relay::store::StoreError> {
+        self.0.sweep(n).await
+    }
+    async fn counts(&self) -> Result<[(ipn_relay::store::DeliveryState, u64); 4], ipn_relay::store::StoreError> {
+        self.0.counts().await
+    }
+    async fn ping(&self) -> Result<(), ipn_relay::store::StoreError> {
+        self.0.ping().await
+    }
+}
+
+#[tokio::test]
+async fn a_store_that_stops_answering_gives_503_not_a_hang() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.redb");
+    let text = config_text(&path, "").replacen("[server]\n", "[server]\nadmission_timeout = \"300ms\"\n", 1);
+    let config = std::sync::Arc::new(ipn_relay::config::Config::parse(&text, std::path::Path::new("t.toml")).unwrap());
+    let store = std::sync::Arc::new(ipn_relay::store::embedded::EmbeddedStore::open(&path).unwrap());
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(ipn_relay::server::run(config, std::sync::Arc::new(HungStore(store)), l, a, std::future::pending()));
+    let body = payment_ipn(5, "finished");
+    let sig = nowpayments::sign(NP_SECRET.as_bytes(), body.as_bytes());
+    let started = std::time::Instant::now();
+    let r = client().post(format!("http://{addr}/hooks/nowpayments")).header("x-nowpayments-sig", sig).body(body).send();
+    let r = tokio::time::timeout(Duration::from_secs(5), r).await.expect("answered, not hung").unwrap();
+    assert!(r.headers().contains_key("retry-after"));
+    let (status, v) = answer(r).await;
+    assert_eq!((status, error_code(&v)), (503, "unavailable"));
+    assert!(started.elapsed() >= Duration::from_millis(300));
+}
+
+#[tokio::test]
+async fn connections_beyond_the_limit_wait_for_a_free_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start_with(&dir.path().join("r.redb"), "max_connections = 2", "").await;
+    // Two clients hold both slots with unfinished requests.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(relay.addr).await.unwrap();
+        s.write_all(b"POST /hooks/nowpayments HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\n").await.unwrap();
+        held.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // A third gets no answer while they hold them...
+    let mut third = TcpStream::connect(relay.addr).await.unwrap();
+    third.write_all(b"GET /hooks/nowpayments HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    let mut buf = [0u8; 512];
+    assert!(tokio::time::timeout(Duration::from_millis(300), third.read(&mut buf)).await.is_err(), "served over the limit");
+    // ...and is served as soon as one leaves.
+    drop(held.pop());
+    let head = read_head(&mut third).await;
+    assert!(head.starts_with("HTTP/1.1 405"), "{head}");
+}

@@ -74,7 +74,12 @@ impl Relay {
     }
 
     pub async fn start_at(store_path: &Path, extra: &str) -> Relay {
-        let text = config_text(store_path, extra);
+        Relay::start_with(store_path, "", extra).await
+    }
+
+    /// `server_extra` goes into `[server]`, `extra` at the end.
+    pub async fn start_with(store_path: &Path, server_extra: &str, extra: &str) -> Relay {
+        let text = config_text(store_path, extra).replacen("[server]\n", &format!("[server]\n{server_extra}\n"), 1);
         let config = Arc::new(Config::parse(&text, Path::new("test.toml")).unwrap());
         let store = Arc::new(EmbeddedStore::open(store_path).unwrap());
         let ingress = TcpListener::bind(config.server.listen).await.unwrap();
