@@ -503,6 +503,10 @@ fn write_value(out: &mut String, v: &Value, numbers: NumberStyle, arrays: ArrayS
         Value::Object(members) => {
             let mut order: Vec<&(Cow<str>, Value)> = members.iter().collect();
             if sort {
+                // `sortObject` rebuilds objects by assignment, and assigning
+                // to `__proto__` sets the prototype instead of a property:
+                // the key never reaches the signed text.
+                order.retain(|(k, _)| k != "__proto__");
                 order.sort_by(|a, b| js_key_order(&a.0, &b.0));
             }
             out.push('{');

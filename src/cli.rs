@@ -116,6 +116,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             "!!! DEVELOPMENT DEFAULT IN USE: ${{{var}}} is not set, so its built-in default from the config applies. Set it before taking real traffic."
         );
     }
+    if config.server.trusted_proxies.iter().any(|net| net.prefix_len() == 0) {
+        tracing::warn!(
+            "server.trusted_proxies contains a catch-all network: any client can choose its address with X-Forwarded-For"
+        );
+    }
     let store: Arc<dyn Store> = match &config.store.kind {
         StoreKind::Embedded { path } => {
             let store = EmbeddedStore::open(path)

@@ -241,7 +241,7 @@ impl Config {
             s.push_str(&format!(
                 "endpoint  {} → {} (timeout {}, max in flight {})\n",
                 ep.name,
-                ep.url,
+                redact_url(&ep.url.to_string()),
                 humantime::format_duration(ep.timeout),
                 ep.max_in_flight
             ));
@@ -256,22 +256,38 @@ impl Config {
             (d.jitter * 100.0).round(),
             humantime::format_duration(d.visibility_timeout)
         ));
-        for v in &self.defaulted_vars {
-            s.push_str(&format!("WARNING   ${{{v}}} is not set: using its development default\n"));
+        for w in self.warnings() {
+            s.push_str(&format!("WARNING   {w}\n"));
         }
         s
     }
+
+    /// What is valid but dangerous in production: development defaults in
+    /// use, and trusting every address's X-Forwarded-For.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out: Vec<String> =
+            self.defaulted_vars.iter().map(|v| format!("${{{v}}} is not set: using its development default")).collect();
+        if self.server.trusted_proxies.iter().any(|net| net.prefix_len() == 0) {
+            out.push(
+                "server.trusted_proxies contains a catch-all network: any client can choose its address with X-Forwarded-For"
+                    .into(),
+            );
+        }
+        out
+    }
 }
 
+/// `scheme://user:password@host/…` → `scheme://user:***@host/…`.
 fn redact_url(url: &str) -> String {
-    // redis://user:password@host → redis://user:***@host
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let creds = &url[scheme + 3..at];
-            let user = creds.split(':').next().unwrap_or("");
-            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else { return url.to_owned() };
+    let rest = &url[scheme_end..];
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    match authority.rfind('@') {
+        Some(at) => {
+            let user = authority[..at].split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..scheme_end], &rest[at..])
         }
-        _ => url.to_owned(),
+        None => url.to_owned(),
     }
 }
 
@@ -708,11 +724,14 @@ impl RawConfig {
                 (ProviderKind::Nowpayments, None) => None,
                 (ProviderKind::Nova, t) => {
                     let t = t.map(|d| d.0).unwrap_or(Duration::from_secs(300));
-                    if t > dedupe_ttl {
+                    // A webhook is accepted while its timestamp is within
+                    // ±tolerance of now, so a replay can come up to twice the
+                    // tolerance after the first delivery of it.
+                    if t.saturating_mul(2) > dedupe_ttl {
                         return invalid(
                             format!("{key}.timestamp_tolerance"),
                             format!(
-                                "{} exceeds store.dedupe_ttl {}: a replayed webhook could outlive its dedupe key",
+                                "twice {} exceeds store.dedupe_ttl {}: a replayed webhook could outlive its dedupe key",
                                 humantime::format_duration(t),
                                 humantime::format_duration(dedupe_ttl)
                             ),
@@ -945,6 +964,27 @@ secrets = ["s1"]
             "\n[store]\ndedupe_ttl = \"1h\"\n\n[[sources]]\nname = \"nova\"\nkind = \"nova\"\nsecrets = [\"x\"]\ntimestamp_tolerance = \"2h\"\n",
         );
         assert!(e.contains("sources[1].timestamp_tolerance") && e.contains("dedupe_ttl"), "{e}");
+    }
+
+    #[test]
+    fn refuses_tolerance_more_than_half_the_dedupe_ttl() {
+        let e = err(
+            "\n[store]\ndedupe_ttl = \"1h\"\n\n[[sources]]\nname = \"nova\"\nkind = \"nova\"\nsecrets = [\"x\"]\ntimestamp_tolerance = \"31m\"\n",
+        );
+        assert!(e.contains("sources[1].timestamp_tolerance"), "{e}");
+        assert!(parse("\n[store]\ndedupe_ttl = \"1h\"\n\n[[sources]]\nname = \"nova\"\nkind = \"nova\"\nsecrets = [\"x\"]\ntimestamp_tolerance = \"30m\"\n").is_ok());
+    }
+
+    #[test]
+    fn summary_hides_credentials_and_warns_about_catch_all_proxies() {
+        let cfg =
+            parse(&EP.replace("http://127.0.0.1:3000/x", "https://user:hunter2@backend.internal/hooks@v1")).unwrap();
+        let summary = cfg.summary();
+        assert!(!summary.contains("hunter2"), "{summary}");
+        assert!(summary.contains("https://user:***@backend.internal/hooks@v1"), "{summary}");
+        let text = BASE.replace("[server]\n", "[server]\ntrusted_proxies = [\"0.0.0.0/0\"]\n");
+        let cfg = Config::parse(&text, Path::new("c.toml")).unwrap();
+        assert!(cfg.summary().contains("catch-all"), "{}", cfg.summary());
     }
 
     #[test]

@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -30,6 +31,9 @@ use crate::providers::{self, ProviderError};
 use crate::store::{Admission, NewDelivery, NewEvent, Store, new_delivery_id};
 
 type KeyedLimiter = RateLimiter<IpAddr, DefaultKeyedStateStore<IpAddr>, DefaultClock>;
+
+/// Rate-limit entries per source beyond which idle ones are pruned early.
+const MAX_TRACKED_CLIENTS: usize = 100_000;
 
 /// Seconds a client is told to wait when the store is down.
 const UNAVAILABLE_RETRY_AFTER_SECS: u64 = 5;
@@ -146,6 +150,7 @@ pub struct Ingress {
     gates: HashMap<String, SourceGate>,
     store: Arc<dyn Store>,
     dedupe_ttl_ms: u64,
+    last_prune: AtomicU64,
 }
 
 impl Ingress {
@@ -156,7 +161,19 @@ impl Ingress {
             .map(|s| (s.name.clone(), SourceGate { source: s.clone(), limiter: s.rate_limit.map(limiter) }))
             .collect();
         let dedupe_ttl_ms = config.store.dedupe_ttl.as_millis() as u64;
-        Ingress { config, gates, store, dedupe_ttl_ms }
+        Ingress { config, gates, store, dedupe_ttl_ms, last_prune: AtomicU64::new(0) }
+    }
+
+    /// Prunes early when a flood of distinct addresses fills the maps, but
+    /// at most once a second, so pruning cannot become the flood's cost.
+    fn prune_limiters(&self) {
+        let now = crate::store::now_millis();
+        let last = self.last_prune.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= 1000
+            && self.last_prune.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+        {
+            self.forget_idle_clients();
+        }
     }
 
     /// Forgets rate-limit state of addresses that have been quiet, so the
@@ -217,16 +234,22 @@ impl Ingress {
         if req.method() != Method::POST {
             return Err(IngressError::MethodNotAllowed);
         }
-        let client = client_ip(peer.ip(), req.headers(), &self.config.server.trusted_proxies);
+        let client = client_ip(peer.ip(), req.headers(), &self.config.server.trusted_proxies).ok_or_else(|| {
+            IngressError::BadRequest("a trusted proxy sent an X-Forwarded-For that names no client address".into())
+        })?;
         let source = &gate.source;
         if !source.allow_ips.is_empty() && !source.allow_ips.iter().any(|net| net.contains(&client)) {
             return Err(IngressError::IpNotAllowed);
         }
-        if let Some(limiter) = &gate.limiter
-            && let Err(not_until) = limiter.check_key(&client)
-        {
-            let wait = not_until.wait_time_from(DefaultClock::default().now());
-            return Err(IngressError::RateLimited { retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64 });
+        if let Some(limiter) = &gate.limiter {
+            let verdict = limiter.check_key(&rate_key(client));
+            if limiter.len() > MAX_TRACKED_CLIENTS {
+                self.prune_limiters();
+            }
+            if let Err(not_until) = verdict {
+                let wait = not_until.wait_time_from(DefaultClock::default().now());
+                return Err(IngressError::RateLimited { retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64 });
+            }
         }
 
         let max = self.config.server.max_body_bytes;
@@ -297,30 +320,50 @@ where
 /// in which case `X-Forwarded-For` is walked from the right past every
 /// trusted proxy. The first untrusted hop is the client; entries further
 /// left were written by the client itself and are never believed.
-pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+///
+/// `None` when a hop that a trusted proxy wrote is unreadable: substituting
+/// the proxy's own address would put every client in one rate-limit bucket
+/// and judge `allow_ips` against the proxy.
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> Option<IpAddr> {
     let peer = canonical_ip(peer);
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
     if !is_trusted(&peer) {
-        return peer;
+        return Some(peer);
     }
+    // Split the raw bytes: one non-ASCII byte the client put on the left
+    // must not void the hops our proxies appended on the right.
+    let hops: Vec<&[u8]> =
+        headers.get_all("x-forwarded-for").iter().flat_map(|v| v.as_bytes().split(|&b| b == b',')).collect();
     let mut client = peer;
-    let hops = headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .collect::<Vec<_>>();
     for hop in hops.iter().rev() {
-        let Ok(ip) = hop.trim().parse::<IpAddr>() else {
-            // An unparseable hop ends the chain we can trust.
-            break;
-        };
-        client = canonical_ip(ip);
+        client = canonical_ip(parse_hop(hop)?);
         if !is_trusted(&client) {
             break;
         }
     }
-    client
+    Some(client)
+}
+
+/// One `X-Forwarded-For` entry: an address, optionally with a port
+/// (`203.0.113.9:4711`, `[2001:db8::1]:443`) or in brackets.
+fn parse_hop(hop: &[u8]) -> Option<IpAddr> {
+    let s = std::str::from_utf8(hop).ok()?.trim();
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    if let Ok(sa) = s.parse::<SocketAddr>() {
+        return Some(sa.ip());
+    }
+    s.strip_prefix('[')?.strip_suffix(']')?.parse().ok()
+}
+
+/// The rate-limit key of a client: IPv4 addresses as they are, IPv6 by /64,
+/// since one IPv6 client usually owns a whole /64 and could rotate through it.
+fn rate_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
+        v4 => v4,
+    }
 }
 
 /// IPv4-mapped IPv6 addresses compare as IPv4, so `10.0.0.0/8` matches
@@ -342,28 +385,53 @@ mod tests {
         h
     }
 
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
     #[test]
     fn forwarded_for_is_believed_only_from_trusted_proxies() {
         let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
-        let peer: IpAddr = "10.0.0.5".parse().unwrap();
-        let outsider: IpAddr = "198.51.100.7".parse().unwrap();
+        let peer = ip("10.0.0.5");
+        let outsider = ip("198.51.100.7");
         // Untrusted peer: header ignored.
-        assert_eq!(client_ip(outsider, &xff("1.2.3.4"), &trusted), outsider);
+        assert_eq!(client_ip(outsider, &xff("1.2.3.4"), &trusted), Some(outsider));
         // Trusted peer: the rightmost untrusted hop.
-        assert_eq!(client_ip(peer, &xff("6.6.6.6, 1.2.3.4, 10.0.0.9"), &trusted), "1.2.3.4".parse::<IpAddr>().unwrap());
+        assert_eq!(client_ip(peer, &xff("6.6.6.6, 1.2.3.4, 10.0.0.9"), &trusted), Some(ip("1.2.3.4")));
         // No header: the proxy itself.
-        assert_eq!(client_ip(peer, &HeaderMap::new(), &trusted), peer);
-        // Garbage stops the walk at the last good hop.
-        assert_eq!(client_ip(peer, &xff("1.2.3.4, junk"), &trusted), peer);
+        assert_eq!(client_ip(peer, &HeaderMap::new(), &trusted), Some(peer));
         // No trusted proxies configured: never believed.
-        assert_eq!(client_ip(peer, &xff("1.2.3.4"), &[]), peer);
+        assert_eq!(client_ip(peer, &xff("1.2.3.4"), &[]), Some(peer));
+    }
+
+    #[test]
+    fn forwarded_for_tolerates_ports_and_client_garbage_but_not_proxy_garbage() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let peer = ip("10.0.0.5");
+        assert_eq!(client_ip(peer, &xff("203.0.113.9:4711"), &trusted), Some(ip("203.0.113.9")));
+        assert_eq!(client_ip(peer, &xff("[2001:db8::1]:443"), &trusted), Some(ip("2001:db8::1")));
+        assert_eq!(client_ip(peer, &xff("[2001:db8::1]"), &trusted), Some(ip("2001:db8::1")));
+        // Client-written garbage left of the real client does not matter.
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_bytes(b"\xff, 203.0.113.9").unwrap());
+        assert_eq!(client_ip(peer, &h, &trusted), Some(ip("203.0.113.9")));
+        assert_eq!(client_ip(peer, &xff("junk, 203.0.113.9"), &trusted), Some(ip("203.0.113.9")));
+        // Garbage where our proxy wrote: no client address to believe.
+        assert_eq!(client_ip(peer, &xff("203.0.113.9, junk"), &trusted), None);
+        assert_eq!(client_ip(peer, &xff("unknown"), &trusted), None);
     }
 
     #[test]
     fn mapped_ipv6_addresses_match_ipv4_networks() {
         let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
-        let mapped: IpAddr = "::ffff:10.0.0.5".parse().unwrap();
-        assert_eq!(client_ip(mapped, &xff("1.2.3.4"), &trusted), "1.2.3.4".parse::<IpAddr>().unwrap());
+        assert_eq!(client_ip(ip("::ffff:10.0.0.5"), &xff("1.2.3.4"), &trusted), Some(ip("1.2.3.4")));
+    }
+
+    #[test]
+    fn ipv6_clients_are_rate_limited_per_64() {
+        assert_eq!(rate_key(ip("2001:db8:1:2:aaaa::1")), rate_key(ip("2001:db8:1:2:bbbb::9")));
+        assert_ne!(rate_key(ip("2001:db8:1:2::1")), rate_key(ip("2001:db8:1:3::1")));
+        assert_eq!(rate_key(ip("198.51.100.7")), ip("198.51.100.7"));
     }
 
     #[test]

@@ -128,9 +128,9 @@ fn key() -> impl Strategy<Value = Vec<(char, bool)>> {
             Just(plain("4294967294")), Just(plain("4294967295")), Just(plain("01")), Just(plain("-1")),
             Just(plain("1.5")), Just(plain("1e3")), Just(plain("")), Just(plain("A")), Just(plain("a")),
         ],
+        // Assigning to `__proto__` sets the prototype: sortObject drops it.
+        1 => Just(plain("__proto__")),
     ]
-    // `__proto__` is special in JavaScript objects; a real IPN never has it.
-    .prop_filter("not __proto__", |k| k.iter().map(|c| c.0).collect::<String>() != "__proto__")
 }
 
 fn json() -> impl Strategy<Value = J> {

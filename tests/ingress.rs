@@ -421,16 +421,25 @@ impl Store for HungStore {
     async fn event(&self, id: &str) -> Result<Option<ipn_relay::store::StoredEvent>, ipn_relay::store::StoreError> {
         self.0.event(id).await
     }
-    async fn event_deliveries(&self, id: &str) -> Result<Vec<ipn_relay::store::Delivery>, ipn_relay::store::StoreError> {
+    async fn event_deliveries(
+        &self,
+        id: &str,
+    ) -> Result<Vec<ipn_relay::store::Delivery>, ipn_relay::store::StoreError> {
         self.0.event_deliveries(id).await
     }
     async fn delivery(
         &self,
         id: &str,
-    ) -> Result<Option<(ipn_relay::store::Delivery, Vec<ipn_relay::store::Attempt>)>, ipn_relay::store::StoreError> {
+    ) -> Result<Option<(ipn_relay::store::Delivery, Vec<ipn_relay::store::Attempt>)>, ipn_relay::store::StoreError>
+    {
         self.0.delivery(id).await
     }
-    async fn claim_due(&self, n: u64, l: usize, v: u64) -> Result<Vec<ipn_relay::store::Claim>, ipn_relay::store::StoreError> {
+    async fn claim_due(
+        &self,
+        n: u64,
+        l: usize,
+        v: u64,
+    ) -> Result<Vec<ipn_relay::store::Claim>, ipn_relay::store::StoreError> {
         self.0.claim_due(n, l, v).await
     }
     async fn finish(
@@ -453,7 +462,12 @@ impl Store for HungStore {
     ) -> Result<ipn_relay::store::Page, ipn_relay::store::StoreError> {
         self.0.list(f, c, l).await
     }
-    async fn replay(&self, ids: &[String], d: bool, n: u64) -> Result<ipn_relay::store::ReplayCount, ipn_relay::store::StoreError> {
+    async fn replay(
+        &self,
+        ids: &[String],
+        d: bool,
+        n: u64,
+    ) -> Result<ipn_relay::store::ReplayCount, ipn_relay::store::StoreError> {
         self.0.replay(ids, d, n).await
     }
     async fn sweep(&self, n: u64) -> Result<usize, ipn_relay::store::StoreError> {
@@ -481,7 +495,8 @@ async fn a_store_that_stops_answering_gives_503_not_a_hang() {
     let body = payment_ipn(5, "finished");
     let sig = nowpayments::sign(NP_SECRET.as_bytes(), body.as_bytes());
     let started = std::time::Instant::now();
-    let r = client().post(format!("http://{addr}/hooks/nowpayments")).header("x-nowpayments-sig", sig).body(body).send();
+    let r =
+        client().post(format!("http://{addr}/hooks/nowpayments")).header("x-nowpayments-sig", sig).body(body).send();
     let r = tokio::time::timeout(Duration::from_secs(5), r).await.expect("answered, not hung").unwrap();
     assert!(r.headers().contains_key("retry-after"));
     let (status, v) = answer(r).await;
@@ -505,7 +520,10 @@ async fn connections_beyond_the_limit_wait_for_a_free_slot() {
     let mut third = TcpStream::connect(relay.addr).await.unwrap();
     third.write_all(b"GET /hooks/nowpayments HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
     let mut buf = [0u8; 512];
-    assert!(tokio::time::timeout(Duration::from_millis(300), third.read(&mut buf)).await.is_err(), "served over the limit");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), third.read(&mut buf)).await.is_err(),
+        "served over the limit"
+    );
     // ...and is served as soon as one leaves.
     drop(held.pop());
     let head = read_head(&mut third).await;
