@@ -189,25 +189,20 @@ kind = "nowpayments"
 secrets = ["np-test-secret"]
 allow_ips = ["192.0.2.0/24"]
 "#;
-    let text = config_text(&dir.path().join("r.redb"), extra)
-        .replace("[server]\n", "[server]\ntrusted_proxies = [\"127.0.0.1\"]\n");
-    let config = std::sync::Arc::new(ipn_relay::config::Config::parse(&text, std::path::Path::new("t.toml")).unwrap());
-    let store =
-        std::sync::Arc::new(ipn_relay::store::embedded::EmbeddedStore::open(&dir.path().join("r.redb")).unwrap());
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let a = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(ipn_relay::server::run(config, store, l, a, std::future::pending()));
+    let relay = Relay::start_with(&dir.path().join("r.redb"), "trusted_proxies = [\"127.0.0.1\"]", extra).await;
     let c = client();
     let body = payment_ipn(2, "waiting");
     let sig = nowpayments::sign(NP_SECRET.as_bytes(), body.as_bytes());
-    let url = format!("http://{addr}/hooks/locked");
+    let url = relay.url("/hooks/locked");
     let send = |xff: &'static str| {
         c.post(&url).header("x-nowpayments-sig", &sig).header("x-forwarded-for", xff).body(body.clone()).send()
     };
     assert_eq!(send("192.0.2.77").await.unwrap().status(), 200);
     // A spoofed left-most entry is not believed: the proxy saw 198.51.100.1.
     assert_eq!(send("192.0.2.77, 198.51.100.1").await.unwrap().status(), 403);
+    // A hop the proxy wrote that names no address: refused, not guessed.
+    let (status, v) = answer(send("not-an-address").await.unwrap()).await;
+    assert_eq!((status, error_code(&v)), (400, "bad_request"));
 }
 
 #[tokio::test]
