@@ -12,5 +12,6 @@ pub mod config;
 pub mod event;
 pub mod ingress;
 pub mod providers;
+pub mod retry;
 pub mod server;
 pub mod store;
