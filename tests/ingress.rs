@@ -431,11 +431,12 @@ impl Store for HungStore {
     }
     async fn claim_due(
         &self,
+        e: &str,
         n: u64,
         l: usize,
         v: u64,
     ) -> Result<Vec<ipn_relay::store::Claim>, ipn_relay::store::StoreError> {
-        self.0.claim_due(n, l, v).await
+        self.0.claim_due(e, n, l, v).await
     }
     async fn finish(
         &self,

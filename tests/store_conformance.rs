@@ -109,16 +109,16 @@ async fn concurrent_admissions_of_one_event_accept_once(s: Arc<impl Store>) {
 }
 
 async fn claims_are_exclusive_until_the_visibility_timeout(s: Arc<impl Store>) {
-    s.admit(event("evt_v", "np", "t.t", 1000), deliveries(1000, &["a", "b", "c"]), TTL).await.unwrap();
-    assert!(s.claim_due(999, 10, VIS).await.unwrap().is_empty(), "not due yet");
-    let first = s.claim_due(1000, 2, VIS).await.unwrap();
+    s.admit(event("evt_v", "np", "t.t", 1000), deliveries(1000, &["be", "be", "be"]), TTL).await.unwrap();
+    assert!(s.claim_due("be", 999, 10, VIS).await.unwrap().is_empty(), "not due yet");
+    let first = s.claim_due("be", 1000, 2, VIS).await.unwrap();
     assert_eq!(first.len(), 2, "limit respected");
     assert!(first.iter().all(|c| c.event_json.starts_with(br#"{"id":"evt_v""#)));
-    let second = s.claim_due(1001, 10, VIS).await.unwrap();
+    let second = s.claim_due("be", 1001, 10, VIS).await.unwrap();
     assert_eq!(second.len(), 1, "only the unclaimed one");
-    assert!(s.claim_due(1400, 10, VIS).await.unwrap().is_empty(), "claims are held");
+    assert!(s.claim_due("be", 1400, 10, VIS).await.unwrap().is_empty(), "claims are held");
     // Past the deadline the claims return, with a new token.
-    let again = s.claim_due(1000 + VIS, 10, VIS).await.unwrap();
+    let again = s.claim_due("be", 1000 + VIS, 10, VIS).await.unwrap();
     assert_eq!(again.len(), 2);
     let old = &first[0].delivery;
     let new = again.iter().find(|c| c.delivery.id == old.id).unwrap();
@@ -131,16 +131,26 @@ async fn claims_are_exclusive_until_the_visibility_timeout(s: Arc<impl Store>) {
     assert_eq!(attempts.len(), 1);
 }
 
+async fn claims_are_per_endpoint(s: Arc<impl Store>) {
+    s.admit(event("evt_e", "np", "t.t", 1000), deliveries(1000, &["a", "b"]), TTL).await.unwrap();
+    let a = s.claim_due("a", 1000, 10, VIS).await.unwrap();
+    assert_eq!(a.iter().map(|c| c.delivery.endpoint.as_str()).collect::<Vec<_>>(), ["a"]);
+    assert!(s.claim_due("a", 1000, 10, VIS).await.unwrap().is_empty());
+    assert!(s.claim_due("nope", 1000, 10, VIS).await.unwrap().is_empty());
+    let b = s.claim_due("b", 1000, 10, VIS).await.unwrap();
+    assert_eq!(b.iter().map(|c| c.delivery.endpoint.as_str()).collect::<Vec<_>>(), ["b"]);
+}
+
 async fn retries_are_scheduled_and_dead_is_final(s: Arc<impl Store>) {
     s.admit(event("evt_r", "np", "t.t", 1000), deliveries(1000, &["be"]), TTL).await.unwrap();
-    let c = s.claim_due(1000, 10, VIS).await.unwrap().remove(0);
+    let c = s.claim_due("be", 1000, 10, VIS).await.unwrap().remove(0);
     let id = c.delivery.id.clone();
     assert!(s.finish(&id, c.delivery.claim_token, attempt(1000, 500), Next::RetryAt(3000)).await.unwrap());
     let (d, _) = s.delivery(&id).await.unwrap().unwrap();
     assert_eq!((d.state, d.attempts, d.next_attempt_at), (DeliveryState::Pending, 1, Some(3000)));
     assert_eq!(d.last_error.as_deref(), Some("HTTP 500"));
-    assert!(s.claim_due(2999, 10, VIS).await.unwrap().is_empty());
-    let c = s.claim_due(3000, 10, VIS).await.unwrap().remove(0);
+    assert!(s.claim_due("be", 2999, 10, VIS).await.unwrap().is_empty());
+    let c = s.claim_due("be", 3000, 10, VIS).await.unwrap().remove(0);
     let failed = Attempt {
         result: AttemptResult::Error { class: "timeout".into(), detail: "after 10s".into() },
         ..attempt(3000, 0)
@@ -150,17 +160,17 @@ async fn retries_are_scheduled_and_dead_is_final(s: Arc<impl Store>) {
     assert_eq!((d.state, d.attempts, d.next_attempt_at), (DeliveryState::Dead, 2, None));
     assert_eq!(attempts.iter().map(|a| a.number).collect::<Vec<_>>(), [1, 2]);
     assert!(matches!(&attempts[1].result, AttemptResult::Error { class, .. } if class == "timeout"));
-    assert!(s.claim_due(u64::MAX / 2, 10, VIS).await.unwrap().is_empty(), "dead is never claimed");
+    assert!(s.claim_due("be", u64::MAX / 2, 10, VIS).await.unwrap().is_empty(), "dead is never claimed");
 }
 
 async fn release_returns_a_claim_without_counting_an_attempt(s: Arc<impl Store>) {
     s.admit(event("evt_rel", "np", "t.t", 1000), deliveries(1000, &["be"]), TTL).await.unwrap();
-    let c = s.claim_due(1000, 10, VIS).await.unwrap().remove(0);
+    let c = s.claim_due("be", 1000, 10, VIS).await.unwrap().remove(0);
     assert!(s.release(&c.delivery.id, c.delivery.claim_token, 1000).await.unwrap());
     let (d, attempts) = s.delivery(&c.delivery.id).await.unwrap().unwrap();
     assert_eq!((d.state, d.attempts, attempts.len()), (DeliveryState::Pending, 0, 0));
     assert!(!s.release(&c.delivery.id, c.delivery.claim_token, 1000).await.unwrap(), "a released claim is gone");
-    assert_eq!(s.claim_due(1000, 10, VIS).await.unwrap().len(), 1);
+    assert_eq!(s.claim_due("be", 1000, 10, VIS).await.unwrap().len(), 1);
 }
 
 async fn list_filters_and_pages_newest_first(s: Arc<impl Store>) {
@@ -179,7 +189,7 @@ async fn list_filters_and_pages_newest_first(s: Arc<impl Store>) {
     let p1 = s.list(&f, None, 3).await.unwrap();
     assert_eq!(p1.items.len(), 3);
     // A state change between pages must not shift the cursor.
-    let c = s.claim_due(u64::MAX / 2, 100, VIS).await.unwrap();
+    let c = s.claim_due("be", u64::MAX / 2, 100, VIS).await.unwrap();
     assert_eq!(c.len(), 7);
     let p2 = s.list(&f, p1.next_cursor.as_deref(), 3).await.unwrap();
     assert_eq!(p2.items.len(), 1);
@@ -201,8 +211,8 @@ async fn list_filters_and_pages_newest_first(s: Arc<impl Store>) {
 }
 
 async fn replay_resets_the_budget_and_keeps_history(s: Arc<impl Store>) {
-    s.admit(event("evt_p", "np", "t.t", 1000), deliveries(1000, &["a", "b", "c"]), TTL).await.unwrap();
-    let claims = s.claim_due(1000, 10, VIS).await.unwrap();
+    s.admit(event("evt_p", "np", "t.t", 1000), deliveries(1000, &["be", "be", "be"]), TTL).await.unwrap();
+    let claims = s.claim_due("be", 1000, 10, VIS).await.unwrap();
     let [a, b, c] = [&claims[0].delivery, &claims[1].delivery, &claims[2].delivery];
     s.finish(&a.id, a.claim_token, attempt(1000, 500), Next::Dead).await.unwrap();
     s.finish(&b.id, b.claim_token, attempt(1000, 200), Next::Delivered).await.unwrap();
@@ -213,13 +223,13 @@ async fn replay_resets_the_budget_and_keeps_history(s: Arc<impl Store>) {
     assert_eq!((d.state, d.attempts, d.budget_start, d.attempts_in_budget()), (DeliveryState::Pending, 1, 1, 0));
     assert_eq!(attempts.len(), 1, "history kept");
     assert_eq!(s.replay(std::slice::from_ref(&b.id), true, 2000).await.unwrap().replayed, 1, "delivered on request");
-    let claimed: Vec<_> = s.claim_due(2000, 10, VIS).await.unwrap().into_iter().map(|c| c.delivery.id).collect();
+    let claimed: Vec<_> = s.claim_due("be", 2000, 10, VIS).await.unwrap().into_iter().map(|c| c.delivery.id).collect();
     assert!(claimed.contains(&a.id) && claimed.contains(&b.id));
 }
 
 async fn counts_follow_state_changes(s: Arc<impl Store>) {
-    s.admit(event("evt_n", "np", "t.t", 1000), deliveries(1000, &["a", "b"]), TTL).await.unwrap();
-    let c = s.claim_due(1000, 1, VIS).await.unwrap().remove(0);
+    s.admit(event("evt_n", "np", "t.t", 1000), deliveries(1000, &["be", "be"]), TTL).await.unwrap();
+    let c = s.claim_due("be", 1000, 1, VIS).await.unwrap().remove(0);
     s.finish(&c.delivery.id, c.delivery.claim_token, attempt(1000, 500), Next::Dead).await.unwrap();
     let counts = s.counts().await.unwrap();
     assert_eq!(counts.map(|(_, n)| n), [1, 0, 0, 1]);
@@ -244,6 +254,7 @@ macro_rules! conformance {
             case!(sweep_removes_only_expired_keys);
             case!(concurrent_admissions_of_one_event_accept_once);
             case!(claims_are_exclusive_until_the_visibility_timeout);
+            case!(claims_are_per_endpoint);
             case!(retries_are_scheduled_and_dead_is_final);
             case!(release_returns_a_claim_without_counting_an_attempt);
             case!(list_filters_and_pages_newest_first);
@@ -271,5 +282,5 @@ async fn embedded_store_keeps_everything_across_reopen() {
     let s = EmbeddedStore::open(&path).unwrap();
     assert!(s.event("evt_keep").await.unwrap().is_some());
     assert_eq!(s.admit(event("evt_keep", "np", "t.t", 1500), vec![], TTL).await.unwrap(), Admission::Duplicate);
-    assert_eq!(s.claim_due(1000, 10, VIS).await.unwrap().len(), 1);
+    assert_eq!(s.claim_due("be", 1000, 10, VIS).await.unwrap().len(), 1);
 }

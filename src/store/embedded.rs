@@ -60,7 +60,7 @@ const EVENT_BODIES: TableDefinition<u64, &[u8]> = TableDefinition::new("event_bo
 const DEDUPE_EXPIRY: TableDefinition<(u64, &str), ()> = TableDefinition::new("dedupe_expiry");
 const DELIVERIES: TableDefinition<&str, &[u8]> = TableDefinition::new("deliveries");
 const ATTEMPTS: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("attempts");
-const DUE: TableDefinition<(u64, &str), ()> = TableDefinition::new("due");
+const DUE: TableDefinition<(&str, u64, &str), ()> = TableDefinition::new("due");
 const COUNTS: TableDefinition<&str, u64> = TableDefinition::new("counts");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
@@ -81,7 +81,7 @@ type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
 enum Op {
     Admit { event: NewEvent, deliveries: Vec<NewDelivery>, ttl_ms: u64, reply: Reply<Admission> },
-    Claim { now: Millis, limit: usize, visibility_ms: u64, reply: Reply<Vec<Claim>> },
+    Claim { endpoint: String, now: Millis, limit: usize, visibility_ms: u64, reply: Reply<Vec<Claim>> },
     Finish { id: String, token: u64, attempt: Attempt, next: Next, reply: Reply<bool> },
     Release { id: String, token: u64, due: Millis, reply: Reply<bool> },
     Replay { ids: Vec<String>, include_delivered: bool, now: Millis, reply: Reply<ReplayCount> },
@@ -313,7 +313,9 @@ fn apply(t: &mut Tables<'_>, op: Op) -> Result<Answer, (StoreError, Answer)> {
     }
     match op {
         Op::Admit { event, deliveries, ttl_ms, reply } => run!(reply, t.admit(event, deliveries, ttl_ms)),
-        Op::Claim { now, limit, visibility_ms, reply } => run!(reply, t.claim(now, limit, visibility_ms)),
+        Op::Claim { endpoint, now, limit, visibility_ms, reply } => {
+            run!(reply, t.claim(&endpoint, now, limit, visibility_ms))
+        }
         Op::Finish { id, token, attempt, next, reply } => run!(reply, t.finish(&id, token, attempt, next)),
         Op::Release { id, token, due, reply } => run!(reply, t.release(&id, token, due)),
         Op::Replay { ids, include_delivered, now, reply } => run!(reply, t.replay(&ids, include_delivered, now)),
@@ -342,7 +344,7 @@ struct Tables<'txn> {
     dedupe_expiry: Table<'txn, (u64, &'static str), ()>,
     deliveries: Table<'txn, &'static str, &'static [u8]>,
     attempts: Table<'txn, (&'static str, u32), &'static [u8]>,
-    due: Table<'txn, (u64, &'static str), ()>,
+    due: Table<'txn, (&'static str, u64, &'static str), ()>,
     counts: Table<'txn, &'static str, u64>,
     meta: Table<'txn, &'static str, u64>,
     /// State-count changes of this batch, written once before commit.
@@ -406,7 +408,7 @@ impl<'txn> Tables<'txn> {
     fn put_delivery(&mut self, old: Option<&Delivery>, d: &Delivery) -> Result<(), StoreError> {
         if let Some(old) = old {
             if let Some(at) = old.next_attempt_at.filter(|_| is_scheduled(old.state)) {
-                self.due.remove((at, old.id.as_str())).map_err(unavailable)?;
+                self.due.remove((old.endpoint.as_str(), at, old.id.as_str())).map_err(unavailable)?;
             }
             if old.state != d.state {
                 self.bump(old.state, -1);
@@ -416,7 +418,7 @@ impl<'txn> Tables<'txn> {
             self.bump(d.state, 1);
         }
         if let Some(at) = d.next_attempt_at.filter(|_| is_scheduled(d.state)) {
-            self.due.insert((at, d.id.as_str()), ()).map_err(unavailable)?;
+            self.due.insert((d.endpoint.as_str(), at, d.id.as_str()), ()).map_err(unavailable)?;
         }
         self.deliveries.insert(d.id.as_str(), encode(d).as_slice()).map_err(unavailable)?;
         Ok(())
@@ -481,11 +483,19 @@ impl<'txn> Tables<'txn> {
         Ok(Admission::Accepted)
     }
 
-    fn claim(&mut self, now: Millis, limit: usize, visibility_ms: u64) -> Result<Vec<Claim>, StoreError> {
+    fn claim(
+        &mut self,
+        endpoint: &str,
+        now: Millis,
+        limit: usize,
+        visibility_ms: u64,
+    ) -> Result<Vec<Claim>, StoreError> {
         let mut ids = Vec::new();
-        for entry in self.due.range((0u64, "")..=(now, "\u{10ffff}")).map_err(unavailable)?.take(limit) {
+        for entry in
+            self.due.range((endpoint, 0u64, "")..=(endpoint, now, "\u{10ffff}")).map_err(unavailable)?.take(limit)
+        {
             let (k, _) = entry.map_err(unavailable)?;
-            let (at, id) = k.value();
+            let (_, at, id) = k.value();
             ids.push((at, id.to_owned()));
         }
         let mut claims = Vec::with_capacity(ids.len());
@@ -493,14 +503,14 @@ impl<'txn> Tables<'txn> {
             let old = match self.get_delivery(&id) {
                 Ok(Some(d)) => d,
                 Ok(None) => {
-                    self.due.remove((at, id.as_str())).map_err(unavailable)?;
+                    self.due.remove((endpoint, at, id.as_str())).map_err(unavailable)?;
                     continue;
                 }
                 Err(e @ StoreError::Corrupt { .. }) => {
                     // Unreadable: take it off the schedule so claims do not
                     // spin on it; the record stays for inspection.
                     tracing::error!(delivery_id = %id, error = %e, "unreadable delivery record removed from the schedule");
-                    self.due.remove((at, id.as_str())).map_err(unavailable)?;
+                    self.due.remove((endpoint, at, id.as_str())).map_err(unavailable)?;
                     continue;
                 }
                 Err(e) => return Err(e),
@@ -767,8 +777,15 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn claim_due(&self, now: Millis, limit: usize, visibility_ms: u64) -> Result<Vec<Claim>, StoreError> {
-        self.call(|reply| Op::Claim { now, limit, visibility_ms, reply }).await
+    async fn claim_due(
+        &self,
+        endpoint: &str,
+        now: Millis,
+        limit: usize,
+        visibility_ms: u64,
+    ) -> Result<Vec<Claim>, StoreError> {
+        let endpoint = endpoint.to_owned();
+        self.call(|reply| Op::Claim { endpoint, now, limit, visibility_ms, reply }).await
     }
 
     async fn finish(
@@ -886,21 +903,21 @@ mod tests {
         {
             let mut deliveries = txn.open_table(DELIVERIES).unwrap();
             deliveries.insert("dlv_broken", b"not json".as_slice()).unwrap();
-            txn.open_table(DUE).unwrap().insert((500u64, "dlv_broken"), ()).unwrap();
+            txn.open_table(DUE).unwrap().insert(("be", 500u64, "dlv_broken"), ()).unwrap();
             txn.open_table(EVENT_INDEX).unwrap().remove("evt_orphan").unwrap();
         }
         txn.commit().unwrap();
         drop(db);
 
         let store = EmbeddedStore::open(&path).unwrap();
-        let claims = store.claim_due(2000, 10, 500).await.unwrap();
+        let claims = store.claim_due("be", 2000, 10, 500).await.unwrap();
         let ids: Vec<_> = claims.iter().map(|c| c.delivery.id.clone()).collect();
         assert_eq!(ids, vec![good.id.clone()], "only the readable, deliverable one is claimed");
         let (d, _) = store.delivery(&orphan.id).await.unwrap().unwrap();
         assert_eq!(d.state, DeliveryState::Dead);
         assert!(d.last_error.unwrap().contains("event record missing"));
         // The broken one is off the schedule: later claims do not meet it again.
-        assert!(store.claim_due(2400, 10, 500).await.unwrap().is_empty());
+        assert!(store.claim_due("be", 2400, 10, 500).await.unwrap().is_empty());
         // Replaying it is counted, not fatal; admissions still commit.
         let r = store.replay(&["dlv_broken".to_owned()], false, 3000).await.unwrap();
         assert_eq!(r.skipped, 1);

@@ -225,10 +225,17 @@ pub trait Store: Send + Sync + 'static {
     /// One delivery with every attempt, oldest first.
     async fn delivery(&self, id: &str) -> Result<Option<(Delivery, Vec<Attempt>)>, StoreError>;
 
-    /// Claims up to `limit` deliveries due at `now` (pending and due, or in
-    /// flight with an expired claim), marking them in flight until
-    /// `now + visibility_ms`.
-    async fn claim_due(&self, now: Millis, limit: usize, visibility_ms: u64) -> Result<Vec<Claim>, StoreError>;
+    /// Claims up to `limit` deliveries to `endpoint` due at `now` (pending
+    /// and due, or in flight with an expired claim), oldest due first,
+    /// marking them in flight until `now + visibility_ms`. Claims are per
+    /// endpoint so that each endpoint takes only what it has room for.
+    async fn claim_due(
+        &self,
+        endpoint: &str,
+        now: Millis,
+        limit: usize,
+        visibility_ms: u64,
+    ) -> Result<Vec<Claim>, StoreError>;
 
     /// Records `attempt` and moves the claimed delivery on per `next`.
     /// Returns false, changing nothing, if the claim was lost (expired and
