@@ -26,6 +26,7 @@ use serde_json::json;
 use time::OffsetDateTime;
 
 use crate::config::{Config, RateLimit, Source};
+use crate::delivery::Wake;
 use crate::event::Event;
 use crate::providers::{self, ProviderError};
 use crate::store::{Admission, NewDelivery, NewEvent, Store, new_delivery_id};
@@ -149,19 +150,20 @@ pub struct Ingress {
     config: Arc<Config>,
     gates: HashMap<String, SourceGate>,
     store: Arc<dyn Store>,
+    wake: Arc<Wake>,
     dedupe_ttl_ms: u64,
     last_prune: AtomicU64,
 }
 
 impl Ingress {
-    pub fn new(config: Arc<Config>, store: Arc<dyn Store>) -> Ingress {
+    pub fn new(config: Arc<Config>, store: Arc<dyn Store>, wake: Arc<Wake>) -> Ingress {
         let gates = config
             .sources
             .iter()
             .map(|s| (s.name.clone(), SourceGate { source: s.clone(), limiter: s.rate_limit.map(limiter) }))
             .collect();
         let dedupe_ttl_ms = config.store.dedupe_ttl.as_millis() as u64;
-        Ingress { config, gates, store, dedupe_ttl_ms, last_prune: AtomicU64::new(0) }
+        Ingress { config, gates, store, wake, dedupe_ttl_ms, last_prune: AtomicU64::new(0) }
     }
 
     /// Prunes early when a flood of distinct addresses fills the maps, but
@@ -279,6 +281,7 @@ impl Ingress {
             tracing::info!(source = %source.name, event_id = %event.id, event_type = %event.event_type, "event matches no endpoint; stored without deliveries");
         }
         let id = event.id.clone();
+        let endpoints: Vec<String> = deliveries.iter().map(|d| d.endpoint.clone()).collect();
         let new = NewEvent {
             id: event.id.clone(),
             source: source.name.clone(),
@@ -288,7 +291,12 @@ impl Ingress {
         };
         let admit = self.store.admit(new, deliveries, self.dedupe_ttl_ms);
         match tokio::time::timeout(self.config.server.admission_timeout, admit).await {
-            Ok(Ok(admission)) => Ok((admission, id)),
+            Ok(Ok(admission)) => {
+                if admission == Admission::Accepted {
+                    endpoints.iter().for_each(|ep| self.wake.wake(ep));
+                }
+                Ok((admission, id))
+            }
             Ok(Err(e)) => {
                 tracing::error!(source = %source.name, event_id = %id, error = %e, "admission failed");
                 Err(IngressError::Unavailable)

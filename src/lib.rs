@@ -9,6 +9,7 @@ pub mod admin;
 pub mod canonical;
 pub mod cli;
 pub mod config;
+pub mod delivery;
 pub mod event;
 pub mod ingress;
 pub mod providers;

@@ -22,6 +22,7 @@ use tokio::sync::{Semaphore, watch};
 
 use crate::admin::Admin;
 use crate::config::Config;
+use crate::delivery::{self, Wake};
 use crate::ingress::Ingress;
 use crate::store::{Store, now_millis};
 
@@ -39,7 +40,8 @@ pub async fn run(
     admin_listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let ingress = Arc::new(Ingress::new(config.clone(), store.clone()));
+    let wake = Arc::new(Wake::new(&config));
+    let ingress = Arc::new(Ingress::new(config.clone(), store.clone(), wake.clone()));
     let admin = Arc::new(Admin::new(config.clone(), store.clone()));
     let (stop_tx, stop_rx) = watch::channel(false);
 
@@ -64,12 +66,15 @@ pub async fn run(
             async move { admin.handle(req).await }
         }
     }));
+    let delivery_task = tokio::spawn(delivery::run(config.clone(), store.clone(), wake, stop_rx.clone()));
     let housekeeping = tokio::spawn(housekeeping(store.clone(), ingress.clone(), stop_rx));
 
     shutdown.await;
     tracing::info!("shutting down: no new connections; finishing open requests");
     let _ = stop_tx.send(true);
+    // Ingress and delivery drain side by side, each within the grace period.
     let _ = ingress_task.await;
+    let _ = delivery_task.await;
     let _ = admin_task.await;
     housekeeping.abort();
     tracing::info!("stopped");

@@ -108,6 +108,8 @@ impl Relay {
 }
 
 pub fn client() -> reqwest::Client {
+    // reqwest is built without a default TLS provider (the relay uses ring).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder().build().unwrap()
 }
 

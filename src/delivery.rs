@@ -1,0 +1,382 @@
+//! Delivery: every admitted event to every matching endpoint, signed per
+//! Standard Webhooks, with retries, dead letters and crash recovery.
+//!
+//! Each endpoint has one claim loop. It claims only as many due deliveries
+//! as the endpoint has free `max_in_flight` slots, so a slow endpoint fills
+//! its own slots and never holds up the others. Each claimed delivery runs
+//! as a task holding one slot, so tasks are bounded by the sum of
+//! `max_in_flight`. Ingress wakes an endpoint's loop right after admitting a
+//! delivery for it; a short poll catches retries coming due and claims
+//! abandoned by a crashed process (the visibility timeout).
+//!
+//! Nothing waits in memory for a retry: the retry time is written to the
+//! store with the attempt, and the claim loop picks it up when due. On
+//! shutdown the loops stop claiming, in-flight requests get the grace period
+//! to finish, and the rest are released back to `pending` unattempted.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use hmac::{KeyInit, Mac};
+use sha2::Sha256;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
+use tokio::task::JoinSet;
+
+use crate::config::{Config, DeliveryConfig, Endpoint};
+use crate::retry::{self, Outcome};
+use crate::store::{Attempt, AttemptResult, Claim, Next, Store, now_millis};
+
+/// How often an idle endpoint looks for retries that came due.
+const POLL_EVERY: Duration = Duration::from_millis(250);
+/// Most deliveries one claim takes.
+const CLAIM_BATCH: usize = 256;
+/// Bytes of a response body kept with the attempt.
+const EXCERPT_BYTES: usize = 512;
+/// Pause after the store failed a claim, before trying again.
+const STORE_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Wakes endpoint claim loops when ingress admits deliveries for them.
+#[derive(Default)]
+pub struct Wake {
+    endpoints: HashMap<String, Arc<Notify>>,
+}
+
+impl Wake {
+    pub fn new(config: &Config) -> Wake {
+        Wake { endpoints: config.endpoints.iter().map(|e| (e.name.clone(), Arc::new(Notify::new()))).collect() }
+    }
+
+    pub fn wake(&self, endpoint: &str) {
+        if let Some(n) = self.endpoints.get(endpoint) {
+            n.notify_one();
+        }
+    }
+
+    fn notifier(&self, endpoint: &str) -> Arc<Notify> {
+        self.endpoints.get(endpoint).cloned().unwrap_or_default()
+    }
+}
+
+/// Shared by all deliveries.
+struct Shared {
+    store: Arc<dyn Store>,
+    client: reqwest::Client,
+    schedule: DeliveryConfig,
+    user_agent: String,
+    /// Unix ms of the last claim poll that reached the store.
+    heartbeat: AtomicU64,
+}
+
+struct EndpointRunner {
+    endpoint: Endpoint,
+    limiter: Option<DefaultDirectRateLimiter>,
+    slots: Arc<Semaphore>,
+}
+
+/// Runs the claim loops of every endpoint until `stop`, then drains within
+/// `grace`.
+pub async fn run(config: Arc<Config>, store: Arc<dyn Store>, wake: Arc<Wake>, stop: watch::Receiver<bool>) {
+    let client = match http_client(&config) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build the HTTP client; deliveries stay pending");
+            return;
+        }
+    };
+    let shared = Arc::new(Shared {
+        store,
+        client,
+        schedule: config.delivery.clone(),
+        user_agent: format!("ipn-relay/{}", env!("CARGO_PKG_VERSION")),
+        heartbeat: AtomicU64::new(0),
+    });
+    let grace = config.server.shutdown_grace;
+    let mut loops = JoinSet::new();
+    for ep in &config.endpoints {
+        let runner = Arc::new(EndpointRunner {
+            endpoint: ep.clone(),
+            limiter: ep.rate_limit.map(|r| {
+                let per_second = NonZeroU32::new(r.per_second).unwrap_or(NonZeroU32::MIN);
+                RateLimiter::direct(Quota::per_second(per_second).allow_burst(NonZeroU32::new(r.burst).unwrap_or(per_second)))
+            }),
+            slots: Arc::new(Semaphore::new(ep.max_in_flight)),
+        });
+        loops.spawn(endpoint_loop(runner, shared.clone(), wake.notifier(&ep.name), stop.clone(), grace));
+    }
+    while loops.join_next().await.is_some() {}
+}
+
+fn http_client(config: &Config) -> reqwest::Result<reqwest::Client> {
+    // rustls with ring: no C toolchain beyond cc is needed to build it.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let idle = config.endpoints.iter().map(|e| e.max_in_flight).max().unwrap_or(1);
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(idle)
+        .pool_idle_timeout(Duration::from_secs(60))
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(10))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+}
+
+/// Resolves once the stop flag is set (or its sender is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await.map(|_| ());
+}
+
+async fn endpoint_loop(
+    runner: Arc<EndpointRunner>,
+    shared: Arc<Shared>,
+    wake: Arc<Notify>,
+    mut stop: watch::Receiver<bool>,
+    grace: Duration,
+) {
+    let name = runner.endpoint.name.clone();
+    let visibility_ms = shared.schedule.visibility_timeout.as_millis() as u64;
+    // In-flight deliveries; `abort` tells them to give their claim back.
+    let (abort_tx, abort_rx) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+    'claiming: loop {
+        while tasks.try_join_next().is_some() {}
+        // Wait for a free slot before claiming anything.
+        let first = tokio::select! {
+            slot = runner.slots.clone().acquire_owned() => match slot {
+                Ok(s) => s,
+                Err(_) => break,
+            },
+            _ = stopped(&mut stop) => break,
+        };
+        let room = (1 + runner.slots.available_permits()).min(CLAIM_BATCH);
+        let claims = match shared.store.claim_due(&name, now_millis(), room, visibility_ms).await {
+            Ok(c) => {
+                shared.heartbeat.store(now_millis(), Ordering::Relaxed);
+                c
+            }
+            Err(e) => {
+                tracing::warn!(endpoint = %name, error = %e, "claiming deliveries failed; retrying shortly");
+                drop(first);
+                tokio::select! {
+                    _ = tokio::time::sleep(STORE_BACKOFF) => {}
+                    _ = stopped(&mut stop) => break,
+                }
+                continue;
+            }
+        };
+        if claims.is_empty() {
+            drop(first);
+            tokio::select! {
+                _ = wake.notified() => {}
+                _ = tokio::time::sleep(POLL_EVERY) => {}
+                _ = stopped(&mut stop) => break,
+            }
+            continue;
+        }
+        let mut slot = Some(first);
+        let mut claims = claims.into_iter();
+        while let Some(claim) = claims.next() {
+            // Only this loop takes slots, so the room counted above is there.
+            let permit = match slot.take() {
+                Some(p) => p,
+                None => match runner.slots.clone().acquire_owned().await {
+                    Ok(p) => p,
+                    Err(_) => break 'claiming,
+                },
+            };
+            if let Some(limiter) = &runner.limiter {
+                tokio::select! {
+                    _ = limiter.until_ready() => {}
+                    _ = stopped(&mut stop) => {
+                        // Give back what was claimed but not started.
+                        for c in std::iter::once(claim).chain(claims) {
+                            release(&shared, &c).await;
+                        }
+                        break 'claiming;
+                    }
+                }
+            }
+            tasks.spawn(deliver(runner.clone(), shared.clone(), claim, permit, abort_rx.clone()));
+        }
+    }
+    // Shutdown: let in-flight requests finish within the grace period, then
+    // tell the rest to release their claims.
+    if !tasks.is_empty() {
+        tracing::info!(endpoint = %name, in_flight = tasks.len(), "waiting for in-flight deliveries");
+    }
+    let drained = tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        let _ = abort_tx.send(true);
+        while tasks.join_next().await.is_some() {}
+    }
+}
+
+async fn release(shared: &Shared, claim: &Claim) {
+    let d = &claim.delivery;
+    match shared.store.release(&d.id, d.claim_token, now_millis()).await {
+        Ok(_) => tracing::info!(delivery_id = %d.id, "claim released at shutdown"),
+        // The visibility timeout returns it anyway.
+        Err(e) => tracing::warn!(delivery_id = %d.id, error = %e, "could not release claim; it returns after the visibility timeout"),
+    }
+}
+
+/// The Standard Webhooks signature of one attempt: `v1,` and base64
+/// HMAC-SHA256 over `{id}.{timestamp}.{body}` with the endpoint's key.
+pub fn sign(key: &[u8], webhook_id: &str, timestamp: i64, body: &[u8]) -> String {
+    let mut mac = <hmac::Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(webhook_id.as_bytes());
+    mac.update(b".");
+    mac.update(timestamp.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    format!("v1,{}", base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes()))
+}
+
+async fn deliver(
+    runner: Arc<EndpointRunner>,
+    shared: Arc<Shared>,
+    claim: Claim,
+    _slot: OwnedSemaphorePermit,
+    mut abort: watch::Receiver<bool>,
+) {
+    let d = &claim.delivery;
+    let ep = &runner.endpoint;
+    let number = d.attempts + 1;
+    let started_at = now_millis();
+    let timestamp = (started_at / 1000) as i64;
+    let request = shared
+        .client
+        .post(ep.url.to_string())
+        .timeout(ep.timeout)
+        .header("content-type", "application/json")
+        .header("user-agent", &shared.user_agent)
+        .header("webhook-id", &d.event_id)
+        .header("webhook-timestamp", timestamp.to_string())
+        .header("webhook-signature", sign(ep.signing_key.expose(), &d.event_id, timestamp, &claim.event_json))
+        .header("x-ipn-relay-attempt", number.to_string())
+        .header("x-ipn-relay-delivery-id", &d.id)
+        .body(claim.event_json.clone());
+    let t0 = Instant::now();
+    let sent = tokio::select! {
+        r = send(request) => r,
+        _ = stopped(&mut abort) => {
+            release(&shared, &claim).await;
+            return;
+        }
+    };
+    let duration_ms = t0.elapsed().as_millis() as u64;
+    let (result, retry_after, excerpt) = sent;
+    let outcome = match &result {
+        AttemptResult::Status { code } if (200..300).contains(code) => Outcome::Delivered,
+        _ => Outcome::Failed { retry_after },
+    };
+    let next = retry::next(&shared.schedule, d.attempts_in_budget() + 1, outcome, now_millis(), rand::random());
+    match (&result, next) {
+        (_, Next::Delivered) => tracing::info!(event_id = %d.event_id, delivery_id = %d.id, endpoint = %ep.name, attempt = number, duration_ms, "delivered"),
+        (r, Next::RetryAt(at)) => tracing::info!(event_id = %d.event_id, delivery_id = %d.id, endpoint = %ep.name, attempt = number, duration_ms, result = ?r, retry_in_ms = at.saturating_sub(now_millis()), "delivery failed; retry scheduled"),
+        (r, Next::Dead) => tracing::warn!(event_id = %d.event_id, delivery_id = %d.id, endpoint = %ep.name, attempt = number, result = ?r, "delivery failed for the last time; dead"),
+    }
+    let attempt = Attempt { number, started_at, duration_ms, result, response_excerpt: excerpt };
+    finish(&shared, &claim, attempt, next).await;
+}
+
+/// Records the attempt. If the store is briefly unreachable, tries a few
+/// times; if it stays down, the claim expires and the delivery is attempted
+/// again (at least once, with the same webhook-id).
+async fn finish(shared: &Shared, claim: &Claim, attempt: Attempt, next: Next) {
+    let d = &claim.delivery;
+    for wait_ms in [0u64, 100, 500, 2000] {
+        tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+        match shared.store.finish(&d.id, d.claim_token, attempt.clone(), next).await {
+            Ok(true) => return,
+            Ok(false) => {
+                tracing::warn!(delivery_id = %d.id, "claim was taken over before the attempt was recorded");
+                return;
+            }
+            Err(e) => tracing::warn!(delivery_id = %d.id, error = %e, "recording the attempt failed"),
+        }
+    }
+}
+
+/// Sends one request: the attempt's result, the endpoint's Retry-After and
+/// the start of the response body.
+async fn send(request: reqwest::RequestBuilder) -> (AttemptResult, Option<Duration>, Option<String>) {
+    match request.send().await {
+        Ok(mut resp) => {
+            let code = resp.status().as_u16();
+            let retry_after = resp.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(parse_retry_after);
+            let mut body = Vec::new();
+            while body.len() < EXCERPT_BYTES {
+                match resp.chunk().await {
+                    Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+                    _ => break,
+                }
+            }
+            body.truncate(EXCERPT_BYTES);
+            let excerpt = (!body.is_empty()).then(|| String::from_utf8_lossy(&body).into_owned());
+            (AttemptResult::Status { code }, retry_after, excerpt)
+        }
+        Err(e) => (AttemptResult::Error { class: error_class(&e).into(), detail: error_detail(&e) }, None, None),
+    }
+}
+
+fn error_class(e: &reqwest::Error) -> &'static str {
+    if e.is_timeout() {
+        "timeout"
+    } else if e.is_connect() {
+        "connect"
+    } else if e.is_body() || e.is_decode() {
+        "body"
+    } else if e.is_request() {
+        // Typically the connection was reset or closed mid-exchange.
+        "connection"
+    } else {
+        "other"
+    }
+}
+
+/// The error and its causes, in one line.
+fn error_detail(e: &reqwest::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out.chars().take(300).collect()
+}
+
+/// `Retry-After` as delay-seconds or an HTTP date.
+pub fn parse_retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = time::OffsetDateTime::parse(value, &time::format_description::well_known::Rfc2822).ok()?;
+    let delta = at - time::OffsetDateTime::now_utc();
+    Some(Duration::from_secs(delta.whole_seconds().max(0) as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signature_matches_the_standard_webhooks_example() {
+        // The example from the Standard Webhooks specification.
+        let key = base64::engine::general_purpose::STANDARD.decode("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+        let sig = sign(&key, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, br#"{"test": 2432232314}"#);
+        assert_eq!(sig, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
+    }
+
+    #[test]
+    fn retry_after_accepts_seconds_and_http_dates() {
+        assert_eq!(parse_retry_after("120"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("soon"), None);
+    }
+}
