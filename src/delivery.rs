@@ -102,7 +102,9 @@ pub async fn run(config: Arc<Config>, store: Arc<dyn Store>, wake: Arc<Wake>, st
             endpoint: ep.clone(),
             limiter: ep.rate_limit.map(|r| {
                 let per_second = NonZeroU32::new(r.per_second).unwrap_or(NonZeroU32::MIN);
-                RateLimiter::direct(Quota::per_second(per_second).allow_burst(NonZeroU32::new(r.burst).unwrap_or(per_second)))
+                RateLimiter::direct(
+                    Quota::per_second(per_second).allow_burst(NonZeroU32::new(r.burst).unwrap_or(per_second)),
+                )
             }),
             slots: Arc::new(Semaphore::new(ep.max_in_flight)),
         });
@@ -219,7 +221,9 @@ async fn release(shared: &Shared, claim: &Claim) {
     match shared.store.release(&d.id, d.claim_token, now_millis()).await {
         Ok(_) => tracing::info!(delivery_id = %d.id, "claim released at shutdown"),
         // The visibility timeout returns it anyway.
-        Err(e) => tracing::warn!(delivery_id = %d.id, error = %e, "could not release claim; it returns after the visibility timeout"),
+        Err(e) => {
+            tracing::warn!(delivery_id = %d.id, error = %e, "could not release claim; it returns after the visibility timeout")
+        }
     }
 }
 
@@ -275,9 +279,15 @@ async fn deliver(
     };
     let next = retry::next(&shared.schedule, d.attempts_in_budget() + 1, outcome, now_millis(), rand::random());
     match (&result, next) {
-        (_, Next::Delivered) => tracing::info!(event_id = %d.event_id, delivery_id = %d.id, endpoint = %ep.name, attempt = number, duration_ms, "delivered"),
-        (r, Next::RetryAt(at)) => tracing::info!(event_id = %d.event_id, delivery_id = %d.id, endpoint = %ep.name, attempt = number, duration_ms, result = ?r, retry_in_ms = at.saturating_sub(now_millis()), "delivery failed; retry scheduled"),
-        (r, Next::Dead) => tracing::warn!(event_id = %d.event_id, delivery_id = %d.id, endpoint = %ep.name, attempt = number, result = ?r, "delivery failed for the last time; dead"),
+        (_, Next::Delivered) => {
+            tracing::info!(event_id = %d.event_id, delivery_id = %d.id, endpoint = %ep.name, attempt = number, duration_ms, "delivered")
+        }
+        (r, Next::RetryAt(at)) => {
+            tracing::info!(event_id = %d.event_id, delivery_id = %d.id, endpoint = %ep.name, attempt = number, duration_ms, result = ?r, retry_in_ms = at.saturating_sub(now_millis()), "delivery failed; retry scheduled")
+        }
+        (r, Next::Dead) => {
+            tracing::warn!(event_id = %d.event_id, delivery_id = %d.id, endpoint = %ep.name, attempt = number, result = ?r, "delivery failed for the last time; dead")
+        }
     }
     let attempt = Attempt { number, started_at, duration_ms, result, response_excerpt: excerpt };
     finish(&shared, &claim, attempt, next).await;
@@ -307,7 +317,8 @@ async fn send(request: reqwest::RequestBuilder) -> (AttemptResult, Option<Durati
     match request.send().await {
         Ok(mut resp) => {
             let code = resp.status().as_u16();
-            let retry_after = resp.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(parse_retry_after);
+            let retry_after =
+                resp.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(parse_retry_after);
             let mut body = Vec::new();
             while body.len() < EXCERPT_BYTES {
                 match resp.chunk().await {

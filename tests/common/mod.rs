@@ -17,8 +17,23 @@ use tokio::task::JoinHandle;
 pub const NP_SECRET: &str = "np-test-secret";
 pub const NOVA_SECRET: &str = "nova-test-secret";
 
-/// `[server]` and the two standard sources; `{store}` and `{extra}` are filled in.
+/// `[server]` and the two standard sources, the `backend` endpoint, then `extra`.
 pub fn config_text(store_path: &Path, extra: &str) -> String {
+    format!(
+        r#"{}
+[[endpoints]]
+name = "backend"
+url = "http://127.0.0.1:9/hooks"
+secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+events = ["deposit.*"]
+{extra}
+"#,
+        base_config(store_path)
+    )
+}
+
+/// `[server]` and the two standard sources, no endpoints.
+pub fn base_config(store_path: &Path) -> String {
     format!(
         r#"
 [server]
@@ -42,13 +57,6 @@ name = "nova"
 kind = "nova"
 secrets = ["{NOVA_SECRET}"]
 timestamp_tolerance = "5m"
-
-[[endpoints]]
-name = "backend"
-url = "http://127.0.0.1:9/hooks"
-secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
-events = ["deposit.*"]
-{extra}
 "#,
         store_path.display()
     )
@@ -80,7 +88,12 @@ impl Relay {
     /// `server_extra` goes into `[server]`, `extra` at the end.
     pub async fn start_with(store_path: &Path, server_extra: &str, extra: &str) -> Relay {
         let text = config_text(store_path, extra).replacen("[server]\n", &format!("[server]\n{server_extra}\n"), 1);
-        let config = Arc::new(Config::parse(&text, Path::new("test.toml")).unwrap());
+        Relay::start_text(store_path, &text).await
+    }
+
+    /// Starts a relay on exactly this configuration text.
+    pub async fn start_text(store_path: &Path, text: &str) -> Relay {
+        let config = Arc::new(Config::parse(text, Path::new("test.toml")).unwrap());
         let store = Arc::new(EmbeddedStore::open(store_path).unwrap());
         let ingress = TcpListener::bind(config.server.listen).await.unwrap();
         let admin = TcpListener::bind(config.server.admin_listen).await.unwrap();
@@ -159,4 +172,123 @@ pub fn now_rfc3339() -> String {
 
 pub fn fixture(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(path)
+}
+
+/// What a test receiver does with one request, given how many requests with
+/// the same `webhook-id` came before it (0 for the first).
+#[derive(Clone, Copy, Debug)]
+pub enum Reply {
+    Status(u16),
+    /// Status with `Retry-After` seconds.
+    RetryAfter(u16, u64),
+    /// Answer 200 after this long.
+    Slow(std::time::Duration),
+    /// Close the connection without answering.
+    Reset,
+}
+
+/// One request a receiver got.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub at: std::time::Instant,
+    pub headers: http::HeaderMap,
+    pub body: bytes::Bytes,
+    pub reply: Reply,
+}
+
+impl Received {
+    pub fn webhook_id(&self) -> String {
+        self.headers["webhook-id"].to_str().unwrap().to_owned()
+    }
+}
+
+/// A real HTTP receiver on 127.0.0.1:0 whose answers follow `plan`.
+pub struct Receiver {
+    pub addr: SocketAddr,
+    pub log: Arc<std::sync::Mutex<Vec<Received>>>,
+}
+
+impl Receiver {
+    pub async fn start(plan: impl Fn(usize) -> Reply + Send + Sync + 'static) -> Receiver {
+        use http_body_util::BodyExt;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let log: Arc<std::sync::Mutex<Vec<Received>>> = Arc::default();
+        let plan = Arc::new(plan);
+        let (log2, plan2) = (log.clone(), plan.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { return };
+                let (log, plan) = (log2.clone(), plan2.clone());
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                        let (log, plan) = (log.clone(), plan.clone());
+                        async move {
+                            let at = std::time::Instant::now();
+                            let (parts, body) = req.into_parts();
+                            let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                            let id =
+                                parts.headers.get("webhook-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+                            let reply = {
+                                let mut log = log.lock().unwrap();
+                                let seen = log.iter().filter(|r| r.webhook_id() == id).count();
+                                let reply = plan(seen);
+                                log.push(Received { at, headers: parts.headers, body, reply });
+                                reply
+                            };
+                            let status = match reply {
+                                Reply::Status(s) | Reply::RetryAfter(s, _) => s,
+                                Reply::Slow(d) => {
+                                    tokio::time::sleep(d).await;
+                                    200
+                                }
+                                Reply::Reset => return Err("reset"),
+                            };
+                            let mut resp = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(
+                                b"{\"ok\":true}",
+                            )));
+                            *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                            if let Reply::RetryAfter(_, secs) = reply {
+                                resp.headers_mut().insert("retry-after", secs.into());
+                            }
+                            Ok::<_, &'static str>(resp)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Receiver { addr, log }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/events", self.addr)
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Distinct webhook ids answered 2xx.
+    pub fn delivered_ids(&self) -> std::collections::HashSet<String> {
+        self.received()
+            .iter()
+            .filter(|r| matches!(r.reply, Reply::Status(200..=299) | Reply::Slow(_)))
+            .map(Received::webhook_id)
+            .collect()
+    }
+}
+
+/// Polls `cond` every 20 ms for up to `limit`.
+pub async fn eventually(limit: std::time::Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let until = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < until {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    cond()
 }
