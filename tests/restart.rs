@@ -5,10 +5,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -17,34 +14,6 @@ use common::*;
 use ipn_relay::providers::nowpayments;
 use ipn_relay::store::Store;
 use ipn_relay::store::embedded::EmbeddedStore;
-
-struct RelayProcess {
-    child: Child,
-    addr: SocketAddr,
-}
-
-/// Starts `ipn-relay serve` and waits for its "ingress listening" log line.
-fn spawn_relay(config: &Path) -> RelayProcess {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ipn-relay"))
-        .args(["serve", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().expect("relay exited before listening").unwrap();
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-        if v["message"] == "ingress listening" {
-            break v["addr"].as_str().unwrap().parse().unwrap();
-        }
-    };
-    // Keep draining the log so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    RelayProcess { child, addr }
-}
 
 async fn post(c: &reqwest::Client, addr: SocketAddr, body: String) -> Option<(u16, serde_json::Value)> {
     let sig = nowpayments::sign(NP_SECRET.as_bytes(), body.as_bytes());

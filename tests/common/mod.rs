@@ -292,3 +292,34 @@ pub async fn eventually(limit: std::time::Duration, mut cond: impl FnMut() -> bo
     }
     cond()
 }
+
+/// The relay binary running as a child process.
+pub struct RelayProcess {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+}
+
+/// Starts `ipn-relay serve` and waits for its "ingress listening" log line.
+pub fn spawn_relay(config: &Path) -> RelayProcess {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ipn-relay"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("relay exited before listening").unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        if v["message"] == "ingress listening" {
+            break v["addr"].as_str().unwrap().parse().unwrap();
+        }
+    };
+    // Keep draining the log so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    RelayProcess { child, addr }
+}
