@@ -10,6 +10,14 @@
 //!    under a steady load (latency counted from each request's scheduled send
 //!    time, so a stall is not hidden by the sender waiting for it).
 //!
+//! 4. end to end: the relay with one endpoint pointing at a receiver in this
+//!    process. Closed loop: events per second from the first post to the
+//!    last delivery, and relay CPU per delivered event. Then open loop at
+//!    half that rate: latency from each post to its arrival.
+//!
+//! In runs 2 and 3 the relay's endpoint is held to one attempt a second, so
+//! they measure admission (which still stores each event's delivery).
+//!
 //! Run: `cargo bench --bench ingest` (env: BENCH_SECS, BENCH_CONNECTIONS).
 
 #[path = "../tests/common/mod.rs"]
@@ -92,6 +100,120 @@ fn main() {
     relay.kill().ok();
     relay.wait().ok();
     println!("  peak RSS: relay {:.1} MiB, bare hyper {:.1} MiB", rss as f64 / 1024.0, bare_rss as f64 / 1024.0);
+
+    // 4. End to end, flat out, then at half the delivered rate.
+    let full = rt.block_on(end_to_end(conns, secs, None, 200_000_000));
+    full.print("ipn-relay end to end, closed loop");
+    let half = rt.block_on(end_to_end(conns, secs, Some(full.delivered_per_sec / 2.0), 300_000_000));
+    half.print(&format!("ipn-relay end to end at {:.0} events/s (half), open loop", full.delivered_per_sec / 2.0));
+}
+
+struct EndToEnd {
+    accepted: usize,
+    delivered: usize,
+    requests: usize,
+    delivered_per_sec: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    cpu_us_per_event: f64,
+    rss_mib: f64,
+}
+
+impl EndToEnd {
+    fn print(&self, name: &str) {
+        println!(
+            "{name}\n  {:.0} delivered events/s ({} of {} delivered, {} requests at the receiver)   post→receiver p50 {:.2} ms  p99 {:.2} ms\n  relay CPU: {:.1} µs per delivered event   peak RSS: {:.1} MiB",
+            self.delivered_per_sec,
+            self.delivered,
+            self.accepted,
+            self.requests,
+            self.p50_ms,
+            self.p99_ms,
+            self.cpu_us_per_event,
+            self.rss_mib
+        );
+    }
+}
+
+/// One end-to-end run against a fresh relay and receiver.
+async fn end_to_end(conns: usize, secs: u64, rate: Option<f64>, first_id: u64) -> EndToEnd {
+    let arrivals: Arrivals = Arc::default();
+    let receiver = start_receiver(arrivals.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut relay, addr) = spawn_relay_with(
+        dir.path(),
+        &format!(
+            "\n[[endpoints]]\nname = \"receiver\"\nurl = \"http://{receiver}/events\"\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\nmax_in_flight = 64\n"
+        ),
+    );
+    let cpu0 = cpu_seconds(relay.id());
+    let sends: Sends = Arc::default();
+    load_inner(addr, conns, Duration::from_secs(secs), rate, first_id, Some(sends.clone())).await;
+    let accepted = sends.lock().unwrap().len();
+    let until = Instant::now() + Duration::from_secs(120);
+    while arrivals.lock().unwrap().len() < accepted && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let cpu = cpu_seconds(relay.id()) - cpu0;
+    let rss = peak_rss_kib(relay.id());
+    relay.kill().ok();
+    relay.wait().ok();
+    let sends = sends.lock().unwrap();
+    let arrivals = arrivals.lock().unwrap();
+    let sent_at: std::collections::HashMap<&str, Instant> = sends.iter().map(|(id, t)| (id.as_str(), *t)).collect();
+    let mut first_arrival: std::collections::HashMap<&str, Instant> = std::collections::HashMap::new();
+    for (id, t) in arrivals.iter() {
+        first_arrival.entry(id.as_str()).or_insert(*t);
+    }
+    let mut latencies: Vec<u32> = first_arrival
+        .iter()
+        .filter_map(|(id, t)| sent_at.get(id).map(|s| t.duration_since(*s).as_micros() as u32))
+        .collect();
+    latencies.sort_unstable();
+    let first_send = sends.iter().map(|(_, t)| *t).min().unwrap_or_else(Instant::now);
+    let last_arrival = first_arrival.values().copied().max().unwrap_or(first_send);
+    let pct = |p: f64| {
+        latencies.get(((latencies.len() as f64 - 1.0) * p).round() as usize).map_or(f64::NAN, |us| *us as f64 / 1000.0)
+    };
+    EndToEnd {
+        accepted,
+        delivered: first_arrival.len(),
+        requests: arrivals.len(),
+        delivered_per_sec: first_arrival.len() as f64 / last_arrival.duration_since(first_send).as_secs_f64(),
+        p50_ms: pct(0.50),
+        p99_ms: pct(0.99),
+        cpu_us_per_event: cpu * 1e6 / first_arrival.len().max(1) as f64,
+        rss_mib: rss as f64 / 1024.0,
+    }
+}
+
+type Sends = Arc<std::sync::Mutex<Vec<(String, Instant)>>>;
+type Arrivals = Arc<std::sync::Mutex<Vec<(String, Instant)>>>;
+
+/// A receiver that answers 200 at once and notes when each webhook-id came.
+async fn start_receiver(arrivals: Arrivals) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            let _ = stream.set_nodelay(true);
+            let arrivals = arrivals.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let arrivals = arrivals.clone();
+                    async move {
+                        let id = req.headers().get("webhook-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+                        let _ = req.into_body().collect().await;
+                        arrivals.lock().unwrap().push((id, Instant::now()));
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from_static(b"ok"))))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+            });
+        }
+    });
+    addr
 }
 
 fn num_cpus() -> usize {
@@ -99,9 +221,23 @@ fn num_cpus() -> usize {
 }
 
 fn spawn_relay(dir: &Path) -> (Child, SocketAddr) {
+    spawn_relay_with(dir, "")
+}
+
+/// The relay with the tests' standard config (one source secret), or with
+/// `endpoints` instead of the standard endpoint when given.
+fn spawn_relay_with(dir: &Path, endpoints: &str) -> (Child, SocketAddr) {
     let port = free_port();
     let admin = free_port();
-    let text = common::config_text(&dir.join("relay.redb"), "")
+    let base = if endpoints.is_empty() {
+        // Admission alone: each event still gets its delivery stored, but the
+        // endpoint is held to one attempt a second so that delivery work
+        // does not share the measurement.
+        common::config_text(&dir.join("relay.redb"), "rate_limit = { per_second = 1 }")
+    } else {
+        format!("{}{endpoints}", common::base_config(&dir.join("relay.redb")))
+    };
+    let text = base
         .replace(
             "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"",
             &format!("listen = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin}\""),
@@ -189,6 +325,17 @@ impl Run {
 /// evenly over the connections. Payment ids start at `first_id`, so every
 /// request is unique.
 async fn load(addr: SocketAddr, conns: usize, duration: Duration, rate: Option<f64>, first_id: u64) -> Run {
+    load_inner(addr, conns, duration, rate, first_id, None).await
+}
+
+async fn load_inner(
+    addr: SocketAddr,
+    conns: usize,
+    duration: Duration,
+    rate: Option<f64>,
+    first_id: u64,
+    sends: Option<Sends>,
+) -> Run {
     let next_id = Arc::new(AtomicU64::new(first_id));
     let warmup = Duration::from_secs(1);
     let start = Instant::now() + Duration::from_millis(50);
@@ -200,7 +347,7 @@ async fn load(addr: SocketAddr, conns: usize, duration: Duration, rate: Option<f
             let interval = rate.map(|r| Duration::from_secs_f64(conns as f64 / r));
             // Stagger open-loop senders so their requests interleave.
             let offset = interval.map(|iv| iv.mul_f64(i as f64 / conns as f64)).unwrap_or_default();
-            tokio::spawn(connection(addr, next_id, start + offset, measure_from, end, interval))
+            tokio::spawn(connection(addr, next_id, start + offset, measure_from, end, interval, sends.clone()))
         })
         .collect();
     let mut run = Run { ok: 0, errors: 0, elapsed: duration, latencies_us: Vec::new() };
@@ -221,6 +368,7 @@ async fn connection(
     measure_from: Instant,
     end: Instant,
     interval: Option<Duration>,
+    sends: Option<Sends>,
 ) -> (u64, u64, Vec<u32>) {
     let stream = TcpStream::connect(addr).await.unwrap();
     stream.set_nodelay(true).unwrap();
@@ -250,12 +398,23 @@ async fn connection(
         if sender.ready().await.is_err() {
             break;
         }
+        let sent = Instant::now();
         let result = sender.send_request(req).await;
         let done = Instant::now();
         let good = match result {
             Ok(resp) => {
                 let status = resp.status();
-                let _ = resp.into_body().collect().await;
+                let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                if let (Some(sends), true) = (&sends, status == 200) {
+                    // {"status":"accepted","id":"evt_…"}
+                    if let Some(id) = std::str::from_utf8(&body)
+                        .ok()
+                        .and_then(|b| b.split("\"id\":\"").nth(1))
+                        .and_then(|r| r.split('"').next())
+                    {
+                        sends.lock().unwrap().push((id.to_owned(), sent));
+                    }
+                }
                 status == 200
             }
             Err(_) => false,
