@@ -33,10 +33,12 @@ async fn genuine_ipn_is_accepted_stored_and_normalised() {
     assert_eq!(event["occurred_at"], "2025-12-09T03:04:21.097Z");
     // Numbers in the payload exactly as the provider wrote them.
     assert!(String::from_utf8_lossy(&stored.json).contains(r#""depositFee":0.000002"#));
-    // One delivery for the one matching endpoint, pending.
+    // One delivery for the one matching endpoint, waiting for it (delivery
+    // may already have claimed it; the endpoint here never answers).
     let ds = relay.store.event_deliveries(id).await.unwrap();
     assert_eq!(ds.len(), 1);
-    assert_eq!((ds[0].endpoint.as_str(), ds[0].state), ("backend", DeliveryState::Pending));
+    assert_eq!(ds[0].endpoint, "backend");
+    assert!(matches!(ds[0].state, DeliveryState::Pending | DeliveryState::InFlight), "{:?}", ds[0].state);
 }
 
 #[tokio::test]

@@ -28,6 +28,13 @@
 //! deadline while in flight — so claiming and the visibility timeout are one
 //! range scan. `counts` keeps the number of deliveries in each state,
 //! updated once per commit.
+//!
+//! **Claims live in memory.** An embedded store serves one process, so a
+//! claim needs no disk write: the writer thread keeps a table of claimed
+//! deliveries (fencing token, deadline) beside the file, and reads overlay
+//! it so that claimed deliveries show as `in_flight`. A claim that dies with
+//! the process leaves its delivery `pending` on disk, claimed again as soon
+//! as the relay restarts. Only the attempt's outcome is written, once.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -98,6 +105,38 @@ fn answer<T: Send + 'static>(reply: Reply<T>, value: T) -> Answer {
     })
 }
 
+/// A claimed delivery: its fencing token and the end of its visibility.
+#[derive(Debug, Clone, Copy)]
+struct InFlight {
+    token: u64,
+    until: Millis,
+}
+
+/// Deliveries claimed by this process. Only the writer thread changes it.
+#[derive(Debug, Default)]
+struct ClaimTable {
+    live: std::collections::HashMap<String, InFlight>,
+    last_token: u64,
+}
+
+impl ClaimTable {
+    /// Shows a claimed delivery as in flight, as a reader should see it.
+    fn overlay(&self, d: &mut Delivery) {
+        if let Some(c) = self.live.get(&d.id) {
+            d.state = DeliveryState::InFlight;
+            d.claim_token = c.token;
+            d.next_attempt_at = Some(c.until);
+        }
+    }
+
+    /// Whether `token` holds the claim on `id`.
+    fn holds(&self, id: &str, token: u64) -> bool {
+        self.live.get(id).is_some_and(|c| c.token == token)
+    }
+}
+
+type SharedClaims = Arc<std::sync::Mutex<ClaimTable>>;
+
 /// The shared handle to the open database, replaced on reopen.
 type DbSlot = Arc<RwLock<Option<Arc<Database>>>>;
 
@@ -106,6 +145,7 @@ pub struct EmbeddedStore {
     db: DbSlot,
     /// When the last write batch failed (unix ms), 0 once one succeeded.
     last_failure: Arc<AtomicU64>,
+    claims: SharedClaims,
     writer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -119,12 +159,19 @@ impl EmbeddedStore {
         let slot: DbSlot = Arc::new(RwLock::new(Some(Arc::new(db))));
         let (tx, rx) = mpsc::channel(MAX_BATCH * 4);
         let last_failure = Arc::new(AtomicU64::new(0));
-        let writer = Writer { path: path.to_owned(), db: slot.clone(), ops: rx, last_failure: last_failure.clone() };
+        let claims = SharedClaims::default();
+        let writer = Writer {
+            path: path.to_owned(),
+            db: slot.clone(),
+            ops: rx,
+            last_failure: last_failure.clone(),
+            claims: claims.clone(),
+        };
         let handle = std::thread::Builder::new()
             .name("redb-writer".into())
             .spawn(move || writer.run())
             .map_err(|e| unavailable(format!("cannot start the writer thread: {e}")))?;
-        Ok(EmbeddedStore { ops: tx, db: slot, last_failure, writer: std::sync::Mutex::new(Some(handle)) })
+        Ok(EmbeddedStore { ops: tx, db: slot, last_failure, claims, writer: std::sync::Mutex::new(Some(handle)) })
     }
 
     /// Finishes queued writes and closes the file, so it can be reopened.
@@ -183,6 +230,7 @@ struct Writer {
     db: DbSlot,
     ops: mpsc::Receiver<Op>,
     last_failure: Arc<AtomicU64>,
+    claims: SharedClaims,
 }
 
 impl Writer {
@@ -221,8 +269,9 @@ impl Writer {
         let mut answers = Vec::with_capacity(batch.len());
         {
             let mut t = Tables::open(&txn).map_err(|e| (e, Vec::new()))?;
+            let mut claims = self.claims.lock().map_err(|_| (unavailable("lock poisoned"), Vec::new()))?;
             for op in batch.drain(..) {
-                match apply(&mut t, op) {
+                match apply(&mut t, &mut claims, op) {
                     Ok(a) => answers.push(a),
                     Err((e, a)) => {
                         answers.push(a);
@@ -300,7 +349,7 @@ fn refuse<T: Send + 'static>(reply: Reply<T>, e: StoreError) -> Answer {
 /// fails only its own op: every op reads the records it needs before it
 /// writes anything, and ops that walk many records skip bad ones, so the
 /// error leaves nothing half-done for the commit to keep.
-fn apply(t: &mut Tables<'_>, op: Op) -> Result<Answer, (StoreError, Answer)> {
+fn apply(t: &mut Tables<'_>, claims: &mut ClaimTable, op: Op) -> Result<Answer, (StoreError, Answer)> {
     macro_rules! run {
         ($reply:expr, $body:expr) => {{
             let reply = $reply;
@@ -314,11 +363,13 @@ fn apply(t: &mut Tables<'_>, op: Op) -> Result<Answer, (StoreError, Answer)> {
     match op {
         Op::Admit { event, deliveries, ttl_ms, reply } => run!(reply, t.admit(event, deliveries, ttl_ms)),
         Op::Claim { endpoint, now, limit, visibility_ms, reply } => {
-            run!(reply, t.claim(&endpoint, now, limit, visibility_ms))
+            run!(reply, t.claim(claims, &endpoint, now, limit, visibility_ms))
         }
-        Op::Finish { id, token, attempt, next, reply } => run!(reply, t.finish(&id, token, attempt, next)),
-        Op::Release { id, token, due, reply } => run!(reply, t.release(&id, token, due)),
-        Op::Replay { ids, include_delivered, now, reply } => run!(reply, t.replay(&ids, include_delivered, now)),
+        Op::Finish { id, token, attempt, next, reply } => run!(reply, t.finish(claims, &id, token, attempt, next)),
+        Op::Release { id, token, due, reply } => run!(reply, t.release(claims, &id, token, due)),
+        Op::Replay { ids, include_delivered, now, reply } => {
+            run!(reply, t.replay(claims, &ids, include_delivered, now))
+        }
         Op::Sweep { now, reply } => run!(reply, t.sweep(now)),
         Op::Ping { reply } => {
             run!(reply, t.meta.insert("heartbeat", super::now_millis()).map(|_| ()).map_err(unavailable))
@@ -485,20 +536,26 @@ impl<'txn> Tables<'txn> {
 
     fn claim(
         &mut self,
+        claims: &mut ClaimTable,
         endpoint: &str,
         now: Millis,
         limit: usize,
         visibility_ms: u64,
     ) -> Result<Vec<Claim>, StoreError> {
         let mut ids = Vec::new();
-        for entry in
-            self.due.range((endpoint, 0u64, "")..=(endpoint, now, "\u{10ffff}")).map_err(unavailable)?.take(limit)
-        {
+        for entry in self.due.range((endpoint, 0u64, "")..=(endpoint, now, "\u{10ffff}")).map_err(unavailable)? {
+            if ids.len() == limit {
+                break;
+            }
             let (k, _) = entry.map_err(unavailable)?;
             let (_, at, id) = k.value();
+            // Claimed and not past its visibility timeout: someone has it.
+            if claims.live.get(id).is_some_and(|c| c.until > now) {
+                continue;
+            }
             ids.push((at, id.to_owned()));
         }
-        let mut claims = Vec::with_capacity(ids.len());
+        let mut out = Vec::with_capacity(ids.len());
         for (at, id) in ids {
             let old = match self.get_delivery(&id) {
                 Ok(Some(d)) => d,
@@ -515,6 +572,11 @@ impl<'txn> Tables<'txn> {
                 }
                 Err(e) => return Err(e),
             };
+            if !is_scheduled(old.state) {
+                // A stale schedule entry; the record says it is settled.
+                self.due.remove((endpoint, at, id.as_str())).map_err(unavailable)?;
+                continue;
+            }
             let event_json = match self.get_index(&old.event_id) {
                 Ok(Some(event)) => self.get_body(&old.event_id, event.body_seq),
                 Ok(None) => Err(corrupt(&old.event_id, "event record missing")),
@@ -532,30 +594,38 @@ impl<'txn> Tables<'txn> {
                     d.last_error = Some(e.to_string());
                     d.updated_at = now;
                     self.put_delivery(Some(&old), &d)?;
+                    claims.live.remove(&id);
                     continue;
                 }
                 Err(e) => return Err(e),
             };
-            let mut d = old.clone();
-            // Pending and due, or an in-flight claim past its deadline: the
-            // visibility timeout hands it to this claim.
-            d.state = DeliveryState::InFlight;
-            d.claim_token += 1;
-            d.next_attempt_at = Some(now.saturating_add(visibility_ms));
-            d.updated_at = now;
-            self.put_delivery(Some(&old), &d)?;
-            claims.push(Claim { delivery: d, event_json });
+            // Pending and due, or a claim past its deadline: the visibility
+            // timeout hands it to this claim, with a new token.
+            claims.last_token += 1;
+            let c = InFlight { token: claims.last_token, until: now.saturating_add(visibility_ms) };
+            claims.live.insert(id.clone(), c);
+            let mut d = old;
+            claims.overlay(&mut d);
+            out.push(Claim { delivery: d, event_json });
         }
-        Ok(claims)
+        Ok(out)
     }
 
-    /// The delivery if `token` still holds its claim.
-    fn claimed(&self, id: &str, token: u64) -> Result<Option<Delivery>, StoreError> {
-        Ok(self.get_delivery(id)?.filter(|d| d.state == DeliveryState::InFlight && d.claim_token == token))
-    }
-
-    fn finish(&mut self, id: &str, token: u64, attempt: Attempt, next: Next) -> Result<bool, StoreError> {
-        let Some(old) = self.claimed(id, token)? else { return Ok(false) };
+    fn finish(
+        &mut self,
+        claims: &mut ClaimTable,
+        id: &str,
+        token: u64,
+        attempt: Attempt,
+        next: Next,
+    ) -> Result<bool, StoreError> {
+        if !claims.holds(id, token) {
+            return Ok(false);
+        }
+        let Some(old) = self.get_delivery(id)? else {
+            claims.live.remove(id);
+            return Ok(false);
+        };
         let mut d = old.clone();
         d.attempts += 1;
         d.updated_at = attempt.started_at.saturating_add(attempt.duration_ms);
@@ -573,19 +643,31 @@ impl<'txn> Tables<'txn> {
             Next::Dead => (DeliveryState::Dead, None),
         };
         self.put_delivery(Some(&old), &d)?;
+        claims.live.remove(id);
         Ok(true)
     }
 
-    fn release(&mut self, id: &str, token: u64, due: Millis) -> Result<bool, StoreError> {
-        let Some(old) = self.claimed(id, token)? else { return Ok(false) };
-        let mut d = old.clone();
-        d.state = DeliveryState::Pending;
-        d.next_attempt_at = Some(due);
-        self.put_delivery(Some(&old), &d)?;
+    /// Gives a claim back unattempted, due again at `due`.
+    fn release(&mut self, claims: &mut ClaimTable, id: &str, token: u64, due: Millis) -> Result<bool, StoreError> {
+        if !claims.holds(id, token) {
+            return Ok(false);
+        }
+        claims.live.remove(id);
+        if let Some(old) = self.get_delivery(id)?.filter(|d| d.next_attempt_at != Some(due)) {
+            let mut d = old.clone();
+            d.next_attempt_at = Some(due);
+            self.put_delivery(Some(&old), &d)?;
+        }
         Ok(true)
     }
 
-    fn replay(&mut self, ids: &[String], include_delivered: bool, now: Millis) -> Result<ReplayCount, StoreError> {
+    fn replay(
+        &mut self,
+        claims: &ClaimTable,
+        ids: &[String],
+        include_delivered: bool,
+        now: Millis,
+    ) -> Result<ReplayCount, StoreError> {
         let mut count = ReplayCount::default();
         let mut seen = std::collections::HashSet::new();
         for id in ids {
@@ -606,6 +688,10 @@ impl<'txn> Tables<'txn> {
                 }
                 Err(e) => return Err(e),
             };
+            if claims.live.contains_key(id) {
+                count.skipped += 1;
+                continue;
+            }
             let eligible =
                 old.state == DeliveryState::Dead || (include_delivered && old.state == DeliveryState::Delivered);
             if !eligible {
@@ -750,6 +836,7 @@ impl Store for EmbeddedStore {
 
     async fn event_deliveries(&self, event_id: &str) -> Result<Vec<Delivery>, StoreError> {
         let event_id = event_id.to_owned();
+        let claims = self.claims.clone();
         self.read(move |txn| {
             let mut out = Vec::new();
             for id in read_index(txn, &event_id)?.map(|r| r.delivery_ids).unwrap_or_default() {
@@ -757,6 +844,8 @@ impl Store for EmbeddedStore {
                     out.push(d);
                 }
             }
+            let claims = claims.lock().map_err(|_| unavailable("lock poisoned"))?;
+            out.iter_mut().for_each(|d| claims.overlay(d));
             Ok(out)
         })
         .await
@@ -764,8 +853,10 @@ impl Store for EmbeddedStore {
 
     async fn delivery(&self, id: &str) -> Result<Option<(Delivery, Vec<Attempt>)>, StoreError> {
         let id = id.to_owned();
+        let claims = self.claims.clone();
         self.read(move |txn| {
-            let Some(d) = read_delivery(txn, &id)? else { return Ok(None) };
+            let Some(mut d) = read_delivery(txn, &id)? else { return Ok(None) };
+            claims.lock().map_err(|_| unavailable("lock poisoned"))?.overlay(&mut d);
             let table = txn.open_table(ATTEMPTS).map_err(unavailable)?;
             let mut attempts = Vec::new();
             for entry in table.range((id.as_str(), 0u32)..=(id.as_str(), u32::MAX)).map_err(unavailable)? {
@@ -807,6 +898,7 @@ impl Store for EmbeddedStore {
     async fn list(&self, filter: &DeliveryFilter, cursor: Option<&str>, limit: usize) -> Result<Page, StoreError> {
         let filter = filter.clone();
         let cursor = cursor.map(str::to_owned);
+        let claims = self.claims.clone();
         self.read(move |txn| {
             let table = txn.open_table(DELIVERIES).map_err(unavailable)?;
             // Ids begin with their creation time, so the time window bounds
@@ -820,7 +912,8 @@ impl Store for EmbeddedStore {
             let mut more = false;
             for entry in table.range(lower.as_str()..upper.as_str()).map_err(unavailable)?.rev() {
                 let (k, v) = entry.map_err(unavailable)?;
-                let d = decode_delivery(k.value(), v.value())?;
+                let mut d = decode_delivery(k.value(), v.value())?;
+                claims.lock().map_err(|_| unavailable("lock poisoned"))?.overlay(&mut d);
                 if !filter.matches(&d) {
                     continue;
                 }
@@ -846,12 +939,22 @@ impl Store for EmbeddedStore {
     }
 
     async fn counts(&self) -> Result<[(DeliveryState, u64); 4], StoreError> {
-        self.read(|txn| {
+        let claims = self.claims.clone();
+        self.read(move |txn| {
             let table = txn.open_table(COUNTS).map_err(unavailable)?;
             let get = |s: DeliveryState| -> Result<(DeliveryState, u64), StoreError> {
                 Ok((s, table.get(s.as_str()).map_err(unavailable)?.map(|g| g.value()).unwrap_or(0)))
             };
-            Ok([get(ALL_STATES[0])?, get(ALL_STATES[1])?, get(ALL_STATES[2])?, get(ALL_STATES[3])?])
+            let [(_, pending), _, delivered, dead] =
+                [get(ALL_STATES[0])?, get(ALL_STATES[1])?, get(ALL_STATES[2])?, get(ALL_STATES[3])?];
+            // Claimed deliveries are pending on disk and in flight in memory.
+            let in_flight = claims.lock().map_err(|_| unavailable("lock poisoned"))?.live.len() as u64;
+            Ok([
+                (DeliveryState::Pending, pending.saturating_sub(in_flight)),
+                (DeliveryState::InFlight, in_flight),
+                delivered,
+                dead,
+            ])
         })
         .await
     }
@@ -921,7 +1024,8 @@ mod tests {
         // Replaying it is counted, not fatal; admissions still commit.
         let r = store.replay(&["dlv_broken".to_owned()], false, 3000).await.unwrap();
         assert_eq!(r.skipped, 1);
-        assert!(store.finish("dlv_broken", 1, attempt(), crate::store::Next::Delivered).await.is_err());
+        // It cannot be finished either: nobody holds a claim on it.
+        assert!(!store.finish("dlv_broken", 1, attempt(), crate::store::Next::Delivered).await.unwrap());
         store.admit(event("evt_after", 3000), vec![], 10_000).await.unwrap();
         assert!(store.event("evt_after").await.unwrap().is_some());
         store.ping().await.unwrap();
