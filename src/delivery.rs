@@ -279,8 +279,10 @@ async fn deliver(
     };
     let next = retry::next(&shared.schedule, d.attempts_in_budget() + 1, outcome, now_millis(), rand::random());
     match (&result, next) {
+        // Successes are for metrics to count; the admission log line is the
+        // audit trail, and failures are logged below.
         (_, Next::Delivered) => {
-            tracing::info!(event_id = %d.event_id, delivery_id = %d.id, endpoint = %ep.name, attempt = number, duration_ms, "delivered")
+            tracing::debug!(event_id = %d.event_id, delivery_id = %d.id, endpoint = %ep.name, attempt = number, duration_ms, "delivered")
         }
         (r, Next::RetryAt(at)) => {
             tracing::info!(event_id = %d.event_id, delivery_id = %d.id, endpoint = %ep.name, attempt = number, duration_ms, result = ?r, retry_in_ms = at.saturating_sub(now_millis()), "delivery failed; retry scheduled")
