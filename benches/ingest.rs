@@ -18,7 +18,8 @@
 //! In runs 2 and 3 the relay's endpoint is held to one attempt a second, so
 //! they measure admission (which still stores each event's delivery).
 //!
-//! Run: `cargo bench --bench ingest` (env: BENCH_SECS, BENCH_CONNECTIONS).
+//! Run: `cargo bench --bench ingest` (env: BENCH_SECS, BENCH_CONNECTIONS, and
+//! BENCH_MAX_IN_FLIGHT for the endpoint of the end-to-end runs, default 64).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -137,13 +138,14 @@ impl EndToEnd {
 
 /// One end-to-end run against a fresh relay and receiver.
 async fn end_to_end(conns: usize, secs: u64, rate: Option<f64>, first_id: u64) -> EndToEnd {
+    let max_in_flight: usize = env_or("BENCH_MAX_IN_FLIGHT", 64);
     let arrivals: Arrivals = Arc::default();
     let receiver = start_receiver(arrivals.clone()).await;
     let dir = tempfile::tempdir().unwrap();
     let (mut relay, addr) = spawn_relay_with(
         dir.path(),
         &format!(
-            "\n[[endpoints]]\nname = \"receiver\"\nurl = \"http://{receiver}/events\"\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\nmax_in_flight = 64\n"
+            "\n[[endpoints]]\nname = \"receiver\"\nurl = \"http://{receiver}/events\"\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\nmax_in_flight = {max_in_flight}\n"
         ),
     );
     let cpu0 = cpu_seconds(relay.id());

@@ -243,7 +243,7 @@ async fn deliver(
     runner: Arc<EndpointRunner>,
     shared: Arc<Shared>,
     claim: Claim,
-    _slot: OwnedSemaphorePermit,
+    slot: OwnedSemaphorePermit,
     mut abort: watch::Receiver<bool>,
 ) {
     let d = &claim.delivery;
@@ -272,6 +272,9 @@ async fn deliver(
         }
     };
     let duration_ms = t0.elapsed().as_millis() as u64;
+    // `max_in_flight` bounds open requests: the slot is free as soon as the
+    // exchange is over, while the attempt is being recorded.
+    drop(slot);
     let (result, retry_after, excerpt) = sent;
     let outcome = match &result {
         AttemptResult::Status { code } if (200..300).contains(code) => Outcome::Delivered,
