@@ -229,3 +229,24 @@ async fn shutdown_finishes_or_releases_in_flight_deliveries() {
         assert_eq!(d.attempts, 0, "an interrupted request is not counted as an attempt");
     }
 }
+
+#[tokio::test]
+async fn an_endpoint_rate_limit_is_never_exceeded() {
+    let rx = Receiver::start(|_| Reply::Status(200)).await;
+    let ep =
+        endpoint("limited", &rx.url(), SECRET_A, "max_in_flight = 16\nrate_limit = { per_second = 10, burst = 5 }");
+    let (relay, _dir) = relay(&ep, "").await;
+    let cl = client();
+    let started = std::time::Instant::now();
+    for i in 0..30 {
+        assert_eq!(post_np(&cl, &relay, &payment_ipn(400 + i, "finished"), NP_SECRET).await.status(), 200);
+    }
+    assert!(eventually(Duration::from_secs(10), || rx.received().len() == 30).await);
+    // Burst 5, then 10 a second: the n-th request cannot come before
+    // (n - 5) / 10 seconds. Only an upper bound on speed is asserted.
+    let received = rx.received();
+    for (n, r) in received.iter().enumerate().skip(5) {
+        let earliest = Duration::from_millis(((n - 5) as u64 * 100).saturating_sub(50));
+        assert!(r.at.duration_since(started) >= earliest, "request {n} after {:?}", r.at.duration_since(started));
+    }
+}
