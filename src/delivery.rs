@@ -2,10 +2,11 @@
 //! Standard Webhooks, with retries, dead letters and crash recovery.
 //!
 //! Each endpoint has one claim loop. It claims only as many due deliveries
-//! as the endpoint has free `max_in_flight` slots, so a slow endpoint fills
-//! its own slots and never holds up the others. Each claimed delivery runs
-//! as a task holding one slot, so tasks are bounded by the sum of
-//! `max_in_flight`. Ingress wakes an endpoint's loop right after admitting a
+//! as the endpoint has free `max_in_flight` slots (and rate-limit cells), so
+//! a slow endpoint fills its own slots and never holds up the others. Each
+//! claimed delivery runs as a task holding one slot for its HTTP exchange;
+//! recording the outcome happens after the slot is freed, and at most
+//! `2 × max_in_flight` tasks exist per endpoint. Ingress wakes an endpoint's loop right after admitting a
 //! delivery for it; a short poll catches retries coming due and claims
 //! abandoned by a crashed process (the visibility timeout).
 //!
@@ -37,6 +38,8 @@ const POLL_EVERY: Duration = Duration::from_millis(250);
 const CLAIM_BATCH: usize = 256;
 /// Bytes of a response body kept with the attempt.
 const EXCERPT_BYTES: usize = 512;
+/// At shutdown, how long interrupted deliveries get to release their claims.
+const SHUTDOWN_RELEASE: Duration = Duration::from_secs(5);
 /// Pause after the store failed a claim, before trying again.
 const STORE_BACKOFF: Duration = Duration::from_secs(1);
 
@@ -143,8 +146,16 @@ async fn endpoint_loop(
     // In-flight deliveries; `abort` tells them to give their claim back.
     let (abort_tx, abort_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
+    // Tasks recording their attempt no longer hold a slot; this caps them.
+    let max_tasks = 2 * runner.endpoint.max_in_flight;
     'claiming: loop {
         while tasks.try_join_next().is_some() {}
+        while tasks.len() >= max_tasks {
+            tokio::select! {
+                _ = tasks.join_next() => {}
+                _ = stopped(&mut stop) => break 'claiming,
+            }
+        }
         // Wait for a free slot before claiming anything.
         let first = tokio::select! {
             slot = runner.slots.clone().acquire_owned() => match slot {
@@ -153,7 +164,20 @@ async fn endpoint_loop(
             },
             _ = stopped(&mut stop) => break,
         };
-        let room = (1 + runner.slots.available_permits()).min(CLAIM_BATCH);
+        let mut room = (1 + runner.slots.available_permits()).min(CLAIM_BATCH).min(max_tasks - tasks.len());
+        // Take rate-limit cells before claiming, never while holding claims:
+        // waiting with a claim in hand would spend its visibility timeout.
+        if let Some(limiter) = &runner.limiter {
+            tokio::select! {
+                _ = limiter.until_ready() => {}
+                _ = stopped(&mut stop) => break,
+            }
+            let mut cells = 1;
+            while cells < room && limiter.check().is_ok() {
+                cells += 1;
+            }
+            room = cells;
+        }
         let claims = match shared.store.claim_due(&name, now_millis(), room, visibility_ms).await {
             Ok(c) => {
                 shared.heartbeat.store(now_millis(), Ordering::Relaxed);
@@ -186,21 +210,14 @@ async fn endpoint_loop(
                 Some(p) => p,
                 None => match runner.slots.clone().acquire_owned().await {
                     Ok(p) => p,
-                    Err(_) => break 'claiming,
-                },
-            };
-            if let Some(limiter) = &runner.limiter {
-                tokio::select! {
-                    _ = limiter.until_ready() => {}
-                    _ = stopped(&mut stop) => {
-                        // Give back what was claimed but not started.
-                        for c in std::iter::once(claim).chain(claims) {
+                    Err(_) => {
+                        for c in std::iter::once(claim).chain(claims.by_ref()) {
                             release(&shared, &c).await;
                         }
                         break 'claiming;
                     }
-                }
-            }
+                },
+            };
             tasks.spawn(deliver(runner.clone(), shared.clone(), claim, permit, abort_rx.clone()));
         }
     }
@@ -212,7 +229,13 @@ async fn endpoint_loop(
     let drained = tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
     if drained.is_err() {
         let _ = abort_tx.send(true);
-        while tasks.join_next().await.is_some() {}
+        // Releasing needs the store; if it hangs too, stop waiting. The
+        // records are pending on disk either way.
+        let released = tokio::time::timeout(SHUTDOWN_RELEASE, async { while tasks.join_next().await.is_some() {} });
+        if released.await.is_err() {
+            tracing::warn!(endpoint = %name, "store not answering at shutdown; leaving claims to expire");
+            tasks.abort_all();
+        }
     }
 }
 
@@ -250,6 +273,14 @@ async fn deliver(
     let ep = &runner.endpoint;
     let number = d.attempts + 1;
     let started_at = now_millis();
+    // The request must end while the claim is still ours, or a second claim
+    // could send the same delivery at the same time.
+    let deadline = d.next_attempt_at.unwrap_or(0);
+    if started_at.saturating_add(ep.timeout.as_millis() as u64) >= deadline {
+        tracing::warn!(delivery_id = %d.id, endpoint = %ep.name, "claim too close to its visibility timeout to send; releasing");
+        release(&shared, &claim).await;
+        return;
+    }
     let timestamp = (started_at / 1000) as i64;
     let request = shared
         .client
@@ -299,11 +330,16 @@ async fn deliver(
 }
 
 /// Records the attempt. If the store is briefly unreachable, tries a few
-/// times; if it stays down, the claim expires and the delivery is attempted
-/// again (at least once, with the same webhook-id).
+/// times while the claim lasts; if it stays down, the claim expires and the
+/// delivery is attempted again (at least once, with the same webhook-id).
 async fn finish(shared: &Shared, claim: &Claim, attempt: Attempt, next: Next) {
     let d = &claim.delivery;
+    let deadline = d.next_attempt_at.unwrap_or(0);
     for wait_ms in [0u64, 100, 500, 2000] {
+        if now_millis().saturating_add(wait_ms) >= deadline {
+            tracing::warn!(delivery_id = %d.id, "claim expired before the attempt could be recorded; it will be sent again");
+            return;
+        }
         tokio::time::sleep(Duration::from_millis(wait_ms)).await;
         match shared.store.finish(&d.id, d.claim_token, attempt.clone(), next).await {
             Ok(true) => return,

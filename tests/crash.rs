@@ -101,6 +101,8 @@ async fn every_accepted_event_is_delivered_across_kill_9() {
         repeats,
         received.len()
     );
-    // Repeats come only from claims that were in flight at the kill.
-    assert!(repeats <= 16, "{repeats} repeats for max_in_flight = 16");
+    // Repeats come only from deliveries whose outcome was not on disk at the
+    // kill: at most max_in_flight requests open plus as many recording their
+    // outcome (a slot is freed when the exchange ends).
+    assert!(repeats <= 32, "{repeats} repeats for max_in_flight = 16");
 }

@@ -250,3 +250,21 @@ async fn an_endpoint_rate_limit_is_never_exceeded() {
         assert!(r.at.duration_since(started) >= earliest, "request {n} after {:?}", r.at.duration_since(started));
     }
 }
+
+#[tokio::test]
+async fn waiting_for_the_rate_limit_never_sends_a_delivery_twice() {
+    // Slow answers, a tight limit and a short visibility timeout: claims
+    // must not age while they wait for the limiter.
+    let rx = Receiver::start(|_| Reply::Slow(Duration::from_millis(300))).await;
+    let ep = endpoint("tight", &rx.url(), SECRET_A, "max_in_flight = 8\nrate_limit = { per_second = 4, burst = 1 }")
+        .replace("timeout = \"2s\"", "timeout = \"1s\"");
+    let (relay, _dir) = relay(&ep, "visibility_timeout = \"1500ms\"").await;
+    let cl = client();
+    for i in 0..8 {
+        assert_eq!(post_np(&cl, &relay, &payment_ipn(500 + i, "finished"), NP_SECRET).await.status(), 200);
+    }
+    assert!(eventually(Duration::from_secs(10), || rx.delivered_ids().len() == 8).await);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let received = rx.received();
+    assert_eq!(received.len(), 8, "sent twice: {:?}", received.iter().map(Received::webhook_id).collect::<Vec<_>>());
+}

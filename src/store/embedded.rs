@@ -36,7 +36,7 @@
 //! the process leaves its delivery `pending` on disk, claimed again as soon
 //! as the relay restarts. Only the attempt's outcome is written, once.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -155,13 +155,25 @@ impl EmbeddedStore {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| unavailable(format!("cannot create {}: {e}", dir.display())))?;
         }
-        let db = open_db(path)?;
+        let file = path.to_owned();
+        EmbeddedStore::with_opener(path.display().to_string(), move || open_db(&file))
+    }
+
+    /// Starts the store on whatever `open` opens: the file, or in tests a
+    /// backend that can be made to fail. `open` is called again to reopen
+    /// after an I/O error.
+    fn with_opener(
+        label: String,
+        open: impl Fn() -> Result<Database, StoreError> + Send + 'static,
+    ) -> Result<EmbeddedStore, StoreError> {
+        let db = open()?;
         let slot: DbSlot = Arc::new(RwLock::new(Some(Arc::new(db))));
         let (tx, rx) = mpsc::channel(MAX_BATCH * 4);
         let last_failure = Arc::new(AtomicU64::new(0));
         let claims = SharedClaims::default();
         let writer = Writer {
-            path: path.to_owned(),
+            label,
+            open: Box::new(open),
             db: slot.clone(),
             ops: rx,
             last_failure: last_failure.clone(),
@@ -217,7 +229,11 @@ fn open_db(path: &Path) -> Result<Database, StoreError> {
         .set_cache_size(CACHE_BYTES)
         .create(path)
         .map_err(|e| unavailable(format!("cannot open {}: {e}", path.display())))?;
-    // Create every table up front so readers never meet a missing one.
+    init_tables(db)
+}
+
+/// Creates every table up front so readers never meet a missing one.
+fn init_tables(db: Database) -> Result<Database, StoreError> {
     let mut txn = db.begin_write().map_err(unavailable)?;
     txn.set_durability(Durability::Immediate).map_err(unavailable)?;
     Tables::open(&txn)?;
@@ -226,7 +242,9 @@ fn open_db(path: &Path) -> Result<Database, StoreError> {
 }
 
 struct Writer {
-    path: PathBuf,
+    /// What the store is, for logs.
+    label: String,
+    open: Box<dyn Fn() -> Result<Database, StoreError> + Send>,
     db: DbSlot,
     ops: mpsc::Receiver<Op>,
     last_failure: Arc<AtomicU64>,
@@ -254,15 +272,33 @@ impl Writer {
         }
         // Reopen after an I/O error. Readers may still hold the old handle
         // for a moment; then the file is still locked and we try next batch.
-        let db = Arc::new(open_db(&self.path)?);
+        let db = Arc::new((self.open)()?);
         *self.db.write().map_err(|_| unavailable("lock poisoned"))? = Some(db.clone());
-        tracing::info!(path = %self.path.display(), "embedded store reopened");
+        tracing::info!(store = %self.label, "embedded store reopened");
         Ok(db)
     }
 
     /// Applies the batch in one transaction and commits it. On failure,
-    /// returns the answers of the ops already applied, to be failed too.
+    /// returns the answers of the ops already applied, to be failed too, and
+    /// puts the claim table back as it was: a claim or finish whose commit
+    /// failed must not have happened in memory either.
     fn try_commit(&mut self, batch: &mut Vec<Op>) -> Result<Vec<Answer>, (StoreError, Vec<Answer>)> {
+        let touches_claims =
+            batch.iter().any(|op| matches!(op, Op::Claim { .. } | Op::Finish { .. } | Op::Release { .. }));
+        let snapshot = match touches_claims {
+            true => Some(self.claims.lock().map_err(|_| (unavailable("lock poisoned"), Vec::new()))?.live.clone()),
+            false => None,
+        };
+        let result = self.apply_and_commit(batch);
+        if let (Err(_), Some(live)) = (&result, snapshot)
+            && let Ok(mut claims) = self.claims.lock()
+        {
+            claims.live = live;
+        }
+        result
+    }
+
+    fn apply_and_commit(&mut self, batch: &mut Vec<Op>) -> Result<Vec<Answer>, (StoreError, Vec<Answer>)> {
         let db = self.current_db().map_err(|e| (e, Vec::new()))?;
         let mut txn = db.begin_write().map_err(|e| (unavailable(e), Vec::new()))?;
         txn.set_durability(Durability::Immediate).map_err(|e| (unavailable(e), Vec::new()))?;
@@ -1029,6 +1065,78 @@ mod tests {
         store.admit(event("evt_after", 3000), vec![], 10_000).await.unwrap();
         assert!(store.event("evt_after").await.unwrap().is_some());
         store.ping().await.unwrap();
+    }
+
+    /// In-memory storage whose writes can be switched to fail, shared by
+    /// every (re)open so the data survives the reopen after an error.
+    #[derive(Debug, Clone)]
+    struct Faulty {
+        inner: Arc<redb::backends::InMemoryBackend>,
+        fail: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl Faulty {
+        fn check(&self) -> std::io::Result<()> {
+            match self.fail.load(Ordering::SeqCst) {
+                true => Err(std::io::Error::other("injected write failure")),
+                false => Ok(()),
+            }
+        }
+    }
+
+    impl redb::StorageBackend for Faulty {
+        fn len(&self) -> std::io::Result<u64> {
+            self.inner.len()
+        }
+        fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+            self.inner.read(offset, out)
+        }
+        fn set_len(&self, len: u64) -> std::io::Result<()> {
+            self.check()?;
+            self.inner.set_len(len)
+        }
+        fn sync_data(&self) -> std::io::Result<()> {
+            self.check()?;
+            self.inner.sync_data()
+        }
+        fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+            self.check()?;
+            self.inner.write(offset, data)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_commit_leaves_claims_as_they_were() {
+        let backend = Faulty { inner: Arc::default(), fail: Arc::default() };
+        let fail = backend.fail.clone();
+        let open = move || {
+            let db = Database::builder().create_with_backend(backend.clone()).map_err(unavailable)?;
+            init_tables(db)
+        };
+        let store = EmbeddedStore::with_opener("faulty".into(), open).unwrap();
+        let d = || vec![NewDelivery { id: new_delivery_id(1000), endpoint: "be".into() }];
+        store.admit(event("evt_a", 1000), d(), 10_000).await.unwrap();
+        store.admit(event("evt_b", 1000), d(), 10_000).await.unwrap();
+        let held = store.claim_due("be", 1000, 1, 60_000).await.unwrap().remove(0);
+
+        fail.store(true, Ordering::SeqCst);
+        // The finish is not on disk, so in memory the claim is still held...
+        let r =
+            store.finish(&held.delivery.id, held.delivery.claim_token, attempt(), crate::store::Next::Delivered).await;
+        assert!(r.is_err());
+        // ...and a claim whose commit failed was never made.
+        assert!(store.claim_due("be", 1000, 10, 60_000).await.is_err());
+        fail.store(false, Ordering::SeqCst);
+
+        let again = store.claim_due("be", 1000, 10, 60_000).await.unwrap();
+        let ids: Vec<_> = again.iter().map(|c| c.delivery.id.clone()).collect();
+        assert_eq!(ids.len(), 1, "the unheld delivery is claimable");
+        assert!(!ids.contains(&held.delivery.id), "a held claim was handed out again");
+        let r =
+            store.finish(&held.delivery.id, held.delivery.claim_token, attempt(), crate::store::Next::Delivered).await;
+        assert!(r.unwrap(), "the holder can still record its attempt");
+        let (d, attempts) = store.delivery(&held.delivery.id).await.unwrap().unwrap();
+        assert_eq!((d.state, attempts.len()), (DeliveryState::Delivered, 1));
     }
 
     fn attempt() -> crate::store::Attempt {
