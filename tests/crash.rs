@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use ipn_relay::providers::nowpayments;
 
 const EVENTS: u64 = 2000;
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -39,21 +38,10 @@ async fn every_accepted_event_is_delivered_across_kill_9() {
             let (c, accepted, addr) = (c.clone(), accepted.clone(), relay.addr);
             tokio::spawn(async move {
                 for i in (w..EVENTS).step_by(16) {
-                    let body = payment_ipn(7_000_000 + i, "finished");
-                    let sig = nowpayments::sign(NP_SECRET.as_bytes(), body.as_bytes());
-                    let sent = c
-                        .post(format!("http://{addr}/hooks/nowpayments"))
-                        .header("x-nowpayments-sig", sig)
-                        .body(body)
-                        .send()
-                        .await;
-                    let Ok(r) = sent else { return }; // the relay died
-                    if r.status() != 200 {
-                        return;
+                    match post_to(&c, addr, payment_ipn(7_000_000 + i, "finished")).await {
+                        Some((200, v)) => accepted.lock().unwrap().push(v["id"].as_str().unwrap().to_owned()),
+                        _ => return, // the relay died
                     }
-                    let Ok(text) = r.text().await else { return };
-                    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-                    accepted.lock().unwrap().push(v["id"].as_str().unwrap().to_owned());
                 }
             })
         })

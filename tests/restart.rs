@@ -5,29 +5,13 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::*;
-use ipn_relay::providers::nowpayments;
 use ipn_relay::store::Store;
 use ipn_relay::store::embedded::EmbeddedStore;
-
-async fn post(c: &reqwest::Client, addr: SocketAddr, body: String) -> Option<(u16, serde_json::Value)> {
-    let sig = nowpayments::sign(NP_SECRET.as_bytes(), body.as_bytes());
-    let r = c
-        .post(format!("http://{addr}/hooks/nowpayments"))
-        .header("x-nowpayments-sig", sig)
-        .body(body)
-        .send()
-        .await
-        .ok()?;
-    let status = r.status().as_u16();
-    let v = serde_json::from_str(&r.text().await.ok()?).ok()?;
-    Some((status, v))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_accepted_event_survives_kill_9() {
@@ -49,7 +33,7 @@ async fn every_accepted_event_survives_kill_9() {
             tokio::spawn(async move {
                 for i in 0..125u64 {
                     let id = 1_000_000 + w * 1000 + i;
-                    match post(&c, addr, payment_ipn(id, "finished")).await {
+                    match post_to(&c, addr, payment_ipn(id, "finished")).await {
                         Some((200, v)) => {
                             assert_eq!(v["status"], "accepted");
                             accepted.lock().unwrap().push((id, v["id"].as_str().unwrap().to_owned()));
@@ -80,7 +64,7 @@ async fn every_accepted_event_survives_kill_9() {
     // Restart on the same file: every accepted IPN is a duplicate now.
     let mut relay = spawn_relay(&config);
     for (payment_id, event_id) in &accepted {
-        let (status, v) = post(&c, relay.addr, payment_ipn(*payment_id, "finished")).await.unwrap();
+        let (status, v) = post_to(&c, relay.addr, payment_ipn(*payment_id, "finished")).await.unwrap();
         assert_eq!(status, 200);
         assert_eq!(v["status"], "duplicate", "payment {payment_id} lost its dedupe key");
         assert_eq!(v["id"], event_id.as_str());

@@ -323,3 +323,19 @@ pub fn spawn_relay(config: &Path) -> RelayProcess {
     std::thread::spawn(move || for _ in lines {});
     RelayProcess { child, addr }
 }
+
+/// Posts a signed NOWPayments IPN to a relay at `addr`; `None` if the
+/// relay is gone (connection lost) or answered something unreadable.
+pub async fn post_to(c: &reqwest::Client, addr: SocketAddr, body: String) -> Option<(u16, serde_json::Value)> {
+    let sig = ipn_relay::providers::nowpayments::sign(NP_SECRET.as_bytes(), body.as_bytes());
+    let r = c
+        .post(format!("http://{addr}/hooks/nowpayments"))
+        .header("x-nowpayments-sig", sig)
+        .body(body)
+        .send()
+        .await
+        .ok()?;
+    let status = r.status().as_u16();
+    let v = serde_json::from_str(&r.text().await.ok()?).ok()?;
+    Some((status, v))
+}
