@@ -10,6 +10,8 @@ use ipn_relay::store::{
 };
 
 const TTL: u64 = 1_000;
+/// A time long after every other in these tests: year 2255, in ms.
+const FAR_FUTURE: u64 = 9_000_000_000_000;
 const VIS: u64 = 500;
 
 fn event(id: &str, source: &str, event_type: &str, at: u64) -> NewEvent {
@@ -160,7 +162,7 @@ async fn retries_are_scheduled_and_dead_is_final(s: Arc<impl Store>) {
     assert_eq!((d.state, d.attempts, d.next_attempt_at), (DeliveryState::Dead, 2, None));
     assert_eq!(attempts.iter().map(|a| a.number).collect::<Vec<_>>(), [1, 2]);
     assert!(matches!(&attempts[1].result, AttemptResult::Error { class, .. } if class == "timeout"));
-    assert!(s.claim_due("be", u64::MAX / 2, 10, VIS).await.unwrap().is_empty(), "dead is never claimed");
+    assert!(s.claim_due("be", FAR_FUTURE, 10, VIS).await.unwrap().is_empty(), "dead is never claimed");
 }
 
 async fn release_returns_a_claim_without_counting_an_attempt(s: Arc<impl Store>) {
@@ -189,7 +191,7 @@ async fn list_filters_and_pages_newest_first(s: Arc<impl Store>) {
     let p1 = s.list(&f, None, 3).await.unwrap();
     assert_eq!(p1.items.len(), 3);
     // A state change between pages must not shift the cursor.
-    let c = s.claim_due("be", u64::MAX / 2, 100, VIS).await.unwrap();
+    let c = s.claim_due("be", FAR_FUTURE, 100, VIS).await.unwrap();
     assert_eq!(c.len(), 7);
     let p2 = s.list(&f, p1.next_cursor.as_deref(), 3).await.unwrap();
     assert_eq!(p2.items.len(), 1);
@@ -284,3 +286,40 @@ async fn embedded_store_keeps_everything_across_reopen() {
     assert_eq!(s.admit(event("evt_keep", "np", "t.t", 1500), vec![], TTL).await.unwrap(), Admission::Duplicate);
     assert_eq!(s.claim_due("be", 1000, 10, VIS).await.unwrap().len(), 1);
 }
+
+/// A private redis-server on a unix socket (no TCP), killed when dropped.
+struct RedisServer {
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn redis() -> (Arc<ipn_relay::store::redis::RedisStore>, RedisServer) {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("redis.sock");
+    let child = std::process::Command::new("redis-server")
+        .args(["--port", "0", "--save", "", "--appendonly", "no", "--unixsocket"])
+        .arg(&sock)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server must be installed (scripts/test installs it)");
+    let server = RedisServer { child, _dir: dir };
+    let url = format!("redis+unix://{}", sock.display());
+    for _ in 0..300 {
+        if sock.exists()
+            && let Ok(store) = ipn_relay::store::redis::RedisStore::connect(&url, "conformance").await
+        {
+            return (Arc::new(store), server);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("redis-server did not come up on {}", sock.display());
+}
+
+conformance!(redis_store, redis().await);

@@ -13,6 +13,7 @@
 //! Times are unix milliseconds.
 
 pub mod embedded;
+pub mod redis;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

@@ -1,0 +1,478 @@
+//! The Redis store: the same contract as the embedded store, shared by
+//! several relay processes.
+//!
+//! **Layout.** Every key starts with `{prefix}:`, so a Redis Cluster keeps
+//! them in one slot and a script may touch any of them. Per event: `event:ID`
+//! (the JSON delivered), `event-dlv:ID` (its delivery ids) and `dedupe:ID`
+//! (its dedupe expiry). Per delivery: `dlv:ID` (the record, JSON) and
+//! `attempts:ID` (a list). Per endpoint: `due:NAME`, a sorted set scored by
+//! when the delivery next needs attention — its due time while pending, its
+//! claim deadline while in flight — so claiming and the visibility timeout
+//! are one range query. `index` orders delivery ids (which begin with their
+//! creation time) for listing, `dedupe-exp` orders dedupe keys by expiry for
+//! sweeping, `counts` counts deliveries by state.
+//!
+//! **Why a sorted set and not Streams.** A delivery is retried at a time of
+//! its own and claimed again after a visibility timeout. A sorted set scored
+//! by "next time this needs attention" expresses both with one
+//! `ZRANGEBYSCORE`; Streams would need such a delayed set beside them anyway.
+//!
+//! **Atomicity and retries.** Every change is one Lua script, so it happens
+//! whole or not at all, and each is harmless to run twice: a retried
+//! admission finds its own dedupe key and answers duplicate (still stored,
+//! still a 200); a retried finish or release finds its claim settled and
+//! changes nothing. Dedupe expiry is a value compared with the admission's
+//! own clock, as in the embedded store; Redis's expiry only collects garbage.
+//!
+//! Scripts edit delivery records with Redis's `cjson`, which prints numbers
+//! with 14 significant digits: exact for millisecond times until the year
+//! 2286, and for every counter here.
+
+use async_trait::async_trait;
+use redis::aio::ConnectionManager;
+use redis::{AsyncCommands, Script};
+
+use super::{
+    Admission, Attempt, AttemptResult, Claim, Delivery, DeliveryFilter, DeliveryState, Millis, NewDelivery, NewEvent,
+    Next, Page, ReplayCount, Store, StoreError, StoredEvent,
+};
+
+/// KEYS: dedupe, event, event-dlv, counts, index, dedupe-exp, then a (dlv,
+/// due) pair per delivery. ARGV: ttl, event json, now, event id, then an
+/// (id, json) pair per delivery.
+const ADMIT: &str = r#"
+local now = tonumber(ARGV[3])
+local prev = redis.call('GET', KEYS[1])
+if prev and tonumber(prev) > now then return 0 end
+local expires = now + tonumber(ARGV[1])
+redis.call('SET', KEYS[1], expires, 'PX', ARGV[1])
+redis.call('ZADD', KEYS[6], expires, ARGV[4])
+redis.call('SET', KEYS[2], ARGV[2])
+local n = (#KEYS - 6) / 2
+for i = 1, n do
+  local id = ARGV[4 + 2 * i - 1]
+  redis.call('SET', KEYS[6 + 2 * i - 1], ARGV[4 + 2 * i])
+  redis.call('ZADD', KEYS[6 + 2 * i], now, id)
+  redis.call('ZADD', KEYS[5], 0, id)
+  redis.call('RPUSH', KEYS[3], id)
+end
+if n > 0 then redis.call('HINCRBY', KEYS[4], 'pending', n) end
+return 1
+"#;
+
+/// KEYS: due, counts. ARGV: now, limit, visibility, key prefix.
+/// Returns (delivery json, event json) pairs.
+const CLAIM: &str = r#"
+local now = tonumber(ARGV[1])
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
+local deadline = now + tonumber(ARGV[3])
+local out = {}
+for _, id in ipairs(ids) do
+  local raw = redis.call('GET', ARGV[4] .. 'dlv:' .. id)
+  if not raw then
+    redis.call('ZREM', KEYS[1], id)
+  else
+    local d = cjson.decode(raw)
+    local event = redis.call('GET', ARGV[4] .. 'event:' .. d.event_id)
+    if d.state ~= 'pending' and d.state ~= 'in_flight' then
+      redis.call('ZREM', KEYS[1], id)
+    elseif not event then
+      redis.call('HINCRBY', KEYS[2], d.state, -1)
+      redis.call('HINCRBY', KEYS[2], 'dead', 1)
+      d.state = 'dead'
+      d.next_attempt_at = cjson.null
+      d.last_error = 'event record missing'
+      d.updated_at = now
+      redis.call('SET', ARGV[4] .. 'dlv:' .. id, cjson.encode(d))
+      redis.call('ZREM', KEYS[1], id)
+    else
+      if d.state == 'pending' then
+        redis.call('HINCRBY', KEYS[2], 'pending', -1)
+        redis.call('HINCRBY', KEYS[2], 'in_flight', 1)
+      end
+      d.state = 'in_flight'
+      d.claim_token = d.claim_token + 1
+      d.next_attempt_at = deadline
+      d.updated_at = now
+      local enc = cjson.encode(d)
+      redis.call('SET', ARGV[4] .. 'dlv:' .. id, enc)
+      redis.call('ZADD', KEYS[1], deadline, id)
+      table.insert(out, enc)
+      table.insert(out, event)
+    end
+  end
+end
+return out
+"#;
+
+/// KEYS: dlv, due, attempts, counts. ARGV: token, attempt json, next
+/// ('delivered' | 'retry' | 'dead'), retry time, last error ('' for none),
+/// updated at.
+const FINISH: &str = r#"
+local raw = redis.call('GET', KEYS[1])
+if not raw then return 0 end
+local d = cjson.decode(raw)
+if d.state ~= 'in_flight' or d.claim_token ~= tonumber(ARGV[1]) then return 0 end
+d.attempts = d.attempts + 1
+local a = cjson.decode(ARGV[2])
+a.number = d.attempts
+redis.call('RPUSH', KEYS[3], cjson.encode(a))
+if ARGV[5] == '' then d.last_error = cjson.null else d.last_error = ARGV[5] end
+d.updated_at = tonumber(ARGV[6])
+redis.call('HINCRBY', KEYS[4], 'in_flight', -1)
+if ARGV[3] == 'retry' then
+  d.state = 'pending'
+  d.next_attempt_at = tonumber(ARGV[4])
+  redis.call('ZADD', KEYS[2], tonumber(ARGV[4]), d.id)
+else
+  d.state = ARGV[3]
+  d.next_attempt_at = cjson.null
+  redis.call('ZREM', KEYS[2], d.id)
+end
+redis.call('HINCRBY', KEYS[4], d.state, 1)
+redis.call('SET', KEYS[1], cjson.encode(d))
+return 1
+"#;
+
+/// KEYS: dlv, due, counts. ARGV: token, due.
+const RELEASE: &str = r#"
+local raw = redis.call('GET', KEYS[1])
+if not raw then return 0 end
+local d = cjson.decode(raw)
+if d.state ~= 'in_flight' or d.claim_token ~= tonumber(ARGV[1]) then return 0 end
+d.state = 'pending'
+d.next_attempt_at = tonumber(ARGV[2])
+redis.call('ZADD', KEYS[2], tonumber(ARGV[2]), d.id)
+redis.call('HINCRBY', KEYS[3], 'in_flight', -1)
+redis.call('HINCRBY', KEYS[3], 'pending', 1)
+redis.call('SET', KEYS[1], cjson.encode(d))
+return 1
+"#;
+
+/// KEYS: counts. ARGV: key prefix, include delivered ('1' | '0'), now, ids...
+/// Returns {replayed, skipped, not_found}.
+const REPLAY: &str = r#"
+local replayed, skipped, missing = 0, 0, 0
+local seen = {}
+for i = 4, #ARGV do
+  local id = ARGV[i]
+  if not seen[id] then
+    seen[id] = true
+    local raw = redis.call('GET', ARGV[1] .. 'dlv:' .. id)
+    if not raw then
+      missing = missing + 1
+    else
+      local d = cjson.decode(raw)
+      if d.state == 'dead' or (ARGV[2] == '1' and d.state == 'delivered') then
+        redis.call('HINCRBY', KEYS[1], d.state, -1)
+        redis.call('HINCRBY', KEYS[1], 'pending', 1)
+        d.state = 'pending'
+        d.budget_start = d.attempts
+        d.next_attempt_at = tonumber(ARGV[3])
+        d.updated_at = tonumber(ARGV[3])
+        redis.call('SET', ARGV[1] .. 'dlv:' .. id, cjson.encode(d))
+        redis.call('ZADD', ARGV[1] .. 'due:' .. d.endpoint, tonumber(ARGV[3]), id)
+        replayed = replayed + 1
+      else
+        skipped = skipped + 1
+      end
+    end
+  end
+end
+return {replayed, skipped, missing}
+"#;
+
+/// KEYS: dedupe-exp. ARGV: key prefix, now, max. Clears dedupe keys that
+/// expired by `now` (if not renewed since) and returns how many.
+const SWEEP: &str = r#"
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))
+for _, id in ipairs(ids) do
+  redis.call('ZREM', KEYS[1], id)
+  local key = ARGV[1] .. 'dedupe:' .. id
+  local v = redis.call('GET', key)
+  if v and tonumber(v) <= tonumber(ARGV[2]) then redis.call('DEL', key) end
+end
+return #ids
+"#;
+
+/// Most delivery records one listing page reads per round trip.
+const LIST_SCAN: isize = 500;
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+/// The Redis store. Cheap to clone; every clone shares one connection.
+#[derive(Clone)]
+pub struct RedisStore {
+    conn: ConnectionManager,
+    /// `{prefix}:`
+    keys: String,
+}
+
+impl RedisStore {
+    /// Connects to `url` (redis://, rediss://, redis+unix://) with keys under
+    /// `{prefix}`.
+    pub async fn connect(url: &str, prefix: &str) -> Result<RedisStore, StoreError> {
+        let client = redis::Client::open(url).map_err(unavailable)?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(std::time::Duration::from_secs(2)))
+            .set_response_timeout(Some(std::time::Duration::from_secs(2)));
+        let conn = ConnectionManager::new_with_config(client, config).await.map_err(unavailable)?;
+        Ok(RedisStore { conn, keys: format!("{{{prefix}}}:") })
+    }
+
+    fn key(&self, name: &str) -> String {
+        format!("{}{name}", self.keys)
+    }
+
+    fn conn(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    async fn deliveries(&self, ids: &[String]) -> Result<Vec<Delivery>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = ids.iter().map(|id| self.key(&format!("dlv:{id}"))).collect();
+        let raw: Vec<Option<String>> = self.conn().mget(keys).await.map_err(unavailable)?;
+        raw.into_iter().zip(ids).filter_map(|(r, id)| r.map(|r| decode(id, &r))).collect()
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(key: &str, raw: &str) -> Result<T, StoreError> {
+    serde_json::from_str(raw).map_err(|e| StoreError::Corrupt { key: key.to_owned(), message: e.to_string() })
+}
+
+fn new_delivery(event: &NewEvent, nd: &NewDelivery) -> Delivery {
+    Delivery {
+        id: nd.id.clone(),
+        event_id: event.id.clone(),
+        endpoint: nd.endpoint.clone(),
+        source: event.source.clone(),
+        event_type: event.event_type.clone(),
+        state: DeliveryState::Pending,
+        attempts: 0,
+        budget_start: 0,
+        next_attempt_at: Some(event.received_at),
+        last_error: None,
+        created_at: event.received_at,
+        updated_at: event.received_at,
+        claim_token: 0,
+    }
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    async fn admit(
+        &self,
+        event: NewEvent,
+        deliveries: Vec<NewDelivery>,
+        dedupe_ttl_ms: u64,
+    ) -> Result<Admission, StoreError> {
+        let admit = Script::new(ADMIT);
+        let mut script = admit.prepare_invoke();
+        script
+            .key(self.key(&format!("dedupe:{}", event.id)))
+            .key(self.key(&format!("event:{}", event.id)))
+            .key(self.key(&format!("event-dlv:{}", event.id)))
+            .key(self.key("counts"))
+            .key(self.key("index"))
+            .key(self.key("dedupe-exp"))
+            .arg(dedupe_ttl_ms.max(1))
+            .arg(event.json.as_slice())
+            .arg(event.received_at)
+            .arg(&event.id);
+        for nd in &deliveries {
+            let d = new_delivery(&event, nd);
+            script.key(self.key(&format!("dlv:{}", d.id))).key(self.key(&format!("due:{}", d.endpoint)));
+            script.arg(&d.id).arg(serde_json::to_string(&d).map_err(unavailable)?);
+        }
+        let accepted: i64 = script.invoke_async(&mut self.conn()).await.map_err(unavailable)?;
+        Ok(if accepted == 1 { Admission::Accepted } else { Admission::Duplicate })
+    }
+
+    async fn event(&self, id: &str) -> Result<Option<StoredEvent>, StoreError> {
+        let json: Option<Vec<u8>> = self.conn().get(self.key(&format!("event:{id}"))).await.map_err(unavailable)?;
+        Ok(json.map(|json| StoredEvent { id: id.to_owned(), json }))
+    }
+
+    async fn event_deliveries(&self, event_id: &str) -> Result<Vec<Delivery>, StoreError> {
+        let ids: Vec<String> =
+            self.conn().lrange(self.key(&format!("event-dlv:{event_id}")), 0, -1).await.map_err(unavailable)?;
+        self.deliveries(&ids).await
+    }
+
+    async fn delivery(&self, id: &str) -> Result<Option<(Delivery, Vec<Attempt>)>, StoreError> {
+        let raw: Option<String> = self.conn().get(self.key(&format!("dlv:{id}"))).await.map_err(unavailable)?;
+        let Some(raw) = raw else { return Ok(None) };
+        let attempts: Vec<String> =
+            self.conn().lrange(self.key(&format!("attempts:{id}")), 0, -1).await.map_err(unavailable)?;
+        let attempts = attempts.iter().map(|a| decode(id, a)).collect::<Result<_, _>>()?;
+        Ok(Some((decode(id, &raw)?, attempts)))
+    }
+
+    async fn claim_due(
+        &self,
+        endpoint: &str,
+        now: Millis,
+        limit: usize,
+        visibility_ms: u64,
+    ) -> Result<Vec<Claim>, StoreError> {
+        let raw: Vec<Vec<u8>> = Script::new(CLAIM)
+            .key(self.key(&format!("due:{endpoint}")))
+            .key(self.key("counts"))
+            .arg(now)
+            .arg(limit)
+            .arg(visibility_ms)
+            .arg(&self.keys)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        raw.chunks(2)
+            .map(|pair| {
+                let text = String::from_utf8_lossy(&pair[0]);
+                let delivery: Delivery = decode("claimed delivery", &text)?;
+                Ok(Claim { delivery, event_json: pair.get(1).cloned().unwrap_or_default() })
+            })
+            .collect()
+    }
+
+    async fn finish(
+        &self,
+        delivery_id: &str,
+        claim_token: u64,
+        attempt: Attempt,
+        next: Next,
+    ) -> Result<bool, StoreError> {
+        let last_error = match &attempt.result {
+            AttemptResult::Status { code } if (200..300).contains(code) => String::new(),
+            AttemptResult::Status { code } => format!("HTTP {code}"),
+            AttemptResult::Error { class, detail } => format!("{class}: {detail}"),
+        };
+        let updated_at = attempt.started_at.saturating_add(attempt.duration_ms);
+        let (kind, at) = match next {
+            Next::Delivered => ("delivered", 0),
+            Next::RetryAt(at) => ("retry", at),
+            Next::Dead => ("dead", 0),
+        };
+        // The endpoint is part of the due key; read it from the record.
+        let raw: Option<String> =
+            self.conn().get(self.key(&format!("dlv:{delivery_id}"))).await.map_err(unavailable)?;
+        let Some(raw) = raw else { return Ok(false) };
+        let d: Delivery = decode(delivery_id, &raw)?;
+        let done: i64 = Script::new(FINISH)
+            .key(self.key(&format!("dlv:{delivery_id}")))
+            .key(self.key(&format!("due:{}", d.endpoint)))
+            .key(self.key(&format!("attempts:{delivery_id}")))
+            .key(self.key("counts"))
+            .arg(claim_token)
+            .arg(serde_json::to_string(&attempt).map_err(unavailable)?)
+            .arg(kind)
+            .arg(at)
+            .arg(last_error)
+            .arg(updated_at)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(done == 1)
+    }
+
+    async fn release(&self, delivery_id: &str, claim_token: u64, due: Millis) -> Result<bool, StoreError> {
+        let raw: Option<String> =
+            self.conn().get(self.key(&format!("dlv:{delivery_id}"))).await.map_err(unavailable)?;
+        let Some(raw) = raw else { return Ok(false) };
+        let d: Delivery = decode(delivery_id, &raw)?;
+        let done: i64 = Script::new(RELEASE)
+            .key(self.key(&format!("dlv:{delivery_id}")))
+            .key(self.key(&format!("due:{}", d.endpoint)))
+            .key(self.key("counts"))
+            .arg(claim_token)
+            .arg(due)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        Ok(done == 1)
+    }
+
+    async fn list(&self, filter: &DeliveryFilter, cursor: Option<&str>, limit: usize) -> Result<Page, StoreError> {
+        // Ids begin with their creation time: the time window bounds the
+        // lexicographic range, the cursor is the last id returned.
+        let lower = filter.since.map(|t| format!("[dlv_{t:012x}")).unwrap_or_else(|| "-".into());
+        let mut upper = filter.until.map(|t| format!("(dlv_{t:012x}")).unwrap_or_else(|| "+".into());
+        if let Some(c) = cursor {
+            let c = format!("({c}");
+            if upper == "+" || c < upper {
+                upper = c;
+            }
+        }
+        let mut items = Vec::new();
+        loop {
+            let ids: Vec<String> = redis::cmd("ZREVRANGEBYLEX")
+                .arg(self.key("index"))
+                .arg(&upper)
+                .arg(&lower)
+                .arg("LIMIT")
+                .arg(0)
+                .arg(LIST_SCAN)
+                .query_async(&mut self.conn())
+                .await
+                .map_err(unavailable)?;
+            let Some(last) = ids.last().cloned() else { break };
+            for d in self.deliveries(&ids).await? {
+                if filter.matches(&d) {
+                    if items.len() == limit {
+                        let next_cursor = items.last().map(|d: &Delivery| d.id.clone());
+                        return Ok(Page { items, next_cursor });
+                    }
+                    items.push(d);
+                }
+            }
+            if (ids.len() as isize) < LIST_SCAN {
+                break;
+            }
+            upper = format!("({last}");
+        }
+        Ok(Page { items, next_cursor: None })
+    }
+
+    async fn replay(&self, ids: &[String], include_delivered: bool, now: Millis) -> Result<ReplayCount, StoreError> {
+        let replay = Script::new(REPLAY);
+        let mut script = replay.prepare_invoke();
+        script.key(self.key("counts")).arg(&self.keys).arg(if include_delivered { "1" } else { "0" }).arg(now);
+        for id in ids {
+            script.arg(id);
+        }
+        let (replayed, skipped, not_found): (usize, usize, usize) =
+            script.invoke_async(&mut self.conn()).await.map_err(unavailable)?;
+        Ok(ReplayCount { replayed, skipped, not_found })
+    }
+
+    async fn sweep(&self, now: Millis) -> Result<usize, StoreError> {
+        Script::new(SWEEP)
+            .key(self.key("dedupe-exp"))
+            .arg(&self.keys)
+            .arg(now)
+            .arg(10_000)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn counts(&self) -> Result<[(DeliveryState, u64); 4], StoreError> {
+        let states = [DeliveryState::Pending, DeliveryState::InFlight, DeliveryState::Delivered, DeliveryState::Dead];
+        let values: Vec<Option<i64>> = redis::cmd("HMGET")
+            .arg(self.key("counts"))
+            .arg(states.map(|s| s.as_str()).as_slice())
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
+        let n = |i: usize| values.get(i).copied().flatten().unwrap_or(0).max(0) as u64;
+        Ok([(states[0], n(0)), (states[1], n(1)), (states[2], n(2)), (states[3], n(3))])
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let _: String = redis::cmd("PING").query_async(&mut self.conn()).await.map_err(unavailable)?;
+        Ok(())
+    }
+}
