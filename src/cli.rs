@@ -4,14 +4,15 @@ use std::io::Read;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::config::{Config, LogFormat, StoreKind};
+use crate::config::{Config, LogFormat, StoreKind, redact_url};
 use crate::providers::{nova, nowpayments};
 use crate::server;
 use crate::store::Store;
 use crate::store::embedded::EmbeddedStore;
+use crate::store::redis::RedisStore;
 
 #[derive(Parser)]
 #[command(
@@ -128,8 +129,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             tracing::info!(path = %path.display(), "embedded store open");
             Arc::new(store)
         }
-        StoreKind::Redis { .. } => {
-            bail!("store.kind = \"redis\" is not available in this version yet; use \"embedded\"")
+        StoreKind::Redis { url, prefix } => {
+            let store = RedisStore::connect(url, prefix)
+                .await
+                .with_context(|| format!("cannot connect to Redis at {} (store.url)", redact_url(url)))?;
+            tracing::info!(prefix = %prefix, "redis store connected");
+            Arc::new(store)
         }
     };
     let ingress = tokio::net::TcpListener::bind(config.server.listen)

@@ -278,7 +278,7 @@ impl Config {
 }
 
 /// `scheme://user:password@host/…` → `scheme://user:***@host/…`.
-fn redact_url(url: &str) -> String {
+pub fn redact_url(url: &str) -> String {
     let Some(scheme_end) = url.find("://").map(|i| i + 3) else { return url.to_owned() };
     let rest = &url[scheme_end..];
     let authority = rest.split(['/', '?', '#']).next().unwrap_or("");

@@ -1,6 +1,8 @@
 //! One conformance suite for every `Store` backend. Each test body is generic
 //! over the store; each backend instantiates every body.
 
+mod common;
+
 use std::sync::Arc;
 
 use ipn_relay::store::embedded::EmbeddedStore;
@@ -287,39 +289,15 @@ async fn embedded_store_keeps_everything_across_reopen() {
     assert_eq!(s.claim_due("be", 1000, 10, VIS).await.unwrap().len(), 1);
 }
 
-/// A private redis-server on a unix socket (no TCP), killed when dropped.
-struct RedisServer {
-    child: std::process::Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn redis() -> (Arc<ipn_relay::store::redis::RedisStore>, RedisServer) {
-    let dir = tempfile::tempdir().unwrap();
-    let sock = dir.path().join("redis.sock");
-    let child = std::process::Command::new("redis-server")
-        .args(["--port", "0", "--save", "", "--appendonly", "no", "--unixsocket"])
-        .arg(&sock)
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("redis-server must be installed (scripts/test installs it)");
-    let server = RedisServer { child, _dir: dir };
-    let url = format!("redis+unix://{}", sock.display());
+async fn redis() -> (Arc<ipn_relay::store::redis::RedisStore>, common::RedisServer) {
+    let server = common::RedisServer::start();
     for _ in 0..300 {
-        if sock.exists()
-            && let Ok(store) = ipn_relay::store::redis::RedisStore::connect(&url, "conformance").await
-        {
+        if let Ok(store) = ipn_relay::store::redis::RedisStore::connect(&server.url, "conformance").await {
             return (Arc::new(store), server);
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    panic!("redis-server did not come up on {}", sock.display());
+    panic!("redis-server did not come up at {}", server.url);
 }
 
 conformance!(redis_store, redis().await);

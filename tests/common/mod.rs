@@ -194,6 +194,9 @@ pub struct Received {
     pub headers: http::HeaderMap,
     pub body: bytes::Bytes,
     pub reply: Reply,
+    /// The answer was handed to the connection (not cut off by a client
+    /// that went away first).
+    pub answered: bool,
 }
 
 impl Received {
@@ -229,21 +232,24 @@ impl Receiver {
                             let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
                             let id =
                                 parts.headers.get("webhook-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
-                            let reply = {
+                            let (reply, index) = {
                                 let mut log = log.lock().unwrap();
                                 let seen = log.iter().filter(|r| r.webhook_id() == id).count();
                                 let reply = plan(seen);
-                                log.push(Received { at, headers: parts.headers, body, reply });
-                                reply
+                                log.push(Received { at, headers: parts.headers, body, reply, answered: false });
+                                (reply, log.len() - 1)
                             };
                             let status = match reply {
                                 Reply::Status(s) | Reply::RetryAfter(s, _) => s,
                                 Reply::Slow(d) => {
+                                    // If the client goes away meanwhile, this
+                                    // future is dropped: never answered.
                                     tokio::time::sleep(d).await;
                                     200
                                 }
                                 Reply::Reset => return Err("reset"),
                             };
+                            log.lock().unwrap()[index].answered = true;
                             let mut resp = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(
                                 b"{\"ok\":true}",
                             )));
@@ -275,7 +281,7 @@ impl Receiver {
     pub fn delivered_ids(&self) -> std::collections::HashSet<String> {
         self.received()
             .iter()
-            .filter(|r| matches!(r.reply, Reply::Status(200..=299) | Reply::Slow(_)))
+            .filter(|r| r.answered && matches!(r.reply, Reply::Status(200..=299) | Reply::Slow(_)))
             .map(Received::webhook_id)
             .collect()
     }
@@ -293,10 +299,18 @@ pub async fn eventually(limit: std::time::Duration, mut cond: impl FnMut() -> bo
     cond()
 }
 
-/// The relay binary running as a child process.
+/// The relay binary running as a child process, killed when dropped (so a
+/// failing test leaves no relay behind).
 pub struct RelayProcess {
     pub child: std::process::Child,
     pub addr: SocketAddr,
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// Starts `ipn-relay serve` and waits for its "ingress listening" log line.
@@ -338,4 +352,49 @@ pub async fn post_to(c: &reqwest::Client, addr: SocketAddr, body: String) -> Opt
     let status = r.status().as_u16();
     let v = serde_json::from_str(&r.text().await.ok()?).ok()?;
     Some((status, v))
+}
+
+/// A private redis-server on a unix socket (no TCP), killed when dropped.
+pub struct RedisServer {
+    child: std::process::Child,
+    pub url: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        RedisServer::start_with(&[])
+    }
+
+    /// Starts one with extra `redis-server` arguments (e.g. persistence).
+    pub fn start_with(extra: &[&str]) -> RedisServer {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("redis.sock");
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", "0", "--save", "", "--dir"])
+            .arg(dir.path())
+            .arg("--unixsocket")
+            .arg(&sock)
+            .args(extra)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (scripts/test installs it)");
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+            assert!(std::time::Instant::now() < until, "redis-server did not come up");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        RedisServer { child, url: format!("redis+unix://{}", sock.display()), dir }
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
