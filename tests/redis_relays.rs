@@ -142,3 +142,57 @@ async fn when_one_relay_dies_the_other_finishes_its_claims() {
     b.child.kill().unwrap();
     let _ = b.child.wait();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_gives_503s_never_a_200_for_something_unstored() {
+    // AOF with fsync on every write: a write Redis acknowledged survives.
+    let mut redis = RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
+    let rx = Receiver::start(|_| Reply::Status(200)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let relay = spawn_relay(&redis_config(dir.path(), "a", &redis, &rx.url(), "5s"));
+    let c = client();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let results = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let senders: Vec<_> = (0..4u64)
+        .map(|w| {
+            let (c, stop, results, addr) = (c.clone(), stop.clone(), results.clone(), relay.addr);
+            tokio::spawn(async move {
+                let mut i = w;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let outcome = post_to(&c, addr, payment_ipn(6_000_000 + i, "finished")).await;
+                    results.lock().unwrap().push(outcome);
+                    i += 4;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    redis.kill();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    redis.restart();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for s in senders {
+        s.await.unwrap();
+    }
+    let results = results.lock().unwrap().clone();
+    let accepted: Vec<String> = results
+        .iter()
+        .filter_map(|r| match r {
+            Some((200, v)) => Some(v["id"].as_str().unwrap().to_owned()),
+            _ => None,
+        })
+        .collect();
+    let refused = results.iter().filter(|r| matches!(r, Some((503, v)) if v["error"]["code"] == "unavailable")).count();
+    let other: Vec<_> = results.iter().filter(|r| !matches!(r, Some((200 | 503, _)))).collect();
+    assert!(other.is_empty(), "only 200 or 503 are answers: {other:?}");
+    assert!(refused > 0, "the outage must show as 503s");
+    // Everything that got a 200 was stored: it is delivered after the restart.
+    let all = || accepted.iter().all(|id| rx.delivered_ids().contains(id));
+    assert!(eventually(Duration::from_secs(30), all).await, "an accepted IPN was lost across the Redis restart");
+    eprintln!(
+        "redis restart: {} accepted, {refused} answered 503 during the gap, all accepted delivered",
+        accepted.len()
+    );
+}

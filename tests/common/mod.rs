@@ -359,6 +359,7 @@ pub struct RedisServer {
     child: std::process::Child,
     pub url: String,
     pub dir: tempfile::TempDir,
+    extra: Vec<String>,
 }
 
 impl RedisServer {
@@ -369,10 +370,17 @@ impl RedisServer {
     /// Starts one with extra `redis-server` arguments (e.g. persistence).
     pub fn start_with(extra: &[&str]) -> RedisServer {
         let dir = tempfile::tempdir().unwrap();
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let child = RedisServer::spawn(dir.path(), &extra);
         let sock = dir.path().join("redis.sock");
+        RedisServer { child, url: format!("redis+unix://{}", sock.display()), dir, extra }
+    }
+
+    fn spawn(dir: &Path, extra: &[String]) -> std::process::Child {
+        let sock = dir.join("redis.sock");
         let child = std::process::Command::new("redis-server")
             .args(["--port", "0", "--save", "", "--dir"])
-            .arg(dir.path())
+            .arg(dir)
             .arg("--unixsocket")
             .arg(&sock)
             .args(extra)
@@ -384,7 +392,14 @@ impl RedisServer {
             assert!(std::time::Instant::now() < until, "redis-server did not come up");
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
-        RedisServer { child, url: format!("redis+unix://{}", sock.display()), dir }
+        child
+    }
+
+    /// Starts it again on the same directory and socket (and so, with
+    /// persistence on, the same data).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.child = RedisServer::spawn(self.dir.path(), &self.extra);
     }
 
     pub fn kill(&mut self) {
