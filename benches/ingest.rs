@@ -18,8 +18,10 @@
 //! In runs 2 and 3 the relay's endpoint is held to one attempt a second, so
 //! they measure admission (which still stores each event's delivery).
 //!
-//! Run: `cargo bench --bench ingest` (env: BENCH_SECS, BENCH_CONNECTIONS, and
-//! BENCH_MAX_IN_FLIGHT for the endpoint of the end-to-end runs, default 64).
+//! Run: `cargo bench --bench ingest` (env: BENCH_SECS, BENCH_CONNECTIONS,
+//! BENCH_MAX_IN_FLIGHT for the endpoint of the end-to-end runs, default 64,
+//! and BENCH_STORE=redis to run the relay on a private redis-server with AOF
+//! and `appendfsync always`, the embedded store's guarantee).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -39,6 +41,11 @@ use ipn_relay::providers::nowpayments;
 use tokio::net::TcpStream;
 
 const ROLE_ENV: &str = "IPN_RELAY_BENCH_ROLE";
+
+/// Set when the relay runs on Redis: its URL.
+static REDIS_URL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+/// A fresh key prefix for each relay run on Redis.
+static RUN: AtomicU64 = AtomicU64::new(0);
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -60,9 +67,18 @@ fn main() {
     }
     let secs: u64 = env_or("BENCH_SECS", 5);
     let conns: usize = env_or("BENCH_CONNECTIONS", 64);
+    let _redis = (std::env::var("BENCH_STORE").as_deref() == Ok("redis")).then(|| {
+        let redis = common::RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
+        REDIS_URL.set(redis.url.clone()).unwrap();
+        redis
+    });
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let body_len = common::payment_ipn(1_000_000_000, "finished").len();
-    println!("ingest benchmark: {conns} connections, {secs}s per run, IPN body {body_len} bytes, {} cores", num_cpus());
+    let store = if REDIS_URL.get().is_some() { "redis (AOF, appendfsync always)" } else { "embedded" };
+    println!(
+        "ingest benchmark: {conns} connections, {secs}s per run, IPN body {body_len} bytes, {} cores, {store} store",
+        num_cpus()
+    );
 
     // 1. Ceiling.
     let port = free_port();
@@ -238,6 +254,13 @@ fn spawn_relay_with(dir: &Path, endpoints: &str) -> (Child, SocketAddr) {
         common::config_text(&dir.join("relay.redb"), "rate_limit = { per_second = 1 }")
     } else {
         format!("{}{endpoints}", common::base_config(&dir.join("relay.redb")))
+    };
+    let base = match REDIS_URL.get() {
+        Some(url) => base.replace(
+            &format!("path = \"{}\"", dir.join("relay.redb").display()),
+            &format!("kind = \"redis\"\nurl = \"{url}\"\nprefix = \"bench-{}\"", RUN.fetch_add(1, Ordering::Relaxed)),
+        ),
+        None => base,
     };
     let text = base
         .replace(
