@@ -169,7 +169,9 @@ async fn a_redis_restart_gives_503s_never_a_200_for_something_unstored() {
         .collect();
     tokio::time::sleep(Duration::from_millis(700)).await;
     redis.kill();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Longer than a connect timeout plus one retry (2 s + 2 s), so some
+    // admissions cannot wait it out and must be refused.
+    tokio::time::sleep(Duration::from_secs(5)).await;
     redis.restart();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -195,4 +197,42 @@ async fn a_redis_restart_gives_503s_never_a_200_for_something_unstored() {
         "redis restart: {} accepted, {refused} answered 503 during the gap, all accepted delivered",
         accepted.len()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_loses_its_data_does_not_wedge_the_relay() {
+    // No persistence: a restart loses everything, scripts included.
+    let mut redis = RedisServer::start();
+    let rx = Receiver::start(|_| Reply::Status(200)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let relay = spawn_relay(&redis_config(dir.path(), "a", &redis, &rx.url(), "5s"));
+    let c = client();
+    let ready = |c: &reqwest::Client| {
+        let url = format!("http://{}/readyz", relay.admin);
+        let c = c.clone();
+        async move { c.get(url).send().await.map(|r| r.status().as_u16()).unwrap_or(0) }
+    };
+    assert_eq!(ready(&c).await, 200);
+    let (status, _) = post_to(&c, relay.addr, payment_ipn(5_000_000, "finished")).await.unwrap();
+    assert_eq!(status, 200);
+
+    redis.kill();
+    assert_eq!(ready(&c).await, 503, "not ready while Redis is down");
+    let (status, v) = post_to(&c, relay.addr, payment_ipn(5_000_001, "finished")).await.unwrap();
+    assert_eq!((status, v["error"]["code"].as_str()), (503, Some("unavailable")));
+
+    redis.restart();
+    // Back without its data: the relay reconnects, reloads its scripts and
+    // admits and delivers again.
+    let mut accepted = None;
+    for _ in 0..100 {
+        if let Some((200, v)) = post_to(&c, relay.addr, payment_ipn(5_000_002, "finished")).await {
+            accepted = Some(v["id"].as_str().unwrap().to_owned());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let id = accepted.expect("admissions resume after Redis returns");
+    assert_eq!(ready(&c).await, 200);
+    assert!(eventually(Duration::from_secs(10), || rx.delivered_ids().contains(&id)).await, "delivery resumes");
 }

@@ -215,9 +215,14 @@ impl RedisStore {
     /// `{prefix}`.
     pub async fn connect(url: &str, prefix: &str) -> Result<RedisStore, StoreError> {
         let client = redis::Client::open(url).map_err(unavailable)?;
+        // Fail fast while Redis is unreachable: ingress answers 503 within
+        // about two seconds and the provider retries, rather than holding
+        // its request through a long outage.
         let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(std::time::Duration::from_secs(2)))
-            .set_response_timeout(Some(std::time::Duration::from_secs(2)));
+            .set_connection_timeout(Some(std::time::Duration::from_secs(1)))
+            .set_response_timeout(Some(std::time::Duration::from_secs(2)))
+            .set_number_of_retries(1)
+            .set_max_delay(std::time::Duration::from_millis(200));
         let conn = ConnectionManager::new_with_config(client, config).await.map_err(unavailable)?;
         Ok(RedisStore { conn, keys: format!("{{{prefix}}}:") })
     }
@@ -228,6 +233,19 @@ impl RedisStore {
 
     fn conn(&self) -> ConnectionManager {
         self.conn.clone()
+    }
+
+    /// Runs a script, once more if the connection dropped under it: every
+    /// script here is harmless to run twice (see the module doc).
+    async fn invoke<T: redis::FromRedisValue>(&self, script: &redis::ScriptInvocation<'_>) -> Result<T, StoreError> {
+        match script.invoke_async(&mut self.conn()).await {
+            Ok(v) => Ok(v),
+            Err(e) if e.is_connection_dropped() || e.is_io_error() => {
+                tracing::debug!(error = %e, "redis connection dropped; running the script once more");
+                script.invoke_async(&mut self.conn()).await.map_err(unavailable)
+            }
+            Err(e) => Err(unavailable(e)),
+        }
     }
 
     async fn deliveries(&self, ids: &[String]) -> Result<Vec<Delivery>, StoreError> {
@@ -288,7 +306,7 @@ impl Store for RedisStore {
             script.key(self.key(&format!("dlv:{}", d.id))).key(self.key(&format!("due:{}", d.endpoint)));
             script.arg(&d.id).arg(serde_json::to_string(&d).map_err(unavailable)?);
         }
-        let accepted: i64 = script.invoke_async(&mut self.conn()).await.map_err(unavailable)?;
+        let accepted: i64 = self.invoke(&script).await?;
         Ok(if accepted == 1 { Admission::Accepted } else { Admission::Duplicate })
     }
 
@@ -319,16 +337,15 @@ impl Store for RedisStore {
         limit: usize,
         visibility_ms: u64,
     ) -> Result<Vec<Claim>, StoreError> {
-        let raw: Vec<Vec<u8>> = Script::new(CLAIM)
-            .key(self.key(&format!("due:{endpoint}")))
+        let script = Script::new(CLAIM);
+        let mut inv = script.prepare_invoke();
+        inv.key(self.key(&format!("due:{endpoint}")))
             .key(self.key("counts"))
             .arg(now)
             .arg(limit)
             .arg(visibility_ms)
-            .arg(&self.keys)
-            .invoke_async(&mut self.conn())
-            .await
-            .map_err(unavailable)?;
+            .arg(&self.keys);
+        let raw: Vec<Vec<u8>> = self.invoke(&inv).await?;
         raw.chunks(2)
             .map(|pair| {
                 let text = String::from_utf8_lossy(&pair[0]);
@@ -361,8 +378,9 @@ impl Store for RedisStore {
             self.conn().get(self.key(&format!("dlv:{delivery_id}"))).await.map_err(unavailable)?;
         let Some(raw) = raw else { return Ok(false) };
         let d: Delivery = decode(delivery_id, &raw)?;
-        let done: i64 = Script::new(FINISH)
-            .key(self.key(&format!("dlv:{delivery_id}")))
+        let script = Script::new(FINISH);
+        let mut inv = script.prepare_invoke();
+        inv.key(self.key(&format!("dlv:{delivery_id}")))
             .key(self.key(&format!("due:{}", d.endpoint)))
             .key(self.key(&format!("attempts:{delivery_id}")))
             .key(self.key("counts"))
@@ -371,10 +389,8 @@ impl Store for RedisStore {
             .arg(kind)
             .arg(at)
             .arg(last_error)
-            .arg(updated_at)
-            .invoke_async(&mut self.conn())
-            .await
-            .map_err(unavailable)?;
+            .arg(updated_at);
+        let done: i64 = self.invoke(&inv).await?;
         Ok(done == 1)
     }
 
@@ -383,15 +399,14 @@ impl Store for RedisStore {
             self.conn().get(self.key(&format!("dlv:{delivery_id}"))).await.map_err(unavailable)?;
         let Some(raw) = raw else { return Ok(false) };
         let d: Delivery = decode(delivery_id, &raw)?;
-        let done: i64 = Script::new(RELEASE)
-            .key(self.key(&format!("dlv:{delivery_id}")))
+        let script = Script::new(RELEASE);
+        let mut inv = script.prepare_invoke();
+        inv.key(self.key(&format!("dlv:{delivery_id}")))
             .key(self.key(&format!("due:{}", d.endpoint)))
             .key(self.key("counts"))
             .arg(claim_token)
-            .arg(due)
-            .invoke_async(&mut self.conn())
-            .await
-            .map_err(unavailable)?;
+            .arg(due);
+        let done: i64 = self.invoke(&inv).await?;
         Ok(done == 1)
     }
 
@@ -443,20 +458,15 @@ impl Store for RedisStore {
         for id in ids {
             script.arg(id);
         }
-        let (replayed, skipped, not_found): (usize, usize, usize) =
-            script.invoke_async(&mut self.conn()).await.map_err(unavailable)?;
+        let (replayed, skipped, not_found): (usize, usize, usize) = self.invoke(&script).await?;
         Ok(ReplayCount { replayed, skipped, not_found })
     }
 
     async fn sweep(&self, now: Millis) -> Result<usize, StoreError> {
-        Script::new(SWEEP)
-            .key(self.key("dedupe-exp"))
-            .arg(&self.keys)
-            .arg(now)
-            .arg(10_000)
-            .invoke_async(&mut self.conn())
-            .await
-            .map_err(unavailable)
+        let script = Script::new(SWEEP);
+        let mut inv = script.prepare_invoke();
+        inv.key(self.key("dedupe-exp")).arg(&self.keys).arg(now).arg(10_000);
+        self.invoke(&inv).await
     }
 
     async fn counts(&self) -> Result<[(DeliveryState, u64); 4], StoreError> {

@@ -304,6 +304,7 @@ pub async fn eventually(limit: std::time::Duration, mut cond: impl FnMut() -> bo
 pub struct RelayProcess {
     pub child: std::process::Child,
     pub addr: SocketAddr,
+    pub admin: SocketAddr,
 }
 
 impl Drop for RelayProcess {
@@ -326,16 +327,21 @@ pub fn spawn_relay(config: &Path) -> RelayProcess {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr = loop {
+    let (mut addr, mut admin) = (None, None);
+    while addr.is_none() || admin.is_none() {
         let line = lines.next().expect("relay exited before listening").unwrap();
         let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-        if v["message"] == "ingress listening" {
-            break v["addr"].as_str().unwrap().parse().unwrap();
+        let at = || v["addr"].as_str().and_then(|a| a.parse::<SocketAddr>().ok());
+        match v["message"].as_str() {
+            Some("ingress listening") => addr = at(),
+            Some("admin listening") => admin = at(),
+            _ => {}
         }
-    };
+    }
+    let (addr, admin) = (addr.unwrap(), admin.unwrap());
     // Keep draining the log so the child never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
-    RelayProcess { child, addr }
+    RelayProcess { child, addr, admin }
 }
 
 /// Posts a signed NOWPayments IPN to a relay at `addr`; `None` if the
