@@ -123,6 +123,12 @@ fn main() {
     full.print("ipn-relay end to end, closed loop");
     let half = rt.block_on(end_to_end(conns, secs, Some(full.delivered_per_sec / 2.0), 300_000_000));
     half.print(&format!("ipn-relay end to end at {:.0} events/s (half), open loop", full.delivered_per_sec / 2.0));
+
+    // On Redis: the same closed-loop run with two relays sharing it.
+    if REDIS_URL.get().is_some() {
+        let two = rt.block_on(end_to_end_on(2, conns, secs, None, 400_000_000));
+        two.print("two ipn-relays sharing Redis, end to end, closed loop (CPU: both relays; RSS: the larger)");
+    }
 }
 
 struct EndToEnd {
@@ -154,28 +160,53 @@ impl EndToEnd {
 
 /// One end-to-end run against a fresh relay and receiver.
 async fn end_to_end(conns: usize, secs: u64, rate: Option<f64>, first_id: u64) -> EndToEnd {
+    end_to_end_on(1, conns, secs, rate, first_id).await
+}
+
+/// An end-to-end run against `relays` relays sharing one store (Redis),
+/// the connections split between them.
+async fn end_to_end_on(relays: usize, conns: usize, secs: u64, rate: Option<f64>, first_id: u64) -> EndToEnd {
     let max_in_flight: usize = env_or("BENCH_MAX_IN_FLIGHT", 64);
     let arrivals: Arrivals = Arc::default();
     let receiver = start_receiver(arrivals.clone()).await;
     let dir = tempfile::tempdir().unwrap();
-    let (mut relay, addr) = spawn_relay_with(
-        dir.path(),
-        &format!(
-            "\n[[endpoints]]\nname = \"receiver\"\nurl = \"http://{receiver}/events\"\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\nmax_in_flight = {max_in_flight}\n"
-        ),
+    let endpoints = format!(
+        "\n[[endpoints]]\nname = \"receiver\"\nurl = \"http://{receiver}/events\"\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\nmax_in_flight = {max_in_flight}\n"
     );
-    let cpu0 = cpu_seconds(relay.id());
+    let run = RUN.fetch_add(1, Ordering::Relaxed);
+    let mut children: Vec<(Child, SocketAddr)> =
+        (0..relays).map(|i| spawn_relay_as(dir.path(), &endpoints, &format!("relay{i}"), run)).collect();
+    let cpu0: f64 = children.iter().map(|(c, _)| cpu_seconds(c.id())).sum();
     let sends: Sends = Arc::default();
-    load_inner(addr, conns, Duration::from_secs(secs), rate, first_id, Some(sends.clone())).await;
+    let loads: Vec<_> = children
+        .iter()
+        .enumerate()
+        .map(|(i, (_, addr))| {
+            let rate = rate.map(|r| r / relays as f64);
+            load_inner(
+                *addr,
+                conns / relays,
+                Duration::from_secs(secs),
+                rate,
+                first_id + i as u64 * 50_000_000,
+                Some(sends.clone()),
+            )
+        })
+        .collect();
+    for l in loads {
+        l.await;
+    }
     let accepted = sends.lock().unwrap().len();
     let until = Instant::now() + Duration::from_secs(120);
     while arrivals.lock().unwrap().len() < accepted && Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let cpu = cpu_seconds(relay.id()) - cpu0;
-    let rss = peak_rss_kib(relay.id());
-    relay.kill().ok();
-    relay.wait().ok();
+    let cpu = children.iter().map(|(c, _)| cpu_seconds(c.id())).sum::<f64>() - cpu0;
+    let rss = children.iter().map(|(c, _)| peak_rss_kib(c.id())).max().unwrap_or(0);
+    for (c, _) in &mut children {
+        c.kill().ok();
+        c.wait().ok();
+    }
     let sends = sends.lock().unwrap();
     let arrivals = arrivals.lock().unwrap();
     let sent_at: std::collections::HashMap<&str, Instant> = sends.iter().map(|(id, t)| (id.as_str(), *t)).collect();
@@ -245,6 +276,14 @@ fn spawn_relay(dir: &Path) -> (Child, SocketAddr) {
 /// The relay with the tests' standard config (one source secret), or with
 /// `endpoints` instead of the standard endpoint when given.
 fn spawn_relay_with(dir: &Path, endpoints: &str) -> (Child, SocketAddr) {
+    spawn_relay_as(dir, endpoints, "relay", RUN.fetch_add(1, Ordering::Relaxed))
+}
+
+/// One relay named `name` (its config and embedded file); on Redis, relays
+/// of the same `run` share one key prefix.
+fn spawn_relay_as(dir: &Path, endpoints: &str, name: &str, run: u64) -> (Child, SocketAddr) {
+    let dir = &dir.join(name);
+    std::fs::create_dir_all(dir).unwrap();
     let port = free_port();
     let admin = free_port();
     let base = if endpoints.is_empty() {
@@ -258,7 +297,7 @@ fn spawn_relay_with(dir: &Path, endpoints: &str) -> (Child, SocketAddr) {
     let base = match REDIS_URL.get() {
         Some(url) => base.replace(
             &format!("path = \"{}\"", dir.join("relay.redb").display()),
-            &format!("kind = \"redis\"\nurl = \"{url}\"\nprefix = \"bench-{}\"", RUN.fetch_add(1, Ordering::Relaxed)),
+            &format!("kind = \"redis\"\nurl = \"{url}\"\nprefix = \"bench-{run}\""),
         ),
         None => base,
     };
