@@ -301,3 +301,26 @@ async fn redis() -> (Arc<ipn_relay::store::redis::RedisStore>, common::RedisServ
 }
 
 conformance!(redis_store, redis().await);
+
+#[tokio::test]
+async fn redis_store_skips_an_unreadable_record_instead_of_wedging() {
+    let (s, server) = redis().await;
+    s.admit(event("evt_good", "np", "t.t", 1000), deliveries(1000, &["be"]), TTL).await.unwrap();
+    // A record nothing can read, due before the good one.
+    let client = redis::Client::open(server.url.as_str()).unwrap();
+    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () =
+        redis::cmd("SET").arg("{conformance}:dlv:dlv_broken").arg("not json").query_async(&mut raw).await.unwrap();
+    let _: () =
+        redis::cmd("ZADD").arg("{conformance}:due:be").arg(500).arg("dlv_broken").query_async(&mut raw).await.unwrap();
+
+    let claims = s.claim_due("be", 2000, 10, VIS).await.unwrap();
+    assert_eq!(claims.iter().map(|c| c.delivery.event_id.as_str()).collect::<Vec<_>>(), ["evt_good"]);
+    let score: Option<f64> =
+        redis::cmd("ZSCORE").arg("{conformance}:due:be").arg("dlv_broken").query_async(&mut raw).await.unwrap();
+    assert_eq!(score, None, "the unreadable record is off the schedule");
+    // The record itself stays for inspection.
+    let kept: Option<String> =
+        redis::cmd("GET").arg("{conformance}:dlv:dlv_broken").query_async(&mut raw).await.unwrap();
+    assert_eq!(kept.as_deref(), Some("not json"));
+}

@@ -1,8 +1,9 @@
 //! The Redis store: the same contract as the embedded store, shared by
 //! several relay processes.
 //!
-//! **Layout.** Every key starts with `{prefix}:`, so a Redis Cluster keeps
-//! them in one slot and a script may touch any of them. Per event: `event:ID`
+//! **Layout.** Every key starts with `{prefix}:`, one hash tag, so the data
+//! could live in one Cluster slot; the client here talks to a single Redis
+//! node (or a primary behind a proxy), not to Redis Cluster. Per event: `event:ID`
 //! (the JSON delivered), `event-dlv:ID` (its delivery ids) and `dedupe:ID`
 //! (its dedupe expiry). Per delivery: `dlv:ID` (the record, JSON) and
 //! `attempts:ID` (a list). Per endpoint: `due:NAME`, a sorted set scored by
@@ -23,6 +24,10 @@
 //! still a 200); a retried finish or release finds its claim settled and
 //! changes nothing. Dedupe expiry is a value compared with the admission's
 //! own clock, as in the embedded store; Redis's expiry only collects garbage.
+//!
+//! Claim deadlines and due times come from the relays' clocks, so relays
+//! sharing a Redis must keep their clocks in sync (NTP), well within the gap
+//! between `visibility_timeout` and the endpoint timeout.
 //!
 //! Scripts edit delivery records with Redis's `cjson`, which prints numbers
 //! with 14 significant digits: exact for millisecond times until the year
@@ -69,10 +74,14 @@ local deadline = now + tonumber(ARGV[3])
 local out = {}
 for _, id in ipairs(ids) do
   local raw = redis.call('GET', ARGV[4] .. 'dlv:' .. id)
-  if not raw then
+  local ok, d = false, nil
+  if raw then ok, d = pcall(cjson.decode, raw) end
+  if not ok or type(d) ~= 'table' or type(d.event_id) ~= 'string' or type(d.claim_token) ~= 'number'
+      or type(d.state) ~= 'string' then
+    -- Missing or unreadable: off the schedule, so claims never spin on it;
+    -- an unreadable record stays for inspection.
     redis.call('ZREM', KEYS[1], id)
   else
-    local d = cjson.decode(raw)
     local event = redis.call('GET', ARGV[4] .. 'event:' .. d.event_id)
     if d.state ~= 'pending' and d.state ~= 'in_flight' then
       redis.call('ZREM', KEYS[1], id)
@@ -223,7 +232,14 @@ impl RedisStore {
             .set_response_timeout(Some(std::time::Duration::from_secs(2)))
             .set_number_of_retries(1)
             .set_max_delay(std::time::Duration::from_millis(200));
-        let conn = ConnectionManager::new_with_config(client, config).await.map_err(unavailable)?;
+        let mut conn = ConnectionManager::new_with_config(client, config).await.map_err(unavailable)?;
+        // Evicting any of our keys loses data: dedupe keys (duplicates get
+        // through), schedules (deliveries are never claimed) or events.
+        let info: String = redis::cmd("INFO").arg("memory").query_async(&mut conn).await.map_err(unavailable)?;
+        let policy = info.lines().find_map(|l| l.strip_prefix("maxmemory_policy:")).map(str::trim).unwrap_or("");
+        if !policy.is_empty() && policy != "noeviction" {
+            tracing::warn!(policy = %policy, "Redis maxmemory-policy is not noeviction: Redis may evict relay data under memory pressure; set maxmemory-policy noeviction");
+        }
         Ok(RedisStore { conn, keys: format!("{{{prefix}}}:") })
     }
 
@@ -235,17 +251,34 @@ impl RedisStore {
         self.conn.clone()
     }
 
-    /// Runs a script, once more if the connection dropped under it: every
-    /// script here is harmless to run twice (see the module doc).
-    async fn invoke<T: redis::FromRedisValue>(&self, script: &redis::ScriptInvocation<'_>) -> Result<T, StoreError> {
+    /// Runs a script; with `retry`, once more if the connection dropped
+    /// under it (not after a timeout: the first run may still be queued).
+    /// Admit, finish, release and sweep are harmless to run twice; claim and
+    /// replay are not (a second run would strand or miscount), so they are
+    /// never retried here: their callers retry.
+    async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        script: &redis::ScriptInvocation<'_>,
+        retry: bool,
+    ) -> Result<T, StoreError> {
         match script.invoke_async(&mut self.conn()).await {
             Ok(v) => Ok(v),
-            Err(e) if e.is_connection_dropped() || e.is_io_error() => {
+            Err(e) if retry && e.is_connection_dropped() && !e.is_timeout() => {
                 tracing::debug!(error = %e, "redis connection dropped; running the script once more");
                 script.invoke_async(&mut self.conn()).await.map_err(unavailable)
             }
             Err(e) => Err(unavailable(e)),
         }
+    }
+
+    /// The endpoint of a delivery (only that field is read, so a record this
+    /// version cannot fully parse can still be finished).
+    async fn endpoint_of(&self, delivery_id: &str) -> Result<Option<String>, StoreError> {
+        let raw: Option<String> =
+            self.conn().get(self.key(&format!("dlv:{delivery_id}"))).await.map_err(unavailable)?;
+        Ok(raw
+            .and_then(|r| serde_json::from_str::<serde_json::Value>(&r).ok())
+            .and_then(|v| v["endpoint"].as_str().map(str::to_owned)))
     }
 
     async fn deliveries(&self, ids: &[String]) -> Result<Vec<Delivery>, StoreError> {
@@ -306,7 +339,7 @@ impl Store for RedisStore {
             script.key(self.key(&format!("dlv:{}", d.id))).key(self.key(&format!("due:{}", d.endpoint)));
             script.arg(&d.id).arg(serde_json::to_string(&d).map_err(unavailable)?);
         }
-        let accepted: i64 = self.invoke(&script).await?;
+        let accepted: i64 = self.invoke(&script, true).await?;
         Ok(if accepted == 1 { Admission::Accepted } else { Admission::Duplicate })
     }
 
@@ -345,14 +378,23 @@ impl Store for RedisStore {
             .arg(limit)
             .arg(visibility_ms)
             .arg(&self.keys);
-        let raw: Vec<Vec<u8>> = self.invoke(&inv).await?;
-        raw.chunks(2)
-            .map(|pair| {
+        let raw: Vec<Vec<u8>> = self.invoke(&inv, false).await?;
+        // A record Lua could edit but we cannot read is skipped (it returns
+        // after its visibility timeout, and is logged each time), so one bad
+        // record never holds up the rest of the batch.
+        Ok(raw
+            .chunks(2)
+            .filter_map(|pair| {
                 let text = String::from_utf8_lossy(&pair[0]);
-                let delivery: Delivery = decode("claimed delivery", &text)?;
-                Ok(Claim { delivery, event_json: pair.get(1).cloned().unwrap_or_default() })
+                match decode::<Delivery>("claimed delivery", &text) {
+                    Ok(delivery) => Some(Claim { delivery, event_json: pair.get(1).cloned().unwrap_or_default() }),
+                    Err(e) => {
+                        tracing::error!(error = %e, "unreadable delivery record skipped");
+                        None
+                    }
+                }
             })
-            .collect()
+            .collect())
     }
 
     async fn finish(
@@ -373,15 +415,12 @@ impl Store for RedisStore {
             Next::RetryAt(at) => ("retry", at),
             Next::Dead => ("dead", 0),
         };
-        // The endpoint is part of the due key; read it from the record.
-        let raw: Option<String> =
-            self.conn().get(self.key(&format!("dlv:{delivery_id}"))).await.map_err(unavailable)?;
-        let Some(raw) = raw else { return Ok(false) };
-        let d: Delivery = decode(delivery_id, &raw)?;
+        // The endpoint is part of the due key; read just that from the record.
+        let Some(endpoint) = self.endpoint_of(delivery_id).await? else { return Ok(false) };
         let script = Script::new(FINISH);
         let mut inv = script.prepare_invoke();
         inv.key(self.key(&format!("dlv:{delivery_id}")))
-            .key(self.key(&format!("due:{}", d.endpoint)))
+            .key(self.key(&format!("due:{endpoint}")))
             .key(self.key(&format!("attempts:{delivery_id}")))
             .key(self.key("counts"))
             .arg(claim_token)
@@ -390,23 +429,21 @@ impl Store for RedisStore {
             .arg(at)
             .arg(last_error)
             .arg(updated_at);
-        let done: i64 = self.invoke(&inv).await?;
+        let done: i64 = self.invoke(&inv, true).await?;
         Ok(done == 1)
     }
 
     async fn release(&self, delivery_id: &str, claim_token: u64, due: Millis) -> Result<bool, StoreError> {
-        let raw: Option<String> =
-            self.conn().get(self.key(&format!("dlv:{delivery_id}"))).await.map_err(unavailable)?;
-        let Some(raw) = raw else { return Ok(false) };
-        let d: Delivery = decode(delivery_id, &raw)?;
+        // The endpoint is part of the due key; read just that from the record.
+        let Some(endpoint) = self.endpoint_of(delivery_id).await? else { return Ok(false) };
         let script = Script::new(RELEASE);
         let mut inv = script.prepare_invoke();
         inv.key(self.key(&format!("dlv:{delivery_id}")))
-            .key(self.key(&format!("due:{}", d.endpoint)))
+            .key(self.key(&format!("due:{endpoint}")))
             .key(self.key("counts"))
             .arg(claim_token)
             .arg(due);
-        let done: i64 = self.invoke(&inv).await?;
+        let done: i64 = self.invoke(&inv, true).await?;
         Ok(done == 1)
     }
 
@@ -458,7 +495,7 @@ impl Store for RedisStore {
         for id in ids {
             script.arg(id);
         }
-        let (replayed, skipped, not_found): (usize, usize, usize) = self.invoke(&script).await?;
+        let (replayed, skipped, not_found): (usize, usize, usize) = self.invoke(&script, false).await?;
         Ok(ReplayCount { replayed, skipped, not_found })
     }
 
@@ -466,7 +503,7 @@ impl Store for RedisStore {
         let script = Script::new(SWEEP);
         let mut inv = script.prepare_invoke();
         inv.key(self.key("dedupe-exp")).arg(&self.keys).arg(now).arg(10_000);
-        self.invoke(&inv).await
+        self.invoke(&inv, true).await
     }
 
     async fn counts(&self) -> Result<[(DeliveryState, u64); 4], StoreError> {
@@ -482,7 +519,9 @@ impl Store for RedisStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        let _: String = redis::cmd("PING").query_async(&mut self.conn()).await.map_err(unavailable)?;
+        // A write, not a PING: a read-only replica, MISCONF or OOM must show
+        // as not ready.
+        let _: () = self.conn().set_ex(self.key("heartbeat"), super::now_millis(), 60).await.map_err(unavailable)?;
         Ok(())
     }
 }
