@@ -665,11 +665,7 @@ impl<'txn> Tables<'txn> {
         let mut d = old.clone();
         d.attempts += 1;
         d.updated_at = attempt.started_at.saturating_add(attempt.duration_ms);
-        d.last_error = match &attempt.result {
-            super::AttemptResult::Status { code } if (200..300).contains(code) => None,
-            super::AttemptResult::Status { code } => Some(format!("HTTP {code}")),
-            super::AttemptResult::Error { class, detail } => Some(format!("{class}: {detail}")),
-        };
+        d.last_error = attempt.result.last_error();
         let mut attempt = attempt;
         attempt.number = d.attempts;
         self.attempts.insert((id, d.attempts), encode(&attempt).as_slice()).map_err(unavailable)?;

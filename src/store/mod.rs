@@ -131,6 +131,18 @@ pub enum AttemptResult {
     Error { class: String, detail: String },
 }
 
+impl AttemptResult {
+    /// What a delivery's `last_error` says after this result: nothing for a
+    /// 2xx, else the status or the error.
+    pub fn last_error(&self) -> Option<String> {
+        match self {
+            AttemptResult::Status { code } if (200..300).contains(code) => None,
+            AttemptResult::Status { code } => Some(format!("HTTP {code}")),
+            AttemptResult::Error { class, detail } => Some(format!("{class}: {detail}")),
+        }
+    }
+}
+
 /// The record of one delivery attempt.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Attempt {

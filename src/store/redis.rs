@@ -38,8 +38,8 @@ use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 
 use super::{
-    Admission, Attempt, AttemptResult, Claim, Delivery, DeliveryFilter, DeliveryState, Millis, NewDelivery, NewEvent,
-    Next, Page, ReplayCount, Store, StoreError, StoredEvent,
+    Admission, Attempt, Claim, Delivery, DeliveryFilter, DeliveryState, Millis, NewDelivery, NewEvent, Next, Page,
+    ReplayCount, Store, StoreError, StoredEvent,
 };
 
 /// KEYS: dedupe, event, event-dlv, counts, index, dedupe-exp, then a (dlv,
@@ -404,11 +404,8 @@ impl Store for RedisStore {
         attempt: Attempt,
         next: Next,
     ) -> Result<bool, StoreError> {
-        let last_error = match &attempt.result {
-            AttemptResult::Status { code } if (200..300).contains(code) => String::new(),
-            AttemptResult::Status { code } => format!("HTTP {code}"),
-            AttemptResult::Error { class, detail } => format!("{class}: {detail}"),
-        };
+        // The script takes '' for "no error".
+        let last_error = attempt.result.last_error().unwrap_or_default();
         let updated_at = attempt.started_at.saturating_add(attempt.duration_ms);
         let (kind, at) = match next {
             Next::Delivered => ("delivered", 0),
