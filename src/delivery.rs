@@ -30,6 +30,7 @@ use tokio::task::JoinSet;
 
 use crate::config::{Config, DeliveryConfig, Endpoint};
 use crate::retry::{self, Outcome};
+use crate::server::stopped;
 use crate::store::{Attempt, AttemptResult, Claim, Next, Store, now_millis};
 
 /// How often an idle endpoint looks for retries that came due.
@@ -127,11 +128,6 @@ fn http_client(config: &Config) -> reqwest::Result<reqwest::Client> {
         .connect_timeout(Duration::from_secs(10))
         .redirect(reqwest::redirect::Policy::none())
         .build()
-}
-
-/// Resolves once the stop flag is set (or its sender is gone).
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await.map(|_| ());
 }
 
 async fn endpoint_loop(

@@ -168,7 +168,7 @@ async fn housekeeping(store: Arc<dyn Store>, ingress: Arc<Ingress>, mut stop: wa
 }
 
 /// Resolves once the stop flag is set (or its sender is gone).
-async fn stopped(stop: &mut watch::Receiver<bool>) {
+pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
     // The guard `wait_for` returns is not Send; drop it here.
     let _ = stop.wait_for(|s| *s).await.map(|_| ());
 }
