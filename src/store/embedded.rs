@@ -545,21 +545,7 @@ impl<'txn> Tables<'txn> {
         let expires = now.saturating_add(ttl_ms).max(1);
         self.dedupe_expiry.insert((expires, event.id.as_str()), ()).map_err(unavailable)?;
         for nd in deliveries {
-            let d = Delivery {
-                id: nd.id,
-                event_id: event.id.clone(),
-                endpoint: nd.endpoint,
-                source: event.source.clone(),
-                event_type: event.event_type.clone(),
-                state: DeliveryState::Pending,
-                attempts: 0,
-                budget_start: 0,
-                next_attempt_at: Some(now),
-                last_error: None,
-                created_at: now,
-                updated_at: now,
-                claim_token: 0,
-            };
+            let d = Delivery::pending(&event, nd);
             self.put_delivery(None, &d)?;
             delivery_ids.push(d.id);
         }

@@ -115,6 +115,25 @@ pub struct Delivery {
 }
 
 impl Delivery {
+    /// A delivery of `event` as admission creates it: pending, due at once.
+    pub fn pending(event: &NewEvent, nd: NewDelivery) -> Delivery {
+        Delivery {
+            id: nd.id,
+            event_id: event.id.clone(),
+            endpoint: nd.endpoint,
+            source: event.source.clone(),
+            event_type: event.event_type.clone(),
+            state: DeliveryState::Pending,
+            attempts: 0,
+            budget_start: 0,
+            next_attempt_at: Some(event.received_at),
+            last_error: None,
+            created_at: event.received_at,
+            updated_at: event.received_at,
+            claim_token: 0,
+        }
+    }
+
     /// Attempts made in the current budget.
     pub fn attempts_in_budget(&self) -> u32 {
         self.attempts - self.budget_start

@@ -295,24 +295,6 @@ fn decode<T: serde::de::DeserializeOwned>(key: &str, raw: &str) -> Result<T, Sto
     serde_json::from_str(raw).map_err(|e| StoreError::Corrupt { key: key.to_owned(), message: e.to_string() })
 }
 
-fn new_delivery(event: &NewEvent, nd: &NewDelivery) -> Delivery {
-    Delivery {
-        id: nd.id.clone(),
-        event_id: event.id.clone(),
-        endpoint: nd.endpoint.clone(),
-        source: event.source.clone(),
-        event_type: event.event_type.clone(),
-        state: DeliveryState::Pending,
-        attempts: 0,
-        budget_start: 0,
-        next_attempt_at: Some(event.received_at),
-        last_error: None,
-        created_at: event.received_at,
-        updated_at: event.received_at,
-        claim_token: 0,
-    }
-}
-
 #[async_trait]
 impl Store for RedisStore {
     async fn admit(
@@ -334,8 +316,8 @@ impl Store for RedisStore {
             .arg(event.json.as_slice())
             .arg(event.received_at)
             .arg(&event.id);
-        for nd in &deliveries {
-            let d = new_delivery(&event, nd);
+        for nd in deliveries {
+            let d = Delivery::pending(&event, nd);
             script.key(self.key(&format!("dlv:{}", d.id))).key(self.key(&format!("due:{}", d.endpoint)));
             script.arg(&d.id).arg(serde_json::to_string(&d).map_err(unavailable)?);
         }
