@@ -91,10 +91,7 @@ pub fn verify<'a>(secrets: &[Secret], headers: &HeaderMap, body: &'a [u8]) -> Re
 
 /// Lowercase hex HMAC-SHA256 of exactly `msg`: the `X-Signature` Nova sends.
 pub fn sign(secret: &[u8], msg: &[u8]) -> String {
-    use hmac::{KeyInit, Mac};
-    let mut mac = <HmacSha256 as KeyInit>::new_from_slice(secret).expect("HMAC takes any key length");
-    mac.update(msg);
-    hex::encode(mac.finalize().into_bytes())
+    super::hex_mac::<HmacSha256>(secret, msg)
 }
 
 /// `word.word` in lowercase letters, digits and underscores.

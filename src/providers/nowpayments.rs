@@ -70,10 +70,7 @@ pub fn sign(secret: &[u8], body: &[u8]) -> String {
 
 /// Lowercase hex HMAC-SHA512 of exactly `msg`.
 pub fn hex_hmac(secret: &[u8], msg: &[u8]) -> String {
-    use hmac::{KeyInit, Mac};
-    let mut mac = <HmacSha512 as KeyInit>::new_from_slice(secret).expect("HMAC takes any key length");
-    mac.update(msg);
-    hex::encode(mac.finalize().into_bytes())
+    super::hex_mac::<HmacSha512>(secret, msg)
 }
 
 fn status_of(v: &Value, key: &str) -> Result<String, ProviderError> {
