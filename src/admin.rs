@@ -1,36 +1,95 @@
-//! The admin listener: health and readiness for orchestrators.
+//! The admin listener (SPEC §8): health, readiness and the admin API.
 //!
 //! `/healthz` says the process is up; `/readyz` says the store accepts
 //! writes, so a load balancer stops sending callbacks to a relay that would
 //! only answer 503. Both are unauthenticated and reveal nothing else.
+//!
+//! `/admin/*` needs `Authorization: Bearer <admin_token>`, compared in
+//! constant time; with no token configured the admin API refuses every
+//! request. Answers are JSON; errors are `{"error":{"code","message"}}` with
+//! a message that names the offending parameter.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode};
-use http_body_util::Full;
-use serde_json::json;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use serde::Serialize;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 use crate::config::Config;
+use crate::event::rfc3339_millis;
 use crate::ingress::json_response;
-use crate::store::Store;
+use crate::replay::{self, Running};
+use crate::store::{
+    Attempt, AttemptResult, Delivery, DeliveryFilter, DeliveryState, Millis, ReplayJob, Store, StoreError, now_millis,
+};
 
 /// A readiness probe must answer quickly even when the store hangs.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
+/// Deliveries per listing page unless `limit` says otherwise, and at most.
+const DEFAULT_PAGE: usize = 50;
+const MAX_PAGE: usize = 1000;
+/// Deliveries one bulk replay considers unless `max` says otherwise, and at most.
+const DEFAULT_REPLAY_MAX: usize = 1000;
+const MAX_REPLAY_MAX: usize = 10_000;
+/// Largest admin request body.
+const MAX_ADMIN_BODY: usize = 16 * 1024;
 
 pub struct Admin {
-    _config: Arc<Config>,
+    config: Arc<Config>,
     store: Arc<dyn Store>,
+    running: Running,
+    /// SHA-256 of the admin token: comparing digests in constant time hides
+    /// the token's length as well as its bytes.
+    token_digest: Option<[u8; 32]>,
 }
 
+/// An admin API error: status, code, message.
+struct ApiError(StatusCode, &'static str, String);
+
+impl ApiError {
+    fn bad(message: impl Into<String>) -> ApiError {
+        ApiError(StatusCode::BAD_REQUEST, "bad_request", message.into())
+    }
+    fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError(StatusCode::NOT_FOUND, "not_found", message.into())
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        match e {
+            StoreError::Unavailable(_) => {
+                tracing::warn!(error = %e, "admin request failed: store unavailable");
+                ApiError(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the store is unavailable; try again".into())
+            }
+            StoreError::Corrupt { .. } => {
+                tracing::error!(error = %e, "admin request met a corrupt record");
+                ApiError(StatusCode::INTERNAL_SERVER_ERROR, "corrupt_record", e.to_string())
+            }
+        }
+    }
+}
+
+type Answer = Result<(StatusCode, Value), ApiError>;
+
 impl Admin {
-    pub fn new(config: Arc<Config>, store: Arc<dyn Store>) -> Admin {
-        Admin { _config: config, store }
+    pub fn new(config: Arc<Config>, store: Arc<dyn Store>, running: Running) -> Admin {
+        let token_digest = config.server.admin_token.as_ref().map(|t| Sha256::digest(t.expose()).into());
+        Admin { config, store, running, token_digest }
     }
 
-    pub async fn handle<B>(&self, req: Request<B>) -> Response<Full<Bytes>> {
-        match (req.method(), req.uri().path()) {
+    pub async fn handle<B>(&self, req: Request<B>) -> Response<Full<Bytes>>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let path = req.uri().path().to_owned();
+        match (req.method(), path.as_str()) {
             (&Method::GET, "/healthz") => json_response(StatusCode::OK, &json!({"status": "ok"})),
             (&Method::GET, "/readyz") => match tokio::time::timeout(READY_TIMEOUT, self.store.ping()).await {
                 Ok(Ok(())) => json_response(StatusCode::OK, &json!({"status": "ready"})),
@@ -40,10 +99,358 @@ impl Admin {
                 }
                 Err(_) => json_response(StatusCode::SERVICE_UNAVAILABLE, &json!({"status": "unavailable"})),
             },
-            _ => json_response(
-                StatusCode::NOT_FOUND,
-                &json!({"error": {"code": "not_found", "message": "no such route"}}),
-            ),
+            (_, p) if p == "/admin" || p.starts_with("/admin/") => {
+                if let Err(e) = self.authorize(&req) {
+                    return error_response(e);
+                }
+                match self.route(req).await {
+                    Ok((status, body)) => json_response(status, &body),
+                    Err(e) => error_response(e),
+                }
+            }
+            _ => error_response(ApiError::not_found("no such route")),
         }
+    }
+
+    fn authorize<B>(&self, req: &Request<B>) -> Result<(), ApiError> {
+        let unauthorized = |m: &str| ApiError(StatusCode::UNAUTHORIZED, "unauthorized", m.to_owned());
+        let Some(expected) = &self.token_digest else {
+            return Err(unauthorized("the admin API is disabled: set server.admin_token"));
+        };
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+            .ok_or_else(|| unauthorized("missing bearer token"))?;
+        let given: [u8; 32] = Sha256::digest(given).into();
+        match bool::from(given.ct_eq(expected)) {
+            true => Ok(()),
+            false => Err(unauthorized("wrong bearer token")),
+        }
+    }
+
+    async fn route<B>(&self, req: Request<B>) -> Answer
+    where
+        B: hyper::body::Body<Data = Bytes> + Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let method = req.method().clone();
+        let path = req.uri().path().to_owned();
+        let query = req.uri().query().unwrap_or("").to_owned();
+        let segments: Vec<&str> = path.trim_start_matches("/admin/").split('/').collect();
+        match (&method, segments.as_slice()) {
+            (&Method::GET, ["events", id]) => self.event(id).await,
+            (&Method::GET, ["deliveries"]) => self.list(&query).await,
+            (&Method::GET, ["deliveries", id]) => self.delivery(id).await,
+            (&Method::POST, ["deliveries", id, "replay"]) => self.replay_one(id, &query).await,
+            (&Method::POST, ["replay"]) => {
+                let body = read_body(req.into_body()).await?;
+                self.replay_bulk(&body).await
+            }
+            (&Method::GET, ["replays", id]) => self.replay_job(id).await,
+            (_, ["events", _] | ["deliveries"] | ["deliveries", _] | ["replays", _]) => Err(ApiError(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("{method} not allowed here"),
+            )),
+            (_, ["deliveries", _, "replay"] | ["replay"]) => {
+                Err(ApiError(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use POST".into()))
+            }
+            _ => Err(ApiError::not_found("no such route")),
+        }
+    }
+
+    async fn event(&self, id: &str) -> Answer {
+        let event = self.store.event(id).await?.ok_or_else(|| ApiError::not_found(format!("no event {id}")))?;
+        let body: Value = serde_json::from_slice(&event.json)
+            .map_err(|e| StoreError::Corrupt { key: id.to_owned(), message: e.to_string() })?;
+        let deliveries: Vec<Value> = self.store.event_deliveries(id).await?.iter().map(delivery_view).collect();
+        Ok((StatusCode::OK, json!({"event": body, "deliveries": deliveries})))
+    }
+
+    async fn list(&self, query: &str) -> Answer {
+        let mut filter = DeliveryFilter::default();
+        let (mut limit, mut cursor) = (DEFAULT_PAGE, None);
+        for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+            match key.as_ref() {
+                "limit" => limit = parse_limit(&value)?,
+                "cursor" => cursor = Some(parse_cursor(&value)?),
+                k => self.filter_param(&mut filter, k, &value)?,
+            }
+        }
+        let page = self.store.list(&filter, cursor.as_deref(), limit).await?;
+        let items: Vec<Value> = page.items.iter().map(delivery_view).collect();
+        Ok((StatusCode::OK, json!({"items": items, "next_cursor": page.next_cursor})))
+    }
+
+    /// Applies one filter parameter; unknown names are errors, so a typo
+    /// never widens a listing or a bulk replay to everything.
+    fn filter_param(&self, filter: &mut DeliveryFilter, key: &str, value: &str) -> Result<(), ApiError> {
+        match key {
+            "state" => {
+                filter.state = Some(DeliveryState::parse(value).ok_or_else(|| {
+                    ApiError::bad(format!("state: unknown state '{value}' (pending, in_flight, delivered or dead)"))
+                })?)
+            }
+            "source" => {
+                if !self.config.sources.iter().any(|s| s.name == value) {
+                    return Err(ApiError::bad(format!("source: no source named '{value}' in the configuration")));
+                }
+                filter.source = Some(value.to_owned());
+            }
+            "endpoint" => {
+                if !self.config.endpoints.iter().any(|e| e.name == value) {
+                    return Err(ApiError::bad(format!("endpoint: no endpoint named '{value}' in the configuration")));
+                }
+                filter.endpoint = Some(value.to_owned());
+            }
+            "type" => {
+                if value.is_empty() {
+                    return Err(ApiError::bad("type: must not be empty"));
+                }
+                filter.event_type = Some(value.to_owned());
+            }
+            "since" => filter.since = Some(parse_time("since", value, now_millis())?),
+            "until" => filter.until = Some(parse_time("until", value, now_millis())?),
+            other => return Err(ApiError::bad(format!("unknown parameter '{other}'"))),
+        }
+        if let (Some(since), Some(until)) = (filter.since, filter.until)
+            && since >= until
+        {
+            return Err(ApiError::bad("since must be before until"));
+        }
+        Ok(())
+    }
+
+    async fn delivery(&self, id: &str) -> Answer {
+        let (d, attempts) =
+            self.store.delivery(id).await?.ok_or_else(|| ApiError::not_found(format!("no delivery {id}")))?;
+        let mut view = delivery_view(&d);
+        view["history"] = attempts.iter().map(attempt_view).collect();
+        Ok((StatusCode::OK, view))
+    }
+
+    async fn replay_one(&self, id: &str, query: &str) -> Answer {
+        let mut include_delivered = false;
+        for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+            match (key.as_ref(), value.as_ref()) {
+                ("include_delivered", "true") => include_delivered = true,
+                ("include_delivered", "false") => include_delivered = false,
+                ("include_delivered", v) => {
+                    return Err(ApiError::bad(format!("include_delivered: expected true or false, got '{v}'")));
+                }
+                (other, _) => return Err(ApiError::bad(format!("unknown parameter '{other}'"))),
+            }
+        }
+        let count = self.store.replay(&[id.to_owned()], include_delivered, now_millis()).await?;
+        if count.not_found > 0 {
+            return Err(ApiError::not_found(format!("no delivery {id}")));
+        }
+        if count.replayed > 0 {
+            tracing::info!(delivery_id = %id, "delivery replayed");
+        }
+        let state = self.store.delivery(id).await?.map(|(d, _)| d.state.as_str());
+        Ok((StatusCode::ACCEPTED, json!({"replayed": count.replayed, "skipped": count.skipped, "state": state})))
+    }
+
+    async fn replay_bulk(&self, body: &[u8]) -> Answer {
+        let body: Value = if body.iter().all(u8::is_ascii_whitespace) {
+            json!({})
+        } else {
+            serde_json::from_slice(body).map_err(|e| ApiError::bad(format!("body: not JSON: {e}")))?
+        };
+        let Value::Object(fields) = body else { return Err(ApiError::bad("body: expected a JSON object")) };
+        let mut filter = DeliveryFilter { state: Some(DeliveryState::Dead), ..Default::default() };
+        let mut max = DEFAULT_REPLAY_MAX;
+        for (key, value) in &fields {
+            if key == "max" {
+                max =
+                    value.as_u64().filter(|m| (1..=MAX_REPLAY_MAX as u64).contains(m)).ok_or_else(|| {
+                        ApiError::bad(format!("max: expected a whole number from 1 to {MAX_REPLAY_MAX}"))
+                    })? as usize;
+                continue;
+            }
+            let Some(text) = value.as_str() else {
+                return Err(ApiError::bad(format!("{key}: expected a string")));
+            };
+            self.filter_param(&mut filter, key, text)?;
+        }
+        let include_delivered = match filter.state {
+            Some(DeliveryState::Dead) => false,
+            Some(DeliveryState::Delivered) => true,
+            _ => return Err(ApiError::bad("state: only dead or delivered deliveries can be replayed")),
+        };
+        let job = replay::create(self.store.as_ref(), filter, include_delivered, max).await?;
+        tracing::info!(job = %job.id, filter = ?job.filter, max, "bulk replay started");
+        // The job runs in its own task: a client that hangs up does not stop
+        // it half way (and housekeeping resumes it if this process stops).
+        let guard = self.running.enter(&job.id);
+        let store = self.store.clone();
+        let id = job.id.clone();
+        let task = tokio::spawn(async move {
+            let _guard = guard;
+            replay::run(store.as_ref(), job, replay::BATCH).await
+        });
+        match task.await {
+            Ok(Ok(job)) => Ok((StatusCode::ACCEPTED, job_view(&job))),
+            Ok(Err(e)) => {
+                tracing::warn!(job = %id, error = %e, "bulk replay interrupted; it will be resumed");
+                Err(ApiError(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    format!("the store failed during replay job {id}; the relay resumes it (GET /admin/replays/{id})"),
+                ))
+            }
+            Err(e) => Err(ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("replay job {id}: {e}"))),
+        }
+    }
+
+    async fn replay_job(&self, id: &str) -> Answer {
+        let job = self.store.replay_job(id).await?.ok_or_else(|| ApiError::not_found(format!("no replay job {id}")))?;
+        Ok((StatusCode::OK, job_view(&job)))
+    }
+}
+
+async fn read_body<B>(body: B) -> Result<Bytes, ApiError>
+where
+    B: hyper::body::Body<Data = Bytes> + Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    match Limited::new(body, MAX_ADMIN_BODY).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(ApiError(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", format!("body over {MAX_ADMIN_BODY} bytes")))
+        }
+        Err(e) => Err(ApiError::bad(format!("body: {e}"))),
+    }
+}
+
+fn error_response(ApiError(status, code, message): ApiError) -> Response<Full<Bytes>> {
+    let mut response = json_response(status, &json!({"error": {"code": code, "message": message}}));
+    if status == StatusCode::UNAUTHORIZED {
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    response
+}
+
+fn parse_limit(value: &str) -> Result<usize, ApiError> {
+    value
+        .parse::<usize>()
+        .ok()
+        .filter(|n| (1..=MAX_PAGE).contains(n))
+        .ok_or_else(|| ApiError::bad(format!("limit: expected a whole number from 1 to {MAX_PAGE}, got '{value}'")))
+}
+
+/// A cursor is a delivery id, as a page's `next_cursor` gives it.
+fn parse_cursor(value: &str) -> Result<String, ApiError> {
+    let hex = value.strip_prefix("dlv_").unwrap_or("");
+    if hex.len() == 28 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(value.to_owned())
+    } else {
+        Err(ApiError::bad(format!("cursor: not a cursor this API gave: '{value}'")))
+    }
+}
+
+/// An RFC 3339 time, or a duration meaning that long ago (`90m`, `24h`).
+fn parse_time(name: &str, value: &str, now: Millis) -> Result<Millis, ApiError> {
+    if let Some(t) = crate::event::parse_rfc3339(value) {
+        let ms = t.unix_timestamp_nanos() / 1_000_000;
+        return u64::try_from(ms).map_err(|_| ApiError::bad(format!("{name}: before 1970: '{value}'")));
+    }
+    if let Ok(ago) = humantime::parse_duration(value) {
+        return Ok(now.saturating_sub(ago.as_millis() as Millis));
+    }
+    Err(ApiError::bad(format!(
+        "{name}: expected an RFC 3339 time (2026-11-20T08:00:00Z) or a duration ago (24h), got '{value}'"
+    )))
+}
+
+fn time(ms: Millis) -> String {
+    rfc3339_millis(time::OffsetDateTime::UNIX_EPOCH + Duration::from_millis(ms))
+}
+
+/// A delivery as the API shows it (SPEC §8).
+fn delivery_view(d: &Delivery) -> Value {
+    json!({
+        "id": d.id,
+        "event_id": d.event_id,
+        "endpoint": d.endpoint,
+        "source": d.source,
+        "type": d.event_type,
+        "state": d.state.as_str(),
+        "attempts": d.attempts,
+        "next_attempt_at": d.next_attempt_at.map(time),
+        "last_error": d.last_error,
+        "created_at": time(d.created_at),
+        "updated_at": time(d.updated_at),
+    })
+}
+
+fn attempt_view(a: &Attempt) -> Value {
+    let (status, error) = match &a.result {
+        AttemptResult::Status { code } => (Some(*code), a.result.last_error()),
+        AttemptResult::Error { .. } => (None, a.result.last_error()),
+    };
+    json!({
+        "number": a.number,
+        "started_at": time(a.started_at),
+        "duration_ms": a.duration_ms,
+        "status": status,
+        "error": error,
+        "response_excerpt": a.response_excerpt,
+    })
+}
+
+#[derive(Serialize)]
+struct JobView<'a> {
+    job: &'a str,
+    replayed: usize,
+    skipped: usize,
+    not_found: usize,
+    considered: usize,
+    finished: bool,
+    truncated: bool,
+    created_at: String,
+    updated_at: String,
+}
+
+fn job_view(job: &ReplayJob) -> Value {
+    serde_json::to_value(JobView {
+        job: &job.id,
+        replayed: job.replayed,
+        skipped: job.skipped,
+        not_found: job.not_found,
+        considered: job.considered,
+        finished: job.finished,
+        truncated: job.truncated,
+        created_at: time(job.created_at),
+        updated_at: time(job.updated_at),
+    })
+    .unwrap_or(Value::Null)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_parse_as_rfc3339_or_duration_ago() {
+        let now = 1_800_000_000_000;
+        assert_eq!(parse_time("since", "2027-01-15T08:00:00Z", now).ok(), Some(1_800_000_000_000));
+        assert_eq!(parse_time("since", "24h", now).ok(), Some(now - 86_400_000));
+        let ApiError(status, _, message) = parse_time("since", "yesterday", now).unwrap_err();
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(message.starts_with("since: expected an RFC 3339 time"), "{message}");
+    }
+
+    #[test]
+    fn cursors_and_limits_are_checked() {
+        assert!(parse_cursor("dlv_0190a1b2c3d4e5f60718293a4b5c").is_ok());
+        assert!(parse_cursor("dlv_xyz").is_err());
+        assert!(parse_cursor("").is_err());
+        assert_eq!(parse_limit("1000").ok(), Some(1000));
+        assert!(parse_limit("0").is_err());
+        assert!(parse_limit("1001").is_err());
+        assert!(parse_limit("ten").is_err());
     }
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::admin_cli::{self, ClientError, Connection, DeliveriesCommand, EventsCommand, ReplayArgs};
 use crate::config::{Config, LogFormat, StoreKind, redact_url};
 use crate::providers::{nova, nowpayments};
 use crate::server;
@@ -38,6 +39,27 @@ enum Command {
     Serve(ConfigArg),
     /// Validate the configuration and print a summary; exit 1 on error.
     CheckConfig(ConfigArg),
+    /// List deliveries or show one (via the admin API of a running relay).
+    Deliveries {
+        #[command(flatten)]
+        conn: Connection,
+        #[command(subcommand)]
+        command: DeliveriesCommand,
+    },
+    /// Show an event and its deliveries (via the admin API).
+    Events {
+        #[command(flatten)]
+        conn: Connection,
+        #[command(subcommand)]
+        command: EventsCommand,
+    },
+    /// Replay deliveries by id, or every one a filter selects (via the admin API).
+    Replay {
+        #[command(flatten)]
+        conn: Connection,
+        #[command(flatten)]
+        args: ReplayArgs,
+    },
     /// Print the signature a provider would send for a body (local testing).
     Sign {
         provider: SignProvider,
@@ -59,14 +81,24 @@ enum SignProvider {
 
 /// Runs the command line; returns the process exit code.
 pub fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
-    match run(cli) {
+    match run(Cli::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
+            // Operator commands tell a bad request, a wrong token and an
+            // unknown id apart; everything else is 1.
+            std::process::ExitCode::from(e.downcast_ref::<ClientError>().map_or(1, ClientError::exit_code))
         }
     }
+}
+
+/// Runs an operator command on a small runtime of its own.
+fn operator<F: Future<Output = Result<(), ClientError>>>(f: impl FnOnce() -> F) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| ClientError::Failed(format!("cannot start a runtime: {e}")))?;
+    Ok(rt.block_on(f())?)
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -92,6 +124,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{sig}");
             Ok(())
         }
+        Command::Deliveries { conn, command } => operator(|| admin_cli::deliveries(&conn, command)),
+        Command::Events { conn, command } => operator(|| admin_cli::events(&conn, command)),
+        Command::Replay { conn, args } => operator(|| admin_cli::replay(&conn, args)),
         Command::Serve(c) => {
             let config = Config::load(&c.config)?;
             init_logging(config.log_format);

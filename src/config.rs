@@ -109,6 +109,9 @@ pub struct Endpoint {
     pub url: http::Uri,
     /// The decoded key of the endpoint's `whsec_` secret.
     pub signing_key: Secret,
+    /// The key being rotated out (`previous_secret`): while set, every
+    /// attempt carries a signature with each key.
+    pub previous_signing_key: Option<Secret>,
     pub events: Vec<EventPattern>,
     /// Source names; empty means all.
     pub sources: Vec<String>,
@@ -510,6 +513,7 @@ struct RawEndpoint {
     name: Text,
     url: Text,
     secret: Text,
+    previous_secret: Option<Text>,
     events: Option<Vec<Text>>,
     #[serde(default)]
     sources: Vec<Text>,
@@ -611,7 +615,7 @@ fn event_pattern(key: &str, p: &str) -> Result<EventPattern, Invalid> {
     }
 }
 
-fn signing_key(key: &str, secret: &str) -> Result<Secret, Invalid> {
+fn parse_signing_key(key: &str, secret: &str) -> Result<Secret, Invalid> {
     let Some(b64) = secret.strip_prefix("whsec_") else {
         return invalid(key, "must be a Standard Webhooks secret starting with \"whsec_\"");
     };
@@ -769,7 +773,17 @@ impl RawConfig {
                     format!("{:?} must be an absolute http:// or https:// URL", ep.url.0),
                 );
             }
-            let signing_key = signing_key(&format!("{key}.secret"), &ep.secret.0)?;
+            let signing_key = parse_signing_key(&format!("{key}.secret"), &ep.secret.0)?;
+            let previous_signing_key = match ep.previous_secret.map(|t| t.0).filter(|t| !t.is_empty()) {
+                Some(p) => {
+                    let k = parse_signing_key(&format!("{key}.previous_secret"), &p)?;
+                    if k.expose() == signing_key.expose() {
+                        return invalid(format!("{key}.previous_secret"), "is the same as secret");
+                    }
+                    Some(k)
+                }
+                None => None,
+            };
             let events = match ep.events {
                 None => vec![EventPattern::Any],
                 Some(v) if v.is_empty() => {
@@ -791,6 +805,7 @@ impl RawConfig {
                 name,
                 url,
                 signing_key,
+                previous_signing_key,
                 events,
                 sources: ep_sources,
                 timeout: ep.timeout.0,

@@ -117,9 +117,14 @@ pub async fn run(config: Arc<Config>, store: Arc<dyn Store>, wake: Arc<Wake>, st
     while loops.join_next().await.is_some() {}
 }
 
-fn http_client(config: &Config) -> reqwest::Result<reqwest::Client> {
-    // rustls with ring: no C toolchain beyond cc is needed to build it.
+/// Installs the TLS crypto provider every HTTP client here uses: rustls
+/// with ring, which needs no C toolchain beyond cc to build.
+pub fn install_tls_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+fn http_client(config: &Config) -> reqwest::Result<reqwest::Client> {
+    install_tls_provider();
     let idle = config.endpoints.iter().map(|e| e.max_in_flight).max().unwrap_or(1);
     reqwest::Client::builder()
         .pool_max_idle_per_host(idle)
@@ -246,6 +251,18 @@ async fn release(shared: &Shared, claim: &Claim) {
     }
 }
 
+/// The `webhook-signature` header: the signature with the endpoint's key,
+/// then, during a rotation, one with the previous key, space-separated as
+/// Standard Webhooks allows, so receivers holding either secret verify.
+pub fn signatures(ep: &Endpoint, webhook_id: &str, timestamp: i64, body: &[u8]) -> String {
+    let mut header = sign(ep.signing_key.expose(), webhook_id, timestamp, body);
+    if let Some(previous) = &ep.previous_signing_key {
+        header.push(' ');
+        header.push_str(&sign(previous.expose(), webhook_id, timestamp, body));
+    }
+    header
+}
+
 /// The Standard Webhooks signature of one attempt: `v1,` and base64
 /// HMAC-SHA256 over `{id}.{timestamp}.{body}` with the endpoint's key.
 pub fn sign(key: &[u8], webhook_id: &str, timestamp: i64, body: &[u8]) -> String {
@@ -286,7 +303,7 @@ async fn deliver(
         .header("user-agent", &shared.user_agent)
         .header("webhook-id", &d.event_id)
         .header("webhook-timestamp", timestamp.to_string())
-        .header("webhook-signature", sign(ep.signing_key.expose(), &d.event_id, timestamp, &claim.event_json))
+        .header("webhook-signature", signatures(ep, &d.event_id, timestamp, &claim.event_json))
         .header("x-ipn-relay-attempt", number.to_string())
         .header("x-ipn-relay-delivery-id", &d.id)
         .body(claim.event_json.clone());

@@ -6,6 +6,7 @@
 //! admits it atomically with its dedupe key and deliveries.
 
 pub mod admin;
+pub mod admin_cli;
 pub mod canonical;
 pub mod cli;
 pub mod config;
@@ -13,6 +14,7 @@ pub mod delivery;
 pub mod event;
 pub mod ingress;
 pub mod providers;
+pub mod replay;
 pub mod retry;
 pub mod server;
 pub mod store;

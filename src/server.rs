@@ -24,6 +24,7 @@ use crate::admin::Admin;
 use crate::config::Config;
 use crate::delivery::{self, Wake};
 use crate::ingress::Ingress;
+use crate::replay;
 use crate::store::{Store, now_millis};
 
 /// Open connections to the admin listener at most.
@@ -42,7 +43,8 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let wake = Arc::new(Wake::new(&config));
     let ingress = Arc::new(Ingress::new(config.clone(), store.clone(), wake.clone()));
-    let admin = Arc::new(Admin::new(config.clone(), store.clone()));
+    let running = replay::Running::default();
+    let admin = Arc::new(Admin::new(config.clone(), store.clone(), running.clone()));
     let (stop_tx, stop_rx) = watch::channel(false);
 
     tracing::info!(addr = %ingress_listener.local_addr()?, "ingress listening");
@@ -67,7 +69,7 @@ pub async fn run(
         }
     }));
     let delivery_task = tokio::spawn(delivery::run(config.clone(), store.clone(), wake, stop_rx.clone()));
-    let housekeeping = tokio::spawn(housekeeping(store.clone(), ingress.clone(), stop_rx));
+    let housekeeping = tokio::spawn(housekeeping(store.clone(), ingress.clone(), running, stop_rx));
 
     shutdown.await;
     tracing::info!("shutting down: no new connections; finishing open requests");
@@ -144,15 +146,29 @@ where
     }
 }
 
-async fn housekeeping(store: Arc<dyn Store>, ingress: Arc<Ingress>, mut stop: watch::Receiver<bool>) {
+async fn housekeeping(
+    store: Arc<dyn Store>,
+    ingress: Arc<Ingress>,
+    running: replay::Running,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut tick = tokio::time::interval(HOUSEKEEPING_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // At start every unfinished replay job lost its runner; later, only the
+    // ones that stopped advancing.
+    let mut stale_after = 0;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stopped(&mut stop) => return,
         }
         ingress.forget_idle_clients();
+        match replay::resume(store.clone(), &running, stale_after).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(jobs = n, "replay jobs resumed"),
+            Err(e) => tracing::warn!(error = %e, "could not look for unfinished replay jobs; will retry"),
+        }
+        stale_after = replay::STALE_AFTER_MS;
         // Sweep in chunks until nothing expired is left.
         loop {
             match store.sweep(now_millis()).await {

@@ -468,6 +468,23 @@ impl Store for HungStore {
     ) -> Result<ipn_relay::store::ReplayCount, ipn_relay::store::StoreError> {
         self.0.replay(ids, d, n).await
     }
+    async fn create_replay_job(&self, j: &ipn_relay::store::ReplayJob) -> Result<(), ipn_relay::store::StoreError> {
+        self.0.create_replay_job(j).await
+    }
+    async fn replay_job(&self, id: &str) -> Result<Option<ipn_relay::store::ReplayJob>, ipn_relay::store::StoreError> {
+        self.0.replay_job(id).await
+    }
+    async fn unfinished_replay_jobs(&self) -> Result<Vec<ipn_relay::store::ReplayJob>, ipn_relay::store::StoreError> {
+        self.0.unfinished_replay_jobs().await
+    }
+    async fn replay_step(
+        &self,
+        j: &ipn_relay::store::ReplayJob,
+        ids: &[String],
+        n: u64,
+    ) -> Result<Option<ipn_relay::store::ReplayJob>, ipn_relay::store::StoreError> {
+        self.0.replay_step(j, ids, n).await
+    }
     async fn sweep(&self, n: u64) -> Result<usize, ipn_relay::store::StoreError> {
         self.0.sweep(n).await
     }

@@ -5,10 +5,11 @@ mod common;
 
 use std::sync::Arc;
 
+use ipn_relay::replay;
 use ipn_relay::store::embedded::EmbeddedStore;
 use ipn_relay::store::{
-    Admission, Attempt, AttemptResult, DeliveryFilter, DeliveryState, NewDelivery, NewEvent, Next, Store,
-    new_delivery_id,
+    Admission, Attempt, AttemptResult, DeliveryFilter, DeliveryState, LIST_SCAN_LIMIT, NewDelivery, NewEvent, Next,
+    Store, new_delivery_id,
 };
 
 const TTL: u64 = 1_000;
@@ -239,6 +240,93 @@ async fn counts_follow_state_changes(s: Arc<impl Store>) {
     assert_eq!(counts.map(|(_, n)| n), [1, 0, 0, 1]);
 }
 
+/// `n` deliveries to `be`, one event each, all dead; ids newest first.
+async fn dead_deliveries(s: &Arc<impl Store>, n: u64) -> Vec<String> {
+    for i in 0..n {
+        s.admit(event(&format!("evt_r{i}"), "np", "t.t", 1000 + i), deliveries(1000 + i, &["be"]), TTL).await.unwrap();
+    }
+    let claims = s.claim_due("be", FAR_FUTURE, n as usize, VIS).await.unwrap();
+    assert_eq!(claims.len() as u64, n);
+    for c in &claims {
+        assert!(s.finish(&c.delivery.id, c.delivery.claim_token, attempt(1000, 500), Next::Dead).await.unwrap());
+    }
+    let mut ids: Vec<String> = claims.into_iter().map(|c| c.delivery.id).collect();
+    ids.sort_by(|a, b| b.cmp(a));
+    ids
+}
+
+async fn replay_job_steps_commit_in_order_and_resume(s: Arc<impl Store>) {
+    let ids = dead_deliveries(&s, 25).await;
+    let filter = DeliveryFilter { state: Some(DeliveryState::Dead), ..Default::default() };
+    let job = replay::create(s.as_ref(), filter, false, 1000).await.unwrap();
+    let first = replay::step(s.as_ref(), &job, 10).await.unwrap().expect("first step commits");
+    assert_eq!((first.steps, first.considered, first.replayed, first.finished), (1, 10, 10, false));
+    assert_eq!(first.cursor.as_deref(), Some(ids[9].as_str()), "the cursor is below the batch");
+    // A second runner holding the job as it was cannot commit the same step.
+    assert_eq!(replay::step(s.as_ref(), &job, 10).await.unwrap(), None);
+    // After a restart the job is found unfinished and resumed where it was.
+    let unfinished = s.unfinished_replay_jobs().await.unwrap();
+    assert_eq!(unfinished, vec![first.clone()]);
+    let done = replay::run(s.as_ref(), unfinished[0].clone(), 10).await.unwrap();
+    assert_eq!((done.considered, done.replayed, done.skipped, done.finished, done.truncated), (25, 25, 0, true, false));
+    assert!(s.unfinished_replay_jobs().await.unwrap().is_empty());
+    assert_eq!(s.replay_job(&job.id).await.unwrap(), Some(done));
+    for id in &ids {
+        let (d, history) = s.delivery(id).await.unwrap().unwrap();
+        assert_eq!((d.state, d.budget_start, history.len()), (DeliveryState::Pending, 1, 1), "{id} replayed once");
+    }
+    // A finished job takes no more steps.
+    let stale = replay::step(s.as_ref(), &first, 10).await.unwrap();
+    assert_eq!(stale, None);
+}
+
+async fn replay_job_never_visits_a_delivery_twice(s: Arc<impl Store>) {
+    let ids = dead_deliveries(&s, 12).await;
+    let filter = DeliveryFilter { state: Some(DeliveryState::Dead), ..Default::default() };
+    let job = replay::create(s.as_ref(), filter, false, 1000).await.unwrap();
+    let job = replay::step(s.as_ref(), &job, 5).await.unwrap().unwrap();
+    // The replayed batch fails again and is dead again, so it matches the
+    // filter again; the job must not replay it a second time.
+    let again = s.claim_due("be", FAR_FUTURE, 100, VIS).await.unwrap();
+    assert_eq!(again.len(), 5);
+    for c in &again {
+        s.finish(&c.delivery.id, c.delivery.claim_token, attempt(1000, 500), Next::Dead).await.unwrap();
+    }
+    let done = replay::run(s.as_ref(), job, 5).await.unwrap();
+    assert_eq!((done.replayed, done.considered), (12, 12));
+    for id in &ids[..5] {
+        let d = s.delivery(id).await.unwrap().unwrap().0;
+        assert_eq!((d.state, d.attempts), (DeliveryState::Dead, 2), "{id} left dead after its one replay");
+    }
+    for id in &ids[5..] {
+        assert_eq!(s.delivery(id).await.unwrap().unwrap().0.state, DeliveryState::Pending);
+    }
+}
+
+async fn replay_job_is_bounded(s: Arc<impl Store>) {
+    dead_deliveries(&s, 9).await;
+    let filter = DeliveryFilter { state: Some(DeliveryState::Dead), ..Default::default() };
+    let job = replay::create(s.as_ref(), filter.clone(), false, 4).await.unwrap();
+    let done = replay::run(s.as_ref(), job, 200).await.unwrap();
+    assert_eq!((done.replayed, done.finished, done.truncated), (4, true, true));
+    assert_eq!(s.list(&filter, None, 100).await.unwrap().items.len(), 5, "the rest are still dead");
+}
+
+async fn list_scans_a_bounded_number_of_records_per_page(s: Arc<impl Store>) {
+    s.admit(event("evt_old", "np", "t.t", 1000), deliveries(1000, &["audit"]), TTL).await.unwrap();
+    let many = LIST_SCAN_LIMIT as u64 + 100;
+    let ds: Vec<NewDelivery> =
+        (0..many).map(|_| NewDelivery { id: new_delivery_id(2000), endpoint: "be".into() }).collect();
+    s.admit(event("evt_big", "np", "t.t", 2000), ds, TTL).await.unwrap();
+    let f = DeliveryFilter { endpoint: Some("audit".into()), ..Default::default() };
+    let p1 = s.list(&f, None, 10).await.unwrap();
+    assert!(p1.items.is_empty(), "the scan limit ends the page before the match");
+    let cursor = p1.next_cursor.expect("a cursor to continue the scan");
+    let p2 = s.list(&f, Some(&cursor), 10).await.unwrap();
+    assert_eq!(p2.items.iter().map(|d| d.event_id.as_str()).collect::<Vec<_>>(), ["evt_old"]);
+    assert_eq!(p2.next_cursor, None);
+}
+
 macro_rules! conformance {
     ($backend:ident, $make:expr) => {
         mod $backend {
@@ -264,6 +352,10 @@ macro_rules! conformance {
             case!(list_filters_and_pages_newest_first);
             case!(replay_resets_the_budget_and_keeps_history);
             case!(counts_follow_state_changes);
+            case!(replay_job_steps_commit_in_order_and_resume);
+            case!(replay_job_never_visits_a_delivery_twice);
+            case!(replay_job_is_bounded);
+            case!(list_scans_a_bounded_number_of_records_per_page);
         }
     };
 }

@@ -48,8 +48,8 @@ use redb::{
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Admission, Attempt, Claim, Delivery, DeliveryFilter, DeliveryState, Millis, NewDelivery, NewEvent, Next, Page,
-    ReplayCount, Store, StoreError, StoredEvent,
+    Admission, Attempt, Claim, Delivery, DeliveryFilter, DeliveryState, LIST_SCAN_LIMIT, Millis, NewDelivery, NewEvent,
+    Next, Page, ReplayCount, ReplayJob, Store, StoreError, StoredEvent,
 };
 
 /// Most operations one commit carries.
@@ -70,6 +70,7 @@ const ATTEMPTS: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("atte
 const DUE: TableDefinition<(&str, u64, &str), ()> = TableDefinition::new("due");
 const COUNTS: TableDefinition<&str, u64> = TableDefinition::new("counts");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const REPLAY_JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("replay_jobs");
 
 /// After a failed write the store reports not ready for this long, unless a
 /// write succeeds sooner. A heartbeat may fit in pages the file already has
@@ -92,6 +93,8 @@ enum Op {
     Finish { id: String, token: u64, attempt: Attempt, next: Next, reply: Reply<bool> },
     Release { id: String, token: u64, due: Millis, reply: Reply<bool> },
     Replay { ids: Vec<String>, include_delivered: bool, now: Millis, reply: Reply<ReplayCount> },
+    CreateJob { job: Box<ReplayJob>, reply: Reply<()> },
+    ReplayStep { job: Box<ReplayJob>, ids: Vec<String>, now: Millis, reply: Reply<Option<ReplayJob>> },
     Sweep { now: Millis, reply: Reply<usize> },
     Ping { reply: Reply<()> },
 }
@@ -368,6 +371,8 @@ fn fail(op: Op, e: StoreError) {
         Op::Finish { reply, .. } => drop(reply.send(Err(e))),
         Op::Release { reply, .. } => drop(reply.send(Err(e))),
         Op::Replay { reply, .. } => drop(reply.send(Err(e))),
+        Op::CreateJob { reply, .. } => drop(reply.send(Err(e))),
+        Op::ReplayStep { reply, .. } => drop(reply.send(Err(e))),
         Op::Sweep { reply, .. } => drop(reply.send(Err(e))),
         Op::Ping { reply } => drop(reply.send(Err(e))),
     }
@@ -406,6 +411,8 @@ fn apply(t: &mut Tables<'_>, claims: &mut ClaimTable, op: Op) -> Result<Answer, 
         Op::Replay { ids, include_delivered, now, reply } => {
             run!(reply, t.replay(claims, &ids, include_delivered, now))
         }
+        Op::CreateJob { job, reply } => run!(reply, t.create_job(&job)),
+        Op::ReplayStep { job, ids, now, reply } => run!(reply, t.replay_step(claims, *job, &ids, now)),
         Op::Sweep { now, reply } => run!(reply, t.sweep(now)),
         Op::Ping { reply } => {
             run!(reply, t.meta.insert("heartbeat", super::now_millis()).map(|_| ()).map_err(unavailable))
@@ -434,6 +441,7 @@ struct Tables<'txn> {
     due: Table<'txn, (&'static str, u64, &'static str), ()>,
     counts: Table<'txn, &'static str, u64>,
     meta: Table<'txn, &'static str, u64>,
+    replay_jobs: Table<'txn, &'static str, &'static [u8]>,
     /// State-count changes of this batch, written once before commit.
     count_deltas: [i64; 4],
 }
@@ -458,6 +466,7 @@ impl<'txn> Tables<'txn> {
             due: txn.open_table(DUE).map_err(unavailable)?,
             counts: txn.open_table(COUNTS).map_err(unavailable)?,
             meta: txn.open_table(META).map_err(unavailable)?,
+            replay_jobs: txn.open_table(REPLAY_JOBS).map_err(unavailable)?,
             count_deltas: [0; 4],
         })
         .and_then(|mut t| {
@@ -727,6 +736,30 @@ impl<'txn> Tables<'txn> {
         Ok(count)
     }
 
+    fn create_job(&mut self, job: &ReplayJob) -> Result<(), StoreError> {
+        self.replay_jobs.insert(job.id.as_str(), encode(job).as_slice()).map_err(unavailable)?;
+        Ok(())
+    }
+
+    fn replay_step(
+        &mut self,
+        claims: &ClaimTable,
+        mut job: ReplayJob,
+        ids: &[String],
+        now: Millis,
+    ) -> Result<Option<ReplayJob>, StoreError> {
+        let stored: ReplayJob = match self.replay_jobs.get(job.id.as_str()).map_err(unavailable)? {
+            Some(v) => serde_json::from_slice(v.value()).map_err(|e| corrupt(&job.id, e))?,
+            None => return Ok(None),
+        };
+        if stored.finished || stored.steps + 1 != job.steps {
+            return Ok(None);
+        }
+        job.add(self.replay(claims, ids, job.include_delivered, now)?);
+        self.replay_jobs.insert(job.id.as_str(), encode(&job).as_slice()).map_err(unavailable)?;
+        Ok(Some(job))
+    }
+
     fn sweep(&mut self, now: Millis) -> Result<usize, StoreError> {
         let mut expired = Vec::new();
         for entry in self.dedupe_expiry.range((0u64, "")..(now, "")).map_err(unavailable)?.take(SWEEP_CHUNK) {
@@ -927,21 +960,27 @@ impl Store for EmbeddedStore {
                 upper = c;
             }
             let mut items = Vec::new();
-            let mut more = false;
-            for entry in table.range(lower.as_str()..upper.as_str()).map_err(unavailable)?.rev() {
+            let mut next_cursor = None;
+            let mut last_examined: Option<String> = None;
+            for (examined, entry) in table.range(lower.as_str()..upper.as_str()).map_err(unavailable)?.rev().enumerate()
+            {
                 let (k, v) = entry.map_err(unavailable)?;
+                if examined == LIST_SCAN_LIMIT {
+                    next_cursor = last_examined;
+                    break;
+                }
+                last_examined = Some(k.value().to_owned());
                 let mut d = decode_delivery(k.value(), v.value())?;
                 claims.lock().map_err(|_| unavailable("lock poisoned"))?.overlay(&mut d);
                 if !filter.matches(&d) {
                     continue;
                 }
                 if items.len() == limit {
-                    more = true;
+                    next_cursor = items.last().map(|d: &Delivery| d.id.clone());
                     break;
                 }
                 items.push(d);
             }
-            let next_cursor = if more { items.last().map(|d| d.id.clone()) } else { None };
             Ok(Page { items, next_cursor })
         })
         .await
@@ -950,6 +989,43 @@ impl Store for EmbeddedStore {
     async fn replay(&self, ids: &[String], include_delivered: bool, now: Millis) -> Result<ReplayCount, StoreError> {
         let ids = ids.to_vec();
         self.call(|reply| Op::Replay { ids, include_delivered, now, reply }).await
+    }
+
+    async fn create_replay_job(&self, job: &ReplayJob) -> Result<(), StoreError> {
+        let job = Box::new(job.clone());
+        self.call(|reply| Op::CreateJob { job, reply }).await
+    }
+
+    async fn replay_job(&self, id: &str) -> Result<Option<ReplayJob>, StoreError> {
+        let id = id.to_owned();
+        self.read(move |txn| {
+            let table = txn.open_table(REPLAY_JOBS).map_err(unavailable)?;
+            let Some(v) = table.get(id.as_str()).map_err(unavailable)? else { return Ok(None) };
+            serde_json::from_slice(v.value()).map(Some).map_err(|e| corrupt(&id, e))
+        })
+        .await
+    }
+
+    async fn unfinished_replay_jobs(&self) -> Result<Vec<ReplayJob>, StoreError> {
+        self.read(move |txn| {
+            let table = txn.open_table(REPLAY_JOBS).map_err(unavailable)?;
+            let mut jobs = Vec::new();
+            for entry in table.iter().map_err(unavailable)? {
+                let (k, v) = entry.map_err(unavailable)?;
+                match serde_json::from_slice::<ReplayJob>(v.value()) {
+                    Ok(job) if !job.finished => jobs.push(job),
+                    Ok(_) => {}
+                    Err(e) => tracing::error!(job = %k.value(), error = %e, "unreadable replay job skipped"),
+                }
+            }
+            Ok(jobs)
+        })
+        .await
+    }
+
+    async fn replay_step(&self, job: &ReplayJob, ids: &[String], now: Millis) -> Result<Option<ReplayJob>, StoreError> {
+        let (job, ids) = (Box::new(job.clone()), ids.to_vec());
+        self.call(|reply| Op::ReplayStep { job, ids, now, reply }).await
     }
 
     async fn sweep(&self, now: Millis) -> Result<usize, StoreError> {

@@ -190,7 +190,7 @@ pub enum Next {
 }
 
 /// Selects deliveries for listing and bulk replay. Empty fields match all.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct DeliveryFilter {
     pub state: Option<DeliveryState>,
     pub source: Option<String>,
@@ -213,8 +213,16 @@ impl DeliveryFilter {
     }
 }
 
-/// One page of deliveries, newest first. `next_cursor` continues after the
-/// last item; it stays valid while deliveries change state.
+/// Most delivery records one [`Store::list`] call examines. A narrow filter
+/// over a large store returns a short (even empty) page with a cursor rather
+/// than scanning everything in one request.
+pub const LIST_SCAN_LIMIT: usize = 5_000;
+
+/// One page of deliveries, newest first. `next_cursor` continues below the
+/// last delivery examined (ids never change, so it stays valid while
+/// deliveries change state); `None` means nothing is left. A page may hold
+/// fewer than `limit` items and still have a cursor, when the scan limit was
+/// reached first.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Page {
     pub items: Vec<Delivery>,
@@ -229,6 +237,68 @@ pub struct ReplayCount {
     /// delivered ones were asked for): left as they were.
     pub skipped: usize,
     pub not_found: usize,
+}
+
+/// A bulk replay by filter, kept in the store so that it survives a restart
+/// half way. It walks the matching deliveries newest first, one step at a
+/// time; each step replays a batch and moves `cursor` below it in the same
+/// transaction, so no delivery is visited twice and a resumed job continues
+/// where the last committed step ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplayJob {
+    /// `rpl_`, 12 hex digits of milliseconds, 16 random hex digits.
+    pub id: String,
+    pub filter: DeliveryFilter,
+    pub include_delivered: bool,
+    /// Most deliveries the job considers.
+    pub max: usize,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+    /// Steps committed. A step commits only over the one before it, so two
+    /// runners of one job (after a restart, or on two relays) cannot both
+    /// replay a batch.
+    pub steps: u64,
+    /// The last delivery id considered; the next step continues below it.
+    pub cursor: Option<String>,
+    pub considered: usize,
+    pub replayed: usize,
+    pub skipped: usize,
+    pub not_found: usize,
+    pub finished: bool,
+    /// Finished because `max` was reached with matching deliveries left.
+    pub truncated: bool,
+}
+
+impl ReplayJob {
+    /// A new job over `filter`. Only deliveries created before `now` are
+    /// considered, so deliveries admitted while it runs are left alone.
+    pub fn new(filter: DeliveryFilter, include_delivered: bool, max: usize, now: Millis) -> ReplayJob {
+        let mut filter = filter;
+        filter.until = Some(filter.until.map_or(now + 1, |u| u.min(now + 1)));
+        ReplayJob {
+            id: format!("rpl_{:012x}{:016x}", now, rand::random::<u64>()),
+            filter,
+            include_delivered,
+            max,
+            created_at: now,
+            updated_at: now,
+            steps: 0,
+            cursor: None,
+            considered: 0,
+            replayed: 0,
+            skipped: 0,
+            not_found: 0,
+            finished: false,
+            truncated: false,
+        }
+    }
+
+    /// Adds one step's count (what a store does when it saves the step).
+    pub fn add(&mut self, count: ReplayCount) {
+        self.replayed += count.replayed;
+        self.skipped += count.skipped;
+        self.not_found += count.not_found;
+    }
 }
 
 /// A stored event.
@@ -290,6 +360,22 @@ pub trait Store: Send + Sync + 'static {
     /// attempt budget and their history kept. Dead ones always; delivered
     /// ones only if `include_delivered`.
     async fn replay(&self, ids: &[String], include_delivered: bool, now: Millis) -> Result<ReplayCount, StoreError>;
+
+    /// Stores a new replay job.
+    async fn create_replay_job(&self, job: &ReplayJob) -> Result<(), StoreError>;
+
+    async fn replay_job(&self, id: &str) -> Result<Option<ReplayJob>, StoreError>;
+
+    /// Jobs not yet finished (to resume after a restart).
+    async fn unfinished_replay_jobs(&self) -> Result<Vec<ReplayJob>, StoreError>;
+
+    /// One step of a replay job, atomically: replays `ids` as [`replay`]
+    /// does and saves `job` (step `n`) with this step's count added, but only
+    /// if the stored job is at step `n - 1` and unfinished. Returns the saved
+    /// job, or `None`, changing nothing, if another runner got there first.
+    ///
+    /// [`replay`]: Store::replay
+    async fn replay_step(&self, job: &ReplayJob, ids: &[String], now: Millis) -> Result<Option<ReplayJob>, StoreError>;
 
     /// Removes dedupe keys that expired by `now`; returns how many.
     async fn sweep(&self, now: Millis) -> Result<usize, StoreError>;

@@ -38,8 +38,8 @@ use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 
 use super::{
-    Admission, Attempt, Claim, Delivery, DeliveryFilter, DeliveryState, Millis, NewDelivery, NewEvent, Next, Page,
-    ReplayCount, Store, StoreError, StoredEvent,
+    Admission, Attempt, Claim, Delivery, DeliveryFilter, DeliveryState, LIST_SCAN_LIMIT, Millis, NewDelivery, NewEvent,
+    Next, Page, ReplayCount, ReplayJob, Store, StoreError, StoredEvent,
 };
 
 /// KEYS: dedupe, event, event-dlv, counts, index, dedupe-exp, then a (dlv,
@@ -158,37 +158,73 @@ redis.call('SET', KEYS[1], cjson.encode(d))
 return 1
 "#;
 
-/// KEYS: counts. ARGV: key prefix, include delivered ('1' | '0'), now, ids...
-/// Returns {replayed, skipped, not_found}.
-const REPLAY: &str = r#"
-local replayed, skipped, missing = 0, 0, 0
-local seen = {}
-for i = 4, #ARGV do
-  local id = ARGV[i]
-  if not seen[id] then
-    seen[id] = true
-    local raw = redis.call('GET', ARGV[1] .. 'dlv:' .. id)
-    if not raw then
-      missing = missing + 1
-    else
-      local d = cjson.decode(raw)
-      if d.state == 'dead' or (ARGV[2] == '1' and d.state == 'delivered') then
-        redis.call('HINCRBY', KEYS[1], d.state, -1)
-        redis.call('HINCRBY', KEYS[1], 'pending', 1)
+/// Lua: replays the delivery ids ARGV[first..]; counts go to `counts`.
+/// Returns replayed, skipped, not found. Shared by REPLAY and REPLAY_STEP.
+const REPLAY_IDS: &str = r#"
+local function replay_ids(counts, prefix, include_delivered, now, first)
+  local replayed, skipped, missing = 0, 0, 0
+  local seen = {}
+  for i = first, #ARGV do
+    local id = ARGV[i]
+    if not seen[id] then
+      seen[id] = true
+      local raw = redis.call('GET', prefix .. 'dlv:' .. id)
+      local ok, d = false, nil
+      if raw then ok, d = pcall(cjson.decode, raw) end
+      if not raw then
+        missing = missing + 1
+      elseif not ok or type(d) ~= 'table' or type(d.endpoint) ~= 'string' then
+        skipped = skipped + 1
+      elseif d.state == 'dead' or (include_delivered and d.state == 'delivered') then
+        redis.call('HINCRBY', counts, d.state, -1)
+        redis.call('HINCRBY', counts, 'pending', 1)
         d.state = 'pending'
         d.budget_start = d.attempts
-        d.next_attempt_at = tonumber(ARGV[3])
-        d.updated_at = tonumber(ARGV[3])
-        redis.call('SET', ARGV[1] .. 'dlv:' .. id, cjson.encode(d))
-        redis.call('ZADD', ARGV[1] .. 'due:' .. d.endpoint, tonumber(ARGV[3]), id)
+        d.next_attempt_at = now
+        d.updated_at = now
+        redis.call('SET', prefix .. 'dlv:' .. id, cjson.encode(d))
+        redis.call('ZADD', prefix .. 'due:' .. d.endpoint, now, id)
         replayed = replayed + 1
       else
         skipped = skipped + 1
       end
     end
   end
+  return replayed, skipped, missing
 end
-return {replayed, skipped, missing}
+"#;
+
+/// KEYS: counts. ARGV: key prefix, include delivered ('1' | '0'), now, ids...
+/// Returns {replayed, skipped, not_found}.
+const REPLAY: &str = r#"
+local r, s, m = replay_ids(KEYS[1], ARGV[1], ARGV[2] == '1', tonumber(ARGV[3]), 4)
+return {r, s, m}
+"#;
+
+/// KEYS: counts, replay job, unfinished jobs set. ARGV: key prefix, now, job
+/// json (the new step), ids... Saves the job with this step's counts added
+/// only over the step before it; returns the saved job, or false.
+const REPLAY_STEP: &str = r#"
+local raw = redis.call('GET', KEYS[2])
+if not raw then return false end
+local stored = cjson.decode(raw)
+local job = cjson.decode(ARGV[3])
+if stored.finished or stored.steps + 1 ~= job.steps then return false end
+local r, s, m = replay_ids(KEYS[1], ARGV[1], job.include_delivered, tonumber(ARGV[2]), 4)
+job.replayed = job.replayed + r
+job.skipped = job.skipped + s
+job.not_found = job.not_found + m
+local enc = cjson.encode(job)
+redis.call('SET', KEYS[2], enc)
+if job.finished then redis.call('SREM', KEYS[3], job.id) else redis.call('SADD', KEYS[3], job.id) end
+return enc
+"#;
+
+/// KEYS: replay job, unfinished jobs set. ARGV: job id, job json.
+const CREATE_JOB: &str = r#"
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('SADD', KEYS[2], ARGV[1])
+return 1
 "#;
 
 /// KEYS: dedupe-exp. ARGV: key prefix, now, max. Clears dedupe keys that
@@ -438,7 +474,12 @@ impl Store for RedisStore {
             }
         }
         let mut items = Vec::new();
+        let mut examined = 0;
         loop {
+            if examined >= LIST_SCAN_LIMIT {
+                // The scan limit: continue below the last id examined.
+                return Ok(Page { items, next_cursor: Some(upper[1..].to_owned()) });
+            }
             let ids: Vec<String> = redis::cmd("ZREVRANGEBYLEX")
                 .arg(self.key("index"))
                 .arg(&upper)
@@ -450,6 +491,7 @@ impl Store for RedisStore {
                 .await
                 .map_err(unavailable)?;
             let Some(last) = ids.last().cloned() else { break };
+            examined += ids.len();
             for d in self.deliveries(&ids).await? {
                 if filter.matches(&d) {
                     if items.len() == limit {
@@ -468,7 +510,7 @@ impl Store for RedisStore {
     }
 
     async fn replay(&self, ids: &[String], include_delivered: bool, now: Millis) -> Result<ReplayCount, StoreError> {
-        let replay = Script::new(REPLAY);
+        let replay = Script::new(&format!("{REPLAY_IDS}{REPLAY}"));
         let mut script = replay.prepare_invoke();
         script.key(self.key("counts")).arg(&self.keys).arg(if include_delivered { "1" } else { "0" }).arg(now);
         for id in ids {
@@ -476,6 +518,54 @@ impl Store for RedisStore {
         }
         let (replayed, skipped, not_found): (usize, usize, usize) = self.invoke(&script, false).await?;
         Ok(ReplayCount { replayed, skipped, not_found })
+    }
+
+    async fn create_replay_job(&self, job: &ReplayJob) -> Result<(), StoreError> {
+        let script = Script::new(CREATE_JOB);
+        let mut inv = script.prepare_invoke();
+        inv.key(self.key(&format!("replay:{}", job.id)))
+            .key(self.key("replays-open"))
+            .arg(&job.id)
+            .arg(serde_json::to_string(job).map_err(unavailable)?);
+        self.invoke::<i64>(&inv, true).await.map(|_| ())
+    }
+
+    async fn replay_job(&self, id: &str) -> Result<Option<ReplayJob>, StoreError> {
+        let raw: Option<String> = self.conn().get(self.key(&format!("replay:{id}"))).await.map_err(unavailable)?;
+        raw.map(|r| decode(id, &r)).transpose()
+    }
+
+    async fn unfinished_replay_jobs(&self) -> Result<Vec<ReplayJob>, StoreError> {
+        let ids: Vec<String> = self.conn().smembers(self.key("replays-open")).await.map_err(unavailable)?;
+        let mut jobs = Vec::new();
+        for id in ids {
+            match self.replay_job(&id).await {
+                Ok(Some(job)) if !job.finished => jobs.push(job),
+                Ok(_) => {}
+                Err(e @ StoreError::Corrupt { .. }) => {
+                    tracing::error!(job = %id, error = %e, "unreadable replay job skipped")
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(jobs)
+    }
+
+    async fn replay_step(&self, job: &ReplayJob, ids: &[String], now: Millis) -> Result<Option<ReplayJob>, StoreError> {
+        let script = Script::new(&format!("{REPLAY_IDS}{REPLAY_STEP}"));
+        let mut inv = script.prepare_invoke();
+        inv.key(self.key("counts"))
+            .key(self.key(&format!("replay:{}", job.id)))
+            .key(self.key("replays-open"))
+            .arg(&self.keys)
+            .arg(now)
+            .arg(serde_json::to_string(job).map_err(unavailable)?);
+        for id in ids {
+            inv.arg(id);
+        }
+        // Safe to run twice: the second run finds the step already saved.
+        let saved: Option<String> = self.invoke(&inv, true).await?;
+        saved.map(|s| decode(&job.id, &s)).transpose()
     }
 
     async fn sweep(&self, now: Millis) -> Result<usize, StoreError> {

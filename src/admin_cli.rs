@@ -1,0 +1,448 @@
+//! The operator commands of the command line: `deliveries list/show`,
+//! `events show` and `replay`, over the admin API of a running relay.
+//!
+//! Output is a table for people and, with `--json`, the API's own JSON for
+//! scripts. Exit codes: 0 done, 1 the relay could not be reached or failed,
+//! 2 a bad request (a bad filter, say), 3 a missing or wrong token, 4 no such
+//! id.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use anyhow::anyhow;
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+
+/// What failed, and the exit code it gives.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{0}")]
+    Unreachable(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl ClientError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ClientError::Unreachable(_) | ClientError::Failed(_) => 1,
+            ClientError::BadRequest(_) => 2,
+            ClientError::Unauthorized(_) => 3,
+            ClientError::NotFound(_) => 4,
+        }
+    }
+}
+
+#[derive(Args, Clone)]
+pub struct Connection {
+    /// The relay's admin listener.
+    #[arg(long, env = "IPN_RELAY_ADMIN_URL", default_value = "http://127.0.0.1:9090", global = true)]
+    admin_url: String,
+    /// The admin token (server.admin_token).
+    #[arg(long, env = "IPN_RELAY_ADMIN_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+    /// Print the API's JSON instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Args, Clone, Default)]
+pub struct Filters {
+    /// pending, in_flight, delivered or dead.
+    #[arg(long)]
+    state: Option<String>,
+    /// A source name from the configuration.
+    #[arg(long)]
+    source: Option<String>,
+    /// An endpoint name from the configuration.
+    #[arg(long)]
+    endpoint: Option<String>,
+    /// A normalised event type, e.g. deposit.confirmed.
+    #[arg(long = "type")]
+    event_type: Option<String>,
+    /// Created at or after: an RFC 3339 time or a duration ago (24h).
+    #[arg(long)]
+    since: Option<String>,
+    /// Created before: an RFC 3339 time or a duration ago.
+    #[arg(long)]
+    until: Option<String>,
+}
+
+impl Filters {
+    fn pairs(&self) -> Vec<(&'static str, String)> {
+        [
+            ("state", &self.state),
+            ("source", &self.source),
+            ("endpoint", &self.endpoint),
+            ("type", &self.event_type),
+            ("since", &self.since),
+            ("until", &self.until),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.clone().map(|v| (k, v)))
+        .collect()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.pairs().is_empty()
+    }
+}
+
+#[derive(Subcommand)]
+pub enum DeliveriesCommand {
+    /// List deliveries, newest first.
+    List {
+        #[command(flatten)]
+        filters: Filters,
+        /// Deliveries per page (1 to 1000).
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Continue from a previous page.
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// One delivery with every attempt.
+    Show { id: String },
+}
+
+#[derive(Subcommand)]
+pub enum EventsCommand {
+    /// One event and its deliveries.
+    Show { id: String },
+}
+
+#[derive(Args)]
+pub struct ReplayArgs {
+    /// Delivery ids to replay. Without ids, replays every delivery the
+    /// filters select (state dead unless --state delivered).
+    ids: Vec<String>,
+    #[command(flatten)]
+    filters: Filters,
+    /// Also replay delivered deliveries named by id.
+    #[arg(long)]
+    include_delivered: bool,
+    /// Most deliveries one bulk replay considers (1 to 10000).
+    #[arg(long)]
+    max: Option<usize>,
+}
+
+/// A blocking-free client for one command.
+struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl Client {
+    fn new(c: &Connection) -> anyhow::Result<Client> {
+        crate::delivery::install_tls_provider();
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(120))
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| anyhow!("cannot build an HTTP client: {e}"))?;
+        Ok(Client { http, base: c.admin_url.trim_end_matches('/').to_owned(), token: c.token.clone() })
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Value, ClientError> {
+        let url = format!("{}{path}", self.base);
+        let mut req = self.http.request(method, &url);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.header("content-type", "application/json").body(b.to_string());
+        }
+        let resp = req.send().await.map_err(|e| {
+            ClientError::Unreachable(format!("cannot reach the relay's admin API at {}: {}", self.base, root_cause(&e)))
+        })?;
+        let status = resp.status();
+        let text = resp
+            .text()
+            .await
+            .map_err(|e| ClientError::Failed(format!("the relay's answer was cut off: {}", root_cause(&e))))?;
+        let value: Value = serde_json::from_str(&text).map_err(|_| {
+            ClientError::Failed(format!("the admin API at {} answered HTTP {status} with no JSON", self.base))
+        })?;
+        if status.is_success() {
+            return Ok(value);
+        }
+        let message = value["error"]["message"].as_str().unwrap_or("no message").to_owned();
+        Err(match status.as_u16() {
+            400 => ClientError::BadRequest(message),
+            401 if self.token.is_none() => {
+                ClientError::Unauthorized(format!("{message}: pass --token or set IPN_RELAY_ADMIN_TOKEN"))
+            }
+            401 => ClientError::Unauthorized(message),
+            404 => ClientError::NotFound(message),
+            code => ClientError::Failed(format!("{message} (HTTP {code})")),
+        })
+    }
+}
+
+fn root_cause(e: &dyn std::error::Error) -> String {
+    let mut cause = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
+
+fn query(pairs: &[(&str, String)]) -> String {
+    let mut q = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in pairs {
+        q.append_pair(k, v);
+    }
+    let q = q.finish();
+    if q.is_empty() { q } else { format!("?{q}") }
+}
+
+fn path_segment(id: &str) -> String {
+    form_urlencoded::byte_serialize(id.as_bytes()).collect()
+}
+
+/// Runs an operator command and prints its output.
+pub async fn deliveries(conn: &Connection, cmd: DeliveriesCommand) -> Result<(), ClientError> {
+    let client = Client::new(conn).map_err(|e| ClientError::Failed(e.to_string()))?;
+    match cmd {
+        DeliveriesCommand::List { filters, limit, cursor } => {
+            let mut pairs = filters.pairs();
+            pairs.push(("limit", limit.to_string()));
+            if let Some(c) = cursor {
+                pairs.push(("cursor", c));
+            }
+            let page = client.call(reqwest::Method::GET, &format!("/admin/deliveries{}", query(&pairs)), None).await?;
+            print(conn, &page, render_list);
+        }
+        DeliveriesCommand::Show { id } => {
+            let d =
+                client.call(reqwest::Method::GET, &format!("/admin/deliveries/{}", path_segment(&id)), None).await?;
+            print(conn, &d, render_delivery);
+        }
+    }
+    Ok(())
+}
+
+pub async fn events(conn: &Connection, cmd: EventsCommand) -> Result<(), ClientError> {
+    let client = Client::new(conn).map_err(|e| ClientError::Failed(e.to_string()))?;
+    let EventsCommand::Show { id } = cmd;
+    let e = client.call(reqwest::Method::GET, &format!("/admin/events/{}", path_segment(&id)), None).await?;
+    print(conn, &e, render_event);
+    Ok(())
+}
+
+pub async fn replay(conn: &Connection, args: ReplayArgs) -> Result<(), ClientError> {
+    let client = Client::new(conn).map_err(|e| ClientError::Failed(e.to_string()))?;
+    if !args.ids.is_empty() {
+        if !args.filters.is_empty() || args.max.is_some() {
+            return Err(ClientError::BadRequest("give delivery ids or filters, not both".into()));
+        }
+        let q = if args.include_delivered { "?include_delivered=true" } else { "" };
+        let mut results = Vec::new();
+        let (mut replayed, mut skipped) = (0, 0);
+        for id in &args.ids {
+            let path = format!("/admin/deliveries/{}/replay{q}", path_segment(id));
+            let r = client.call(reqwest::Method::POST, &path, None).await?;
+            replayed += r["replayed"].as_u64().unwrap_or(0);
+            skipped += r["skipped"].as_u64().unwrap_or(0);
+            results.push(json!({"id": id, "replayed": r["replayed"], "skipped": r["skipped"], "state": r["state"]}));
+        }
+        let out = json!({"replayed": replayed, "skipped": skipped, "deliveries": results});
+        print(conn, &out, |v| {
+            let mut s = String::new();
+            for d in v["deliveries"].as_array().into_iter().flatten() {
+                let what = if d["replayed"] == 1 { "replayed" } else { "skipped" };
+                let _ = writeln!(s, "{}  {what}  (now {})", d["id"].as_str().unwrap_or(""), text(&d["state"]));
+            }
+            let _ = writeln!(s, "replayed {}, skipped {}", v["replayed"], v["skipped"]);
+            s
+        });
+        return Ok(());
+    }
+    if args.filters.is_empty() {
+        return Err(ClientError::BadRequest(
+            "name delivery ids, or select deliveries with filters (for every dead one: --state dead)".into(),
+        ));
+    }
+    if args.include_delivered {
+        return Err(ClientError::BadRequest(
+            "with filters, use --state delivered to replay delivered deliveries".into(),
+        ));
+    }
+    let mut body = serde_json::Map::new();
+    for (k, v) in args.filters.pairs() {
+        body.insert(k.to_owned(), Value::String(v));
+    }
+    if let Some(max) = args.max {
+        body.insert("max".into(), json!(max));
+    }
+    let r = client.call(reqwest::Method::POST, "/admin/replay", Some(Value::Object(body))).await?;
+    print(conn, &r, |v| {
+        let mut s = format!(
+            "replayed {}, skipped {} of {} considered (job {})\n",
+            v["replayed"],
+            v["skipped"],
+            v["considered"],
+            text(&v["job"])
+        );
+        if v["truncated"] == true {
+            s.push_str(
+                "stopped at --max with more deliveries matching: run the same command again for the next ones\n",
+            );
+        }
+        s
+    });
+    Ok(())
+}
+
+fn print(conn: &Connection, value: &Value, render: impl Fn(&Value) -> String) {
+    if conn.json {
+        println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+    } else {
+        print!("{}", render(value));
+    }
+}
+
+/// A JSON value as table text: strings bare, null as `-`.
+fn text(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Left-aligned columns, two spaces apart; long cells are cut.
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    const MAX_CELL: usize = 60;
+    let cut = |s: &str| -> String {
+        if s.chars().count() > MAX_CELL {
+            format!("{}…", s.chars().take(MAX_CELL - 1).collect::<String>())
+        } else {
+            s.to_owned()
+        }
+    };
+    let rows: Vec<Vec<String>> = rows.iter().map(|r| r.iter().map(|c| cut(c)).collect()).collect();
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).chain([header[i].len()]).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in std::iter::once(header.iter().map(|h| h.to_string()).collect::<Vec<_>>()).chain(rows) {
+        let line: Vec<String> = row.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let _ = writeln!(out, "{}", line.join("  ").trim_end());
+    }
+    out
+}
+
+fn delivery_rows(items: &[Value]) -> Vec<Vec<String>> {
+    items
+        .iter()
+        .map(|d| {
+            ["id", "state", "endpoint", "type", "attempts", "created_at", "last_error"]
+                .iter()
+                .map(|k| text(&d[*k]))
+                .collect()
+        })
+        .collect()
+}
+
+const DELIVERY_HEADER: [&str; 7] = ["ID", "STATE", "ENDPOINT", "TYPE", "ATTEMPTS", "CREATED", "LAST ERROR"];
+
+fn render_list(page: &Value) -> String {
+    let items = page["items"].as_array().cloned().unwrap_or_default();
+    let mut out = if items.is_empty() {
+        "no deliveries match\n".to_owned()
+    } else {
+        table(&DELIVERY_HEADER, &delivery_rows(&items))
+    };
+    if let Some(c) = page["next_cursor"].as_str() {
+        let _ = writeln!(out, "more: add --cursor {c}");
+    }
+    out
+}
+
+fn render_delivery(d: &Value) -> String {
+    let mut out = String::new();
+    for k in [
+        "id",
+        "event_id",
+        "endpoint",
+        "source",
+        "type",
+        "state",
+        "attempts",
+        "next_attempt_at",
+        "last_error",
+        "created_at",
+        "updated_at",
+    ] {
+        let _ = writeln!(out, "{:<16}{}", format!("{k}:"), text(&d[k]));
+    }
+    let history = d["history"].as_array().cloned().unwrap_or_default();
+    out.push('\n');
+    if history.is_empty() {
+        out.push_str("no attempts yet\n");
+    } else {
+        let rows: Vec<Vec<String>> = history
+            .iter()
+            .map(|a| {
+                let result = match (&a["status"], &a["error"]) {
+                    (Value::Number(code), _) => format!("HTTP {code}"),
+                    (_, e) => text(e),
+                };
+                vec![
+                    text(&a["number"]),
+                    text(&a["started_at"]),
+                    format!("{} ms", text(&a["duration_ms"])),
+                    result,
+                    text(&a["response_excerpt"]).replace(['\n', '\r'], " "),
+                ]
+            })
+            .collect();
+        out.push_str(&table(&["#", "STARTED", "DURATION", "RESULT", "RESPONSE"], &rows));
+    }
+    out
+}
+
+fn render_event(e: &Value) -> String {
+    let mut out = serde_json::to_string_pretty(&e["event"]).unwrap_or_default();
+    out.push_str("\n\n");
+    let items = e["deliveries"].as_array().cloned().unwrap_or_default();
+    if items.is_empty() {
+        out.push_str("no deliveries (no endpoint matched)\n");
+    } else {
+        out.push_str(&table(&DELIVERY_HEADER, &delivery_rows(&items)));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align_and_cut_long_cells() {
+        let long = "x".repeat(80);
+        let t = table(&["A", "LONG"], &[vec!["1".into(), long], vec!["22".into(), "b".into()]]);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines[0], "A   LONG");
+        assert!(lines[1].starts_with("1   xxx") && lines[1].ends_with('…'), "{}", lines[1]);
+        assert_eq!(lines[1].chars().count(), 4 + 60);
+        assert_eq!(lines[2], "22  b");
+    }
+
+    #[test]
+    fn queries_are_encoded() {
+        assert_eq!(
+            query(&[("type", "deposit.confirmed".into()), ("since", "2026-11-20T08:00:00+01:00".into())]),
+            "?type=deposit.confirmed&since=2026-11-20T08%3A00%3A00%2B01%3A00"
+        );
+        assert_eq!(query(&[]), "");
+    }
+}

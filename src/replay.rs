@@ -1,0 +1,126 @@
+//! Bulk replay by filter: durable, bounded, and never twice in one request.
+//!
+//! A bulk replay is a [`ReplayJob`] kept in the store. [`run`] walks the
+//! matching deliveries newest first in batches; each batch is replayed and
+//! the job's cursor moved below it in one store transaction
+//! ([`Store::replay_step`]). So a delivery is visited at most once per job,
+//! even if it is replayed, delivered and matches the filter again, and a job
+//! interrupted by a restart resumes at its last committed batch. Steps are
+//! numbered and commit only in order, so two runners of one job (this relay
+//! after a restart and another relay on the same Redis) cannot both replay a
+//! batch: the loser stops.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use crate::store::{DeliveryFilter, Millis, ReplayJob, Store, StoreError, now_millis};
+
+/// Deliveries replayed per step.
+pub const BATCH: usize = 200;
+
+/// A job not advanced for this long is taken to have lost its runner (a
+/// failed request, a crashed relay) and is resumed by housekeeping.
+pub const STALE_AFTER_MS: Millis = 30_000;
+
+/// Creates a job over `filter` and stores it; [`run`] does the work.
+pub async fn create(
+    store: &dyn Store,
+    filter: DeliveryFilter,
+    include_delivered: bool,
+    max: usize,
+) -> Result<ReplayJob, StoreError> {
+    let job = ReplayJob::new(filter, include_delivered, max.max(1), now_millis());
+    store.create_replay_job(&job).await?;
+    Ok(job)
+}
+
+/// Runs `job` to the end, `batch` deliveries per step. Returns the job as
+/// stored last: finished, or as another runner left it if that runner took
+/// over (then it is that runner's to finish).
+pub async fn run(store: &dyn Store, mut job: ReplayJob, batch: usize) -> Result<ReplayJob, StoreError> {
+    while !job.finished {
+        let Some(saved) = step(store, &job, batch).await? else {
+            tracing::info!(job = %job.id, "replay job advanced by another runner; leaving it to that one");
+            return Ok(store.replay_job(&job.id).await?.unwrap_or(job));
+        };
+        job = saved;
+    }
+    tracing::info!(
+        job = %job.id, replayed = job.replayed, skipped = job.skipped, truncated = job.truncated,
+        "replay job finished"
+    );
+    Ok(job)
+}
+
+/// One step: the next batch below the cursor, replayed and recorded. `None`
+/// if another runner committed this step first.
+pub async fn step(store: &dyn Store, job: &ReplayJob, batch: usize) -> Result<Option<ReplayJob>, StoreError> {
+    let room = job.max.saturating_sub(job.considered);
+    let page = store.list(&job.filter, job.cursor.as_deref(), batch.clamp(1, room.max(1))).await?;
+    let ids: Vec<String> = page.items.into_iter().map(|d| d.id).collect();
+    let now = now_millis();
+    let mut next = job.clone();
+    next.steps += 1;
+    next.updated_at = now;
+    next.considered += ids.len();
+    match page.next_cursor {
+        Some(cursor) => {
+            next.cursor = Some(cursor);
+            if next.considered >= next.max {
+                next.finished = true;
+                next.truncated = true;
+            }
+        }
+        None => next.finished = true,
+    }
+    store.replay_step(&next, &ids, now).await
+}
+
+/// The jobs this process is running, so housekeeping does not start a second
+/// runner beside a live one.
+#[derive(Default, Clone)]
+pub struct Running(Arc<Mutex<HashSet<String>>>);
+
+impl Running {
+    /// Marks `id` as running here; false if it already is. The mark goes
+    /// when the guard is dropped.
+    pub fn enter(&self, id: &str) -> Option<RunningGuard> {
+        let mut set = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        set.insert(id.to_owned()).then(|| RunningGuard { running: self.clone(), id: id.to_owned() })
+    }
+}
+
+pub struct RunningGuard {
+    running: Running,
+    id: String,
+}
+
+impl Drop for RunningGuard {
+    fn drop(&mut self) {
+        self.running.0.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.id);
+    }
+}
+
+/// Resumes unfinished jobs that no runner here holds: all of them at start
+/// (`stale_after` = 0), then those that have not advanced for a while.
+pub async fn resume(store: Arc<dyn Store>, running: &Running, stale_after: Millis) -> Result<usize, StoreError> {
+    let now = now_millis();
+    let mut resumed = 0;
+    for job in store.unfinished_replay_jobs().await? {
+        if now.saturating_sub(job.updated_at) < stale_after {
+            continue;
+        }
+        let Some(guard) = running.enter(&job.id) else { continue };
+        tracing::info!(job = %job.id, considered = job.considered, "resuming replay job");
+        let store = store.clone();
+        tokio::spawn(async move {
+            let _guard = guard;
+            let id = job.id.clone();
+            if let Err(e) = run(store.as_ref(), job, BATCH).await {
+                tracing::warn!(job = %id, error = %e, "replay job stopped; it will be resumed");
+            }
+        });
+        resumed += 1;
+    }
+    Ok(resumed)
+}
