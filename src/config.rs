@@ -956,6 +956,16 @@ secrets = ["s1"]
     }
 
     #[test]
+    fn checks_the_previous_signing_secret() {
+        let same = format!("{EP}previous_secret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n");
+        assert!(err(&same).contains("endpoints[0].previous_secret: is the same as secret"), "{}", err(&same));
+        let bad = format!("{EP}previous_secret = \"plain\"\n");
+        assert!(err(&bad).contains("endpoints[0].previous_secret"), "{}", err(&bad));
+        let ok = parse(&format!("{EP}previous_secret = \"whsec_c2Vjb25kLWVuZHBvaW50LXNlY3JldC1rZXktMTIz\"\n")).unwrap();
+        assert!(ok.endpoints[0].previous_signing_key.is_some());
+    }
+
+    #[test]
     fn refuses_two_sources_with_one_name() {
         let e = err("\n[[sources]]\nname = \"nowpayments\"\nkind = \"nova\"\nsecrets = [\"x\"]\n");
         assert!(e.contains("sources[1].name: duplicate source name \"nowpayments\""), "{e}");

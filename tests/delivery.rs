@@ -268,3 +268,22 @@ async fn waiting_for_the_rate_limit_never_sends_a_delivery_twice() {
     let received = rx.received();
     assert_eq!(received.len(), 8, "sent twice: {:?}", received.iter().map(Received::webhook_id).collect::<Vec<_>>());
 }
+
+/// During a rotation each attempt carries a signature with the new secret and
+/// one with the previous secret; a receiver holding either one verifies.
+#[tokio::test]
+async fn a_previous_secret_adds_a_second_signature_during_rotation() {
+    let rx = Receiver::start(|_| Reply::Status(200)).await;
+    let ep = endpoint("backend", &rx.url(), SECRET_A, &format!("previous_secret = \"{SECRET_B}\""));
+    let (relay, _dir) = relay(&ep, "").await;
+    let (status, _) = answer(post_np(&client(), &relay, &payment_ipn(41, "finished"), NP_SECRET).await).await;
+    assert_eq!(status, 200);
+    assert!(eventually(Duration::from_secs(5), || rx.received().len() == 1).await);
+    let r = &rx.received()[0];
+    let header = r.headers["webhook-signature"].to_str().unwrap();
+    assert_eq!(header.split(' ').filter(|s| s.starts_with("v1,")).count(), 2, "{header}");
+    assert_signed(r, SECRET_A);
+    assert_signed(r, SECRET_B);
+    // A secret that is neither is still refused.
+    assert!(standardwebhooks::Webhook::new(SECRET_C).unwrap().verify(&r.body, &r.headers).is_err());
+}

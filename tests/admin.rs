@@ -1,0 +1,412 @@
+//! The admin API and the operator CLI against a real relay, on both stores:
+//! deliveries go dead while a receiver fails, a filtered bulk replay brings
+//! them to `delivered` once it is fixed, and everything outside the filter is
+//! left alone.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use common::*;
+use ipn_relay::config::Config;
+use ipn_relay::store::{DeliveryFilter, DeliveryState, Store};
+use serde_json::{Value, json};
+
+const TOKEN: &str = "admin-test-token";
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+/// A relay running in this process on `store`.
+struct Running {
+    addr: SocketAddr,
+    admin: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Running {
+    async fn start(text: &str, store: Arc<dyn Store>) -> Running {
+        let config = Arc::new(Config::parse(text, std::path::Path::new("admin-test.toml")).unwrap());
+        let ingress = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (addr, admin_addr) = (ingress.local_addr().unwrap(), admin.local_addr().unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(ipn_relay::server::run(config, store, ingress, admin, async move {
+            let _ = stopped.await;
+        }));
+        Running { addr, admin: admin_addr, stop: Some(stop), task }
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.await.unwrap().unwrap();
+    }
+
+    fn admin_url(&self) -> String {
+        format!("http://{}", self.admin)
+    }
+}
+
+/// Two endpoints whose receivers fail; dead after two attempts.
+fn config(store: &str, backend: &str, ledger: &str) -> String {
+    let text = base_config(std::path::Path::new("unused.redb")).replace("path = \"unused.redb\"", store).replacen(
+        "[server]\n",
+        &format!("[server]\nadmin_token = \"{TOKEN}\"\n"),
+        1,
+    );
+    format!(
+        "{text}
+[[endpoints]]
+name = \"backend\"
+url = \"{backend}\"
+secret = \"{SECRET}\"
+timeout = \"2s\"
+
+[[endpoints]]
+name = \"ledger\"
+url = \"{ledger}\"
+secret = \"{SECRET}\"
+timeout = \"2s\"
+
+[delivery]
+max_attempts = 2
+initial_backoff = \"100ms\"
+max_backoff = \"200ms\"
+jitter = 0.0
+visibility_timeout = \"5s\"
+"
+    )
+}
+
+async fn get(c: &reqwest::Client, url: String, token: Option<&str>) -> (u16, Value) {
+    let mut req = c.get(url);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    answer(req.send().await.unwrap()).await
+}
+
+async fn post(c: &reqwest::Client, url: String, body: Option<Value>) -> (u16, Value) {
+    let mut req = c.post(url).bearer_auth(TOKEN);
+    if let Some(b) = body {
+        req = req.body(b.to_string());
+    }
+    answer(req.send().await.unwrap()).await
+}
+
+/// Every delivery the filter query selects, following cursors.
+async fn list_all(c: &reqwest::Client, relay: &Running, query: &str) -> Vec<Value> {
+    let mut items = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut url = format!("{}/admin/deliveries?limit=4&{query}", relay.admin_url());
+        if let Some(cur) = &cursor {
+            url.push_str(&format!("&cursor={cur}"));
+        }
+        let (status, page) = get(c, url, Some(TOKEN)).await;
+        assert_eq!(status, 200, "{page}");
+        items.extend(page["items"].as_array().unwrap().iter().cloned());
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => return items,
+        }
+    }
+}
+
+async fn wait_for(c: &reqwest::Client, relay: &Running, query: &str, n: usize) -> Vec<Value> {
+    for _ in 0..500 {
+        let items = list_all(c, relay, query).await;
+        if items.len() == n {
+            return items;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("never {n} deliveries for {query}: {:?}", list_all(c, relay, query).await.len());
+}
+
+/// Runs the built binary with `args`; returns exit code, stdout, stderr.
+async fn cli(args: &[String]) -> (i32, String, String) {
+    let args = args.to_vec();
+    tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ipn-relay"))
+            .args(&args)
+            .env_remove("IPN_RELAY_ADMIN_TOKEN")
+            .env_remove("IPN_RELAY_ADMIN_URL")
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+fn args(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+/// The whole story on one store: failures, dead letters, a filtered replay,
+/// the history, auth, bad filters and the CLI.
+async fn dead_deliveries_are_found_and_replayed(store: Arc<dyn Store>, store_toml: &str) {
+    let fixed = Arc::new(AtomicBool::new(false));
+    let backend = Receiver::start({
+        let fixed = fixed.clone();
+        move |_| if fixed.load(Ordering::SeqCst) { Reply::Status(200) } else { Reply::Status(500) }
+    })
+    .await;
+    let ledger = Receiver::start(|_| Reply::Status(503)).await;
+    let relay = Running::start(&config(store_toml, &backend.url(), &ledger.url()), store.clone()).await;
+    let c = client();
+
+    let mut event_ids = Vec::new();
+    for i in 0..6 {
+        let body = payment_ipn(7000 + i, "finished");
+        let (status, v) = post_to(&c, relay.addr, body).await.unwrap();
+        assert_eq!(status, 200, "{v}");
+        event_ids.push(v["id"].as_str().unwrap().to_owned());
+    }
+    let dead = wait_for(&c, &relay, "state=dead", 12).await;
+    assert!(
+        dead.iter().all(|d| d["attempts"] == 2 && (d["last_error"] == "HTTP 500" || d["last_error"] == "HTTP 503"))
+    );
+
+    // Auth: every admin route refuses a missing or a wrong token.
+    let a = relay.admin_url();
+    let some_id = dead[0]["id"].as_str().unwrap();
+    let routes = [
+        ("GET", format!("{a}/admin/deliveries")),
+        ("GET", format!("{a}/admin/deliveries/{some_id}")),
+        ("GET", format!("{a}/admin/events/{}", event_ids[0])),
+        ("POST", format!("{a}/admin/deliveries/{some_id}/replay")),
+        ("POST", format!("{a}/admin/replay")),
+        ("GET", format!("{a}/admin/replays/rpl_x")),
+        ("GET", format!("{a}/admin/nothing-here")),
+    ];
+    for (method, url) in &routes {
+        for token in [None, Some("wrong-token"), Some("")] {
+            let mut req = c.request(method.parse().unwrap(), url);
+            if let Some(t) = token {
+                req = req.header("authorization", format!("Bearer {t}"));
+            }
+            let r = req.send().await.unwrap();
+            assert_eq!(r.headers()["www-authenticate"], "Bearer");
+            let (status, v) = answer(r).await;
+            assert_eq!((status, error_code(&v)), (401, "unauthorized"), "{method} {url} with {token:?}");
+        }
+    }
+    // The open routes say nothing else.
+    assert_eq!(get(&c, format!("{a}/healthz"), None).await, (200, json!({"status": "ok"})));
+    assert_eq!(get(&c, format!("{a}/readyz"), None).await, (200, json!({"status": "ready"})));
+    assert_eq!(get(&c, format!("{a}/deliveries"), None).await.0, 404);
+
+    // Bad filters are 400s that name the parameter.
+    for (query, needle) in [
+        ("state=deed", "state:"),
+        ("since=yesterday", "since:"),
+        ("until=2026-13-01", "until:"),
+        ("since=1h&until=2h", "since must be before until"),
+        ("limit=0", "limit:"),
+        ("limit=5000", "limit:"),
+        ("cursor=bogus", "cursor:"),
+        ("stat=dead", "unknown parameter 'stat'"),
+        ("endpoint=nope", "endpoint:"),
+        ("source=paypal", "source:"),
+    ] {
+        let (status, v) = get(&c, format!("{a}/admin/deliveries?{query}"), Some(TOKEN)).await;
+        assert_eq!(status, 400, "{query}: {v}");
+        assert!(v["error"]["message"].as_str().unwrap().contains(needle), "{query}: {v}");
+    }
+    for (body, needle) in [
+        (json!({"state": "pending"}), "only dead or delivered"),
+        (json!({"endpoint": 7}), "endpoint: expected a string"),
+        (json!({"max": 0}), "max:"),
+        (json!({"state": "dead", "endpont": "backend"}), "unknown parameter 'endpont'"),
+        (json!(["dead"]), "expected a JSON object"),
+    ] {
+        let (status, v) = post(&c, format!("{a}/admin/replay"), Some(body.clone())).await;
+        assert_eq!(status, 400, "{body}: {v}");
+        assert!(v["error"]["message"].as_str().unwrap().contains(needle), "{body}: {v}");
+    }
+    let r = c.post(format!("{a}/admin/replay")).bearer_auth(TOKEN).body("{\"state\":").send().await.unwrap();
+    assert_eq!(answer(r).await.0, 400);
+
+    // The event view: the event as delivered, with its two deliveries.
+    let (status, ev) = get(&c, format!("{a}/admin/events/{}", event_ids[0]), Some(TOKEN)).await;
+    assert_eq!(status, 200);
+    assert_eq!(ev["event"]["id"], event_ids[0].as_str());
+    assert_eq!(ev["deliveries"].as_array().unwrap().len(), 2);
+    assert_eq!(get(&c, format!("{a}/admin/events/evt_nope"), Some(TOKEN)).await.0, 404);
+    assert_eq!(get(&c, format!("{a}/admin/deliveries/dlv_nope"), Some(TOKEN)).await.0, 404);
+    assert_eq!(post(&c, format!("{a}/admin/deliveries/dlv_nope/replay"), None).await.0, 404);
+
+    // The receiver is fixed; replay the backend's dead deliveries only.
+    fixed.store(true, Ordering::SeqCst);
+    let (status, r) =
+        post(&c, format!("{a}/admin/replay"), Some(json!({"state": "dead", "endpoint": "backend", "since": "1h"})))
+            .await;
+    assert_eq!(status, 202, "{r}");
+    assert_eq!(
+        (r["replayed"].as_u64(), r["skipped"].as_u64(), r["finished"].as_bool()),
+        (Some(6), Some(0), Some(true))
+    );
+    let job = r["job"].as_str().unwrap();
+    let (status, j) = get(&c, format!("{a}/admin/replays/{job}"), Some(TOKEN)).await;
+    assert_eq!((status, j["replayed"].as_u64()), (200, Some(6)));
+
+    let delivered = wait_for(&c, &relay, "state=delivered&endpoint=backend", 6).await;
+    assert!(delivered.iter().all(|d| d["attempts"] == 3 && d["last_error"].is_null()));
+    // Outside the filter: untouched.
+    let still_dead = list_all(&c, &relay, "state=dead").await;
+    assert_eq!(still_dead.len(), 6);
+    assert!(still_dead.iter().all(|d| d["endpoint"] == "ledger" && d["attempts"] == 2));
+    assert!(ledger.received().len() == 12, "the ledger got no new attempt");
+
+    // The history shows the failures and the success, under one webhook-id.
+    let id = delivered[0]["id"].as_str().unwrap();
+    let (status, d) = get(&c, format!("{a}/admin/deliveries/{id}"), Some(TOKEN)).await;
+    assert_eq!(status, 200);
+    let history = d["history"].as_array().unwrap();
+    let results: Vec<_> = history.iter().map(|h| (h["number"].as_u64().unwrap(), h["status"].as_u64())).collect();
+    assert_eq!(results, [(1, Some(500)), (2, Some(500)), (3, Some(200))]);
+    let webhook_id = d["event_id"].as_str().unwrap();
+    let sent: Vec<_> = backend.received().into_iter().filter(|r| r.webhook_id() == webhook_id).collect();
+    assert_eq!(sent.len(), 3, "three attempts carried webhook-id {webhook_id}");
+    assert_eq!(sent[2].headers["x-ipn-relay-attempt"], "3");
+
+    // One at a time: a dead ledger delivery is replayed; asking again while
+    // it is pending or in flight is a counted no-op.
+    let one = still_dead[0]["id"].as_str().unwrap();
+    let (status, r) = post(&c, format!("{a}/admin/deliveries/{one}/replay"), None).await;
+    assert_eq!((status, r["replayed"].as_u64()), (202, Some(1)), "{r}");
+    let (status, r) = post(&c, format!("{a}/admin/deliveries/{one}/replay"), None).await;
+    assert_eq!((status, r["replayed"].as_u64(), r["skipped"].as_u64()), (202, Some(0), Some(1)), "{r}");
+    // A delivered one only on request.
+    let (_, r) = post(&c, format!("{a}/admin/deliveries/{id}/replay"), None).await;
+    assert_eq!(r["skipped"].as_u64(), Some(1));
+    let (_, r) = post(&c, format!("{a}/admin/deliveries/{id}/replay?include_delivered=true"), None).await;
+    assert_eq!(r["replayed"].as_u64(), Some(1));
+    assert!(
+        eventually(Duration::from_secs(5), || backend
+            .received()
+            .iter()
+            .filter(|r| r.webhook_id() == webhook_id)
+            .count()
+            == 4)
+        .await
+    );
+
+    // The CLI, as the built binary, against this relay.
+    let conn = ["--admin-url".to_owned(), a.clone(), "--token".to_owned(), TOKEN.to_owned()];
+    let with = |rest: &[&str]| [args(rest), conn.to_vec()].concat();
+    let (code, out, err) = cli(&with(&["deliveries", "list", "--state", "dead", "--endpoint", "ledger"])).await;
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("ID") && lines[0].contains("LAST ERROR"), "{out}");
+    assert!(lines[1..].iter().all(|l| l.contains("dead") && l.contains("ledger") && l.contains("HTTP 503")), "{out}");
+    let (code, out, _) = cli(&with(&["deliveries", "list", "--state", "dead", "--json"])).await;
+    assert_eq!(code, 0);
+    let page: Value = serde_json::from_str(&out).unwrap();
+    let n_dead = page["items"].as_array().unwrap().len();
+    assert!(n_dead >= 4, "{page}");
+    let (code, out, _) = cli(&with(&["deliveries", "show", id])).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("HTTP 500") && out.contains("HTTP 200") && out.contains(webhook_id), "{out}");
+    let (code, out, _) = cli(&with(&["events", "show", &event_ids[0]])).await;
+    assert_eq!(code, 0);
+    assert!(out.contains(&event_ids[0]) && out.contains("backend") && out.contains("ledger"), "{out}");
+    let (code, out, err) = cli(&with(&["replay", "--state", "dead", "--endpoint", "ledger"])).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with(&format!("replayed {n_dead}, skipped 0")), "{out}");
+    let (code, out, _) = cli(&with(&["replay", one, "--json"])).await;
+    assert_eq!(code, 0);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["deliveries"][0]["id"], one);
+
+    // Errors a script can tell apart.
+    let (code, _, err) = cli(&args(&["deliveries", "list", "--admin-url", &a, "--token", "nope"])).await;
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("wrong bearer token"), "{err}");
+    let (code, _, err) = cli(&args(&["deliveries", "list", "--admin-url", &a])).await;
+    assert_eq!(code, 3);
+    assert!(err.contains("--token"), "{err}");
+    let (code, _, err) = cli(&with(&["deliveries", "show", "dlv_000000000000ffffffffffffffff"])).await;
+    assert_eq!(code, 4, "{err}");
+    let (code, _, err) = cli(&with(&["deliveries", "list", "--state", "deed"])).await;
+    assert_eq!(code, 2);
+    assert!(err.contains("state: unknown state 'deed'"), "{err}");
+    let (code, _, err) = cli(&with(&["replay"])).await;
+    assert_eq!(code, 2, "{err}");
+
+    relay.stop().await;
+    let (code, _, err) = cli(&with(&["deliveries", "list"])).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot reach the relay's admin API"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_dead_deliveries_are_found_and_replayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("relay.redb");
+    let store = Arc::new(ipn_relay::store::embedded::EmbeddedStore::open(&path).unwrap());
+    dead_deliveries_are_found_and_replayed(store, &format!("path = \"{}\"", path.display())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_dead_deliveries_are_found_and_replayed() {
+    let redis = RedisServer::start();
+    let store = Arc::new(ipn_relay::store::redis::RedisStore::connect(&redis.url, "admin").await.unwrap());
+    dead_deliveries_are_found_and_replayed(
+        store,
+        &format!("kind = \"redis\"\nurl = \"{}\"\nprefix = \"admin\"", redis.url),
+    )
+    .await;
+}
+
+/// A bulk replay cut off half way (its process stopped after the first step)
+/// is resumed when the relay starts again, and finishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_replay_cut_off_half_way_resumes_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("relay.redb");
+    let fixed = Arc::new(AtomicBool::new(false));
+    let backend = Receiver::start({
+        let fixed = fixed.clone();
+        move |_| if fixed.load(Ordering::SeqCst) { Reply::Status(200) } else { Reply::Status(500) }
+    })
+    .await;
+    let ledger = Receiver::start(|_| Reply::Status(200)).await;
+    let text = config(&format!("path = \"{}\"", path.display()), &backend.url(), &ledger.url());
+    let store = Arc::new(ipn_relay::store::embedded::EmbeddedStore::open(&path).unwrap());
+    let relay = Running::start(&text, store.clone()).await;
+    let c = client();
+    for i in 0..30 {
+        assert_eq!(post_to(&c, relay.addr, payment_ipn(9000 + i, "finished")).await.unwrap().0, 200);
+    }
+    wait_for(&c, &relay, "state=dead", 30).await;
+    relay.stop().await;
+
+    // The first step commits, then the process "stops".
+    let filter = DeliveryFilter { state: Some(DeliveryState::Dead), ..Default::default() };
+    let job = ipn_relay::replay::create(store.as_ref(), filter, false, 1000).await.unwrap();
+    let job = ipn_relay::replay::step(store.as_ref(), &job, 10).await.unwrap().unwrap();
+    assert_eq!((job.replayed, job.finished), (10, false));
+    let Ok(store) = Arc::try_unwrap(store) else { panic!("the stopped relay still holds the store") };
+    store.close().await;
+
+    fixed.store(true, Ordering::SeqCst);
+    let store = Arc::new(ipn_relay::store::embedded::EmbeddedStore::open(&path).unwrap());
+    let relay = Running::start(&text, store.clone()).await;
+    wait_for(&c, &relay, "state=delivered&endpoint=backend", 30).await;
+    let done = store.replay_job(&job.id).await.unwrap().unwrap();
+    assert_eq!((done.replayed, done.skipped, done.finished), (30, 0, true));
+    // Each delivery was replayed once: two failures, then one success.
+    for d in list_all(&c, &relay, "endpoint=backend").await {
+        assert_eq!(d["attempts"], 3, "{d}");
+    }
+    relay.stop().await;
+}
