@@ -832,11 +832,14 @@ impl RawConfig {
         }
         // A claim must outlive the request it covers, or a slow endpoint's
         // delivery would be claimed again while still in flight.
-        if let Some(ep) = endpoints.iter().find(|ep| ep.timeout >= d.visibility_timeout.0) {
+        // The margin covers the claim's own round trip: with less, a claim
+        // could be too old to send at once and be released, over and over.
+        const CLAIM_MARGIN: Duration = Duration::from_millis(500);
+        if let Some(ep) = endpoints.iter().find(|ep| ep.timeout + CLAIM_MARGIN > d.visibility_timeout.0) {
             return invalid(
                 "delivery.visibility_timeout",
                 format!(
-                    "must exceed every endpoint timeout; endpoint {:?} has {}",
+                    "must exceed every endpoint timeout by at least 500ms; endpoint {:?} has {}",
                     ep.name,
                     humantime::format_duration(ep.timeout)
                 ),
@@ -1033,6 +1036,9 @@ secrets = ["s1"]
     fn refuses_visibility_timeout_not_above_endpoint_timeout() {
         let e = err(&format!("{EP}timeout = \"60s\"\n"));
         assert!(e.contains("delivery.visibility_timeout"), "{e}");
+        let e = err(&format!("{EP}timeout = \"59800ms\"\n"));
+        assert!(e.contains("by at least 500ms"), "{e}");
+        assert!(parse(&format!("{EP}timeout = \"59500ms\"\n")).is_ok());
     }
 
     #[test]

@@ -127,7 +127,7 @@ async fn claims_are_exclusive_until_the_visibility_timeout(s: Arc<impl Store>) {
     assert_eq!(again.len(), 2);
     let old = &first[0].delivery;
     let new = again.iter().find(|c| c.delivery.id == old.id).unwrap();
-    assert!(new.delivery.claim_token > old.claim_token);
+    assert_ne!(new.delivery.claim_token, old.claim_token);
     // The expired claim can no longer finish; the new one can.
     assert!(!s.finish(&old.id, old.claim_token, attempt(1600, 200), Next::Delivered).await.unwrap());
     assert!(s.finish(&old.id, new.delivery.claim_token, attempt(1600, 200), Next::Delivered).await.unwrap());
@@ -415,4 +415,28 @@ async fn redis_store_skips_an_unreadable_record_instead_of_wedging() {
     let kept: Option<String> =
         redis::cmd("GET").arg("{conformance}:dlv:dlv_broken").query_async(&mut raw).await.unwrap();
     assert_eq!(kept.as_deref(), Some("not json"));
+}
+
+/// A Redis that lost its last writes (a restart without fsync, a failover)
+/// can roll a delivery back to before a claim. The next claim must still get
+/// a token of its own, so the first claimer cannot finish it.
+#[tokio::test]
+async fn redis_claim_tokens_stay_unique_after_lost_writes() {
+    let (s, server) = redis().await;
+    s.admit(event("evt_lost", "np", "t.t", 1000), deliveries(1000, &["be"]), TTL).await.unwrap();
+    let id = s.event_deliveries("evt_lost").await.unwrap().remove(0).id;
+    let client = redis::Client::open(server.url.as_str()).unwrap();
+    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+    let key = format!("{{conformance}}:dlv:{id}");
+    let before: String = redis::cmd("GET").arg(&key).query_async(&mut raw).await.unwrap();
+
+    let first = s.claim_due("be", 1000, 1, VIS).await.unwrap().remove(0).delivery;
+    // The claim is lost: the record and its schedule are as before it.
+    let _: () = redis::cmd("SET").arg(&key).arg(&before).query_async(&mut raw).await.unwrap();
+    let _: () = redis::cmd("ZADD").arg("{conformance}:due:be").arg(1000).arg(&id).query_async(&mut raw).await.unwrap();
+    let second = s.claim_due("be", 1000, 1, VIS).await.unwrap().remove(0).delivery;
+
+    assert_ne!(first.claim_token, second.claim_token);
+    assert!(!s.finish(&id, first.claim_token, attempt(1000, 200), Next::Delivered).await.unwrap());
+    assert!(s.finish(&id, second.claim_token, attempt(1000, 200), Next::Delivered).await.unwrap());
 }

@@ -109,8 +109,8 @@ pub struct Delivery {
     pub last_error: Option<String>,
     pub created_at: Millis,
     pub updated_at: Millis,
-    /// Fencing token: bumped at every claim, so a worker whose claim expired
-    /// and was taken over cannot finish it.
+    /// Fencing token: a new value at every claim, so a worker whose claim
+    /// expired and was taken over cannot finish it.
     pub claim_token: u64,
 }
 

@@ -65,12 +65,16 @@ if n > 0 then redis.call('HINCRBY', KEYS[4], 'pending', n) end
 return 1
 "#;
 
-/// KEYS: due, counts. ARGV: now, limit, visibility, key prefix.
-/// Returns (delivery json, event json) pairs.
+/// KEYS: due, counts. ARGV: now, limit, visibility, key prefix, token base.
+/// Returns (delivery json, event json) pairs. Claim tokens are the random
+/// base plus the claim's place in the batch, not the old token plus one: a
+/// Redis that lost its last writes would otherwise hand a second claimer the
+/// token the first one holds.
 const CLAIM: &str = r#"
 local now = tonumber(ARGV[1])
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
 local deadline = now + tonumber(ARGV[3])
+local base = tonumber(ARGV[5])
 local out = {}
 for _, id in ipairs(ids) do
   local raw = redis.call('GET', ARGV[4] .. 'dlv:' .. id)
@@ -100,7 +104,9 @@ for _, id in ipairs(ids) do
         redis.call('HINCRBY', KEYS[2], 'in_flight', 1)
       end
       d.state = 'in_flight'
-      d.claim_token = d.claim_token + 1
+      local token = base + #out
+      if token == d.claim_token then token = token + 1 end
+      d.claim_token = token
       d.next_attempt_at = deadline
       d.updated_at = now
       local enc = cjson.encode(d)
@@ -122,6 +128,9 @@ local raw = redis.call('GET', KEYS[1])
 if not raw then return 0 end
 local d = cjson.decode(raw)
 if d.state ~= 'in_flight' or d.claim_token ~= tonumber(ARGV[1]) then return 0 end
+-- Every check before the first write: Redis does not undo a script's
+-- writes when it fails half way.
+if type(d.id) ~= 'string' or type(d.attempts) ~= 'number' then return redis.error_reply('unreadable delivery record') end
 d.attempts = d.attempts + 1
 local a = cjson.decode(ARGV[2])
 a.number = d.attempts
@@ -271,10 +280,25 @@ impl RedisStore {
         let mut conn = ConnectionManager::new_with_config(client, config).await.map_err(unavailable)?;
         // Evicting any of our keys loses data: dedupe keys (duplicates get
         // through), schedules (deliveries are never claimed) or events.
-        let info: String = redis::cmd("INFO").arg("memory").query_async(&mut conn).await.map_err(unavailable)?;
-        let policy = info.lines().find_map(|l| l.strip_prefix("maxmemory_policy:")).map(str::trim).unwrap_or("");
-        if !policy.is_empty() && policy != "noeviction" {
-            tracing::warn!(policy = %policy, "Redis maxmemory-policy is not noeviction: Redis may evict relay data under memory pressure; set maxmemory-policy noeviction");
+        // Best effort: a Redis user without INFO rights still runs the relay.
+        match redis::cmd("INFO").arg("memory").arg("persistence").query_async::<String>(&mut conn).await {
+            Ok(info) => {
+                let field = |name: &str| {
+                    info.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(':')).map(str::trim).unwrap_or("")
+                };
+                let policy = field("maxmemory_policy");
+                if !policy.is_empty() && policy != "noeviction" {
+                    tracing::warn!(policy = %policy, "Redis maxmemory-policy is not noeviction: Redis may evict relay data under memory pressure; set maxmemory-policy noeviction");
+                }
+                if field("aof_enabled") == "0" {
+                    tracing::warn!(
+                        "Redis has no append-only file: a Redis restart loses events the relay already accepted; set appendonly yes and appendfsync always (see the README)"
+                    );
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read Redis INFO to check eviction and persistence settings")
+            }
         }
         Ok(RedisStore { conn, keys: format!("{{{prefix}}}:") })
     }
@@ -395,7 +419,10 @@ impl Store for RedisStore {
             .arg(now)
             .arg(limit)
             .arg(visibility_ms)
-            .arg(&self.keys);
+            .arg(&self.keys)
+            // cjson prints 14 significant digits: a 13-digit base keeps every
+            // token of the batch exact.
+            .arg(rand::random_range(1..9_000_000_000_000u64));
         let raw: Vec<Vec<u8>> = self.invoke(&inv, false).await?;
         // A record Lua could edit but we cannot read is skipped (it returns
         // after its visibility timeout, and is logged each time), so one bad
