@@ -382,7 +382,7 @@ fn render_delivery(d: &Value) -> String {
         "created_at",
         "updated_at",
     ] {
-        let _ = writeln!(out, "{:<16}{}", format!("{k}:"), text(&d[k]));
+        let _ = writeln!(out, "{:<18}{}", format!("{k}:"), text(&d[k]));
     }
     let history = d["history"].as_array().cloned().unwrap_or_default();
     out.push('\n');

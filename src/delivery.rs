@@ -403,15 +403,16 @@ fn error_class(e: &reqwest::Error) -> &'static str {
     }
 }
 
-/// The error and its causes, in one line.
+/// The error's root cause: "Connection refused (os error 111)",
+/// "operation timed out". reqwest's own message is left out: it repeats the
+/// endpoint URL, which may hold credentials, and says no more than the class.
 fn error_detail(e: &reqwest::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
+    let mut root: &dyn std::error::Error = e;
+    while let Some(next) = root.source() {
+        root = next;
     }
+    let out =
+        if std::ptr::addr_eq(root, e as &dyn std::error::Error) { "no detail".to_owned() } else { root.to_string() };
     out.chars().take(300).collect()
 }
 
