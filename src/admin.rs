@@ -1,5 +1,6 @@
 //! The admin listener (SPEC §8): health, readiness and the admin API.
 //!
+//! `/metrics` is the Prometheus text exposition ([`crate::metrics`]).
 //! `/healthz` says the process is up; `/readyz` says the store accepts
 //! writes, so a load balancer stops sending callbacks to a relay that would
 //! only answer 503. Both are unauthenticated and reveal nothing else.
@@ -23,6 +24,7 @@ use subtle::ConstantTimeEq;
 use crate::config::Config;
 use crate::event::rfc3339_millis;
 use crate::ingress::json_response;
+use crate::metrics::Metrics;
 use crate::replay::{self, Running};
 use crate::store::{
     Attempt, AttemptResult, Delivery, DeliveryFilter, DeliveryState, Millis, ReplayJob, Store, StoreError, now_millis,
@@ -43,6 +45,7 @@ pub struct Admin {
     config: Arc<Config>,
     store: Arc<dyn Store>,
     running: Running,
+    metrics: Arc<Metrics>,
     /// SHA-256 of the admin token: comparing digests in constant time hides
     /// the token's length as well as its bytes.
     token_digest: Option<[u8; 32]>,
@@ -78,9 +81,9 @@ impl From<StoreError> for ApiError {
 type Answer = Result<(StatusCode, Value), ApiError>;
 
 impl Admin {
-    pub fn new(config: Arc<Config>, store: Arc<dyn Store>, running: Running) -> Admin {
+    pub fn new(config: Arc<Config>, store: Arc<dyn Store>, running: Running, metrics: Arc<Metrics>) -> Admin {
         let token_digest = config.server.admin_token.as_ref().map(|t| Sha256::digest(t.expose()).into());
-        Admin { config, store, running, token_digest }
+        Admin { config, store, running, metrics, token_digest }
     }
 
     pub async fn handle<B>(&self, req: Request<B>) -> Response<Full<Bytes>>
@@ -90,6 +93,14 @@ impl Admin {
     {
         let path = req.uri().path().to_owned();
         match (req.method(), path.as_str()) {
+            (&Method::GET, "/metrics") => {
+                let text = self.metrics.render(self.store.as_ref()).await;
+                let mut response = Response::new(Full::new(Bytes::from(text)));
+                response
+                    .headers_mut()
+                    .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+                response
+            }
             (&Method::GET, "/healthz") => json_response(StatusCode::OK, &json!({"status": "ok"})),
             (&Method::GET, "/readyz") => match tokio::time::timeout(READY_TIMEOUT, self.store.ping()).await {
                 Ok(Ok(())) => json_response(StatusCode::OK, &json!({"status": "ready"})),
@@ -247,6 +258,7 @@ impl Admin {
             return Err(ApiError::not_found(format!("no delivery {id}")));
         }
         if count.replayed > 0 {
+            self.metrics.replayed(count.replayed);
             tracing::info!(delivery_id = %id, "delivery replayed");
         }
         let state = self.store.delivery(id).await?.map(|(d, _)| d.state.as_str());
@@ -285,11 +297,11 @@ impl Admin {
         // The job runs in its own task: a client that hangs up does not stop
         // it half way (and housekeeping resumes it if this process stops).
         let guard = self.running.enter(&job.id);
-        let store = self.store.clone();
+        let (store, metrics) = (self.store.clone(), self.metrics.clone());
         let id = job.id.clone();
         let task = tokio::spawn(async move {
             let _guard = guard;
-            replay::run(store.as_ref(), job, replay::BATCH).await
+            replay::run(store.as_ref(), job, replay::BATCH, &metrics).await
         });
         match task.await {
             Ok(Ok(job)) => Ok((StatusCode::ACCEPTED, job_view(&job))),

@@ -18,7 +18,6 @@
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -27,8 +26,10 @@ use hmac::{KeyInit, Mac};
 use sha2::Sha256;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 use crate::config::{Config, DeliveryConfig, Endpoint};
+use crate::metrics::Metrics;
 use crate::retry::{self, Outcome};
 use crate::server::stopped;
 use crate::store::{Attempt, AttemptResult, Claim, Next, Store, now_millis};
@@ -72,8 +73,7 @@ struct Shared {
     client: reqwest::Client,
     schedule: DeliveryConfig,
     user_agent: String,
-    /// Unix ms of the last claim poll that reached the store.
-    heartbeat: AtomicU64,
+    metrics: Arc<Metrics>,
 }
 
 struct EndpointRunner {
@@ -84,7 +84,13 @@ struct EndpointRunner {
 
 /// Runs the claim loops of every endpoint until `stop`, then drains within
 /// `grace`.
-pub async fn run(config: Arc<Config>, store: Arc<dyn Store>, wake: Arc<Wake>, stop: watch::Receiver<bool>) {
+pub async fn run(
+    config: Arc<Config>,
+    store: Arc<dyn Store>,
+    wake: Arc<Wake>,
+    metrics: Arc<Metrics>,
+    stop: watch::Receiver<bool>,
+) {
     let client = match http_client(&config) {
         Ok(c) => c,
         Err(e) => {
@@ -97,7 +103,7 @@ pub async fn run(config: Arc<Config>, store: Arc<dyn Store>, wake: Arc<Wake>, st
         client,
         schedule: config.delivery.clone(),
         user_agent: format!("ipn-relay/{}", env!("CARGO_PKG_VERSION")),
-        heartbeat: AtomicU64::new(0),
+        metrics,
     });
     let grace = config.server.shutdown_grace;
     let mut loops = JoinSet::new();
@@ -181,7 +187,7 @@ async fn endpoint_loop(
         }
         let claims = match shared.store.claim_due(&name, now_millis(), room, visibility_ms).await {
             Ok(c) => {
-                shared.heartbeat.store(now_millis(), Ordering::Relaxed);
+                shared.metrics.polled(&name);
                 c
             }
             Err(e) => {
@@ -219,7 +225,11 @@ async fn endpoint_loop(
                     }
                 },
             };
-            tasks.spawn(deliver(runner.clone(), shared.clone(), claim, permit, abort_rx.clone()));
+            let d = &claim.delivery;
+            let span = tracing::info_span!(
+                "delivery", event_id = %d.event_id, delivery_id = %d.id, endpoint = %name, attempt = d.attempts + 1
+            );
+            tasks.spawn(deliver(runner.clone(), shared.clone(), claim, permit, abort_rx.clone()).instrument(span));
         }
     }
     // Shutdown: let in-flight requests finish within the grace period, then
@@ -315,7 +325,8 @@ async fn deliver(
             return;
         }
     };
-    let duration_ms = t0.elapsed().as_millis() as u64;
+    let elapsed = t0.elapsed();
+    let duration_ms = elapsed.as_millis() as u64;
     // `max_in_flight` bounds open requests: the slot is free as soon as the
     // exchange is over, while the attempt is being recorded.
     drop(slot);
@@ -325,6 +336,12 @@ async fn deliver(
         _ => Outcome::Failed { retry_after },
     };
     let next = retry::next(&shared.schedule, d.attempts_in_budget() + 1, outcome, now_millis(), rand::random());
+    let counted = match next {
+        Next::Delivered => "delivered",
+        Next::RetryAt(_) => "retry",
+        Next::Dead => "dead",
+    };
+    shared.metrics.delivery(&ep.name, counted, elapsed);
     match (&result, next) {
         // Successes are for metrics to count; the admission log line is the
         // audit trail, and failures are logged below.

@@ -24,10 +24,12 @@ use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use ipnet::IpNet;
 use serde_json::json;
 use time::OffsetDateTime;
+use tracing::Instrument;
 
 use crate::config::{Config, RateLimit, Source};
 use crate::delivery::Wake;
 use crate::event::Event;
+use crate::metrics::Metrics;
 use crate::providers::{self, ProviderError};
 use crate::store::{Admission, NewDelivery, NewEvent, Store, new_delivery_id};
 
@@ -78,6 +80,16 @@ impl IngressError {
             IngressError::BadRequest(_) => StatusCode::BAD_REQUEST,
             IngressError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             IngressError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The outcome label of `ipn_relay_ingress_requests_total`: SPEC §9's
+    /// fixed set, so the codes it lacks fold into the nearest one.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            IngressError::NotFound | IngressError::UnknownSource => "unknown_source",
+            IngressError::MethodNotAllowed | IngressError::BodyTimeout => "bad_request",
+            other => other.code(),
         }
     }
 
@@ -151,19 +163,20 @@ pub struct Ingress {
     gates: HashMap<String, SourceGate>,
     store: Arc<dyn Store>,
     wake: Arc<Wake>,
+    metrics: Arc<Metrics>,
     dedupe_ttl_ms: u64,
     last_prune: AtomicU64,
 }
 
 impl Ingress {
-    pub fn new(config: Arc<Config>, store: Arc<dyn Store>, wake: Arc<Wake>) -> Ingress {
+    pub fn new(config: Arc<Config>, store: Arc<dyn Store>, wake: Arc<Wake>, metrics: Arc<Metrics>) -> Ingress {
         let gates = config
             .sources
             .iter()
             .map(|s| (s.name.clone(), SourceGate { source: s.clone(), limiter: s.rate_limit.map(limiter) }))
             .collect();
         let dedupe_ttl_ms = config.store.dedupe_ttl.as_millis() as u64;
-        Ingress { config, gates, store, wake, dedupe_ttl_ms, last_prune: AtomicU64::new(0) }
+        Ingress { config, gates, store, wake, metrics, dedupe_ttl_ms, last_prune: AtomicU64::new(0) }
     }
 
     /// Prunes early when a flood of distinct addresses fills the maps, but
@@ -197,26 +210,34 @@ impl Ingress {
     {
         let started = Instant::now();
         let source = req.uri().path().strip_prefix("/hooks/").unwrap_or("").to_owned();
-        let result = self.accept(req, peer).await;
-        let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+        // The span names what the request is about; never a secret, a
+        // signature or the body.
+        let span = tracing::info_span!("callback", source = %source, event_id = tracing::field::Empty);
+        let result = self.accept(req, peer).instrument(span.clone()).await;
+        let elapsed = started.elapsed();
+        let elapsed_ms = elapsed.as_secs_f64() * 1000.0;
+        let _entered = span.enter();
         match result {
             Ok((admission, id)) => {
                 let status = match admission {
                     Admission::Accepted => "accepted",
                     Admission::Duplicate => "duplicate",
                 };
-                tracing::info!(source = %source, event_id = %id, outcome = status, elapsed_ms, "callback admitted");
+                span.record("event_id", id.as_str());
+                self.metrics.ingress(&source, status, elapsed);
+                tracing::info!(outcome = status, elapsed_ms, "callback admitted");
                 // Field order as in SPEC §4: {"status":…,"id":…}.
                 let mut resp = Response::new(Full::new(Bytes::from(format!(r#"{{"status":"{status}","id":"{id}"}}"#))));
                 resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
                 resp
             }
             Err(e) => {
+                self.metrics.ingress(&source, e.outcome(), elapsed);
                 match &e {
                     IngressError::Unavailable => {
-                        tracing::warn!(source = %source, outcome = e.code(), "callback refused: store unavailable")
+                        tracing::warn!(outcome = e.code(), "callback refused: store unavailable")
                     }
-                    _ => tracing::info!(source = %source, outcome = e.code(), %peer, elapsed_ms, "callback refused"),
+                    _ => tracing::info!(outcome = e.code(), %peer, elapsed_ms, "callback refused"),
                 }
                 e.into_response()
             }

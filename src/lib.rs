@@ -13,6 +13,7 @@ pub mod config;
 pub mod delivery;
 pub mod event;
 pub mod ingress;
+pub mod metrics;
 pub mod providers;
 pub mod replay;
 pub mod retry;

@@ -13,6 +13,7 @@
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
+use crate::metrics::Metrics;
 use crate::store::{DeliveryFilter, Millis, ReplayJob, Store, StoreError, now_millis};
 
 /// Deliveries replayed per step.
@@ -37,12 +38,18 @@ pub async fn create(
 /// Runs `job` to the end, `batch` deliveries per step. Returns the job as
 /// stored last: finished, or as another runner left it if that runner took
 /// over (then it is that runner's to finish).
-pub async fn run(store: &dyn Store, mut job: ReplayJob, batch: usize) -> Result<ReplayJob, StoreError> {
+pub async fn run(
+    store: &dyn Store,
+    mut job: ReplayJob,
+    batch: usize,
+    metrics: &Metrics,
+) -> Result<ReplayJob, StoreError> {
     while !job.finished {
         let Some(saved) = step(store, &job, batch).await? else {
             tracing::info!(job = %job.id, "replay job advanced by another runner; leaving it to that one");
             return Ok(store.replay_job(&job.id).await?.unwrap_or(job));
         };
+        metrics.replayed(saved.replayed - job.replayed);
         job = saved;
     }
     tracing::info!(
@@ -103,7 +110,12 @@ impl Drop for RunningGuard {
 
 /// Resumes unfinished jobs that no runner here holds: all of them at start
 /// (`stale_after` = 0), then those that have not advanced for a while.
-pub async fn resume(store: Arc<dyn Store>, running: &Running, stale_after: Millis) -> Result<usize, StoreError> {
+pub async fn resume(
+    store: Arc<dyn Store>,
+    running: &Running,
+    stale_after: Millis,
+    metrics: &Arc<Metrics>,
+) -> Result<usize, StoreError> {
     let now = now_millis();
     let mut resumed = 0;
     for job in store.unfinished_replay_jobs().await? {
@@ -112,11 +124,11 @@ pub async fn resume(store: Arc<dyn Store>, running: &Running, stale_after: Milli
         }
         let Some(guard) = running.enter(&job.id) else { continue };
         tracing::info!(job = %job.id, considered = job.considered, "resuming replay job");
-        let store = store.clone();
+        let (store, metrics) = (store.clone(), metrics.clone());
         tokio::spawn(async move {
             let _guard = guard;
             let id = job.id.clone();
-            if let Err(e) = run(store.as_ref(), job, BATCH).await {
+            if let Err(e) = run(store.as_ref(), job, BATCH, &metrics).await {
                 tracing::warn!(job = %id, error = %e, "replay job stopped; it will be resumed");
             }
         });

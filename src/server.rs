@@ -24,6 +24,7 @@ use crate::admin::Admin;
 use crate::config::Config;
 use crate::delivery::{self, Wake};
 use crate::ingress::Ingress;
+use crate::metrics::Metrics;
 use crate::replay;
 use crate::store::{Store, now_millis};
 
@@ -42,9 +43,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let wake = Arc::new(Wake::new(&config));
-    let ingress = Arc::new(Ingress::new(config.clone(), store.clone(), wake.clone()));
+    let metrics = Metrics::new(&config);
+    let ingress = Arc::new(Ingress::new(config.clone(), store.clone(), wake.clone(), metrics.clone()));
     let running = replay::Running::default();
-    let admin = Arc::new(Admin::new(config.clone(), store.clone(), running.clone()));
+    let admin = Arc::new(Admin::new(config.clone(), store.clone(), running.clone(), metrics.clone()));
     let (stop_tx, stop_rx) = watch::channel(false);
 
     tracing::info!(addr = %ingress_listener.local_addr()?, "ingress listening");
@@ -68,8 +70,9 @@ pub async fn run(
             async move { admin.handle(req).await }
         }
     }));
-    let delivery_task = tokio::spawn(delivery::run(config.clone(), store.clone(), wake, stop_rx.clone()));
-    let housekeeping = tokio::spawn(housekeeping(store.clone(), ingress.clone(), running, stop_rx));
+    let delivery_task =
+        tokio::spawn(delivery::run(config.clone(), store.clone(), wake, metrics.clone(), stop_rx.clone()));
+    let housekeeping = tokio::spawn(housekeeping(store.clone(), ingress.clone(), running, metrics, stop_rx));
 
     shutdown.await;
     tracing::info!("shutting down: no new connections; finishing open requests");
@@ -150,6 +153,7 @@ async fn housekeeping(
     store: Arc<dyn Store>,
     ingress: Arc<Ingress>,
     running: replay::Running,
+    metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(HOUSEKEEPING_EVERY);
@@ -163,7 +167,7 @@ async fn housekeeping(
             _ = stopped(&mut stop) => return,
         }
         ingress.forget_idle_clients();
-        match replay::resume(store.clone(), &running, stale_after).await {
+        match replay::resume(store.clone(), &running, stale_after, &metrics).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(jobs = n, "replay jobs resumed"),
             Err(e) => tracing::warn!(error = %e, "could not look for unfinished replay jobs; will retry"),

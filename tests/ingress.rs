@@ -488,6 +488,9 @@ impl Store for HungStore {
     async fn sweep(&self, n: u64) -> Result<usize, ipn_relay::store::StoreError> {
         self.0.sweep(n).await
     }
+    async fn oldest_open(&self) -> Result<Option<u64>, ipn_relay::store::StoreError> {
+        self.0.oldest_open().await
+    }
     async fn counts(&self) -> Result<[(ipn_relay::store::DeliveryState, u64); 4], ipn_relay::store::StoreError> {
         self.0.counts().await
     }

@@ -13,6 +13,10 @@ use ipn_relay::store::{
 };
 
 const TTL: u64 = 1_000;
+
+fn metrics() -> Arc<ipn_relay::metrics::Metrics> {
+    ipn_relay::metrics::Metrics::with_names(&[], &[])
+}
 /// A time long after every other in these tests: year 2255, in ms.
 const FAR_FUTURE: u64 = 9_000_000_000_000;
 const VIS: u64 = 500;
@@ -232,6 +236,24 @@ async fn replay_resets_the_budget_and_keeps_history(s: Arc<impl Store>) {
     assert!(claimed.contains(&a.id) && claimed.contains(&b.id));
 }
 
+async fn oldest_open_is_the_oldest_pending_or_in_flight(s: Arc<impl Store>) {
+    assert_eq!(s.oldest_open().await.unwrap(), None);
+    s.admit(event("evt_o1", "np", "t.t", 1000), deliveries(1000, &["be"]), TTL).await.unwrap();
+    s.admit(event("evt_o2", "np", "t.t", 2000), deliveries(2000, &["be"]), TTL).await.unwrap();
+    assert_eq!(s.oldest_open().await.unwrap(), Some(1000));
+    // In flight still counts; a retry too; delivered or dead does not.
+    let c = s.claim_due("be", 1000, 1, VIS).await.unwrap().remove(0).delivery;
+    assert_eq!(s.oldest_open().await.unwrap(), Some(1000));
+    s.finish(&c.id, c.claim_token, attempt(1000, 500), Next::RetryAt(1500)).await.unwrap();
+    assert_eq!(s.oldest_open().await.unwrap(), Some(1000));
+    let c = s.claim_due("be", 1500, 1, VIS).await.unwrap().remove(0).delivery;
+    s.finish(&c.id, c.claim_token, attempt(1500, 500), Next::Dead).await.unwrap();
+    assert_eq!(s.oldest_open().await.unwrap(), Some(2000));
+    // A replay opens it again.
+    s.replay(std::slice::from_ref(&c.id), false, 3000).await.unwrap();
+    assert_eq!(s.oldest_open().await.unwrap(), Some(1000));
+}
+
 async fn counts_follow_state_changes(s: Arc<impl Store>) {
     s.admit(event("evt_n", "np", "t.t", 1000), deliveries(1000, &["be", "be"]), TTL).await.unwrap();
     let c = s.claim_due("be", 1000, 1, VIS).await.unwrap().remove(0);
@@ -267,7 +289,7 @@ async fn replay_job_steps_commit_in_order_and_resume(s: Arc<impl Store>) {
     // After a restart the job is found unfinished and resumed where it was.
     let unfinished = s.unfinished_replay_jobs().await.unwrap();
     assert_eq!(unfinished, vec![first.clone()]);
-    let done = replay::run(s.as_ref(), unfinished[0].clone(), 10).await.unwrap();
+    let done = replay::run(s.as_ref(), unfinished[0].clone(), 10, &metrics()).await.unwrap();
     assert_eq!((done.considered, done.replayed, done.skipped, done.finished, done.truncated), (25, 25, 0, true, false));
     assert!(s.unfinished_replay_jobs().await.unwrap().is_empty());
     assert_eq!(s.replay_job(&job.id).await.unwrap(), Some(done));
@@ -292,7 +314,7 @@ async fn replay_job_never_visits_a_delivery_twice(s: Arc<impl Store>) {
     for c in &again {
         s.finish(&c.delivery.id, c.delivery.claim_token, attempt(1000, 500), Next::Dead).await.unwrap();
     }
-    let done = replay::run(s.as_ref(), job, 5).await.unwrap();
+    let done = replay::run(s.as_ref(), job, 5, &metrics()).await.unwrap();
     assert_eq!((done.replayed, done.considered), (12, 12));
     for id in &ids[..5] {
         let d = s.delivery(id).await.unwrap().unwrap().0;
@@ -307,7 +329,7 @@ async fn replay_job_is_bounded(s: Arc<impl Store>) {
     dead_deliveries(&s, 9).await;
     let filter = DeliveryFilter { state: Some(DeliveryState::Dead), ..Default::default() };
     let job = replay::create(s.as_ref(), filter.clone(), false, 4).await.unwrap();
-    let done = replay::run(s.as_ref(), job, 200).await.unwrap();
+    let done = replay::run(s.as_ref(), job, 200, &metrics()).await.unwrap();
     assert_eq!((done.replayed, done.finished, done.truncated), (4, true, true));
     assert_eq!(s.list(&filter, None, 100).await.unwrap().items.len(), 5, "the rest are still dead");
 }
@@ -352,6 +374,7 @@ macro_rules! conformance {
             case!(list_filters_and_pages_newest_first);
             case!(replay_resets_the_budget_and_keeps_history);
             case!(counts_follow_state_changes);
+            case!(oldest_open_is_the_oldest_pending_or_in_flight);
             case!(replay_job_steps_commit_in_order_and_resume);
             case!(replay_job_never_visits_a_delivery_twice);
             case!(replay_job_is_bounded);

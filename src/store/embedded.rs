@@ -71,6 +71,9 @@ const DUE: TableDefinition<(&str, u64, &str), ()> = TableDefinition::new("due");
 const COUNTS: TableDefinition<&str, u64> = TableDefinition::new("counts");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const REPLAY_JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("replay_jobs");
+/// Ids of deliveries pending or in flight; ids sort by creation time, so the
+/// first is the oldest open delivery.
+const OPEN: TableDefinition<&str, ()> = TableDefinition::new("open");
 
 /// After a failed write the store reports not ready for this long, unless a
 /// write succeeds sooner. A heartbeat may fit in pages the file already has
@@ -239,7 +242,22 @@ fn open_db(path: &Path) -> Result<Database, StoreError> {
 fn init_tables(db: Database) -> Result<Database, StoreError> {
     let mut txn = db.begin_write().map_err(unavailable)?;
     txn.set_durability(Durability::Immediate).map_err(unavailable)?;
-    Tables::open(&txn)?;
+    let mut t = Tables::open(&txn)?;
+    // Files written before the open-delivery index existed: build it once
+    // from the schedule, which lists every pending delivery.
+    if t.meta.get("open_index").map_err(unavailable)?.is_none() {
+        let ids: Vec<String> = t
+            .due
+            .iter()
+            .map_err(unavailable)?
+            .map(|e| e.map(|(k, _)| k.value().2.to_owned()).map_err(unavailable))
+            .collect::<Result<_, _>>()?;
+        for id in &ids {
+            t.open.insert(id.as_str(), ()).map_err(unavailable)?;
+        }
+        t.meta.insert("open_index", 1).map_err(unavailable)?;
+    }
+    drop(t);
     txn.commit().map_err(unavailable)?;
     Ok(db)
 }
@@ -442,6 +460,7 @@ struct Tables<'txn> {
     counts: Table<'txn, &'static str, u64>,
     meta: Table<'txn, &'static str, u64>,
     replay_jobs: Table<'txn, &'static str, &'static [u8]>,
+    open: Table<'txn, &'static str, ()>,
     /// State-count changes of this batch, written once before commit.
     count_deltas: [i64; 4],
 }
@@ -467,6 +486,7 @@ impl<'txn> Tables<'txn> {
             counts: txn.open_table(COUNTS).map_err(unavailable)?,
             meta: txn.open_table(META).map_err(unavailable)?,
             replay_jobs: txn.open_table(REPLAY_JOBS).map_err(unavailable)?,
+            open: txn.open_table(OPEN).map_err(unavailable)?,
             count_deltas: [0; 4],
         })
         .and_then(|mut t| {
@@ -502,6 +522,11 @@ impl<'txn> Tables<'txn> {
     /// Writes `d` and keeps the due index and state counts in step with the
     /// record it replaces (`old`).
     fn put_delivery(&mut self, old: Option<&Delivery>, d: &Delivery) -> Result<(), StoreError> {
+        match (old.is_some_and(|o| is_scheduled(o.state)), is_scheduled(d.state)) {
+            (false, true) => drop(self.open.insert(d.id.as_str(), ()).map_err(unavailable)?),
+            (true, false) => drop(self.open.remove(d.id.as_str()).map_err(unavailable)?),
+            _ => {}
+        }
         if let Some(old) = old {
             if let Some(at) = old.next_attempt_at.filter(|_| is_scheduled(old.state)) {
                 self.due.remove((old.endpoint.as_str(), at, old.id.as_str())).map_err(unavailable)?;
@@ -1030,6 +1055,15 @@ impl Store for EmbeddedStore {
 
     async fn sweep(&self, now: Millis) -> Result<usize, StoreError> {
         self.call(|reply| Op::Sweep { now, reply }).await
+    }
+
+    async fn oldest_open(&self) -> Result<Option<Millis>, StoreError> {
+        self.read(|txn| {
+            let table = txn.open_table(OPEN).map_err(unavailable)?;
+            let first = table.first().map_err(unavailable)?;
+            Ok(first.and_then(|(k, _)| super::delivery_id_millis(k.value())))
+        })
+        .await
     }
 
     async fn counts(&self) -> Result<[(DeliveryState, u64); 4], StoreError> {

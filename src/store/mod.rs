@@ -380,11 +380,20 @@ pub trait Store: Send + Sync + 'static {
     /// Removes dedupe keys that expired by `now`; returns how many.
     async fn sweep(&self, now: Millis) -> Result<usize, StoreError>;
 
+    /// When the oldest delivery still pending or in flight was created, for
+    /// the "oldest pending" gauge; `None` if there is none.
+    async fn oldest_open(&self) -> Result<Option<Millis>, StoreError>;
+
     /// Counts of deliveries by state, for gauges.
     async fn counts(&self) -> Result<[(DeliveryState, u64); 4], StoreError>;
 
     /// Whether the store is reachable and writable right now.
     async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// The creation time a delivery id begins with.
+pub fn delivery_id_millis(id: &str) -> Option<Millis> {
+    u64::from_str_radix(id.strip_prefix("dlv_")?.get(..12)?, 16).ok()
 }
 
 /// A new delivery id: `dlv_`, 12 hex digits of milliseconds, 16 random hex

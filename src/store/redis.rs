@@ -42,8 +42,8 @@ use super::{
     Next, Page, ReplayCount, ReplayJob, Store, StoreError, StoredEvent,
 };
 
-/// KEYS: dedupe, event, event-dlv, counts, index, dedupe-exp, then a (dlv,
-/// due) pair per delivery. ARGV: ttl, event json, now, event id, then an
+/// KEYS: dedupe, event, event-dlv, counts, index, dedupe-exp, open, then a
+/// (dlv, due) pair per delivery. ARGV: ttl, event json, now, event id, then an
 /// (id, json) pair per delivery.
 const ADMIT: &str = r#"
 local now = tonumber(ARGV[3])
@@ -53,12 +53,13 @@ local expires = now + tonumber(ARGV[1])
 redis.call('SET', KEYS[1], expires, 'PX', ARGV[1])
 redis.call('ZADD', KEYS[6], expires, ARGV[4])
 redis.call('SET', KEYS[2], ARGV[2])
-local n = (#KEYS - 6) / 2
+local n = (#KEYS - 7) / 2
 for i = 1, n do
   local id = ARGV[4 + 2 * i - 1]
-  redis.call('SET', KEYS[6 + 2 * i - 1], ARGV[4 + 2 * i])
-  redis.call('ZADD', KEYS[6 + 2 * i], now, id)
+  redis.call('SET', KEYS[7 + 2 * i - 1], ARGV[4 + 2 * i])
+  redis.call('ZADD', KEYS[7 + 2 * i], now, id)
   redis.call('ZADD', KEYS[5], 0, id)
+  redis.call('ZADD', KEYS[7], 0, id)
   redis.call('RPUSH', KEYS[3], id)
 end
 if n > 0 then redis.call('HINCRBY', KEYS[4], 'pending', n) end
@@ -98,6 +99,7 @@ for _, id in ipairs(ids) do
       d.updated_at = now
       redis.call('SET', ARGV[4] .. 'dlv:' .. id, cjson.encode(d))
       redis.call('ZREM', KEYS[1], id)
+      redis.call('ZREM', ARGV[4] .. 'open', id)
     else
       if d.state == 'pending' then
         redis.call('HINCRBY', KEYS[2], 'pending', -1)
@@ -120,7 +122,7 @@ end
 return out
 "#;
 
-/// KEYS: dlv, due, attempts, counts. ARGV: token, attempt json, next
+/// KEYS: dlv, due, attempts, counts, open. ARGV: token, attempt json, next
 /// ('delivered' | 'retry' | 'dead'), retry time, last error ('' for none),
 /// updated at.
 const FINISH: &str = r#"
@@ -146,6 +148,7 @@ else
   d.state = ARGV[3]
   d.next_attempt_at = cjson.null
   redis.call('ZREM', KEYS[2], d.id)
+  redis.call('ZREM', KEYS[5], d.id)
 end
 redis.call('HINCRBY', KEYS[4], d.state, 1)
 redis.call('SET', KEYS[1], cjson.encode(d))
@@ -193,6 +196,7 @@ local function replay_ids(counts, prefix, include_delivered, now, first)
         d.updated_at = now
         redis.call('SET', prefix .. 'dlv:' .. id, cjson.encode(d))
         redis.call('ZADD', prefix .. 'due:' .. d.endpoint, now, id)
+        redis.call('ZADD', prefix .. 'open', 0, id)
         replayed = replayed + 1
       else
         skipped = skipped + 1
@@ -372,6 +376,7 @@ impl Store for RedisStore {
             .key(self.key("counts"))
             .key(self.key("index"))
             .key(self.key("dedupe-exp"))
+            .key(self.key("open"))
             .arg(dedupe_ttl_ms.max(1))
             .arg(event.json.as_slice())
             .arg(event.received_at)
@@ -465,6 +470,7 @@ impl Store for RedisStore {
             .key(self.key(&format!("due:{endpoint}")))
             .key(self.key(&format!("attempts:{delivery_id}")))
             .key(self.key("counts"))
+            .key(self.key("open"))
             .arg(claim_token)
             .arg(serde_json::to_string(&attempt).map_err(unavailable)?)
             .arg(kind)
@@ -600,6 +606,12 @@ impl Store for RedisStore {
         let mut inv = script.prepare_invoke();
         inv.key(self.key("dedupe-exp")).arg(&self.keys).arg(now).arg(10_000);
         self.invoke(&inv, true).await
+    }
+
+    async fn oldest_open(&self) -> Result<Option<Millis>, StoreError> {
+        // Every member scores 0, so the set is in id order: creation order.
+        let first: Vec<String> = self.conn().zrange(self.key("open"), 0, 0).await.map_err(unavailable)?;
+        Ok(first.first().and_then(|id| super::delivery_id_millis(id)))
     }
 
     async fn counts(&self) -> Result<[(DeliveryState, u64); 4], StoreError> {

@@ -1,0 +1,265 @@
+//! Prometheus metrics (SPEC §9) on the admin listener's `/metrics`.
+//!
+//! Every label value is bounded: sources and endpoints come from the
+//! configuration (a callback to an unknown source counts under
+//! `source="unknown"`), outcomes and states are fixed sets. Every series
+//! exists from the start at zero, so `rate()` and alerts see it before the
+//! first event.
+//!
+//! Store-backed gauges (deliveries by state, the oldest open delivery,
+//! readiness) are read from the store at scrape time, at most once per
+//! [`STORE_REFRESH`], so a fast scraper does not load the store.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prometheus::{
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+use tokio::sync::Mutex;
+
+use crate::config::Config;
+use crate::store::{Store, now_millis};
+
+/// The ingress outcomes of SPEC §9.
+pub const INGRESS_OUTCOMES: [&str; 10] = [
+    "accepted",
+    "duplicate",
+    "invalid_signature",
+    "stale_timestamp",
+    "bad_request",
+    "ip_not_allowed",
+    "rate_limited",
+    "body_too_large",
+    "unavailable",
+    "unknown_source",
+];
+/// The delivery outcomes of SPEC §9.
+pub const DELIVERY_OUTCOMES: [&str; 3] = ["delivered", "retry", "dead"];
+/// The `source` label of callbacks to a source that is not configured.
+pub const UNKNOWN_SOURCE: &str = "unknown";
+/// How long store-backed gauges are reused before the store is asked again.
+pub const STORE_REFRESH: Duration = Duration::from_secs(5);
+/// How long a scrape waits for the store before reporting what it has.
+const STORE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Latency buckets for a sidecar: 1 ms to 30 s.
+const BUCKETS: [f64; 16] =
+    [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0];
+
+pub struct Metrics {
+    registry: Registry,
+    ingress_requests: IntCounterVec,
+    ingress_duration: HistogramVec,
+    deliveries_total: IntCounterVec,
+    delivery_duration: HistogramVec,
+    deliveries: IntGaugeVec,
+    replays: IntCounter,
+    oldest_open_age: Gauge,
+    last_poll: GaugeVec,
+    store_ready: IntGauge,
+    /// Configured source names, to bound the `source` label.
+    sources: Vec<String>,
+    /// When store-backed gauges were last read.
+    refreshed: Mutex<Option<Instant>>,
+}
+
+fn registered<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
+    registry.register(Box::new(metric.clone())).expect("metric names are unique");
+    metric
+}
+
+impl Metrics {
+    pub fn new(config: &Config) -> Arc<Metrics> {
+        let sources: Vec<&str> = config.sources.iter().map(|s| s.name.as_str()).collect();
+        let endpoints: Vec<&str> = config.endpoints.iter().map(|e| e.name.as_str()).collect();
+        Metrics::with_names(&sources, &endpoints)
+    }
+
+    /// Metrics for these configured source and endpoint names.
+    pub fn with_names(sources: &[&str], endpoints: &[&str]) -> Arc<Metrics> {
+        let registry = Registry::new();
+        let r = &registry;
+        let ingress_requests = registered(
+            r,
+            IntCounterVec::new(
+                Opts::new("ipn_relay_ingress_requests_total", "Provider callbacks by source and outcome."),
+                &["source", "outcome"],
+            )
+            .unwrap(),
+        );
+        let ingress_duration = registered(
+            r,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "ipn_relay_ingress_duration_seconds",
+                    "Time from a callback's arrival to its answer, by source.",
+                )
+                .buckets(BUCKETS.to_vec()),
+                &["source"],
+            )
+            .unwrap(),
+        );
+        let deliveries_total = registered(
+            r,
+            IntCounterVec::new(
+                Opts::new("ipn_relay_deliveries_total", "Delivery attempts by endpoint and outcome."),
+                &["endpoint", "outcome"],
+            )
+            .unwrap(),
+        );
+        let delivery_duration = registered(
+            r,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "ipn_relay_delivery_duration_seconds",
+                    "Duration of delivery attempts (the HTTP exchange), by endpoint.",
+                )
+                .buckets(BUCKETS.to_vec()),
+                &["endpoint"],
+            )
+            .unwrap(),
+        );
+        let deliveries = registered(
+            r,
+            IntGaugeVec::new(Opts::new("ipn_relay_deliveries", "Deliveries in the store by state."), &["state"])
+                .unwrap(),
+        );
+        let replays = registered(
+            r,
+            IntCounter::new("ipn_relay_replays_total", "Deliveries put back to pending by a replay.").unwrap(),
+        );
+        let build_info = registered(
+            r,
+            IntGaugeVec::new(Opts::new("ipn_relay_build_info", "The running version; always 1."), &["version"])
+                .unwrap(),
+        );
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let oldest_open_age = registered(
+            r,
+            Gauge::new(
+                "ipn_relay_oldest_pending_age_seconds",
+                "Age of the oldest delivery not yet delivered or dead (pending or in flight); 0 when there is none.",
+            )
+            .unwrap(),
+        );
+        let last_poll = registered(
+            r,
+            GaugeVec::new(
+                Opts::new(
+                    "ipn_relay_delivery_last_poll_timestamp_seconds",
+                    "Unix time of the last successful claim poll of each endpoint's worker: the worker heartbeat.",
+                ),
+                &["endpoint"],
+            )
+            .unwrap(),
+        );
+        let store_ready = registered(
+            r,
+            IntGauge::new("ipn_relay_store_ready", "1 if the store took a write at the last check, else 0.").unwrap(),
+        );
+
+        let sources: Vec<String> = sources.iter().map(|s| s.to_string()).collect();
+        for source in sources.iter().map(String::as_str).chain([UNKNOWN_SOURCE]) {
+            for outcome in INGRESS_OUTCOMES {
+                ingress_requests.with_label_values(&[source, outcome]);
+            }
+            ingress_duration.with_label_values(&[source]);
+        }
+        for &ep in endpoints {
+            for outcome in DELIVERY_OUTCOMES {
+                deliveries_total.with_label_values(&[ep, outcome]);
+            }
+            delivery_duration.with_label_values(&[ep]);
+            last_poll.with_label_values(&[ep]);
+        }
+        for state in ["pending", "in_flight", "delivered", "dead"] {
+            deliveries.with_label_values(&[state]);
+        }
+        Arc::new(Metrics {
+            registry,
+            ingress_requests,
+            ingress_duration,
+            deliveries_total,
+            delivery_duration,
+            deliveries,
+            replays,
+            oldest_open_age,
+            last_poll,
+            store_ready,
+            sources,
+            refreshed: Mutex::new(None),
+        })
+    }
+
+    /// The `source` label for a callback to `name`.
+    fn source_label<'a>(&self, name: &'a str) -> &'a str {
+        if self.sources.iter().any(|s| s == name) { name } else { UNKNOWN_SOURCE }
+    }
+
+    /// Counts one answered callback. `outcome` must be one of
+    /// [`INGRESS_OUTCOMES`].
+    pub fn ingress(&self, source: &str, outcome: &str, elapsed: Duration) {
+        debug_assert!(INGRESS_OUTCOMES.contains(&outcome), "{outcome}");
+        let source = self.source_label(source);
+        self.ingress_requests.with_label_values(&[source, outcome]).inc();
+        self.ingress_duration.with_label_values(&[source]).observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts one delivery attempt. `outcome` is one of
+    /// [`DELIVERY_OUTCOMES`]; `endpoint` is a configured name.
+    pub fn delivery(&self, endpoint: &str, outcome: &str, duration: Duration) {
+        self.deliveries_total.with_label_values(&[endpoint, outcome]).inc();
+        self.delivery_duration.with_label_values(&[endpoint]).observe(duration.as_secs_f64());
+    }
+
+    /// Records a claim poll of `endpoint` that reached the store.
+    pub fn polled(&self, endpoint: &str) {
+        self.last_poll.with_label_values(&[endpoint]).set(now_millis() as f64 / 1000.0);
+    }
+
+    pub fn replayed(&self, n: usize) {
+        self.replays.inc_by(n as u64);
+    }
+
+    /// The text exposition, with store-backed gauges refreshed if stale.
+    pub async fn render(&self, store: &dyn Store) -> String {
+        self.refresh(store).await;
+        let mut out = Vec::new();
+        // Encoding to a Vec cannot fail on I/O; a malformed metric would be
+        // a bug caught by the tests.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    async fn refresh(&self, store: &dyn Store) {
+        let mut refreshed = self.refreshed.lock().await;
+        if refreshed.is_some_and(|t| t.elapsed() < STORE_REFRESH) {
+            return;
+        }
+        let read = async {
+            let ready = store.ping().await.is_ok();
+            self.store_ready.set(ready as i64);
+            let counts = store.counts().await?;
+            for (state, n) in counts {
+                self.deliveries.with_label_values(&[state.as_str()]).set(n as i64);
+            }
+            let oldest = store.oldest_open().await?;
+            let age = oldest.map_or(0, |created| now_millis().saturating_sub(created));
+            self.oldest_open_age.set(age as f64 / 1000.0);
+            Ok::<_, crate::store::StoreError>(())
+        };
+        match tokio::time::timeout(STORE_TIMEOUT, read).await {
+            Ok(Ok(())) => *refreshed = Some(Instant::now()),
+            Ok(Err(e)) => {
+                self.store_ready.set(0);
+                tracing::warn!(error = %e, "metrics: could not read delivery gauges from the store");
+            }
+            Err(_) => {
+                self.store_ready.set(0);
+                tracing::warn!("metrics: the store did not answer in time; delivery gauges are stale");
+            }
+        }
+    }
+}
