@@ -140,7 +140,8 @@ fn init_logging(format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
+        // The current span (event id, source, endpoint) rides along once.
+        LogFormat::Json => builder.json().flatten_event(true).with_span_list(false).init(),
         LogFormat::Pretty => builder.init(),
     }
 }

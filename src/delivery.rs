@@ -300,7 +300,7 @@ async fn deliver(
     // could send the same delivery at the same time.
     let deadline = d.next_attempt_at.unwrap_or(0);
     if started_at.saturating_add(ep.timeout.as_millis() as u64) >= deadline {
-        tracing::warn!(delivery_id = %d.id, endpoint = %ep.name, "claim too close to its visibility timeout to send; releasing");
+        tracing::warn!("claim too close to its visibility timeout to send; releasing");
         release(&shared, &claim).await;
         return;
     }
@@ -346,13 +346,22 @@ async fn deliver(
         // Successes are for metrics to count; the admission log line is the
         // audit trail, and failures are logged below.
         (_, Next::Delivered) => {
-            tracing::debug!(event_id = %d.event_id, delivery_id = %d.id, endpoint = %ep.name, attempt = number, duration_ms, "delivered")
+            tracing::debug!(duration_ms, "delivered")
         }
         (r, Next::RetryAt(at)) => {
-            tracing::info!(event_id = %d.event_id, delivery_id = %d.id, endpoint = %ep.name, attempt = number, duration_ms, result = ?r, retry_in_ms = at.saturating_sub(now_millis()), "delivery failed; retry scheduled")
+            tracing::info!(
+                duration_ms,
+                error = r.last_error().unwrap_or_default(),
+                retry_in_ms = at.saturating_sub(now_millis()),
+                "delivery failed; retry scheduled"
+            )
         }
         (r, Next::Dead) => {
-            tracing::warn!(event_id = %d.event_id, delivery_id = %d.id, endpoint = %ep.name, attempt = number, result = ?r, "delivery failed for the last time; dead")
+            tracing::warn!(
+                duration_ms,
+                error = r.last_error().unwrap_or_default(),
+                "delivery failed for the last time; dead"
+            )
         }
     }
     let attempt = Attempt { number, started_at, duration_ms, result, response_excerpt: excerpt };

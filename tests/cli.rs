@@ -96,3 +96,67 @@ fn sign_prints_what_the_verifiers_accept() {
     assert!(out.status.success());
     assert_eq!(text(&out.stdout).trim(), nova::sign(b"k", b"{\"event\":\"x.y\"}"));
 }
+
+/// The log at debug level, in JSON: every callback and delivery line carries
+/// its span (source, event id, endpoint), and no line carries a secret, a
+/// signature or the body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_carry_ids_and_never_secrets_signatures_or_bodies() {
+    use common::*;
+    let endpoint_secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let rx = Receiver::start(|seen| if seen == 0 { Reply::Status(500) } else { Reply::Status(200) }).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("relay.redb");
+    let text = format!(
+        "{}\n[[endpoints]]\nname = \"backend\"\nurl = \"{}\"\nsecret = \"{endpoint_secret}\"\n\n[delivery]\ninitial_backoff = \"100ms\"\njitter = 0.0\n\n[log]\nformat = \"json\"\n",
+        base_config(&store),
+        rx.url()
+    );
+    let config = dir.path().join("relay.toml");
+    std::fs::write(&config, text).unwrap();
+    let relay = spawn_relay_logging(&config, "debug");
+    let c = client();
+    let body = payment_ipn(77, "finished");
+    let signature = nowpayments::sign(NP_SECRET.as_bytes(), body.as_bytes());
+    let (status, v) = post_to(&c, relay.addr, body.clone()).await.unwrap();
+    assert_eq!(status, 200, "{v}");
+    let event_id = v["id"].as_str().unwrap().to_owned();
+    let forged = c
+        .post(format!("http://{}/hooks/nowpayments", relay.addr))
+        .header("x-nowpayments-sig", "ab".repeat(64))
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 401);
+    assert!(eventually(std::time::Duration::from_secs(5), || rx.delivered_ids().contains(&event_id)).await);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+
+    let lines = relay.log.lock().unwrap().clone();
+    let delivered_sig = rx.received()[0].headers["webhook-signature"].to_str().unwrap().to_owned();
+    for line in &lines {
+        for secret in
+            [NP_SECRET, endpoint_secret, &endpoint_secret[6..], &signature, &delivered_sig[3..], &"ab".repeat(64)]
+        {
+            assert!(!line.contains(secret), "a secret or signature in the log: {line}");
+        }
+        assert!(!line.contains("0x8f2b9c1d4e7a6b5c3d2e1f0a9b8c7d6e5f4a3b2c"), "the body in the log: {line}");
+    }
+    let parsed: Vec<serde_json::Value> = lines.iter().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let with = |message: &str| {
+        parsed.iter().find(|v| v["message"] == message).unwrap_or_else(|| panic!("no {message:?} in {lines:#?}"))
+    };
+    let admitted = with("callback admitted");
+    assert_eq!(
+        (admitted["span"]["source"].as_str(), admitted["span"]["event_id"].as_str()),
+        (Some("nowpayments"), Some(event_id.as_str()))
+    );
+    assert_eq!(with("callback refused")["span"]["source"], "nowpayments");
+    for message in ["delivery failed; retry scheduled", "delivered"] {
+        let line = with(message);
+        assert_eq!(
+            (line["span"]["endpoint"].as_str(), line["span"]["event_id"].as_str()),
+            (Some("backend"), Some(event_id.as_str()))
+        );
+    }
+}

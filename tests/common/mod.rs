@@ -305,6 +305,8 @@ pub struct RelayProcess {
     pub child: std::process::Child,
     pub addr: SocketAddr,
     pub admin: SocketAddr,
+    /// Every line the relay logged to stdout so far.
+    pub log: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Drop for RelayProcess {
@@ -316,20 +318,27 @@ impl Drop for RelayProcess {
 
 /// Starts `ipn-relay serve` and waits for its "ingress listening" log line.
 pub fn spawn_relay(config: &Path) -> RelayProcess {
+    spawn_relay_logging(config, "info")
+}
+
+/// Like [`spawn_relay`], with `RUST_LOG` set to `filter`.
+pub fn spawn_relay_logging(config: &Path, filter: &str) -> RelayProcess {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
     let mut child = Command::new(env!("CARGO_BIN_EXE_ipn-relay"))
         .args(["serve", "--config"])
         .arg(config)
-        .env("RUST_LOG", "info")
+        .env("RUST_LOG", filter)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let (mut addr, mut admin) = (None, None);
+    let log: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
     while addr.is_none() || admin.is_none() {
         let line = lines.next().expect("relay exited before listening").unwrap();
+        log.lock().unwrap().push(line.clone());
         let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
         let at = || v["addr"].as_str().and_then(|a| a.parse::<SocketAddr>().ok());
         match v["message"].as_str() {
@@ -340,8 +349,13 @@ pub fn spawn_relay(config: &Path) -> RelayProcess {
     }
     let (addr, admin) = (addr.unwrap(), admin.unwrap());
     // Keep draining the log so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    RelayProcess { child, addr, admin }
+    let kept = log.clone();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            kept.lock().unwrap().push(line);
+        }
+    });
+    RelayProcess { child, addr, admin, log }
 }
 
 /// Posts a signed NOWPayments IPN to a relay at `addr`; `None` if the
