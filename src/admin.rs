@@ -27,7 +27,8 @@ use crate::ingress::json_response;
 use crate::metrics::Metrics;
 use crate::replay::{self, Running};
 use crate::store::{
-    Attempt, AttemptResult, Delivery, DeliveryFilter, DeliveryState, Millis, ReplayJob, Store, StoreError, now_millis,
+    Attempt, AttemptResult, Delivery, DeliveryFilter, DeliveryState, Millis, ReplayJob, Store, StoreError,
+    delivery_id_millis, now_millis,
 };
 
 /// A readiness probe must answer quickly even when the store hangs.
@@ -131,7 +132,9 @@ impl Admin {
         let given = req
             .headers()
             .get(header::AUTHORIZATION)
-            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+            .map(|v| v.as_bytes())
+            // The scheme is case-insensitive (RFC 7235).
+            .and_then(|v| v.get(..7).filter(|p| p.eq_ignore_ascii_case(b"bearer ")).map(|_| &v[7..]))
             .ok_or_else(|| unauthorized("missing bearer token"))?;
         let given: [u8; 32] = Sha256::digest(given).into();
         match bool::from(given.ct_eq(expected)) {
@@ -370,7 +373,9 @@ fn parse_time(name: &str, value: &str, now: Millis) -> Result<Millis, ApiError> 
         return u64::try_from(ms).map_err(|_| ApiError::bad(format!("{name}: before 1970: '{value}'")));
     }
     if let Ok(ago) = humantime::parse_duration(value) {
-        return Ok(now.saturating_sub(ago.as_millis() as Millis));
+        let ago = Millis::try_from(ago.as_millis())
+            .map_err(|_| ApiError::bad(format!("{name}: duration too long: '{value}'")))?;
+        return Ok(now.saturating_sub(ago));
     }
     Err(ApiError::bad(format!(
         "{name}: expected an RFC 3339 time (2026-11-20T08:00:00Z) or a duration ago (24h), got '{value}'"
@@ -422,6 +427,8 @@ struct JobView<'a> {
     considered: usize,
     finished: bool,
     truncated: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    continue_until: Option<String>,
     created_at: String,
     updated_at: String,
 }
@@ -435,6 +442,8 @@ fn job_view(job: &ReplayJob) -> Value {
         considered: job.considered,
         finished: job.finished,
         truncated: job.truncated,
+        // To go on below a truncated job: deliveries created before this.
+        continue_until: job.truncated.then(|| job.cursor.as_deref().and_then(delivery_id_millis).map(time)).flatten(),
         created_at: time(job.created_at),
         updated_at: time(job.updated_at),
     })

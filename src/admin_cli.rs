@@ -26,6 +26,10 @@ pub enum ClientError {
     NotFound(String),
     #[error("{0}")]
     Failed(String),
+    /// Some of several requests failed, each already reported: the exit
+    /// code of the first failure, and a summary.
+    #[error("{1}")]
+    Partial(u8, String),
 }
 
 impl ClientError {
@@ -35,6 +39,7 @@ impl ClientError {
             ClientError::BadRequest(_) => 2,
             ClientError::Unauthorized(_) => 3,
             ClientError::NotFound(_) => 4,
+            ClientError::Partial(code, _) => *code,
         }
     }
 }
@@ -180,6 +185,10 @@ impl Client {
                 ClientError::Unauthorized(format!("{message}: pass --token or set IPN_RELAY_ADMIN_TOKEN"))
             }
             401 => ClientError::Unauthorized(message),
+            404 if message == "no such route" => ClientError::Failed(format!(
+                "{} is not a relay's admin listener (its answer: {message}); check --admin-url",
+                self.base
+            )),
             404 => ClientError::NotFound(message),
             code => ClientError::Failed(format!("{message} (HTTP {code})")),
         })
@@ -244,26 +253,49 @@ pub async fn replay(conn: &Connection, args: ReplayArgs) -> Result<(), ClientErr
             return Err(ClientError::BadRequest("give delivery ids or filters, not both".into()));
         }
         let q = if args.include_delivered { "?include_delivered=true" } else { "" };
+        // Every id is tried, whatever happens to the others; each gets a line.
         let mut results = Vec::new();
-        let (mut replayed, mut skipped) = (0, 0);
+        let (mut replayed, mut skipped, mut failed) = (0, 0, Vec::new());
         for id in &args.ids {
             let path = format!("/admin/deliveries/{}/replay{q}", path_segment(id));
-            let r = client.call(reqwest::Method::POST, &path, None).await?;
-            replayed += r["replayed"].as_u64().unwrap_or(0);
-            skipped += r["skipped"].as_u64().unwrap_or(0);
-            results.push(json!({"id": id, "replayed": r["replayed"], "skipped": r["skipped"], "state": r["state"]}));
+            match client.call(reqwest::Method::POST, &path, None).await {
+                Ok(r) => {
+                    replayed += r["replayed"].as_u64().unwrap_or(0);
+                    skipped += r["skipped"].as_u64().unwrap_or(0);
+                    results.push(
+                        json!({"id": id, "replayed": r["replayed"], "skipped": r["skipped"], "state": r["state"]}),
+                    );
+                }
+                // The relay is gone or refuses the token: the rest would fail alike.
+                Err(e @ (ClientError::Unreachable(_) | ClientError::Unauthorized(_))) => return Err(e),
+                Err(e) => {
+                    results.push(json!({"id": id, "error": e.to_string()}));
+                    failed.push(e);
+                }
+            }
         }
-        let out = json!({"replayed": replayed, "skipped": skipped, "deliveries": results});
+        let out = json!({"replayed": replayed, "skipped": skipped, "failed": failed.len(), "deliveries": results});
         print(conn, &out, |v| {
             let mut s = String::new();
             for d in v["deliveries"].as_array().into_iter().flatten() {
-                let what = if d["replayed"] == 1 { "replayed" } else { "skipped" };
-                let _ = writeln!(s, "{}  {what}  (now {})", d["id"].as_str().unwrap_or(""), text(&d["state"]));
+                let id = d["id"].as_str().unwrap_or("");
+                let _ = match d["error"].as_str() {
+                    Some(e) => writeln!(s, "{id}  failed  ({e})"),
+                    None if d["replayed"] == 1 => writeln!(s, "{id}  replayed  (now {})", text(&d["state"])),
+                    None => writeln!(s, "{id}  skipped  (now {})", text(&d["state"])),
+                };
             }
-            let _ = writeln!(s, "replayed {}, skipped {}", v["replayed"], v["skipped"]);
+            let _ = writeln!(s, "replayed {}, skipped {}, failed {}", v["replayed"], v["skipped"], v["failed"]);
             s
         });
-        return Ok(());
+        // Exit as the first failure says (4 for an unknown id, …).
+        return match failed.into_iter().next() {
+            Some(e) => Err(ClientError::Partial(
+                e.exit_code(),
+                format!("{} of {} ids not replayed", out["failed"], args.ids.len()),
+            )),
+            None => Ok(()),
+        };
     }
     if args.filters.is_empty() {
         return Err(ClientError::BadRequest(
@@ -292,8 +324,10 @@ pub async fn replay(conn: &Connection, args: ReplayArgs) -> Result<(), ClientErr
             text(&v["job"])
         );
         if v["truncated"] == true {
-            s.push_str(
-                "stopped at --max with more deliveries matching: run the same command again for the next ones\n",
+            let _ = writeln!(
+                s,
+                "stopped at --max with more deliveries matching; for the older ones add --until {}",
+                text(&v["continue_until"])
             );
         }
         s

@@ -239,6 +239,8 @@ impl Metrics {
             return;
         }
         let read = async {
+            // Not ready until the write check answers (a hung store times out).
+            self.store_ready.set(0);
             let ready = store.ping().await.is_ok();
             self.store_ready.set(ready as i64);
             let counts = store.counts().await?;
@@ -251,15 +253,11 @@ impl Metrics {
             Ok::<_, crate::store::StoreError>(())
         };
         match tokio::time::timeout(STORE_TIMEOUT, read).await {
+            // Readiness is the write check alone: a slow read leaves the
+            // gauges stale, not the store "not ready".
             Ok(Ok(())) => *refreshed = Some(Instant::now()),
-            Ok(Err(e)) => {
-                self.store_ready.set(0);
-                tracing::warn!(error = %e, "metrics: could not read delivery gauges from the store");
-            }
-            Err(_) => {
-                self.store_ready.set(0);
-                tracing::warn!("metrics: the store did not answer in time; delivery gauges are stale");
-            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "metrics: could not read delivery gauges from the store"),
+            Err(_) => tracing::warn!("metrics: the store did not answer in time; delivery gauges are stale"),
         }
     }
 }

@@ -213,6 +213,7 @@ async fn dead_deliveries_are_found_and_replayed(store: Arc<dyn Store>, store_tom
         ("limit=0", "limit:"),
         ("limit=5000", "limit:"),
         ("cursor=bogus", "cursor:"),
+        ("since=18446744073709552s", "since: duration too long"),
         ("stat=dead", "unknown parameter 'stat'"),
         ("endpoint=nope", "endpoint:"),
         ("source=paypal", "source:"),
@@ -329,6 +330,13 @@ async fn dead_deliveries_are_found_and_replayed(store: Arc<dyn Store>, store_tom
     assert_eq!(code, 0);
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["deliveries"][0]["id"], one);
+    // Several ids: each is tried and reported, even after an unknown one.
+    let two = still_dead[1]["id"].as_str().unwrap();
+    let (code, out, err) = cli(&with(&["replay", one, "dlv_000000000000ffffffffffffffff", two])).await;
+    assert_eq!(code, 4, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with(one) && lines[1].contains("failed") && lines[2].starts_with(two), "{out}");
+    assert!(err.contains("1 of 3 ids not replayed"), "{err}");
 
     // Errors a script can tell apart.
     let (code, _, err) = cli(&args(&["deliveries", "list", "--admin-url", &a, "--token", "nope"])).await;
@@ -342,6 +350,13 @@ async fn dead_deliveries_are_found_and_replayed(store: Arc<dyn Store>, store_tom
     let (code, _, err) = cli(&with(&["deliveries", "list", "--state", "deed"])).await;
     assert_eq!(code, 2);
     assert!(err.contains("state: unknown state 'deed'"), "{err}");
+    let (code, _, err) =
+        cli(&args(&["deliveries", "list", "--admin-url", &format!("{a}/api"), "--token", TOKEN])).await;
+    assert_eq!(code, 1, "a wrong URL is not an unknown id: {err}");
+    assert!(err.contains("check --admin-url"), "{err}");
+    let r =
+        c.get(format!("{a}/admin/deliveries")).header("authorization", format!("bearer {TOKEN}")).send().await.unwrap();
+    assert_eq!(r.status(), 200, "the auth scheme is case-insensitive");
     let (code, _, err) = cli(&with(&["replay"])).await;
     assert_eq!(code, 2, "{err}");
 

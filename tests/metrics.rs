@@ -298,6 +298,20 @@ async fn a_real_prometheus_evaluates_every_dashboard_and_alert_expression() {
     // A burst of forged callbacks while Prometheus watches: enough to trip
     // the spike alert.
     forge(&relay, 1000..1150).await;
+    // And one more event, delivered to backend after a retry and dead at
+    // ledger, so delivery counters move while Prometheus watches.
+    let c = client();
+    assert_eq!(answer(post_np(&c, &relay, &payment_ipn(3, "finished"), NP_SECRET).await).await.0, 200);
+    let mut settled = false;
+    for _ in 0..250 {
+        let counts = relay.store.counts().await.unwrap();
+        if counts.contains(&(DeliveryState::Delivered, 3)) && counts.contains(&(DeliveryState::Dead, 3)) {
+            settled = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(settled, "the third event did not settle");
     // Several more scrapes, so rates have two samples or more.
     wait_for_scrapes(&prom, 6).await;
     assert_eq!(prom.query("up{job=\"ipn-relay\"} == 1").await.len(), 1);
@@ -321,7 +335,7 @@ async fn a_real_prometheus_evaluates_every_dashboard_and_alert_expression() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(rules.len(), 6, "{rules:?}");
+    assert_eq!(rules.len(), 7, "{rules:?}");
     let metric = regex_lite_names();
     for rule in &rules {
         let (name, query) = (rule["name"].as_str().unwrap(), rule["query"].as_str().unwrap());
@@ -332,17 +346,23 @@ async fn a_real_prometheus_evaluates_every_dashboard_and_alert_expression() {
             assert!(!prom.query(&format!("count({m})")).await.is_empty(), "{name}: no series {m}");
         }
     }
-    // The conditions this run creates fire: dead deliveries, forged callbacks.
-    for firing in ["IpnRelayDeadDeliveries", "IpnRelayInvalidSignatureSpike"] {
+    // The conditions this run creates hold: dead deliveries, forged
+    // callbacks, an endpoint (ledger) whose every attempt failed.
+    for firing in ["IpnRelayDeadDeliveries", "IpnRelayInvalidSignatureSpike", "IpnRelayDeliveriesStalled"] {
         let rule = rules.iter().find(|r| r["name"] == firing).unwrap();
         let result = prom.query(rule["query"].as_str().unwrap()).await;
         assert!(!result.is_empty(), "{firing} should hold after this run");
     }
     // And the healthy ones stay quiet.
-    for quiet in ["IpnRelayStoreNotReady", "IpnRelayWorkerStalled", "IpnRelayDown", "IpnRelayDeliveriesStalled"] {
+    for quiet in ["IpnRelayStoreNotReady", "IpnRelayWorkerStalled", "IpnRelayDown", "IpnRelayBacklogAging"] {
         let rule = rules.iter().find(|r| r["name"] == quiet).unwrap();
         assert!(prom.query(rule["query"].as_str().unwrap()).await.is_empty(), "{quiet} fired on a healthy relay");
     }
+    // Only the failing endpoint is stalled, not the one that delivers.
+    let stalled = rules.iter().find(|r| r["name"] == "IpnRelayDeliveriesStalled").unwrap();
+    let stalled = prom.query(stalled["query"].as_str().unwrap()).await;
+    let endpoints: Vec<&str> = stalled.iter().map(|r| r["metric"]["endpoint"].as_str().unwrap()).collect();
+    assert_eq!(endpoints, ["ledger"]);
 
     // promtool agrees with the files as shipped.
     let grafana = Path::new(env!("CARGO_MANIFEST_DIR")).join("grafana");

@@ -438,6 +438,26 @@ async fn redis_store_skips_an_unreadable_record_instead_of_wedging() {
     let kept: Option<String> =
         redis::cmd("GET").arg("{conformance}:dlv:dlv_broken").query_async(&mut raw).await.unwrap();
     assert_eq!(kept.as_deref(), Some("not json"));
+    // A listing over it leaves it out instead of failing.
+    let _: () =
+        redis::cmd("ZADD").arg("{conformance}:index").arg(0).arg("dlv_broken").query_async(&mut raw).await.unwrap();
+    let page = s.list(&DeliveryFilter::default(), None, 10).await.unwrap();
+    assert_eq!(page.items.iter().map(|d| d.event_id.as_str()).collect::<Vec<_>>(), ["evt_good"]);
+}
+
+/// A delivery record that vanished leaves the schedule, the open index and
+/// the pending count, so the gauges do not age it for ever.
+#[tokio::test]
+async fn redis_store_forgets_a_vanished_delivery_everywhere() {
+    let (s, server) = redis().await;
+    s.admit(event("evt_gone", "np", "t.t", 1000), deliveries(1000, &["be"]), TTL).await.unwrap();
+    let id = s.event_deliveries("evt_gone").await.unwrap().remove(0).id;
+    let client = redis::Client::open(server.url.as_str()).unwrap();
+    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("DEL").arg(format!("{{conformance}}:dlv:{id}")).query_async(&mut raw).await.unwrap();
+    assert!(s.claim_due("be", 2000, 10, VIS).await.unwrap().is_empty());
+    assert_eq!(s.oldest_open().await.unwrap(), None);
+    assert_eq!(s.counts().await.unwrap()[0], (DeliveryState::Pending, 0));
 }
 
 /// A Redis that lost its last writes (a restart without fsync, a failover)

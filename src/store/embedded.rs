@@ -617,13 +617,19 @@ impl<'txn> Tables<'txn> {
                 Ok(Some(d)) => d,
                 Ok(None) => {
                     self.due.remove((endpoint, at, id.as_str())).map_err(unavailable)?;
+                    self.open.remove(id.as_str()).map_err(unavailable)?;
                     continue;
                 }
                 Err(e @ StoreError::Corrupt { .. }) => {
-                    // Unreadable: take it off the schedule so claims do not
-                    // spin on it; the record stays for inspection.
+                    // Unreadable: take it off the schedule (and out of the
+                    // open index and the pending count) so claims do not spin
+                    // on it and gauges do not age it; the record stays for
+                    // inspection.
                     tracing::error!(delivery_id = %id, error = %e, "unreadable delivery record removed from the schedule");
                     self.due.remove((endpoint, at, id.as_str())).map_err(unavailable)?;
+                    if self.open.remove(id.as_str()).map_err(unavailable)?.is_some() {
+                        self.bump(DeliveryState::Pending, -1);
+                    }
                     continue;
                 }
                 Err(e) => return Err(e),
@@ -995,7 +1001,15 @@ impl Store for EmbeddedStore {
                     break;
                 }
                 last_examined = Some(k.value().to_owned());
-                let mut d = decode_delivery(k.value(), v.value())?;
+                // One unreadable record must not make a whole page (or a
+                // bulk replay over it) fail: skip it, loudly.
+                let mut d = match decode_delivery(k.value(), v.value()) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        tracing::error!(error = %e, "unreadable delivery record left out of a listing");
+                        continue;
+                    }
+                };
                 claims.lock().map_err(|_| unavailable("lock poisoned"))?.overlay(&mut d);
                 if !filter.matches(&d) {
                     continue;

@@ -83,9 +83,11 @@ for _, id in ipairs(ids) do
   if raw then ok, d = pcall(cjson.decode, raw) end
   if not ok or type(d) ~= 'table' or type(d.event_id) ~= 'string' or type(d.claim_token) ~= 'number'
       or type(d.state) ~= 'string' then
-    -- Missing or unreadable: off the schedule, so claims never spin on it;
-    -- an unreadable record stays for inspection.
+    -- Missing or unreadable: off the schedule and the open index, so claims
+    -- never spin on it and gauges do not age it; an unreadable record stays
+    -- for inspection.
     redis.call('ZREM', KEYS[1], id)
+    if redis.call('ZREM', ARGV[4] .. 'open', id) == 1 then redis.call('HINCRBY', KEYS[2], 'pending', -1) end
   else
     local event = redis.call('GET', ARGV[4] .. 'event:' .. d.event_id)
     if d.state ~= 'pending' and d.state ~= 'in_flight' then
@@ -351,7 +353,18 @@ impl RedisStore {
         }
         let keys: Vec<String> = ids.iter().map(|id| self.key(&format!("dlv:{id}"))).collect();
         let raw: Vec<Option<String>> = self.conn().mget(keys).await.map_err(unavailable)?;
-        raw.into_iter().zip(ids).filter_map(|(r, id)| r.map(|r| decode(id, &r))).collect()
+        // One unreadable record must not fail a whole page: skip it, loudly.
+        Ok(raw
+            .into_iter()
+            .zip(ids)
+            .filter_map(|(r, id)| match decode(id, &r?) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    tracing::error!(error = %e, "unreadable delivery record left out");
+                    None
+                }
+            })
+            .collect())
     }
 }
 
