@@ -483,3 +483,23 @@ async fn redis_claim_tokens_stay_unique_after_lost_writes() {
     assert!(!s.finish(&id, first.claim_token, attempt(1000, 200), Next::Delivered).await.unwrap());
     assert!(s.finish(&id, second.claim_token, attempt(1000, 200), Next::Delivered).await.unwrap());
 }
+
+/// Data from before the open-delivery index: the first relay to connect
+/// builds it from the schedules.
+#[tokio::test]
+async fn redis_store_builds_the_open_index_for_older_data() {
+    let (s, server) = redis().await;
+    s.admit(event("evt_old1", "np", "t.t", 1000), deliveries(1000, &["be"]), TTL).await.unwrap();
+    s.admit(event("evt_old2", "np", "t.t", 2000), deliveries(2000, &["audit"]), TTL).await.unwrap();
+    let client = redis::Client::open(server.url.as_str()).unwrap();
+    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg("{conformance}:open")
+        .arg("{conformance}:open-index")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(s.oldest_open().await.unwrap(), None, "the index is gone");
+    let again = ipn_relay::store::redis::RedisStore::connect(&server.url, "conformance").await.unwrap();
+    assert_eq!(again.oldest_open().await.unwrap(), Some(1000));
+}

@@ -617,7 +617,9 @@ impl<'txn> Tables<'txn> {
                 Ok(Some(d)) => d,
                 Ok(None) => {
                     self.due.remove((endpoint, at, id.as_str())).map_err(unavailable)?;
-                    self.open.remove(id.as_str()).map_err(unavailable)?;
+                    if self.open.remove(id.as_str()).map_err(unavailable)?.is_some() {
+                        self.bump(DeliveryState::Pending, -1);
+                    }
                     continue;
                 }
                 Err(e @ StoreError::Corrupt { .. }) => {

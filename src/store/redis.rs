@@ -306,7 +306,46 @@ impl RedisStore {
                 tracing::warn!(error = %e, "could not read Redis INFO to check eviction and persistence settings")
             }
         }
-        Ok(RedisStore { conn, keys: format!("{{{prefix}}}:") })
+        let store = RedisStore { conn, keys: format!("{{{prefix}}}:") };
+        store.build_open_index().await?;
+        Ok(store)
+    }
+
+    /// Data written before the open-delivery index existed: build it once
+    /// from the schedules, which hold every pending or in-flight delivery.
+    /// Adding is idempotent, so relays starting together do no harm.
+    async fn build_open_index(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let marker = self.key("open-index");
+        if conn.exists(&marker).await.map_err(unavailable)? {
+            return Ok(());
+        }
+        let pattern = format!("{}due:*", self.keys.replace('[', "\\[").replace('*', "\\*").replace('?', "\\?"));
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            for key in keys {
+                let ids: Vec<String> = conn.zrange(&key, 0, -1).await.map_err(unavailable)?;
+                for chunk in ids.chunks(1000) {
+                    let members: Vec<(u8, &String)> = chunk.iter().map(|id| (0, id)).collect();
+                    let _: () = conn.zadd_multiple(self.key("open"), &members).await.map_err(unavailable)?;
+                }
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        let _: () = conn.set(&marker, 1).await.map_err(unavailable)?;
+        Ok(())
     }
 
     fn key(&self, name: &str) -> String {
