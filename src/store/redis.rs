@@ -124,9 +124,10 @@ end
 return out
 "#;
 
-/// KEYS: dlv, due, attempts, counts, open. ARGV: token, attempt json, next
+/// KEYS: dlv, attempts, counts, open. ARGV: token, attempt json, next
 /// ('delivered' | 'retry' | 'dead'), retry time, last error ('' for none),
-/// updated at.
+/// updated at, key prefix. The schedule key comes from the record's
+/// endpoint, which saves a round trip to read it first.
 const FINISH: &str = r#"
 local raw = redis.call('GET', KEYS[1])
 if not raw then return 0 end
@@ -134,40 +135,44 @@ local d = cjson.decode(raw)
 if d.state ~= 'in_flight' or d.claim_token ~= tonumber(ARGV[1]) then return 0 end
 -- Every check before the first write: Redis does not undo a script's
 -- writes when it fails half way.
-if type(d.id) ~= 'string' or type(d.attempts) ~= 'number' then return redis.error_reply('unreadable delivery record') end
+if type(d.id) ~= 'string' or type(d.attempts) ~= 'number' or type(d.endpoint) ~= 'string' then
+  return redis.error_reply('unreadable delivery record')
+end
+local due = ARGV[7] .. 'due:' .. d.endpoint
 d.attempts = d.attempts + 1
 local a = cjson.decode(ARGV[2])
 a.number = d.attempts
-redis.call('RPUSH', KEYS[3], cjson.encode(a))
+redis.call('RPUSH', KEYS[2], cjson.encode(a))
 if ARGV[5] == '' then d.last_error = cjson.null else d.last_error = ARGV[5] end
 d.updated_at = tonumber(ARGV[6])
-redis.call('HINCRBY', KEYS[4], 'in_flight', -1)
+redis.call('HINCRBY', KEYS[3], 'in_flight', -1)
 if ARGV[3] == 'retry' then
   d.state = 'pending'
   d.next_attempt_at = tonumber(ARGV[4])
-  redis.call('ZADD', KEYS[2], tonumber(ARGV[4]), d.id)
+  redis.call('ZADD', due, tonumber(ARGV[4]), d.id)
 else
   d.state = ARGV[3]
   d.next_attempt_at = cjson.null
-  redis.call('ZREM', KEYS[2], d.id)
-  redis.call('ZREM', KEYS[5], d.id)
+  redis.call('ZREM', due, d.id)
+  redis.call('ZREM', KEYS[4], d.id)
 end
-redis.call('HINCRBY', KEYS[4], d.state, 1)
+redis.call('HINCRBY', KEYS[3], d.state, 1)
 redis.call('SET', KEYS[1], cjson.encode(d))
 return 1
 "#;
 
-/// KEYS: dlv, due, counts. ARGV: token, due.
+/// KEYS: dlv, counts. ARGV: token, due, key prefix.
 const RELEASE: &str = r#"
 local raw = redis.call('GET', KEYS[1])
 if not raw then return 0 end
 local d = cjson.decode(raw)
 if d.state ~= 'in_flight' or d.claim_token ~= tonumber(ARGV[1]) then return 0 end
+if type(d.id) ~= 'string' or type(d.endpoint) ~= 'string' then return redis.error_reply('unreadable delivery record') end
 d.state = 'pending'
 d.next_attempt_at = tonumber(ARGV[2])
-redis.call('ZADD', KEYS[2], tonumber(ARGV[2]), d.id)
-redis.call('HINCRBY', KEYS[3], 'in_flight', -1)
-redis.call('HINCRBY', KEYS[3], 'pending', 1)
+redis.call('ZADD', ARGV[3] .. 'due:' .. d.endpoint, tonumber(ARGV[2]), d.id)
+redis.call('HINCRBY', KEYS[2], 'in_flight', -1)
+redis.call('HINCRBY', KEYS[2], 'pending', 1)
 redis.call('SET', KEYS[1], cjson.encode(d))
 return 1
 "#;
@@ -268,6 +273,15 @@ pub struct RedisStore {
     conn: ConnectionManager,
     /// `{prefix}:`
     keys: String,
+    /// The hot-path scripts, hashed once.
+    scripts: std::sync::Arc<HotScripts>,
+}
+
+struct HotScripts {
+    admit: Script,
+    claim: Script,
+    finish: Script,
+    release: Script,
 }
 
 impl RedisStore {
@@ -306,7 +320,13 @@ impl RedisStore {
                 tracing::warn!(error = %e, "could not read Redis INFO to check eviction and persistence settings")
             }
         }
-        let store = RedisStore { conn, keys: format!("{{{prefix}}}:") };
+        let scripts = std::sync::Arc::new(HotScripts {
+            admit: Script::new(ADMIT),
+            claim: Script::new(CLAIM),
+            finish: Script::new(FINISH),
+            release: Script::new(RELEASE),
+        });
+        let store = RedisStore { conn, keys: format!("{{{prefix}}}:"), scripts };
         store.build_open_index().await?;
         Ok(store)
     }
@@ -376,16 +396,6 @@ impl RedisStore {
         }
     }
 
-    /// The endpoint of a delivery (only that field is read, so a record this
-    /// version cannot fully parse can still be finished).
-    async fn endpoint_of(&self, delivery_id: &str) -> Result<Option<String>, StoreError> {
-        let raw: Option<String> =
-            self.conn().get(self.key(&format!("dlv:{delivery_id}"))).await.map_err(unavailable)?;
-        Ok(raw
-            .and_then(|r| serde_json::from_str::<serde_json::Value>(&r).ok())
-            .and_then(|v| v["endpoint"].as_str().map(str::to_owned)))
-    }
-
     async fn deliveries(&self, ids: &[String]) -> Result<Vec<Delivery>, StoreError> {
         if ids.is_empty() {
             return Ok(Vec::new());
@@ -419,8 +429,7 @@ impl Store for RedisStore {
         deliveries: Vec<NewDelivery>,
         dedupe_ttl_ms: u64,
     ) -> Result<Admission, StoreError> {
-        let admit = Script::new(ADMIT);
-        let mut script = admit.prepare_invoke();
+        let mut script = self.scripts.admit.prepare_invoke();
         script
             .key(self.key(&format!("dedupe:{}", event.id)))
             .key(self.key(&format!("event:{}", event.id)))
@@ -469,8 +478,7 @@ impl Store for RedisStore {
         limit: usize,
         visibility_ms: u64,
     ) -> Result<Vec<Claim>, StoreError> {
-        let script = Script::new(CLAIM);
-        let mut inv = script.prepare_invoke();
+        let mut inv = self.scripts.claim.prepare_invoke();
         inv.key(self.key(&format!("due:{endpoint}")))
             .key(self.key("counts"))
             .arg(now)
@@ -514,12 +522,8 @@ impl Store for RedisStore {
             Next::RetryAt(at) => ("retry", at),
             Next::Dead => ("dead", 0),
         };
-        // The endpoint is part of the due key; read just that from the record.
-        let Some(endpoint) = self.endpoint_of(delivery_id).await? else { return Ok(false) };
-        let script = Script::new(FINISH);
-        let mut inv = script.prepare_invoke();
+        let mut inv = self.scripts.finish.prepare_invoke();
         inv.key(self.key(&format!("dlv:{delivery_id}")))
-            .key(self.key(&format!("due:{endpoint}")))
             .key(self.key(&format!("attempts:{delivery_id}")))
             .key(self.key("counts"))
             .key(self.key("open"))
@@ -528,21 +532,19 @@ impl Store for RedisStore {
             .arg(kind)
             .arg(at)
             .arg(last_error)
-            .arg(updated_at);
+            .arg(updated_at)
+            .arg(&self.keys);
         let done: i64 = self.invoke(&inv, true).await?;
         Ok(done == 1)
     }
 
     async fn release(&self, delivery_id: &str, claim_token: u64, due: Millis) -> Result<bool, StoreError> {
-        // The endpoint is part of the due key; read just that from the record.
-        let Some(endpoint) = self.endpoint_of(delivery_id).await? else { return Ok(false) };
-        let script = Script::new(RELEASE);
-        let mut inv = script.prepare_invoke();
+        let mut inv = self.scripts.release.prepare_invoke();
         inv.key(self.key(&format!("dlv:{delivery_id}")))
-            .key(self.key(&format!("due:{endpoint}")))
             .key(self.key("counts"))
             .arg(claim_token)
-            .arg(due);
+            .arg(due)
+            .arg(&self.keys);
         let done: i64 = self.invoke(&inv, true).await?;
         Ok(done == 1)
     }
