@@ -3,7 +3,7 @@
 //! Every string may use `${NAME}` (a missing variable is an error) or
 //! `${NAME:-default}`. Interpolation happens inside deserialisation, so an
 //! error about a variable carries the TOML line of the value that named it.
-//! Unknown keys are errors. After parsing, [`Config::validate`]-style checks
+//! Unknown keys are errors. After parsing, validation checks
 //! that need the whole file (unique names, a tolerance within the dedupe TTL,
 //! an admin token on a non-loopback listener) name the key they refuse.
 //! Nothing after this module handles raw strings from the file.

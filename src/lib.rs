@@ -3,7 +3,10 @@
 //! The modules follow the pipeline: [`ingress`] takes `POST /hooks/{source}`,
 //! [`providers`] verify and normalise each provider's callbacks (using the
 //! [`canonical`] JSON form), [`event`] is the normalised event, and [`store`]
-//! admits it atomically with its dedupe key and deliveries.
+//! admits it atomically with its dedupe key and deliveries. [`delivery`]
+//! sends each delivery to its endpoint with [`retry`]s; [`admin`] and
+//! [`admin_cli`] let operators list and [`replay`] them; [`metrics`] counts it
+//! all for Prometheus. [`server`] runs the listeners, [`cli`] the binary.
 
 pub mod admin;
 pub mod admin_cli;

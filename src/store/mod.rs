@@ -7,7 +7,7 @@
 //! outcome; an unfinished claim returns to `pending` after its visibility
 //! timeout. Operators [`list`](Store::list) and [`replay`](Store::replay).
 //!
-//! Backends: [`embedded`] (redb, one process) and, later, Redis (several
+//! Backends: [`embedded`] (redb, one process) and [`redis`] (several
 //! processes). Both must pass the same conformance tests; every method is
 //! defined by its effect on the records below, not by a backend's layout.
 //! Times are unix milliseconds.
