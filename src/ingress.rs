@@ -223,7 +223,7 @@ impl Ingress {
                     Admission::Accepted => "accepted",
                     Admission::Duplicate => "duplicate",
                 };
-                span.record("event_id", id.as_str());
+                span.record("event_id", tracing::field::display(&id));
                 self.metrics.ingress(&source, status, elapsed);
                 tracing::info!(outcome = status, elapsed_ms, "callback admitted");
                 // Field order as in SPEC §4: {"status":…,"id":…}.
