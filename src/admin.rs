@@ -299,17 +299,12 @@ impl Admin {
         tracing::info!(job = %job.id, filter = ?job.filter, max, "bulk replay started");
         // The job runs in its own task: a client that hangs up does not stop
         // it half way (and housekeeping resumes it if this process stops).
-        let guard = self.running.enter(&job.id);
-        let (store, metrics) = (self.store.clone(), self.metrics.clone());
         let id = job.id.clone();
-        let task = tokio::spawn(async move {
-            let _guard = guard;
-            replay::run(store.as_ref(), job, replay::BATCH, &metrics).await
-        });
-        match task.await {
+        let guard = self.running.enter(&id);
+        match replay::spawn(self.store.clone(), job, guard, self.metrics.clone()).await {
             Ok(Ok(job)) => Ok((StatusCode::ACCEPTED, job_view(&job))),
-            Ok(Err(e)) => {
-                tracing::warn!(job = %id, error = %e, "bulk replay interrupted; it will be resumed");
+            Ok(Err(_)) => {
+                // Logged by the job's task.
                 Err(ApiError(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "unavailable",
@@ -358,8 +353,7 @@ fn parse_limit(value: &str) -> Result<usize, ApiError> {
 
 /// A cursor is a delivery id, as a page's `next_cursor` gives it.
 fn parse_cursor(value: &str) -> Result<String, ApiError> {
-    let hex = value.strip_prefix("dlv_").unwrap_or("");
-    if hex.len() == 28 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if crate::store::is_delivery_id(value) {
         Ok(value.to_owned())
     } else {
         Err(ApiError::bad(format!("cursor: not a cursor this API gave: '{value}'")))
@@ -467,6 +461,7 @@ mod tests {
     #[test]
     fn cursors_and_limits_are_checked() {
         assert!(parse_cursor("dlv_0190a1b2c3d4e5f60718293a4b5c").is_ok());
+        assert!(parse_cursor(&crate::store::new_delivery_id(now_millis())).is_ok(), "every id is a cursor");
         assert!(parse_cursor("dlv_xyz").is_err());
         assert!(parse_cursor("").is_err());
         assert_eq!(parse_limit("1000").ok(), Some(1000));

@@ -9,7 +9,6 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use anyhow::anyhow;
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
@@ -145,13 +144,13 @@ struct Client {
 }
 
 impl Client {
-    fn new(c: &Connection) -> anyhow::Result<Client> {
+    fn new(c: &Connection) -> Result<Client, ClientError> {
         crate::delivery::install_tls_provider();
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(120))
             .connect_timeout(Duration::from_secs(5))
             .build()
-            .map_err(|e| anyhow!("cannot build an HTTP client: {e}"))?;
+            .map_err(|e| ClientError::Failed(format!("cannot build an HTTP client: {e}")))?;
         Ok(Client { http, base: c.admin_url.trim_end_matches('/').to_owned(), token: c.token.clone() })
     }
 
@@ -218,7 +217,7 @@ fn path_segment(id: &str) -> String {
 
 /// Runs an operator command and prints its output.
 pub async fn deliveries(conn: &Connection, cmd: DeliveriesCommand) -> Result<(), ClientError> {
-    let client = Client::new(conn).map_err(|e| ClientError::Failed(e.to_string()))?;
+    let client = Client::new(conn)?;
     match cmd {
         DeliveriesCommand::List { filters, limit, cursor } => {
             let mut pairs = filters.pairs();
@@ -239,7 +238,7 @@ pub async fn deliveries(conn: &Connection, cmd: DeliveriesCommand) -> Result<(),
 }
 
 pub async fn events(conn: &Connection, cmd: EventsCommand) -> Result<(), ClientError> {
-    let client = Client::new(conn).map_err(|e| ClientError::Failed(e.to_string()))?;
+    let client = Client::new(conn)?;
     let EventsCommand::Show { id } = cmd;
     let e = client.call(reqwest::Method::GET, &format!("/admin/events/{}", path_segment(&id)), None).await?;
     print(conn, &e, render_event);
@@ -247,7 +246,7 @@ pub async fn events(conn: &Connection, cmd: EventsCommand) -> Result<(), ClientE
 }
 
 pub async fn replay(conn: &Connection, args: ReplayArgs) -> Result<(), ClientError> {
-    let client = Client::new(conn).map_err(|e| ClientError::Failed(e.to_string()))?;
+    let client = Client::new(conn)?;
     if !args.ids.is_empty() {
         if !args.filters.is_empty() || args.max.is_some() {
             return Err(ClientError::BadRequest("give delivery ids or filters, not both".into()));

@@ -108,6 +108,26 @@ impl Drop for RunningGuard {
     }
 }
 
+/// Runs `job` to the end in a task of its own, holding `guard` (its mark in
+/// [`Running`]) until it stops; a failure is logged, and housekeeping
+/// resumes the job later.
+pub fn spawn(
+    store: Arc<dyn Store>,
+    job: ReplayJob,
+    guard: Option<RunningGuard>,
+    metrics: Arc<Metrics>,
+) -> tokio::task::JoinHandle<Result<ReplayJob, StoreError>> {
+    tokio::spawn(async move {
+        let _guard = guard;
+        let id = job.id.clone();
+        let result = run(store.as_ref(), job, BATCH, &metrics).await;
+        if let Err(e) = &result {
+            tracing::warn!(job = %id, error = %e, "replay job stopped; it will be resumed");
+        }
+        result
+    })
+}
+
 /// Resumes unfinished jobs that no runner here holds: all of them at start
 /// (`stale_after` = 0), then those that have not advanced for a while.
 pub async fn resume(
@@ -124,14 +144,7 @@ pub async fn resume(
         }
         let Some(guard) = running.enter(&job.id) else { continue };
         tracing::info!(job = %job.id, considered = job.considered, "resuming replay job");
-        let (store, metrics) = (store.clone(), metrics.clone());
-        tokio::spawn(async move {
-            let _guard = guard;
-            let id = job.id.clone();
-            if let Err(e) = run(store.as_ref(), job, BATCH, &metrics).await {
-                tracing::warn!(job = %id, error = %e, "replay job stopped; it will be resumed");
-            }
-        });
+        spawn(store.clone(), job, Some(guard), metrics.clone());
         resumed += 1;
     }
     Ok(resumed)

@@ -396,6 +396,11 @@ pub fn delivery_id_millis(id: &str) -> Option<Millis> {
     u64::from_str_radix(id.strip_prefix("dlv_")?.get(..12)?, 16).ok()
 }
 
+/// Whether `s` has the form [`new_delivery_id`] gives.
+pub fn is_delivery_id(s: &str) -> bool {
+    s.strip_prefix("dlv_").is_some_and(|hex| hex.len() == 28 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 /// A new delivery id: `dlv_`, 12 hex digits of milliseconds, 16 random hex
 /// digits. Ids sort by creation time, which is what cursors rely on.
 pub fn new_delivery_id(now: Millis) -> String {
