@@ -60,18 +60,20 @@ jitter = 0.0
     let r = c.post(relay.url("/hooks/paypal")).body("{}").send().await.unwrap();
     assert_eq!(r.status(), 404);
 
-    let store = relay.store.clone();
-    let mut settled = false;
+    settle(&relay, 2).await;
+    (relay, backend, ledger)
+}
+
+/// Waits until `n` deliveries are delivered (backend) and `n` dead (ledger).
+async fn settle(relay: &Relay, n: u64) {
     for _ in 0..250 {
-        let counts = store.counts().await.unwrap();
-        if counts.contains(&(DeliveryState::Delivered, 2)) && counts.contains(&(DeliveryState::Dead, 2)) {
-            settled = true;
-            break;
+        let counts = relay.store.counts().await.unwrap();
+        if counts.contains(&(DeliveryState::Delivered, n)) && counts.contains(&(DeliveryState::Dead, n)) {
+            return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(settled, "deliveries did not settle: {:?}", store.counts().await.unwrap());
-    (relay, backend, ledger)
+    panic!("deliveries did not settle at {n} delivered and {n} dead: {:?}", relay.store.counts().await.unwrap());
 }
 
 /// Posts IPNs signed with a wrong secret; each is refused.
@@ -302,16 +304,7 @@ async fn a_real_prometheus_evaluates_every_dashboard_and_alert_expression() {
     // ledger, so delivery counters move while Prometheus watches.
     let c = client();
     assert_eq!(answer(post_np(&c, &relay, &payment_ipn(3, "finished"), NP_SECRET).await).await.0, 200);
-    let mut settled = false;
-    for _ in 0..250 {
-        let counts = relay.store.counts().await.unwrap();
-        if counts.contains(&(DeliveryState::Delivered, 3)) && counts.contains(&(DeliveryState::Dead, 3)) {
-            settled = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(settled, "the third event did not settle");
+    settle(&relay, 3).await;
     // Several more scrapes, so rates have two samples or more.
     wait_for_scrapes(&prom, 6).await;
     assert_eq!(prom.query("up{job=\"ipn-relay\"} == 1").await.len(), 1);
