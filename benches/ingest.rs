@@ -44,6 +44,8 @@ const ROLE_ENV: &str = "IPN_RELAY_BENCH_ROLE";
 
 /// Set when the relay runs on Redis: its URL.
 static REDIS_URL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+/// Set when the relay runs on Redis: the redis-server's process id.
+static REDIS_PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
 /// A fresh key prefix for each relay run on Redis.
 static RUN: AtomicU64 = AtomicU64::new(0);
 
@@ -70,6 +72,7 @@ fn main() {
     let _redis = (std::env::var("BENCH_STORE").as_deref() == Ok("redis")).then(|| {
         let redis = common::RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
         REDIS_URL.set(redis.url.clone()).unwrap();
+        REDIS_PID.set(redis.pid()).unwrap();
         redis
     });
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
@@ -139,6 +142,8 @@ struct EndToEnd {
     p50_ms: f64,
     p99_ms: f64,
     cpu_us_per_event: f64,
+    /// On Redis: redis-server CPU per delivered event.
+    redis_cpu_us_per_event: Option<f64>,
     rss_mib: f64,
 }
 
@@ -155,6 +160,9 @@ impl EndToEnd {
             self.cpu_us_per_event,
             self.rss_mib
         );
+        if let Some(us) = self.redis_cpu_us_per_event {
+            println!("  redis-server CPU: {us:.1} µs per delivered event (at one full core: {:.0} events/s)", 1e6 / us);
+        }
     }
 }
 
@@ -177,6 +185,7 @@ async fn end_to_end_on(relays: usize, conns: usize, secs: u64, rate: Option<f64>
     let mut children: Vec<(Child, SocketAddr)> =
         (0..relays).map(|i| spawn_relay_as(dir.path(), &endpoints, &format!("relay{i}"), run)).collect();
     let cpu0: f64 = children.iter().map(|(c, _)| cpu_seconds(c.id())).sum();
+    let redis_cpu0 = REDIS_PID.get().map(|pid| cpu_seconds(*pid));
     let sends: Sends = Arc::default();
     let loads: Vec<_> = children
         .iter()
@@ -202,6 +211,7 @@ async fn end_to_end_on(relays: usize, conns: usize, secs: u64, rate: Option<f64>
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let cpu = children.iter().map(|(c, _)| cpu_seconds(c.id())).sum::<f64>() - cpu0;
+    let redis_cpu = redis_cpu0.map(|c0| cpu_seconds(*REDIS_PID.get().unwrap()) - c0);
     let rss = children.iter().map(|(c, _)| peak_rss_kib(c.id())).max().unwrap_or(0);
     for (c, _) in &mut children {
         c.kill().ok();
@@ -232,6 +242,7 @@ async fn end_to_end_on(relays: usize, conns: usize, secs: u64, rate: Option<f64>
         p50_ms: pct(0.50),
         p99_ms: pct(0.99),
         cpu_us_per_event: cpu * 1e6 / first_arrival.len().max(1) as f64,
+        redis_cpu_us_per_event: redis_cpu.map(|c| c * 1e6 / first_arrival.len().max(1) as f64),
         rss_mib: rss as f64 / 1024.0,
     }
 }

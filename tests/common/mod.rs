@@ -422,6 +422,11 @@ impl RedisServer {
         self.child = RedisServer::spawn(self.dir.path(), &self.extra);
     }
 
+    /// The redis-server's process id (for CPU figures in benchmarks).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
