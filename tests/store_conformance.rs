@@ -503,3 +503,30 @@ async fn redis_store_builds_the_open_index_for_older_data() {
     let again = ipn_relay::store::redis::RedisStore::connect(&server.url, "conformance").await.unwrap();
     assert_eq!(again.oldest_open().await.unwrap(), Some(1000));
 }
+
+/// A new prefix on a Redis that already holds other data (another tenant, an
+/// earlier run) starts without scanning the keyspace for older schedules.
+#[tokio::test]
+async fn redis_store_on_a_new_prefix_does_not_scan_the_keyspace() {
+    let (s, server) = redis().await;
+    s.admit(event("evt_other", "np", "t.t", 1000), deliveries(1000, &["be"]), TTL).await.unwrap();
+    let client = redis::Client::open(server.url.as_str()).unwrap();
+    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+    let scans = |info: String| {
+        info.lines()
+            .find_map(|l| l.strip_prefix("cmdstat_scan:calls="))
+            .and_then(|rest| rest.split(',').next())
+            .map_or(0, |n| n.parse::<u64>().unwrap())
+    };
+    let before = scans(redis::cmd("INFO").arg("commandstats").query_async(&mut raw).await.unwrap());
+
+    let fresh = ipn_relay::store::redis::RedisStore::connect(&server.url, "tenant-b").await.unwrap();
+    let after = scans(redis::cmd("INFO").arg("commandstats").query_async(&mut raw).await.unwrap());
+    assert_eq!(after, before, "a new prefix needs no scan");
+    let marker: bool = redis::cmd("EXISTS").arg("{tenant-b}:open-index").query_async(&mut raw).await.unwrap();
+    assert!(marker, "and it is marked as indexed");
+    // The new prefix indexes its own deliveries from the first admission.
+    fresh.admit(event("evt_b", "np", "t.t", 3000), deliveries(3000, &["be"]), TTL).await.unwrap();
+    assert_eq!(fresh.oldest_open().await.unwrap(), Some(3000));
+    assert_eq!(s.oldest_open().await.unwrap(), Some(1000), "prefixes stay apart");
+}

@@ -333,11 +333,20 @@ impl RedisStore {
 
     /// Data written before the open-delivery index existed: build it once
     /// from the schedules, which hold every pending or in-flight delivery.
-    /// Adding is idempotent, so relays starting together do no harm.
+    /// Adding is idempotent, so relays starting together do no harm. A new
+    /// prefix has no such data, and on a Redis shared with other prefixes
+    /// a scan of the whole keyspace would only delay the start.
     async fn build_open_index(&self) -> Result<(), StoreError> {
         let mut conn = self.conn();
         let marker = self.key("open-index");
         if conn.exists(&marker).await.map_err(unavailable)? {
+            return Ok(());
+        }
+        // Every version of admission that stored a delivery counted it and
+        // indexed it for listing.
+        let existing: usize = conn.exists(&[self.key("counts"), self.key("index")]).await.map_err(unavailable)?;
+        if existing == 0 {
+            let _: () = conn.set(&marker, 1).await.map_err(unavailable)?;
             return Ok(());
         }
         let pattern = format!("{}due:*", self.keys.replace('[', "\\[").replace('*', "\\*").replace('?', "\\?"));
