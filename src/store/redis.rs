@@ -70,13 +70,15 @@ return 1
 /// Returns (delivery json, event json) pairs. Claim tokens are the random
 /// base plus the claim's place in the batch, not the old token plus one: a
 /// Redis that lost its last writes would otherwise hand a second claimer the
-/// token the first one holds.
+/// token the first one holds. The batch's records, schedule entries and
+/// counts are written with one command each (in slices, for Lua's stack):
+/// every write command costs Redis an append to its log, whatever its size.
 const CLAIM: &str = r#"
 local now = tonumber(ARGV[1])
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
 local deadline = now + tonumber(ARGV[3])
 local base = tonumber(ARGV[5])
-local out = {}
+local out, records, schedule, was_pending = {}, {}, {}, 0
 for _, id in ipairs(ids) do
   local raw = redis.call('GET', ARGV[4] .. 'dlv:' .. id)
   local ok, d = false, nil
@@ -103,10 +105,7 @@ for _, id in ipairs(ids) do
       redis.call('ZREM', KEYS[1], id)
       redis.call('ZREM', ARGV[4] .. 'open', id)
     else
-      if d.state == 'pending' then
-        redis.call('HINCRBY', KEYS[2], 'pending', -1)
-        redis.call('HINCRBY', KEYS[2], 'in_flight', 1)
-      end
+      if d.state == 'pending' then was_pending = was_pending + 1 end
       d.state = 'in_flight'
       local token = base + #out
       if token == d.claim_token then token = token + 1 end
@@ -114,12 +113,22 @@ for _, id in ipairs(ids) do
       d.next_attempt_at = deadline
       d.updated_at = now
       local enc = cjson.encode(d)
-      redis.call('SET', ARGV[4] .. 'dlv:' .. id, enc)
-      redis.call('ZADD', KEYS[1], deadline, id)
+      table.insert(records, ARGV[4] .. 'dlv:' .. id)
+      table.insert(records, enc)
+      table.insert(schedule, deadline)
+      table.insert(schedule, id)
       table.insert(out, enc)
       table.insert(out, event)
     end
   end
+end
+for i = 1, #records, 200 do
+  redis.call('MSET', unpack(records, i, math.min(i + 199, #records)))
+  redis.call('ZADD', KEYS[1], unpack(schedule, i, math.min(i + 199, #schedule)))
+end
+if was_pending > 0 then
+  redis.call('HINCRBY', KEYS[2], 'pending', -was_pending)
+  redis.call('HINCRBY', KEYS[2], 'in_flight', was_pending)
 end
 return out
 "#;
