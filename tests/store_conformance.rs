@@ -530,3 +530,112 @@ async fn redis_store_on_a_new_prefix_does_not_scan_the_keyspace() {
     assert_eq!(fresh.oldest_open().await.unwrap(), Some(3000));
     assert_eq!(s.oldest_open().await.unwrap(), Some(1000), "prefixes stay apart");
 }
+
+/// Finishes that arrive together are recorded together, in one script call,
+/// and each still gets its own answer: recorded, claim no longer held, or
+/// unknown delivery; counts, schedules and the open index add up.
+#[tokio::test]
+async fn redis_store_records_concurrent_finishes_in_batches() {
+    let (s, server) = redis().await;
+    for i in 0..40 {
+        s.admit(event(&format!("evt_batch{i}"), "np", "t.t", 1000), deliveries(1000, &["be", "audit"]), TTL)
+            .await
+            .unwrap();
+    }
+    let mut claims = s.claim_due("be", 1000, 100, VIS).await.unwrap();
+    claims.extend(s.claim_due("audit", 1000, 100, VIS).await.unwrap());
+    assert_eq!(claims.len(), 80);
+
+    let client = redis::Client::open(server.url.as_str()).unwrap();
+    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+    let evalsha_calls = |info: String| {
+        info.lines()
+            .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+            .and_then(|rest| rest.split(',').next())
+            .map_or(0, |n| n.parse::<u64>().unwrap())
+    };
+    let before = evalsha_calls(redis::cmd("INFO").arg("commandstats").query_async(&mut raw).await.unwrap());
+
+    // Delivered, retried, dead, and a stale token, in turn; then the first
+    // delivered one again in the same batch, and a delivery that never was.
+    let mut finishes: Vec<(String, u64, Next)> = claims
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let d = &c.delivery;
+            match i % 4 {
+                0 => (d.id.clone(), d.claim_token, Next::Delivered),
+                1 => (d.id.clone(), d.claim_token, Next::RetryAt(5000)),
+                2 => (d.id.clone(), d.claim_token, Next::Dead),
+                _ => (d.id.clone(), d.claim_token + 7, Next::Delivered),
+            }
+        })
+        .collect();
+    finishes.push(finishes[0].clone());
+    finishes.push(("dlv_000000000000_never".into(), 1, Next::Delivered));
+    let tasks: Vec<_> = finishes
+        .iter()
+        .cloned()
+        .map(|(id, token, next)| {
+            let s = s.clone();
+            tokio::spawn(async move { s.finish(&id, token, attempt(1200, 200), next).await.unwrap() })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for t in tasks {
+        results.push(t.await.unwrap());
+    }
+    let after = evalsha_calls(redis::cmd("INFO").arg("commandstats").query_async(&mut raw).await.unwrap());
+    assert!(after - before < 10, "82 finishes took {} script calls", after - before);
+
+    for (i, ok) in results.iter().enumerate().take(80) {
+        assert_eq!(*ok, i % 4 != 3, "finish {i}");
+    }
+    assert!(!results[80], "the same finish twice is recorded once");
+    assert!(!results[81], "an unknown delivery is not recorded");
+
+    for (i, c) in claims.iter().enumerate() {
+        let (d, attempts) = s.delivery(&c.delivery.id).await.unwrap().unwrap();
+        let (state, count) = match i % 4 {
+            0 => (DeliveryState::Delivered, 1u32),
+            1 => (DeliveryState::Pending, 1),
+            2 => (DeliveryState::Dead, 1),
+            _ => (DeliveryState::InFlight, 0),
+        };
+        assert_eq!((d.state, d.attempts, attempts.len()), (state, count, count as usize), "delivery {i}");
+        if count == 1 {
+            assert_eq!(attempts[0].number, 1);
+        }
+        if i % 4 == 1 {
+            assert_eq!(d.next_attempt_at, Some(5000));
+        }
+    }
+    assert_eq!(
+        s.counts().await.unwrap(),
+        [
+            (DeliveryState::Pending, 20),
+            (DeliveryState::InFlight, 20),
+            (DeliveryState::Delivered, 20),
+            (DeliveryState::Dead, 20)
+        ]
+    );
+    // Settled deliveries left the schedules and the open index.
+    for (key, expected) in [("{conformance}:due:be", 20), ("{conformance}:due:audit", 20), ("{conformance}:open", 40)] {
+        let card: u64 = redis::cmd("ZCARD").arg(key).query_async(&mut raw).await.unwrap();
+        assert_eq!(card, expected, "{key}");
+    }
+    // Retried deliveries are due at 5000; the stale claims expired at 1500.
+    let mut due: Vec<String> =
+        s.claim_due("be", 5000, 100, VIS).await.unwrap().into_iter().map(|c| c.delivery.id).collect();
+    due.extend(s.claim_due("audit", 5000, 100, VIS).await.unwrap().into_iter().map(|c| c.delivery.id));
+    due.sort();
+    let mut open: Vec<String> = claims
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % 4 == 1 || i % 4 == 3)
+        .map(|(_, c)| c.delivery.id.clone())
+        .collect();
+    open.sort();
+    assert_eq!(due, open);
+    assert_eq!(s.oldest_open().await.unwrap(), Some(1000));
+}

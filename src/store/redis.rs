@@ -25,6 +25,12 @@
 //! changes nothing. Dedupe expiry is a value compared with the admission's
 //! own clock, as in the embedded store; Redis's expiry only collects garbage.
 //!
+//! **Batches.** Every write command costs Redis an append to its log, so
+//! writes are grouped where that is safe: a claim writes its batch's
+//! records, schedule entries and counts with one command each, and finishes
+//! that arrive together are recorded by one script call (`FINISH_MANY`),
+//! each with its own result. A lone finish is not held back for company.
+//!
 //! Claim deadlines and due times come from the relays' clocks, so relays
 //! sharing a Redis must keep their clocks in sync (NTP), well within the gap
 //! between `visibility_timeout` and the endpoint timeout.
@@ -133,41 +139,80 @@ end
 return out
 "#;
 
-/// KEYS: dlv, attempts, counts, open. ARGV: token, attempt json, next
-/// ('delivered' | 'retry' | 'dead'), retry time, last error ('' for none),
-/// updated at, key prefix. The schedule key comes from the record's
-/// endpoint, which saves a round trip to read it first.
-const FINISH: &str = r#"
-local raw = redis.call('GET', KEYS[1])
-if not raw then return 0 end
-local d = cjson.decode(raw)
-if d.state ~= 'in_flight' or d.claim_token ~= tonumber(ARGV[1]) then return 0 end
--- Every check before the first write: Redis does not undo a script's
--- writes when it fails half way.
-if type(d.id) ~= 'string' or type(d.attempts) ~= 'number' or type(d.endpoint) ~= 'string' then
-  return redis.error_reply('unreadable delivery record')
+/// Finishes a batch of attempts. ARGV: key prefix, then seven per finish:
+/// delivery id, claim token, attempt json, next ('delivered' | 'retry' |
+/// 'dead'), retry time, last error ('' for none), updated at. Returns one
+/// result per finish: 1 recorded, 0 the claim is no longer held, -1 the
+/// record is unreadable. Every check comes before the first write (Redis
+/// does not undo a script's writes when it fails half way), and the batch's
+/// records, schedule changes and counts are written with one command each.
+/// Schedule keys come from the records' endpoints.
+const FINISH_MANY: &str = r#"
+local p = ARGV[1]
+local results, seen, attempts, records, settled = {}, {}, {}, {}, {}
+local unschedule, reschedule = {}, {}
+local added = {delivered = 0, dead = 0, pending = 0}
+local kinds = {delivered = true, dead = true, retry = true}
+local finished = 0
+for i = 0, (#ARGV - 1) / 7 - 1 do
+  local b = 1 + i * 7
+  local id, kind = ARGV[b + 1], ARGV[b + 4]
+  local raw = redis.call('GET', p .. 'dlv:' .. id)
+  local ok, d = false, nil
+  if raw then ok, d = pcall(cjson.decode, raw) end
+  local result = 0
+  if not raw or seen[id] then
+    result = 0
+  elseif not ok or type(d) ~= 'table' then
+    result = -1
+  elseif d.state ~= 'in_flight' or d.claim_token ~= tonumber(ARGV[b + 2]) then
+    result = 0
+  elseif type(d.attempts) ~= 'number' or type(d.endpoint) ~= 'string' or not kinds[kind] then
+    result = -1
+  else
+    seen[id] = true
+    local due = p .. 'due:' .. d.endpoint
+    d.attempts = d.attempts + 1
+    local a = cjson.decode(ARGV[b + 3])
+    a.number = d.attempts
+    table.insert(attempts, p .. 'attempts:' .. id)
+    table.insert(attempts, cjson.encode(a))
+    if ARGV[b + 6] == '' then d.last_error = cjson.null else d.last_error = ARGV[b + 6] end
+    d.updated_at = tonumber(ARGV[b + 7])
+    if kind == 'retry' then
+      d.state = 'pending'
+      d.next_attempt_at = tonumber(ARGV[b + 5])
+      reschedule[due] = reschedule[due] or {}
+      table.insert(reschedule[due], d.next_attempt_at)
+      table.insert(reschedule[due], id)
+    else
+      d.state = kind
+      d.next_attempt_at = cjson.null
+      unschedule[due] = unschedule[due] or {}
+      table.insert(unschedule[due], id)
+      table.insert(settled, id)
+    end
+    added[d.state] = added[d.state] + 1
+    finished = finished + 1
+    table.insert(records, p .. 'dlv:' .. id)
+    table.insert(records, cjson.encode(d))
+    result = 1
+  end
+  table.insert(results, result)
 end
-local due = ARGV[7] .. 'due:' .. d.endpoint
-d.attempts = d.attempts + 1
-local a = cjson.decode(ARGV[2])
-a.number = d.attempts
-redis.call('RPUSH', KEYS[2], cjson.encode(a))
-if ARGV[5] == '' then d.last_error = cjson.null else d.last_error = ARGV[5] end
-d.updated_at = tonumber(ARGV[6])
-redis.call('HINCRBY', KEYS[3], 'in_flight', -1)
-if ARGV[3] == 'retry' then
-  d.state = 'pending'
-  d.next_attempt_at = tonumber(ARGV[4])
-  redis.call('ZADD', due, tonumber(ARGV[4]), d.id)
-else
-  d.state = ARGV[3]
-  d.next_attempt_at = cjson.null
-  redis.call('ZREM', due, d.id)
-  redis.call('ZREM', KEYS[4], d.id)
+local function each_slice(list, f)
+  for i = 1, #list, 200 do f(unpack(list, i, math.min(i + 199, #list))) end
 end
-redis.call('HINCRBY', KEYS[3], d.state, 1)
-redis.call('SET', KEYS[1], cjson.encode(d))
-return 1
+for i = 1, #attempts, 2 do redis.call('RPUSH', attempts[i], attempts[i + 1]) end
+each_slice(records, function(...) redis.call('MSET', ...) end)
+for due, ids in pairs(unschedule) do each_slice(ids, function(...) redis.call('ZREM', due, ...) end) end
+for due, entries in pairs(reschedule) do each_slice(entries, function(...) redis.call('ZADD', due, ...) end) end
+each_slice(settled, function(...) redis.call('ZREM', p .. 'open', ...) end)
+if finished > 0 then redis.call('HINCRBY', p .. 'counts', 'in_flight', -finished) end
+for state, n in pairs(added) do
+  if n > 0 then redis.call('HINCRBY', p .. 'counts', state, n) end
+end
+return results
 "#;
 
 /// KEYS: dlv, counts. ARGV: token, due, key prefix.
@@ -276,6 +321,12 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
+/// Most finishes one `FINISH_MANY` call records.
+const FINISH_BATCH: usize = 256;
+/// `FINISH_MANY` calls under way at once. While all are, finishes queue
+/// up and the next call takes them together.
+const FINISH_CALLS: usize = 4;
+
 /// The Redis store. Cheap to clone; every clone shares one connection.
 #[derive(Clone)]
 pub struct RedisStore {
@@ -284,13 +335,110 @@ pub struct RedisStore {
     keys: String,
     /// The hot-path scripts, hashed once.
     scripts: std::sync::Arc<HotScripts>,
+    /// Finishes go to a task that records them in batches.
+    finishes: tokio::sync::mpsc::Sender<PendingFinish>,
 }
 
 struct HotScripts {
     admit: Script,
     claim: Script,
-    finish: Script,
     release: Script,
+}
+
+/// One finish waiting for its batch: the script's seven arguments and
+/// where its result goes.
+struct PendingFinish {
+    id: String,
+    token: u64,
+    attempt: String,
+    next: &'static str,
+    retry_at: Millis,
+    last_error: String,
+    updated_at: Millis,
+    reply: tokio::sync::oneshot::Sender<Result<bool, StoreError>>,
+}
+
+/// Records queued finishes: whatever has queued when a call slot is free
+/// goes in one `FINISH_MANY` call. Under light load each finish is a batch
+/// of its own, so nothing waits for company. Ends when every store clone
+/// (and so every sender) is gone.
+async fn record_finishes(
+    conn: ConnectionManager,
+    script: Script,
+    keys: String,
+    mut queue: tokio::sync::mpsc::Receiver<PendingFinish>,
+) {
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(FINISH_CALLS));
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        let mut batch = Vec::new();
+        if queue.recv_many(&mut batch, FINISH_BATCH).await == 0 {
+            return;
+        }
+        let (conn, script, keys) = (conn.clone(), script.clone(), keys.clone());
+        tokio::spawn(async move {
+            let mut inv = script.prepare_invoke();
+            inv.arg(&keys);
+            for f in &batch {
+                inv.arg(&f.id)
+                    .arg(f.token)
+                    .arg(&f.attempt)
+                    .arg(f.next)
+                    .arg(f.retry_at)
+                    .arg(&f.last_error)
+                    .arg(f.updated_at);
+            }
+            let results: Result<Vec<i64>, StoreError> = invoke(&conn, &inv, true).await;
+            match results {
+                Ok(results) if results.len() == batch.len() => {
+                    for (f, r) in batch.into_iter().zip(results) {
+                        let result = match r {
+                            1 => Ok(true),
+                            0 => Ok(false),
+                            _ => Err(StoreError::Corrupt {
+                                key: format!("{keys}dlv:{}", f.id),
+                                message: "unreadable delivery record".into(),
+                            }),
+                        };
+                        let _ = f.reply.send(result);
+                    }
+                }
+                Ok(results) => {
+                    let message =
+                        format!("finish script returned {} results for {} finishes", results.len(), batch.len());
+                    for f in batch {
+                        let _ = f.reply.send(Err(StoreError::Unavailable(message.clone())));
+                    }
+                }
+                Err(e) => {
+                    for f in batch {
+                        let _ = f.reply.send(Err(e.clone()));
+                    }
+                }
+            }
+            drop(slot);
+        });
+    }
+}
+
+/// Runs a script; with `retry`, once more if the connection dropped under
+/// it (not after a timeout: the first run may still be queued). Admit,
+/// finish, release and sweep are harmless to run twice; claim and replay are
+/// not (a second run would strand or miscount), so they are never retried
+/// here: their callers retry.
+async fn invoke<T: redis::FromRedisValue>(
+    conn: &ConnectionManager,
+    script: &redis::ScriptInvocation<'_>,
+    retry: bool,
+) -> Result<T, StoreError> {
+    match script.invoke_async(&mut conn.clone()).await {
+        Ok(v) => Ok(v),
+        Err(e) if retry && e.is_connection_dropped() && !e.is_timeout() => {
+            tracing::debug!(error = %e, "redis connection dropped; running the script once more");
+            script.invoke_async(&mut conn.clone()).await.map_err(unavailable)
+        }
+        Err(e) => Err(unavailable(e)),
+    }
 }
 
 impl RedisStore {
@@ -332,10 +480,12 @@ impl RedisStore {
         let scripts = std::sync::Arc::new(HotScripts {
             admit: Script::new(ADMIT),
             claim: Script::new(CLAIM),
-            finish: Script::new(FINISH),
             release: Script::new(RELEASE),
         });
-        let store = RedisStore { conn, keys: format!("{{{prefix}}}:"), scripts };
+        let keys = format!("{{{prefix}}}:");
+        let (finishes, queue) = tokio::sync::mpsc::channel(FINISH_BATCH * FINISH_CALLS);
+        tokio::spawn(record_finishes(conn.clone(), Script::new(FINISH_MANY), keys.clone(), queue));
+        let store = RedisStore { conn, keys, scripts, finishes };
         store.build_open_index().await?;
         Ok(store)
     }
@@ -394,24 +544,12 @@ impl RedisStore {
         self.conn.clone()
     }
 
-    /// Runs a script; with `retry`, once more if the connection dropped
-    /// under it (not after a timeout: the first run may still be queued).
-    /// Admit, finish, release and sweep are harmless to run twice; claim and
-    /// replay are not (a second run would strand or miscount), so they are
-    /// never retried here: their callers retry.
     async fn invoke<T: redis::FromRedisValue>(
         &self,
         script: &redis::ScriptInvocation<'_>,
         retry: bool,
     ) -> Result<T, StoreError> {
-        match script.invoke_async(&mut self.conn()).await {
-            Ok(v) => Ok(v),
-            Err(e) if retry && e.is_connection_dropped() && !e.is_timeout() => {
-                tracing::debug!(error = %e, "redis connection dropped; running the script once more");
-                script.invoke_async(&mut self.conn()).await.map_err(unavailable)
-            }
-            Err(e) => Err(unavailable(e)),
-        }
+        invoke(&self.conn, script, retry).await
     }
 
     async fn deliveries(&self, ids: &[String]) -> Result<Vec<Delivery>, StoreError> {
@@ -540,20 +678,19 @@ impl Store for RedisStore {
             Next::RetryAt(at) => ("retry", at),
             Next::Dead => ("dead", 0),
         };
-        let mut inv = self.scripts.finish.prepare_invoke();
-        inv.key(self.key(&format!("dlv:{delivery_id}")))
-            .key(self.key(&format!("attempts:{delivery_id}")))
-            .key(self.key("counts"))
-            .key(self.key("open"))
-            .arg(claim_token)
-            .arg(serde_json::to_string(&attempt).map_err(unavailable)?)
-            .arg(kind)
-            .arg(at)
-            .arg(last_error)
-            .arg(updated_at)
-            .arg(&self.keys);
-        let done: i64 = self.invoke(&inv, true).await?;
-        Ok(done == 1)
+        let (reply, result) = tokio::sync::oneshot::channel();
+        let pending = PendingFinish {
+            id: delivery_id.to_owned(),
+            token: claim_token,
+            attempt: serde_json::to_string(&attempt).map_err(unavailable)?,
+            next: kind,
+            retry_at: at,
+            last_error: last_error.to_owned(),
+            updated_at,
+            reply,
+        };
+        self.finishes.send(pending).await.map_err(|_| unavailable("the finish recorder has stopped"))?;
+        result.await.map_err(|_| unavailable("the finish recorder has stopped"))?
     }
 
     async fn release(&self, delivery_id: &str, claim_token: u64, due: Millis) -> Result<bool, StoreError> {
