@@ -548,13 +548,7 @@ async fn redis_store_records_concurrent_finishes_in_batches() {
 
     let client = redis::Client::open(server.url.as_str()).unwrap();
     let mut raw = client.get_multiplexed_async_connection().await.unwrap();
-    let evalsha_calls = |info: String| {
-        info.lines()
-            .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
-            .and_then(|rest| rest.split(',').next())
-            .map_or(0, |n| n.parse::<u64>().unwrap())
-    };
-    let before = evalsha_calls(redis::cmd("INFO").arg("commandstats").query_async(&mut raw).await.unwrap());
+    let before = script_calls(&mut raw).await;
 
     // Delivered, retried, dead, and a stale token, in turn; then the first
     // delivered one again in the same batch, and a delivery that never was.
@@ -585,8 +579,8 @@ async fn redis_store_records_concurrent_finishes_in_batches() {
     for t in tasks {
         results.push(t.await.unwrap());
     }
-    let after = evalsha_calls(redis::cmd("INFO").arg("commandstats").query_async(&mut raw).await.unwrap());
-    assert!(after - before < 10, "82 finishes took {} script calls", after - before);
+    let calls = script_calls(&mut raw).await - before;
+    assert!(calls < 10, "82 finishes took {calls} script calls");
 
     for (i, ok) in results.iter().enumerate().take(80) {
         assert_eq!(*ok, i % 4 != 3, "finish {i}");
@@ -638,4 +632,88 @@ async fn redis_store_records_concurrent_finishes_in_batches() {
     open.sort();
     assert_eq!(due, open);
     assert_eq!(s.oldest_open().await.unwrap(), Some(1000));
+}
+
+/// Scripts run so far on this Redis (`EVALSHA` calls).
+async fn script_calls(raw: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let info: String = redis::cmd("INFO").arg("commandstats").query_async(raw).await.unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+/// A batch larger than the script's write slices (200 arguments) keeps its
+/// (key, value) and (score, member) pairs together, and goes through whole
+/// (not one finish at a time after a refused batch).
+#[tokio::test]
+async fn redis_store_records_a_batch_larger_than_one_write_slice() {
+    let (s, server) = redis().await;
+    let client = redis::Client::open(server.url.as_str()).unwrap();
+    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+    for i in 0..150 {
+        s.admit(event(&format!("evt_big{i}"), "np", "t.t", 1000), deliveries(1000, &["be"]), TTL).await.unwrap();
+    }
+    let claims = s.claim_due("be", 1000, 200, VIS).await.unwrap();
+    assert_eq!(claims.len(), 150);
+    let before = script_calls(&mut raw).await;
+    let tasks: Vec<_> = claims
+        .iter()
+        .map(|c| {
+            let (s, id, token) = (s.clone(), c.delivery.id.clone(), c.delivery.claim_token);
+            tokio::spawn(async move { s.finish(&id, token, attempt(1200, 500), Next::RetryAt(5000)).await.unwrap() })
+        })
+        .collect();
+    for t in tasks {
+        assert!(t.await.unwrap());
+    }
+    let calls = script_calls(&mut raw).await - before;
+    assert!(calls < 10, "150 finishes took {calls} script calls");
+    assert_eq!(s.counts().await.unwrap()[0], (DeliveryState::Pending, 150));
+    assert!(s.claim_due("be", 4999, 200, VIS).await.unwrap().is_empty(), "none due before 5000");
+    let again = s.claim_due("be", 5000, 200, VIS).await.unwrap();
+    assert_eq!(again.len(), 150);
+    assert!(again.iter().all(|c| c.delivery.attempts == 1));
+}
+
+/// A finish whose keys are damaged is refused on its own; the finishes
+/// batched with it are recorded once each.
+#[tokio::test]
+async fn redis_store_refuses_only_the_damaged_finish_of_a_batch() {
+    let (s, server) = redis().await;
+    for i in 0..3 {
+        s.admit(event(&format!("evt_dmg{i}"), "np", "t.t", 1000), deliveries(1000, &["be"]), TTL).await.unwrap();
+    }
+    let claims = s.claim_due("be", 1000, 10, VIS).await.unwrap();
+    assert_eq!(claims.len(), 3);
+    let client = redis::Client::open(server.url.as_str()).unwrap();
+    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+    let damaged = claims[1].delivery.id.clone();
+    let _: () = redis::cmd("SET")
+        .arg(format!("{{conformance}}:attempts:{damaged}"))
+        .arg("not a list")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+
+    let tasks: Vec<_> = claims
+        .iter()
+        .map(|c| {
+            let (s, id, token) = (s.clone(), c.delivery.id.clone(), c.delivery.claim_token);
+            tokio::spawn(async move { s.finish(&id, token, attempt(1200, 200), Next::Delivered).await })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for t in tasks {
+        results.push(t.await.unwrap());
+    }
+    assert!(matches!(results[0], Ok(true)));
+    assert!(matches!(&results[1], Err(ipn_relay::store::StoreError::Corrupt { key, .. }) if key.ends_with(&damaged)));
+    assert!(matches!(results[2], Ok(true)));
+    for i in [0, 2] {
+        let (d, attempts) = s.delivery(&claims[i].delivery.id).await.unwrap().unwrap();
+        assert_eq!((d.state, attempts.len()), (DeliveryState::Delivered, 1));
+    }
+    let counts = s.counts().await.unwrap();
+    assert_eq!((counts[1], counts[2]), ((DeliveryState::InFlight, 1), (DeliveryState::Delivered, 2)));
 }

@@ -139,16 +139,25 @@ end
 return out
 "#;
 
-/// Finishes a batch of attempts. ARGV: key prefix, then seven per finish:
-/// delivery id, claim token, attempt json, next ('delivered' | 'retry' |
-/// 'dead'), retry time, last error ('' for none), updated at. Returns one
-/// result per finish: 1 recorded, 0 the claim is no longer held, -1 the
-/// record is unreadable. Every check comes before the first write (Redis
-/// does not undo a script's writes when it fails half way), and the batch's
-/// records, schedule changes and counts are written with one command each.
-/// Schedule keys come from the records' endpoints.
+/// Finishes a batch of attempts. KEYS: counts. ARGV: key prefix, then seven
+/// per finish: delivery id, claim token, attempt json, next ('delivered' |
+/// 'retry' | 'dead'), retry time, last error ('' for none), updated at.
+/// Returns one result per finish: 1 recorded, 0 the claim is no longer held,
+/// -1 its record, its attempt or one of its keys is unreadable (that finish
+/// alone is refused). Every check, key types included, comes before the
+/// first write: Redis does not undo a script's writes when it fails half way.
+/// The batch's records, schedule changes and counts are written with one
+/// command each, its attempts with one `RPUSH` each. Schedule keys come from
+/// the records' endpoints.
 const FINISH_MANY: &str = r#"
 local p = ARGV[1]
+local function has_type(key, want)
+  local t = redis.call('TYPE', key).ok
+  return t == 'none' or t == want
+end
+if not has_type(KEYS[1], 'hash') or not has_type(p .. 'open', 'zset') then
+  return redis.error_reply('relay keys of the wrong type: ' .. KEYS[1] .. ' or ' .. p .. 'open')
+end
 local results, seen, attempts, records, settled = {}, {}, {}, {}, {}
 local unschedule, reschedule = {}, {}
 local added = {delivered = 0, dead = 0, pending = 0}
@@ -160,20 +169,23 @@ for i = 0, (#ARGV - 1) / 7 - 1 do
   local raw = redis.call('GET', p .. 'dlv:' .. id)
   local ok, d = false, nil
   if raw then ok, d = pcall(cjson.decode, raw) end
-  local result = 0
+  local aok, a = pcall(cjson.decode, ARGV[b + 3])
+  local result = 1
   if not raw or seen[id] then
     result = 0
   elseif not ok or type(d) ~= 'table' then
     result = -1
   elseif d.state ~= 'in_flight' or d.claim_token ~= tonumber(ARGV[b + 2]) then
     result = 0
-  elseif type(d.attempts) ~= 'number' or type(d.endpoint) ~= 'string' or not kinds[kind] then
+  elseif type(d.attempts) ~= 'number' or type(d.endpoint) ~= 'string' or not kinds[kind]
+      or not aok or type(a) ~= 'table' or not has_type(p .. 'attempts:' .. id, 'list')
+      or not has_type(p .. 'due:' .. d.endpoint, 'zset') then
     result = -1
-  else
+  end
+  if result == 1 then
     seen[id] = true
     local due = p .. 'due:' .. d.endpoint
     d.attempts = d.attempts + 1
-    local a = cjson.decode(ARGV[b + 3])
     a.number = d.attempts
     table.insert(attempts, p .. 'attempts:' .. id)
     table.insert(attempts, cjson.encode(a))
@@ -196,7 +208,6 @@ for i = 0, (#ARGV - 1) / 7 - 1 do
     finished = finished + 1
     table.insert(records, p .. 'dlv:' .. id)
     table.insert(records, cjson.encode(d))
-    result = 1
   end
   table.insert(results, result)
 end
@@ -208,9 +219,9 @@ each_slice(records, function(...) redis.call('MSET', ...) end)
 for due, ids in pairs(unschedule) do each_slice(ids, function(...) redis.call('ZREM', due, ...) end) end
 for due, entries in pairs(reschedule) do each_slice(entries, function(...) redis.call('ZADD', due, ...) end) end
 each_slice(settled, function(...) redis.call('ZREM', p .. 'open', ...) end)
-if finished > 0 then redis.call('HINCRBY', p .. 'counts', 'in_flight', -finished) end
+if finished > 0 then redis.call('HINCRBY', KEYS[1], 'in_flight', -finished) end
 for state, n in pairs(added) do
-  if n > 0 then redis.call('HINCRBY', p .. 'counts', state, n) end
+  if n > 0 then redis.call('HINCRBY', KEYS[1], state, n) end
 end
 return results
 "#;
@@ -377,47 +388,70 @@ async fn record_finishes(
         }
         let (conn, script, keys) = (conn.clone(), script.clone(), keys.clone());
         tokio::spawn(async move {
-            let mut inv = script.prepare_invoke();
-            inv.arg(&keys);
-            for f in &batch {
-                inv.arg(&f.id)
-                    .arg(f.token)
-                    .arg(&f.attempt)
-                    .arg(f.next)
-                    .arg(f.retry_at)
-                    .arg(&f.last_error)
-                    .arg(f.updated_at);
-            }
-            let results: Result<Vec<i64>, StoreError> = invoke(&conn, &inv, true).await;
-            match results {
-                Ok(results) if results.len() == batch.len() => {
-                    for (f, r) in batch.into_iter().zip(results) {
-                        let result = match r {
-                            1 => Ok(true),
-                            0 => Ok(false),
-                            _ => Err(StoreError::Corrupt {
-                                key: format!("{keys}dlv:{}", f.id),
-                                message: "unreadable delivery record".into(),
-                            }),
-                        };
-                        let _ = f.reply.send(result);
-                    }
-                }
-                Ok(results) => {
-                    let message =
-                        format!("finish script returned {} results for {} finishes", results.len(), batch.len());
+            match finish_batch(&conn, &script, &keys, &batch).await {
+                // The script refused the batch as a whole (say, a key of the
+                // wrong type that no check foresaw; it checks before writing).
+                // One at a time, only the finish at fault fails.
+                Err(e)
+                    if batch.len() > 1
+                        && matches!(e.kind(), redis::ErrorKind::Server(_) | redis::ErrorKind::Extension) =>
+                {
+                    tracing::warn!(error = %e, finishes = batch.len(), "a batch of finishes was refused; recording them one at a time");
                     for f in batch {
-                        let _ = f.reply.send(Err(StoreError::Unavailable(message.clone())));
+                        let result = finish_batch(&conn, &script, &keys, std::slice::from_ref(&f)).await;
+                        reply(&keys, vec![f], result);
                     }
                 }
-                Err(e) => {
-                    for f in batch {
-                        let _ = f.reply.send(Err(e.clone()));
-                    }
-                }
+                result => reply(&keys, batch, result),
             }
             drop(slot);
         });
+    }
+}
+
+/// Runs `FINISH_MANY` over `batch`; once more if the connection dropped
+/// under it (a second run finds its finishes settled and changes nothing).
+async fn finish_batch(
+    conn: &ConnectionManager,
+    script: &Script,
+    keys: &str,
+    batch: &[PendingFinish],
+) -> redis::RedisResult<Vec<i64>> {
+    let mut inv = script.prepare_invoke();
+    inv.key(format!("{keys}counts")).arg(keys);
+    for f in batch {
+        inv.arg(&f.id).arg(f.token).arg(&f.attempt).arg(f.next).arg(f.retry_at).arg(&f.last_error).arg(f.updated_at);
+    }
+    invoke_raw(conn, &inv, true).await
+}
+
+/// Sends each finish of `batch` its result.
+fn reply(keys: &str, batch: Vec<PendingFinish>, results: redis::RedisResult<Vec<i64>>) {
+    match results {
+        Ok(results) if results.len() == batch.len() => {
+            for (f, r) in batch.into_iter().zip(results) {
+                let result = match r {
+                    1 => Ok(true),
+                    0 => Ok(false),
+                    _ => Err(StoreError::Corrupt {
+                        key: format!("{keys}dlv:{}", f.id),
+                        message: "the delivery record, the attempt or one of the delivery's keys is unreadable".into(),
+                    }),
+                };
+                let _ = f.reply.send(result);
+            }
+        }
+        Ok(results) => {
+            let message = format!("finish script returned {} results for {} finishes", results.len(), batch.len());
+            for f in batch {
+                let _ = f.reply.send(Err(StoreError::Unavailable(message.clone())));
+            }
+        }
+        Err(e) => {
+            for f in batch {
+                let _ = f.reply.send(Err(unavailable(&e)));
+            }
+        }
     }
 }
 
@@ -426,18 +460,17 @@ async fn record_finishes(
 /// finish, release and sweep are harmless to run twice; claim and replay are
 /// not (a second run would strand or miscount), so they are never retried
 /// here: their callers retry.
-async fn invoke<T: redis::FromRedisValue>(
+async fn invoke_raw<T: redis::FromRedisValue>(
     conn: &ConnectionManager,
     script: &redis::ScriptInvocation<'_>,
     retry: bool,
-) -> Result<T, StoreError> {
+) -> redis::RedisResult<T> {
     match script.invoke_async(&mut conn.clone()).await {
-        Ok(v) => Ok(v),
         Err(e) if retry && e.is_connection_dropped() && !e.is_timeout() => {
             tracing::debug!(error = %e, "redis connection dropped; running the script once more");
-            script.invoke_async(&mut conn.clone()).await.map_err(unavailable)
+            script.invoke_async(&mut conn.clone()).await
         }
-        Err(e) => Err(unavailable(e)),
+        result => result,
     }
 }
 
@@ -549,7 +582,7 @@ impl RedisStore {
         script: &redis::ScriptInvocation<'_>,
         retry: bool,
     ) -> Result<T, StoreError> {
-        invoke(&self.conn, script, retry).await
+        invoke_raw(&self.conn, script, retry).await.map_err(unavailable)
     }
 
     async fn deliveries(&self, ids: &[String]) -> Result<Vec<Delivery>, StoreError> {
