@@ -155,6 +155,11 @@ local function has_type(key, want)
   local t = redis.call('TYPE', key).ok
   return t == 'none' or t == want
 end
+local schedules = {}
+local function schedule_ok(due)
+  if schedules[due] == nil then schedules[due] = has_type(due, 'zset') end
+  return schedules[due]
+end
 if not has_type(KEYS[1], 'hash') or not has_type(p .. 'open', 'zset') then
   return redis.error_reply('relay keys of the wrong type: ' .. KEYS[1] .. ' or ' .. p .. 'open')
 end
@@ -179,7 +184,7 @@ for i = 0, (#ARGV - 1) / 7 - 1 do
     result = 0
   elseif type(d.attempts) ~= 'number' or type(d.endpoint) ~= 'string' or not kinds[kind]
       or not aok or type(a) ~= 'table' or not has_type(p .. 'attempts:' .. id, 'list')
-      or not has_type(p .. 'due:' .. d.endpoint, 'zset') then
+      or not schedule_ok(p .. 'due:' .. d.endpoint) then
     result = -1
   end
   if result == 1 then
