@@ -657,10 +657,17 @@ impl Store for RedisStore {
     }
 
     async fn delivery(&self, id: &str) -> Result<Option<(Delivery, Vec<Attempt>)>, StoreError> {
-        let raw: Option<String> = self.conn().get(self.key(&format!("dlv:{id}"))).await.map_err(unavailable)?;
+        // One MULTI/EXEC, so the record and its attempts agree: a finish
+        // between two separate reads would show an attempt the record does
+        // not count yet.
+        let (raw, attempts): (Option<String>, Vec<String>) = redis::pipe()
+            .atomic()
+            .get(self.key(&format!("dlv:{id}")))
+            .lrange(self.key(&format!("attempts:{id}")), 0, -1)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)?;
         let Some(raw) = raw else { return Ok(None) };
-        let attempts: Vec<String> =
-            self.conn().lrange(self.key(&format!("attempts:{id}")), 0, -1).await.map_err(unavailable)?;
         let attempts = attempts.iter().map(|a| decode(id, a)).collect::<Result<_, _>>()?;
         Ok(Some((decode(id, &raw)?, attempts)))
     }
