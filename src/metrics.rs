@@ -59,6 +59,7 @@ pub struct Metrics {
     oldest_open_age: Gauge,
     last_poll: GaugeVec,
     store_ready: IntGauge,
+    clock_offset: Gauge,
     /// Configured source names, to bound the `source` label.
     sources: Vec<String>,
     /// When store-backed gauges were last read.
@@ -159,6 +160,14 @@ impl Metrics {
             r,
             IntGauge::new("ipn_relay_store_ready", "1 if the store took a write at the last check, else 0.").unwrap(),
         );
+        let clock_offset = registered(
+            r,
+            Gauge::new(
+                "ipn_relay_store_clock_offset_seconds",
+                "How far the shared store's clock (Redis) is ahead of this relay's; 0 for the embedded store.",
+            )
+            .unwrap(),
+        );
 
         let sources: Vec<String> = sources.iter().map(|s| s.to_string()).collect();
         for source in sources.iter().map(String::as_str).chain([UNKNOWN_SOURCE]) {
@@ -188,6 +197,7 @@ impl Metrics {
             oldest_open_age,
             last_poll,
             store_ready,
+            clock_offset,
             sources,
             refreshed: Mutex::new(None),
         })
@@ -250,6 +260,9 @@ impl Metrics {
             let oldest = store.oldest_open().await?;
             let age = oldest.map_or(0, |created| now_millis().saturating_sub(created));
             self.oldest_open_age.set(age as f64 / 1000.0);
+            if let Some(ms) = store.clock_offset_ms().await? {
+                self.clock_offset.set(ms as f64 / 1000.0);
+            }
             Ok::<_, crate::store::StoreError>(())
         };
         match tokio::time::timeout(STORE_TIMEOUT, read).await {

@@ -167,6 +167,15 @@ async fn housekeeping(
             _ = stopped(&mut stop) => return,
         }
         ingress.forget_idle_clients();
+        match store.clock_offset_ms().await {
+            Ok(Some(ms)) if ms.abs() > crate::store::CLOCK_OFFSET_WARN_MS => tracing::warn!(
+                offset_ms = ms,
+                "this relay's clock differs from the store's by more than {} ms: relays sharing a store must keep their clocks in sync (NTP), or one relay may take over a claim that another is still sending",
+                crate::store::CLOCK_OFFSET_WARN_MS
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "could not read the store's clock"),
+        }
         match replay::resume(store.clone(), &running, stale_after, &metrics).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(jobs = n, "replay jobs resumed"),

@@ -151,6 +151,8 @@ async fn counters_match_a_scripted_run_exactly() {
     assert_eq!([state("pending"), state("in_flight"), state("delivered"), state("dead")], [0.0, 0.0, 2.0, 2.0]);
     assert_eq!(value(&s, "ipn_relay_oldest_pending_age_seconds{}"), 0.0);
     assert_eq!(value(&s, "ipn_relay_store_ready{}"), 1.0);
+    // The embedded store is this relay's own: no other clock to compare.
+    assert_eq!(value(&s, "ipn_relay_store_clock_offset_seconds{}"), 0.0);
     assert_eq!(value(&s, "ipn_relay_replays_total{}"), 0.0);
     assert_eq!(value(&s, &format!("ipn_relay_build_info{{version=\"{}\"}}", env!("CARGO_PKG_VERSION"))), 1.0);
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
@@ -328,7 +330,7 @@ async fn a_real_prometheus_evaluates_every_dashboard_and_alert_expression() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(rules.len(), 7, "{rules:?}");
+    assert_eq!(rules.len(), 8, "{rules:?}");
     let metric = regex_lite_names();
     for rule in &rules {
         let (name, query) = (rule["name"].as_str().unwrap(), rule["query"].as_str().unwrap());
@@ -347,7 +349,9 @@ async fn a_real_prometheus_evaluates_every_dashboard_and_alert_expression() {
         assert!(!result.is_empty(), "{firing} should hold after this run");
     }
     // And the healthy ones stay quiet.
-    for quiet in ["IpnRelayStoreNotReady", "IpnRelayWorkerStalled", "IpnRelayDown", "IpnRelayBacklogAging"] {
+    for quiet in
+        ["IpnRelayStoreNotReady", "IpnRelayWorkerStalled", "IpnRelayDown", "IpnRelayBacklogAging", "IpnRelayClockSkew"]
+    {
         let rule = rules.iter().find(|r| r["name"] == quiet).unwrap();
         assert!(prom.query(rule["query"].as_str().unwrap()).await.is_empty(), "{quiet} fired on a healthy relay");
     }

@@ -717,3 +717,16 @@ async fn redis_store_refuses_only_the_damaged_finish_of_a_batch() {
     let counts = s.counts().await.unwrap();
     assert_eq!((counts[1], counts[2]), ((DeliveryState::InFlight, 1), (DeliveryState::Delivered, 2)));
 }
+
+/// Relays sharing Redis compare deadlines across clocks: the store reports
+/// how far Redis's clock is from this process's (here, the same machine's).
+/// The embedded store has no other clock to compare.
+#[tokio::test]
+async fn a_shared_store_reports_its_clock_offset_and_an_embedded_one_does_not() {
+    let (s, _server) = redis().await;
+    let offset = s.clock_offset_ms().await.unwrap().expect("Redis reports its clock");
+    assert!(offset.abs() < ipn_relay::store::CLOCK_OFFSET_WARN_MS, "{offset} ms from this machine's own clock");
+    let dir = tempfile::tempdir().unwrap();
+    let embedded = EmbeddedStore::open(&dir.path().join("relay.redb")).unwrap();
+    assert_eq!(embedded.clock_offset_ms().await.unwrap(), None);
+}

@@ -23,6 +23,12 @@ use serde::{Deserialize, Serialize};
 /// Milliseconds since the unix epoch.
 pub type Millis = u64;
 
+/// Relays sharing a store should keep their clocks within this many
+/// milliseconds of the store's; beyond it they log a warning. Two relays
+/// each off by less than this differ by less than the 500 ms that
+/// `visibility_timeout` must leave above every endpoint timeout.
+pub const CLOCK_OFFSET_WARN_MS: i64 = 100;
+
 pub fn now_millis() -> Millis {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as Millis).unwrap_or(0)
 }
@@ -389,6 +395,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// Whether the store is reachable and writable right now.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// How far the store's clock is ahead of this process's, in
+    /// milliseconds, for a store that several relays share: they compare
+    /// claim deadlines and due times across their clocks. `None` for a store
+    /// that only this process uses.
+    async fn clock_offset_ms(&self) -> Result<Option<i64>, StoreError> {
+        Ok(None)
+    }
 }
 
 /// The creation time a delivery id begins with.

@@ -886,4 +886,13 @@ impl Store for RedisStore {
         let _: () = self.conn().set_ex(self.key("heartbeat"), super::now_millis(), 60).await.map_err(unavailable)?;
         Ok(())
     }
+
+    async fn clock_offset_ms(&self) -> Result<Option<i64>, StoreError> {
+        // Redis's clock against the middle of the round trip.
+        let before = super::now_millis();
+        let (secs, micros): (i64, i64) = redis::cmd("TIME").query_async(&mut self.conn()).await.map_err(unavailable)?;
+        let after = super::now_millis();
+        let middle = i64::try_from(before / 2 + after / 2).unwrap_or(i64::MAX);
+        Ok(Some(secs * 1000 + micros / 1000 - middle))
+    }
 }
