@@ -688,8 +688,14 @@ impl RawConfig {
                     return invalid("store.path", "applies to kind = \"embedded\" only");
                 }
                 let url = st.url.map(|u| u.0).unwrap_or_else(|| "redis://127.0.0.1:6379/0".into());
-                if !["redis://", "rediss://", "unix://", "redis+unix://"].iter().any(|p| url.starts_with(p)) {
-                    return invalid("store.url", "must start with redis://, rediss:// or unix://");
+                if url.starts_with("rediss://") {
+                    return invalid(
+                        "store.url",
+                        "rediss:// (TLS to Redis) is not built in; reach a TLS-only Redis through a local TLS tunnel and use redis:// or unix://",
+                    );
+                }
+                if !["redis://", "unix://", "redis+unix://"].iter().any(|p| url.starts_with(p)) {
+                    return invalid("store.url", "must start with redis://, unix:// or redis+unix://");
                 }
                 let prefix = st.prefix.map(|p| p.0).unwrap_or_else(|| "ipn-relay".into());
                 if prefix.is_empty() || prefix.contains(['{', '}']) {
@@ -966,6 +972,19 @@ secrets = ["s1"]
         assert!(err(&bad).contains("endpoints[0].previous_secret"), "{}", err(&bad));
         let ok = parse(&format!("{EP}previous_secret = \"whsec_c2Vjb25kLWVuZHBvaW50LXNlY3JldC1rZXktMTIz\"\n")).unwrap();
         assert!(ok.endpoints[0].previous_signing_key.is_some());
+    }
+
+    #[test]
+    fn refuses_redis_urls_it_cannot_connect_to() {
+        let store = |url: &str| format!("\n[store]\nkind = \"redis\"\nurl = \"{url}\"\n");
+        assert!(
+            err(&store("rediss://redis.internal:6380/0"))
+                .contains("store.url: rediss:// (TLS to Redis) is not built in")
+        );
+        assert!(err(&store("http://redis.internal:6379")).contains("store.url: must start with redis://"));
+        for ok in ["redis://127.0.0.1:6379/0", "unix:///run/redis.sock", "redis+unix:///run/redis.sock"] {
+            assert!(parse(&store(ok)).is_ok(), "{ok}");
+        }
     }
 
     #[test]
