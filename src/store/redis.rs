@@ -480,7 +480,7 @@ async fn invoke_raw<T: redis::FromRedisValue>(
 }
 
 impl RedisStore {
-    /// Connects to `url` (redis://, rediss://, redis+unix://) with keys under
+    /// Connects to `url` (redis://, unix://, redis+unix://) with keys under
     /// `{prefix}`.
     pub async fn connect(url: &str, prefix: &str) -> Result<RedisStore, StoreError> {
         let client = redis::Client::open(url).map_err(unavailable)?;
