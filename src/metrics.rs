@@ -164,7 +164,7 @@ impl Metrics {
             r,
             Gauge::new(
                 "ipn_relay_store_clock_offset_seconds",
-                "How far the shared store's clock (Redis) is ahead of this relay's; 0 for the embedded store.",
+                "How far the shared store's clock (Redis) is ahead of this relay's; 0 for the embedded store, NaN if it cannot be read.",
             )
             .unwrap(),
         );
@@ -253,6 +253,14 @@ impl Metrics {
             self.store_ready.set(0);
             let ready = store.ping().await.is_ok();
             self.store_ready.set(ready as i64);
+            // Apart from the rest: a Redis user may be denied TIME (it is in
+            // no ACL category but @fast), and that must not stop the other
+            // gauges. Unknown shows as NaN, never as a reassuring 0.
+            match store.clock_offset_ms().await {
+                Ok(Some(ms)) => self.clock_offset.set(ms as f64 / 1000.0),
+                Ok(None) => {}
+                Err(_) => self.clock_offset.set(f64::NAN),
+            }
             let counts = store.counts().await?;
             for (state, n) in counts {
                 self.deliveries.with_label_values(&[state.as_str()]).set(n as i64);
@@ -260,9 +268,6 @@ impl Metrics {
             let oldest = store.oldest_open().await?;
             let age = oldest.map_or(0, |created| now_millis().saturating_sub(created));
             self.oldest_open_age.set(age as f64 / 1000.0);
-            if let Some(ms) = store.clock_offset_ms().await? {
-                self.clock_offset.set(ms as f64 / 1000.0);
-            }
             Ok::<_, crate::store::StoreError>(())
         };
         match tokio::time::timeout(STORE_TIMEOUT, read).await {

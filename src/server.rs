@@ -161,6 +161,8 @@ async fn housekeeping(
     // At start every unfinished replay job lost its runner; later, only the
     // ones that stopped advancing.
     let mut stale_after = 0;
+    // Warn once when the store's clock cannot be read, not every minute.
+    let mut clock_unreadable = false;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -168,13 +170,20 @@ async fn housekeeping(
         }
         ingress.forget_idle_clients();
         match store.clock_offset_ms().await {
-            Ok(Some(ms)) if ms.abs() > crate::store::CLOCK_OFFSET_WARN_MS => tracing::warn!(
-                offset_ms = ms,
-                "this relay's clock differs from the store's by more than {} ms: relays sharing a store must keep their clocks in sync (NTP), or one relay may take over a claim that another is still sending",
-                crate::store::CLOCK_OFFSET_WARN_MS
-            ),
-            Ok(_) => {}
-            Err(e) => tracing::debug!(error = %e, "could not read the store's clock"),
+            Ok(Some(ms)) if ms.abs() > crate::store::CLOCK_OFFSET_WARN_MS => {
+                clock_unreadable = false;
+                tracing::warn!(
+                    offset_ms = ms,
+                    "this relay's clock differs from the store's by more than {} ms: relays sharing a store must keep their clocks in sync (NTP), or one relay may take over a claim that another is still sending",
+                    crate::store::CLOCK_OFFSET_WARN_MS
+                );
+            }
+            Ok(_) => clock_unreadable = false,
+            Err(e) if !clock_unreadable => {
+                clock_unreadable = true;
+                tracing::warn!(error = %e, "could not read the store's clock to check this relay's against it (a Redis user needs the TIME command)");
+            }
+            Err(_) => {}
         }
         match replay::resume(store.clone(), &running, stale_after, &metrics).await {
             Ok(0) => {}

@@ -730,3 +730,30 @@ async fn a_shared_store_reports_its_clock_offset_and_an_embedded_one_does_not() 
     let embedded = EmbeddedStore::open(&dir.path().join("relay.redb")).unwrap();
     assert_eq!(embedded.clock_offset_ms().await.unwrap(), None);
 }
+
+/// The clock gauge on Redis: a small offset here, and NaN (never a
+/// reassuring 0) for a Redis user denied TIME, whose other gauges still
+/// refresh.
+#[tokio::test]
+async fn the_clock_gauge_reads_redis_and_shows_nan_when_time_is_denied() {
+    let (s, server) = redis().await;
+    s.admit(event("evt_clock", "np", "t.t", 1000), deliveries(1000, &["be"]), TTL).await.unwrap();
+    let gauge = |text: &str, name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+            .parse()
+            .unwrap()
+    };
+    let text = ipn_relay::metrics::Metrics::with_names(&["np"], &["be"]).render(&*s).await;
+    let offset = gauge(&text, "ipn_relay_store_clock_offset_seconds");
+    assert!(offset.abs() < 0.1, "{offset}");
+
+    let client = redis::Client::open(server.url.as_str()).unwrap();
+    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("ACL").arg("SETUSER").arg("default").arg("-time").query_async(&mut raw).await.unwrap();
+    assert!(s.clock_offset_ms().await.is_err(), "TIME is denied");
+    let text = ipn_relay::metrics::Metrics::with_names(&["np"], &["be"]).render(&*s).await;
+    assert!(gauge(&text, "ipn_relay_store_clock_offset_seconds").is_nan());
+    assert_eq!(gauge(&text, "ipn_relay_deliveries{state=\"pending\"}"), 1.0, "the other gauges still refresh");
+}
