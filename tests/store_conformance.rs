@@ -417,13 +417,26 @@ async fn redis() -> (Arc<ipn_relay::store::redis::RedisStore>, common::RedisServ
 
 conformance!(redis_store, redis().await);
 
+/// A plain connection to the test's Redis, to look under the store.
+async fn raw_connection(server: &common::RedisServer) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(server.url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap()
+}
+
+/// How often this Redis has run `command` so far (`INFO commandstats`).
+async fn command_calls(raw: &mut redis::aio::MultiplexedConnection, command: &str) -> u64 {
+    let info: String = redis::cmd("INFO").arg("commandstats").query_async(raw).await.unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
 #[tokio::test]
 async fn redis_store_skips_an_unreadable_record_instead_of_wedging() {
     let (s, server) = redis().await;
     s.admit(event("evt_good", "np", "t.t", 1000), deliveries(1000, &["be"]), TTL).await.unwrap();
     // A record nothing can read, due before the good one.
-    let client = redis::Client::open(server.url.as_str()).unwrap();
-    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+    let mut raw = raw_connection(&server).await;
     let _: () =
         redis::cmd("SET").arg("{conformance}:dlv:dlv_broken").arg("not json").query_async(&mut raw).await.unwrap();
     let _: () =
@@ -452,8 +465,7 @@ async fn redis_store_forgets_a_vanished_delivery_everywhere() {
     let (s, server) = redis().await;
     s.admit(event("evt_gone", "np", "t.t", 1000), deliveries(1000, &["be"]), TTL).await.unwrap();
     let id = s.event_deliveries("evt_gone").await.unwrap().remove(0).id;
-    let client = redis::Client::open(server.url.as_str()).unwrap();
-    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+    let mut raw = raw_connection(&server).await;
     let _: () = redis::cmd("DEL").arg(format!("{{conformance}}:dlv:{id}")).query_async(&mut raw).await.unwrap();
     assert!(s.claim_due("be", 2000, 10, VIS).await.unwrap().is_empty());
     assert_eq!(s.oldest_open().await.unwrap(), None);
@@ -468,8 +480,7 @@ async fn redis_claim_tokens_stay_unique_after_lost_writes() {
     let (s, server) = redis().await;
     s.admit(event("evt_lost", "np", "t.t", 1000), deliveries(1000, &["be"]), TTL).await.unwrap();
     let id = s.event_deliveries("evt_lost").await.unwrap().remove(0).id;
-    let client = redis::Client::open(server.url.as_str()).unwrap();
-    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+    let mut raw = raw_connection(&server).await;
     let key = format!("{{conformance}}:dlv:{id}");
     let before: String = redis::cmd("GET").arg(&key).query_async(&mut raw).await.unwrap();
 
@@ -491,8 +502,7 @@ async fn redis_store_builds_the_open_index_for_older_data() {
     let (s, server) = redis().await;
     s.admit(event("evt_old1", "np", "t.t", 1000), deliveries(1000, &["be"]), TTL).await.unwrap();
     s.admit(event("evt_old2", "np", "t.t", 2000), deliveries(2000, &["audit"]), TTL).await.unwrap();
-    let client = redis::Client::open(server.url.as_str()).unwrap();
-    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+    let mut raw = raw_connection(&server).await;
     let _: () = redis::cmd("DEL")
         .arg("{conformance}:open")
         .arg("{conformance}:open-index")
@@ -510,18 +520,11 @@ async fn redis_store_builds_the_open_index_for_older_data() {
 async fn redis_store_on_a_new_prefix_does_not_scan_the_keyspace() {
     let (s, server) = redis().await;
     s.admit(event("evt_other", "np", "t.t", 1000), deliveries(1000, &["be"]), TTL).await.unwrap();
-    let client = redis::Client::open(server.url.as_str()).unwrap();
-    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
-    let scans = |info: String| {
-        info.lines()
-            .find_map(|l| l.strip_prefix("cmdstat_scan:calls="))
-            .and_then(|rest| rest.split(',').next())
-            .map_or(0, |n| n.parse::<u64>().unwrap())
-    };
-    let before = scans(redis::cmd("INFO").arg("commandstats").query_async(&mut raw).await.unwrap());
+    let mut raw = raw_connection(&server).await;
+    let before = command_calls(&mut raw, "scan").await;
 
     let fresh = ipn_relay::store::redis::RedisStore::connect(&server.url, "tenant-b").await.unwrap();
-    let after = scans(redis::cmd("INFO").arg("commandstats").query_async(&mut raw).await.unwrap());
+    let after = command_calls(&mut raw, "scan").await;
     assert_eq!(after, before, "a new prefix needs no scan");
     let marker: bool = redis::cmd("EXISTS").arg("{tenant-b}:open-index").query_async(&mut raw).await.unwrap();
     assert!(marker, "and it is marked as indexed");
@@ -546,9 +549,8 @@ async fn redis_store_records_concurrent_finishes_in_batches() {
     claims.extend(s.claim_due("audit", 1000, 100, VIS).await.unwrap());
     assert_eq!(claims.len(), 80);
 
-    let client = redis::Client::open(server.url.as_str()).unwrap();
-    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
-    let before = script_calls(&mut raw).await;
+    let mut raw = raw_connection(&server).await;
+    let before = command_calls(&mut raw, "evalsha").await;
 
     // Delivered, retried, dead, and a stale token, in turn; then the first
     // delivered one again in the same batch, and a delivery that never was.
@@ -579,7 +581,7 @@ async fn redis_store_records_concurrent_finishes_in_batches() {
     for t in tasks {
         results.push(t.await.unwrap());
     }
-    let calls = script_calls(&mut raw).await - before;
+    let calls = command_calls(&mut raw, "evalsha").await - before;
     assert!(calls < 10, "82 finishes took {calls} script calls");
 
     for (i, ok) in results.iter().enumerate().take(80) {
@@ -634,29 +636,19 @@ async fn redis_store_records_concurrent_finishes_in_batches() {
     assert_eq!(s.oldest_open().await.unwrap(), Some(1000));
 }
 
-/// Scripts run so far on this Redis (`EVALSHA` calls).
-async fn script_calls(raw: &mut redis::aio::MultiplexedConnection) -> u64 {
-    let info: String = redis::cmd("INFO").arg("commandstats").query_async(raw).await.unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
-        .and_then(|rest| rest.split(',').next())
-        .map_or(0, |n| n.parse().unwrap())
-}
-
 /// A batch larger than the script's write slices (200 arguments) keeps its
 /// (key, value) and (score, member) pairs together, and goes through whole
 /// (not one finish at a time after a refused batch).
 #[tokio::test]
 async fn redis_store_records_a_batch_larger_than_one_write_slice() {
     let (s, server) = redis().await;
-    let client = redis::Client::open(server.url.as_str()).unwrap();
-    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+    let mut raw = raw_connection(&server).await;
     for i in 0..150 {
         s.admit(event(&format!("evt_big{i}"), "np", "t.t", 1000), deliveries(1000, &["be"]), TTL).await.unwrap();
     }
     let claims = s.claim_due("be", 1000, 200, VIS).await.unwrap();
     assert_eq!(claims.len(), 150);
-    let before = script_calls(&mut raw).await;
+    let before = command_calls(&mut raw, "evalsha").await;
     let tasks: Vec<_> = claims
         .iter()
         .map(|c| {
@@ -667,7 +659,7 @@ async fn redis_store_records_a_batch_larger_than_one_write_slice() {
     for t in tasks {
         assert!(t.await.unwrap());
     }
-    let calls = script_calls(&mut raw).await - before;
+    let calls = command_calls(&mut raw, "evalsha").await - before;
     assert!(calls < 10, "150 finishes took {calls} script calls");
     assert_eq!(s.counts().await.unwrap()[0], (DeliveryState::Pending, 150));
     assert!(s.claim_due("be", 4999, 200, VIS).await.unwrap().is_empty(), "none due before 5000");
@@ -686,8 +678,7 @@ async fn redis_store_refuses_only_the_damaged_finish_of_a_batch() {
     }
     let claims = s.claim_due("be", 1000, 10, VIS).await.unwrap();
     assert_eq!(claims.len(), 3);
-    let client = redis::Client::open(server.url.as_str()).unwrap();
-    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+    let mut raw = raw_connection(&server).await;
     let damaged = claims[1].delivery.id.clone();
     let _: () = redis::cmd("SET")
         .arg(format!("{{conformance}}:attempts:{damaged}"))
@@ -749,8 +740,7 @@ async fn the_clock_gauge_reads_redis_and_shows_nan_when_time_is_denied() {
     let offset = gauge(&text, "ipn_relay_store_clock_offset_seconds");
     assert!(offset.abs() < 0.1, "{offset}");
 
-    let client = redis::Client::open(server.url.as_str()).unwrap();
-    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+    let mut raw = raw_connection(&server).await;
     let _: () = redis::cmd("ACL").arg("SETUSER").arg("default").arg("-time").query_async(&mut raw).await.unwrap();
     assert!(s.clock_offset_ms().await.is_err(), "TIME is denied");
     let text = ipn_relay::metrics::Metrics::with_names(&["np"], &["be"]).render(&*s).await;
