@@ -22,26 +22,19 @@ const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 struct Running {
     addr: SocketAddr,
     admin: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    served: common::Served,
 }
 
 impl Running {
     async fn start(text: &str, store: Arc<dyn Store>) -> Running {
         let config = Arc::new(Config::parse(text, std::path::Path::new("admin-test.toml")).unwrap());
-        let ingress = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let (addr, admin_addr) = (ingress.local_addr().unwrap(), admin.local_addr().unwrap());
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(ipn_relay::server::run(config, store, ingress, admin, async move {
-            let _ = stopped.await;
-        }));
-        Running { addr, admin: admin_addr, stop: Some(stop), task }
+        let served = common::Served::start(config, store).await;
+        Running { addr: served.addr, admin: served.admin, served }
     }
 
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        self.task.await.unwrap().unwrap();
+    async fn stop(self) {
+        let _ = self.served.stop.send(());
+        self.served.task.await.unwrap().unwrap();
     }
 
     fn admin_url(&self) -> String {

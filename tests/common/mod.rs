@@ -95,14 +95,16 @@ impl Relay {
     pub async fn start_text(store_path: &Path, text: &str) -> Relay {
         let config = Arc::new(Config::parse(text, Path::new("test.toml")).unwrap());
         let store = Arc::new(EmbeddedStore::open(store_path).unwrap());
-        let ingress = TcpListener::bind(config.server.listen).await.unwrap();
-        let admin = TcpListener::bind(config.server.admin_listen).await.unwrap();
-        let (addr, admin_addr) = (ingress.local_addr().unwrap(), admin.local_addr().unwrap());
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(ipn_relay::server::run(config.clone(), store.clone(), ingress, admin, async move {
-            let _ = stopped.await;
-        }));
-        Relay { addr, admin: admin_addr, store, config, stop: Some(stop), task: Some(task), dir: None }
+        let served = Served::start(config.clone(), store.clone()).await;
+        Relay {
+            addr: served.addr,
+            admin: served.admin,
+            store,
+            config,
+            stop: Some(served.stop),
+            task: Some(served.task),
+            dir: None,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -117,6 +119,29 @@ impl Relay {
         if let Some(t) = self.task.take() {
             t.await.unwrap().unwrap();
         }
+    }
+}
+
+/// A relay server running in this process on any store, until `stop` is
+/// sent.
+pub struct Served {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub stop: oneshot::Sender<()>,
+    pub task: JoinHandle<std::io::Result<()>>,
+}
+
+impl Served {
+    /// Binds the configured listeners and runs the server on `store`.
+    pub async fn start(config: Arc<Config>, store: Arc<dyn ipn_relay::store::Store>) -> Served {
+        let ingress = TcpListener::bind(config.server.listen).await.unwrap();
+        let admin = TcpListener::bind(config.server.admin_listen).await.unwrap();
+        let (addr, admin_addr) = (ingress.local_addr().unwrap(), admin.local_addr().unwrap());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(ipn_relay::server::run(config, store, ingress, admin, async move {
+            let _ = stopped.await;
+        }));
+        Served { addr, admin: admin_addr, stop, task }
     }
 }
 
