@@ -20,7 +20,7 @@ use prometheus::{
 use tokio::sync::Mutex;
 
 use crate::config::Config;
-use crate::store::{Store, now_millis};
+use crate::store::{DeliveryState, Store, now_millis};
 
 /// The ingress outcomes of SPEC §9.
 pub const INGRESS_OUTCOMES: [&str; 10] = [
@@ -183,8 +183,8 @@ impl Metrics {
             delivery_duration.with_label_values(&[ep]);
             last_poll.with_label_values(&[ep]);
         }
-        for state in ["pending", "in_flight", "delivered", "dead"] {
-            deliveries.with_label_values(&[state]);
+        for state in DeliveryState::ALL {
+            deliveries.with_label_values(&[state.as_str()]);
         }
         Arc::new(Metrics {
             registry,

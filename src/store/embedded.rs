@@ -501,7 +501,7 @@ impl<'txn> Tables<'txn> {
 
     /// Writes the batch's state-count changes.
     fn flush_counts(&mut self) -> Result<(), StoreError> {
-        for state in ALL_STATES {
+        for state in DeliveryState::ALL {
             let delta = std::mem::take(&mut self.count_deltas[state_index(state)]);
             if delta != 0 {
                 let key = state.as_str();
@@ -820,9 +820,6 @@ impl<'txn> Tables<'txn> {
     }
 }
 
-const ALL_STATES: [DeliveryState; 4] =
-    [DeliveryState::Pending, DeliveryState::InFlight, DeliveryState::Delivered, DeliveryState::Dead];
-
 fn state_index(s: DeliveryState) -> usize {
     match s {
         DeliveryState::Pending => 0,
@@ -1089,8 +1086,12 @@ impl Store for EmbeddedStore {
             let get = |s: DeliveryState| -> Result<(DeliveryState, u64), StoreError> {
                 Ok((s, table.get(s.as_str()).map_err(unavailable)?.map(|g| g.value()).unwrap_or(0)))
             };
-            let [(_, pending), _, delivered, dead] =
-                [get(ALL_STATES[0])?, get(ALL_STATES[1])?, get(ALL_STATES[2])?, get(ALL_STATES[3])?];
+            let [(_, pending), _, delivered, dead] = [
+                get(DeliveryState::ALL[0])?,
+                get(DeliveryState::ALL[1])?,
+                get(DeliveryState::ALL[2])?,
+                get(DeliveryState::ALL[3])?,
+            ];
             // Claimed deliveries are pending on disk and in flight in memory.
             let in_flight = claims.lock().map_err(|_| unavailable("lock poisoned"))?.live.len() as u64;
             Ok([

@@ -80,6 +80,10 @@ pub enum DeliveryState {
 }
 
 impl DeliveryState {
+    /// Every state, in the order gauges and counts list them.
+    pub const ALL: [DeliveryState; 4] =
+        [DeliveryState::Pending, DeliveryState::InFlight, DeliveryState::Delivered, DeliveryState::Dead];
+
     pub fn as_str(self) -> &'static str {
         match self {
             DeliveryState::Pending => "pending",
@@ -90,9 +94,7 @@ impl DeliveryState {
     }
 
     pub fn parse(s: &str) -> Option<DeliveryState> {
-        [DeliveryState::Pending, DeliveryState::InFlight, DeliveryState::Delivered, DeliveryState::Dead]
-            .into_iter()
-            .find(|st| st.as_str() == s)
+        DeliveryState::ALL.into_iter().find(|st| st.as_str() == s)
     }
 }
 
@@ -193,6 +195,18 @@ pub enum Next {
     Delivered,
     RetryAt(Millis),
     Dead,
+}
+
+impl Next {
+    /// "delivered", "retry" or "dead": the attempt's outcome as metrics
+    /// label it and the Redis finish script reads it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Next::Delivered => "delivered",
+            Next::RetryAt(_) => "retry",
+            Next::Dead => "dead",
+        }
+    }
 }
 
 /// Selects deliveries for listing and bulk replay. Empty fields match all.

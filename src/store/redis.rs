@@ -718,17 +718,13 @@ impl Store for RedisStore {
         // The script takes '' for "no error".
         let last_error = attempt.result.last_error().unwrap_or_default();
         let updated_at = attempt.started_at.saturating_add(attempt.duration_ms);
-        let (kind, at) = match next {
-            Next::Delivered => ("delivered", 0),
-            Next::RetryAt(at) => ("retry", at),
-            Next::Dead => ("dead", 0),
-        };
+        let at = if let Next::RetryAt(at) = next { at } else { 0 };
         let (reply, result) = tokio::sync::oneshot::channel();
         let pending = PendingFinish {
             id: delivery_id.to_owned(),
             token: claim_token,
             attempt: serde_json::to_string(&attempt).map_err(unavailable)?,
-            next: kind,
+            next: next.as_str(),
             retry_at: at,
             last_error: last_error.to_owned(),
             updated_at,
@@ -869,7 +865,7 @@ impl Store for RedisStore {
     }
 
     async fn counts(&self) -> Result<[(DeliveryState, u64); 4], StoreError> {
-        let states = [DeliveryState::Pending, DeliveryState::InFlight, DeliveryState::Delivered, DeliveryState::Dead];
+        let states = DeliveryState::ALL;
         let values: Vec<Option<i64>> = redis::cmd("HMGET")
             .arg(self.key("counts"))
             .arg(states.map(|s| s.as_str()).as_slice())
