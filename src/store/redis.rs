@@ -72,6 +72,23 @@ if n > 0 then redis.call('HINCRBY', KEYS[4], 'pending', n) end
 return 1
 "#;
 
+/// Lua shared by the scripts that read delivery records or write batches.
+/// `read_record(key)`: the decoded record; nil if there is none; false if it
+/// is not a JSON object. `each_slice(list, f)`: calls `f` with `list` in
+/// slices of 200 (Lua's stack limits `unpack`); pairs stay together.
+const LUA_LIB: &str = r#"
+local function read_record(key)
+  local raw = redis.call('GET', key)
+  if not raw then return nil end
+  local ok, d = pcall(cjson.decode, raw)
+  if ok and type(d) == 'table' then return d end
+  return false
+end
+local function each_slice(list, f)
+  for i = 1, #list, 200 do f(unpack(list, i, math.min(i + 199, #list))) end
+end
+"#;
+
 /// KEYS: due, counts. ARGV: now, limit, visibility, key prefix, token base.
 /// Returns (delivery json, event json) pairs. Claim tokens are the random
 /// base plus the claim's place in the batch, not the old token plus one: a
@@ -86,11 +103,8 @@ local deadline = now + tonumber(ARGV[3])
 local base = tonumber(ARGV[5])
 local out, records, schedule, was_pending = {}, {}, {}, 0
 for _, id in ipairs(ids) do
-  local raw = redis.call('GET', ARGV[4] .. 'dlv:' .. id)
-  local ok, d = false, nil
-  if raw then ok, d = pcall(cjson.decode, raw) end
-  if not ok or type(d) ~= 'table' or type(d.event_id) ~= 'string' or type(d.claim_token) ~= 'number'
-      or type(d.state) ~= 'string' then
+  local d = read_record(ARGV[4] .. 'dlv:' .. id)
+  if not d or type(d.event_id) ~= 'string' or type(d.claim_token) ~= 'number' or type(d.state) ~= 'string' then
     -- Missing or unreadable: off the schedule and the open index, so claims
     -- never spin on it and gauges do not age it; an unreadable record stays
     -- for inspection.
@@ -128,10 +142,8 @@ for _, id in ipairs(ids) do
     end
   end
 end
-for i = 1, #records, 200 do
-  redis.call('MSET', unpack(records, i, math.min(i + 199, #records)))
-  redis.call('ZADD', KEYS[1], unpack(schedule, i, math.min(i + 199, #schedule)))
-end
+each_slice(records, function(...) redis.call('MSET', ...) end)
+each_slice(schedule, function(...) redis.call('ZADD', KEYS[1], ...) end)
 if was_pending > 0 then
   redis.call('HINCRBY', KEYS[2], 'pending', -was_pending)
   redis.call('HINCRBY', KEYS[2], 'in_flight', was_pending)
@@ -171,14 +183,12 @@ local finished = 0
 for i = 0, (#ARGV - 1) / 7 - 1 do
   local b = 1 + i * 7
   local id, kind = ARGV[b + 1], ARGV[b + 4]
-  local raw = redis.call('GET', p .. 'dlv:' .. id)
-  local ok, d = false, nil
-  if raw then ok, d = pcall(cjson.decode, raw) end
+  local d = read_record(p .. 'dlv:' .. id)
   local aok, a = pcall(cjson.decode, ARGV[b + 3])
   local result = 1
-  if not raw or seen[id] then
+  if d == nil or seen[id] then
     result = 0
-  elseif not ok or type(d) ~= 'table' then
+  elseif not d then
     result = -1
   elseif d.state ~= 'in_flight' or d.claim_token ~= tonumber(ARGV[b + 2]) then
     result = 0
@@ -215,9 +225,6 @@ for i = 0, (#ARGV - 1) / 7 - 1 do
     table.insert(records, cjson.encode(d))
   end
   table.insert(results, result)
-end
-local function each_slice(list, f)
-  for i = 1, #list, 200 do f(unpack(list, i, math.min(i + 199, #list))) end
 end
 for i = 1, #attempts, 2 do redis.call('RPUSH', attempts[i], attempts[i + 1]) end
 each_slice(records, function(...) redis.call('MSET', ...) end)
@@ -257,12 +264,10 @@ local function replay_ids(counts, prefix, include_delivered, now, first)
     local id = ARGV[i]
     if not seen[id] then
       seen[id] = true
-      local raw = redis.call('GET', prefix .. 'dlv:' .. id)
-      local ok, d = false, nil
-      if raw then ok, d = pcall(cjson.decode, raw) end
-      if not raw then
+      local d = read_record(prefix .. 'dlv:' .. id)
+      if d == nil then
         missing = missing + 1
-      elseif not ok or type(d) ~= 'table' or type(d.endpoint) ~= 'string' then
+      elseif not d or type(d.endpoint) ~= 'string' then
         skipped = skipped + 1
       elseif d.state == 'dead' or (include_delivered and d.state == 'delivered') then
         redis.call('HINCRBY', counts, d.state, -1)
@@ -517,12 +522,17 @@ impl RedisStore {
         }
         let scripts = std::sync::Arc::new(HotScripts {
             admit: Script::new(ADMIT),
-            claim: Script::new(CLAIM),
+            claim: Script::new(&format!("{LUA_LIB}{CLAIM}")),
             release: Script::new(RELEASE),
         });
         let keys = format!("{{{prefix}}}:");
         let (finishes, queue) = tokio::sync::mpsc::channel(FINISH_BATCH * FINISH_CALLS);
-        tokio::spawn(record_finishes(conn.clone(), Script::new(FINISH_MANY), keys.clone(), queue));
+        tokio::spawn(record_finishes(
+            conn.clone(),
+            Script::new(&format!("{LUA_LIB}{FINISH_MANY}")),
+            keys.clone(),
+            queue,
+        ));
         let store = RedisStore { conn, keys, scripts, finishes };
         store.build_open_index().await?;
         Ok(store)
@@ -793,7 +803,7 @@ impl Store for RedisStore {
     }
 
     async fn replay(&self, ids: &[String], include_delivered: bool, now: Millis) -> Result<ReplayCount, StoreError> {
-        let replay = Script::new(&format!("{REPLAY_IDS}{REPLAY}"));
+        let replay = Script::new(&format!("{LUA_LIB}{REPLAY_IDS}{REPLAY}"));
         let mut script = replay.prepare_invoke();
         script.key(self.key("counts")).arg(&self.keys).arg(if include_delivered { "1" } else { "0" }).arg(now);
         for id in ids {
@@ -835,7 +845,7 @@ impl Store for RedisStore {
     }
 
     async fn replay_step(&self, job: &ReplayJob, ids: &[String], now: Millis) -> Result<Option<ReplayJob>, StoreError> {
-        let script = Script::new(&format!("{REPLAY_IDS}{REPLAY_STEP}"));
+        let script = Script::new(&format!("{LUA_LIB}{REPLAY_IDS}{REPLAY_STEP}"));
         let mut inv = script.prepare_invoke();
         inv.key(self.key("counts"))
             .key(self.key(&format!("replay:{}", job.id)))
