@@ -16,7 +16,6 @@ use ipn_relay::store::{DeliveryFilter, DeliveryState, Store};
 use serde_json::{Value, json};
 
 const TOKEN: &str = "admin-test-token";
-const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 /// A relay running in this process on `store`.
 struct Running {
@@ -49,28 +48,18 @@ fn config(store: &str, backend: &str, ledger: &str) -> String {
         &format!("[server]\nadmin_token = \"{TOKEN}\"\n"),
         1,
     );
-    format!(
-        "{text}
-[[endpoints]]
-name = \"backend\"
-url = \"{backend}\"
-secret = \"{SECRET}\"
-timeout = \"2s\"
+    format!("{text}{}visibility_timeout = \"5s\"\n", common::backend_and_ledger(backend, ledger))
+}
 
-[[endpoints]]
-name = \"ledger\"
-url = \"{ledger}\"
-secret = \"{SECRET}\"
-timeout = \"2s\"
-
-[delivery]
-max_attempts = 2
-initial_backoff = \"100ms\"
-max_backoff = \"200ms\"
-jitter = 0.0
-visibility_timeout = \"5s\"
-"
-    )
+/// A receiver that answers 500 until the flag is set, then 200.
+async fn failing_until_fixed() -> (Arc<AtomicBool>, Receiver) {
+    let fixed = Arc::new(AtomicBool::new(false));
+    let receiver = Receiver::start({
+        let fixed = fixed.clone();
+        move |_| if fixed.load(Ordering::SeqCst) { Reply::Status(200) } else { Reply::Status(500) }
+    })
+    .await;
+    (fixed, receiver)
 }
 
 async fn get(c: &reqwest::Client, url: String, token: Option<&str>) -> (u16, Value) {
@@ -146,12 +135,7 @@ fn args(list: &[&str]) -> Vec<String> {
 /// The whole story on one store: failures, dead letters, a filtered replay,
 /// the history, auth, bad filters and the CLI.
 async fn dead_deliveries_are_found_and_replayed(store: Arc<dyn Store>, store_toml: &str) {
-    let fixed = Arc::new(AtomicBool::new(false));
-    let backend = Receiver::start({
-        let fixed = fixed.clone();
-        move |_| if fixed.load(Ordering::SeqCst) { Reply::Status(200) } else { Reply::Status(500) }
-    })
-    .await;
+    let (fixed, backend) = failing_until_fixed().await;
     let ledger = Receiver::start(|_| Reply::Status(503)).await;
     let relay = Running::start(&config(store_toml, &backend.url(), &ledger.url()), store.clone()).await;
     let c = client();
@@ -384,12 +368,7 @@ async fn redis_dead_deliveries_are_found_and_replayed() {
 async fn a_bulk_replay_cut_off_half_way_resumes_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("relay.redb");
-    let fixed = Arc::new(AtomicBool::new(false));
-    let backend = Receiver::start({
-        let fixed = fixed.clone();
-        move |_| if fixed.load(Ordering::SeqCst) { Reply::Status(200) } else { Reply::Status(500) }
-    })
-    .await;
+    let (fixed, backend) = failing_until_fixed().await;
     let ledger = Receiver::start(|_| Reply::Status(200)).await;
     let text = config(&format!("path = \"{}\"", path.display()), &backend.url(), &ledger.url());
     let store = Arc::new(ipn_relay::store::embedded::EmbeddedStore::open(&path).unwrap());

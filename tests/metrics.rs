@@ -13,7 +13,6 @@ use common::*;
 use ipn_relay::store::{DeliveryState, Store};
 use serde_json::Value;
 
-const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const TOKEN: &str = "metrics-test-token";
 
 /// `backend` fails each event's first attempt, then takes it; `ledger`
@@ -24,28 +23,9 @@ async fn scripted_run(forged: usize) -> (Relay, Receiver, Receiver) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("relay.redb");
     let text = format!(
-        "{}
-[[endpoints]]
-name = \"backend\"
-url = \"{}\"
-secret = \"{SECRET}\"
-timeout = \"2s\"
-
-[[endpoints]]
-name = \"ledger\"
-url = \"{}\"
-secret = \"{SECRET}\"
-timeout = \"2s\"
-
-[delivery]
-max_attempts = 2
-initial_backoff = \"100ms\"
-max_backoff = \"200ms\"
-jitter = 0.0
-",
+        "{}{}",
         base_config(&path).replacen("[server]\n", &format!("[server]\nadmin_token = \"{TOKEN}\"\n"), 1),
-        backend.url(),
-        ledger.url()
+        common::backend_and_ledger(&backend.url(), &ledger.url())
     );
     let mut relay = Relay::start_text(&path, &text).await;
     relay.dir = Some(dir);

@@ -16,6 +16,8 @@ use tokio::task::JoinHandle;
 
 pub const NP_SECRET: &str = "np-test-secret";
 pub const NOVA_SECRET: &str = "nova-test-secret";
+/// The Standard Webhooks secret of the test endpoints.
+pub const ENDPOINT_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 /// `[server]` and the two standard sources, the `backend` endpoint, then `extra`.
 pub fn config_text(store_path: &Path, extra: &str) -> String {
@@ -24,7 +26,7 @@ pub fn config_text(store_path: &Path, extra: &str) -> String {
 [[endpoints]]
 name = "backend"
 url = "http://127.0.0.1:9/hooks"
-secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+secret = "{ENDPOINT_SECRET}"
 events = ["deposit.*"]
 {extra}
 "#,
@@ -33,6 +35,33 @@ events = ["deposit.*"]
 }
 
 /// `[server]` and the two standard sources, no endpoints.
+/// Endpoints `backend` and `ledger` (2 s timeouts) and a `[delivery]`
+/// table that gives up after two quick attempts, with no jitter; it ends
+/// inside `[delivery]`, so more delivery keys may follow.
+pub fn backend_and_ledger(backend: &str, ledger: &str) -> String {
+    format!(
+        "
+[[endpoints]]
+name = \"backend\"
+url = \"{backend}\"
+secret = \"{ENDPOINT_SECRET}\"
+timeout = \"2s\"
+
+[[endpoints]]
+name = \"ledger\"
+url = \"{ledger}\"
+secret = \"{ENDPOINT_SECRET}\"
+timeout = \"2s\"
+
+[delivery]
+max_attempts = 2
+initial_backoff = \"100ms\"
+max_backoff = \"200ms\"
+jitter = 0.0
+"
+    )
+}
+
 pub fn base_config(store_path: &Path) -> String {
     format!(
         r#"
