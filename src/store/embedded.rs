@@ -615,19 +615,14 @@ impl<'txn> Tables<'txn> {
         for (at, id) in ids {
             let old = match self.get_delivery(&id) {
                 Ok(Some(d)) => d,
-                Ok(None) => {
-                    self.due.remove((endpoint, at, id.as_str())).map_err(unavailable)?;
-                    if self.open.remove(id.as_str()).map_err(unavailable)?.is_some() {
-                        self.bump(DeliveryState::Pending, -1);
+                // Missing or unreadable: take it off the schedule (and out of
+                // the open index and the pending count) so claims do not spin
+                // on it and gauges do not age it; an unreadable record stays
+                // for inspection.
+                gone @ (Ok(None) | Err(StoreError::Corrupt { .. })) => {
+                    if let Err(e) = gone {
+                        tracing::error!(delivery_id = %id, error = %e, "unreadable delivery record removed from the schedule");
                     }
-                    continue;
-                }
-                Err(e @ StoreError::Corrupt { .. }) => {
-                    // Unreadable: take it off the schedule (and out of the
-                    // open index and the pending count) so claims do not spin
-                    // on it and gauges do not age it; the record stays for
-                    // inspection.
-                    tracing::error!(delivery_id = %id, error = %e, "unreadable delivery record removed from the schedule");
                     self.due.remove((endpoint, at, id.as_str())).map_err(unavailable)?;
                     if self.open.remove(id.as_str()).map_err(unavailable)?.is_some() {
                         self.bump(DeliveryState::Pending, -1);
