@@ -107,6 +107,45 @@ impl<'a> Value<'a> {
     }
 }
 
+/// The key JavaScript's `sortObject` leaves out of the signed text: it
+/// rebuilds objects by assignment, and assigning to `__proto__` sets the
+/// prototype instead of making a property.
+pub const DROPPED_KEY: &str = "__proto__";
+
+/// The path (`fee.__proto__`, `items[0].__proto__`) of the first member that
+/// [`canonical`] leaves out, if any: a body verified only through that form
+/// carries those members unsigned.
+pub fn dropped_member(value: &Value) -> Option<String> {
+    fn walk(v: &Value, path: &mut String) -> bool {
+        match v {
+            Value::Object(members) => members.iter().any(|(k, item)| {
+                let len = path.len();
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(k);
+                if k == DROPPED_KEY || walk(item, path) {
+                    return true;
+                }
+                path.truncate(len);
+                false
+            }),
+            Value::Array(items) => items.iter().enumerate().any(|(i, item)| {
+                let len = path.len();
+                let _ = write!(path, "[{i}]");
+                if walk(item, path) {
+                    return true;
+                }
+                path.truncate(len);
+                false
+            }),
+            _ => false,
+        }
+    }
+    let mut path = String::new();
+    walk(value, &mut path).then_some(path)
+}
+
 /// How arrays appear in the canonical form.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ArrayStyle {
@@ -506,7 +545,7 @@ fn write_value(out: &mut String, v: &Value, numbers: NumberStyle, arrays: ArrayS
                 // `sortObject` rebuilds objects by assignment, and assigning
                 // to `__proto__` sets the prototype instead of a property:
                 // the key never reaches the signed text.
-                order.retain(|(k, _)| k != "__proto__");
+                order.retain(|(k, _)| k != DROPPED_KEY);
                 order.sort_by(|a, b| js_key_order(&a.0, &b.0));
             }
             out.push('{');
@@ -557,6 +596,19 @@ mod tests {
 
     fn canon(s: &str) -> String {
         canonical(&parse(s.as_bytes()).unwrap(), ArrayStyle::Array)
+    }
+
+    #[test]
+    fn finds_the_members_the_canonical_form_leaves_out() {
+        let path = |s: &str| dropped_member(&parse(s.as_bytes()).unwrap());
+        assert_eq!(path(r#"{"a":1,"b":{"c":[1,{"d":2}]}}"#), None);
+        assert_eq!(path(r#"{"__proto__":{"isAdmin":true}}"#).as_deref(), Some("__proto__"));
+        assert_eq!(path(r#"{"a":1,"fee":{"x":1,"__proto__":null}}"#).as_deref(), Some("fee.__proto__"));
+        assert_eq!(path(r#"{"items":[{"a":1},{"__proto__":5}]}"#).as_deref(), Some("items[1].__proto__"));
+        assert_eq!(path(r#"[[{"__proto__":{}}]]"#).as_deref(), Some("[0][0].__proto__"));
+        // A string value or an escaped spelling that decodes to the key counts too.
+        assert_eq!(path(r#"{"s":"__proto__"}"#), None);
+        assert_eq!(path(r#"{"\u005f_proto__":1}"#).as_deref(), Some("__proto__"));
     }
 
     #[test]

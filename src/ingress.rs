@@ -62,6 +62,9 @@ pub enum IngressError {
     StaleTimestamp,
     #[error("{0}")]
     BadRequest(String),
+    /// Signed, but carrying a member the verified form did not cover.
+    #[error("{0}")]
+    UnsignedContent(String),
     #[error("request body not received in time")]
     BodyTimeout,
     #[error("store unavailable; retry later")]
@@ -77,7 +80,7 @@ impl IngressError {
             IngressError::IpNotAllowed => StatusCode::FORBIDDEN,
             IngressError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             IngressError::InvalidSignature | IngressError::StaleTimestamp => StatusCode::UNAUTHORIZED,
-            IngressError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            IngressError::BadRequest(_) | IngressError::UnsignedContent(_) => StatusCode::BAD_REQUEST,
             IngressError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             IngressError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -88,7 +91,9 @@ impl IngressError {
     pub fn outcome(&self) -> &'static str {
         match self {
             IngressError::NotFound | IngressError::UnknownSource => "unknown_source",
-            IngressError::MethodNotAllowed | IngressError::BodyTimeout => "bad_request",
+            IngressError::MethodNotAllowed | IngressError::BodyTimeout | IngressError::UnsignedContent(_) => {
+                "bad_request"
+            }
             other => other.code(),
         }
     }
@@ -104,6 +109,7 @@ impl IngressError {
             IngressError::InvalidSignature => "invalid_signature",
             IngressError::StaleTimestamp => "stale_timestamp",
             IngressError::BadRequest(_) => "bad_request",
+            IngressError::UnsignedContent(_) => "unsigned_content",
             IngressError::BodyTimeout => "request_timeout",
             IngressError::Unavailable => "unavailable",
         }
@@ -135,6 +141,7 @@ impl From<ProviderError> for IngressError {
             ProviderError::InvalidSignature(_) => IngressError::InvalidSignature,
             ProviderError::StaleTimestamp => IngressError::StaleTimestamp,
             ProviderError::BadRequest(m) => IngressError::BadRequest(m),
+            e @ ProviderError::UnsignedContent(_) => IngressError::UnsignedContent(e.to_string()),
         }
     }
 }
@@ -474,6 +481,7 @@ mod tests {
             (IngressError::InvalidSignature, 401, "invalid_signature"),
             (IngressError::StaleTimestamp, 401, "stale_timestamp"),
             (IngressError::BadRequest("x".into()), 400, "bad_request"),
+            (IngressError::UnsignedContent("x".into()), 400, "unsigned_content"),
             (IngressError::Unavailable, 503, "unavailable"),
         ];
         for (e, status, code) in cases {

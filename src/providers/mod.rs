@@ -31,6 +31,13 @@ pub enum ProviderError {
     StaleTimestamp,
     #[error("{0}")]
     BadRequest(String),
+    /// Genuinely signed, but only through a re-serialised form that leaves
+    /// out a member the body carries: refused whole rather than passed on
+    /// with an unsigned part.
+    #[error(
+        "`{0}` is not covered by the signature: only a re-serialised form of the body verified, and that form leaves this member out"
+    )]
+    UnsignedContent(String),
 }
 
 /// Verifies and normalises one callback for `source`.
@@ -119,6 +126,17 @@ impl<'a> Verified<'a> {
             (SignedNumbers::AsWritten, _) => self.value.to_compact(),
             (SignedNumbers::Ecmascript, _) => canonical::stringify(&self.value),
         }
+    }
+}
+
+/// Refuses a body verified through the sorted canonical form if it carries a
+/// member that form leaves out (`__proto__`, at any depth). Stripping it
+/// would also be safe; refusing tells the sender, and no genuine provider
+/// body has one.
+fn covered_by_sorted_form(value: &Value) -> Result<(), ProviderError> {
+    match canonical::dropped_member(value) {
+        Some(path) => Err(ProviderError::UnsignedContent(path)),
+        None => Ok(()),
     }
 }
 

@@ -16,8 +16,8 @@ use sha2::Sha256;
 use time::OffsetDateTime;
 
 use super::{
-    ProviderError, SignedNumbers, Verified, decode_hex_signature, dedupe_key, hmac_matches, key_part, parse_signed,
-    provider_time,
+    ProviderError, SignedNumbers, Verified, covered_by_sorted_form, decode_hex_signature, dedupe_key, hmac_matches,
+    key_part, parse_signed, provider_time,
 };
 use crate::canonical::{self, ArrayStyle, Value};
 use crate::config::Secret;
@@ -81,9 +81,13 @@ pub fn verify<'a>(secrets: &[Secret], headers: &HeaderMap, body: &'a [u8]) -> Re
     if hmac_matches::<HmacSha256>(secrets, unsigned.to_compact().as_bytes(), &sig) {
         return Ok(Verified::new(value, body, SignedNumbers::AsWritten));
     }
-    let js = canonical::stringify(&unsigned);
-    let sorted = canonical::canonical(&unsigned, ArrayStyle::Array);
-    if [js, sorted].iter().any(|f| hmac_matches::<HmacSha256>(secrets, f.as_bytes(), &sig)) {
+    if hmac_matches::<HmacSha256>(secrets, canonical::stringify(&unsigned).as_bytes(), &sig) {
+        return Ok(Verified::new(value, body, SignedNumbers::Ecmascript));
+    }
+    // The sorted form leaves `__proto__` out: a body verified through it
+    // must not carry one.
+    if hmac_matches::<HmacSha256>(secrets, canonical::canonical(&unsigned, ArrayStyle::Array).as_bytes(), &sig) {
+        covered_by_sorted_form(&value)?;
         return Ok(Verified::new(value, body, SignedNumbers::Ecmascript));
     }
     Err(ProviderError::InvalidSignature("wrong"))
@@ -221,6 +225,45 @@ mod tests {
         let signed = with_body_signature(&unsigned, &unsigned.to_compact());
         let n = process(&secrets(), FIVE_MIN, &HeaderMap::new(), &signed, AT).unwrap();
         assert_eq!(n.amount.as_deref(), Some("1e2"));
+    }
+
+    #[test]
+    fn in_body_signature_over_the_sorted_form_refuses_members_it_leaves_out() {
+        let unsigned = canonical::parse(DEPOSIT.as_bytes()).unwrap();
+        let sig = sign(b"nova-secret", canonical::canonical(&unsigned, ArrayStyle::Array).as_bytes());
+        let with = |member: &str, nested: bool| {
+            let mut text = String::from_utf8(unsigned.to_compact().into_bytes()).unwrap();
+            if nested {
+                text = text.replacen(r#""data":{"#, &format!(r#""data":{{{member},"#), 1);
+            } else {
+                text.insert_str(1, &format!("{member},"));
+            }
+            text.pop();
+            format!(r#"{text},"signature":"{sig}"}}"#)
+        };
+        // The sorted form verifies without the extra member...
+        let plain = with_body_signature(&unsigned, &canonical::canonical(&unsigned, ArrayStyle::Array));
+        assert!(process(&secrets(), FIVE_MIN, &HeaderMap::new(), &plain, AT).is_ok());
+        // ...and the same signature cannot carry one in.
+        for (body, path) in [
+            (with(r#""__proto__":{"event":"withdrawal.completed"}"#, false), "__proto__"),
+            (with(r#""__proto__":{"amount":"1000000"}"#, true), "data.__proto__"),
+        ] {
+            assert_eq!(
+                process(&secrets(), FIVE_MIN, &HeaderMap::new(), body.as_bytes(), AT),
+                Err(ProviderError::UnsignedContent(path.into())),
+                "{body}"
+            );
+        }
+        // Signed in received order, where the member is part of the signed
+        // text, it is covered and passes on.
+        let body = with(r#""__proto__":{"x":1}"#, true);
+        let value = canonical::parse(body.as_bytes()).unwrap();
+        let Value::Object(members) = &value else { unreachable!() };
+        let unsigned_with = Value::Object(members.iter().filter(|(k, _)| k != "signature").cloned().collect());
+        let body = with_body_signature(&unsigned_with, &unsigned_with.to_compact());
+        let n = process(&secrets(), FIVE_MIN, &HeaderMap::new(), &body, AT).unwrap();
+        assert!(n.payload.contains("__proto__"), "{}", n.payload);
     }
 
     #[test]

@@ -12,8 +12,8 @@ use http::HeaderMap;
 use sha2::{Digest, Sha256, Sha512};
 
 use super::{
-    ProviderError, SignedNumbers, Verified, decode_hex_signature, dedupe_key, hmac_matches, key_part, parse_signed,
-    provider_time,
+    ProviderError, SignedNumbers, Verified, covered_by_sorted_form, decode_hex_signature, dedupe_key, hmac_matches,
+    key_part, parse_signed, provider_time,
 };
 use crate::canonical::{self, ArrayStyle, Value};
 use crate::config::Secret;
@@ -44,13 +44,17 @@ pub fn verify<'a>(secrets: &[Secret], headers: &HeaderMap, body: &'a [u8]) -> Re
     // An unverified body that does not parse is reported as a bad signature:
     // an unauthenticated sender learns nothing about our parser.
     let value = canonical::parse(body).map_err(|_| ProviderError::InvalidSignature("wrong"))?;
+    // Both sorted forms leave `__proto__` out, so a body verified through
+    // them must not carry one.
     let sorted = canonical::canonical(&value, ArrayStyle::Array);
     if hmac_matches::<HmacSha512>(secrets, sorted.as_bytes(), &sig) {
+        covered_by_sorted_form(&value)?;
         return Ok(Verified::new(value, body, SignedNumbers::Ecmascript));
     }
     if value.has_array() {
         let indexed = canonical::canonical(&value, ArrayStyle::IndexedObject);
         if hmac_matches::<HmacSha512>(secrets, indexed.as_bytes(), &sig) {
+            covered_by_sorted_form(&value)?;
             return Ok(Verified::new(value, body, SignedNumbers::Ecmascript));
         }
     }
@@ -278,6 +282,40 @@ mod tests {
         // A changed value breaks every form.
         let tampered = PAYMENT.replace("\"actually_paid\":15", "\"actually_paid\":16");
         assert_eq!(check("s", &good, tampered.as_bytes()), Err(ProviderError::InvalidSignature("wrong")));
+    }
+
+    #[test]
+    fn members_the_signed_form_leaves_out_are_refused_at_any_depth() {
+        // NOWPayments' sortObject drops `__proto__`, so a signature over the
+        // canonical form says nothing about it.
+        let signed =
+            br#"{"fee":{"currency":"trx","depositFee":1},"items":[{"a":1}],"payment_id":7,"payment_status":"waiting"}"#;
+        let sig = sign(b"s", signed);
+        assert!(check("s", &sig, signed).is_ok());
+        for (body, path) in [
+            (
+                r#"{"__proto__":{"isAdmin":true,"payment_status":"finished"},"fee":{"currency":"trx","depositFee":1},"items":[{"a":1}],"payment_id":7,"payment_status":"waiting"}"#,
+                "__proto__",
+            ),
+            (
+                r#"{"fee":{"currency":"trx","depositFee":1,"__proto__":{"payment_status":"finished"}},"items":[{"a":1}],"payment_id":7,"payment_status":"waiting"}"#,
+                "fee.__proto__",
+            ),
+            (
+                r#"{"fee":{"currency":"trx","depositFee":1},"items":[{"a":1,"__proto__":1}],"payment_id":7,"payment_status":"waiting"}"#,
+                "items[0].__proto__",
+            ),
+        ] {
+            assert_eq!(check("s", &sig, body.as_bytes()), Err(ProviderError::UnsignedContent(path.into())), "{body}");
+            // The arrays-kept canonical form leaves it out as well.
+            let v = canonical::parse(signed).unwrap();
+            let array_sig = hex_hmac(b"s", canonical::canonical(&v, ArrayStyle::Array).as_bytes());
+            assert_eq!(check("s", &array_sig, body.as_bytes()), Err(ProviderError::UnsignedContent(path.into())));
+            // Signed as sent, the member is covered and passes on.
+            assert!(check("s", &hex_hmac(b"s", body.as_bytes()), body.as_bytes()).is_ok());
+            // Without a good signature it stays a forgery, not a hint.
+            assert_eq!(check("t", &sig, body.as_bytes()), Err(ProviderError::InvalidSignature("wrong")));
+        }
     }
 
     #[test]
