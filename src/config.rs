@@ -343,10 +343,26 @@ struct Text(String);
 
 impl<'de> Deserialize<'de> for Text {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Text(Origin::deserialize(d)?.text))
+    }
+}
+
+/// An interpolated string that remembers whether a `${NAME:-default}`
+/// fallback went into it: a development default must not guard a listener
+/// that others can reach.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Origin {
+    text: String,
+    defaulted: bool,
+}
+
+impl<'de> Deserialize<'de> for Origin {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let raw = String::deserialize(d)?;
-        let (value, defaulted) = interpolate(&raw, |n| std::env::var(n).ok()).map_err(de::Error::custom)?;
+        let (text, defaulted) = interpolate(&raw, |n| std::env::var(n).ok()).map_err(de::Error::custom)?;
+        let used_default = !defaulted.is_empty();
         DEFAULTED.with(|d| d.borrow_mut().extend(defaulted));
-        Ok(Text(value))
+        Ok(Origin { text, defaulted: used_default })
     }
 }
 
@@ -421,7 +437,7 @@ struct RawServer {
     listen: Parsed<SocketAddr>,
     admin_listen: Parsed<SocketAddr>,
     #[serde(default)]
-    admin_token: Option<Text>,
+    admin_token: Option<Origin>,
     #[serde(default = "default_max_body")]
     max_body_bytes: usize,
     #[serde(default)]
@@ -626,19 +642,62 @@ fn parse_signing_key(key: &str, secret: &str) -> Result<Secret, Invalid> {
     }
 }
 
+/// Shortest provider secret or public admin token accepted. Real provider
+/// secrets are 32 characters or more; anything much shorter is a
+/// placeholder or a typo, and an HMAC key that can be guessed.
+pub const MIN_SECRET_BYTES: usize = 16;
+
+/// Why `secret` is too weak to guard anything, without quoting it.
+fn weak(secret: &str) -> Option<String> {
+    if secret.trim().is_empty() {
+        return Some(if secret.is_empty() { "is empty".into() } else { "is only whitespace".into() });
+    }
+    (secret.len() < MIN_SECRET_BYTES)
+        .then(|| format!("is {} bytes; at least {MIN_SECRET_BYTES} are required", secret.len()))
+}
+
+/// The admin token, checked: required and strong on an address others can
+/// reach, never only whitespace.
+fn admin_token(token: Option<Origin>, listen: SocketAddr) -> Result<Option<Secret>, Invalid> {
+    let public = !listen.ip().is_loopback();
+    let Some(token) = token else {
+        if public {
+            return invalid(
+                "server.admin_token",
+                format!("is required because admin_listen {listen} is not a loopback address"),
+            );
+        }
+        return Ok(None);
+    };
+    if token.text.trim().is_empty() {
+        return invalid("server.admin_token", "is only whitespace");
+    }
+    if public {
+        if let Some(weakness) = weak(&token.text) {
+            return invalid(
+                "server.admin_token",
+                format!("{weakness} because admin_listen {listen} is not a loopback address"),
+            );
+        }
+        if token.defaulted {
+            return invalid(
+                "server.admin_token",
+                format!(
+                    "comes from a ${{VAR:-default}} development fallback, but admin_listen {listen} is not a loopback address: set the variable"
+                ),
+            );
+        }
+    }
+    Ok(Some(Secret::new(token.text)))
+}
+
 impl RawConfig {
     fn validate(self, defaulted_vars: Vec<String>) -> Result<Config, Invalid> {
         let s = self.server;
         if s.listen.0 == s.admin_listen.0 && s.listen.0.port() != 0 {
             return invalid("server.admin_listen", "must differ from server.listen");
         }
-        let admin_token = s.admin_token.map(|t| t.0).filter(|t| !t.is_empty()).map(Secret::new);
-        if admin_token.is_none() && !s.admin_listen.0.ip().is_loopback() {
-            return invalid(
-                "server.admin_token",
-                format!("is required because admin_listen {} is not a loopback address", s.admin_listen.0),
-            );
-        }
+        let admin_token = admin_token(s.admin_token.filter(|t| !t.text.is_empty()), s.admin_listen.0)?;
         if s.max_body_bytes < 1024 || s.max_body_bytes > 16 * 1024 * 1024 {
             return invalid("server.max_body_bytes", "must be between 1024 and 16777216");
         }
@@ -721,8 +780,16 @@ impl RawConfig {
             if !names.insert(name.clone()) {
                 return invalid(format!("{key}.name"), format!("duplicate source name {name:?}"));
             }
-            if src.secrets.is_empty() || src.secrets.iter().any(|s| s.0.is_empty()) {
-                return invalid(format!("{key}.secrets"), "needs at least one non-empty secret");
+            if src.secrets.is_empty() {
+                return invalid(format!("{key}.secrets"), "needs at least one secret");
+            }
+            for (n, secret) in src.secrets.iter().enumerate() {
+                if let Some(weakness) = weak(&secret.0) {
+                    return invalid(
+                        format!("{key}.secrets[{n}]"),
+                        format!("{weakness}: use the secret from the provider's dashboard"),
+                    );
+                }
             }
             let timestamp_tolerance = match (src.kind, src.timestamp_tolerance) {
                 (ProviderKind::Nowpayments, Some(_)) => {
@@ -880,7 +947,7 @@ admin_listen = "127.0.0.1:9090"
 [[sources]]
 name = "nowpayments"
 kind = "nowpayments"
-secrets = ["s1"]
+secrets = ["s1-0123456789abcdef"]
 "#;
 
     fn parse(extra: &str) -> Result<Config, ConfigError> {
@@ -931,11 +998,11 @@ secrets = ["s1"]
     #[test]
     fn records_defaulted_variables() {
         let cfg = parse(
-            "\n[[sources]]\nname = \"nova\"\nkind = \"nova\"\nsecrets = [\"${IPN_RELAY_TEST_SURELY_UNSET:-dev}\"]\n",
+            "\n[[sources]]\nname = \"nova\"\nkind = \"nova\"\nsecrets = [\"${IPN_RELAY_TEST_SURELY_UNSET:-dev-0123456789abcdef}\"]\n",
         )
         .unwrap();
         assert_eq!(cfg.defaulted_vars, vec!["IPN_RELAY_TEST_SURELY_UNSET".to_owned()]);
-        assert_eq!(cfg.sources[1].secrets[0].expose(), b"dev");
+        assert_eq!(cfg.sources[1].secrets[0].expose(), b"dev-0123456789abcdef");
     }
 
     #[test]
@@ -989,7 +1056,7 @@ secrets = ["s1"]
 
     #[test]
     fn refuses_two_sources_with_one_name() {
-        let e = err("\n[[sources]]\nname = \"nowpayments\"\nkind = \"nova\"\nsecrets = [\"x\"]\n");
+        let e = err("\n[[sources]]\nname = \"nowpayments\"\nkind = \"nova\"\nsecrets = [\"x-0123456789abcdef\"]\n");
         assert!(e.contains("sources[1].name: duplicate source name \"nowpayments\""), "{e}");
     }
 
@@ -1008,7 +1075,7 @@ secrets = ["s1"]
     #[test]
     fn refuses_tolerance_longer_than_dedupe_ttl() {
         let e = err(
-            "\n[store]\ndedupe_ttl = \"1h\"\n\n[[sources]]\nname = \"nova\"\nkind = \"nova\"\nsecrets = [\"x\"]\ntimestamp_tolerance = \"2h\"\n",
+            "\n[store]\ndedupe_ttl = \"1h\"\n\n[[sources]]\nname = \"nova\"\nkind = \"nova\"\nsecrets = [\"x-0123456789abcdef\"]\ntimestamp_tolerance = \"2h\"\n",
         );
         assert!(e.contains("sources[1].timestamp_tolerance") && e.contains("dedupe_ttl"), "{e}");
     }
@@ -1016,10 +1083,10 @@ secrets = ["s1"]
     #[test]
     fn refuses_tolerance_more_than_half_the_dedupe_ttl() {
         let e = err(
-            "\n[store]\ndedupe_ttl = \"1h\"\n\n[[sources]]\nname = \"nova\"\nkind = \"nova\"\nsecrets = [\"x\"]\ntimestamp_tolerance = \"31m\"\n",
+            "\n[store]\ndedupe_ttl = \"1h\"\n\n[[sources]]\nname = \"nova\"\nkind = \"nova\"\nsecrets = [\"x-0123456789abcdef\"]\ntimestamp_tolerance = \"31m\"\n",
         );
         assert!(e.contains("sources[1].timestamp_tolerance"), "{e}");
-        assert!(parse("\n[store]\ndedupe_ttl = \"1h\"\n\n[[sources]]\nname = \"nova\"\nkind = \"nova\"\nsecrets = [\"x\"]\ntimestamp_tolerance = \"30m\"\n").is_ok());
+        assert!(parse("\n[store]\ndedupe_ttl = \"1h\"\n\n[[sources]]\nname = \"nova\"\nkind = \"nova\"\nsecrets = [\"x-0123456789abcdef\"]\ntimestamp_tolerance = \"30m\"\n").is_ok());
     }
 
     #[test]
@@ -1037,7 +1104,7 @@ secrets = ["s1"]
     #[test]
     fn zero_tolerance_disables_the_check() {
         let cfg =
-            parse("\n[[sources]]\nname = \"nova\"\nkind = \"nova\"\nsecrets = [\"x\"]\ntimestamp_tolerance = \"0s\"\n")
+            parse("\n[[sources]]\nname = \"nova\"\nkind = \"nova\"\nsecrets = [\"x-0123456789abcdef\"]\ntimestamp_tolerance = \"0s\"\n")
                 .unwrap();
         assert_eq!(cfg.sources[1].timestamp_tolerance, None);
     }
@@ -1047,8 +1114,44 @@ secrets = ["s1"]
         let text = BASE.replace("admin_listen = \"127.0.0.1:9090\"", "admin_listen = \"0.0.0.0:9090\"");
         let e = Config::parse(&text, Path::new("c.toml")).unwrap_err().to_string();
         assert!(e.contains("server.admin_token"), "{e}");
-        let with_token = text.replace("[server]\n", "[server]\nadmin_token = \"t0ken\"\n");
+        let with_token = text.replace("[server]\n", "[server]\nadmin_token = \"t0ken-t0ken-t0ken\"\n");
         assert!(Config::parse(&with_token, Path::new("c.toml")).is_ok());
+    }
+
+    #[test]
+    fn refuses_weak_secrets_and_weak_public_admin_tokens() {
+        let source = |secrets: &str| format!("\n[[sources]]\nname = \"nova\"\nkind = \"nova\"\nsecrets = {secrets}\n");
+        for (secrets, says) in [
+            (r#"[" "]"#, "secrets[0]: is only whitespace"),
+            (r#"["a"]"#, "secrets[0]: is 1 bytes; at least 16"),
+            (r#"["long-enough-secret-1", ""]"#, "secrets[1]: is empty"),
+            (r#"["               \t  "]"#, "secrets[0]: is only whitespace"),
+        ] {
+            let e = err(&source(secrets));
+            assert!(e.contains(says), "{secrets}: {e}");
+            assert!(!e.contains("long-enough"), "the error must not quote a secret: {e}");
+        }
+        assert!(parse(&source(r#"["0123456789abcdef"]"#)).is_ok(), "16 bytes is enough");
+
+        let public = BASE.replace("admin_listen = \"127.0.0.1:9090\"", "admin_listen = \"0.0.0.0:9090\"");
+        let with = |base: &str, token: &str| {
+            Config::parse(
+                &base.replace("[server]\n", &format!("[server]\nadmin_token = \"{token}\"\n")),
+                Path::new("c"),
+            )
+            .map_err(|e| e.to_string())
+        };
+        let e = with(&public, "x").unwrap_err();
+        assert!(e.contains("server.admin_token: is 1 bytes") && e.contains("0.0.0.0:9090"), "{e}");
+        assert!(with(&public, "   ").unwrap_err().contains("only whitespace"));
+        let e = with(&public, "${IPN_RELAY_TEST_SURELY_UNSET:-dev-admin-token-long-enough}").unwrap_err();
+        assert!(e.contains("development fallback"), "{e}");
+        assert!(with(&public, "a-strong-admin-token-0123").is_ok());
+        // On loopback only this machine can reach it: short is allowed,
+        // whitespace never.
+        assert!(with(BASE, "x").is_ok());
+        assert!(with(BASE, "${IPN_RELAY_TEST_SURELY_UNSET:-dev-admin-token}").is_ok());
+        assert!(with(BASE, " ").unwrap_err().contains("only whitespace"));
     }
 
     #[test]
@@ -1065,11 +1168,12 @@ secrets = ["s1"]
         assert!(err(&format!("{EP}events = [\"deposit*\"]\n")).contains("endpoints[0].events"));
         assert!(err(&format!("{EP}sources = [\"nope\"]\n")).contains("no source is named \"nope\""));
         assert!(
-            err("\n[[sources]]\nname = \"x\"\nkind = \"nova\"\nsecrets = [\"x\"]\nallow_ips = [\"10.0.0.0/33\"]\n")
+            err("\n[[sources]]\nname = \"x\"\nkind = \"nova\"\nsecrets = [\"x-0123456789abcdef\"]\nallow_ips = [\"10.0.0.0/33\"]\n")
                 .contains("invalid CIDR")
         );
         assert!(
-            err("\n[[sources]]\nname = \"Bad Name\"\nkind = \"nova\"\nsecrets = [\"x\"]\n").contains("sources[1].name")
+            err("\n[[sources]]\nname = \"Bad Name\"\nkind = \"nova\"\nsecrets = [\"x-0123456789abcdef\"]\n")
+                .contains("sources[1].name")
         );
     }
 

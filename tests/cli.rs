@@ -44,7 +44,7 @@ fn check_config_names_the_problem_and_exits_1() {
     let cases = [
         (
             "dup.toml",
-            "[server]\nlisten = \"127.0.0.1:1\"\nadmin_listen = \"127.0.0.1:2\"\n[[sources]]\nname = \"a\"\nkind = \"nova\"\nsecrets = [\"x\"]\n[[sources]]\nname = \"a\"\nkind = \"nowpayments\"\nsecrets = [\"y\"]\n",
+            "[server]\nlisten = \"127.0.0.1:1\"\nadmin_listen = \"127.0.0.1:2\"\n[[sources]]\nname = \"a\"\nkind = \"nova\"\nsecrets = [\"x-0123456789abcdef\"]\n[[sources]]\nname = \"a\"\nkind = \"nowpayments\"\nsecrets = [\"y-0123456789abcdef\"]\n",
             "sources[1].name: duplicate source name \"a\"",
         ),
         ("syntax.toml", "[server]\nlisten = \"127.0.0.1:1\"\nadmin_listen = = 2\n", "line 3"),

@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-pub const NP_SECRET: &str = "np-test-secret";
+pub const NP_SECRET: &str = "np-test-secret-0001";
 pub const NOVA_SECRET: &str = "nova-test-secret";
 /// The Standard Webhooks secret of the test endpoints.
 pub const ENDPOINT_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
