@@ -27,8 +27,7 @@ use crate::ingress::json_response;
 use crate::metrics::Metrics;
 use crate::replay::{self, Running};
 use crate::store::{
-    Attempt, AttemptResult, Delivery, DeliveryFilter, DeliveryState, Millis, ReplayJob, Store, StoreError,
-    delivery_id_millis, now_millis,
+    Attempt, AttemptResult, Delivery, DeliveryFilter, DeliveryState, Millis, ReplayJob, Store, StoreError, now_millis,
 };
 
 /// A readiness probe must answer quickly even when the store hangs.
@@ -53,6 +52,7 @@ pub struct Admin {
 }
 
 /// An admin API error: status, code, message.
+#[derive(Debug)]
 struct ApiError(StatusCode, &'static str, String);
 
 impl ApiError {
@@ -185,7 +185,7 @@ impl Admin {
     async fn list(&self, query: &str) -> Answer {
         let mut filter = DeliveryFilter::default();
         let (mut limit, mut cursor) = (DEFAULT_PAGE, None);
-        for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        for (key, value) in query_pairs(query)? {
             match key.as_ref() {
                 "limit" => limit = parse_limit(&value)?,
                 "cursor" => cursor = Some(parse_cursor(&value)?),
@@ -246,7 +246,7 @@ impl Admin {
 
     async fn replay_one(&self, id: &str, query: &str) -> Answer {
         let mut include_delivered = false;
-        for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        for (key, value) in query_pairs(query)? {
             match (key.as_ref(), value.as_ref()) {
                 ("include_delivered", "true") => include_delivered = true,
                 ("include_delivered", "false") => include_delivered = false,
@@ -269,14 +269,10 @@ impl Admin {
     }
 
     async fn replay_bulk(&self, body: &[u8]) -> Answer {
-        let body: Value = if body.iter().all(u8::is_ascii_whitespace) {
-            json!({})
-        } else {
-            serde_json::from_slice(body).map_err(|e| ApiError::bad(format!("body: not JSON: {e}")))?
-        };
-        let Value::Object(fields) = body else { return Err(ApiError::bad("body: expected a JSON object")) };
+        let fields = json_object(body)?;
         let mut filter = DeliveryFilter { state: Some(DeliveryState::Dead), ..Default::default() };
         let mut max = DEFAULT_REPLAY_MAX;
+        let mut cursor = None;
         for (key, value) in &fields {
             if key == "max" {
                 max =
@@ -288,6 +284,10 @@ impl Admin {
             let Some(text) = value.as_str() else {
                 return Err(ApiError::bad(format!("{key}: expected a string")));
             };
+            if key == "cursor" {
+                cursor = Some(parse_cursor(text)?);
+                continue;
+            }
             self.filter_param(&mut filter, key, text)?;
         }
         let include_delivered = match filter.state {
@@ -295,7 +295,7 @@ impl Admin {
             Some(DeliveryState::Delivered) => true,
             _ => return Err(ApiError::bad("state: only dead or delivered deliveries can be replayed")),
         };
-        let job = replay::create(self.store.as_ref(), filter, include_delivered, max).await?;
+        let job = replay::create(self.store.as_ref(), filter, include_delivered, max, cursor).await?;
         tracing::info!(job = %job.id, filter = ?job.filter, max, "bulk replay started");
         // The job runs in its own task: a client that hangs up does not stop
         // it half way (and housekeeping resumes it if this process stops).
@@ -318,6 +318,40 @@ impl Admin {
     async fn replay_job(&self, id: &str) -> Answer {
         let job = self.store.replay_job(id).await?.ok_or_else(|| ApiError::not_found(format!("no replay job {id}")))?;
         Ok((StatusCode::OK, job_view(&job)))
+    }
+}
+
+/// A query string's parameters, refusing any given twice: with two values
+/// a reader could take either, and a bulk replay must never guess.
+fn query_pairs(query: &str) -> Result<Vec<(String, String)>, ApiError> {
+    let mut pairs: Vec<(String, String)> = Vec::new();
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        if pairs.iter().any(|(k, _)| *k == key) {
+            return Err(ApiError::bad(format!("{key}: given more than once")));
+        }
+        pairs.push((key.into_owned(), value.into_owned()));
+    }
+    Ok(pairs)
+}
+
+/// A request body as a JSON object; empty means `{}`. Duplicate keys are
+/// refused (the strict parser ingress uses), for the same reason as
+/// repeated query parameters.
+fn json_object(body: &[u8]) -> Result<serde_json::Map<String, Value>, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(serde_json::Map::new());
+    }
+    match crate::canonical::parse(body) {
+        Err(crate::canonical::ParseError::DuplicateKey(key)) => {
+            return Err(ApiError::bad(format!("{key}: given more than once")));
+        }
+        Err(e) => return Err(ApiError::bad(format!("body: not JSON: {e}"))),
+        Ok(_) => {}
+    }
+    match serde_json::from_slice(body) {
+        Ok(Value::Object(fields)) => Ok(fields),
+        Ok(_) => Err(ApiError::bad("body: expected a JSON object")),
+        Err(e) => Err(ApiError::bad(format!("body: not JSON: {e}"))),
     }
 }
 
@@ -421,8 +455,11 @@ struct JobView<'a> {
     considered: usize,
     finished: bool,
     truncated: bool,
+    /// To go on below a truncated job: the last delivery it examined, as
+    /// the `cursor` of the next request. Exclusive, so nothing is skipped
+    /// or repeated, however many deliveries share a millisecond.
     #[serde(skip_serializing_if = "Option::is_none")]
-    continue_until: Option<String>,
+    continue_cursor: Option<&'a str>,
     created_at: String,
     updated_at: String,
 }
@@ -436,8 +473,7 @@ fn job_view(job: &ReplayJob) -> Value {
         considered: job.considered,
         finished: job.finished,
         truncated: job.truncated,
-        // To go on below a truncated job: deliveries created before this.
-        continue_until: job.truncated.then(|| job.cursor.as_deref().and_then(delivery_id_millis).map(time)).flatten(),
+        continue_cursor: job.truncated.then_some(job.cursor.as_deref()).flatten(),
         created_at: time(job.created_at),
         updated_at: time(job.updated_at),
     })
@@ -456,6 +492,22 @@ mod tests {
         let ApiError(status, _, message) = parse_time("since", "yesterday", now).unwrap_err();
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert!(message.starts_with("since: expected an RFC 3339 time"), "{message}");
+    }
+
+    #[test]
+    fn repeated_query_parameters_and_duplicate_body_keys_are_refused() {
+        let ApiError(status, _, message) = query_pairs("state=dead&state=pending").unwrap_err();
+        assert_eq!((status, message.as_str()), (StatusCode::BAD_REQUEST, "state: given more than once"));
+        // Encoded spellings of one name are one name.
+        assert!(query_pairs("state=dead&%73tate=pending").is_err());
+        assert_eq!(query_pairs("state=dead&limit=3").unwrap().len(), 2);
+        let ApiError(_, _, message) = json_object(br#"{"state":"dead","state":"delivered"}"#).unwrap_err();
+        assert_eq!(message, "state: given more than once");
+        let ApiError(_, _, message) = json_object(br#"{"state":"dead","st\u0061te":"delivered"}"#).unwrap_err();
+        assert_eq!(message, "state: given more than once");
+        assert!(json_object(b" ").unwrap().is_empty());
+        assert!(json_object(b"[]").is_err());
+        assert_eq!(json_object(br#"{"state":"dead","max":2}"#).unwrap().len(), 2);
     }
 
     #[test]

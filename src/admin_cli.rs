@@ -123,8 +123,9 @@ pub enum EventsCommand {
 
 #[derive(Args)]
 pub struct ReplayArgs {
-    /// Delivery ids to replay. Without ids, replays every delivery the
-    /// filters select (state dead unless --state delivered).
+    /// Delivery ids to replay. Without ids, replays the deliveries that the
+    /// filters, --max or --cursor select: dead ones unless --state delivered.
+    /// A bare `replay` does nothing: say --state dead to mean every dead one.
     ids: Vec<String>,
     #[command(flatten)]
     filters: Filters,
@@ -134,6 +135,16 @@ pub struct ReplayArgs {
     /// Most deliveries one bulk replay considers (1 to 10000).
     #[arg(long)]
     max: Option<usize>,
+    /// Go on below a bulk replay that stopped at --max: the cursor it printed.
+    #[arg(long)]
+    cursor: Option<String>,
+}
+
+impl ReplayArgs {
+    /// Whether a bulk replay was asked for: a filter, a bound or a cursor.
+    fn selects(&self) -> bool {
+        !self.filters.is_empty() || self.max.is_some() || self.cursor.is_some()
+    }
 }
 
 /// A blocking-free client for one command.
@@ -248,7 +259,7 @@ pub async fn events(conn: &Connection, cmd: EventsCommand) -> Result<(), ClientE
 pub async fn replay(conn: &Connection, args: ReplayArgs) -> Result<(), ClientError> {
     let client = Client::new(conn)?;
     if !args.ids.is_empty() {
-        if !args.filters.is_empty() || args.max.is_some() {
+        if args.selects() {
             return Err(ClientError::BadRequest("give delivery ids or filters, not both".into()));
         }
         let q = if args.include_delivered { "?include_delivered=true" } else { "" };
@@ -296,7 +307,7 @@ pub async fn replay(conn: &Connection, args: ReplayArgs) -> Result<(), ClientErr
             None => Ok(()),
         };
     }
-    if args.filters.is_empty() {
+    if !args.selects() {
         return Err(ClientError::BadRequest(
             "name delivery ids, or select deliveries with filters (for every dead one: --state dead)".into(),
         ));
@@ -313,7 +324,18 @@ pub async fn replay(conn: &Connection, args: ReplayArgs) -> Result<(), ClientErr
     if let Some(max) = args.max {
         body.insert("max".into(), json!(max));
     }
+    if let Some(cursor) = &args.cursor {
+        body.insert("cursor".into(), json!(cursor));
+    }
     let r = client.call(reqwest::Method::POST, "/admin/replay", Some(Value::Object(body))).await?;
+    // The same selection again, with the new cursor: what to run next.
+    let mut again: Vec<String> = vec!["ipn-relay replay".into()];
+    for (k, v) in args.filters.pairs() {
+        again.push(format!("--{k} {}", shell_word(&v)));
+    }
+    if let Some(max) = args.max {
+        again.push(format!("--max {max}"));
+    }
     print(conn, &r, |v| {
         let mut s = format!(
             "replayed {}, skipped {} of {} considered (job {})\n",
@@ -325,8 +347,9 @@ pub async fn replay(conn: &Connection, args: ReplayArgs) -> Result<(), ClientErr
         if v["truncated"] == true {
             let _ = writeln!(
                 s,
-                "stopped at --max with more deliveries matching; for the older ones add --until {}",
-                text(&v["continue_until"])
+                "stopped at --max with more deliveries possibly matching; for the next ones run:\n  {} --cursor {}",
+                again.join(" "),
+                text(&v["continue_cursor"])
             );
         }
         s
@@ -389,15 +412,29 @@ const DELIVERY_HEADER: [&str; 7] = ["ID", "STATE", "ENDPOINT", "TYPE", "ATTEMPTS
 
 fn render_list(page: &Value) -> String {
     let items = page["items"].as_array().cloned().unwrap_or_default();
-    let mut out = if items.is_empty() {
-        "no deliveries match\n".to_owned()
-    } else {
-        table(&DELIVERY_HEADER, &delivery_rows(&items))
-    };
-    if let Some(c) = page["next_cursor"].as_str() {
-        let _ = writeln!(out, "more: add --cursor {c}");
+    match (items.is_empty(), page["next_cursor"].as_str()) {
+        (true, None) => "no deliveries match\n".to_owned(),
+        // The relay examines a bounded number of deliveries per page.
+        (true, Some(c)) => {
+            format!("none of the newest deliveries examined match; to look further back add --cursor {c}\n")
+        }
+        (false, cursor) => {
+            let mut out = table(&DELIVERY_HEADER, &delivery_rows(&items));
+            if let Some(c) = cursor {
+                let _ = writeln!(out, "more: add --cursor {c}");
+            }
+            out
+        }
     }
-    out
+}
+
+/// `s` quoted for a POSIX shell if it needs it.
+fn shell_word(s: &str) -> String {
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:/+@%=,".contains(&b)) {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
 }
 
 fn render_delivery(d: &Value) -> String {
@@ -468,6 +505,22 @@ mod tests {
         assert!(lines[1].starts_with("1   xxx") && lines[1].ends_with('…'), "{}", lines[1]);
         assert_eq!(lines[1].chars().count(), 4 + 60);
         assert_eq!(lines[2], "22  b");
+    }
+
+    #[test]
+    fn an_empty_page_says_whether_older_deliveries_were_left_unexamined() {
+        assert_eq!(render_list(&json!({"items": [], "next_cursor": null})), "no deliveries match\n");
+        let out = render_list(&json!({"items": [], "next_cursor": "dlv_0"}));
+        assert!(!out.contains("no deliveries match") && out.contains("--cursor dlv_0"), "{out}");
+    }
+
+    #[test]
+    fn follow_up_commands_quote_what_the_shell_would_split() {
+        assert_eq!(shell_word("deposit.confirmed"), "deposit.confirmed");
+        assert_eq!(shell_word("2026-11-20T08:00:00+01:00"), "2026-11-20T08:00:00+01:00");
+        assert_eq!(shell_word("a b"), "'a b'");
+        assert_eq!(shell_word("it's"), "'it'\\''s'");
+        assert_eq!(shell_word(""), "''");
     }
 
     #[test]

@@ -23,14 +23,18 @@ pub const BATCH: usize = 200;
 /// failed request, a crashed relay) and is resumed by housekeeping.
 pub const STALE_AFTER_MS: Millis = 30_000;
 
-/// Creates a job over `filter` and stores it; [`run`] does the work.
+/// Creates a job over `filter` and stores it; [`run`] does the work. With
+/// `cursor` (a truncated job's `continue_cursor`) it starts just below that
+/// delivery.
 pub async fn create(
     store: &dyn Store,
     filter: DeliveryFilter,
     include_delivered: bool,
     max: usize,
+    cursor: Option<String>,
 ) -> Result<ReplayJob, StoreError> {
-    let job = ReplayJob::new(filter, include_delivered, max.max(1), now_millis());
+    let mut job = ReplayJob::new(filter, include_delivered, max.max(1), now_millis());
+    job.cursor = cursor;
     store.create_replay_job(&job).await?;
     Ok(job)
 }

@@ -382,7 +382,7 @@ async fn a_bulk_replay_cut_off_half_way_resumes_after_a_restart() {
 
     // The first step commits, then the process "stops".
     let filter = DeliveryFilter { state: Some(DeliveryState::Dead), ..Default::default() };
-    let job = ipn_relay::replay::create(store.as_ref(), filter, false, 1000).await.unwrap();
+    let job = ipn_relay::replay::create(store.as_ref(), filter, false, 1000, None).await.unwrap();
     let job = ipn_relay::replay::step(store.as_ref(), &job, 10).await.unwrap().unwrap();
     assert_eq!((job.replayed, job.finished), (10, false));
     let Ok(store) = Arc::try_unwrap(store) else { panic!("the stopped relay still holds the store") };

@@ -144,13 +144,13 @@ async fn addresses_outside_allow_ips_are_403() {
 [[sources]]
 name = "locked"
 kind = "nowpayments"
-secrets = ["np-test-secret"]
+secrets = ["np-test-secret-0001"]
 allow_ips = ["192.0.2.0/24"]
 
 [[sources]]
 name = "local"
 kind = "nowpayments"
-secrets = ["np-test-secret"]
+secrets = ["np-test-secret-0001"]
 allow_ips = ["127.0.0.0/8", "::1"]
 "#,
     )
@@ -188,7 +188,7 @@ async fn forwarded_for_is_believed_from_trusted_proxies() {
 [[sources]]
 name = "locked"
 kind = "nowpayments"
-secrets = ["np-test-secret"]
+secrets = ["np-test-secret-0001"]
 allow_ips = ["192.0.2.0/24"]
 "#;
     let relay = Relay::start_with(&dir.path().join("r.redb"), "trusted_proxies = [\"127.0.0.1\"]", extra).await;
@@ -214,7 +214,7 @@ async fn floods_from_one_address_are_429_with_retry_after() {
 [[sources]]
 name = "limited"
 kind = "nowpayments"
-secrets = ["np-test-secret"]
+secrets = ["np-test-secret-0001"]
 rate_limit = { per_second = 1, burst = 3 }
 "#,
     )
@@ -546,4 +546,38 @@ async fn connections_beyond_the_limit_wait_for_a_free_slot() {
     drop(held.pop());
     let head = read_head(&mut third).await;
     assert!(head.starts_with("HTTP/1.1 405"), "{head}");
+}
+
+#[tokio::test]
+async fn members_the_signature_did_not_cover_are_refused_not_passed_on() {
+    let relay = Relay::start("").await;
+    let c = client();
+    // NOWPayments signs the sorted form, which leaves `__proto__` out; a body
+    // that adds one keeps its signature but must not carry it in.
+    let body = payment_ipn(91, "waiting");
+    let sig = nowpayments::sign(NP_SECRET.as_bytes(), body.as_bytes());
+    let top = body.replacen('{', r#"{"__proto__":{"isAdmin":true,"payment_status":"finished"},"#, 1);
+    let nested = body.replacen(r#""fee":{"#, r#""fee":{"__proto__":{"payment_status":"finished"},"#, 1);
+    for (forged, path) in [(top, "`__proto__`"), (nested, "`fee.__proto__`")] {
+        let r = c.post(relay.url("/hooks/nowpayments")).header("x-nowpayments-sig", &sig).body(forged).send().await;
+        let (status, v) = answer(r.unwrap()).await;
+        assert_eq!((status, error_code(&v)), (400, "unsigned_content"), "{v}");
+        assert!(v["error"]["message"].as_str().unwrap().contains(path), "{v}");
+    }
+    // Nova's in-body signature over the sorted form: the same rule.
+    let plain = nova_body("deposit.confirmed", "dep_proto", &now_rfc3339());
+    let unsigned = ipn_relay::canonical::parse(plain.as_bytes()).unwrap();
+    let sorted = ipn_relay::canonical::canonical(&unsigned, ipn_relay::canonical::ArrayStyle::Array);
+    let nova_sig = nova::sign(NOVA_SECRET.as_bytes(), sorted.as_bytes());
+    let forged = plain.replacen(r#""data":{"#, r#""data":{"__proto__":{"amount":"1000000"},"#, 1);
+    let forged = format!(r#"{},"signature":"{nova_sig}"}}"#, forged.strip_suffix('}').unwrap());
+    let (status, v) = answer(c.post(relay.url("/hooks/nova")).body(forged).send().await.unwrap()).await;
+    assert_eq!((status, error_code(&v)), (400, "unsigned_content"), "{v}");
+    assert_eq!(relay.store.event_count().await.unwrap(), 0, "nothing unsigned was stored");
+
+    // The same bodies without the extra member are accepted.
+    let (status, v) = answer(post_np(&c, &relay, &body, NP_SECRET).await).await;
+    assert_eq!((status, v["status"].as_str()), (200, Some("accepted")), "{v}");
+    let stored = relay.store.event(v["id"].as_str().unwrap()).await.unwrap().unwrap();
+    assert!(!String::from_utf8_lossy(&stored.json).contains("__proto__"));
 }

@@ -280,7 +280,7 @@ async fn dead_deliveries(s: &Arc<impl Store>, n: u64) -> Vec<String> {
 async fn replay_job_steps_commit_in_order_and_resume(s: Arc<impl Store>) {
     let ids = dead_deliveries(&s, 25).await;
     let filter = DeliveryFilter { state: Some(DeliveryState::Dead), ..Default::default() };
-    let job = replay::create(s.as_ref(), filter, false, 1000).await.unwrap();
+    let job = replay::create(s.as_ref(), filter, false, 1000, None).await.unwrap();
     let first = replay::step(s.as_ref(), &job, 10).await.unwrap().expect("first step commits");
     assert_eq!((first.steps, first.considered, first.replayed, first.finished), (1, 10, 10, false));
     assert_eq!(first.cursor.as_deref(), Some(ids[9].as_str()), "the cursor is below the batch");
@@ -305,7 +305,7 @@ async fn replay_job_steps_commit_in_order_and_resume(s: Arc<impl Store>) {
 async fn replay_job_never_visits_a_delivery_twice(s: Arc<impl Store>) {
     let ids = dead_deliveries(&s, 12).await;
     let filter = DeliveryFilter { state: Some(DeliveryState::Dead), ..Default::default() };
-    let job = replay::create(s.as_ref(), filter, false, 1000).await.unwrap();
+    let job = replay::create(s.as_ref(), filter, false, 1000, None).await.unwrap();
     let job = replay::step(s.as_ref(), &job, 5).await.unwrap().unwrap();
     // The replayed batch fails again and is dead again, so it matches the
     // filter again; the job must not replay it a second time.
@@ -328,10 +328,42 @@ async fn replay_job_never_visits_a_delivery_twice(s: Arc<impl Store>) {
 async fn replay_job_is_bounded(s: Arc<impl Store>) {
     dead_deliveries(&s, 9).await;
     let filter = DeliveryFilter { state: Some(DeliveryState::Dead), ..Default::default() };
-    let job = replay::create(s.as_ref(), filter.clone(), false, 4).await.unwrap();
+    let job = replay::create(s.as_ref(), filter.clone(), false, 4, None).await.unwrap();
     let done = replay::run(s.as_ref(), job, 200, &metrics()).await.unwrap();
     assert_eq!((done.replayed, done.finished, done.truncated), (4, true, true));
     assert_eq!(s.list(&filter, None, 100).await.unwrap().items.len(), 5, "the rest are still dead");
+}
+
+async fn a_truncated_replay_job_continues_exactly_at_its_cursor(s: Arc<impl Store>) {
+    // Eleven dead deliveries created in one millisecond: a continuation by
+    // time could only skip or repeat some of them; by cursor it cannot.
+    s.admit(event("evt_ms", "np", "t.t", 5000), deliveries(5000, &["be"; 11]), TTL).await.unwrap();
+    let claims = s.claim_due("be", FAR_FUTURE, 100, VIS).await.unwrap();
+    assert_eq!(claims.len(), 11);
+    for c in &claims {
+        s.finish(&c.delivery.id, c.delivery.claim_token, attempt(5000, 500), Next::Dead).await.unwrap();
+    }
+    let filter = DeliveryFilter { state: Some(DeliveryState::Dead), ..Default::default() };
+    let mut replayed = std::collections::HashSet::new();
+    let mut cursor = None;
+    let mut jobs = 0;
+    loop {
+        let job = replay::create(s.as_ref(), filter.clone(), false, 4, cursor.clone()).await.unwrap();
+        let done = replay::run(s.as_ref(), job, 3, &metrics()).await.unwrap();
+        jobs += 1;
+        assert_eq!(done.replayed, done.considered, "every considered delivery was dead");
+        for c in s.claim_due("be", FAR_FUTURE, 100, VIS).await.unwrap() {
+            assert!(replayed.insert(c.delivery.id.clone()), "{} replayed twice", c.delivery.id);
+            s.finish(&c.delivery.id, c.delivery.claim_token, attempt(5000, 200), Next::Delivered).await.unwrap();
+        }
+        if !done.truncated {
+            break;
+        }
+        cursor = done.cursor.clone();
+        assert!(cursor.is_some(), "a truncated job says where to go on");
+    }
+    assert_eq!(replayed.len(), 11, "every one replayed once, in {jobs} jobs");
+    assert!(s.list(&filter, None, 100).await.unwrap().items.is_empty(), "none left dead");
 }
 
 async fn list_scans_a_bounded_number_of_records_per_page(s: Arc<impl Store>) {
@@ -378,6 +410,7 @@ macro_rules! conformance {
             case!(replay_job_steps_commit_in_order_and_resume);
             case!(replay_job_never_visits_a_delivery_twice);
             case!(replay_job_is_bounded);
+            case!(a_truncated_replay_job_continues_exactly_at_its_cursor);
             case!(list_scans_a_bounded_number_of_records_per_page);
         }
     };

@@ -977,6 +977,7 @@ impl Store for EmbeddedStore {
         let claims = self.claims.clone();
         self.read(move |txn| {
             let table = txn.open_table(DELIVERIES).map_err(unavailable)?;
+            let open = txn.open_table(OPEN).map_err(unavailable)?;
             // Ids begin with their creation time, so the time window bounds
             // the scan; the cursor is the last id already returned.
             let lower = filter.since.map(|t| format!("dlv_{t:012x}")).unwrap_or_default();
@@ -984,20 +985,43 @@ impl Store for EmbeddedStore {
             if let Some(c) = cursor.filter(|c| *c < upper) {
                 upper = c;
             }
+            let range = lower.as_str()..upper.as_str();
+            // Pending and in-flight deliveries are the few in the open index:
+            // scan it rather than every delivery ever made.
+            let ids: Box<dyn Iterator<Item = Result<String, StoreError>>> =
+                if matches!(filter.state, Some(DeliveryState::Pending | DeliveryState::InFlight)) {
+                    Box::new(
+                        open.range(range)
+                            .map_err(unavailable)?
+                            .rev()
+                            .map(|e| e.map(|(k, _)| k.value().to_owned()).map_err(unavailable)),
+                    )
+                } else {
+                    Box::new(
+                        table
+                            .range(range)
+                            .map_err(unavailable)?
+                            .rev()
+                            .map(|e| e.map(|(k, _)| k.value().to_owned()).map_err(unavailable)),
+                    )
+                };
             let mut items = Vec::new();
             let mut next_cursor = None;
             let mut last_examined: Option<String> = None;
-            for (examined, entry) in table.range(lower.as_str()..upper.as_str()).map_err(unavailable)?.rev().enumerate()
-            {
-                let (k, v) = entry.map_err(unavailable)?;
+            for (examined, id) in ids.enumerate() {
+                let id = id?;
                 if examined == LIST_SCAN_LIMIT {
                     next_cursor = last_examined;
                     break;
                 }
-                last_examined = Some(k.value().to_owned());
+                last_examined = Some(id.clone());
+                let Some(v) = table.get(id.as_str()).map_err(unavailable)? else {
+                    tracing::error!(delivery_id = %id, "the open index names a delivery with no record");
+                    continue;
+                };
                 // One unreadable record must not make a whole page (or a
                 // bulk replay over it) fail: skip it, loudly.
-                let mut d = match decode_delivery(k.value(), v.value()) {
+                let mut d = match decode_delivery(&id, v.value()) {
                     Ok(d) => d,
                     Err(e) => {
                         tracing::error!(error = %e, "unreadable delivery record left out of a listing");

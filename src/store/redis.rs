@@ -766,6 +766,12 @@ impl Store for RedisStore {
                 upper = c;
             }
         }
+        // Pending and in-flight deliveries are the few in the open index:
+        // scan it rather than every delivery ever made.
+        let index = match filter.state {
+            Some(DeliveryState::Pending | DeliveryState::InFlight) => self.key("open"),
+            _ => self.key("index"),
+        };
         let mut items = Vec::new();
         let mut examined = 0;
         loop {
@@ -774,7 +780,7 @@ impl Store for RedisStore {
                 return Ok(Page { items, next_cursor: Some(upper[1..].to_owned()) });
             }
             let ids: Vec<String> = redis::cmd("ZREVRANGEBYLEX")
-                .arg(self.key("index"))
+                .arg(&index)
                 .arg(&upper)
                 .arg(&lower)
                 .arg("LIMIT")
