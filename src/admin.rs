@@ -40,12 +40,19 @@ const DEFAULT_REPLAY_MAX: usize = 1000;
 const MAX_REPLAY_MAX: usize = 10_000;
 /// Largest admin request body.
 const MAX_ADMIN_BODY: usize = 16 * 1024;
+/// Orphaned deliveries one discard request ends unless `max` says
+/// otherwise, and at most; and how many per store call.
+const DEFAULT_DISCARD_MAX: usize = 10_000;
+const MAX_DISCARD_MAX: usize = 100_000;
+const DISCARD_BATCH: usize = 500;
 
 pub struct Admin {
     config: Arc<Config>,
     store: Arc<dyn Store>,
     running: Running,
     metrics: Arc<Metrics>,
+    /// The configured endpoints: only their deliveries can be replayed.
+    endpoints: Arc<[String]>,
     /// SHA-256 of the admin token: comparing digests in constant time hides
     /// the token's length as well as its bytes.
     token_digest: Option<[u8; 32]>,
@@ -84,7 +91,8 @@ type Answer = Result<(StatusCode, Value), ApiError>;
 impl Admin {
     pub fn new(config: Arc<Config>, store: Arc<dyn Store>, running: Running, metrics: Arc<Metrics>) -> Admin {
         let token_digest = config.server.admin_token.as_ref().map(|t| Sha256::digest(t.expose()).into());
-        Admin { config, store, running, metrics, token_digest }
+        let endpoints = config.endpoints.iter().map(|e| e.name.clone()).collect();
+        Admin { config, store, running, metrics, endpoints, token_digest }
     }
 
     pub async fn handle<B>(&self, req: Request<B>) -> Response<Full<Bytes>>
@@ -162,12 +170,16 @@ impl Admin {
                 self.replay_bulk(&body).await
             }
             (&Method::GET, ["replays", id]) => self.replay_job(id).await,
+            (&Method::POST, ["discard"]) => {
+                let body = read_body(req.into_body()).await?;
+                self.discard(&body).await
+            }
             (_, ["events", _] | ["deliveries"] | ["deliveries", _] | ["replays", _]) => Err(ApiError(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
                 format!("{method} not allowed here"),
             )),
-            (_, ["deliveries", _, "replay"] | ["replay"]) => {
+            (_, ["deliveries", _, "replay"] | ["replay"] | ["discard"]) => {
                 Err(ApiError(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use POST".into()))
             }
             _ => Err(ApiError::not_found("no such route")),
@@ -189,7 +201,7 @@ impl Admin {
             match key.as_ref() {
                 "limit" => limit = parse_limit(&value)?,
                 "cursor" => cursor = Some(parse_cursor(&value)?),
-                k => self.filter_param(&mut filter, k, &value)?,
+                k => self.filter_param(&mut filter, k, &value).await?,
             }
         }
         let page = self.store.list(&filter, cursor.as_deref(), limit).await?;
@@ -199,11 +211,12 @@ impl Admin {
 
     /// Applies one filter parameter; unknown names are errors, so a typo
     /// never widens a listing or a bulk replay to everything.
-    fn filter_param(&self, filter: &mut DeliveryFilter, key: &str, value: &str) -> Result<(), ApiError> {
+    async fn filter_param(&self, filter: &mut DeliveryFilter, key: &str, value: &str) -> Result<(), ApiError> {
         match key {
             "state" => {
                 filter.state = Some(DeliveryState::parse(value).ok_or_else(|| {
-                    ApiError::bad(format!("state: unknown state '{value}' (pending, in_flight, delivered or dead)"))
+                    let states: Vec<&str> = DeliveryState::ALL.iter().map(|s| s.as_str()).collect();
+                    ApiError::bad(format!("state: unknown state '{value}' ({})", states.join(", ")))
                 })?)
             }
             "source" => {
@@ -213,8 +226,13 @@ impl Admin {
                 filter.source = Some(value.to_owned());
             }
             "endpoint" => {
-                if !self.config.endpoints.iter().any(|e| e.name == value) {
-                    return Err(ApiError::bad(format!("endpoint: no endpoint named '{value}' in the configuration")));
+                // An endpoint removed from the configuration is still found
+                // by name: its orphaned and old deliveries are listed and
+                // discarded by it.
+                if !self.is_configured(value) && !self.store.known_endpoints().await?.iter().any(|e| e == value) {
+                    return Err(ApiError::bad(format!(
+                        "endpoint: no endpoint named '{value}' in the configuration or among the stored deliveries"
+                    )));
                 }
                 filter.endpoint = Some(value.to_owned());
             }
@@ -236,6 +254,24 @@ impl Admin {
         Ok(())
     }
 
+    fn is_configured(&self, endpoint: &str) -> bool {
+        self.endpoints.iter().any(|e| e == endpoint)
+    }
+
+    /// Why deliveries to `endpoint` cannot be replayed here, if it is not
+    /// configured.
+    fn not_configured(&self, endpoint: &str) -> Option<ApiError> {
+        (!self.is_configured(endpoint)).then(|| {
+            ApiError(
+                StatusCode::CONFLICT,
+                "endpoint_not_configured",
+                format!(
+                    "endpoint '{endpoint}' is not in the configuration, so nothing would send its deliveries; add it back to deliver them (its orphaned ones resume by themselves), or end them with `ipn-relay deliveries discard --endpoint {endpoint}`"
+                ),
+            )
+        })
+    }
+
     async fn delivery(&self, id: &str) -> Answer {
         let (d, attempts) =
             self.store.delivery(id).await?.ok_or_else(|| ApiError::not_found(format!("no delivery {id}")))?;
@@ -255,6 +291,11 @@ impl Admin {
                 }
                 (other, _) => return Err(ApiError::bad(format!("unknown parameter '{other}'"))),
             }
+        }
+        if let Some((d, _)) = self.store.delivery(id).await?
+            && let Some(refusal) = self.not_configured(&d.endpoint)
+        {
+            return Err(refusal);
         }
         let count = self.store.replay(&[id.to_owned()], include_delivered, now_millis()).await?;
         if count.not_found > 0 {
@@ -288,7 +329,10 @@ impl Admin {
                 cursor = Some(parse_cursor(text)?);
                 continue;
             }
-            self.filter_param(&mut filter, key, text)?;
+            self.filter_param(&mut filter, key, text).await?;
+        }
+        if let Some(refusal) = filter.endpoint.as_deref().and_then(|e| self.not_configured(e)) {
+            return Err(refusal);
         }
         let include_delivered = match filter.state {
             Some(DeliveryState::Dead) => false,
@@ -301,7 +345,7 @@ impl Admin {
         // it half way (and housekeeping resumes it if this process stops).
         let id = job.id.clone();
         let guard = self.running.enter(&id);
-        match replay::spawn(self.store.clone(), job, guard, self.metrics.clone()).await {
+        match replay::spawn(self.store.clone(), job, guard, self.endpoints.clone(), self.metrics.clone()).await {
             Ok(Ok(job)) => Ok((StatusCode::ACCEPTED, job_view(&job))),
             Ok(Err(_)) => {
                 // Logged by the job's task.
@@ -313,6 +357,56 @@ impl Admin {
             }
             Err(e) => Err(ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("replay job {id}: {e}"))),
         }
+    }
+
+    /// Ends the orphaned deliveries of an endpoint that is no longer
+    /// configured, as dead with the reason, up to `max`.
+    async fn discard(&self, body: &[u8]) -> Answer {
+        let fields = json_object(body)?;
+        let mut endpoint = None;
+        let mut max = DEFAULT_DISCARD_MAX;
+        for (key, value) in &fields {
+            match key.as_str() {
+                "endpoint" => {
+                    endpoint = Some(value.as_str().ok_or_else(|| ApiError::bad("endpoint: expected a string"))?)
+                }
+                "max" => {
+                    max = value.as_u64().filter(|m| (1..=MAX_DISCARD_MAX as u64).contains(m)).ok_or_else(|| {
+                        ApiError::bad(format!("max: expected a whole number from 1 to {MAX_DISCARD_MAX}"))
+                    })? as usize
+                }
+                other => return Err(ApiError::bad(format!("unknown parameter '{other}'"))),
+            }
+        }
+        let Some(endpoint) = endpoint else {
+            return Err(ApiError::bad("endpoint: required (the endpoint whose orphaned deliveries to discard)"));
+        };
+        if self.is_configured(endpoint) {
+            return Err(ApiError::bad(format!(
+                "endpoint: '{endpoint}' is in the configuration, so its deliveries are not orphaned"
+            )));
+        }
+        let mut filter = DeliveryFilter { state: Some(DeliveryState::Orphaned), ..Default::default() };
+        self.filter_param(&mut filter, "endpoint", endpoint).await?;
+        let reason = format!("discarded by an operator: endpoint '{endpoint}' is not in the configuration");
+        let (mut discarded, mut considered, mut cursor) = (0, 0, None);
+        let truncated = loop {
+            if considered >= max {
+                break true;
+            }
+            let page = self.store.list(&filter, cursor.as_deref(), DISCARD_BATCH.min(max - considered)).await?;
+            let ids: Vec<String> = page.items.into_iter().map(|d| d.id).collect();
+            considered += ids.len();
+            if !ids.is_empty() {
+                discarded += self.store.discard(&ids, &reason, now_millis()).await?.discarded;
+            }
+            match page.next_cursor {
+                Some(next) => cursor = Some(next),
+                None => break false,
+            }
+        };
+        tracing::info!(endpoint = %endpoint, discarded, "orphaned deliveries discarded");
+        Ok((StatusCode::OK, json!({"endpoint": endpoint, "discarded": discarded, "truncated": truncated})))
     }
 
     async fn replay_job(&self, id: &str) -> Answer {
@@ -452,6 +546,7 @@ struct JobView<'a> {
     replayed: usize,
     skipped: usize,
     not_found: usize,
+    not_configured: usize,
     considered: usize,
     finished: bool,
     truncated: bool,
@@ -470,6 +565,7 @@ fn job_view(job: &ReplayJob) -> Value {
         replayed: job.replayed,
         skipped: job.skipped,
         not_found: job.not_found,
+        not_configured: job.not_configured,
         considered: job.considered,
         finished: job.finished,
         truncated: job.truncated,
@@ -478,6 +574,48 @@ fn job_view(job: &ReplayJob) -> Value {
         updated_at: time(job.updated_at),
     })
     .unwrap_or(Value::Null)
+}
+
+/// The admin API's pure parsers, whole, for the fuzz targets (`fuzz/`):
+/// query strings and request bodies as the handlers read them, minus the
+/// look-ups in the configuration and the store.
+#[doc(hidden)]
+pub mod parse {
+    use super::*;
+
+    /// Parses a query string; the number of parameters, or the 400 message.
+    pub fn query(query: &str) -> Result<usize, String> {
+        let pairs = query_pairs(query).map_err(|ApiError(_, _, m)| m)?;
+        for (key, value) in &pairs {
+            check(key, value).map_err(|ApiError(_, _, m)| m)?;
+        }
+        Ok(pairs.len())
+    }
+
+    /// Parses a replay or discard body; the number of keys, or the 400 message.
+    pub fn body(body: &[u8]) -> Result<usize, String> {
+        let fields = json_object(body).map_err(|ApiError(_, _, m)| m)?;
+        for (key, value) in &fields {
+            match (key.as_str(), value) {
+                ("max", v) => {
+                    v.as_u64().ok_or_else(|| format!("{key}: expected a whole number"))?;
+                }
+                (_, Value::String(text)) => check(key, text).map_err(|ApiError(_, _, m)| m)?,
+                _ => return Err(format!("{key}: expected a string")),
+            }
+        }
+        Ok(fields.len())
+    }
+
+    fn check(key: &str, value: &str) -> Result<(), ApiError> {
+        match key {
+            "limit" => parse_limit(value).map(drop),
+            "cursor" => parse_cursor(value).map(drop),
+            "since" | "until" => parse_time(key, value, now_millis()).map(drop),
+            "state" => DeliveryState::parse(value).map(drop).ok_or_else(|| ApiError::bad("state: unknown")),
+            _ => Ok(()),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -508,6 +646,16 @@ mod tests {
         assert!(json_object(b" ").unwrap().is_empty());
         assert!(json_object(b"[]").is_err());
         assert_eq!(json_object(br#"{"state":"dead","max":2}"#).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn the_fuzzed_parsers_accept_and_refuse_like_the_handlers() {
+        assert_eq!(parse::query("limit=5&state=dead&since=24h"), Ok(3));
+        assert_eq!(parse::query("state=dead&state=dead"), Err("state: given more than once".into()));
+        assert!(parse::query("limit=0").unwrap_err().starts_with("limit:"));
+        assert_eq!(parse::body(br#"{"state":"dead","max":3,"cursor":"dlv_0190a1b2c3d4e5f60718293a4b5c"}"#), Ok(3));
+        assert!(parse::body(br#"{"max":"3"}"#).is_err());
+        assert!(parse::body(br#"{"cursor":"dlv_x"}"#).unwrap_err().starts_with("cursor:"));
     }
 
     #[test]

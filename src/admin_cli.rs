@@ -58,13 +58,13 @@ pub struct Connection {
 
 #[derive(Args, Clone, Default)]
 pub struct Filters {
-    /// pending, in_flight, delivered or dead.
+    /// pending, in_flight, delivered, dead or orphaned.
     #[arg(long)]
     state: Option<String>,
     /// A source name from the configuration.
     #[arg(long)]
     source: Option<String>,
-    /// An endpoint name from the configuration.
+    /// An endpoint name (from the configuration, or one removed from it).
     #[arg(long)]
     endpoint: Option<String>,
     /// A normalised event type, e.g. deposit.confirmed.
@@ -113,6 +113,16 @@ pub enum DeliveriesCommand {
     },
     /// One delivery with every attempt.
     Show { id: String },
+    /// End the orphaned deliveries of an endpoint that is no longer in the
+    /// configuration: they become dead, with the reason, history kept.
+    Discard {
+        /// The removed endpoint's name.
+        #[arg(long)]
+        endpoint: String,
+        /// Most deliveries one run discards (1 to 100000).
+        #[arg(long)]
+        max: Option<usize>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -243,6 +253,20 @@ pub async fn deliveries(conn: &Connection, cmd: DeliveriesCommand) -> Result<(),
             let d =
                 client.call(reqwest::Method::GET, &format!("/admin/deliveries/{}", path_segment(&id)), None).await?;
             print(conn, &d, render_delivery);
+        }
+        DeliveriesCommand::Discard { endpoint, max } => {
+            let mut body = json!({"endpoint": endpoint});
+            if let Some(max) = max {
+                body["max"] = json!(max);
+            }
+            let r = client.call(reqwest::Method::POST, "/admin/discard", Some(body)).await?;
+            print(conn, &r, |v| {
+                let mut s = format!("discarded {} orphaned deliveries to {}\n", v["discarded"], text(&v["endpoint"]));
+                if v["truncated"] == true {
+                    s.push_str("stopped at --max; run the same command again for the rest\n");
+                }
+                s
+            });
         }
     }
     Ok(())

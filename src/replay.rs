@@ -9,6 +9,9 @@
 //! numbered and commit only in order, so two runners of one job (this relay
 //! after a restart and another relay on the same Redis) cannot both replay a
 //! batch: the loser stops.
+//!
+//! A delivery to an endpoint this relay is not configured with is never
+//! replayed: nothing would send it. It is counted as `not_configured`.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -39,17 +42,19 @@ pub async fn create(
     Ok(job)
 }
 
-/// Runs `job` to the end, `batch` deliveries per step. Returns the job as
-/// stored last: finished, or as another runner left it if that runner took
-/// over (then it is that runner's to finish).
+/// Runs `job` to the end, `batch` deliveries per step, replaying only
+/// deliveries to `endpoints`. Returns the job as stored last: finished, or
+/// as another runner left it if that runner took over (then it is that
+/// runner's to finish).
 pub async fn run(
     store: &dyn Store,
     mut job: ReplayJob,
     batch: usize,
+    endpoints: &[String],
     metrics: &Metrics,
 ) -> Result<ReplayJob, StoreError> {
     while !job.finished {
-        let Some(saved) = step(store, &job, batch).await? else {
+        let Some(saved) = step(store, &job, batch, endpoints).await? else {
             tracing::info!(job = %job.id, "replay job advanced by another runner; leaving it to that one");
             return Ok(store.replay_job(&job.id).await?.unwrap_or(job));
         };
@@ -65,15 +70,24 @@ pub async fn run(
 
 /// One step: the next batch below the cursor, replayed and recorded. `None`
 /// if another runner committed this step first.
-pub async fn step(store: &dyn Store, job: &ReplayJob, batch: usize) -> Result<Option<ReplayJob>, StoreError> {
+pub async fn step(
+    store: &dyn Store,
+    job: &ReplayJob,
+    batch: usize,
+    endpoints: &[String],
+) -> Result<Option<ReplayJob>, StoreError> {
     let room = job.max.saturating_sub(job.considered);
     let page = store.list(&job.filter, job.cursor.as_deref(), batch.clamp(1, room.max(1))).await?;
-    let ids: Vec<String> = page.items.into_iter().map(|d| d.id).collect();
+    let considered = page.items.len();
+    let (ids, unsendable): (Vec<_>, Vec<_>) =
+        page.items.into_iter().map(|d| (endpoints.contains(&d.endpoint), d.id)).partition(|(ok, _)| *ok);
+    let ids: Vec<String> = ids.into_iter().map(|(_, id)| id).collect();
     let now = now_millis();
     let mut next = job.clone();
     next.steps += 1;
     next.updated_at = now;
-    next.considered += ids.len();
+    next.considered += considered;
+    next.not_configured += unsendable.len();
     match page.next_cursor {
         Some(cursor) => {
             next.cursor = Some(cursor);
@@ -119,12 +133,13 @@ pub fn spawn(
     store: Arc<dyn Store>,
     job: ReplayJob,
     guard: Option<RunningGuard>,
+    endpoints: Arc<[String]>,
     metrics: Arc<Metrics>,
 ) -> tokio::task::JoinHandle<Result<ReplayJob, StoreError>> {
     tokio::spawn(async move {
         let _guard = guard;
         let id = job.id.clone();
-        let result = run(store.as_ref(), job, BATCH, &metrics).await;
+        let result = run(store.as_ref(), job, BATCH, &endpoints, &metrics).await;
         if let Err(e) = &result {
             tracing::warn!(job = %id, error = %e, "replay job stopped; it will be resumed");
         }
@@ -138,6 +153,7 @@ pub async fn resume(
     store: Arc<dyn Store>,
     running: &Running,
     stale_after: Millis,
+    endpoints: &Arc<[String]>,
     metrics: &Arc<Metrics>,
 ) -> Result<usize, StoreError> {
     let now = now_millis();
@@ -148,7 +164,7 @@ pub async fn resume(
         }
         let Some(guard) = running.enter(&job.id) else { continue };
         tracing::info!(job = %job.id, considered = job.considered, "resuming replay job");
-        spawn(store.clone(), job, Some(guard), metrics.clone());
+        spawn(store.clone(), job, Some(guard), endpoints.clone(), metrics.clone());
         resumed += 1;
     }
     Ok(resumed)

@@ -17,6 +17,11 @@ use serde_json::{Value, json};
 
 const TOKEN: &str = "admin-test-token";
 
+/// The endpoints of `config`.
+fn endpoints() -> Vec<String> {
+    vec!["backend".into(), "ledger".into()]
+}
+
 /// A relay running in this process on `store`.
 struct Running {
     addr: SocketAddr,
@@ -383,7 +388,7 @@ async fn a_bulk_replay_cut_off_half_way_resumes_after_a_restart() {
     // The first step commits, then the process "stops".
     let filter = DeliveryFilter { state: Some(DeliveryState::Dead), ..Default::default() };
     let job = ipn_relay::replay::create(store.as_ref(), filter, false, 1000, None).await.unwrap();
-    let job = ipn_relay::replay::step(store.as_ref(), &job, 10).await.unwrap().unwrap();
+    let job = ipn_relay::replay::step(store.as_ref(), &job, 10, &endpoints()).await.unwrap().unwrap();
     assert_eq!((job.replayed, job.finished), (10, false));
     let Ok(store) = Arc::try_unwrap(store) else { panic!("the stopped relay still holds the store") };
     store.close().await;
@@ -398,5 +403,194 @@ async fn a_bulk_replay_cut_off_half_way_resumes_after_a_restart() {
     for d in list_all(&c, &relay, "endpoint=backend").await {
         assert_eq!(d["attempts"], 3, "{d}");
     }
+    relay.stop().await;
+}
+
+/// What an operator meets past the first page: strict parameters, an empty
+/// listing that says so, and a truncated bulk replay continued exactly by
+/// the command the CLI prints, however many deliveries share a millisecond.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncated_bulk_replay_is_continued_exactly_and_paging_is_strict() {
+    use ipn_relay::store::{Attempt, AttemptResult, LIST_SCAN_LIMIT, NewDelivery, NewEvent, Next, new_delivery_id};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("relay.redb");
+    let store = Arc::new(ipn_relay::store::embedded::EmbeddedStore::open(&path).unwrap());
+    let event = |id: &str, at: u64| NewEvent {
+        id: id.into(),
+        source: "nowpayments".into(),
+        event_type: "deposit.confirmed".into(),
+        received_at: at,
+        json: b"{}".to_vec(),
+    };
+    let settle = |next: Next| async move {
+        let attempt = Attempt {
+            number: 0,
+            started_at: 1,
+            duration_ms: 1,
+            result: AttemptResult::Status { code: 500 },
+            response_excerpt: None,
+        };
+        (attempt, next)
+    };
+    // Seven dead deliveries created in one millisecond, an hour ago...
+    let hour_ago = ipn_relay::store::now_millis() - 3_600_000;
+    let dead: Vec<NewDelivery> =
+        (0..7).map(|_| NewDelivery { id: new_delivery_id(hour_ago), endpoint: "backend".into() }).collect();
+    store.admit(event("evt_dead", hour_ago), dead, 60_000).await.unwrap();
+    for c in store.claim_due("backend", hour_ago, 100, 5_000).await.unwrap() {
+        let (a, next) = settle(Next::Dead).await;
+        assert!(store.finish(&c.delivery.id, c.delivery.claim_token, a, next).await.unwrap());
+    }
+    // ...under more delivered ones than one listing page examines.
+    let later = hour_ago + 1_000;
+    let many: Vec<NewDelivery> = (0..LIST_SCAN_LIMIT + 50)
+        .map(|_| NewDelivery { id: new_delivery_id(later), endpoint: "ledger".into() })
+        .collect();
+    store.admit(event("evt_many", later), many, 60_000).await.unwrap();
+    for c in store.claim_due("ledger", later, LIST_SCAN_LIMIT + 50, 5_000).await.unwrap() {
+        let (a, next) = settle(Next::Delivered).await;
+        assert!(store.finish(&c.delivery.id, c.delivery.claim_token, a, next).await.unwrap());
+    }
+
+    let text = config(&format!("path = \"{}\"", path.display()), "http://127.0.0.1:9/", "http://127.0.0.1:9/");
+    let relay = Running::start(&text, store.clone()).await;
+    let a = relay.admin_url();
+    let c = client();
+
+    // Repeats are refused, naming the key, in the query and in the body.
+    let (status, v) = get(&c, format!("{a}/admin/deliveries?state=dead&state=pending"), Some(TOKEN)).await;
+    assert_eq!((status, v["error"]["message"].as_str()), (400, Some("state: given more than once")), "{v}");
+    let r = c
+        .post(format!("{a}/admin/replay"))
+        .bearer_auth(TOKEN)
+        .body(r#"{"state":"dead","state":"delivered"}"#)
+        .send()
+        .await
+        .unwrap();
+    let (status, v) = answer(r).await;
+    assert_eq!((status, v["error"]["message"].as_str()), (400, Some("state: given more than once")), "{v}");
+    let (status, _) =
+        post(&c, format!("{a}/admin/deliveries/dlv_0/replay?include_delivered=true&include_delivered=false"), None)
+            .await;
+    assert_eq!(status, 400);
+    assert_eq!(list_all(&c, &relay, "state=delivered").await.len(), LIST_SCAN_LIMIT + 50, "nothing was replayed");
+
+    // Nothing pending: an empty page, and no cursor to follow.
+    let (status, page) = get(&c, format!("{a}/admin/deliveries?state=pending&limit=3"), Some(TOKEN)).await;
+    assert_eq!((status, page), (200, json!({"items": [], "next_cursor": null})));
+    let conn = ["--admin-url".to_owned(), a.clone(), "--token".to_owned(), TOKEN.to_owned()];
+    let with = |rest: &[&str]| [args(rest), conn.to_vec()].concat();
+    let (code, out, err) = cli(&with(&["deliveries", "list", "--state", "pending", "--limit", "3"])).await;
+    assert_eq!((code, out.as_str()), (0, "no deliveries match\n"), "{err}");
+
+    // `--max` alone replays dead ones, as the help says; each truncated run
+    // prints the command for the next, which goes on exactly where it stopped.
+    let mut command = args(&["replay", "--max", "2"]);
+    let mut replayed = 0;
+    for round in 0.. {
+        assert!(round < 10, "the follow-up commands never finished");
+        let (code, out, err) = cli(&[command.clone(), conn.to_vec()].concat()).await;
+        assert_eq!(code, 0, "{err}");
+        replayed += out.split(',').next().unwrap().trim_start_matches("replayed ").parse::<usize>().unwrap();
+        let Some(next) = out.lines().find_map(|l| l.trim().strip_prefix("ipn-relay ")) else { break };
+        command = next.split(' ').map(str::to_owned).collect();
+    }
+    assert_eq!(replayed, 7, "every dead delivery replayed once");
+    let (code, out, _) = cli(&with(&["deliveries", "list", "--state", "dead"])).await;
+    assert_eq!((code, out.as_str()), (0, "no deliveries match\n"));
+    relay.stop().await;
+}
+
+/// An endpoint removed from the configuration: its pending deliveries are
+/// orphaned at start (not left pending for ever), found by its name, never
+/// replayed into a void, discarded on request, and delivered once the
+/// endpoint is configured again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_of_a_removed_endpoint_are_orphaned_found_refused_and_recovered() {
+    use ipn_relay::store::{Attempt, AttemptResult, NewDelivery, NewEvent, Next, new_delivery_id, now_millis};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("relay.redb");
+    let store = Arc::new(ipn_relay::store::embedded::EmbeddedStore::open(&path).unwrap());
+    // What a relay configured with `backend` and `ledger` left: three events,
+    // the ledger's first delivery dead, its other two pending.
+    assert!(store.reconcile_endpoints(&endpoints(), true, now_millis()).await.unwrap().orphaned.is_empty());
+    let at = now_millis() - 60_000;
+    for i in 0..3u64 {
+        let event = NewEvent {
+            id: format!("evt_gone{i}"),
+            source: "nowpayments".into(),
+            event_type: "deposit.confirmed".into(),
+            received_at: at + i,
+            json: b"{}".to_vec(),
+        };
+        let ds = ["backend", "ledger"].map(|e| NewDelivery { id: new_delivery_id(at + i), endpoint: e.into() });
+        store.admit(event, ds.to_vec(), 60_000).await.unwrap();
+    }
+    let first = store.claim_due("ledger", at, 1, 5_000).await.unwrap().remove(0);
+    let failed = Attempt {
+        number: 0,
+        started_at: at,
+        duration_ms: 1,
+        result: AttemptResult::Status { code: 500 },
+        response_excerpt: None,
+    };
+    assert!(store.finish(&first.delivery.id, first.delivery.claim_token, failed, Next::Dead).await.unwrap());
+    let dead_id = first.delivery.id.clone();
+
+    // Restarted with `backend` only.
+    let backend = Receiver::start(|_| Reply::Status(200)).await;
+    let ledger = Receiver::start(|_| Reply::Status(200)).await;
+    let both = config(&format!("path = \"{}\"", path.display()), &backend.url(), &ledger.url());
+    let start = both.find("[[endpoints]]\nname = \"ledger\"").unwrap();
+    let end = both[start..].find("[delivery]").unwrap() + start;
+    let backend_only = format!("{}{}", &both[..start], &both[end..]);
+    let relay = Running::start(&backend_only, store.clone()).await;
+    let a = relay.admin_url();
+    let c = client();
+    wait_for(&c, &relay, "state=delivered&endpoint=backend", 3).await;
+
+    // Found by name, in a state that says why nothing moves.
+    let ledger_items = list_all(&c, &relay, "endpoint=ledger").await;
+    let mut states: Vec<&str> = ledger_items.iter().map(|d| d["state"].as_str().unwrap()).collect();
+    states.sort();
+    assert_eq!(states, ["dead", "orphaned", "orphaned"], "{ledger_items:?}");
+    let (status, v) = get(&c, format!("{a}/admin/deliveries?endpoint=ledgr"), Some(TOKEN)).await;
+    assert_eq!(status, 400, "a name never seen is still a typo: {v}");
+    // Counted, and not aged as pending for ever.
+    let text = c.get(format!("{a}/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(text.contains("ipn_relay_deliveries{state=\"orphaned\"} 2"), "{text}");
+    assert!(text.contains("ipn_relay_oldest_pending_age_seconds 0"), "{text}");
+
+    // Never replayed into a void: by id, by filter, or swept up by a bulk replay.
+    let (status, v) = post(&c, format!("{a}/admin/deliveries/{dead_id}/replay"), None).await;
+    assert_eq!((status, error_code(&v)), (409, "endpoint_not_configured"), "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("'ledger' is not in the configuration"), "{v}");
+    let (status, v) = post(&c, format!("{a}/admin/replay"), Some(json!({"state": "dead", "endpoint": "ledger"}))).await;
+    assert_eq!((status, error_code(&v)), (409, "endpoint_not_configured"), "{v}");
+    let (status, v) = post(&c, format!("{a}/admin/replay"), Some(json!({"state": "dead"}))).await;
+    assert_eq!((status, v["replayed"].as_u64(), v["not_configured"].as_u64()), (202, Some(0), Some(1)), "{v}");
+    assert_eq!(store.delivery(&dead_id).await.unwrap().unwrap().0.state, DeliveryState::Dead);
+
+    // Discarded on request, one at a time here.
+    let conn = ["--admin-url".to_owned(), a.clone(), "--token".to_owned(), TOKEN.to_owned()];
+    let with = |rest: &[&str]| [args(rest), conn.to_vec()].concat();
+    let (code, out, err) = cli(&with(&["deliveries", "discard", "--endpoint", "ledger", "--max", "1"])).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("discarded 1 orphaned deliveries to ledger\nstopped at --max"), "{out}");
+    let (code, _, err) = cli(&with(&["deliveries", "discard", "--endpoint", "backend"])).await;
+    assert_eq!(code, 2, "a configured endpoint has nothing orphaned: {err}");
+    let discarded: Vec<Value> = list_all(&c, &relay, "state=dead&endpoint=ledger")
+        .await
+        .into_iter()
+        .filter(|d| d["last_error"].as_str().unwrap_or("").starts_with("discarded by an operator"))
+        .collect();
+    assert_eq!(discarded.len(), 1);
+    relay.stop().await;
+
+    // Configured again: the orphaned one that is left is delivered.
+    let relay = Running::start(&both, store.clone()).await;
+    wait_for(&c, &relay, "state=delivered&endpoint=ledger", 1).await;
+    assert_eq!(list_all(&c, &relay, "state=orphaned").await.len(), 0);
+    assert_eq!(ledger.received().len(), 1);
     relay.stop().await;
 }

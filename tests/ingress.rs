@@ -491,8 +491,27 @@ impl Store for HungStore {
     async fn oldest_open(&self) -> Result<Option<u64>, ipn_relay::store::StoreError> {
         self.0.oldest_open().await
     }
-    async fn counts(&self) -> Result<[(ipn_relay::store::DeliveryState, u64); 4], ipn_relay::store::StoreError> {
+    async fn counts(&self) -> Result<ipn_relay::store::Counts, ipn_relay::store::StoreError> {
         self.0.counts().await
+    }
+    async fn reconcile_endpoints(
+        &self,
+        endpoints: &[String],
+        orphan_others: bool,
+        now: u64,
+    ) -> Result<ipn_relay::store::Reconciled, ipn_relay::store::StoreError> {
+        self.0.reconcile_endpoints(endpoints, orphan_others, now).await
+    }
+    async fn known_endpoints(&self) -> Result<Vec<String>, ipn_relay::store::StoreError> {
+        self.0.known_endpoints().await
+    }
+    async fn discard(
+        &self,
+        ids: &[String],
+        reason: &str,
+        now: u64,
+    ) -> Result<ipn_relay::store::DiscardCount, ipn_relay::store::StoreError> {
+        self.0.discard(ids, reason, now).await
     }
     async fn ping(&self) -> Result<(), ipn_relay::store::StoreError> {
         self.0.ping().await
@@ -580,4 +599,53 @@ async fn members_the_signature_did_not_cover_are_refused_not_passed_on() {
     assert_eq!((status, v["status"].as_str()), (200, Some("accepted")), "{v}");
     let stored = relay.store.event(v["id"].as_str().unwrap()).await.unwrap().unwrap();
     assert!(!String::from_utf8_lossy(&stored.json).contains("__proto__"));
+}
+
+/// Clients that connect and send half a request line, then nothing: more of
+/// them than either listener's connection cap must not lock out a health
+/// check or a provider.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_half_requests_does_not_starve_health_checks_or_providers() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("relay.redb");
+    // Production's header timeout, so that waiting it out would show.
+    let text = config_text(&path, "").replace("header_read_timeout = \"1s\"", "header_read_timeout = \"10s\"");
+    let text = text.replacen("[server]\n", "[server]\nmax_connections = 64\n", 1);
+    let relay = Relay::start_text(&path, &text).await;
+    let c = client();
+    let mut flood = Vec::new();
+    let mut took = Vec::new();
+    for addr in [relay.admin, relay.addr] {
+        for _ in 0..300 {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(b"GET /hea").await.unwrap();
+            flood.push(s);
+        }
+        let started = std::time::Instant::now();
+        let status = if addr == relay.admin {
+            let r = c.get(format!("http://{}/healthz", relay.admin)).send();
+            tokio::time::timeout(Duration::from_secs(5), r)
+                .await
+                .expect("healthz answered under the flood")
+                .unwrap()
+                .status()
+        } else {
+            let body = payment_ipn(77, "finished");
+            let r = post_np(&c, &relay, &body, NP_SECRET);
+            tokio::time::timeout(Duration::from_secs(5), r).await.expect("a provider answered under the flood").status()
+        };
+        assert_eq!(status, 200);
+        took.push(started.elapsed());
+    }
+    // Generous against a noisy machine; waiting out header timeouts took 13 s.
+    assert!(took.iter().all(|t| *t < Duration::from_secs(2)), "{took:?}");
+    // The flood's connections were closed to make room, not served.
+    let mut closed = 0;
+    for mut s in flood {
+        let mut buf = [0u8; 64];
+        if let Ok(Ok(0)) = tokio::time::timeout(Duration::from_millis(20), s.read(&mut buf)).await {
+            closed += 1;
+        }
+    }
+    assert!(closed >= 2, "at least the two evicted to make room were closed: {closed}");
 }

@@ -310,7 +310,7 @@ async fn a_real_prometheus_evaluates_every_dashboard_and_alert_expression() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(rules.len(), 8, "{rules:?}");
+    assert_eq!(rules.len(), 9, "{rules:?}");
     let metric = regex_lite_names();
     for rule in &rules {
         let (name, query) = (rule["name"].as_str().unwrap(), rule["query"].as_str().unwrap());
@@ -329,9 +329,14 @@ async fn a_real_prometheus_evaluates_every_dashboard_and_alert_expression() {
         assert!(!result.is_empty(), "{firing} should hold after this run");
     }
     // And the healthy ones stay quiet.
-    for quiet in
-        ["IpnRelayStoreNotReady", "IpnRelayWorkerStalled", "IpnRelayDown", "IpnRelayBacklogAging", "IpnRelayClockSkew"]
-    {
+    for quiet in [
+        "IpnRelayStoreNotReady",
+        "IpnRelayWorkerStalled",
+        "IpnRelayDown",
+        "IpnRelayBacklogAging",
+        "IpnRelayClockSkew",
+        "IpnRelayOrphanedDeliveries",
+    ] {
         let rule = rules.iter().find(|r| r["name"] == quiet).unwrap();
         assert!(prom.query(rule["query"].as_str().unwrap()).await.is_empty(), "{quiet} fired on a healthy relay");
     }

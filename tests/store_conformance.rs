@@ -14,6 +14,11 @@ use ipn_relay::store::{
 
 const TTL: u64 = 1_000;
 
+/// The endpoints a replay may send to in these tests.
+fn endpoints() -> Vec<String> {
+    vec!["be".into(), "audit".into()]
+}
+
 fn metrics() -> Arc<ipn_relay::metrics::Metrics> {
     ipn_relay::metrics::Metrics::with_names(&[], &[])
 }
@@ -259,7 +264,7 @@ async fn counts_follow_state_changes(s: Arc<impl Store>) {
     let c = s.claim_due("be", 1000, 1, VIS).await.unwrap().remove(0);
     s.finish(&c.delivery.id, c.delivery.claim_token, attempt(1000, 500), Next::Dead).await.unwrap();
     let counts = s.counts().await.unwrap();
-    assert_eq!(counts.map(|(_, n)| n), [1, 0, 0, 1]);
+    assert_eq!(counts.map(|(_, n)| n), [1, 0, 0, 1, 0]);
 }
 
 /// `n` deliveries to `be`, one event each, all dead; ids newest first.
@@ -281,15 +286,15 @@ async fn replay_job_steps_commit_in_order_and_resume(s: Arc<impl Store>) {
     let ids = dead_deliveries(&s, 25).await;
     let filter = DeliveryFilter { state: Some(DeliveryState::Dead), ..Default::default() };
     let job = replay::create(s.as_ref(), filter, false, 1000, None).await.unwrap();
-    let first = replay::step(s.as_ref(), &job, 10).await.unwrap().expect("first step commits");
+    let first = replay::step(s.as_ref(), &job, 10, &endpoints()).await.unwrap().expect("first step commits");
     assert_eq!((first.steps, first.considered, first.replayed, first.finished), (1, 10, 10, false));
     assert_eq!(first.cursor.as_deref(), Some(ids[9].as_str()), "the cursor is below the batch");
     // A second runner holding the job as it was cannot commit the same step.
-    assert_eq!(replay::step(s.as_ref(), &job, 10).await.unwrap(), None);
+    assert_eq!(replay::step(s.as_ref(), &job, 10, &endpoints()).await.unwrap(), None);
     // After a restart the job is found unfinished and resumed where it was.
     let unfinished = s.unfinished_replay_jobs().await.unwrap();
     assert_eq!(unfinished, vec![first.clone()]);
-    let done = replay::run(s.as_ref(), unfinished[0].clone(), 10, &metrics()).await.unwrap();
+    let done = replay::run(s.as_ref(), unfinished[0].clone(), 10, &endpoints(), &metrics()).await.unwrap();
     assert_eq!((done.considered, done.replayed, done.skipped, done.finished, done.truncated), (25, 25, 0, true, false));
     assert!(s.unfinished_replay_jobs().await.unwrap().is_empty());
     assert_eq!(s.replay_job(&job.id).await.unwrap(), Some(done));
@@ -298,7 +303,7 @@ async fn replay_job_steps_commit_in_order_and_resume(s: Arc<impl Store>) {
         assert_eq!((d.state, d.budget_start, history.len()), (DeliveryState::Pending, 1, 1), "{id} replayed once");
     }
     // A finished job takes no more steps.
-    let stale = replay::step(s.as_ref(), &first, 10).await.unwrap();
+    let stale = replay::step(s.as_ref(), &first, 10, &endpoints()).await.unwrap();
     assert_eq!(stale, None);
 }
 
@@ -306,7 +311,7 @@ async fn replay_job_never_visits_a_delivery_twice(s: Arc<impl Store>) {
     let ids = dead_deliveries(&s, 12).await;
     let filter = DeliveryFilter { state: Some(DeliveryState::Dead), ..Default::default() };
     let job = replay::create(s.as_ref(), filter, false, 1000, None).await.unwrap();
-    let job = replay::step(s.as_ref(), &job, 5).await.unwrap().unwrap();
+    let job = replay::step(s.as_ref(), &job, 5, &endpoints()).await.unwrap().unwrap();
     // The replayed batch fails again and is dead again, so it matches the
     // filter again; the job must not replay it a second time.
     let again = s.claim_due("be", FAR_FUTURE, 100, VIS).await.unwrap();
@@ -314,7 +319,7 @@ async fn replay_job_never_visits_a_delivery_twice(s: Arc<impl Store>) {
     for c in &again {
         s.finish(&c.delivery.id, c.delivery.claim_token, attempt(1000, 500), Next::Dead).await.unwrap();
     }
-    let done = replay::run(s.as_ref(), job, 5, &metrics()).await.unwrap();
+    let done = replay::run(s.as_ref(), job, 5, &endpoints(), &metrics()).await.unwrap();
     assert_eq!((done.replayed, done.considered), (12, 12));
     for id in &ids[..5] {
         let d = s.delivery(id).await.unwrap().unwrap().0;
@@ -329,7 +334,7 @@ async fn replay_job_is_bounded(s: Arc<impl Store>) {
     dead_deliveries(&s, 9).await;
     let filter = DeliveryFilter { state: Some(DeliveryState::Dead), ..Default::default() };
     let job = replay::create(s.as_ref(), filter.clone(), false, 4, None).await.unwrap();
-    let done = replay::run(s.as_ref(), job, 200, &metrics()).await.unwrap();
+    let done = replay::run(s.as_ref(), job, 200, &endpoints(), &metrics()).await.unwrap();
     assert_eq!((done.replayed, done.finished, done.truncated), (4, true, true));
     assert_eq!(s.list(&filter, None, 100).await.unwrap().items.len(), 5, "the rest are still dead");
 }
@@ -349,7 +354,7 @@ async fn a_truncated_replay_job_continues_exactly_at_its_cursor(s: Arc<impl Stor
     let mut jobs = 0;
     loop {
         let job = replay::create(s.as_ref(), filter.clone(), false, 4, cursor.clone()).await.unwrap();
-        let done = replay::run(s.as_ref(), job, 3, &metrics()).await.unwrap();
+        let done = replay::run(s.as_ref(), job, 3, &endpoints(), &metrics()).await.unwrap();
         jobs += 1;
         assert_eq!(done.replayed, done.considered, "every considered delivery was dead");
         for c in s.claim_due("be", FAR_FUTURE, 100, VIS).await.unwrap() {
@@ -364,6 +369,80 @@ async fn a_truncated_replay_job_continues_exactly_at_its_cursor(s: Arc<impl Stor
     }
     assert_eq!(replayed.len(), 11, "every one replayed once, in {jobs} jobs");
     assert!(s.list(&filter, None, 100).await.unwrap().items.is_empty(), "none left dead");
+}
+
+async fn listing_by_state_reads_only_deliveries_in_that_state(s: Arc<impl Store>) {
+    // One dead delivery under more pending ones than a page examines: the
+    // state's own index finds it, and says nothing is left.
+    let ids = dead_deliveries(&s, 1).await;
+    let many = LIST_SCAN_LIMIT as u64 + 100;
+    let ds: Vec<NewDelivery> =
+        (0..many).map(|_| NewDelivery { id: new_delivery_id(9000), endpoint: "be".into() }).collect();
+    s.admit(event("evt_busy", "np", "t.t", 9000), ds, TTL).await.unwrap();
+    for (state, n) in [(DeliveryState::Dead, 1), (DeliveryState::Orphaned, 0), (DeliveryState::Delivered, 0)] {
+        let p = s.list(&DeliveryFilter { state: Some(state), ..Default::default() }, None, 10).await.unwrap();
+        if state == DeliveryState::Delivered {
+            // No index: a page may end at the scan limit, with a cursor.
+            assert!(p.items.is_empty());
+            continue;
+        }
+        assert_eq!((p.items.len(), p.next_cursor.is_none()), (n, true), "{state:?}");
+    }
+    let p = s.list(&DeliveryFilter { state: Some(DeliveryState::Dead), ..Default::default() }, None, 10).await.unwrap();
+    assert_eq!(p.items[0].id, ids[0]);
+    let pending = DeliveryFilter { state: Some(DeliveryState::Pending), ..Default::default() };
+    let p = s.list(&pending, None, 7).await.unwrap();
+    assert_eq!(p.items.len(), 7);
+    // Replayed, it leaves the dead index.
+    assert_eq!(s.replay(&ids, false, 9500).await.unwrap().replayed, 1);
+    let p = s.list(&DeliveryFilter { state: Some(DeliveryState::Dead), ..Default::default() }, None, 10).await.unwrap();
+    assert_eq!((p.items.len(), p.next_cursor), (0, None));
+}
+
+async fn deliveries_to_a_removed_endpoint_are_orphaned_and_taken_back(s: Arc<impl Store>) {
+    let orphaned = DeliveryFilter { state: Some(DeliveryState::Orphaned), ..Default::default() };
+    s.admit(event("evt_o", "np", "t.t", 1000), deliveries(1000, &["be", "gone", "gone", "gone"]), TTL).await.unwrap();
+    let both = ["be".to_owned(), "gone".to_owned()];
+    let only_be = ["be".to_owned()];
+    // Configured with both: nothing to do, and both are remembered.
+    assert_eq!(s.reconcile_endpoints(&both, true, 1000).await.unwrap(), Default::default());
+    assert_eq!(s.known_endpoints().await.unwrap(), both.to_vec());
+    // One `gone` delivery is being sent when the endpoint disappears.
+    let held = s.claim_due("gone", 1000, 1, VIS).await.unwrap().remove(0);
+    let found = s.reconcile_endpoints(&only_be, true, 1200).await.unwrap();
+    assert_eq!(found.orphaned, vec![("gone".to_owned(), 2)], "the live claim is left to end");
+    assert!(found.adopted.is_empty());
+    let counts = s.counts().await.unwrap().map(|(_, n)| n);
+    assert_eq!(counts, [1, 1, 0, 0, 2]);
+    assert_eq!(s.list(&orphaned, None, 10).await.unwrap().items.len(), 2);
+    let by_name = DeliveryFilter { endpoint: Some("gone".into()), ..orphaned.clone() };
+    let page = s.list(&by_name, None, 10).await.unwrap();
+    assert!(page.items.iter().all(|d| d.state == DeliveryState::Orphaned && d.next_attempt_at.is_none()));
+    // Orphaned deliveries are never claimed; the held one finishes as usual.
+    let again = s.claim_due("gone", FAR_FUTURE, 10, VIS).await.unwrap();
+    assert_eq!(again.len(), 1, "only the claim that expired");
+    let c = &again[0];
+    assert_ne!(c.delivery.claim_token, held.delivery.claim_token);
+    assert!(s.finish(&c.delivery.id, c.delivery.claim_token, attempt(1300, 500), Next::RetryAt(1400)).await.unwrap());
+    // At the next start the retried one is orphaned too.
+    assert_eq!(s.reconcile_endpoints(&only_be, true, 1500).await.unwrap().orphaned, vec![("gone".to_owned(), 3)]);
+    // An operator ends one; it is dead with the reason, its history kept.
+    let first = s.list(&by_name, None, 10).await.unwrap().items.remove(0);
+    let be = s.event_deliveries("evt_o").await.unwrap().into_iter().find(|d| d.endpoint == "be").unwrap();
+    let ids = [first.id.clone(), be.id.clone(), "dlv_000000000000ffffffffffffffff".to_owned()];
+    let count = s.discard(&ids, "endpoint removed", 1600).await.unwrap();
+    assert_eq!((count.discarded, count.skipped, count.not_found), (1, 1, 1));
+    let (d, _) = s.delivery(&first.id).await.unwrap().unwrap();
+    assert_eq!((d.state, d.last_error.as_deref()), (DeliveryState::Dead, Some("endpoint removed")));
+    let dead = DeliveryFilter { state: Some(DeliveryState::Dead), ..Default::default() };
+    assert_eq!(s.list(&dead, None, 10).await.unwrap().items.len(), 1);
+    // Configured again, the rest come back, due at once; the orphaning pass
+    // of a relay without it does not count as taking them back.
+    let found = s.reconcile_endpoints(&both, false, 2000).await.unwrap();
+    assert_eq!((found.orphaned, found.adopted), (vec![], vec![("gone".to_owned(), 2)]));
+    assert_eq!(s.list(&orphaned, None, 10).await.unwrap().items.len(), 0);
+    assert_eq!(s.claim_due("gone", 2000, 10, VIS).await.unwrap().len(), 2);
+    assert_eq!(s.counts().await.unwrap().map(|(_, n)| n), [1, 2, 0, 1, 0]);
 }
 
 async fn list_scans_a_bounded_number_of_records_per_page(s: Arc<impl Store>) {
@@ -412,6 +491,8 @@ macro_rules! conformance {
             case!(replay_job_is_bounded);
             case!(a_truncated_replay_job_continues_exactly_at_its_cursor);
             case!(list_scans_a_bounded_number_of_records_per_page);
+            case!(listing_by_state_reads_only_deliveries_in_that_state);
+            case!(deliveries_to_a_removed_endpoint_are_orphaned_and_taken_back);
         }
     };
 }
@@ -645,11 +726,17 @@ async fn redis_store_records_concurrent_finishes_in_batches() {
             (DeliveryState::Pending, 20),
             (DeliveryState::InFlight, 20),
             (DeliveryState::Delivered, 20),
-            (DeliveryState::Dead, 20)
+            (DeliveryState::Dead, 20),
+            (DeliveryState::Orphaned, 0)
         ]
     );
     // Settled deliveries left the schedules and the open index.
-    for (key, expected) in [("{conformance}:due:be", 20), ("{conformance}:due:audit", 20), ("{conformance}:open", 40)] {
+    for (key, expected) in [
+        ("{conformance}:due:be", 20),
+        ("{conformance}:due:audit", 20),
+        ("{conformance}:open", 40),
+        ("{conformance}:dead", 20),
+    ] {
         let card: u64 = redis::cmd("ZCARD").arg(key).query_async(&mut raw).await.unwrap();
         assert_eq!(card, expected, "{key}");
     }

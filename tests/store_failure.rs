@@ -64,8 +64,30 @@ async fn a_full_disk_gives_503_and_the_relay_recovers_when_space_returns() {
     }
     let ready = c.get(format!("http://{}/readyz", relay.admin)).send().await.unwrap();
     assert_eq!(ready.status(), 503, "readyz reports the store down");
+    // Quiet for a while, still full: readiness must not drift back to ready
+    // while admissions cannot commit (a heartbeat alone fits in free pages).
+    tokio::time::sleep(std::time::Duration::from_secs(11)).await;
+    for _ in 0..5 {
+        let ready = c.get(format!("http://{}/readyz", relay.admin)).send().await.unwrap();
+        assert_eq!(ready.status(), 503, "ready again on a full disk after a quiet spell");
+    }
+    let metrics = c.get(format!("http://{}/metrics", relay.admin)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("ipn_relay_store_ready 0"), "{metrics}");
+    let (status, _) = answer(post_np(&c, &relay, &refused[0], NP_SECRET).await).await;
+    assert_eq!(status, 503, "and admissions do fail");
 
     std::fs::remove_file(&filler).unwrap();
+    // Ready again by itself, before any admission commits.
+    let mut ready_again = false;
+    for _ in 0..50 {
+        if c.get(format!("http://{}/readyz", relay.admin)).send().await.unwrap().status() == 200 {
+            ready_again = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(ready_again, "readyz recovers on its own once space is back");
+    assert_eq!(relay.store.event_count().await.unwrap(), 1, "recovered without an admission");
     // The relay reopens the store by itself; every refused IPN is now new.
     for body in &refused {
         let (status, v) = answer(post_np(&c, &relay, body, NP_SECRET).await).await;

@@ -48,8 +48,8 @@ use redb::{
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Admission, Attempt, Claim, Delivery, DeliveryFilter, DeliveryState, LIST_SCAN_LIMIT, Millis, NewDelivery, NewEvent,
-    Next, Page, ReplayCount, ReplayJob, Store, StoreError, StoredEvent,
+    Admission, Attempt, Claim, Counts, Delivery, DeliveryFilter, DeliveryState, DiscardCount, LIST_SCAN_LIMIT, Millis,
+    NewDelivery, NewEvent, Next, Page, Reconciled, ReplayCount, ReplayJob, Store, StoreError, StoredEvent,
 };
 
 /// Most operations one commit carries.
@@ -74,11 +74,18 @@ const REPLAY_JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("replay_j
 /// Ids of deliveries pending or in flight; ids sort by creation time, so the
 /// first is the oldest open delivery.
 const OPEN: TableDefinition<&str, ()> = TableDefinition::new("open");
+/// (state, id) of every dead or orphaned delivery: what an operator lists
+/// and acts on, without scanning every delivery ever made.
+const BY_STATE: TableDefinition<(&str, &str), ()> = TableDefinition::new("by_state");
+/// (endpoint, id) of every orphaned delivery, to take them back by endpoint.
+const ORPHANED: TableDefinition<(&str, &str), ()> = TableDefinition::new("orphaned");
+/// Every endpoint name this file has seen configured.
+const ENDPOINTS: TableDefinition<&str, ()> = TableDefinition::new("endpoints");
 
-/// After a failed write the store reports not ready for this long, unless a
-/// write succeeds sooner. A heartbeat may fit in pages the file already has
-/// while admissions need it to grow, so the heartbeat alone cannot tell.
-const FAILURE_MEMORY_MS: u64 = 10_000;
+/// Scratch space for readiness probes: see [`EmbeddedStore::ping`].
+const PROBE: TableDefinition<&str, &[u8]> = TableDefinition::new("probe");
+/// The smallest readiness probe written after a failed write.
+const MIN_PROBE_BYTES: u64 = 64 * 1024;
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
@@ -99,6 +106,8 @@ enum Op {
     CreateJob { job: Box<ReplayJob>, reply: Reply<()> },
     ReplayStep { job: Box<ReplayJob>, ids: Vec<String>, now: Millis, reply: Reply<Option<ReplayJob>> },
     Sweep { now: Millis, reply: Reply<usize> },
+    Reconcile { endpoints: Vec<String>, orphan_others: bool, now: Millis, reply: Reply<Reconciled> },
+    Discard { ids: Vec<String>, reason: String, now: Millis, reply: Reply<DiscardCount> },
     Ping { reply: Reply<()> },
 }
 
@@ -150,7 +159,9 @@ pub struct EmbeddedStore {
     ops: mpsc::Sender<Op>,
     db: DbSlot,
     /// When the last write batch failed (unix ms), 0 once one succeeded.
-    last_failure: Arc<AtomicU64>,
+    /// 0 while writes commit; after a failed batch, the bytes a readiness
+    /// probe must write to show that admissions would commit again.
+    failing: Arc<AtomicU64>,
     claims: SharedClaims,
     writer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -175,21 +186,21 @@ impl EmbeddedStore {
         let db = open()?;
         let slot: DbSlot = Arc::new(RwLock::new(Some(Arc::new(db))));
         let (tx, rx) = mpsc::channel(MAX_BATCH * 4);
-        let last_failure = Arc::new(AtomicU64::new(0));
+        let failing = Arc::new(AtomicU64::new(0));
         let claims = SharedClaims::default();
         let writer = Writer {
             label,
             open: Box::new(open),
             db: slot.clone(),
             ops: rx,
-            last_failure: last_failure.clone(),
+            failing: failing.clone(),
             claims: claims.clone(),
         };
         let handle = std::thread::Builder::new()
             .name("redb-writer".into())
             .spawn(move || writer.run())
             .map_err(|e| unavailable(format!("cannot start the writer thread: {e}")))?;
-        Ok(EmbeddedStore { ops: tx, db: slot, last_failure, claims, writer: std::sync::Mutex::new(Some(handle)) })
+        Ok(EmbeddedStore { ops: tx, db: slot, failing, claims, writer: std::sync::Mutex::new(Some(handle)) })
     }
 
     /// Finishes queued writes and closes the file, so it can be reopened.
@@ -257,6 +268,25 @@ fn init_tables(db: Database) -> Result<Database, StoreError> {
         }
         t.meta.insert("open_index", 1).map_err(unavailable)?;
     }
+    // Files written before the state index and the endpoint list: index
+    // every dead delivery, and remember the endpoints of the schedule (the
+    // only deliveries an endpoint's removal leaves stranded).
+    if t.meta.get("state_index").map_err(unavailable)?.is_none() {
+        let mut dead = Vec::new();
+        for entry in t.deliveries.iter().map_err(unavailable)? {
+            let (k, v) = entry.map_err(unavailable)?;
+            if decode_delivery(k.value(), v.value()).is_ok_and(|d| d.state == DeliveryState::Dead) {
+                dead.push(k.value().to_owned());
+            }
+        }
+        for id in &dead {
+            t.by_state.insert((DeliveryState::Dead.as_str(), id.as_str()), ()).map_err(unavailable)?;
+        }
+        for endpoint in t.scheduled_endpoints()? {
+            t.endpoints.insert(endpoint.as_str(), ()).map_err(unavailable)?;
+        }
+        t.meta.insert("state_index", 1).map_err(unavailable)?;
+    }
     drop(t);
     txn.commit().map_err(unavailable)?;
     Ok(db)
@@ -268,7 +298,7 @@ struct Writer {
     open: Box<dyn Fn() -> Result<Database, StoreError> + Send>,
     db: DbSlot,
     ops: mpsc::Receiver<Op>,
-    last_failure: Arc<AtomicU64>,
+    failing: Arc<AtomicU64>,
     claims: SharedClaims,
 }
 
@@ -303,14 +333,14 @@ impl Writer {
     /// returns the answers of the ops already applied, to be failed too, and
     /// puts the claim table back as it was: a claim or finish whose commit
     /// failed must not have happened in memory either.
-    fn try_commit(&mut self, batch: &mut Vec<Op>) -> Result<Vec<Answer>, (StoreError, Vec<Answer>)> {
+    fn try_commit(&mut self, batch: &mut Vec<Op>, probe: u64) -> Result<Vec<Answer>, (StoreError, Vec<Answer>)> {
         let touches_claims =
             batch.iter().any(|op| matches!(op, Op::Claim { .. } | Op::Finish { .. } | Op::Release { .. }));
         let snapshot = match touches_claims {
             true => Some(self.claims.lock().map_err(|_| (unavailable("lock poisoned"), Vec::new()))?.live.clone()),
             false => None,
         };
-        let result = self.apply_and_commit(batch);
+        let result = self.apply_and_commit(batch, probe);
         if let (Err(_), Some(live)) = (&result, snapshot)
             && let Ok(mut claims) = self.claims.lock()
         {
@@ -319,7 +349,7 @@ impl Writer {
         result
     }
 
-    fn apply_and_commit(&mut self, batch: &mut Vec<Op>) -> Result<Vec<Answer>, (StoreError, Vec<Answer>)> {
+    fn apply_and_commit(&mut self, batch: &mut Vec<Op>, probe: u64) -> Result<Vec<Answer>, (StoreError, Vec<Answer>)> {
         let db = self.current_db().map_err(|e| (e, Vec::new()))?;
         let mut txn = db.begin_write().map_err(|e| (unavailable(e), Vec::new()))?;
         txn.set_durability(Durability::Immediate).map_err(|e| (unavailable(e), Vec::new()))?;
@@ -328,7 +358,7 @@ impl Writer {
             let mut t = Tables::open(&txn).map_err(|e| (e, Vec::new()))?;
             let mut claims = self.claims.lock().map_err(|_| (unavailable("lock poisoned"), Vec::new()))?;
             for op in batch.drain(..) {
-                match apply(&mut t, &mut claims, op) {
+                match apply(&mut t, &mut claims, op, probe) {
                     Ok(a) => answers.push(a),
                     Err((e, a)) => {
                         answers.push(a);
@@ -347,23 +377,38 @@ impl Writer {
     }
 
     fn commit_batch(&mut self, batch: &mut Vec<Op>) {
-        let only_pings = batch.iter().all(|op| matches!(op, Op::Ping { .. }));
+        // What a probe must write to stand for this batch, should it fail.
+        let need = batch
+            .iter()
+            .map(|op| match op {
+                Op::Admit { event, deliveries, .. } => (event.json.len() + 1024 * (deliveries.len() + 1)) as u64,
+                _ => 0,
+            })
+            .max()
+            .unwrap_or(0)
+            .max(MIN_PROBE_BYTES);
+        // Only an admission, or a probe as large as the failed writes, shows
+        // that admissions commit again: claims, finishes and heartbeats are
+        // small enough to fit in pages the file already has.
+        let probe = self.failing.load(Ordering::Relaxed);
+        let proves =
+            batch.iter().any(|op| matches!(op, Op::Admit { .. }) || (probe > 0 && matches!(op, Op::Ping { .. })));
         let ops = batch.len();
         let started = std::time::Instant::now();
-        let result = self.try_commit(batch);
+        let result = self.try_commit(batch, probe);
         let took = started.elapsed();
         if took >= SLOW_COMMIT {
             tracing::warn!(ops, took_ms = took.as_millis() as u64, "slow embedded store commit");
         }
         match result {
             Ok(answers) => {
-                if !only_pings {
-                    self.last_failure.store(0, Ordering::Relaxed);
+                if proves {
+                    self.failing.store(0, Ordering::Relaxed);
                 }
                 answers.into_iter().for_each(|a| a(Ok(())));
             }
             Err((e, answers)) => {
-                self.last_failure.store(super::now_millis().max(1), Ordering::Relaxed);
+                self.failing.fetch_max(need, Ordering::Relaxed);
                 tracing::error!(error = %e, "embedded store write failed; answering unavailable");
                 if matches!(e, StoreError::Unavailable(_)) {
                     // Drop our handle so the next batch reopens the file.
@@ -392,6 +437,8 @@ fn fail(op: Op, e: StoreError) {
         Op::CreateJob { reply, .. } => drop(reply.send(Err(e))),
         Op::ReplayStep { reply, .. } => drop(reply.send(Err(e))),
         Op::Sweep { reply, .. } => drop(reply.send(Err(e))),
+        Op::Reconcile { reply, .. } => drop(reply.send(Err(e))),
+        Op::Discard { reply, .. } => drop(reply.send(Err(e))),
         Op::Ping { reply } => drop(reply.send(Err(e))),
     }
 }
@@ -408,7 +455,7 @@ fn refuse<T: Send + 'static>(reply: Reply<T>, e: StoreError) -> Answer {
 /// fails only its own op: every op reads the records it needs before it
 /// writes anything, and ops that walk many records skip bad ones, so the
 /// error leaves nothing half-done for the commit to keep.
-fn apply(t: &mut Tables<'_>, claims: &mut ClaimTable, op: Op) -> Result<Answer, (StoreError, Answer)> {
+fn apply(t: &mut Tables<'_>, claims: &mut ClaimTable, op: Op, probe: u64) -> Result<Answer, (StoreError, Answer)> {
     macro_rules! run {
         ($reply:expr, $body:expr) => {{
             let reply = $reply;
@@ -432,9 +479,11 @@ fn apply(t: &mut Tables<'_>, claims: &mut ClaimTable, op: Op) -> Result<Answer, 
         Op::CreateJob { job, reply } => run!(reply, t.create_job(&job)),
         Op::ReplayStep { job, ids, now, reply } => run!(reply, t.replay_step(claims, *job, &ids, now)),
         Op::Sweep { now, reply } => run!(reply, t.sweep(now)),
-        Op::Ping { reply } => {
-            run!(reply, t.meta.insert("heartbeat", super::now_millis()).map(|_| ()).map_err(unavailable))
+        Op::Reconcile { endpoints, orphan_others, now, reply } => {
+            run!(reply, t.reconcile(claims, &endpoints, orphan_others, now))
         }
+        Op::Discard { ids, reason, now, reply } => run!(reply, t.discard(&ids, &reason, now)),
+        Op::Ping { reply } => run!(reply, t.ping(probe)),
     }
 }
 
@@ -461,8 +510,12 @@ struct Tables<'txn> {
     meta: Table<'txn, &'static str, u64>,
     replay_jobs: Table<'txn, &'static str, &'static [u8]>,
     open: Table<'txn, &'static str, ()>,
+    probe: Table<'txn, &'static str, &'static [u8]>,
+    by_state: Table<'txn, (&'static str, &'static str), ()>,
+    orphaned: Table<'txn, (&'static str, &'static str), ()>,
+    endpoints: Table<'txn, &'static str, ()>,
     /// State-count changes of this batch, written once before commit.
-    count_deltas: [i64; 4],
+    count_deltas: [i64; DeliveryState::ALL.len()],
 }
 
 fn decode_delivery(id: &str, bytes: &[u8]) -> Result<Delivery, StoreError> {
@@ -487,7 +540,11 @@ impl<'txn> Tables<'txn> {
             meta: txn.open_table(META).map_err(unavailable)?,
             replay_jobs: txn.open_table(REPLAY_JOBS).map_err(unavailable)?,
             open: txn.open_table(OPEN).map_err(unavailable)?,
-            count_deltas: [0; 4],
+            probe: txn.open_table(PROBE).map_err(unavailable)?,
+            by_state: txn.open_table(BY_STATE).map_err(unavailable)?,
+            orphaned: txn.open_table(ORPHANED).map_err(unavailable)?,
+            endpoints: txn.open_table(ENDPOINTS).map_err(unavailable)?,
+            count_deltas: [0; DeliveryState::ALL.len()],
         })
         .and_then(|mut t| {
             t.body_seq = t.bodies.last().map_err(unavailable)?.map(|(k, _)| k.value()).unwrap_or(0);
@@ -496,13 +553,13 @@ impl<'txn> Tables<'txn> {
     }
 
     fn bump(&mut self, state: DeliveryState, delta: i64) {
-        self.count_deltas[state_index(state)] += delta;
+        self.count_deltas[state.index()] += delta;
     }
 
     /// Writes the batch's state-count changes.
     fn flush_counts(&mut self) -> Result<(), StoreError> {
         for state in DeliveryState::ALL {
-            let delta = std::mem::take(&mut self.count_deltas[state_index(state)]);
+            let delta = std::mem::take(&mut self.count_deltas[state.index()]);
             if delta != 0 {
                 let key = state.as_str();
                 let cur = self.counts.get(key).map_err(unavailable)?.map(|g| g.value()).unwrap_or(0);
@@ -526,6 +583,20 @@ impl<'txn> Tables<'txn> {
             (false, true) => drop(self.open.insert(d.id.as_str(), ()).map_err(unavailable)?),
             (true, false) => drop(self.open.remove(d.id.as_str()).map_err(unavailable)?),
             _ => {}
+        }
+        if old.map(|o| o.state) != Some(d.state) {
+            if let Some(o) = old.filter(|o| in_by_state(o.state)) {
+                self.by_state.remove((o.state.as_str(), o.id.as_str())).map_err(unavailable)?;
+            }
+            if in_by_state(d.state) {
+                self.by_state.insert((d.state.as_str(), d.id.as_str()), ()).map_err(unavailable)?;
+            }
+            if let Some(o) = old.filter(|o| o.state == DeliveryState::Orphaned) {
+                self.orphaned.remove((o.endpoint.as_str(), o.id.as_str())).map_err(unavailable)?;
+            }
+            if d.state == DeliveryState::Orphaned {
+                self.orphaned.insert((d.endpoint.as_str(), d.id.as_str()), ()).map_err(unavailable)?;
+            }
         }
         if let Some(old) = old {
             if let Some(at) = old.next_attempt_at.filter(|_| is_scheduled(old.state)) {
@@ -788,6 +859,159 @@ impl<'txn> Tables<'txn> {
         Ok(Some(job))
     }
 
+    /// A heartbeat; while writes are failing, also `probe` bytes of fresh
+    /// data, so that the commit needs the room a failed admission needed.
+    /// The probe is removed by the first ping after writes recover.
+    fn ping(&mut self, probe: u64) -> Result<(), StoreError> {
+        self.meta.insert("heartbeat", super::now_millis()).map_err(unavailable)?;
+        if probe == 0 {
+            self.probe.remove("probe").map_err(unavailable)?;
+        } else {
+            let fill: Vec<u8> = (0..probe).map(|i| (i as u8) ^ (super::now_millis() as u8)).collect();
+            self.probe.insert("probe", fill.as_slice()).map_err(unavailable)?;
+        }
+        Ok(())
+    }
+
+    /// The distinct endpoints of the schedule (pending deliveries), found by
+    /// jumping from one endpoint's entries to the next.
+    fn scheduled_endpoints(&self) -> Result<Vec<String>, StoreError> {
+        let mut out: Vec<String> = Vec::new();
+        loop {
+            let from = match out.last() {
+                Some(last) => format!("{last}\0"),
+                None => String::new(),
+            };
+            let next = self.due.range((from.as_str(), 0u64, "")..).map_err(unavailable)?.next();
+            match next {
+                Some(entry) => out.push(entry.map_err(unavailable)?.0.value().0.to_owned()),
+                None => return Ok(out),
+            }
+        }
+    }
+
+    fn reconcile(
+        &mut self,
+        claims: &ClaimTable,
+        endpoints: &[String],
+        orphan_others: bool,
+        now: Millis,
+    ) -> Result<Reconciled, StoreError> {
+        let mut out = Reconciled::default();
+        for e in endpoints {
+            self.endpoints.insert(e.as_str(), ()).map_err(unavailable)?;
+        }
+        if orphan_others {
+            let known: Vec<String> = self
+                .endpoints
+                .iter()
+                .map_err(unavailable)?
+                .map(|e| e.map(|(k, _)| k.value().to_owned()).map_err(unavailable))
+                .collect::<Result<_, _>>()?;
+            for endpoint in known.iter().filter(|e| !endpoints.contains(e)) {
+                let scheduled: Vec<String> = self
+                    .due
+                    .range((endpoint.as_str(), 0u64, "")..=(endpoint.as_str(), u64::MAX, "\u{10ffff}"))
+                    .map_err(unavailable)?
+                    .map(|e| e.map(|(k, _)| k.value().2.to_owned()).map_err(unavailable))
+                    .collect::<Result<_, _>>()?;
+                for id in scheduled {
+                    // Claimed here: its attempt ends first (only a running
+                    // relay holds claims, and it orphans only at start).
+                    if claims.live.contains_key(&id) {
+                        continue;
+                    }
+                    let old = match self.get_delivery(&id) {
+                        Ok(Some(d)) if is_scheduled(d.state) => d,
+                        Ok(_) => continue,
+                        Err(e @ StoreError::Corrupt { .. }) => {
+                            tracing::error!(delivery_id = %id, error = %e, "unreadable delivery record left as it is");
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    };
+                    let mut d = old.clone();
+                    d.state = DeliveryState::Orphaned;
+                    d.next_attempt_at = None;
+                    d.updated_at = now;
+                    self.put_delivery(Some(&old), &d)?;
+                }
+                let n = self.orphaned_ids(endpoint)?.len() as u64;
+                if n > 0 {
+                    out.orphaned.push((endpoint.clone(), n));
+                }
+            }
+        }
+        for endpoint in endpoints {
+            let mut adopted = 0;
+            for id in self.orphaned_ids(endpoint)? {
+                let old = match self.get_delivery(&id) {
+                    Ok(Some(d)) if d.state == DeliveryState::Orphaned => d,
+                    Ok(_) => {
+                        // A stale index entry: the record says otherwise.
+                        self.orphaned.remove((endpoint.as_str(), id.as_str())).map_err(unavailable)?;
+                        continue;
+                    }
+                    Err(e @ StoreError::Corrupt { .. }) => {
+                        tracing::error!(delivery_id = %id, error = %e, "unreadable delivery record left as it is");
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
+                let mut d = old.clone();
+                d.state = DeliveryState::Pending;
+                d.next_attempt_at = Some(now);
+                d.updated_at = now;
+                self.put_delivery(Some(&old), &d)?;
+                adopted += 1;
+            }
+            if adopted > 0 {
+                out.adopted.push((endpoint.clone(), adopted));
+            }
+        }
+        Ok(out)
+    }
+
+    fn orphaned_ids(&self, endpoint: &str) -> Result<Vec<String>, StoreError> {
+        self.orphaned
+            .range((endpoint, "")..=(endpoint, "\u{10ffff}"))
+            .map_err(unavailable)?
+            .map(|e| e.map(|(k, _)| k.value().1.to_owned()).map_err(unavailable))
+            .collect()
+    }
+
+    fn discard(&mut self, ids: &[String], reason: &str, now: Millis) -> Result<DiscardCount, StoreError> {
+        let mut count = DiscardCount::default();
+        let mut seen = std::collections::HashSet::new();
+        for id in ids.iter().filter(|id| seen.insert(id.as_str())) {
+            let old = match self.get_delivery(id) {
+                Ok(Some(d)) => d,
+                Ok(None) => {
+                    count.not_found += 1;
+                    continue;
+                }
+                Err(e @ StoreError::Corrupt { .. }) => {
+                    tracing::error!(delivery_id = %id, error = %e, "unreadable delivery record not discarded");
+                    count.skipped += 1;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if old.state != DeliveryState::Orphaned {
+                count.skipped += 1;
+                continue;
+            }
+            let mut d = old.clone();
+            d.state = DeliveryState::Dead;
+            d.next_attempt_at = None;
+            d.last_error = Some(reason.to_owned());
+            d.updated_at = now;
+            self.put_delivery(Some(&old), &d)?;
+            count.discarded += 1;
+        }
+        Ok(count)
+    }
+
     fn sweep(&mut self, now: Millis) -> Result<usize, StoreError> {
         let mut expired = Vec::new();
         for entry in self.dedupe_expiry.range((0u64, "")..(now, "")).map_err(unavailable)?.take(SWEEP_CHUNK) {
@@ -815,13 +1039,9 @@ impl<'txn> Tables<'txn> {
     }
 }
 
-fn state_index(s: DeliveryState) -> usize {
-    match s {
-        DeliveryState::Pending => 0,
-        DeliveryState::InFlight => 1,
-        DeliveryState::Delivered => 2,
-        DeliveryState::Dead => 3,
-    }
+/// Whether deliveries in `state` are listed in `by_state`.
+fn in_by_state(state: DeliveryState) -> bool {
+    matches!(state, DeliveryState::Dead | DeliveryState::Orphaned)
 }
 
 /// The index entry of an event: dedupe expiry (0 once swept), where its
@@ -978,6 +1198,7 @@ impl Store for EmbeddedStore {
         self.read(move |txn| {
             let table = txn.open_table(DELIVERIES).map_err(unavailable)?;
             let open = txn.open_table(OPEN).map_err(unavailable)?;
+            let by_state = txn.open_table(BY_STATE).map_err(unavailable)?;
             // Ids begin with their creation time, so the time window bounds
             // the scan; the cursor is the last id already returned.
             let lower = filter.since.map(|t| format!("dlv_{t:012x}")).unwrap_or_default();
@@ -988,23 +1209,29 @@ impl Store for EmbeddedStore {
             let range = lower.as_str()..upper.as_str();
             // Pending and in-flight deliveries are the few in the open index:
             // scan it rather than every delivery ever made.
-            let ids: Box<dyn Iterator<Item = Result<String, StoreError>>> =
-                if matches!(filter.state, Some(DeliveryState::Pending | DeliveryState::InFlight)) {
-                    Box::new(
-                        open.range(range)
-                            .map_err(unavailable)?
-                            .rev()
-                            .map(|e| e.map(|(k, _)| k.value().to_owned()).map_err(unavailable)),
-                    )
-                } else {
-                    Box::new(
-                        table
-                            .range(range)
-                            .map_err(unavailable)?
-                            .rev()
-                            .map(|e| e.map(|(k, _)| k.value().to_owned()).map_err(unavailable)),
-                    )
-                };
+            // So are dead and orphaned ones, in theirs.
+            let ids: Box<dyn Iterator<Item = Result<String, StoreError>>> = match filter.state {
+                Some(DeliveryState::Pending | DeliveryState::InFlight) => Box::new(
+                    open.range(range)
+                        .map_err(unavailable)?
+                        .rev()
+                        .map(|e| e.map(|(k, _)| k.value().to_owned()).map_err(unavailable)),
+                ),
+                Some(state) if in_by_state(state) => Box::new(
+                    by_state
+                        .range((state.as_str(), range.start)..(state.as_str(), range.end))
+                        .map_err(unavailable)?
+                        .rev()
+                        .map(|e| e.map(|(k, _)| k.value().1.to_owned()).map_err(unavailable)),
+                ),
+                _ => Box::new(
+                    table
+                        .range(range)
+                        .map_err(unavailable)?
+                        .rev()
+                        .map(|e| e.map(|(k, _)| k.value().to_owned()).map_err(unavailable)),
+                ),
+            };
             let mut items = Vec::new();
             let mut next_cursor = None;
             let mut last_examined: Option<String> = None;
@@ -1098,39 +1325,60 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn counts(&self) -> Result<[(DeliveryState, u64); 4], StoreError> {
+    async fn counts(&self) -> Result<Counts, StoreError> {
         let claims = self.claims.clone();
         self.read(move |txn| {
             let table = txn.open_table(COUNTS).map_err(unavailable)?;
-            let get = |s: DeliveryState| -> Result<(DeliveryState, u64), StoreError> {
-                Ok((s, table.get(s.as_str()).map_err(unavailable)?.map(|g| g.value()).unwrap_or(0)))
-            };
-            let [(_, pending), _, delivered, dead] = [
-                get(DeliveryState::ALL[0])?,
-                get(DeliveryState::ALL[1])?,
-                get(DeliveryState::ALL[2])?,
-                get(DeliveryState::ALL[3])?,
-            ];
+            let mut counts = DeliveryState::ALL.map(|s| (s, 0));
+            for (state, n) in &mut counts {
+                *n = table.get(state.as_str()).map_err(unavailable)?.map(|g| g.value()).unwrap_or(0);
+            }
             // Claimed deliveries are pending on disk and in flight in memory.
             let in_flight = claims.lock().map_err(|_| unavailable("lock poisoned"))?.live.len() as u64;
-            Ok([
-                (DeliveryState::Pending, pending.saturating_sub(in_flight)),
-                (DeliveryState::InFlight, in_flight),
-                delivered,
-                dead,
-            ])
+            let pending = &mut counts[DeliveryState::Pending.index()].1;
+            *pending = pending.saturating_sub(in_flight);
+            counts[DeliveryState::InFlight.index()].1 = in_flight;
+            Ok(counts)
         })
         .await
     }
 
+    async fn reconcile_endpoints(
+        &self,
+        endpoints: &[String],
+        orphan_others: bool,
+        now: Millis,
+    ) -> Result<Reconciled, StoreError> {
+        let endpoints = endpoints.to_vec();
+        self.call(|reply| Op::Reconcile { endpoints, orphan_others, now, reply }).await
+    }
+
+    async fn known_endpoints(&self) -> Result<Vec<String>, StoreError> {
+        self.read(|txn| {
+            let table = txn.open_table(ENDPOINTS).map_err(unavailable)?;
+            table
+                .iter()
+                .map_err(unavailable)?
+                .map(|e| e.map(|(k, _)| k.value().to_owned()).map_err(unavailable))
+                .collect()
+        })
+        .await
+    }
+
+    async fn discard(&self, ids: &[String], reason: &str, now: Millis) -> Result<DiscardCount, StoreError> {
+        let (ids, reason) = (ids.to_vec(), reason.to_owned());
+        self.call(|reply| Op::Discard { ids, reason, now, reply }).await
+    }
+
+    /// Ready while writes commit. A heartbeat alone cannot tell: it may fit
+    /// in pages the file already has while admissions need the file to
+    /// grow on a full disk. So after a failed write every ping also writes
+    /// a probe as large as the failed admissions, and the store stays not
+    /// ready until a probe or a real write commits; no timer makes it ready.
     async fn ping(&self) -> Result<(), StoreError> {
-        // A heartbeat committed through the writer proves the file is open
-        // and writable; a recent failed batch says the writes that matter
-        // are not getting through.
         self.call(|reply| Op::Ping { reply }).await?;
-        let failed_at = self.last_failure.load(Ordering::Relaxed);
-        if failed_at != 0 && super::now_millis().saturating_sub(failed_at) < FAILURE_MEMORY_MS {
-            return Err(unavailable("a write failed in the last 10s"));
+        if self.failing.load(Ordering::Relaxed) != 0 {
+            return Err(unavailable("writes are failing"));
         }
         Ok(())
     }

@@ -77,12 +77,24 @@ pub enum DeliveryState {
     InFlight,
     Delivered,
     Dead,
+    /// Its endpoint is no longer in the configuration: nothing will send it.
+    /// Off the schedule until a relay configured with the endpoint takes it
+    /// back, or an operator discards it.
+    Orphaned,
 }
+
+/// Deliveries in each state, in [`DeliveryState::ALL`] order.
+pub type Counts = [(DeliveryState, u64); 5];
 
 impl DeliveryState {
     /// Every state, in the order gauges and counts list them.
-    pub const ALL: [DeliveryState; 4] =
-        [DeliveryState::Pending, DeliveryState::InFlight, DeliveryState::Delivered, DeliveryState::Dead];
+    pub const ALL: [DeliveryState; 5] = [
+        DeliveryState::Pending,
+        DeliveryState::InFlight,
+        DeliveryState::Delivered,
+        DeliveryState::Dead,
+        DeliveryState::Orphaned,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -90,7 +102,13 @@ impl DeliveryState {
             DeliveryState::InFlight => "in_flight",
             DeliveryState::Delivered => "delivered",
             DeliveryState::Dead => "dead",
+            DeliveryState::Orphaned => "orphaned",
         }
+    }
+
+    /// Where this state sits in [`DeliveryState::ALL`] and [`Counts`].
+    pub fn index(self) -> usize {
+        self as usize
     }
 
     pub fn parse(s: &str) -> Option<DeliveryState> {
@@ -249,6 +267,26 @@ pub struct Page {
     pub next_cursor: Option<String>,
 }
 
+/// What reconciling the store with the configured endpoints found, per
+/// endpoint: deliveries orphaned now, and taken back.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reconciled {
+    /// Endpoints not configured here, with how many of their deliveries are
+    /// orphaned (newly or from before).
+    pub orphaned: Vec<(String, u64)>,
+    /// Configured endpoints whose orphaned deliveries went back to pending.
+    pub adopted: Vec<(String, u64)>,
+}
+
+/// What a discard did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DiscardCount {
+    pub discarded: usize,
+    /// Not orphaned: left as they were.
+    pub skipped: usize,
+    pub not_found: usize,
+}
+
 /// What a replay did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ReplayCount {
@@ -284,6 +322,10 @@ pub struct ReplayJob {
     pub replayed: usize,
     pub skipped: usize,
     pub not_found: usize,
+    /// Left alone: their endpoint is not in the configuration of the relay
+    /// that ran the step, so nothing would send them.
+    #[serde(default)]
+    pub not_configured: usize,
     pub finished: bool,
     /// Finished because `max` was reached with matching deliveries left.
     pub truncated: bool,
@@ -308,6 +350,7 @@ impl ReplayJob {
             replayed: 0,
             skipped: 0,
             not_found: 0,
+            not_configured: 0,
             finished: false,
             truncated: false,
         }
@@ -405,7 +448,31 @@ pub trait Store: Send + Sync + 'static {
     async fn oldest_open(&self) -> Result<Option<Millis>, StoreError>;
 
     /// Counts of deliveries by state, for gauges.
-    async fn counts(&self) -> Result<[(DeliveryState, u64); 4], StoreError>;
+    async fn counts(&self) -> Result<Counts, StoreError>;
+
+    /// Brings deliveries in line with the endpoints this relay is
+    /// configured with. With `orphan_others`, pending deliveries (and
+    /// in-flight ones whose claim expired) to an endpoint the store has seen
+    /// but `endpoints` lacks become `orphaned`; always, orphaned deliveries
+    /// to an endpoint in `endpoints` go back to pending, due `now`. The
+    /// store remembers `endpoints` as seen.
+    ///
+    /// A relay orphans only at start-up, and takes back at every
+    /// housekeeping tick: relays sharing a store during a rolling change of
+    /// endpoints hand deliveries back and forth, never drop them.
+    async fn reconcile_endpoints(
+        &self,
+        endpoints: &[String],
+        orphan_others: bool,
+        now: Millis,
+    ) -> Result<Reconciled, StoreError>;
+
+    /// Every endpoint name the store has seen configured.
+    async fn known_endpoints(&self) -> Result<Vec<String>, StoreError>;
+
+    /// Ends orphaned deliveries as `dead`, recording why; others are
+    /// skipped. Their history stays.
+    async fn discard(&self, ids: &[String], reason: &str, now: Millis) -> Result<DiscardCount, StoreError>;
 
     /// Whether the store is reachable and writable right now.
     async fn ping(&self) -> Result<(), StoreError>;

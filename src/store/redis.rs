@@ -11,7 +11,11 @@
 //! claim deadline while in flight — so claiming and the visibility timeout
 //! are one range query. `index` orders delivery ids (which begin with their
 //! creation time) for listing, `dedupe-exp` orders dedupe keys by expiry for
-//! sweeping, `counts` counts deliveries by state.
+//! sweeping, `counts` counts deliveries by state. `open`, `dead` and
+//! `orphaned` order the ids of deliveries in those states, so that listing
+//! what needs attention does not read every delivery; `orphaned:NAME` holds
+//! the orphaned deliveries of one endpoint, and `endpoints` every endpoint
+//! name a relay has been configured with.
 //!
 //! **Why a sorted set and not Streams.** A delivery is retried at a time of
 //! its own and claimed again after a visibility timeout. A sorted set scored
@@ -44,8 +48,8 @@ use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 
 use super::{
-    Admission, Attempt, Claim, Delivery, DeliveryFilter, DeliveryState, LIST_SCAN_LIMIT, Millis, NewDelivery, NewEvent,
-    Next, Page, ReplayCount, ReplayJob, Store, StoreError, StoredEvent,
+    Admission, Attempt, Claim, Counts, Delivery, DeliveryFilter, DeliveryState, DiscardCount, LIST_SCAN_LIMIT, Millis,
+    NewDelivery, NewEvent, Next, Page, Reconciled, ReplayCount, ReplayJob, Store, StoreError, StoredEvent,
 };
 
 /// KEYS: dedupe, event, event-dlv, counts, index, dedupe-exp, open, then a
@@ -124,6 +128,7 @@ for _, id in ipairs(ids) do
       redis.call('SET', ARGV[4] .. 'dlv:' .. id, cjson.encode(d))
       redis.call('ZREM', KEYS[1], id)
       redis.call('ZREM', ARGV[4] .. 'open', id)
+      redis.call('ZADD', ARGV[4] .. 'dead', 0, id)
     else
       if d.state == 'pending' then was_pending = was_pending + 1 end
       d.state = 'in_flight'
@@ -172,10 +177,10 @@ local function schedule_ok(due)
   if schedules[due] == nil then schedules[due] = has_type(due, 'zset') end
   return schedules[due]
 end
-if not has_type(KEYS[1], 'hash') or not has_type(p .. 'open', 'zset') then
-  return redis.error_reply('relay keys of the wrong type: ' .. KEYS[1] .. ' or ' .. p .. 'open')
+if not has_type(KEYS[1], 'hash') or not has_type(p .. 'open', 'zset') or not has_type(p .. 'dead', 'zset') then
+  return redis.error_reply('relay keys of the wrong type: ' .. KEYS[1] .. ', ' .. p .. 'open or ' .. p .. 'dead')
 end
-local results, seen, attempts, records, settled = {}, {}, {}, {}, {}
+local results, seen, attempts, records, settled, dead = {}, {}, {}, {}, {}, {}
 local unschedule, reschedule = {}, {}
 local added = {delivered = 0, dead = 0, pending = 0}
 local kinds = {delivered = true, dead = true, retry = true}
@@ -218,6 +223,10 @@ for i = 0, (#ARGV - 1) / 7 - 1 do
       unschedule[due] = unschedule[due] or {}
       table.insert(unschedule[due], id)
       table.insert(settled, id)
+      if kind == 'dead' then
+        table.insert(dead, 0)
+        table.insert(dead, id)
+      end
     end
     added[d.state] = added[d.state] + 1
     finished = finished + 1
@@ -231,6 +240,7 @@ each_slice(records, function(...) redis.call('MSET', ...) end)
 for due, ids in pairs(unschedule) do each_slice(ids, function(...) redis.call('ZREM', due, ...) end) end
 for due, entries in pairs(reschedule) do each_slice(entries, function(...) redis.call('ZADD', due, ...) end) end
 each_slice(settled, function(...) redis.call('ZREM', p .. 'open', ...) end)
+each_slice(dead, function(...) redis.call('ZADD', p .. 'dead', ...) end)
 if finished > 0 then redis.call('HINCRBY', KEYS[1], 'in_flight', -finished) end
 for state, n in pairs(added) do
   if n > 0 then redis.call('HINCRBY', KEYS[1], state, n) end
@@ -270,6 +280,7 @@ local function replay_ids(counts, prefix, include_delivered, now, first)
       elseif not d or type(d.endpoint) ~= 'string' then
         skipped = skipped + 1
       elseif d.state == 'dead' or (include_delivered and d.state == 'delivered') then
+        if d.state == 'dead' then redis.call('ZREM', prefix .. 'dead', id) end
         redis.call('HINCRBY', counts, d.state, -1)
         redis.call('HINCRBY', counts, 'pending', 1)
         d.state = 'pending'
@@ -334,6 +345,103 @@ for _, id in ipairs(ids) do
 end
 return #ids
 "#;
+
+/// Orphans the first ARGV[4] schedule entries of one endpoint from the
+/// ARGV[3]-th on. KEYS: due, counts, open, orphaned, orphaned by endpoint.
+/// ARGV: key prefix, now, offset, max. Pending deliveries, and in-flight
+/// ones whose claim expired, become orphaned; a live claim is left to end
+/// (it stays at the front of the schedule: the caller adds it to `offset`).
+/// Returns {orphaned, left, examined}.
+const ORPHAN: &str = r#"
+local now = tonumber(ARGV[2])
+local ids = redis.call('ZRANGE', KEYS[1], tonumber(ARGV[3]), tonumber(ARGV[3]) + tonumber(ARGV[4]) - 1)
+local orphaned, left = 0, 0
+for _, id in ipairs(ids) do
+  local d = read_record(ARGV[1] .. 'dlv:' .. id)
+  if not d or type(d.state) ~= 'string' then
+    left = left + 1
+  elseif d.state == 'pending' or (d.state == 'in_flight' and (tonumber(d.next_attempt_at) or 0) <= now) then
+    redis.call('HINCRBY', KEYS[2], d.state, -1)
+    redis.call('HINCRBY', KEYS[2], 'orphaned', 1)
+    d.state = 'orphaned'
+    d.next_attempt_at = cjson.null
+    d.updated_at = now
+    redis.call('SET', ARGV[1] .. 'dlv:' .. id, cjson.encode(d))
+    redis.call('ZREM', KEYS[1], id)
+    redis.call('ZREM', KEYS[3], id)
+    redis.call('ZADD', KEYS[4], 0, id)
+    redis.call('ZADD', KEYS[5], 0, id)
+    orphaned = orphaned + 1
+  elseif d.state == 'in_flight' then
+    left = left + 1
+  else
+    redis.call('ZREM', KEYS[1], id)
+  end
+end
+return {orphaned, left, #ids}
+"#;
+
+/// Takes back up to ARGV[3] orphaned deliveries of one endpoint. KEYS:
+/// orphaned by endpoint, orphaned, open, counts, due. ARGV: key prefix, now,
+/// max. Returns {adopted, examined}.
+const ADOPT: &str = r#"
+local now = tonumber(ARGV[2])
+local ids = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[3]) - 1)
+local adopted = 0
+for _, id in ipairs(ids) do
+  local d = read_record(ARGV[1] .. 'dlv:' .. id)
+  redis.call('ZREM', KEYS[1], id)
+  if d and d.state == 'orphaned' then
+    redis.call('HINCRBY', KEYS[4], 'orphaned', -1)
+    redis.call('HINCRBY', KEYS[4], 'pending', 1)
+    d.state = 'pending'
+    d.next_attempt_at = now
+    d.updated_at = now
+    redis.call('SET', ARGV[1] .. 'dlv:' .. id, cjson.encode(d))
+    redis.call('ZREM', KEYS[2], id)
+    redis.call('ZADD', KEYS[3], 0, id)
+    redis.call('ZADD', KEYS[5], now, id)
+    adopted = adopted + 1
+  end
+end
+return {adopted, #ids}
+"#;
+
+/// Ends orphaned deliveries as dead. KEYS: counts, orphaned, dead. ARGV: key
+/// prefix, now, reason, ids... Returns {discarded, skipped, not_found}.
+const DISCARD: &str = r#"
+local now = tonumber(ARGV[2])
+local discarded, skipped, missing, seen = 0, 0, 0, {}
+for i = 4, #ARGV do
+  local id = ARGV[i]
+  if not seen[id] then
+    seen[id] = true
+    local d = read_record(ARGV[1] .. 'dlv:' .. id)
+    if d == nil then
+      missing = missing + 1
+    elseif not d or d.state ~= 'orphaned' or type(d.endpoint) ~= 'string' then
+      skipped = skipped + 1
+    else
+      redis.call('HINCRBY', KEYS[1], 'orphaned', -1)
+      redis.call('HINCRBY', KEYS[1], 'dead', 1)
+      d.state = 'dead'
+      d.last_error = ARGV[3]
+      d.next_attempt_at = cjson.null
+      d.updated_at = now
+      redis.call('SET', ARGV[1] .. 'dlv:' .. id, cjson.encode(d))
+      redis.call('ZREM', KEYS[2], id)
+      redis.call('ZREM', ARGV[1] .. 'orphaned:' .. d.endpoint, id)
+      redis.call('ZADD', KEYS[3], 0, id)
+      discarded = discarded + 1
+    end
+  end
+end
+return {discarded, skipped, missing}
+"#;
+
+/// Schedule entries or orphaned deliveries one reconciling script call
+/// handles, so that a large backlog does not block Redis for long.
+const RECONCILE_CHUNK: usize = 500;
 
 /// Most delivery records one listing page reads per round trip.
 const LIST_SCAN: isize = 500;
@@ -535,6 +643,7 @@ impl RedisStore {
         ));
         let store = RedisStore { conn, keys, scripts, finishes };
         store.build_open_index().await?;
+        store.build_state_index().await?;
         Ok(store)
     }
 
@@ -579,6 +688,44 @@ impl RedisStore {
                 break;
             }
             cursor = next;
+        }
+        let _: () = conn.set(&marker, 1).await.map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// Data written before the `dead` index and the `endpoints` set: index
+    /// every dead delivery and remember every endpoint, once, by walking
+    /// the listing index. Idempotent, like the open index above.
+    async fn build_state_index(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let marker = self.key("state-index");
+        if conn.exists(&marker).await.map_err(unavailable)? {
+            return Ok(());
+        }
+        let mut upper = "+".to_owned();
+        loop {
+            let ids: Vec<String> = redis::cmd("ZREVRANGEBYLEX")
+                .arg(self.key("index"))
+                .arg(&upper)
+                .arg("-")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(1000)
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            let Some(last) = ids.last().cloned() else { break };
+            let deliveries = self.deliveries(&ids).await?;
+            let dead: Vec<(u8, &str)> =
+                deliveries.iter().filter(|d| d.state == DeliveryState::Dead).map(|d| (0, d.id.as_str())).collect();
+            if !dead.is_empty() {
+                let _: () = conn.zadd_multiple(self.key("dead"), &dead).await.map_err(unavailable)?;
+            }
+            let endpoints: std::collections::BTreeSet<&str> = deliveries.iter().map(|d| d.endpoint.as_str()).collect();
+            if !endpoints.is_empty() {
+                let _: () = conn.sadd(self.key("endpoints"), endpoints).await.map_err(unavailable)?;
+            }
+            upper = format!("({last}");
         }
         let _: () = conn.set(&marker, 1).await.map_err(unavailable)?;
         Ok(())
@@ -768,8 +915,11 @@ impl Store for RedisStore {
         }
         // Pending and in-flight deliveries are the few in the open index:
         // scan it rather than every delivery ever made.
+        // So are dead and orphaned ones, in theirs.
         let index = match filter.state {
             Some(DeliveryState::Pending | DeliveryState::InFlight) => self.key("open"),
+            Some(DeliveryState::Dead) => self.key("dead"),
+            Some(DeliveryState::Orphaned) => self.key("orphaned"),
             _ => self.key("index"),
         };
         let mut items = Vec::new();
@@ -880,16 +1030,101 @@ impl Store for RedisStore {
         Ok(first.first().and_then(|id| super::delivery_id_millis(id)))
     }
 
-    async fn counts(&self) -> Result<[(DeliveryState, u64); 4], StoreError> {
-        let states = DeliveryState::ALL;
+    async fn counts(&self) -> Result<Counts, StoreError> {
         let values: Vec<Option<i64>> = redis::cmd("HMGET")
             .arg(self.key("counts"))
-            .arg(states.map(|s| s.as_str()).as_slice())
+            .arg(DeliveryState::ALL.map(|s| s.as_str()).as_slice())
             .query_async(&mut self.conn())
             .await
             .map_err(unavailable)?;
-        let n = |i: usize| values.get(i).copied().flatten().unwrap_or(0).max(0) as u64;
-        Ok([(states[0], n(0)), (states[1], n(1)), (states[2], n(2)), (states[3], n(3))])
+        Ok(DeliveryState::ALL.map(|s| (s, values.get(s.index()).copied().flatten().unwrap_or(0).max(0) as u64)))
+    }
+
+    async fn reconcile_endpoints(
+        &self,
+        endpoints: &[String],
+        orphan_others: bool,
+        now: Millis,
+    ) -> Result<Reconciled, StoreError> {
+        let mut conn = self.conn();
+        if !endpoints.is_empty() {
+            let _: () = conn.sadd(self.key("endpoints"), endpoints).await.map_err(unavailable)?;
+        }
+        let mut out = Reconciled::default();
+        if orphan_others {
+            let orphan = Script::new(&format!("{LUA_LIB}{ORPHAN}"));
+            let known: Vec<String> = conn.smembers(self.key("endpoints")).await.map_err(unavailable)?;
+            for endpoint in known.iter().filter(|e| !endpoints.contains(e)) {
+                let mut offset = 0;
+                loop {
+                    let mut inv = orphan.prepare_invoke();
+                    inv.key(self.key(&format!("due:{endpoint}")))
+                        .key(self.key("counts"))
+                        .key(self.key("open"))
+                        .key(self.key("orphaned"))
+                        .key(self.key(&format!("orphaned:{endpoint}")))
+                        .arg(&self.keys)
+                        .arg(now)
+                        .arg(offset)
+                        .arg(RECONCILE_CHUNK);
+                    let (_, left, examined): (usize, usize, usize) = self.invoke(&inv, false).await?;
+                    offset += left;
+                    if examined < RECONCILE_CHUNK {
+                        break;
+                    }
+                }
+                let n: u64 = conn.zcard(self.key(&format!("orphaned:{endpoint}"))).await.map_err(unavailable)?;
+                if n > 0 {
+                    out.orphaned.push((endpoint.clone(), n));
+                }
+            }
+        }
+        let adopt = Script::new(&format!("{LUA_LIB}{ADOPT}"));
+        for endpoint in endpoints {
+            let mut adopted = 0;
+            loop {
+                let mut inv = adopt.prepare_invoke();
+                inv.key(self.key(&format!("orphaned:{endpoint}")))
+                    .key(self.key("orphaned"))
+                    .key(self.key("open"))
+                    .key(self.key("counts"))
+                    .key(self.key(&format!("due:{endpoint}")))
+                    .arg(&self.keys)
+                    .arg(now)
+                    .arg(RECONCILE_CHUNK);
+                let (n, examined): (u64, usize) = self.invoke(&inv, false).await?;
+                adopted += n;
+                if examined < RECONCILE_CHUNK {
+                    break;
+                }
+            }
+            if adopted > 0 {
+                out.adopted.push((endpoint.clone(), adopted));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn known_endpoints(&self) -> Result<Vec<String>, StoreError> {
+        let mut names: Vec<String> = self.conn().smembers(self.key("endpoints")).await.map_err(unavailable)?;
+        names.sort();
+        Ok(names)
+    }
+
+    async fn discard(&self, ids: &[String], reason: &str, now: Millis) -> Result<DiscardCount, StoreError> {
+        let script = Script::new(&format!("{LUA_LIB}{DISCARD}"));
+        let mut inv = script.prepare_invoke();
+        inv.key(self.key("counts"))
+            .key(self.key("orphaned"))
+            .key(self.key("dead"))
+            .arg(&self.keys)
+            .arg(now)
+            .arg(reason);
+        for id in ids {
+            inv.arg(id);
+        }
+        let (discarded, skipped, not_found): (usize, usize, usize) = self.invoke(&inv, false).await?;
+        Ok(DiscardCount { discarded, skipped, not_found })
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
