@@ -631,6 +631,28 @@ async fn redis_store_builds_the_open_index_for_older_data() {
 /// A new prefix on a Redis that already holds other data (another tenant, an
 /// earlier run) starts without scanning the keyspace for older schedules.
 #[tokio::test]
+async fn redis_data_from_before_the_state_index_is_indexed_once_at_connect() {
+    let (s, server) = redis().await;
+    s.admit(event("evt_old", "np", "t.t", 1000), deliveries(1000, &["be", "gone"]), TTL).await.unwrap();
+    let c = s.claim_due("be", 1000, 1, VIS).await.unwrap().remove(0);
+    assert!(s.finish(&c.delivery.id, c.delivery.claim_token, attempt(1000, 500), Next::Dead).await.unwrap());
+    // As an older version left it: no dead index, no endpoint set, no marker.
+    let mut raw = raw_connection(&server).await;
+    let _: () = redis::cmd("DEL")
+        .arg(&["{conformance}:dead", "{conformance}:endpoints", "{conformance}:state-index"])
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let s = ipn_relay::store::redis::RedisStore::connect(&server.url, "conformance").await.unwrap();
+    let dead = DeliveryFilter { state: Some(DeliveryState::Dead), ..Default::default() };
+    let page = s.list(&dead, None, 10).await.unwrap();
+    assert_eq!(page.items.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), [c.delivery.id.as_str()]);
+    assert_eq!(s.known_endpoints().await.unwrap(), ["be", "gone"]);
+    let found = s.reconcile_endpoints(&["be".into()], true, 2000).await.unwrap();
+    assert_eq!(found.orphaned, vec![("gone".to_owned(), 1)]);
+}
+
+#[tokio::test]
 async fn redis_store_on_a_new_prefix_does_not_scan_the_keyspace() {
     let (s, server) = redis().await;
     s.admit(event("evt_other", "np", "t.t", 1000), deliveries(1000, &["be"]), TTL).await.unwrap();

@@ -1401,6 +1401,44 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_file_from_before_the_state_index_is_indexed_once_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.redb");
+        let store = EmbeddedStore::open(&path).unwrap();
+        let ds = ["be", "gone"].map(|e| NewDelivery { id: new_delivery_id(1000), endpoint: e.into() });
+        store.admit(event("evt_old", 1000), ds.to_vec(), 10_000).await.unwrap();
+        let c = store.claim_due("be", 1000, 1, 500).await.unwrap().remove(0);
+        let failed = Attempt {
+            number: 0,
+            started_at: 1000,
+            duration_ms: 1,
+            result: crate::store::AttemptResult::Status { code: 500 },
+            response_excerpt: None,
+        };
+        assert!(store.finish(&c.delivery.id, c.delivery.claim_token, failed, Next::Dead).await.unwrap());
+        store.close().await;
+
+        // Take the file back to how an older version left it: no state
+        // index, no endpoint list, no marker.
+        let db = Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.delete_table(BY_STATE).unwrap();
+        txn.delete_table(ENDPOINTS).unwrap();
+        txn.open_table(META).unwrap().remove("state_index").unwrap();
+        txn.commit().unwrap();
+        drop(db);
+
+        let store = EmbeddedStore::open(&path).unwrap();
+        let dead = DeliveryFilter { state: Some(DeliveryState::Dead), ..Default::default() };
+        let page = store.list(&dead, None, 10).await.unwrap();
+        assert_eq!(page.items.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), [c.delivery.id.as_str()]);
+        // The endpoints of the schedule are known, so a removed one is found.
+        assert_eq!(store.known_endpoints().await.unwrap(), ["gone"]);
+        let found = store.reconcile_endpoints(&["be".into()], true, 2000).await.unwrap();
+        assert_eq!(found.orphaned, vec![("gone".to_owned(), 1)]);
+    }
+
+    #[tokio::test]
     async fn corrupt_records_fail_alone_and_never_wedge_claims() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("r.redb");
