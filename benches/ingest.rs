@@ -23,7 +23,7 @@
 //! and BENCH_STORE=redis to run the relay on a private redis-server with AOF
 //! and `appendfsync always`, the embedded store's guarantee).
 
-#[path = "../tests/common/mod.rs"]
+#[path = "../tests/it/common.rs"]
 mod common;
 
 use std::net::SocketAddr;

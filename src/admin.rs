@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use serde::Serialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -23,7 +23,7 @@ use subtle::ConstantTimeEq;
 
 use crate::config::Config;
 use crate::event::rfc3339_millis;
-use crate::ingress::json_response;
+use crate::http::{BodyError, json_response};
 use crate::metrics::Metrics;
 use crate::replay::{self, Running};
 use crate::store::{
@@ -454,17 +454,14 @@ where
     B: hyper::body::Body<Data = Bytes> + Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    match Limited::new(body, MAX_ADMIN_BODY).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            Err(ApiError(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", format!("body over {MAX_ADMIN_BODY} bytes")))
-        }
-        Err(e) => Err(ApiError::bad(format!("body: {e}"))),
-    }
+    crate::http::read_body(body, MAX_ADMIN_BODY, None).await.map_err(|e| match e {
+        BodyError::TooLarge(_) => ApiError(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", e.to_string()),
+        _ => ApiError::bad(format!("body: {e}")),
+    })
 }
 
 fn error_response(ApiError(status, code, message): ApiError) -> Response<Full<Bytes>> {
-    let mut response = json_response(status, &json!({"error": {"code": code, "message": message}}));
+    let mut response = crate::http::error_response(status, code, &message);
     if status == StatusCode::UNAUTHORIZED {
         response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     }

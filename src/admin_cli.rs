@@ -166,8 +166,7 @@ struct Client {
 
 impl Client {
     fn new(c: &Connection) -> Result<Client, ClientError> {
-        crate::delivery::install_tls_provider();
-        let http = reqwest::Client::builder()
+        let http = crate::http::client_builder()
             .timeout(Duration::from_secs(120))
             .connect_timeout(Duration::from_secs(5))
             .build()
@@ -215,12 +214,8 @@ impl Client {
     }
 }
 
-fn root_cause(e: &dyn std::error::Error) -> String {
-    let mut cause = e;
-    while let Some(next) = cause.source() {
-        cause = next;
-    }
-    cause.to_string()
+fn root_cause(e: &reqwest::Error) -> String {
+    crate::http::root_cause(e).to_string()
 }
 
 fn query(pairs: &[(&str, String)]) -> String {

@@ -16,7 +16,7 @@
 //!   `ryu-js`), strings escape only what `JSON.stringify` escapes.
 //!
 //! Everything here is pure and is tested against `node` itself in
-//! `tests/canonical_node.rs`.
+//! `tests/it/canonical_node.rs`.
 
 use std::borrow::Cow;
 use std::cmp::Ordering;

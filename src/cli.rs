@@ -179,6 +179,6 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let admin = tokio::net::TcpListener::bind(config.server.admin_listen)
         .await
         .with_context(|| format!("cannot listen on {} (server.admin_listen)", config.server.admin_listen))?;
-    server::run(Arc::new(config), store, ingress, admin, server::shutdown_signal()).await?;
+    server::run(Arc::new(config), store, ingress, admin, crate::shutdown::signal()).await?;
     Ok(())
 }

@@ -15,7 +15,6 @@
 //! shutdown the loops stop claiming, in-flight requests get the grace period
 //! to finish, and the rest are released back to `pending` unattempted.
 
-use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,8 +30,9 @@ use tracing::Instrument;
 use crate::config::{Config, DeliveryConfig, Endpoint};
 use crate::metrics::Metrics;
 use crate::retry::{self, Outcome};
-use crate::server::stopped;
+use crate::shutdown::stopped;
 use crate::store::{Attempt, AttemptResult, Claim, Next, Store, now_millis};
+use crate::wake::Wake;
 
 /// How often an idle endpoint looks for retries that came due.
 const POLL_EVERY: Duration = Duration::from_millis(250);
@@ -44,28 +44,6 @@ const EXCERPT_BYTES: usize = 512;
 const SHUTDOWN_RELEASE: Duration = Duration::from_secs(5);
 /// Pause after the store failed a claim, before trying again.
 const STORE_BACKOFF: Duration = Duration::from_secs(1);
-
-/// Wakes endpoint claim loops when ingress admits deliveries for them.
-#[derive(Default)]
-pub struct Wake {
-    endpoints: HashMap<String, Arc<Notify>>,
-}
-
-impl Wake {
-    pub fn new(config: &Config) -> Wake {
-        Wake { endpoints: config.endpoints.iter().map(|e| (e.name.clone(), Arc::new(Notify::new()))).collect() }
-    }
-
-    pub fn wake(&self, endpoint: &str) {
-        if let Some(n) = self.endpoints.get(endpoint) {
-            n.notify_one();
-        }
-    }
-
-    fn notifier(&self, endpoint: &str) -> Arc<Notify> {
-        self.endpoints.get(endpoint).cloned().unwrap_or_default()
-    }
-}
 
 /// Shared by all deliveries.
 struct Shared {
@@ -123,16 +101,9 @@ pub async fn run(
     while loops.join_next().await.is_some() {}
 }
 
-/// Installs the TLS crypto provider every HTTP client here uses: rustls
-/// with ring, which needs no C toolchain beyond cc to build.
-pub fn install_tls_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
 fn http_client(config: &Config) -> reqwest::Result<reqwest::Client> {
-    install_tls_provider();
     let idle = config.endpoints.iter().map(|e| e.max_in_flight).max().unwrap_or(1);
-    reqwest::Client::builder()
+    crate::http::client_builder()
         .pool_max_idle_per_host(idle)
         .pool_idle_timeout(Duration::from_secs(60))
         .tcp_nodelay(true)
@@ -428,10 +399,7 @@ fn error_class(e: &reqwest::Error) -> &'static str {
 /// "operation timed out". reqwest's own message is left out: it repeats the
 /// endpoint URL, which may hold credentials, and says no more than the class.
 fn error_detail(e: &reqwest::Error) -> String {
-    let mut root: &dyn std::error::Error = e;
-    while let Some(next) = root.source() {
-        root = next;
-    }
+    let root = crate::http::root_cause(e);
     let out =
         if std::ptr::addr_eq(root, e as &dyn std::error::Error) { "no detail".to_owned() } else { root.to_string() };
     out.chars().take(300).collect()

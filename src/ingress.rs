@@ -20,18 +20,18 @@ use governor::clock::{Clock, DefaultClock};
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::Full;
 use ipnet::IpNet;
-use serde_json::json;
 use time::OffsetDateTime;
 use tracing::Instrument;
 
 use crate::config::{Config, RateLimit, Source};
-use crate::delivery::Wake;
 use crate::event::Event;
+use crate::http::{BodyError, error_response, read_body};
 use crate::metrics::Metrics;
 use crate::providers::{self, ProviderError};
 use crate::store::{Admission, NewDelivery, NewEvent, Store, new_delivery_id};
+use crate::wake::Wake;
 
 type KeyedLimiter = RateLimiter<IpAddr, DefaultKeyedStateStore<IpAddr>, DefaultClock>;
 
@@ -116,8 +116,7 @@ impl IngressError {
     }
 
     fn into_response(self) -> Response<Full<Bytes>> {
-        let body = json!({"error": {"code": self.code(), "message": self.to_string()}});
-        let mut resp = json_response(self.status(), &body);
+        let mut resp = error_response(self.status(), self.code(), &self.to_string());
         let h = resp.headers_mut();
         match self {
             IngressError::RateLimited { retry_after_secs } => {
@@ -144,13 +143,6 @@ impl From<ProviderError> for IngressError {
             e @ ProviderError::UnsignedContent(_) => IngressError::UnsignedContent(e.to_string()),
         }
     }
-}
-
-pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    resp
 }
 
 struct SourceGate {
@@ -289,7 +281,11 @@ impl Ingress {
             return Err(IngressError::BodyTooLarge(max));
         }
         let (parts, body) = req.into_parts();
-        let body = read_body(body, max, self.config.server.body_read_timeout).await?;
+        let body = read_body(body, max, Some(self.config.server.body_read_timeout)).await.map_err(|e| match e {
+            BodyError::TooLarge(max) => IngressError::BodyTooLarge(max),
+            BodyError::Timeout => IngressError::BodyTimeout,
+            BodyError::Failed(_) => IngressError::BadRequest(e.to_string()),
+        })?;
 
         let received_at = OffsetDateTime::now_utc();
         let normalised = providers::process(source, &parts.headers, &body, received_at).map_err(|e| {
@@ -336,19 +332,6 @@ impl Ingress {
                 Err(IngressError::Unavailable)
             }
         }
-    }
-}
-
-async fn read_body<B>(body: B, max: usize, timeout: std::time::Duration) -> Result<Bytes, IngressError>
-where
-    B: hyper::body::Body<Data = Bytes> + Send,
-    B::Error: std::error::Error + Send + Sync + 'static,
-{
-    match tokio::time::timeout(timeout, Limited::new(body, max).collect()).await {
-        Err(_) => Err(IngressError::BodyTimeout),
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(IngressError::BodyTooLarge(max)),
-        Ok(Err(e)) => Err(IngressError::BadRequest(format!("could not read the request body: {e}"))),
     }
 }
 

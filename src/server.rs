@@ -24,11 +24,13 @@ use tokio::sync::{Notify, watch};
 
 use crate::admin::Admin;
 use crate::config::Config;
-use crate::delivery::{self, Wake};
+use crate::delivery;
 use crate::ingress::Ingress;
 use crate::metrics::Metrics;
 use crate::replay;
+use crate::shutdown::stopped;
 use crate::store::{Store, now_millis};
+use crate::wake::Wake;
 
 /// Open connections to the admin listener at most.
 const ADMIN_MAX_CONNECTIONS: usize = 64;
@@ -365,34 +367,6 @@ async fn housekeeping(
                 }
             }
         }
-    }
-}
-
-/// Resolves once the stop flag is set (or its sender is gone).
-pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
-    // The guard `wait_for` returns is not Send; drop it here.
-    let _ = stop.wait_for(|s| *s).await.map(|_| ());
-}
-
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
     }
 }
 

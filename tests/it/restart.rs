@@ -3,13 +3,11 @@
 //! Started again on the same file, it still has every event it answered 200
 //! for, and each of their repeats is a duplicate.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use ipn_relay::store::Store;
 use ipn_relay::store::embedded::EmbeddedStore;
 

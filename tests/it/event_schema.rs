@@ -1,11 +1,9 @@
 //! Every normalised event we can produce validates against the published
 //! schema, `schema/event.schema.json`.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use ipn_relay::config::{ProviderKind, Source};
 use ipn_relay::event::Event;
 use ipn_relay::providers::{self, nova, nowpayments};

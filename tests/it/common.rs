@@ -177,7 +177,9 @@ impl Served {
 pub fn client() -> reqwest::Client {
     // reqwest is built without a default TLS provider (the relay uses ring).
     let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder().build().unwrap()
+    // Idle connections are dropped before the relay's 1 s header timeout
+    // closes them, so a reused connection is never one the relay is closing.
+    reqwest::Client::builder().pool_idle_timeout(std::time::Duration::from_millis(500)).build().unwrap()
 }
 
 /// A NOWPayments payment IPN of about 700 bytes, unique by `payment_id`.
@@ -422,9 +424,12 @@ pub async fn post_to(c: &reqwest::Client, addr: SocketAddr, body: String) -> Opt
         .body(body)
         .send()
         .await
+        .map_err(|e| eprintln!("POST to {addr} failed: {e:?}"))
         .ok()?;
     let status = r.status().as_u16();
-    let v = serde_json::from_str(&r.text().await.ok()?).ok()?;
+    let text = r.text().await.map_err(|e| eprintln!("reading the answer from {addr} failed: {e:?}")).ok()?;
+    let v =
+        serde_json::from_str(&text).map_err(|e| eprintln!("answer from {addr} is not JSON ({e}): {text:?}")).ok()?;
     Some((status, v))
 }
 

@@ -3,13 +3,11 @@
 //! metrics`, and a real Prometheus scraping the relay that evaluates every
 //! expression of the Grafana dashboard and the alert rules.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use ipn_relay::store::{DeliveryState, Store};
 use serde_json::Value;
 
@@ -25,7 +23,7 @@ async fn scripted_run(forged: usize) -> (Relay, Receiver, Receiver) {
     let text = format!(
         "{}{}",
         base_config(&path).replacen("[server]\n", &format!("[server]\nadmin_token = \"{TOKEN}\"\n"), 1),
-        common::backend_and_ledger(&backend.url(), &ledger.url())
+        crate::common::backend_and_ledger(&backend.url(), &ledger.url())
     );
     let mut relay = Relay::start_text(&path, &text).await;
     relay.dir = Some(dir);

@@ -3,11 +3,9 @@
 //! flapping receiver, dead letters, isolation of a slow endpoint and a clean
 //! shutdown.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use ipn_relay::store::{AttemptResult, DeliveryState, Store};
 
 const SECRET_A: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";

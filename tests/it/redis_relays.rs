@@ -3,13 +3,11 @@
 //! when one relay dies mid-delivery the other finishes its claims after the
 //! visibility timeout.
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 

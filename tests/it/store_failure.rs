@@ -6,12 +6,10 @@
 //! Mounting a tmpfs needs root (as in CI and the dev machines); the test
 //! fails loudly rather than skipping if it cannot.
 
-mod common;
-
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 
 struct Tmpfs(PathBuf);
 

@@ -1,8 +1,6 @@
 //! One conformance suite for every `Store` backend. Each test body is generic
 //! over the store; each backend instantiates every body.
 
-mod common;
-
 use std::sync::Arc;
 
 use ipn_relay::replay;
@@ -518,8 +516,8 @@ async fn embedded_store_keeps_everything_across_reopen() {
     assert_eq!(s.claim_due("be", 1000, 10, VIS).await.unwrap().len(), 1);
 }
 
-async fn redis() -> (Arc<ipn_relay::store::redis::RedisStore>, common::RedisServer) {
-    let server = common::RedisServer::start();
+async fn redis() -> (Arc<ipn_relay::store::redis::RedisStore>, crate::common::RedisServer) {
+    let server = crate::common::RedisServer::start();
     for _ in 0..300 {
         if let Ok(store) = ipn_relay::store::redis::RedisStore::connect(&server.url, "conformance").await {
             return (Arc::new(store), server);
@@ -532,7 +530,7 @@ async fn redis() -> (Arc<ipn_relay::store::redis::RedisStore>, common::RedisServ
 conformance!(redis_store, redis().await);
 
 /// A plain connection to the test's Redis, to look under the store.
-async fn raw_connection(server: &common::RedisServer) -> redis::aio::MultiplexedConnection {
+async fn raw_connection(server: &crate::common::RedisServer) -> redis::aio::MultiplexedConnection {
     redis::Client::open(server.url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap()
 }
 

@@ -3,11 +3,9 @@
 //! inputs (truncated JSON, duplicate keys, deep nesting, huge and slow
 //! bodies, wrong secrets).
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use ipn_relay::providers::{nova, nowpayments};
 use ipn_relay::store::{DeliveryState, Store};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

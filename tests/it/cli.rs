@@ -1,8 +1,6 @@
 //! The built `ipn-relay` binary: `check-config` summaries and exit codes,
 //! and `sign` matching what the verifiers accept.
 
-mod common;
-
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
@@ -78,7 +76,7 @@ fn serve_refuses_an_invalid_config_with_exit_1() {
 
 #[test]
 fn sign_prints_what_the_verifiers_accept() {
-    let payment = common::fixture("nowpayments/docs-payment-ipn.json");
+    let payment = crate::common::fixture("nowpayments/docs-payment-ipn.json");
     let out = relay(&["sign", "nowpayments", "--secret", "s3cret", payment.to_str().unwrap()]);
     assert!(out.status.success());
     let body = std::fs::read(&payment).unwrap();
@@ -102,7 +100,7 @@ fn sign_prints_what_the_verifiers_accept() {
 /// signature or the body.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_carry_ids_and_never_secrets_signatures_or_bodies() {
-    use common::*;
+    use crate::common::*;
     let endpoint_secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
     let rx = Receiver::start(|seen| if seen == 0 { Reply::Status(500) } else { Reply::Status(200) }).await;
     let dir = tempfile::tempdir().unwrap();

@@ -4,13 +4,11 @@
 //! that got a 200. Repeats (events that were in flight at the kill) are
 //! counted; they carry the same `webhook-id` as their first attempt.
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 const EVENTS: u64 = 2000;
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";

@@ -1,0 +1,18 @@
+//! Integration tests, one binary with a module per area, so the crate and
+//! its dependencies link once. Each module drives the real server, stores
+//! and processes; `common` starts them.
+
+mod common;
+
+mod admin;
+mod canonical_node;
+mod cli;
+mod crash;
+mod delivery;
+mod event_schema;
+mod ingress;
+mod metrics;
+mod redis_relays;
+mod restart;
+mod store_conformance;
+mod store_failure;
