@@ -173,12 +173,15 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             Arc::new(store)
         }
     };
+    // Built before listening: a relay that could never deliver must not
+    // start taking callbacks.
+    let sender = crate::delivery::Sender::new(&config).context("cannot build the HTTP client for deliveries")?;
     let ingress = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("cannot listen on {} (server.listen)", config.server.listen))?;
     let admin = tokio::net::TcpListener::bind(config.server.admin_listen)
         .await
         .with_context(|| format!("cannot listen on {} (server.admin_listen)", config.server.admin_listen))?;
-    server::run(Arc::new(config), store, ingress, admin, crate::shutdown::signal()).await?;
+    server::run(Arc::new(config), store, sender, ingress, admin, crate::shutdown::signal()).await?;
     Ok(())
 }

@@ -60,22 +60,39 @@ struct EndpointRunner {
     slots: Arc<Semaphore>,
 }
 
+/// The outgoing HTTP client of every delivery. Built before the relay
+/// listens, so that a relay that could never deliver does not start
+/// answering providers.
+pub struct Sender {
+    client: reqwest::Client,
+}
+
+impl Sender {
+    pub fn new(config: &Config) -> Result<Sender, reqwest::Error> {
+        let idle = config.endpoints.iter().map(|e| e.max_in_flight).max().unwrap_or(1);
+        let client = crate::http::client_builder()
+            .pool_max_idle_per_host(idle)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(10))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        Ok(Sender { client })
+    }
+}
+
 /// Runs the claim loops of every endpoint until `stop`, then drains within
-/// `grace`.
+/// `grace`. Returns early, naming the endpoint, if a loop ends on its own
+/// (a panic): the relay must not go on accepting what nothing delivers.
 pub async fn run(
     config: Arc<Config>,
     store: Arc<dyn Store>,
+    sender: Sender,
     wake: Arc<Wake>,
     metrics: Arc<Metrics>,
     stop: watch::Receiver<bool>,
-) {
-    let client = match http_client(&config) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot build the HTTP client; deliveries stay pending");
-            return;
-        }
-    };
+) -> Result<(), String> {
+    let client = sender.client;
     let shared = Arc::new(Shared {
         store,
         client,
@@ -85,6 +102,7 @@ pub async fn run(
     });
     let grace = config.server.shutdown_grace;
     let mut loops = JoinSet::new();
+    let mut names = std::collections::HashMap::new();
     for ep in &config.endpoints {
         let runner = Arc::new(EndpointRunner {
             endpoint: ep.clone(),
@@ -96,20 +114,21 @@ pub async fn run(
             }),
             slots: Arc::new(Semaphore::new(ep.max_in_flight)),
         });
-        loops.spawn(endpoint_loop(runner, shared.clone(), wake.notifier(&ep.name), stop.clone(), grace));
+        let handle = loops.spawn(endpoint_loop(runner, shared.clone(), wake.notifier(&ep.name), stop.clone(), grace));
+        names.insert(handle.id(), ep.name.clone());
     }
-    while loops.join_next().await.is_some() {}
-}
-
-fn http_client(config: &Config) -> reqwest::Result<reqwest::Client> {
-    let idle = config.endpoints.iter().map(|e| e.max_in_flight).max().unwrap_or(1);
-    crate::http::client_builder()
-        .pool_max_idle_per_host(idle)
-        .pool_idle_timeout(Duration::from_secs(60))
-        .tcp_nodelay(true)
-        .connect_timeout(Duration::from_secs(10))
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
+    while let Some(ended) = loops.join_next_with_id().await {
+        if *stop.borrow() {
+            continue;
+        }
+        let (id, why) = match ended {
+            Ok((id, ())) => (id, "ended".to_owned()),
+            Err(e) => (e.id(), if e.is_panic() { "panicked".to_owned() } else { e.to_string() }),
+        };
+        let endpoint = names.get(&id).map_or("?", String::as_str);
+        return Err(format!("the delivery loop of endpoint {endpoint} {why}"));
+    }
+    Ok(())
 }
 
 async fn endpoint_loop(

@@ -39,9 +39,17 @@ const ADMIN_MAX_CONNECTIONS: usize = 64;
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
 
 /// Serves until `shutdown` completes, then drains within the grace period.
+///
+/// Every task it starts is watched: the listeners, the delivery loops and
+/// housekeeping run until shutdown, so one that ends before it (a panic, a
+/// loop that gave up) means the relay would answer providers while part of
+/// it is dead. Then `run` stops everything and returns an error, and the
+/// process exits non-zero for its supervisor to restart it. (Bulk replay
+/// jobs are the exception: a job that fails is resumed by housekeeping.)
 pub async fn run(
     config: Arc<Config>,
     store: Arc<dyn Store>,
+    sender: delivery::Sender,
     ingress_listener: TcpListener,
     admin_listener: TcpListener,
     shutdown: impl Future<Output = ()>,
@@ -64,42 +72,111 @@ pub async fn run(
     let header_timeout = config.server.header_read_timeout;
     let limits =
         Limits { header_timeout, max_connections: config.server.max_connections, grace: config.server.shutdown_grace };
-    let ingress_task = tokio::spawn(serve(ingress_listener, limits, stop_rx.clone(), {
+    let admin_limits = Limits { header_timeout, max_connections: ADMIN_MAX_CONNECTIONS, grace: Duration::from_secs(1) };
+    let mut tasks = Tasks::default();
+    tasks.spawn("the ingress listener", {
         let ingress = ingress.clone();
-        move |req, peer| {
+        let serving = serve(ingress_listener, limits, stop_rx.clone(), move |req, peer| {
             let ingress = ingress.clone();
             async move { ingress.handle(req, peer).await }
+        });
+        async move {
+            serving.await;
+            Ok(())
         }
-    }));
-    let admin_limits = Limits { header_timeout, max_connections: ADMIN_MAX_CONNECTIONS, grace: Duration::from_secs(1) };
-    let admin_task = tokio::spawn(serve(admin_listener, admin_limits, stop_rx.clone(), {
-        let admin = admin.clone();
-        move |req, _peer| {
+    });
+    tasks.spawn("the admin listener", {
+        let serving = serve(admin_listener, admin_limits, stop_rx.clone(), move |req, _peer| {
             let admin = admin.clone();
             async move { admin.handle(req).await }
+        });
+        async move {
+            serving.await;
+            Ok(())
         }
-    }));
-    let delivery_task =
-        tokio::spawn(delivery::run(config.clone(), store.clone(), wake, metrics.clone(), stop_rx.clone()));
-    let housekeeping = tokio::spawn(housekeeping(
-        store.clone(),
-        ingress.clone(),
-        running,
-        Endpoints { names: endpoints, orphans_checked },
-        metrics,
-        stop_rx,
-    ));
+    });
+    tasks.spawn(
+        "delivery",
+        delivery::run(config.clone(), store.clone(), sender, wake, metrics.clone(), stop_rx.clone()),
+    );
+    tasks.spawn("housekeeping", {
+        let run = housekeeping(
+            store.clone(),
+            ingress.clone(),
+            running,
+            Endpoints { names: endpoints, orphans_checked },
+            metrics,
+            stop_rx,
+        );
+        async move {
+            run.await;
+            Ok(())
+        }
+    });
 
-    shutdown.await;
-    tracing::info!("shutting down: no new connections; finishing open requests");
+    let shutdown = std::pin::pin!(shutdown);
+    let failure = tokio::select! {
+        _ = shutdown => None,
+        Some(failure) = tasks.next_end() => Some(failure),
+    };
+    match &failure {
+        None => tracing::info!("shutting down: no new connections; finishing open requests"),
+        Some(failure) => {
+            tracing::error!(failure = %failure, "a part of the relay stopped unexpectedly; stopping the relay so that its supervisor restarts it")
+        }
+    }
     let _ = stop_tx.send(true);
-    // Ingress and delivery drain side by side, each within the grace period.
-    let _ = ingress_task.await;
-    let _ = delivery_task.await;
-    let _ = admin_task.await;
-    housekeeping.abort();
+    // Everything drains side by side, each within its grace period.
+    let drained = tokio::time::timeout(config.server.shutdown_grace + Duration::from_secs(5), async {
+        while let Some(late) = tasks.next_end().await {
+            if late.contains("panicked") {
+                tracing::error!(failure = %late, "a part of the relay failed while stopping");
+            }
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("some tasks did not stop in time; abandoning them");
+    }
     tracing::info!("stopped");
-    Ok(())
+    match failure {
+        None => Ok(()),
+        Some(failure) => Err(std::io::Error::other(failure)),
+    }
+}
+
+/// The relay's long-running tasks, by name.
+#[derive(Default)]
+struct Tasks {
+    set: tokio::task::JoinSet<Result<(), String>>,
+    names: std::collections::HashMap<tokio::task::Id, &'static str>,
+}
+
+impl Tasks {
+    fn spawn(&mut self, name: &'static str, task: impl Future<Output = Result<(), String>> + Send + 'static) {
+        let handle = self.set.spawn(task);
+        self.names.insert(handle.id(), name);
+    }
+
+    /// Waits for the next task to end and says how it ended; `None` once
+    /// none is left.
+    async fn next_end(&mut self) -> Option<String> {
+        let ended = self.set.join_next_with_id().await?;
+        let (id, how) = match ended {
+            Ok((id, Ok(()))) => (id, "ended".to_owned()),
+            Ok((id, Err(why))) => (id, format!("stopped: {why}")),
+            Err(e) if e.is_panic() => (e.id(), format!("panicked: {}", panic_message(e.into_panic()))),
+            Err(e) => (e.id(), e.to_string()),
+        };
+        Some(format!("{} {how}", self.names.get(&id).copied().unwrap_or("a task")))
+    }
+}
+
+fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
+    match panic.downcast::<String>() {
+        Ok(s) => *s,
+        Err(panic) => panic.downcast::<&str>().map_or_else(|_| "(no message)".to_owned(), |s| (*s).to_owned()),
+    }
 }
 
 /// Connection limits of one listener.

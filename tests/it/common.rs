@@ -167,7 +167,8 @@ impl Served {
         let admin = TcpListener::bind(config.server.admin_listen).await.unwrap();
         let (addr, admin_addr) = (ingress.local_addr().unwrap(), admin.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(ipn_relay::server::run(config, store, ingress, admin, async move {
+        let sender = ipn_relay::delivery::Sender::new(&config).unwrap();
+        let task = tokio::spawn(ipn_relay::server::run(config, store, sender, ingress, admin, async move {
             let _ = stopped.await;
         }));
         Served { addr, admin: admin_addr, stop, task }

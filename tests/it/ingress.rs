@@ -399,19 +399,30 @@ fn stopping_addr(s: &TcpStream) -> std::net::SocketAddr {
     s.peer_addr().unwrap()
 }
 
-/// A store whose admissions never finish: what a hung disk looks like from
-/// ingress. (A real hung fsync cannot be produced cheaply in a test.)
-struct HungStore(std::sync::Arc<ipn_relay::store::embedded::EmbeddedStore>);
+/// A real store with one fault injected.
+struct FaultyStore(std::sync::Arc<ipn_relay::store::embedded::EmbeddedStore>, Fault);
+
+#[derive(Clone, Copy, PartialEq)]
+enum Fault {
+    /// Admissions never finish: what a hung disk looks like from ingress.
+    /// (A real hung fsync cannot be produced cheaply in a test.)
+    HangAdmit,
+    /// Claiming panics: a bug that kills the delivery loop.
+    PanicClaim,
+}
 
 #[async_trait::async_trait]
-impl Store for HungStore {
+impl Store for FaultyStore {
     async fn admit(
         &self,
-        _: ipn_relay::store::NewEvent,
-        _: Vec<ipn_relay::store::NewDelivery>,
-        _: u64,
+        e: ipn_relay::store::NewEvent,
+        d: Vec<ipn_relay::store::NewDelivery>,
+        t: u64,
     ) -> Result<ipn_relay::store::Admission, ipn_relay::store::StoreError> {
-        std::future::pending().await
+        if self.1 == Fault::HangAdmit {
+            std::future::pending::<()>().await;
+        }
+        self.0.admit(e, d, t).await
     }
     async fn event(&self, id: &str) -> Result<Option<ipn_relay::store::StoredEvent>, ipn_relay::store::StoreError> {
         self.0.event(id).await
@@ -436,6 +447,9 @@ impl Store for HungStore {
         l: usize,
         v: u64,
     ) -> Result<Vec<ipn_relay::store::Claim>, ipn_relay::store::StoreError> {
+        if self.1 == Fault::PanicClaim {
+            panic!("injected fault: claim_due");
+        }
         self.0.claim_due(e, n, l, v).await
     }
     async fn finish(
@@ -526,7 +540,9 @@ async fn a_store_that_stops_answering_gives_503_not_a_hang() {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let a = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
-    tokio::spawn(ipn_relay::server::run(config, std::sync::Arc::new(HungStore(store)), l, a, std::future::pending()));
+    let sender = ipn_relay::delivery::Sender::new(&config).unwrap();
+    let store = std::sync::Arc::new(FaultyStore(store, Fault::HangAdmit));
+    tokio::spawn(ipn_relay::server::run(config, store, sender, l, a, std::future::pending()));
     let body = payment_ipn(5, "finished");
     let sig = nowpayments::sign(NP_SECRET.as_bytes(), body.as_bytes());
     let started = std::time::Instant::now();
@@ -537,6 +553,31 @@ async fn a_store_that_stops_answering_gives_503_not_a_hang() {
     let (status, v) = answer(r).await;
     assert_eq!((status, error_code(&v)), (503, "unavailable"));
     assert!(started.elapsed() >= Duration::from_millis(300));
+}
+
+/// A part of the relay that dies (here the delivery loop, by a panic the
+/// store provokes) stops the whole relay with an error naming it, instead of
+/// leaving it to accept callbacks that nothing would deliver.
+#[tokio::test]
+async fn a_delivery_loop_that_dies_stops_the_relay_with_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.redb");
+    let config = std::sync::Arc::new(
+        ipn_relay::config::Config::parse(&config_text(&path, ""), std::path::Path::new("t")).unwrap(),
+    );
+    let store = std::sync::Arc::new(ipn_relay::store::embedded::EmbeddedStore::open(&path).unwrap());
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (addr, admin) = (l.local_addr().unwrap(), a.local_addr().unwrap());
+    let sender = ipn_relay::delivery::Sender::new(&config).unwrap();
+    let store = std::sync::Arc::new(FaultyStore(store, Fault::PanicClaim));
+    let run = ipn_relay::server::run(config, store, sender, l, a, std::future::pending());
+    let result = tokio::time::timeout(Duration::from_secs(20), run).await.expect("the relay stopped by itself");
+    let e = result.expect_err("with an error, for a non-zero exit");
+    assert!(e.to_string().contains("delivery stopped: the delivery loop of endpoint backend panicked"), "{e}");
+    // And it no longer takes callbacks.
+    assert!(TcpStream::connect(addr).await.is_err(), "ingress closed");
+    assert!(TcpStream::connect(admin).await.is_err(), "admin closed");
 }
 
 #[tokio::test]

@@ -47,397 +47,26 @@ use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 
+mod scripts;
+use scripts::Scripts;
+
 use super::{
     Admission, Attempt, Claim, Counts, Delivery, DeliveryFilter, DeliveryState, DiscardCount, LIST_SCAN_LIMIT, Millis,
     NewDelivery, NewEvent, Next, Page, Reconciled, ReplayCount, ReplayJob, Store, StoreError, StoredEvent,
 };
 
-/// KEYS: dedupe, event, event-dlv, counts, index, dedupe-exp, open, then a
-/// (dlv, due) pair per delivery. ARGV: ttl, event json, now, event id, then an
-/// (id, json) pair per delivery.
-const ADMIT: &str = r#"
-local now = tonumber(ARGV[3])
-local prev = redis.call('GET', KEYS[1])
-if prev and tonumber(prev) > now then return 0 end
-local expires = now + tonumber(ARGV[1])
-redis.call('SET', KEYS[1], expires, 'PX', ARGV[1])
-redis.call('ZADD', KEYS[6], expires, ARGV[4])
-redis.call('SET', KEYS[2], ARGV[2])
-local n = (#KEYS - 7) / 2
-for i = 1, n do
-  local id = ARGV[4 + 2 * i - 1]
-  redis.call('SET', KEYS[7 + 2 * i - 1], ARGV[4 + 2 * i])
-  redis.call('ZADD', KEYS[7 + 2 * i], now, id)
-  redis.call('ZADD', KEYS[5], 0, id)
-  redis.call('ZADD', KEYS[7], 0, id)
-  redis.call('RPUSH', KEYS[3], id)
-end
-if n > 0 then redis.call('HINCRBY', KEYS[4], 'pending', n) end
-return 1
-"#;
 
-/// Lua shared by the scripts that read delivery records or write batches.
-/// `read_record(key)`: the decoded record; nil if there is none; false if it
-/// is not a JSON object. `each_slice(list, f)`: calls `f` with `list` in
-/// slices of 200 (Lua's stack limits `unpack`); pairs stay together.
-const LUA_LIB: &str = r#"
-local function read_record(key)
-  local raw = redis.call('GET', key)
-  if not raw then return nil end
-  local ok, d = pcall(cjson.decode, raw)
-  if ok and type(d) == 'table' then return d end
-  return false
-end
-local function each_slice(list, f)
-  for i = 1, #list, 200 do f(unpack(list, i, math.min(i + 199, #list))) end
-end
-"#;
 
-/// KEYS: due, counts. ARGV: now, limit, visibility, key prefix, token base.
-/// Returns (delivery json, event json) pairs. Claim tokens are the random
-/// base plus the claim's place in the batch, not the old token plus one: a
-/// Redis that lost its last writes would otherwise hand a second claimer the
-/// token the first one holds. The batch's records, schedule entries and
-/// counts are written with one command each (in slices, for Lua's stack):
-/// every write command costs Redis an append to its log, whatever its size.
-const CLAIM: &str = r#"
-local now = tonumber(ARGV[1])
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
-local deadline = now + tonumber(ARGV[3])
-local base = tonumber(ARGV[5])
-local out, records, schedule, was_pending = {}, {}, {}, 0
-for _, id in ipairs(ids) do
-  local d = read_record(ARGV[4] .. 'dlv:' .. id)
-  if not d or type(d.event_id) ~= 'string' or type(d.claim_token) ~= 'number' or type(d.state) ~= 'string' then
-    -- Missing or unreadable: off the schedule and the open index, so claims
-    -- never spin on it and gauges do not age it; an unreadable record stays
-    -- for inspection.
-    redis.call('ZREM', KEYS[1], id)
-    if redis.call('ZREM', ARGV[4] .. 'open', id) == 1 then redis.call('HINCRBY', KEYS[2], 'pending', -1) end
-  else
-    local event = redis.call('GET', ARGV[4] .. 'event:' .. d.event_id)
-    if d.state ~= 'pending' and d.state ~= 'in_flight' then
-      redis.call('ZREM', KEYS[1], id)
-    elseif not event then
-      redis.call('HINCRBY', KEYS[2], d.state, -1)
-      redis.call('HINCRBY', KEYS[2], 'dead', 1)
-      d.state = 'dead'
-      d.next_attempt_at = cjson.null
-      d.last_error = 'event record missing'
-      d.updated_at = now
-      redis.call('SET', ARGV[4] .. 'dlv:' .. id, cjson.encode(d))
-      redis.call('ZREM', KEYS[1], id)
-      redis.call('ZREM', ARGV[4] .. 'open', id)
-      redis.call('ZADD', ARGV[4] .. 'dead', 0, id)
-    else
-      if d.state == 'pending' then was_pending = was_pending + 1 end
-      d.state = 'in_flight'
-      local token = base + #out
-      if token == d.claim_token then token = token + 1 end
-      d.claim_token = token
-      d.next_attempt_at = deadline
-      d.updated_at = now
-      local enc = cjson.encode(d)
-      table.insert(records, ARGV[4] .. 'dlv:' .. id)
-      table.insert(records, enc)
-      table.insert(schedule, deadline)
-      table.insert(schedule, id)
-      table.insert(out, enc)
-      table.insert(out, event)
-    end
-  end
-end
-each_slice(records, function(...) redis.call('MSET', ...) end)
-each_slice(schedule, function(...) redis.call('ZADD', KEYS[1], ...) end)
-if was_pending > 0 then
-  redis.call('HINCRBY', KEYS[2], 'pending', -was_pending)
-  redis.call('HINCRBY', KEYS[2], 'in_flight', was_pending)
-end
-return out
-"#;
 
-/// Finishes a batch of attempts. KEYS: counts. ARGV: key prefix, then seven
-/// per finish: delivery id, claim token, attempt json, next ('delivered' |
-/// 'retry' | 'dead'), retry time, last error ('' for none), updated at.
-/// Returns one result per finish: 1 recorded, 0 the claim is no longer held,
-/// -1 its record, its attempt or one of its keys is unreadable (that finish
-/// alone is refused). Every check, key types included, comes before the
-/// first write: Redis does not undo a script's writes when it fails half way.
-/// The batch's records, schedule changes and counts are written with one
-/// command each, its attempts with one `RPUSH` each. Schedule keys come from
-/// the records' endpoints.
-const FINISH_MANY: &str = r#"
-local p = ARGV[1]
-local function has_type(key, want)
-  local t = redis.call('TYPE', key).ok
-  return t == 'none' or t == want
-end
-local schedules = {}
-local function schedule_ok(due)
-  if schedules[due] == nil then schedules[due] = has_type(due, 'zset') end
-  return schedules[due]
-end
-if not has_type(KEYS[1], 'hash') or not has_type(p .. 'open', 'zset') or not has_type(p .. 'dead', 'zset') then
-  return redis.error_reply('relay keys of the wrong type: ' .. KEYS[1] .. ', ' .. p .. 'open or ' .. p .. 'dead')
-end
-local results, seen, attempts, records, settled, dead = {}, {}, {}, {}, {}, {}
-local unschedule, reschedule = {}, {}
-local added = {delivered = 0, dead = 0, pending = 0}
-local kinds = {delivered = true, dead = true, retry = true}
-local finished = 0
-for i = 0, (#ARGV - 1) / 7 - 1 do
-  local b = 1 + i * 7
-  local id, kind = ARGV[b + 1], ARGV[b + 4]
-  local d = read_record(p .. 'dlv:' .. id)
-  local aok, a = pcall(cjson.decode, ARGV[b + 3])
-  local result = 1
-  if d == nil or seen[id] then
-    result = 0
-  elseif not d then
-    result = -1
-  elseif d.state ~= 'in_flight' or d.claim_token ~= tonumber(ARGV[b + 2]) then
-    result = 0
-  elseif type(d.attempts) ~= 'number' or type(d.endpoint) ~= 'string' or not kinds[kind]
-      or not aok or type(a) ~= 'table' or not has_type(p .. 'attempts:' .. id, 'list')
-      or not schedule_ok(p .. 'due:' .. d.endpoint) then
-    result = -1
-  end
-  if result == 1 then
-    seen[id] = true
-    local due = p .. 'due:' .. d.endpoint
-    d.attempts = d.attempts + 1
-    a.number = d.attempts
-    table.insert(attempts, p .. 'attempts:' .. id)
-    table.insert(attempts, cjson.encode(a))
-    if ARGV[b + 6] == '' then d.last_error = cjson.null else d.last_error = ARGV[b + 6] end
-    d.updated_at = tonumber(ARGV[b + 7])
-    if kind == 'retry' then
-      d.state = 'pending'
-      d.next_attempt_at = tonumber(ARGV[b + 5])
-      reschedule[due] = reschedule[due] or {}
-      table.insert(reschedule[due], d.next_attempt_at)
-      table.insert(reschedule[due], id)
-    else
-      d.state = kind
-      d.next_attempt_at = cjson.null
-      unschedule[due] = unschedule[due] or {}
-      table.insert(unschedule[due], id)
-      table.insert(settled, id)
-      if kind == 'dead' then
-        table.insert(dead, 0)
-        table.insert(dead, id)
-      end
-    end
-    added[d.state] = added[d.state] + 1
-    finished = finished + 1
-    table.insert(records, p .. 'dlv:' .. id)
-    table.insert(records, cjson.encode(d))
-  end
-  table.insert(results, result)
-end
-for i = 1, #attempts, 2 do redis.call('RPUSH', attempts[i], attempts[i + 1]) end
-each_slice(records, function(...) redis.call('MSET', ...) end)
-for due, ids in pairs(unschedule) do each_slice(ids, function(...) redis.call('ZREM', due, ...) end) end
-for due, entries in pairs(reschedule) do each_slice(entries, function(...) redis.call('ZADD', due, ...) end) end
-each_slice(settled, function(...) redis.call('ZREM', p .. 'open', ...) end)
-each_slice(dead, function(...) redis.call('ZADD', p .. 'dead', ...) end)
-if finished > 0 then redis.call('HINCRBY', KEYS[1], 'in_flight', -finished) end
-for state, n in pairs(added) do
-  if n > 0 then redis.call('HINCRBY', KEYS[1], state, n) end
-end
-return results
-"#;
 
-/// KEYS: dlv, counts. ARGV: token, due, key prefix.
-const RELEASE: &str = r#"
-local raw = redis.call('GET', KEYS[1])
-if not raw then return 0 end
-local d = cjson.decode(raw)
-if d.state ~= 'in_flight' or d.claim_token ~= tonumber(ARGV[1]) then return 0 end
-if type(d.id) ~= 'string' or type(d.endpoint) ~= 'string' then return redis.error_reply('unreadable delivery record') end
-d.state = 'pending'
-d.next_attempt_at = tonumber(ARGV[2])
-redis.call('ZADD', ARGV[3] .. 'due:' .. d.endpoint, tonumber(ARGV[2]), d.id)
-redis.call('HINCRBY', KEYS[2], 'in_flight', -1)
-redis.call('HINCRBY', KEYS[2], 'pending', 1)
-redis.call('SET', KEYS[1], cjson.encode(d))
-return 1
-"#;
 
-/// Lua: replays the delivery ids ARGV[first..]; counts go to `counts`.
-/// Returns replayed, skipped, not found. Shared by REPLAY and REPLAY_STEP.
-const REPLAY_IDS: &str = r#"
-local function replay_ids(counts, prefix, include_delivered, now, first)
-  local replayed, skipped, missing = 0, 0, 0
-  local seen = {}
-  for i = first, #ARGV do
-    local id = ARGV[i]
-    if not seen[id] then
-      seen[id] = true
-      local d = read_record(prefix .. 'dlv:' .. id)
-      if d == nil then
-        missing = missing + 1
-      elseif not d or type(d.endpoint) ~= 'string' then
-        skipped = skipped + 1
-      elseif d.state == 'dead' or (include_delivered and d.state == 'delivered') then
-        if d.state == 'dead' then redis.call('ZREM', prefix .. 'dead', id) end
-        redis.call('HINCRBY', counts, d.state, -1)
-        redis.call('HINCRBY', counts, 'pending', 1)
-        d.state = 'pending'
-        d.budget_start = d.attempts
-        d.next_attempt_at = now
-        d.updated_at = now
-        redis.call('SET', prefix .. 'dlv:' .. id, cjson.encode(d))
-        redis.call('ZADD', prefix .. 'due:' .. d.endpoint, now, id)
-        redis.call('ZADD', prefix .. 'open', 0, id)
-        replayed = replayed + 1
-      else
-        skipped = skipped + 1
-      end
-    end
-  end
-  return replayed, skipped, missing
-end
-"#;
 
-/// KEYS: counts. ARGV: key prefix, include delivered ('1' | '0'), now, ids...
-/// Returns {replayed, skipped, not_found}.
-const REPLAY: &str = r#"
-local r, s, m = replay_ids(KEYS[1], ARGV[1], ARGV[2] == '1', tonumber(ARGV[3]), 4)
-return {r, s, m}
-"#;
 
-/// KEYS: counts, replay job, unfinished jobs set. ARGV: key prefix, now, job
-/// json (the new step), ids... Saves the job with this step's counts added
-/// only over the step before it; returns the saved job, or false.
-const REPLAY_STEP: &str = r#"
-local raw = redis.call('GET', KEYS[2])
-if not raw then return false end
-local stored = cjson.decode(raw)
-local job = cjson.decode(ARGV[3])
-if stored.finished or stored.steps + 1 ~= job.steps then return false end
-local r, s, m = replay_ids(KEYS[1], ARGV[1], job.include_delivered, tonumber(ARGV[2]), 4)
-job.replayed = job.replayed + r
-job.skipped = job.skipped + s
-job.not_found = job.not_found + m
-local enc = cjson.encode(job)
-redis.call('SET', KEYS[2], enc)
-if job.finished then redis.call('SREM', KEYS[3], job.id) else redis.call('SADD', KEYS[3], job.id) end
-return enc
-"#;
 
-/// KEYS: replay job, unfinished jobs set. ARGV: job id, job json.
-const CREATE_JOB: &str = r#"
-redis.call('SET', KEYS[1], ARGV[2])
-redis.call('SADD', KEYS[2], ARGV[1])
-return 1
-"#;
 
-/// KEYS: dedupe-exp. ARGV: key prefix, now, max. Clears dedupe keys that
-/// expired by `now` (if not renewed since) and returns how many.
-const SWEEP: &str = r#"
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))
-for _, id in ipairs(ids) do
-  redis.call('ZREM', KEYS[1], id)
-  local key = ARGV[1] .. 'dedupe:' .. id
-  local v = redis.call('GET', key)
-  if v and tonumber(v) <= tonumber(ARGV[2]) then redis.call('DEL', key) end
-end
-return #ids
-"#;
 
-/// Orphans the first ARGV[4] schedule entries of one endpoint from the
-/// ARGV[3]-th on. KEYS: due, counts, open, orphaned, orphaned by endpoint.
-/// ARGV: key prefix, now, offset, max. Pending deliveries, and in-flight
-/// ones whose claim expired, become orphaned; a live claim is left to end
-/// (it stays at the front of the schedule: the caller adds it to `offset`).
-/// Returns {orphaned, left, examined}.
-const ORPHAN: &str = r#"
-local now = tonumber(ARGV[2])
-local ids = redis.call('ZRANGE', KEYS[1], tonumber(ARGV[3]), tonumber(ARGV[3]) + tonumber(ARGV[4]) - 1)
-local orphaned, left = 0, 0
-for _, id in ipairs(ids) do
-  local d = read_record(ARGV[1] .. 'dlv:' .. id)
-  if not d or type(d.state) ~= 'string' then
-    left = left + 1
-  elseif d.state == 'pending' or (d.state == 'in_flight' and (tonumber(d.next_attempt_at) or 0) <= now) then
-    redis.call('HINCRBY', KEYS[2], d.state, -1)
-    redis.call('HINCRBY', KEYS[2], 'orphaned', 1)
-    d.state = 'orphaned'
-    d.next_attempt_at = cjson.null
-    d.updated_at = now
-    redis.call('SET', ARGV[1] .. 'dlv:' .. id, cjson.encode(d))
-    redis.call('ZREM', KEYS[1], id)
-    redis.call('ZREM', KEYS[3], id)
-    redis.call('ZADD', KEYS[4], 0, id)
-    redis.call('ZADD', KEYS[5], 0, id)
-    orphaned = orphaned + 1
-  elseif d.state == 'in_flight' then
-    left = left + 1
-  else
-    redis.call('ZREM', KEYS[1], id)
-  end
-end
-return {orphaned, left, #ids}
-"#;
 
-/// Takes back up to ARGV[3] orphaned deliveries of one endpoint. KEYS:
-/// orphaned by endpoint, orphaned, open, counts, due. ARGV: key prefix, now,
-/// max. Returns {adopted, examined}.
-const ADOPT: &str = r#"
-local now = tonumber(ARGV[2])
-local ids = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[3]) - 1)
-local adopted = 0
-for _, id in ipairs(ids) do
-  local d = read_record(ARGV[1] .. 'dlv:' .. id)
-  redis.call('ZREM', KEYS[1], id)
-  if d and d.state == 'orphaned' then
-    redis.call('HINCRBY', KEYS[4], 'orphaned', -1)
-    redis.call('HINCRBY', KEYS[4], 'pending', 1)
-    d.state = 'pending'
-    d.next_attempt_at = now
-    d.updated_at = now
-    redis.call('SET', ARGV[1] .. 'dlv:' .. id, cjson.encode(d))
-    redis.call('ZREM', KEYS[2], id)
-    redis.call('ZADD', KEYS[3], 0, id)
-    redis.call('ZADD', KEYS[5], now, id)
-    adopted = adopted + 1
-  end
-end
-return {adopted, #ids}
-"#;
 
-/// Ends orphaned deliveries as dead. KEYS: counts, orphaned, dead. ARGV: key
-/// prefix, now, reason, ids... Returns {discarded, skipped, not_found}.
-const DISCARD: &str = r#"
-local now = tonumber(ARGV[2])
-local discarded, skipped, missing, seen = 0, 0, 0, {}
-for i = 4, #ARGV do
-  local id = ARGV[i]
-  if not seen[id] then
-    seen[id] = true
-    local d = read_record(ARGV[1] .. 'dlv:' .. id)
-    if d == nil then
-      missing = missing + 1
-    elseif not d or d.state ~= 'orphaned' or type(d.endpoint) ~= 'string' then
-      skipped = skipped + 1
-    else
-      redis.call('HINCRBY', KEYS[1], 'orphaned', -1)
-      redis.call('HINCRBY', KEYS[1], 'dead', 1)
-      d.state = 'dead'
-      d.last_error = ARGV[3]
-      d.next_attempt_at = cjson.null
-      d.updated_at = now
-      redis.call('SET', ARGV[1] .. 'dlv:' .. id, cjson.encode(d))
-      redis.call('ZREM', KEYS[2], id)
-      redis.call('ZREM', ARGV[1] .. 'orphaned:' .. d.endpoint, id)
-      redis.call('ZADD', KEYS[3], 0, id)
-      discarded = discarded + 1
-    end
-  end
-end
-return {discarded, skipped, missing}
-"#;
 
 /// Schedule entries or orphaned deliveries one reconciling script call
 /// handles, so that a large backlog does not block Redis for long.
@@ -462,16 +91,10 @@ pub struct RedisStore {
     conn: ConnectionManager,
     /// `{prefix}:`
     keys: String,
-    /// The hot-path scripts, hashed once.
-    scripts: std::sync::Arc<HotScripts>,
+    /// Every script, hashed once.
+    scripts: std::sync::Arc<Scripts>,
     /// Finishes go to a task that records them in batches.
     finishes: tokio::sync::mpsc::Sender<PendingFinish>,
-}
-
-struct HotScripts {
-    admit: Script,
-    claim: Script,
-    release: Script,
 }
 
 /// One finish waiting for its batch: the script's seven arguments and
@@ -628,19 +251,10 @@ impl RedisStore {
                 tracing::warn!(error = %e, "could not read Redis INFO to check eviction and persistence settings")
             }
         }
-        let scripts = std::sync::Arc::new(HotScripts {
-            admit: Script::new(ADMIT),
-            claim: Script::new(&format!("{LUA_LIB}{CLAIM}")),
-            release: Script::new(RELEASE),
-        });
+        let scripts = std::sync::Arc::new(Scripts::new());
         let keys = format!("{{{prefix}}}:");
         let (finishes, queue) = tokio::sync::mpsc::channel(FINISH_BATCH * FINISH_CALLS);
-        tokio::spawn(record_finishes(
-            conn.clone(),
-            Script::new(&format!("{LUA_LIB}{FINISH_MANY}")),
-            keys.clone(),
-            queue,
-        ));
+        tokio::spawn(record_finishes(conn.clone(), scripts.finish_many.clone(), keys.clone(), queue));
         let store = RedisStore { conn, keys, scripts, finishes };
         store.build_open_index().await?;
         store.build_state_index().await?;
@@ -959,8 +573,7 @@ impl Store for RedisStore {
     }
 
     async fn replay(&self, ids: &[String], include_delivered: bool, now: Millis) -> Result<ReplayCount, StoreError> {
-        let replay = Script::new(&format!("{LUA_LIB}{REPLAY_IDS}{REPLAY}"));
-        let mut script = replay.prepare_invoke();
+        let mut script = self.scripts.replay.prepare_invoke();
         script.key(self.key("counts")).arg(&self.keys).arg(if include_delivered { "1" } else { "0" }).arg(now);
         for id in ids {
             script.arg(id);
@@ -970,7 +583,7 @@ impl Store for RedisStore {
     }
 
     async fn create_replay_job(&self, job: &ReplayJob) -> Result<(), StoreError> {
-        let script = Script::new(CREATE_JOB);
+        let script = &self.scripts.create_job;
         let mut inv = script.prepare_invoke();
         inv.key(self.key(&format!("replay:{}", job.id)))
             .key(self.key("replays-open"))
@@ -1001,7 +614,7 @@ impl Store for RedisStore {
     }
 
     async fn replay_step(&self, job: &ReplayJob, ids: &[String], now: Millis) -> Result<Option<ReplayJob>, StoreError> {
-        let script = Script::new(&format!("{LUA_LIB}{REPLAY_IDS}{REPLAY_STEP}"));
+        let script = &self.scripts.replay_step;
         let mut inv = script.prepare_invoke();
         inv.key(self.key("counts"))
             .key(self.key(&format!("replay:{}", job.id)))
@@ -1018,7 +631,7 @@ impl Store for RedisStore {
     }
 
     async fn sweep(&self, now: Millis) -> Result<usize, StoreError> {
-        let script = Script::new(SWEEP);
+        let script = &self.scripts.sweep;
         let mut inv = script.prepare_invoke();
         inv.key(self.key("dedupe-exp")).arg(&self.keys).arg(now).arg(10_000);
         self.invoke(&inv, true).await
@@ -1052,7 +665,7 @@ impl Store for RedisStore {
         }
         let mut out = Reconciled::default();
         if orphan_others {
-            let orphan = Script::new(&format!("{LUA_LIB}{ORPHAN}"));
+            let orphan = &self.scripts.orphan;
             let known: Vec<String> = conn.smembers(self.key("endpoints")).await.map_err(unavailable)?;
             for endpoint in known.iter().filter(|e| !endpoints.contains(e)) {
                 let mut offset = 0;
@@ -1079,7 +692,7 @@ impl Store for RedisStore {
                 }
             }
         }
-        let adopt = Script::new(&format!("{LUA_LIB}{ADOPT}"));
+        let adopt = &self.scripts.adopt;
         for endpoint in endpoints {
             let mut adopted = 0;
             loop {
@@ -1112,7 +725,7 @@ impl Store for RedisStore {
     }
 
     async fn discard(&self, ids: &[String], reason: &str, now: Millis) -> Result<DiscardCount, StoreError> {
-        let script = Script::new(&format!("{LUA_LIB}{DISCARD}"));
+        let script = &self.scripts.discard;
         let mut inv = script.prepare_invoke();
         inv.key(self.key("counts"))
             .key(self.key("orphaned"))

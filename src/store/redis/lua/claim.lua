@@ -1,0 +1,60 @@
+-- KEYS: due, counts. ARGV: now, limit, visibility, key prefix, token base.
+-- Returns (delivery json, event json) pairs. Claim tokens are the random
+-- base plus the claim's place in the batch, not the old token plus one: a
+-- Redis that lost its last writes would otherwise hand a second claimer the
+-- token the first one holds. The batch's records, schedule entries and
+-- counts are written with one command each (in slices, for Lua's stack):
+-- every write command costs Redis an append to its log, whatever its size.
+local now = tonumber(ARGV[1])
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
+local deadline = now + tonumber(ARGV[3])
+local base = tonumber(ARGV[5])
+local out, records, schedule, was_pending = {}, {}, {}, 0
+for _, id in ipairs(ids) do
+  local d = read_record(ARGV[4] .. 'dlv:' .. id)
+  if not d or type(d.event_id) ~= 'string' or type(d.claim_token) ~= 'number' or type(d.state) ~= 'string' then
+    -- Missing or unreadable: off the schedule and the open index, so claims
+    -- never spin on it and gauges do not age it; an unreadable record stays
+    -- for inspection.
+    redis.call('ZREM', KEYS[1], id)
+    if redis.call('ZREM', ARGV[4] .. 'open', id) == 1 then redis.call('HINCRBY', KEYS[2], 'pending', -1) end
+  else
+    local event = redis.call('GET', ARGV[4] .. 'event:' .. d.event_id)
+    if d.state ~= 'pending' and d.state ~= 'in_flight' then
+      redis.call('ZREM', KEYS[1], id)
+    elseif not event then
+      redis.call('HINCRBY', KEYS[2], d.state, -1)
+      redis.call('HINCRBY', KEYS[2], 'dead', 1)
+      d.state = 'dead'
+      d.next_attempt_at = cjson.null
+      d.last_error = 'event record missing'
+      d.updated_at = now
+      redis.call('SET', ARGV[4] .. 'dlv:' .. id, cjson.encode(d))
+      redis.call('ZREM', KEYS[1], id)
+      redis.call('ZREM', ARGV[4] .. 'open', id)
+      redis.call('ZADD', ARGV[4] .. 'dead', 0, id)
+    else
+      if d.state == 'pending' then was_pending = was_pending + 1 end
+      d.state = 'in_flight'
+      local token = base + #out
+      if token == d.claim_token then token = token + 1 end
+      d.claim_token = token
+      d.next_attempt_at = deadline
+      d.updated_at = now
+      local enc = cjson.encode(d)
+      table.insert(records, ARGV[4] .. 'dlv:' .. id)
+      table.insert(records, enc)
+      table.insert(schedule, deadline)
+      table.insert(schedule, id)
+      table.insert(out, enc)
+      table.insert(out, event)
+    end
+  end
+end
+each_slice(records, function(...) redis.call('MSET', ...) end)
+each_slice(schedule, function(...) redis.call('ZADD', KEYS[1], ...) end)
+if was_pending > 0 then
+  redis.call('HINCRBY', KEYS[2], 'pending', -was_pending)
+  redis.call('HINCRBY', KEYS[2], 'in_flight', was_pending)
+end
+return out

@@ -1,0 +1,46 @@
+//! The Lua scripts that make every change to the Redis store atomic, each
+//! in its own file under `lua/` with its KEYS and ARGV in a comment at the
+//! top. They are built once at connect; redis-rs sends each by its SHA1
+//! and loads it on the first `NOSCRIPT`.
+//!
+//! `lib.lua` (record decoding, batched writes) and `replay_ids.lua` (the
+//! replay of a list of ids) are shared: they are prepended to the scripts
+//! that use them.
+
+use redis::Script;
+
+const LIB: &str = include_str!("lua/lib.lua");
+const REPLAY_IDS: &str = include_str!("lua/replay_ids.lua");
+
+pub(super) struct Scripts {
+    pub admit: Script,
+    pub claim: Script,
+    pub finish_many: Script,
+    pub release: Script,
+    pub replay: Script,
+    pub replay_step: Script,
+    pub create_job: Script,
+    pub sweep: Script,
+    pub orphan: Script,
+    pub adopt: Script,
+    pub discard: Script,
+}
+
+impl Scripts {
+    pub fn new() -> Scripts {
+        let with_lib = |body: &str| Script::new(&format!("{LIB}{body}"));
+        Scripts {
+            admit: Script::new(include_str!("lua/admit.lua")),
+            claim: with_lib(include_str!("lua/claim.lua")),
+            finish_many: with_lib(include_str!("lua/finish_many.lua")),
+            release: Script::new(include_str!("lua/release.lua")),
+            replay: with_lib(&format!("{REPLAY_IDS}{}", include_str!("lua/replay.lua"))),
+            replay_step: with_lib(&format!("{REPLAY_IDS}{}", include_str!("lua/replay_step.lua"))),
+            create_job: Script::new(include_str!("lua/create_job.lua")),
+            sweep: Script::new(include_str!("lua/sweep.lua")),
+            orphan: with_lib(include_str!("lua/orphan.lua")),
+            adopt: with_lib(include_str!("lua/adopt.lua")),
+            discard: with_lib(include_str!("lua/discard.lua")),
+        }
+    }
+}
