@@ -421,11 +421,16 @@ fn query_pairs(query: &str) -> Result<Vec<(String, String)>, ApiError> {
     let mut pairs: Vec<(String, String)> = Vec::new();
     for (key, value) in form_urlencoded::parse(query.as_bytes()) {
         if pairs.iter().any(|(k, _)| *k == key) {
-            return Err(ApiError::bad(format!("{key}: given more than once")));
+            return Err(ApiError::bad(format!("{}: given more than once", shown(&key))));
         }
         pairs.push((key.into_owned(), value.into_owned()));
     }
     Ok(pairs)
+}
+
+/// A parameter name as an error message shows it: an empty one as `''`.
+fn shown(key: &str) -> &str {
+    if key.is_empty() { "''" } else { key }
 }
 
 /// A request body as a JSON object; empty means `{}`. Duplicate keys are
@@ -437,7 +442,7 @@ fn json_object(body: &[u8]) -> Result<serde_json::Map<String, Value>, ApiError> 
     }
     match crate::canonical::parse(body) {
         Err(crate::canonical::ParseError::DuplicateKey(key)) => {
-            return Err(ApiError::bad(format!("{key}: given more than once")));
+            return Err(ApiError::bad(format!("{}: given more than once", shown(&key))));
         }
         Err(e) => return Err(ApiError::bad(format!("body: not JSON: {e}"))),
         Ok(_) => {}
@@ -552,8 +557,23 @@ struct JobView<'a> {
     /// or repeated, however many deliveries share a millisecond.
     #[serde(skip_serializing_if = "Option::is_none")]
     continue_cursor: Option<&'a str>,
+    /// The selection as the job resolved it: relative times (`24h`) become
+    /// the times they meant when the job began, so the same selection can
+    /// be asked for again later, with `continue_cursor`.
+    filter: FilterView<'a>,
     created_at: String,
     updated_at: String,
+}
+
+#[derive(Serialize)]
+struct FilterView<'a> {
+    state: Option<&'static str>,
+    source: Option<&'a str>,
+    endpoint: Option<&'a str>,
+    #[serde(rename = "type")]
+    event_type: Option<&'a str>,
+    since: Option<String>,
+    until: Option<String>,
 }
 
 fn job_view(job: &ReplayJob) -> Value {
@@ -567,6 +587,14 @@ fn job_view(job: &ReplayJob) -> Value {
         finished: job.finished,
         truncated: job.truncated,
         continue_cursor: job.truncated.then_some(job.cursor.as_deref()).flatten(),
+        filter: FilterView {
+            state: job.filter.state.map(DeliveryState::as_str),
+            source: job.filter.source.as_deref(),
+            endpoint: job.filter.endpoint.as_deref(),
+            event_type: job.filter.event_type.as_deref(),
+            since: job.filter.since.map(time),
+            until: job.filter.until.map(time),
+        },
         created_at: time(job.created_at),
         updated_at: time(job.updated_at),
     })
@@ -635,6 +663,7 @@ mod tests {
         assert_eq!((status, message.as_str()), (StatusCode::BAD_REQUEST, "state: given more than once"));
         // Encoded spellings of one name are one name.
         assert!(query_pairs("state=dead&%73tate=pending").is_err());
+        assert_eq!(query_pairs("=x&=y").unwrap_err().2, "'': given more than once");
         assert_eq!(query_pairs("state=dead&limit=3").unwrap().len(), 2);
         let ApiError(_, _, message) = json_object(br#"{"state":"dead","state":"delivered"}"#).unwrap_err();
         assert_eq!(message, "state: given more than once");

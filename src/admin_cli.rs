@@ -347,10 +347,13 @@ pub async fn replay(conn: &Connection, args: ReplayArgs) -> Result<(), ClientErr
         body.insert("cursor".into(), json!(cursor));
     }
     let r = client.call(reqwest::Method::POST, "/admin/replay", Some(Value::Object(body))).await?;
-    // The same selection again, with the new cursor: what to run next.
+    // The same selection again, as the relay resolved it (a relative
+    // `--since 24h` becomes the time it meant), with the new cursor.
     let mut again: Vec<String> = vec!["ipn-relay replay".into()];
-    for (k, v) in args.filters.pairs() {
-        again.push(format!("--{k} {}", shell_word(&v)));
+    for k in ["state", "source", "endpoint", "type", "since", "until"] {
+        if let Some(v) = r["filter"][k].as_str() {
+            again.push(format!("--{k} {}", shell_word(v)));
+        }
     }
     if let Some(max) = args.max {
         again.push(format!("--max {max}"));

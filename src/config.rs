@@ -652,8 +652,10 @@ fn weak(secret: &str) -> Option<String> {
     if secret.trim().is_empty() {
         return Some(if secret.is_empty() { "is empty".into() } else { "is only whitespace".into() });
     }
-    (secret.len() < MIN_SECRET_BYTES)
-        .then(|| format!("is {} bytes; at least {MIN_SECRET_BYTES} are required", secret.len()))
+    // Padding is not entropy: count what is left without it.
+    let len = secret.trim().len();
+    (len < MIN_SECRET_BYTES)
+        .then(|| format!("is {len} bytes without surrounding whitespace; at least {MIN_SECRET_BYTES} are required"))
 }
 
 /// The admin token, checked: required and strong on an address others can
@@ -1123,7 +1125,8 @@ secrets = ["s1-0123456789abcdef"]
         let source = |secrets: &str| format!("\n[[sources]]\nname = \"nova\"\nkind = \"nova\"\nsecrets = {secrets}\n");
         for (secrets, says) in [
             (r#"[" "]"#, "secrets[0]: is only whitespace"),
-            (r#"["a"]"#, "secrets[0]: is 1 bytes; at least 16"),
+            (r#"["a"]"#, "secrets[0]: is 1 bytes without surrounding whitespace; at least 16"),
+            (r#"["a               "]"#, "secrets[0]: is 1 bytes"),
             (r#"["long-enough-secret-1", ""]"#, "secrets[1]: is empty"),
             (r#"["               \t  "]"#, "secrets[0]: is only whitespace"),
         ] {

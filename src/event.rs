@@ -109,17 +109,36 @@ const MILLIS: &[FormatItem<'static>] =
 
 /// `2026-11-21T10:00:00.123Z`: UTC, milliseconds.
 pub fn rfc3339_millis(t: OffsetDateTime) -> String {
-    t.to_offset(time::UtcOffset::UTC).format(MILLIS).unwrap_or_else(|_| "1970-01-01T00:00:00.000Z".into())
+    t.checked_to_offset(time::UtcOffset::UTC)
+        .and_then(|t| t.format(MILLIS).ok())
+        .unwrap_or_else(|| "1970-01-01T00:00:00.000Z".into())
 }
 
-/// Parses an RFC 3339 time with any offset.
+/// Parses an RFC 3339 time with any offset, as UTC. `None` for a time that
+/// UTC cannot hold: `9999-12-31T23:59:59-01:00` is valid RFC 3339 but falls
+/// in the year 10000.
 pub fn parse_rfc3339(s: &str) -> Option<OffsetDateTime> {
-    OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
+    OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .ok()?
+        .checked_to_offset(time::UtcOffset::UTC)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_past_the_last_utc_year_are_refused_not_a_panic() {
+        // Found by the nova and nowpayments fuzz targets: converting this
+        // to UTC panicked inside a signed callback's normalisation.
+        assert_eq!(parse_rfc3339("9999-12-31T23:59:59-01:00"), None);
+        // Before year 0 is a time `time` holds; formatting it must not panic.
+        let _ = rfc3339_millis(parse_rfc3339("0000-01-01T00:00:00+01:00").unwrap());
+        let t = parse_rfc3339("9999-12-31T23:59:59+01:00").unwrap();
+        assert_eq!(rfc3339_millis(t), "9999-12-31T22:59:59.000Z");
+        let edge = OffsetDateTime::parse("9999-12-31T23:59:59-01:00", &time::format_description::well_known::Rfc3339);
+        assert_eq!(rfc3339_millis(edge.unwrap()), "1970-01-01T00:00:00.000Z");
+    }
 
     #[test]
     fn event_id_is_stable_and_separates_source_from_key() {

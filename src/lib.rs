@@ -17,6 +17,7 @@ pub mod delivery;
 pub mod event;
 pub mod http;
 pub mod ingress;
+pub mod listener;
 pub mod metrics;
 pub mod providers;
 pub mod replay;

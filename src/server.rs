@@ -7,25 +7,18 @@
 //! admission in progress completes, so its provider gets its answer), then
 //! returns.
 
-use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 
 use crate::admin::Admin;
 use crate::config::Config;
 use crate::delivery;
 use crate::ingress::Ingress;
+use crate::listener::{Limits, serve};
 use crate::metrics::Metrics;
 use crate::replay;
 use crate::shutdown::stopped;
@@ -179,178 +172,6 @@ fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
     }
 }
 
-/// Connection limits of one listener.
-#[derive(Clone, Copy)]
-struct Limits {
-    header_timeout: Duration,
-    max_connections: usize,
-    grace: Duration,
-}
-
-/// Accepts HTTP/1.1 connections and serves `handler` on each until `stop`.
-///
-/// At most `max_connections` are open. A flood of clients that connect and
-/// send nothing useful (half a request line, then silence) must not lock
-/// out a health check or a provider, so a full listener does not stop
-/// accepting: it closes the oldest connection that has no request in
-/// progress (never sent a whole request head, or idle between requests) to
-/// make room. Only when every open connection is busy with a request does
-/// accepting wait, and the kernel's backlog holds the rest.
-async fn serve<F, Fut>(listener: TcpListener, limits: Limits, mut stop: watch::Receiver<bool>, handler: F)
-where
-    F: Fn(hyper::Request<hyper::body::Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = hyper::Response<http_body_util::Full<bytes::Bytes>>> + Send + 'static,
-{
-    let graceful = GracefulShutdown::new();
-    let mut builder = http1::Builder::new();
-    builder.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout).keep_alive(true);
-    let conns = Arc::new(Mutex::new(Connections::default()));
-    let freed = Arc::new(Notify::new());
-    'accept: loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off briefly.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = stopped(&mut stop) => break,
-        };
-        // Make room: close an idle connection, or wait for a busy one to end.
-        loop {
-            let full = lock(&conns).make_room(limits.max_connections, uptime_ms());
-            if !full {
-                break;
-            }
-            tokio::select! {
-                _ = freed.notified() => {}
-                _ = stopped(&mut stop) => break 'accept,
-            }
-        }
-        let _ = stream.set_nodelay(true);
-        let (id, busy, close) = lock(&conns).open();
-        let handler = handler.clone();
-        let svc = service_fn(move |req| {
-            let handler = handler.clone();
-            let busy = busy.clone();
-            async move {
-                let _busy = Busy::enter(&busy);
-                Ok::<_, Infallible>(handler(req, peer).await)
-            }
-        });
-        let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), svc));
-        let (conns, freed) = (conns.clone(), freed.clone());
-        tokio::spawn(async move {
-            tokio::select! {
-                result = conn => if let Err(e) = result {
-                    tracing::debug!(%peer, error = %e, "connection closed with an error");
-                },
-                _ = close.notified() => tracing::debug!(%peer, "idle connection closed to make room"),
-            }
-            lock(&conns).closed(id);
-            freed.notify_one();
-        });
-    }
-    drop(listener);
-    tokio::select! {
-        _ = graceful.shutdown() => {}
-        _ = tokio::time::sleep(limits.grace) => tracing::warn!(grace = ?limits.grace, "grace period over; closing remaining connections"),
-    }
-}
-
-fn lock(conns: &Mutex<Connections>) -> std::sync::MutexGuard<'_, Connections> {
-    conns.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// The open connections of one listener, oldest first.
-#[derive(Default)]
-struct Connections {
-    next_id: u64,
-    open: std::collections::BTreeMap<u64, Connection>,
-}
-
-struct Connection {
-    busy: Arc<BusyState>,
-    close: Arc<Notify>,
-}
-
-/// Whether a connection is handling a request, and since when it is not.
-#[derive(Default)]
-struct BusyState {
-    /// Requests in progress (0 or 1 for HTTP/1.1).
-    requests: AtomicUsize,
-    /// When the last request's handler finished, in ms of [`uptime_ms`]; 0
-    /// if none has.
-    idle_since: AtomicU64,
-}
-
-impl BusyState {
-    /// Whether the connection can be closed to make room: no request in
-    /// progress, and none answered in the last second (its response may
-    /// still be on its way out).
-    fn evictable(&self, now: u64) -> bool {
-        let idle_since = self.idle_since.load(Ordering::Acquire);
-        self.requests.load(Ordering::Acquire) == 0 && (idle_since == 0 || now.saturating_sub(idle_since) >= 1_000)
-    }
-}
-
-/// Milliseconds since the first call; never 0.
-fn uptime_ms() -> u64 {
-    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    START.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64 + 1
-}
-
-impl Connections {
-    fn open(&mut self) -> (u64, Arc<BusyState>, Arc<Notify>) {
-        self.next_id += 1;
-        let c = Connection { busy: Arc::default(), close: Arc::new(Notify::new()) };
-        let handles = (self.next_id, c.busy.clone(), c.close.clone());
-        self.open.insert(self.next_id, c);
-        handles
-    }
-
-    fn closed(&mut self, id: u64) {
-        self.open.remove(&id);
-    }
-
-    /// Below `max` open, or made so by closing the oldest connection with no
-    /// request in progress; true if every one is busy and none can go.
-    fn make_room(&mut self, max: usize, now: u64) -> bool {
-        if self.open.len() < max {
-            return false;
-        }
-        let idle = self.open.iter().find(|(_, c)| c.busy.evictable(now)).map(|(id, _)| *id);
-        match idle.and_then(|id| self.open.remove(&id)) {
-            Some(c) => {
-                // A permit is kept if the task is not waiting yet.
-                c.close.notify_one();
-                false
-            }
-            None => true,
-        }
-    }
-}
-
-/// Marks a connection busy while a request is handled.
-struct Busy<'a>(&'a BusyState);
-
-impl<'a> Busy<'a> {
-    fn enter(busy: &'a BusyState) -> Busy<'a> {
-        busy.requests.fetch_add(1, Ordering::AcqRel);
-        Busy(busy)
-    }
-}
-
-impl Drop for Busy<'_> {
-    fn drop(&mut self) {
-        self.0.idle_since.store(uptime_ms(), Ordering::Release);
-        self.0.requests.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
 /// The configured endpoints, and whether deliveries to others have been
 /// orphaned since start-up.
 struct Endpoints {
@@ -444,41 +265,5 @@ async fn housekeeping(
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_full_listener_closes_the_oldest_idle_connection_and_never_a_busy_one() {
-        let mut conns = Connections::default();
-        let (first, first_busy, first_close) = conns.open();
-        let (second, _, second_close) = conns.open();
-        let now = 10_000;
-        assert!(!conns.make_room(3, now), "below the cap nothing is closed");
-        // The oldest is busy with a request: the next oldest idle one goes.
-        let guard = Busy::enter(&first_busy);
-        assert!(!conns.make_room(2, now));
-        assert!(conns.open.contains_key(&first) && !conns.open.contains_key(&second));
-        assert!(notified(&second_close) && !notified(&first_close));
-        // All busy: the caller has to wait.
-        assert!(conns.make_room(1, now));
-        // Just answered: its response may still be on the way, so it stays
-        // for a second.
-        drop(guard);
-        let answered = first_busy.idle_since.load(Ordering::Acquire);
-        assert!(conns.make_room(1, answered + 999));
-        assert!(!conns.make_room(1, answered + 1_000));
-        assert!(conns.open.is_empty() && notified(&first_close));
-    }
-
-    /// Whether `n` holds a notification, without waiting.
-    fn notified(n: &Notify) -> bool {
-        let fut = n.notified();
-        let mut fut = std::pin::pin!(fut);
-        let waker = std::task::Waker::noop();
-        fut.as_mut().poll(&mut std::task::Context::from_waker(waker)).is_ready()
     }
 }

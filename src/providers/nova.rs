@@ -267,6 +267,16 @@ mod tests {
     }
 
     #[test]
+    fn a_signed_timestamp_past_the_last_utc_year_is_a_bad_request_not_a_panic() {
+        // Found by the nova fuzz target.
+        let body = br#"{"event":"deposit.confirmed","data":{"id":"d1"},"timestamp":"9999-12-31T23:59:59-01:00"}"#;
+        let h = with_header(&sign(b"nova-secret", body));
+        assert!(matches!(process(&secrets(), FIVE_MIN, &h, body, AT), Err(ProviderError::BadRequest(_))));
+        let n = process(&secrets(), None, &h, body, AT).unwrap();
+        assert_eq!(n.occurred_at, None);
+    }
+
+    #[test]
     fn header_wins_over_body_signature() {
         let unsigned = canonical::parse(DEPOSIT.as_bytes()).unwrap();
         let body = with_body_signature(&unsigned, &unsigned.to_compact());

@@ -162,6 +162,9 @@ pub struct EmbeddedStore {
     /// 0 while writes commit; after a failed batch, the bytes a readiness
     /// probe must write to show that admissions would commit again.
     failing: Arc<AtomicU64>,
+    /// When a readiness check last sent a probe (unix ms): while writes
+    /// fail, at most one probe a second, however often `/readyz` is asked.
+    last_probe: AtomicU64,
     claims: SharedClaims,
     writer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -200,7 +203,14 @@ impl EmbeddedStore {
             .name("redb-writer".into())
             .spawn(move || writer.run())
             .map_err(|e| unavailable(format!("cannot start the writer thread: {e}")))?;
-        Ok(EmbeddedStore { ops: tx, db: slot, failing, claims, writer: std::sync::Mutex::new(Some(handle)) })
+        Ok(EmbeddedStore {
+            ops: tx,
+            db: slot,
+            failing,
+            last_probe: AtomicU64::new(0),
+            claims,
+            writer: std::sync::Mutex::new(Some(handle)),
+        })
     }
 
     /// Finishes queued writes and closes the file, so it can be reopened.
@@ -930,9 +940,10 @@ impl<'txn> Tables<'txn> {
                         }
                         Err(e) => return Err(e),
                     };
+                    // It keeps the time it was due: taken back, it waits out
+                    // the rest of its backoff.
                     let mut d = old.clone();
                     d.state = DeliveryState::Orphaned;
-                    d.next_attempt_at = None;
                     d.updated_at = now;
                     self.put_delivery(Some(&old), &d)?;
                 }
@@ -960,7 +971,7 @@ impl<'txn> Tables<'txn> {
                 };
                 let mut d = old.clone();
                 d.state = DeliveryState::Pending;
-                d.next_attempt_at = Some(now);
+                d.next_attempt_at = Some(old.next_attempt_at.map_or(now, |due| due.max(now)));
                 d.updated_at = now;
                 self.put_delivery(Some(&old), &d)?;
                 adopted += 1;
@@ -1376,6 +1387,14 @@ impl Store for EmbeddedStore {
     /// a probe as large as the failed admissions, and the store stays not
     /// ready until a probe or a real write commits; no timer makes it ready.
     async fn ping(&self) -> Result<(), StoreError> {
+        if self.failing.load(Ordering::Relaxed) != 0 {
+            let now = super::now_millis();
+            let last = self.last_probe.swap(now, Ordering::Relaxed);
+            if now.saturating_sub(last) < 1_000 {
+                self.last_probe.store(last, Ordering::Relaxed);
+                return Err(unavailable("writes are failing"));
+            }
+        }
         self.call(|reply| Op::Ping { reply }).await?;
         if self.failing.load(Ordering::Relaxed) != 0 {
             return Err(unavailable("writes are failing"));

@@ -688,3 +688,69 @@ async fn a_flood_of_half_requests_does_not_starve_health_checks_or_providers() {
     }
     assert!(closed >= 2, "at least the two evicted to make room were closed: {closed}");
 }
+
+/// Subtler holds on a listener: keep-alive connections that send a cheap
+/// request now and then, and request bodies sent a byte at a time. Neither
+/// may lock out a health check or a provider.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_pokes_and_trickled_bodies_do_not_starve_the_listeners() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("relay.redb");
+    let text = config_text(&path, "").replace("header_read_timeout = \"1s\"", "header_read_timeout = \"10s\"");
+    let text = text.replace("body_read_timeout = \"1s\"", "body_read_timeout = \"30s\"");
+    let text = text.replacen("[server]\n", "[server]\nmax_connections = 64\n", 1);
+    let relay = Relay::start_text(&path, &text).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut attackers = Vec::new();
+    // 70 keep-alive connections to the admin listener, each asking for
+    // /healthz twice a second; 70 to ingress, each trickling a body.
+    for _ in 0..70 {
+        let (admin, poke_stop) = (relay.admin, stop.clone());
+        attackers.push(tokio::spawn(async move {
+            let Ok(mut s) = TcpStream::connect(admin).await else { return };
+            while !poke_stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").await.is_err() {
+                    return;
+                }
+                let mut buf = [0u8; 512];
+                if !matches!(s.read(&mut buf).await, Ok(n) if n > 0) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }));
+        let (addr, trickle_stop) = (relay.addr, stop.clone());
+        attackers.push(tokio::spawn(async move {
+            let Ok(mut s) = TcpStream::connect(addr).await else { return };
+            let head = "POST /hooks/nowpayments HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\n";
+            if s.write_all(head.as_bytes()).await.is_err() {
+                return;
+            }
+            while !trickle_stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if s.write_all(b"{").await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let c = client();
+    let mut took = Vec::new();
+    for _ in 0..3 {
+        let started = std::time::Instant::now();
+        let r = c.get(format!("http://{}/healthz", relay.admin)).send();
+        let r = tokio::time::timeout(Duration::from_secs(5), r).await.expect("healthz answered").unwrap();
+        assert_eq!(r.status(), 200);
+        took.push(started.elapsed());
+        let started = std::time::Instant::now();
+        let body = payment_ipn(78 + took.len() as u64, "finished");
+        let r = tokio::time::timeout(Duration::from_secs(5), post_np(&c, &relay, &body, NP_SECRET))
+            .await
+            .expect("a provider answered");
+        assert_eq!(r.status(), 200);
+        took.push(started.elapsed());
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(took.iter().all(|t| *t < Duration::from_secs(2)), "{took:?}");
+}

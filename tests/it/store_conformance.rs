@@ -355,9 +355,11 @@ async fn a_truncated_replay_job_continues_exactly_at_its_cursor(s: Arc<impl Stor
         let done = replay::run(s.as_ref(), job, 3, &endpoints(), &metrics()).await.unwrap();
         jobs += 1;
         assert_eq!(done.replayed, done.considered, "every considered delivery was dead");
+        // Replayed ones fail again and are dead again before the next job:
+        // only the cursor keeps that job from replaying them a second time.
         for c in s.claim_due("be", FAR_FUTURE, 100, VIS).await.unwrap() {
             assert!(replayed.insert(c.delivery.id.clone()), "{} replayed twice", c.delivery.id);
-            s.finish(&c.delivery.id, c.delivery.claim_token, attempt(5000, 200), Next::Delivered).await.unwrap();
+            s.finish(&c.delivery.id, c.delivery.claim_token, attempt(5000, 500), Next::Dead).await.unwrap();
         }
         if !done.truncated {
             break;
@@ -366,7 +368,9 @@ async fn a_truncated_replay_job_continues_exactly_at_its_cursor(s: Arc<impl Stor
         assert!(cursor.is_some(), "a truncated job says where to go on");
     }
     assert_eq!(replayed.len(), 11, "every one replayed once, in {jobs} jobs");
-    assert!(s.list(&filter, None, 100).await.unwrap().items.is_empty(), "none left dead");
+    let dead = s.list(&filter, None, 100).await.unwrap().items;
+    assert_eq!(dead.len(), 11);
+    assert!(dead.iter().all(|d| d.attempts == 2 && d.budget_start == 1), "each replayed once");
 }
 
 async fn listing_by_state_reads_only_deliveries_in_that_state(s: Arc<impl Store>) {
@@ -415,17 +419,19 @@ async fn deliveries_to_a_removed_endpoint_are_orphaned_and_taken_back(s: Arc<imp
     assert_eq!(s.list(&orphaned, None, 10).await.unwrap().items.len(), 2);
     let by_name = DeliveryFilter { endpoint: Some("gone".into()), ..orphaned.clone() };
     let page = s.list(&by_name, None, 10).await.unwrap();
-    assert!(page.items.iter().all(|d| d.state == DeliveryState::Orphaned && d.next_attempt_at.is_none()));
+    // They keep the time they were due.
+    assert!(page.items.iter().all(|d| d.state == DeliveryState::Orphaned && d.next_attempt_at == Some(1000)));
     // Orphaned deliveries are never claimed; the held one finishes as usual.
     let again = s.claim_due("gone", FAR_FUTURE, 10, VIS).await.unwrap();
     assert_eq!(again.len(), 1, "only the claim that expired");
     let c = &again[0];
     assert_ne!(c.delivery.claim_token, held.delivery.claim_token);
-    assert!(s.finish(&c.delivery.id, c.delivery.claim_token, attempt(1300, 500), Next::RetryAt(1400)).await.unwrap());
+    // It fails and backs off until 5000.
+    assert!(s.finish(&c.delivery.id, c.delivery.claim_token, attempt(1300, 500), Next::RetryAt(5000)).await.unwrap());
     // At the next start the retried one is orphaned too.
     assert_eq!(s.reconcile_endpoints(&only_be, true, 1500).await.unwrap().orphaned, vec![("gone".to_owned(), 3)]);
     // An operator ends one; it is dead with the reason, its history kept.
-    let first = s.list(&by_name, None, 10).await.unwrap().items.remove(0);
+    let first = s.list(&by_name, None, 10).await.unwrap().items.into_iter().find(|d| d.id != c.delivery.id).unwrap();
     let be = s.event_deliveries("evt_o").await.unwrap().into_iter().find(|d| d.endpoint == "be").unwrap();
     let ids = [first.id.clone(), be.id.clone(), "dlv_000000000000ffffffffffffffff".to_owned()];
     let count = s.discard(&ids, "endpoint removed", 1600).await.unwrap();
@@ -439,7 +445,13 @@ async fn deliveries_to_a_removed_endpoint_are_orphaned_and_taken_back(s: Arc<imp
     let found = s.reconcile_endpoints(&both, false, 2000).await.unwrap();
     assert_eq!((found.orphaned, found.adopted), (vec![], vec![("gone".to_owned(), 2)]));
     assert_eq!(s.list(&orphaned, None, 10).await.unwrap().items.len(), 0);
-    assert_eq!(s.claim_due("gone", 2000, 10, VIS).await.unwrap().len(), 2);
+    // The one whose backoff has run out is due now; the other still waits
+    // out its backoff, as if it had never been orphaned.
+    let now = s.claim_due("gone", 2000, 10, 10_000).await.unwrap();
+    assert_eq!(now.len(), 1);
+    assert_ne!(now[0].delivery.id, c.delivery.id);
+    let later = s.claim_due("gone", 5000, 10, VIS).await.unwrap();
+    assert_eq!(later.iter().map(|c| c.delivery.id.as_str()).collect::<Vec<_>>(), [c.delivery.id.as_str()]);
     assert_eq!(s.counts().await.unwrap().map(|(_, n)| n), [1, 2, 0, 1, 0]);
 }
 

@@ -55,19 +55,6 @@ use super::{
     NewDelivery, NewEvent, Next, Page, Reconciled, ReplayCount, ReplayJob, Store, StoreError, StoredEvent,
 };
 
-
-
-
-
-
-
-
-
-
-
-
-
-
 /// Schedule entries or orphaned deliveries one reconciling script call
 /// handles, so that a large backlog does not block Redis for long.
 const RECONCILE_CHUNK: usize = 500;

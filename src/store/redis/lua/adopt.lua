@@ -10,13 +10,14 @@ for _, id in ipairs(ids) do
   if d and d.state == 'orphaned' then
     redis.call('HINCRBY', KEYS[4], 'orphaned', -1)
     redis.call('HINCRBY', KEYS[4], 'pending', 1)
+    local due = math.max(tonumber(d.next_attempt_at) or now, now)
     d.state = 'pending'
-    d.next_attempt_at = now
+    d.next_attempt_at = due
     d.updated_at = now
     redis.call('SET', ARGV[1] .. 'dlv:' .. id, cjson.encode(d))
     redis.call('ZREM', KEYS[2], id)
     redis.call('ZADD', KEYS[3], 0, id)
-    redis.call('ZADD', KEYS[5], now, id)
+    redis.call('ZADD', KEYS[5], due, id)
     adopted = adopted + 1
   end
 end

@@ -14,8 +14,8 @@ for _, id in ipairs(ids) do
   elseif d.state == 'pending' or (d.state == 'in_flight' and (tonumber(d.next_attempt_at) or 0) <= now) then
     redis.call('HINCRBY', KEYS[2], d.state, -1)
     redis.call('HINCRBY', KEYS[2], 'orphaned', 1)
+    -- It keeps the time it was due: taken back, it waits out its backoff.
     d.state = 'orphaned'
-    d.next_attempt_at = cjson.null
     d.updated_at = now
     redis.call('SET', ARGV[1] .. 'dlv:' .. id, cjson.encode(d))
     redis.call('ZREM', KEYS[1], id)
