@@ -1,0 +1,71 @@
+//! How records are encoded in the embedded store's tables, and the two
+//! ways a read or write fails.
+
+use super::super::{Delivery, Millis, StoreError};
+
+pub(super) fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+pub(super) fn corrupt(key: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt { key: key.to_owned(), message: e.to_string() }
+}
+
+impl Clone for StoreError {
+    fn clone(&self) -> Self {
+        match self {
+            StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
+            StoreError::Corrupt { key, message } => StoreError::Corrupt { key: key.clone(), message: message.clone() },
+        }
+    }
+}
+
+pub(super) fn decode_delivery(id: &str, bytes: &[u8]) -> Result<Delivery, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| corrupt(id, e))
+}
+
+pub(super) fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("store records always serialise")
+}
+
+/// The index entry of an event: dedupe expiry (0 once swept), where its
+/// JSON is, and the ids of its deliveries.
+///
+/// Encoding: expiry and body sequence as u64 LE, then each delivery id as a
+/// length byte and its bytes.
+pub(super) struct IndexRecord {
+    pub(super) dedupe_expires: Millis,
+    pub(super) body_seq: u64,
+    pub(super) delivery_ids: Vec<String>,
+}
+
+impl IndexRecord {
+    pub(super) fn encode(&self) -> Vec<u8> {
+        let ids: usize = self.delivery_ids.iter().map(|i| i.len() + 1).sum();
+        let mut out = Vec::with_capacity(16 + ids);
+        out.extend_from_slice(&self.dedupe_expires.to_le_bytes());
+        out.extend_from_slice(&self.body_seq.to_le_bytes());
+        for id in &self.delivery_ids {
+            // Delivery ids are ours: short ASCII, always under 256 bytes.
+            out.push(id.len() as u8);
+            out.extend_from_slice(id.as_bytes());
+        }
+        out
+    }
+
+    pub(super) fn decode(key: &str, b: &[u8]) -> Result<IndexRecord, StoreError> {
+        let bad = || corrupt(key, "truncated event index record");
+        let u64_at =
+            |at: usize| b.get(at..at + 8).and_then(|s| s.try_into().ok()).map(u64::from_le_bytes).ok_or_else(bad);
+        let (dedupe_expires, body_seq) = (u64_at(0)?, u64_at(8)?);
+        let mut pos = 16;
+        let mut delivery_ids = Vec::new();
+        while pos < b.len() {
+            let len = b[pos] as usize;
+            let id = b.get(pos + 1..pos + 1 + len).ok_or_else(bad)?;
+            delivery_ids.push(String::from_utf8(id.to_vec()).map_err(|e| corrupt(key, e))?);
+            pos += 1 + len;
+        }
+        Ok(IndexRecord { dedupe_expires, body_seq, delivery_ids })
+    }
+}

@@ -1,0 +1,648 @@
+//! The embedded store: one redb file, for a single relay process.
+//!
+//! **One writer thread, group commit.** redb allows one write transaction at
+//! a time and each durable commit costs an fsync. Every write (admissions,
+//! claims, finishes, replays, sweeps) is therefore sent to a dedicated
+//! thread, which takes everything queued — up to [`MAX_BATCH`] operations —
+//! applies it in one transaction and commits once. Under load a single fsync
+//! covers hundreds of admissions; when idle, a lone admission commits at
+//! once. Nobody is answered before the commit that holds their write is on
+//! disk, and a failed commit fails every operation in it, so a 200 always
+//! means stored. Reads run on the blocking pool against MVCC snapshots and
+//! never wait for the writer.
+//!
+//! **Recovery.** After an I/O error (a full disk, a vanished device) redb
+//! refuses further writes until the database is reopened. The writer then
+//! answers `Unavailable` and tries to reopen before each later batch, so the
+//! relay comes back by itself once the disk does.
+//!
+//! Layout: event ids are hashes, so the tree keyed by them takes its inserts
+//! at random pages, and every admission dirties one. That tree,
+//! `event_index`, therefore holds only small records (dedupe expiry, body
+//! sequence number, delivery ids), so it stays compact and cached; the event
+//! JSON, ten times larger, goes to `event_bodies`, keyed by a sequence number
+//! and only ever appended to. The other trees are keyed by time and append
+//! too: `dedupe_expiry` (for sweeping), `deliveries` (id → record; ids begin
+//! with their creation time) and `due`, keyed by the time a
+//! delivery next needs attention — its due time while pending, its claim
+//! deadline while in flight — so claiming and the visibility timeout are one
+//! range scan. `counts` keeps the number of deliveries in each state,
+//! updated once per commit.
+//!
+//! **Claims live in memory.** An embedded store serves one process, so a
+//! claim needs no disk write: the writer thread keeps a table of claimed
+//! deliveries (fencing token, deadline) beside the file, and reads overlay
+//! it so that claimed deliveries show as `in_flight`. A claim that dies with
+//! the process leaves its delivery `pending` on disk, claimed again as soon
+//! as the relay restarts. Only the attempt's outcome is written, once.
+
+mod codec;
+mod tables;
+mod writer;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use async_trait::async_trait;
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    Admission, Attempt, Claim, Counts, Delivery, DeliveryFilter, DeliveryState, DiscardCount, LIST_SCAN_LIMIT, Millis,
+    NewDelivery, NewEvent, Next, Page, Reconciled, ReplayCount, ReplayJob, Store, StoreError, StoredEvent,
+};
+use codec::{IndexRecord, corrupt, decode_delivery, unavailable};
+use tables::*;
+use writer::{DbSlot, Op, Reply, SharedClaims, Writer};
+
+/// Most operations one commit carries.
+pub const MAX_BATCH: usize = 2048;
+/// redb's page cache. Admissions touch recent pages; a small cache keeps the
+/// relay's memory small without costing throughput.
+const CACHE_BYTES: usize = 16 * 1024 * 1024;
+
+pub struct EmbeddedStore {
+    ops: mpsc::Sender<Op>,
+    db: DbSlot,
+    /// When the last write batch failed (unix ms), 0 once one succeeded.
+    /// 0 while writes commit; after a failed batch, the bytes a readiness
+    /// probe must write to show that admissions would commit again.
+    failing: Arc<AtomicU64>,
+    /// When a readiness check last sent a probe (unix ms): while writes
+    /// fail, at most one probe a second, however often `/readyz` is asked.
+    last_probe: AtomicU64,
+    claims: SharedClaims,
+    writer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the database at `path`, creating its directory.
+    pub fn open(path: &Path) -> Result<EmbeddedStore, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| unavailable(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        let file = path.to_owned();
+        EmbeddedStore::with_opener(path.display().to_string(), move || open_db(&file))
+    }
+
+    /// Starts the store on whatever `open` opens: the file, or in tests a
+    /// backend that can be made to fail. `open` is called again to reopen
+    /// after an I/O error.
+    fn with_opener(
+        label: String,
+        open: impl Fn() -> Result<Database, StoreError> + Send + 'static,
+    ) -> Result<EmbeddedStore, StoreError> {
+        let db = open()?;
+        let slot: DbSlot = Arc::new(RwLock::new(Some(Arc::new(db))));
+        let (tx, rx) = mpsc::channel(MAX_BATCH * 4);
+        let failing = Arc::new(AtomicU64::new(0));
+        let claims = SharedClaims::default();
+        let writer = Writer {
+            label,
+            open: Box::new(open),
+            db: slot.clone(),
+            ops: rx,
+            failing: failing.clone(),
+            claims: claims.clone(),
+        };
+        let handle = std::thread::Builder::new()
+            .name("redb-writer".into())
+            .spawn(move || writer.run())
+            .map_err(|e| unavailable(format!("cannot start the writer thread: {e}")))?;
+        Ok(EmbeddedStore {
+            ops: tx,
+            db: slot,
+            failing,
+            last_probe: AtomicU64::new(0),
+            claims,
+            writer: std::sync::Mutex::new(Some(handle)),
+        })
+    }
+
+    /// Finishes queued writes and closes the file, so it can be reopened.
+    pub async fn close(self) {
+        let EmbeddedStore { ops, db, writer, .. } = self;
+        drop(ops);
+        if let Ok(mut slot) = db.write() {
+            *slot = None;
+        }
+        let handle = writer.lock().ok().and_then(|mut h| h.take());
+        if let Some(h) = handle {
+            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+        }
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Op) -> Result<T, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.ops.send(make(tx)).await.map_err(|_| unavailable("the writer thread has stopped"))?;
+        rx.await.map_err(|_| unavailable("the writer thread dropped the request"))?
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&redb::ReadTransaction) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let db = self
+            .db
+            .read()
+            .map_err(|_| unavailable("lock poisoned"))?
+            .clone()
+            .ok_or_else(|| unavailable("the database is being reopened"))?;
+        tokio::task::spawn_blocking(move || {
+            let txn = db.begin_read().map_err(unavailable)?;
+            f(&txn)
+        })
+        .await
+        .map_err(|e| unavailable(format!("read task failed: {e}")))?
+    }
+}
+
+fn open_db(path: &Path) -> Result<Database, StoreError> {
+    let db = Database::builder()
+        .set_cache_size(CACHE_BYTES)
+        .create(path)
+        .map_err(|e| unavailable(format!("cannot open {}: {e}", path.display())))?;
+    init_tables(db)
+}
+
+fn read_index(txn: &redb::ReadTransaction, id: &str) -> Result<Option<IndexRecord>, StoreError> {
+    let table = txn.open_table(EVENT_INDEX).map_err(unavailable)?;
+    match table.get(id).map_err(unavailable)? {
+        Some(g) => IndexRecord::decode(id, g.value()).map(Some),
+        None => Ok(None),
+    }
+}
+
+fn read_delivery(txn: &redb::ReadTransaction, id: &str) -> Result<Option<Delivery>, StoreError> {
+    let table = txn.open_table(DELIVERIES).map_err(unavailable)?;
+    match table.get(id).map_err(unavailable)? {
+        Some(g) => decode_delivery(id, g.value()).map(Some),
+        None => Ok(None),
+    }
+}
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    async fn admit(
+        &self,
+        event: NewEvent,
+        deliveries: Vec<NewDelivery>,
+        dedupe_ttl_ms: u64,
+    ) -> Result<Admission, StoreError> {
+        self.call(|reply| Op::Admit { event, deliveries, ttl_ms: dedupe_ttl_ms, reply }).await
+    }
+
+    async fn event(&self, id: &str) -> Result<Option<StoredEvent>, StoreError> {
+        let id = id.to_owned();
+        self.read(move |txn| {
+            let Some(record) = read_index(txn, &id)? else { return Ok(None) };
+            let bodies = txn.open_table(EVENT_BODIES).map_err(unavailable)?;
+            let json =
+                bodies.get(record.body_seq).map_err(unavailable)?.ok_or_else(|| corrupt(&id, "event body missing"))?;
+            Ok(Some(StoredEvent { id: id.clone(), json: json.value().to_vec() }))
+        })
+        .await
+    }
+
+    async fn event_deliveries(&self, event_id: &str) -> Result<Vec<Delivery>, StoreError> {
+        let event_id = event_id.to_owned();
+        let claims = self.claims.clone();
+        self.read(move |txn| {
+            let mut out = Vec::new();
+            for id in read_index(txn, &event_id)?.map(|r| r.delivery_ids).unwrap_or_default() {
+                if let Some(d) = read_delivery(txn, &id)? {
+                    out.push(d);
+                }
+            }
+            let claims = claims.lock().map_err(|_| unavailable("lock poisoned"))?;
+            out.iter_mut().for_each(|d| claims.overlay(d));
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn delivery(&self, id: &str) -> Result<Option<(Delivery, Vec<Attempt>)>, StoreError> {
+        let id = id.to_owned();
+        let claims = self.claims.clone();
+        self.read(move |txn| {
+            let Some(mut d) = read_delivery(txn, &id)? else { return Ok(None) };
+            claims.lock().map_err(|_| unavailable("lock poisoned"))?.overlay(&mut d);
+            let table = txn.open_table(ATTEMPTS).map_err(unavailable)?;
+            let mut attempts = Vec::new();
+            for entry in table.range((id.as_str(), 0u32)..=(id.as_str(), u32::MAX)).map_err(unavailable)? {
+                let (_, v) = entry.map_err(unavailable)?;
+                attempts.push(serde_json::from_slice(v.value()).map_err(|e| corrupt(&id, e))?);
+            }
+            Ok(Some((d, attempts)))
+        })
+        .await
+    }
+
+    async fn claim_due(
+        &self,
+        endpoint: &str,
+        now: Millis,
+        limit: usize,
+        visibility_ms: u64,
+    ) -> Result<Vec<Claim>, StoreError> {
+        let endpoint = endpoint.to_owned();
+        self.call(|reply| Op::Claim { endpoint, now, limit, visibility_ms, reply }).await
+    }
+
+    async fn finish(
+        &self,
+        delivery_id: &str,
+        claim_token: u64,
+        attempt: Attempt,
+        next: Next,
+    ) -> Result<bool, StoreError> {
+        let id = delivery_id.to_owned();
+        self.call(|reply| Op::Finish { id, token: claim_token, attempt, next, reply }).await
+    }
+
+    async fn release(&self, delivery_id: &str, claim_token: u64, due: Millis) -> Result<bool, StoreError> {
+        let id = delivery_id.to_owned();
+        self.call(|reply| Op::Release { id, token: claim_token, due, reply }).await
+    }
+
+    async fn list(&self, filter: &DeliveryFilter, cursor: Option<&str>, limit: usize) -> Result<Page, StoreError> {
+        let filter = filter.clone();
+        let cursor = cursor.map(str::to_owned);
+        let claims = self.claims.clone();
+        self.read(move |txn| {
+            let table = txn.open_table(DELIVERIES).map_err(unavailable)?;
+            let open = txn.open_table(OPEN).map_err(unavailable)?;
+            let by_state = txn.open_table(BY_STATE).map_err(unavailable)?;
+            // Ids begin with their creation time, so the time window bounds
+            // the scan; the cursor is the last id already returned.
+            let lower = filter.since.map(|t| format!("dlv_{t:012x}")).unwrap_or_default();
+            let mut upper = filter.until.map(|t| format!("dlv_{t:012x}")).unwrap_or_else(|| "\u{10ffff}".into());
+            if let Some(c) = cursor.filter(|c| *c < upper) {
+                upper = c;
+            }
+            let range = lower.as_str()..upper.as_str();
+            // Pending and in-flight deliveries are the few in the open index:
+            // scan it rather than every delivery ever made.
+            // So are dead and orphaned ones, in theirs.
+            let ids: Box<dyn Iterator<Item = Result<String, StoreError>>> = match filter.state {
+                Some(DeliveryState::Pending | DeliveryState::InFlight) => Box::new(
+                    open.range(range)
+                        .map_err(unavailable)?
+                        .rev()
+                        .map(|e| e.map(|(k, _)| k.value().to_owned()).map_err(unavailable)),
+                ),
+                Some(state) if in_by_state(state) => Box::new(
+                    by_state
+                        .range((state.as_str(), range.start)..(state.as_str(), range.end))
+                        .map_err(unavailable)?
+                        .rev()
+                        .map(|e| e.map(|(k, _)| k.value().1.to_owned()).map_err(unavailable)),
+                ),
+                _ => Box::new(
+                    table
+                        .range(range)
+                        .map_err(unavailable)?
+                        .rev()
+                        .map(|e| e.map(|(k, _)| k.value().to_owned()).map_err(unavailable)),
+                ),
+            };
+            let mut items = Vec::new();
+            let mut next_cursor = None;
+            let mut last_examined: Option<String> = None;
+            for (examined, id) in ids.enumerate() {
+                let id = id?;
+                if examined == LIST_SCAN_LIMIT {
+                    next_cursor = last_examined;
+                    break;
+                }
+                last_examined = Some(id.clone());
+                let Some(v) = table.get(id.as_str()).map_err(unavailable)? else {
+                    tracing::error!(delivery_id = %id, "the open index names a delivery with no record");
+                    continue;
+                };
+                // One unreadable record must not make a whole page (or a
+                // bulk replay over it) fail: skip it, loudly.
+                let mut d = match decode_delivery(&id, v.value()) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        tracing::error!(error = %e, "unreadable delivery record left out of a listing");
+                        continue;
+                    }
+                };
+                claims.lock().map_err(|_| unavailable("lock poisoned"))?.overlay(&mut d);
+                if !filter.matches(&d) {
+                    continue;
+                }
+                if items.len() == limit {
+                    next_cursor = items.last().map(|d: &Delivery| d.id.clone());
+                    break;
+                }
+                items.push(d);
+            }
+            Ok(Page { items, next_cursor })
+        })
+        .await
+    }
+
+    async fn replay(&self, ids: &[String], include_delivered: bool, now: Millis) -> Result<ReplayCount, StoreError> {
+        let ids = ids.to_vec();
+        self.call(|reply| Op::Replay { ids, include_delivered, now, reply }).await
+    }
+
+    async fn create_replay_job(&self, job: &ReplayJob) -> Result<(), StoreError> {
+        let job = Box::new(job.clone());
+        self.call(|reply| Op::CreateJob { job, reply }).await
+    }
+
+    async fn replay_job(&self, id: &str) -> Result<Option<ReplayJob>, StoreError> {
+        let id = id.to_owned();
+        self.read(move |txn| {
+            let table = txn.open_table(REPLAY_JOBS).map_err(unavailable)?;
+            let Some(v) = table.get(id.as_str()).map_err(unavailable)? else { return Ok(None) };
+            serde_json::from_slice(v.value()).map(Some).map_err(|e| corrupt(&id, e))
+        })
+        .await
+    }
+
+    async fn unfinished_replay_jobs(&self) -> Result<Vec<ReplayJob>, StoreError> {
+        self.read(move |txn| {
+            let table = txn.open_table(REPLAY_JOBS).map_err(unavailable)?;
+            let mut jobs = Vec::new();
+            for entry in table.iter().map_err(unavailable)? {
+                let (k, v) = entry.map_err(unavailable)?;
+                match serde_json::from_slice::<ReplayJob>(v.value()) {
+                    Ok(job) if !job.finished => jobs.push(job),
+                    Ok(_) => {}
+                    Err(e) => tracing::error!(job = %k.value(), error = %e, "unreadable replay job skipped"),
+                }
+            }
+            Ok(jobs)
+        })
+        .await
+    }
+
+    async fn replay_step(&self, job: &ReplayJob, ids: &[String], now: Millis) -> Result<Option<ReplayJob>, StoreError> {
+        let (job, ids) = (Box::new(job.clone()), ids.to_vec());
+        self.call(|reply| Op::ReplayStep { job, ids, now, reply }).await
+    }
+
+    async fn sweep(&self, now: Millis) -> Result<usize, StoreError> {
+        self.call(|reply| Op::Sweep { now, reply }).await
+    }
+
+    async fn oldest_open(&self) -> Result<Option<Millis>, StoreError> {
+        self.read(|txn| {
+            let table = txn.open_table(OPEN).map_err(unavailable)?;
+            let first = table.first().map_err(unavailable)?;
+            Ok(first.and_then(|(k, _)| super::delivery_id_millis(k.value())))
+        })
+        .await
+    }
+
+    async fn counts(&self) -> Result<Counts, StoreError> {
+        let claims = self.claims.clone();
+        self.read(move |txn| {
+            let table = txn.open_table(COUNTS).map_err(unavailable)?;
+            let mut counts = DeliveryState::ALL.map(|s| (s, 0));
+            for (state, n) in &mut counts {
+                *n = table.get(state.as_str()).map_err(unavailable)?.map(|g| g.value()).unwrap_or(0);
+            }
+            // Claimed deliveries are pending on disk and in flight in memory.
+            let in_flight = claims.lock().map_err(|_| unavailable("lock poisoned"))?.live.len() as u64;
+            let pending = &mut counts[DeliveryState::Pending.index()].1;
+            *pending = pending.saturating_sub(in_flight);
+            counts[DeliveryState::InFlight.index()].1 = in_flight;
+            Ok(counts)
+        })
+        .await
+    }
+
+    async fn reconcile_endpoints(
+        &self,
+        endpoints: &[String],
+        orphan_others: bool,
+        now: Millis,
+    ) -> Result<Reconciled, StoreError> {
+        let endpoints = endpoints.to_vec();
+        self.call(|reply| Op::Reconcile { endpoints, orphan_others, now, reply }).await
+    }
+
+    async fn known_endpoints(&self) -> Result<Vec<String>, StoreError> {
+        self.read(|txn| {
+            let table = txn.open_table(ENDPOINTS).map_err(unavailable)?;
+            table
+                .iter()
+                .map_err(unavailable)?
+                .map(|e| e.map(|(k, _)| k.value().to_owned()).map_err(unavailable))
+                .collect()
+        })
+        .await
+    }
+
+    async fn discard(&self, ids: &[String], reason: &str, now: Millis) -> Result<DiscardCount, StoreError> {
+        let (ids, reason) = (ids.to_vec(), reason.to_owned());
+        self.call(|reply| Op::Discard { ids, reason, now, reply }).await
+    }
+
+    /// Ready while writes commit. A heartbeat alone cannot tell: it may fit
+    /// in pages the file already has while admissions need the file to
+    /// grow on a full disk. So after a failed write every ping also writes
+    /// a probe as large as the failed admissions, and the store stays not
+    /// ready until a probe or a real write commits; no timer makes it ready.
+    async fn ping(&self) -> Result<(), StoreError> {
+        if self.failing.load(Ordering::Relaxed) != 0 {
+            let now = super::now_millis();
+            let last = self.last_probe.swap(now, Ordering::Relaxed);
+            if now.saturating_sub(last) < 1_000 {
+                self.last_probe.store(last, Ordering::Relaxed);
+                return Err(unavailable("writes are failing"));
+            }
+        }
+        self.call(|reply| Op::Ping { reply }).await?;
+        if self.failing.load(Ordering::Relaxed) != 0 {
+            return Err(unavailable("writes are failing"));
+        }
+        Ok(())
+    }
+}
+
+impl EmbeddedStore {
+    /// The number of stored events (tests and diagnostics).
+    pub async fn event_count(&self) -> Result<u64, StoreError> {
+        self.read(|txn| txn.open_table(EVENT_INDEX).map_err(unavailable)?.len().map_err(unavailable)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{DeliveryState, NewDelivery, NewEvent, new_delivery_id};
+
+    fn event(id: &str, at: u64) -> NewEvent {
+        NewEvent { id: id.into(), source: "np".into(), event_type: "t.t".into(), received_at: at, json: b"{}".to_vec() }
+    }
+
+    #[tokio::test]
+    async fn a_file_from_before_the_state_index_is_indexed_once_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.redb");
+        let store = EmbeddedStore::open(&path).unwrap();
+        let ds = ["be", "gone"].map(|e| NewDelivery { id: new_delivery_id(1000), endpoint: e.into() });
+        store.admit(event("evt_old", 1000), ds.to_vec(), 10_000).await.unwrap();
+        let c = store.claim_due("be", 1000, 1, 500).await.unwrap().remove(0);
+        let failed = Attempt {
+            number: 0,
+            started_at: 1000,
+            duration_ms: 1,
+            result: crate::store::AttemptResult::Status { code: 500 },
+            response_excerpt: None,
+        };
+        assert!(store.finish(&c.delivery.id, c.delivery.claim_token, failed, Next::Dead).await.unwrap());
+        store.close().await;
+
+        // Take the file back to how an older version left it: no state
+        // index, no endpoint list, no marker.
+        let db = Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.delete_table(BY_STATE).unwrap();
+        txn.delete_table(ENDPOINTS).unwrap();
+        txn.open_table(META).unwrap().remove("state_index").unwrap();
+        txn.commit().unwrap();
+        drop(db);
+
+        let store = EmbeddedStore::open(&path).unwrap();
+        let dead = DeliveryFilter { state: Some(DeliveryState::Dead), ..Default::default() };
+        let page = store.list(&dead, None, 10).await.unwrap();
+        assert_eq!(page.items.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), [c.delivery.id.as_str()]);
+        // The endpoints of the schedule are known, so a removed one is found.
+        assert_eq!(store.known_endpoints().await.unwrap(), ["gone"]);
+        let found = store.reconcile_endpoints(&["be".into()], true, 2000).await.unwrap();
+        assert_eq!(found.orphaned, vec![("gone".to_owned(), 1)]);
+    }
+
+    #[tokio::test]
+    async fn corrupt_records_fail_alone_and_never_wedge_claims() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.redb");
+        let store = EmbeddedStore::open(&path).unwrap();
+        let good = NewDelivery { id: new_delivery_id(1000), endpoint: "be".into() };
+        let orphan = NewDelivery { id: new_delivery_id(1000), endpoint: "be".into() };
+        store.admit(event("evt_good", 1000), vec![good.clone()], 10_000).await.unwrap();
+        store.admit(event("evt_orphan", 1000), vec![orphan.clone()], 10_000).await.unwrap();
+        store.close().await;
+
+        // Break two records behind the store's back: one delivery becomes
+        // unreadable, and one event's index entry disappears.
+        let db = Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut deliveries = txn.open_table(DELIVERIES).unwrap();
+            deliveries.insert("dlv_broken", b"not json".as_slice()).unwrap();
+            txn.open_table(DUE).unwrap().insert(("be", 500u64, "dlv_broken"), ()).unwrap();
+            txn.open_table(EVENT_INDEX).unwrap().remove("evt_orphan").unwrap();
+        }
+        txn.commit().unwrap();
+        drop(db);
+
+        let store = EmbeddedStore::open(&path).unwrap();
+        let claims = store.claim_due("be", 2000, 10, 500).await.unwrap();
+        let ids: Vec<_> = claims.iter().map(|c| c.delivery.id.clone()).collect();
+        assert_eq!(ids, vec![good.id.clone()], "only the readable, deliverable one is claimed");
+        let (d, _) = store.delivery(&orphan.id).await.unwrap().unwrap();
+        assert_eq!(d.state, DeliveryState::Dead);
+        assert!(d.last_error.unwrap().contains("event record missing"));
+        // The broken one is off the schedule: later claims do not meet it again.
+        assert!(store.claim_due("be", 2400, 10, 500).await.unwrap().is_empty());
+        // Replaying it is counted, not fatal; admissions still commit.
+        let r = store.replay(&["dlv_broken".to_owned()], false, 3000).await.unwrap();
+        assert_eq!(r.skipped, 1);
+        // It cannot be finished either: nobody holds a claim on it.
+        assert!(!store.finish("dlv_broken", 1, attempt(), crate::store::Next::Delivered).await.unwrap());
+        store.admit(event("evt_after", 3000), vec![], 10_000).await.unwrap();
+        assert!(store.event("evt_after").await.unwrap().is_some());
+        store.ping().await.unwrap();
+    }
+
+    /// In-memory storage whose writes can be switched to fail, shared by
+    /// every (re)open so the data survives the reopen after an error.
+    #[derive(Debug, Clone)]
+    struct Faulty {
+        inner: Arc<redb::backends::InMemoryBackend>,
+        fail: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl Faulty {
+        fn check(&self) -> std::io::Result<()> {
+            match self.fail.load(Ordering::SeqCst) {
+                true => Err(std::io::Error::other("injected write failure")),
+                false => Ok(()),
+            }
+        }
+    }
+
+    impl redb::StorageBackend for Faulty {
+        fn len(&self) -> std::io::Result<u64> {
+            self.inner.len()
+        }
+        fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+            self.inner.read(offset, out)
+        }
+        fn set_len(&self, len: u64) -> std::io::Result<()> {
+            self.check()?;
+            self.inner.set_len(len)
+        }
+        fn sync_data(&self) -> std::io::Result<()> {
+            self.check()?;
+            self.inner.sync_data()
+        }
+        fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+            self.check()?;
+            self.inner.write(offset, data)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_commit_leaves_claims_as_they_were() {
+        let backend = Faulty { inner: Arc::default(), fail: Arc::default() };
+        let fail = backend.fail.clone();
+        let open = move || {
+            let db = Database::builder().create_with_backend(backend.clone()).map_err(unavailable)?;
+            init_tables(db)
+        };
+        let store = EmbeddedStore::with_opener("faulty".into(), open).unwrap();
+        let d = || vec![NewDelivery { id: new_delivery_id(1000), endpoint: "be".into() }];
+        store.admit(event("evt_a", 1000), d(), 10_000).await.unwrap();
+        store.admit(event("evt_b", 1000), d(), 10_000).await.unwrap();
+        let held = store.claim_due("be", 1000, 1, 60_000).await.unwrap().remove(0);
+
+        fail.store(true, Ordering::SeqCst);
+        // The finish is not on disk, so in memory the claim is still held...
+        let r =
+            store.finish(&held.delivery.id, held.delivery.claim_token, attempt(), crate::store::Next::Delivered).await;
+        assert!(r.is_err());
+        // ...and a claim whose commit failed was never made.
+        assert!(store.claim_due("be", 1000, 10, 60_000).await.is_err());
+        fail.store(false, Ordering::SeqCst);
+
+        let again = store.claim_due("be", 1000, 10, 60_000).await.unwrap();
+        let ids: Vec<_> = again.iter().map(|c| c.delivery.id.clone()).collect();
+        assert_eq!(ids.len(), 1, "the unheld delivery is claimable");
+        assert!(!ids.contains(&held.delivery.id), "a held claim was handed out again");
+        let r =
+            store.finish(&held.delivery.id, held.delivery.claim_token, attempt(), crate::store::Next::Delivered).await;
+        assert!(r.unwrap(), "the holder can still record its attempt");
+        let (d, attempts) = store.delivery(&held.delivery.id).await.unwrap().unwrap();
+        assert_eq!((d.state, attempts.len()), (DeliveryState::Delivered, 1));
+    }
+
+    fn attempt() -> crate::store::Attempt {
+        crate::store::Attempt {
+            number: 0,
+            started_at: 0,
+            duration_ms: 0,
+            result: crate::store::AttemptResult::Status { code: 200 },
+            response_excerpt: None,
+        }
+    }
+}
