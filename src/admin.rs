@@ -1,4 +1,4 @@
-//! The admin listener (SPEC §8): health, readiness and the admin API.
+//! The admin listener (docs/operations.md): health, readiness and the admin API.
 //!
 //! `/metrics` is the Prometheus text exposition ([`crate::metrics`]).
 //! `/healthz` says the process is up; `/readyz` says the store accepts
@@ -510,7 +510,7 @@ fn time(ms: Millis) -> String {
     rfc3339_millis(time::OffsetDateTime::UNIX_EPOCH + Duration::from_millis(ms))
 }
 
-/// A delivery as the API shows it (SPEC §8).
+/// A delivery as the API shows it (docs/operations.md).
 fn delivery_view(d: &Delivery) -> Value {
     json!({
         "id": d.id,

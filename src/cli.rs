@@ -1,4 +1,4 @@
-//! The `ipn-relay` command line (SPEC §2).
+//! The `ipn-relay` command line (docs/configuration.md, docs/operations.md).
 
 use std::io::Read;
 use std::path::PathBuf;

@@ -12,6 +12,7 @@ use std::cell::RefCell;
 use std::collections::HashSet;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -70,8 +71,16 @@ impl ProviderKind {
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RateLimit {
-    pub per_second: u32,
-    pub burst: u32,
+    pub per_second: NonZeroU32,
+    pub burst: NonZeroU32,
+}
+
+impl RateLimit {
+    /// The limit as a `governor` quota: the one constructor of every rate
+    /// limiter in the relay.
+    pub fn quota(self) -> governor::Quota {
+        governor::Quota::per_second(self.per_second).allow_burst(self.burst)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -599,14 +608,13 @@ fn check_name(key: &str, name: &str) -> Result<(), Invalid> {
 
 fn rate_limit(key: &str, raw: Option<RawRateLimit>) -> Result<Option<RateLimit>, Invalid> {
     let Some(r) = raw else { return Ok(None) };
-    if r.per_second == 0 {
+    let Some(per_second) = NonZeroU32::new(r.per_second) else {
         return invalid(format!("{key}.per_second"), "must be at least 1");
-    }
-    let burst = r.burst.unwrap_or(r.per_second);
-    if burst == 0 {
+    };
+    let Some(burst) = NonZeroU32::new(r.burst.unwrap_or(r.per_second)) else {
         return invalid(format!("{key}.burst"), "must be at least 1");
-    }
-    Ok(Some(RateLimit { per_second: r.per_second, burst }))
+    };
+    Ok(Some(RateLimit { per_second, burst }))
 }
 
 fn event_pattern(key: &str, p: &str) -> Result<EventPattern, Invalid> {

@@ -15,13 +15,11 @@
 //! shutdown the loops stop claiming, in-flight requests get the grace period
 //! to finish, and the rest are released back to `pending` unattempted.
 
-use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use hmac::{KeyInit, Mac};
+use governor::{DefaultDirectRateLimiter, RateLimiter};
 use sha2::Sha256;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
@@ -106,12 +104,7 @@ pub async fn run(
     for ep in &config.endpoints {
         let runner = Arc::new(EndpointRunner {
             endpoint: ep.clone(),
-            limiter: ep.rate_limit.map(|r| {
-                let per_second = NonZeroU32::new(r.per_second).unwrap_or(NonZeroU32::MIN);
-                RateLimiter::direct(
-                    Quota::per_second(per_second).allow_burst(NonZeroU32::new(r.burst).unwrap_or(per_second)),
-                )
-            }),
+            limiter: ep.rate_limit.map(|r| RateLimiter::direct(r.quota())),
             slots: Arc::new(Semaphore::new(ep.max_in_flight)),
         });
         let handle = loops.spawn(endpoint_loop(runner, shared.clone(), wake.notifier(&ep.name), stop.clone(), grace));
@@ -266,13 +259,12 @@ pub fn signatures(ep: &Endpoint, webhook_id: &str, timestamp: i64, body: &[u8]) 
 /// The Standard Webhooks signature of one attempt: `v1,` and base64
 /// HMAC-SHA256 over `{id}.{timestamp}.{body}` with the endpoint's key.
 pub fn sign(key: &[u8], webhook_id: &str, timestamp: i64, body: &[u8]) -> String {
-    let mut mac = <hmac::Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("HMAC takes any key length");
-    mac.update(webhook_id.as_bytes());
-    mac.update(b".");
-    mac.update(timestamp.to_string().as_bytes());
-    mac.update(b".");
-    mac.update(body);
-    format!("v1,{}", base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes()))
+    let timestamp = timestamp.to_string();
+    let parts = [webhook_id.as_bytes(), b".", timestamp.as_bytes(), b".", body];
+    format!(
+        "v1,{}",
+        base64::engine::general_purpose::STANDARD.encode(crate::mac::mac::<hmac::Hmac<Sha256>>(key, &parts))
+    )
 }
 
 async fn deliver(

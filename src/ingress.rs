@@ -5,20 +5,19 @@
 //! declared body size, then the body itself (capped while reading and timed),
 //! then the signature, the JSON and the normalisation, and finally the
 //! admission, which is durable before the 200 is written. Every refusal is a
-//! JSON error with the code of SPEC §4; nothing about secrets or expected
+//! JSON error with the code listed in docs/http-api.md; nothing about secrets or expected
 //! signatures is ever echoed or logged.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use bytes::Bytes;
+use governor::RateLimiter;
 use governor::clock::{Clock, DefaultClock};
 use governor::state::keyed::DefaultKeyedStateStore;
-use governor::{Quota, RateLimiter};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use ipnet::IpNet;
@@ -86,8 +85,9 @@ impl IngressError {
         }
     }
 
-    /// The outcome label of `ipn_relay_ingress_requests_total`: SPEC §9's
-    /// fixed set, so the codes it lacks fold into the nearest one.
+    /// The outcome label of `ipn_relay_ingress_requests_total`: the first
+    /// contract's fixed set (docs/operations.md), so the codes it lacks
+    /// fold into the nearest one.
     pub fn outcome(&self) -> &'static str {
         match self {
             IngressError::NotFound | IngressError::UnknownSource => "unknown_source",
@@ -151,9 +151,7 @@ struct SourceGate {
 }
 
 fn limiter(r: RateLimit) -> KeyedLimiter {
-    let per_second = NonZeroU32::new(r.per_second).unwrap_or(NonZeroU32::MIN);
-    let burst = NonZeroU32::new(r.burst).unwrap_or(per_second);
-    RateLimiter::keyed(Quota::per_second(per_second).allow_burst(burst))
+    RateLimiter::keyed(r.quota())
 }
 
 /// The ingress handler, shared by every connection.
@@ -225,7 +223,7 @@ impl Ingress {
                 span.record("event_id", tracing::field::display(&id));
                 self.metrics.ingress(&source, status, elapsed);
                 tracing::info!(outcome = status, elapsed_ms, "callback admitted");
-                // Field order as in SPEC §4: {"status":…,"id":…}.
+                // Field order as in docs/http-api.md: {"status":…,"id":…}.
                 let mut resp = Response::new(Full::new(Bytes::from(format!(r#"{{"status":"{status}","id":"{id}"}}"#))));
                 resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
                 resp

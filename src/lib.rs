@@ -18,6 +18,7 @@ pub mod event;
 pub mod http;
 pub mod ingress;
 pub mod listener;
+pub mod mac;
 pub mod metrics;
 pub mod providers;
 pub mod replay;

@@ -1,4 +1,4 @@
-//! Prometheus metrics (SPEC §9) on the admin listener's `/metrics`.
+//! Prometheus metrics (docs/operations.md) on the admin listener's `/metrics`.
 //!
 //! Every label value is bounded: sources and endpoints come from the
 //! configuration (a callback to an unknown source counts under
@@ -22,7 +22,7 @@ use tokio::sync::Mutex;
 use crate::config::Config;
 use crate::store::{DeliveryState, Store, now_millis};
 
-/// The ingress outcomes of SPEC §9.
+/// The ingress outcomes (docs/operations.md, metrics).
 pub const INGRESS_OUTCOMES: [&str; 10] = [
     "accepted",
     "duplicate",
@@ -35,7 +35,7 @@ pub const INGRESS_OUTCOMES: [&str; 10] = [
     "unavailable",
     "unknown_source",
 ];
-/// The delivery outcomes of SPEC §9.
+/// The delivery outcomes (docs/operations.md, metrics).
 pub const DELIVERY_OUTCOMES: [&str; 3] = ["delivered", "retry", "dead"];
 /// The `source` label of callbacks to a source that is not configured.
 pub const UNKNOWN_SOURCE: &str = "unknown";
@@ -66,108 +66,101 @@ pub struct Metrics {
     refreshed: Mutex<Option<Instant>>,
 }
 
-fn registered<T: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: T) -> T {
-    registry.register(Box::new(metric.clone())).expect("metric names are unique");
-    metric
+/// One metric: its name, help and labels.
+struct Spec {
+    name: &'static str,
+    help: &'static str,
+    labels: &'static [&'static str],
+}
+
+impl Spec {
+    fn opts(&self) -> Opts {
+        Opts::new(self.name, self.help)
+    }
+
+    fn histogram_opts(&self) -> HistogramOpts {
+        HistogramOpts::new(self.name, self.help).buckets(BUCKETS.to_vec())
+    }
+}
+
+// Every metric the relay exports, in one table.
+const INGRESS_REQUESTS: Spec = Spec {
+    name: "ipn_relay_ingress_requests_total",
+    help: "Provider callbacks by source and outcome.",
+    labels: &["source", "outcome"],
+};
+const INGRESS_DURATION: Spec = Spec {
+    name: "ipn_relay_ingress_duration_seconds",
+    help: "Time from a callback's arrival to its answer, by source.",
+    labels: &["source"],
+};
+const DELIVERIES_TOTAL: Spec = Spec {
+    name: "ipn_relay_deliveries_total",
+    help: "Delivery attempts by endpoint and outcome.",
+    labels: &["endpoint", "outcome"],
+};
+const DELIVERY_DURATION: Spec = Spec {
+    name: "ipn_relay_delivery_duration_seconds",
+    help: "Duration of delivery attempts (the HTTP exchange), by endpoint.",
+    labels: &["endpoint"],
+};
+const DELIVERIES: Spec =
+    Spec { name: "ipn_relay_deliveries", help: "Deliveries in the store by state.", labels: &["state"] };
+const REPLAYS: Spec =
+    Spec { name: "ipn_relay_replays_total", help: "Deliveries put back to pending by a replay.", labels: &[] };
+const BUILD_INFO: Spec =
+    Spec { name: "ipn_relay_build_info", help: "The running version; always 1.", labels: &["version"] };
+const OLDEST_OPEN_AGE: Spec = Spec {
+    name: "ipn_relay_oldest_pending_age_seconds",
+    help: "Age of the oldest delivery not yet delivered or dead (pending or in flight); 0 when there is none.",
+    labels: &[],
+};
+const LAST_POLL: Spec = Spec {
+    name: "ipn_relay_delivery_last_poll_timestamp_seconds",
+    help: "Unix time of the last successful claim poll of each endpoint's worker: the worker heartbeat.",
+    labels: &["endpoint"],
+};
+const STORE_READY: Spec =
+    Spec { name: "ipn_relay_store_ready", help: "1 if the store took a write at the last check, else 0.", labels: &[] };
+const CLOCK_OFFSET: Spec = Spec {
+    name: "ipn_relay_store_clock_offset_seconds",
+    help: "How far the shared store's clock (Redis) is ahead of this relay's; 0 for the embedded store, NaN if it cannot be read.",
+    labels: &[],
+};
+
+fn registered<T: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: T,
+) -> prometheus::Result<T> {
+    registry.register(Box::new(metric.clone()))?;
+    Ok(metric)
 }
 
 impl Metrics {
-    pub fn new(config: &Config) -> Arc<Metrics> {
+    pub fn new(config: &Config) -> prometheus::Result<Arc<Metrics>> {
         let sources: Vec<&str> = config.sources.iter().map(|s| s.name.as_str()).collect();
         let endpoints: Vec<&str> = config.endpoints.iter().map(|e| e.name.as_str()).collect();
         Metrics::with_names(&sources, &endpoints)
     }
 
     /// Metrics for these configured source and endpoint names.
-    pub fn with_names(sources: &[&str], endpoints: &[&str]) -> Arc<Metrics> {
-        let registry = Registry::new();
-        let r = &registry;
-        let ingress_requests = registered(
-            r,
-            IntCounterVec::new(
-                Opts::new("ipn_relay_ingress_requests_total", "Provider callbacks by source and outcome."),
-                &["source", "outcome"],
-            )
-            .unwrap(),
-        );
-        let ingress_duration = registered(
-            r,
-            HistogramVec::new(
-                HistogramOpts::new(
-                    "ipn_relay_ingress_duration_seconds",
-                    "Time from a callback's arrival to its answer, by source.",
-                )
-                .buckets(BUCKETS.to_vec()),
-                &["source"],
-            )
-            .unwrap(),
-        );
-        let deliveries_total = registered(
-            r,
-            IntCounterVec::new(
-                Opts::new("ipn_relay_deliveries_total", "Delivery attempts by endpoint and outcome."),
-                &["endpoint", "outcome"],
-            )
-            .unwrap(),
-        );
-        let delivery_duration = registered(
-            r,
-            HistogramVec::new(
-                HistogramOpts::new(
-                    "ipn_relay_delivery_duration_seconds",
-                    "Duration of delivery attempts (the HTTP exchange), by endpoint.",
-                )
-                .buckets(BUCKETS.to_vec()),
-                &["endpoint"],
-            )
-            .unwrap(),
-        );
-        let deliveries = registered(
-            r,
-            IntGaugeVec::new(Opts::new("ipn_relay_deliveries", "Deliveries in the store by state."), &["state"])
-                .unwrap(),
-        );
-        let replays = registered(
-            r,
-            IntCounter::new("ipn_relay_replays_total", "Deliveries put back to pending by a replay.").unwrap(),
-        );
-        let build_info = registered(
-            r,
-            IntGaugeVec::new(Opts::new("ipn_relay_build_info", "The running version; always 1."), &["version"])
-                .unwrap(),
-        );
+    pub fn with_names(sources: &[&str], endpoints: &[&str]) -> prometheus::Result<Arc<Metrics>> {
+        let r = &Registry::new();
+        let ingress_requests = registered(r, IntCounterVec::new(INGRESS_REQUESTS.opts(), INGRESS_REQUESTS.labels)?)?;
+        let ingress_duration =
+            registered(r, HistogramVec::new(INGRESS_DURATION.histogram_opts(), INGRESS_DURATION.labels)?)?;
+        let deliveries_total = registered(r, IntCounterVec::new(DELIVERIES_TOTAL.opts(), DELIVERIES_TOTAL.labels)?)?;
+        let delivery_duration =
+            registered(r, HistogramVec::new(DELIVERY_DURATION.histogram_opts(), DELIVERY_DURATION.labels)?)?;
+        let deliveries = registered(r, IntGaugeVec::new(DELIVERIES.opts(), DELIVERIES.labels)?)?;
+        let replays = registered(r, IntCounter::with_opts(REPLAYS.opts())?)?;
+        let build_info = registered(r, IntGaugeVec::new(BUILD_INFO.opts(), BUILD_INFO.labels)?)?;
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
-        let oldest_open_age = registered(
-            r,
-            Gauge::new(
-                "ipn_relay_oldest_pending_age_seconds",
-                "Age of the oldest delivery not yet delivered or dead (pending or in flight); 0 when there is none.",
-            )
-            .unwrap(),
-        );
-        let last_poll = registered(
-            r,
-            GaugeVec::new(
-                Opts::new(
-                    "ipn_relay_delivery_last_poll_timestamp_seconds",
-                    "Unix time of the last successful claim poll of each endpoint's worker: the worker heartbeat.",
-                ),
-                &["endpoint"],
-            )
-            .unwrap(),
-        );
-        let store_ready = registered(
-            r,
-            IntGauge::new("ipn_relay_store_ready", "1 if the store took a write at the last check, else 0.").unwrap(),
-        );
-        let clock_offset = registered(
-            r,
-            Gauge::new(
-                "ipn_relay_store_clock_offset_seconds",
-                "How far the shared store's clock (Redis) is ahead of this relay's; 0 for the embedded store, NaN if it cannot be read.",
-            )
-            .unwrap(),
-        );
+        let oldest_open_age = registered(r, Gauge::with_opts(OLDEST_OPEN_AGE.opts())?)?;
+        let last_poll = registered(r, GaugeVec::new(LAST_POLL.opts(), LAST_POLL.labels)?)?;
+        let store_ready = registered(r, IntGauge::with_opts(STORE_READY.opts())?)?;
+        let clock_offset = registered(r, Gauge::with_opts(CLOCK_OFFSET.opts())?)?;
+        let registry = r.clone();
 
         let sources: Vec<String> = sources.iter().map(|s| s.to_string()).collect();
         for source in sources.iter().map(String::as_str).chain([UNKNOWN_SOURCE]) {
@@ -186,7 +179,7 @@ impl Metrics {
         for state in DeliveryState::ALL {
             deliveries.with_label_values(&[state.as_str()]);
         }
-        Arc::new(Metrics {
+        Ok(Arc::new(Metrics {
             registry,
             ingress_requests,
             ingress_duration,
@@ -200,7 +193,7 @@ impl Metrics {
             clock_offset,
             sources,
             refreshed: Mutex::new(None),
-        })
+        }))
     }
 
     /// The `source` label for a callback to `name`.

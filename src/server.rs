@@ -48,7 +48,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let wake = Arc::new(Wake::new(&config));
-    let metrics = Metrics::new(&config);
+    let metrics =
+        Metrics::new(&config).map_err(|e| std::io::Error::other(format!("cannot set up the metrics: {e}")))?;
     let ingress = Arc::new(Ingress::new(config.clone(), store.clone(), wake.clone(), metrics.clone()));
     let running = replay::Running::default();
     let admin = Arc::new(Admin::new(config.clone(), store.clone(), running.clone(), metrics.clone()));

@@ -7,7 +7,6 @@
 pub mod nova;
 pub mod nowpayments;
 
-use hmac::{KeyInit, Mac};
 use http::HeaderMap;
 use time::OffsetDateTime;
 
@@ -60,22 +59,6 @@ fn decode_hex_signature(text: &str, len: usize) -> Result<Vec<u8>, ProviderError
         return Err(ProviderError::InvalidSignature("malformed"));
     }
     hex::decode(text).map_err(|_| ProviderError::InvalidSignature("malformed"))
-}
-
-/// Lowercase hex HMAC-`M` of exactly `msg`: what providers send.
-fn hex_mac<M: Mac + KeyInit>(secret: &[u8], msg: &[u8]) -> String {
-    let mut mac = <M as KeyInit>::new_from_slice(secret).expect("HMAC takes any key length");
-    mac.update(msg);
-    hex::encode(mac.finalize().into_bytes())
-}
-
-/// Constant-time check of `sig` as HMAC-`D` of `msg` under any of `secrets`.
-fn hmac_matches<M: Mac + KeyInit>(secrets: &[crate::config::Secret], msg: &[u8], sig: &[u8]) -> bool {
-    secrets.iter().any(|secret| {
-        let Ok(mut mac) = <M as KeyInit>::new_from_slice(secret.expose()) else { return false };
-        mac.update(msg);
-        mac.verify_slice(sig).is_ok()
-    })
 }
 
 /// Which text of the body's numbers a signature covered.

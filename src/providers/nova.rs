@@ -16,12 +16,13 @@ use sha2::Sha256;
 use time::OffsetDateTime;
 
 use super::{
-    ProviderError, SignedNumbers, Verified, covered_by_sorted_form, decode_hex_signature, dedupe_key, hmac_matches,
-    key_part, parse_signed, provider_time,
+    ProviderError, SignedNumbers, Verified, covered_by_sorted_form, decode_hex_signature, dedupe_key, key_part,
+    parse_signed, provider_time,
 };
 use crate::canonical::{self, ArrayStyle, Value};
 use crate::config::Secret;
 use crate::event::{self, Normalised, Subject};
+use crate::mac;
 
 pub const SIGNATURE_HEADER: &str = "x-signature";
 
@@ -60,7 +61,7 @@ pub fn verify<'a>(secrets: &[Secret], headers: &HeaderMap, body: &'a [u8]) -> Re
         let hex = header.trim();
         let hex = hex.strip_prefix("sha256=").unwrap_or(hex);
         let sig = decode_hex_signature(hex, 32)?;
-        if hmac_matches::<HmacSha256>(secrets, body, &sig) {
+        if mac::matches_any::<HmacSha256>(secrets, body, &sig) {
             return parse_signed(body);
         }
         return Err(ProviderError::InvalidSignature("wrong"));
@@ -78,15 +79,15 @@ pub fn verify<'a>(secrets: &[Secret], headers: &HeaderMap, body: &'a [u8]) -> Re
     let unsigned = Value::Object(members.iter().filter(|(k, _)| k != "signature").cloned().collect());
     // Received order with literals as written authenticates the literals;
     // the re-serialised forms authenticate only their ECMAScript text.
-    if hmac_matches::<HmacSha256>(secrets, unsigned.to_compact().as_bytes(), &sig) {
+    if mac::matches_any::<HmacSha256>(secrets, unsigned.to_compact().as_bytes(), &sig) {
         return Ok(Verified::new(value, body, SignedNumbers::AsWritten));
     }
-    if hmac_matches::<HmacSha256>(secrets, canonical::stringify(&unsigned).as_bytes(), &sig) {
+    if mac::matches_any::<HmacSha256>(secrets, canonical::stringify(&unsigned).as_bytes(), &sig) {
         return Ok(Verified::new(value, body, SignedNumbers::Ecmascript));
     }
     // The sorted form leaves `__proto__` out: a body verified through it
     // must not carry one.
-    if hmac_matches::<HmacSha256>(secrets, canonical::canonical(&unsigned, ArrayStyle::Array).as_bytes(), &sig) {
+    if mac::matches_any::<HmacSha256>(secrets, canonical::canonical(&unsigned, ArrayStyle::Array).as_bytes(), &sig) {
         covered_by_sorted_form(&value)?;
         return Ok(Verified::new(value, body, SignedNumbers::Ecmascript));
     }
@@ -95,7 +96,7 @@ pub fn verify<'a>(secrets: &[Secret], headers: &HeaderMap, body: &'a [u8]) -> Re
 
 /// Lowercase hex HMAC-SHA256 of exactly `msg`: the `X-Signature` Nova sends.
 pub fn sign(secret: &[u8], msg: &[u8]) -> String {
-    super::hex_mac::<HmacSha256>(secret, msg)
+    mac::hex::<HmacSha256>(secret, msg)
 }
 
 /// `word.word` in lowercase letters, digits and underscores.
@@ -104,7 +105,7 @@ fn is_dotted_type(s: &str) -> bool {
     matches!(s.split_once('.'), Some((a, b)) if word(a) && word(b))
 }
 
-/// Maps a verified webhook to the normalised event (SPEC §4.2).
+/// Maps a verified webhook to the normalised event (docs/event-format.md).
 pub fn normalise(verified: &Verified) -> Result<Normalised, ProviderError> {
     let v = &verified.value;
     let text_field = |obj: &Value, key: &str| verified.text(obj, key);

@@ -12,12 +12,13 @@ use http::HeaderMap;
 use sha2::{Digest, Sha256, Sha512};
 
 use super::{
-    ProviderError, SignedNumbers, Verified, covered_by_sorted_form, decode_hex_signature, dedupe_key, hmac_matches,
-    key_part, parse_signed, provider_time,
+    ProviderError, SignedNumbers, Verified, covered_by_sorted_form, decode_hex_signature, dedupe_key, key_part,
+    parse_signed, provider_time,
 };
 use crate::canonical::{self, ArrayStyle, Value};
 use crate::config::Secret;
 use crate::event::{Normalised, Subject};
+use crate::mac;
 
 pub const SIGNATURE_HEADER: &str = "x-nowpayments-sig";
 
@@ -36,7 +37,7 @@ pub fn verify<'a>(secrets: &[Secret], headers: &HeaderMap, body: &'a [u8]) -> Re
     let header = header.to_str().map_err(|_| ProviderError::InvalidSignature("malformed"))?;
     let sig = decode_hex_signature(header, 64)?;
 
-    if hmac_matches::<HmacSha512>(secrets, body, &sig) {
+    if mac::matches_any::<HmacSha512>(secrets, body, &sig) {
         // Signed as sent; a body that is not acceptable JSON is now a client
         // error rather than a forgery.
         return parse_signed(body);
@@ -47,13 +48,13 @@ pub fn verify<'a>(secrets: &[Secret], headers: &HeaderMap, body: &'a [u8]) -> Re
     // Both sorted forms leave `__proto__` out, so a body verified through
     // them must not carry one.
     let sorted = canonical::canonical(&value, ArrayStyle::Array);
-    if hmac_matches::<HmacSha512>(secrets, sorted.as_bytes(), &sig) {
+    if mac::matches_any::<HmacSha512>(secrets, sorted.as_bytes(), &sig) {
         covered_by_sorted_form(&value)?;
         return Ok(Verified::new(value, body, SignedNumbers::Ecmascript));
     }
     if value.has_array() {
         let indexed = canonical::canonical(&value, ArrayStyle::IndexedObject);
-        if hmac_matches::<HmacSha512>(secrets, indexed.as_bytes(), &sig) {
+        if mac::matches_any::<HmacSha512>(secrets, indexed.as_bytes(), &sig) {
             covered_by_sorted_form(&value)?;
             return Ok(Verified::new(value, body, SignedNumbers::Ecmascript));
         }
@@ -74,7 +75,7 @@ pub fn sign(secret: &[u8], body: &[u8]) -> String {
 
 /// Lowercase hex HMAC-SHA512 of exactly `msg`.
 pub fn hex_hmac(secret: &[u8], msg: &[u8]) -> String {
-    super::hex_mac::<HmacSha512>(secret, msg)
+    mac::hex::<HmacSha512>(secret, msg)
 }
 
 fn status_of(v: &Value, key: &str) -> Result<String, ProviderError> {
@@ -108,7 +109,7 @@ fn present(v: &Value, key: &str) -> bool {
     v.get(key).is_some_and(|x| !x.is_null())
 }
 
-/// Maps a verified IPN to the normalised event (SPEC §4.1 table).
+/// Maps a verified IPN to the normalised event (the table in docs/event-format.md).
 pub fn normalise(verified: &Verified) -> Result<Normalised, ProviderError> {
     let v = &verified.value;
     let text_field = |obj: &Value, key: &str| verified.text(obj, key);

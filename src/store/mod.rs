@@ -44,6 +44,16 @@ pub enum StoreError {
     Corrupt { key: String, message: String },
 }
 
+/// The store could not be reached or written, because of `e`.
+pub(crate) fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+/// The record at `key` could not be read back, because of `e`.
+pub(crate) fn corrupt(key: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt { key: key.to_owned(), message: e.to_string() }
+}
+
 /// An event to admit: its id (derived from source + dedupe key), what the
 /// filters need, and the exact JSON bytes that will be delivered.
 #[derive(Debug, Clone)]

@@ -18,7 +18,7 @@ fn endpoints() -> Vec<String> {
 }
 
 fn metrics() -> Arc<ipn_relay::metrics::Metrics> {
-    ipn_relay::metrics::Metrics::with_names(&[], &[])
+    ipn_relay::metrics::Metrics::with_names(&[], &[]).unwrap()
 }
 /// A time long after every other in these tests: year 2255, in ms.
 const FAR_FUTURE: u64 = 9_000_000_000_000;
@@ -888,14 +888,14 @@ async fn the_clock_gauge_reads_redis_and_shows_nan_when_time_is_denied() {
             .parse()
             .unwrap()
     };
-    let text = ipn_relay::metrics::Metrics::with_names(&["np"], &["be"]).render(&*s).await;
+    let text = ipn_relay::metrics::Metrics::with_names(&["np"], &["be"]).unwrap().render(&*s).await;
     let offset = gauge(&text, "ipn_relay_store_clock_offset_seconds");
     assert!(offset.abs() < 0.1, "{offset}");
 
     let mut raw = raw_connection(&server).await;
     let _: () = redis::cmd("ACL").arg("SETUSER").arg("default").arg("-time").query_async(&mut raw).await.unwrap();
     assert!(s.clock_offset_ms().await.is_err(), "TIME is denied");
-    let text = ipn_relay::metrics::Metrics::with_names(&["np"], &["be"]).render(&*s).await;
+    let text = ipn_relay::metrics::Metrics::with_names(&["np"], &["be"]).unwrap().render(&*s).await;
     assert!(gauge(&text, "ipn_relay_store_clock_offset_seconds").is_nan());
     assert_eq!(gauge(&text, "ipn_relay_deliveries{state=\"pending\"}"), 1.0, "the other gauges still refresh");
 }

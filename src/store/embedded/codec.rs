@@ -3,13 +3,7 @@
 
 use super::super::{Delivery, Millis, StoreError};
 
-pub(super) fn unavailable(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable(e.to_string())
-}
-
-pub(super) fn corrupt(key: &str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt { key: key.to_owned(), message: e.to_string() }
-}
+pub(super) use super::super::{corrupt, unavailable};
 
 impl Clone for StoreError {
     fn clone(&self) -> Self {

@@ -52,7 +52,8 @@ use scripts::Scripts;
 
 use super::{
     Admission, Attempt, Claim, Counts, Delivery, DeliveryFilter, DeliveryState, DiscardCount, LIST_SCAN_LIMIT, Millis,
-    NewDelivery, NewEvent, Next, Page, Reconciled, ReplayCount, ReplayJob, Store, StoreError, StoredEvent,
+    NewDelivery, NewEvent, Next, Page, Reconciled, ReplayCount, ReplayJob, Store, StoreError, StoredEvent, corrupt,
+    unavailable,
 };
 
 /// Schedule entries or orphaned deliveries one reconciling script call
@@ -61,10 +62,6 @@ const RECONCILE_CHUNK: usize = 500;
 
 /// Most delivery records one listing page reads per round trip.
 const LIST_SCAN: isize = 500;
-
-fn unavailable(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable(e.to_string())
-}
 
 /// Most finishes one `FINISH_MANY` call records.
 const FINISH_BATCH: usize = 256;
@@ -230,7 +227,7 @@ impl RedisStore {
                 }
                 if field("aof_enabled") == "0" {
                     tracing::warn!(
-                        "Redis has no append-only file: a Redis restart loses events the relay already accepted; set appendonly yes and appendfsync always (see the README)"
+                        "Redis has no append-only file: a Redis restart loses events the relay already accepted; set appendonly yes and appendfsync always (see docs/scaling.md)"
                     );
                 }
             }
@@ -370,7 +367,7 @@ impl RedisStore {
 }
 
 fn decode<T: serde::de::DeserializeOwned>(key: &str, raw: &str) -> Result<T, StoreError> {
-    serde_json::from_str(raw).map_err(|e| StoreError::Corrupt { key: key.to_owned(), message: e.to_string() })
+    serde_json::from_str(raw).map_err(|e| corrupt(key, e))
 }
 
 #[async_trait]
