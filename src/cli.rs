@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::admin_cli::{self, ClientError, Connection, DeliveriesCommand, EventsCommand, ReplayArgs};
-use crate::config::{Config, LogFormat, StoreKind, redact_url};
+use crate::config::{Config, LogFormat, StoreKind};
 use crate::providers::{nova, nowpayments};
 use crate::server;
 use crate::store::Store;
@@ -166,9 +166,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             Arc::new(store)
         }
         StoreKind::Redis { url, prefix } => {
-            let store = RedisStore::connect(url, prefix)
+            let store = RedisStore::connect(url.expose(), prefix)
                 .await
-                .with_context(|| format!("cannot connect to Redis at {} (store.url)", redact_url(url)))?;
+                .with_context(|| format!("cannot connect to Redis at {url} (store.url)"))?;
             tracing::info!(prefix = %prefix, "redis store connected");
             Arc::new(store)
         }

@@ -112,10 +112,39 @@ impl EventPattern {
     }
 }
 
+/// A URL that may carry credentials (`redis://:password@host`,
+/// `https://user:password@backend`): `Debug` and `Display` show it with
+/// the password replaced by `***`, so it never reaches a log or an error
+/// whole. [`Url::expose`] gives the real thing to the client that needs it.
+#[derive(Clone, PartialEq)]
+pub struct Url<T>(T);
+
+impl<T: fmt::Display> Url<T> {
+    pub fn new(url: T) -> Url<T> {
+        Url(url)
+    }
+
+    pub fn expose(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T: fmt::Display> fmt::Debug for Url<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", redact_url(&self.0.to_string()))
+    }
+}
+
+impl<T: fmt::Display> fmt::Display for Url<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&redact_url(&self.0.to_string()))
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Endpoint {
     pub name: String,
-    pub url: http::Uri,
+    pub url: Url<http::Uri>,
     /// The decoded key of the endpoint's `whsec_` secret.
     pub signing_key: Secret,
     /// The key being rotated out (`previous_secret`): while set, every
@@ -159,7 +188,7 @@ pub struct ServerConfig {
 #[derive(Debug, Clone)]
 pub enum StoreKind {
     Embedded { path: PathBuf },
-    Redis { url: String, prefix: String },
+    Redis { url: Url<String>, prefix: String },
 }
 
 #[derive(Debug, Clone)]
@@ -226,7 +255,7 @@ impl Config {
         let mut s = String::new();
         let store = match &self.store.kind {
             StoreKind::Embedded { path } => format!("embedded ({})", path.display()),
-            StoreKind::Redis { url, prefix } => format!("redis ({}, prefix {prefix})", redact_url(url)),
+            StoreKind::Redis { url, prefix } => format!("redis ({url}, prefix {prefix})"),
         };
         s.push_str(&format!(
             "ingress   {}\nadmin     {}\nstore     {store}, dedupe ttl {}\n",
@@ -253,7 +282,7 @@ impl Config {
             s.push_str(&format!(
                 "endpoint  {} → {} (timeout {}, max in flight {})\n",
                 ep.name,
-                redact_url(&ep.url.to_string()),
+                ep.url,
                 humantime::format_duration(ep.timeout),
                 ep.max_in_flight
             ));
@@ -773,7 +802,7 @@ impl RawConfig {
                         "must be non-empty and contain no braces (it becomes the {hash tag})",
                     );
                 }
-                StoreKind::Redis { url, prefix }
+                StoreKind::Redis { url: Url::new(url), prefix }
             }
         };
         let store = StoreConfig { kind, dedupe_ttl };
@@ -886,7 +915,7 @@ impl RawConfig {
             }
             endpoints.push(Endpoint {
                 name,
-                url,
+                url: Url::new(url),
                 signing_key,
                 previous_signing_key,
                 events,
@@ -1062,6 +1091,23 @@ secrets = ["s1-0123456789abcdef"]
         for ok in ["redis://127.0.0.1:6379/0", "unix:///run/redis.sock", "redis+unix:///run/redis.sock"] {
             assert!(parse(&store(ok)).is_ok(), "{ok}");
         }
+    }
+
+    #[test]
+    fn urls_with_credentials_never_print_their_password() {
+        let text = format!(
+            "\n[store]\nkind = \"redis\"\nurl = \"redis://relay:s3cr3t-redis-pw@redis.internal:6379/0\"\n{}",
+            EP.replace("http://127.0.0.1:3000/x", "https://hook:s3cr3t-http-pw@backend.internal/x")
+        );
+        let cfg = parse(&text).unwrap();
+        let shown = format!("{cfg:?} {} {}", cfg.summary(), cfg.endpoints[0].url);
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+        assert!(shown.contains("redis://relay:***@redis.internal:6379/0"), "{shown}");
+        assert!(shown.contains("https://hook:***@backend.internal/x"), "{shown}");
+        // The clients still get the real thing.
+        let StoreKind::Redis { url, .. } = &cfg.store.kind else { panic!("redis") };
+        assert_eq!(url.expose(), "redis://relay:s3cr3t-redis-pw@redis.internal:6379/0");
+        assert_eq!(cfg.endpoints[0].url.expose().to_string(), "https://hook:s3cr3t-http-pw@backend.internal/x");
     }
 
     #[test]

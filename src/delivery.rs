@@ -289,7 +289,7 @@ async fn deliver(
     let timestamp = (started_at / 1000) as i64;
     let request = shared
         .client
-        .post(ep.url.to_string())
+        .post(ep.url.expose().to_string())
         .timeout(ep.timeout)
         .header("content-type", "application/json")
         .header("user-agent", &shared.user_agent)

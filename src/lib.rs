@@ -8,6 +8,8 @@
 //! [`admin_cli`] let operators list and [`replay`] them; [`metrics`] counts it
 //! all for Prometheus. [`server`] runs the listeners, [`cli`] the binary.
 
+#![forbid(unsafe_code)]
+
 pub mod admin;
 pub mod admin_cli;
 pub mod canonical;

@@ -24,13 +24,13 @@ fn endpoints() -> Vec<String> {
 struct Running {
     addr: SocketAddr,
     admin: SocketAddr,
-    served: crate::common::Served,
+    served: Served,
 }
 
 impl Running {
     async fn start(text: &str, store: Arc<dyn Store>) -> Running {
         let config = Arc::new(Config::parse(text, std::path::Path::new("admin-test.toml")).unwrap());
-        let served = crate::common::Served::start(config, store).await;
+        let served = Served::start(config, store).await;
         Running { addr: served.addr, admin: served.admin, served }
     }
 
@@ -51,7 +51,7 @@ fn config(store: &str, backend: &str, ledger: &str) -> String {
         &format!("[server]\nadmin_token = \"{TOKEN}\"\n"),
         1,
     );
-    format!("{text}{}visibility_timeout = \"5s\"\n", crate::common::backend_and_ledger(backend, ledger))
+    format!("{text}{}visibility_timeout = \"5s\"\n", backend_and_ledger(backend, ledger))
 }
 
 /// A receiver that answers 500 until the flag is set, then 200.

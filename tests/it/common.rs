@@ -418,7 +418,7 @@ pub fn spawn_relay_logging(config: &Path, filter: &str) -> RelayProcess {
 /// Posts a signed NOWPayments IPN to a relay at `addr`; `None` if the
 /// relay is gone (connection lost) or answered something unreadable.
 pub async fn post_to(c: &reqwest::Client, addr: SocketAddr, body: String) -> Option<(u16, serde_json::Value)> {
-    let sig = ipn_relay::providers::nowpayments::sign(NP_SECRET.as_bytes(), body.as_bytes());
+    let sig = nowpayments::sign(NP_SECRET.as_bytes(), body.as_bytes());
     let r = c
         .post(format!("http://{addr}/hooks/nowpayments"))
         .header("x-nowpayments-sig", sig)

@@ -23,7 +23,7 @@ async fn scripted_run(forged: usize) -> (Relay, Receiver, Receiver) {
     let text = format!(
         "{}{}",
         base_config(&path).replacen("[server]\n", &format!("[server]\nadmin_token = \"{TOKEN}\"\n"), 1),
-        crate::common::backend_and_ledger(&backend.url(), &ledger.url())
+        backend_and_ledger(&backend.url(), &ledger.url())
     );
     let mut relay = Relay::start_text(&path, &text).await;
     relay.dir = Some(dir);

@@ -558,7 +558,7 @@ mod tests {
         let r = store.replay(&["dlv_broken".to_owned()], false, 3000).await.unwrap();
         assert_eq!(r.skipped, 1);
         // It cannot be finished either: nobody holds a claim on it.
-        assert!(!store.finish("dlv_broken", 1, attempt(), crate::store::Next::Delivered).await.unwrap());
+        assert!(!store.finish("dlv_broken", 1, attempt(), Next::Delivered).await.unwrap());
         store.admit(event("evt_after", 3000), vec![], 10_000).await.unwrap();
         assert!(store.event("evt_after").await.unwrap().is_some());
         store.ping().await.unwrap();
@@ -618,8 +618,7 @@ mod tests {
 
         fail.store(true, Ordering::SeqCst);
         // The finish is not on disk, so in memory the claim is still held...
-        let r =
-            store.finish(&held.delivery.id, held.delivery.claim_token, attempt(), crate::store::Next::Delivered).await;
+        let r = store.finish(&held.delivery.id, held.delivery.claim_token, attempt(), Next::Delivered).await;
         assert!(r.is_err());
         // ...and a claim whose commit failed was never made.
         assert!(store.claim_due("be", 1000, 10, 60_000).await.is_err());
@@ -629,15 +628,14 @@ mod tests {
         let ids: Vec<_> = again.iter().map(|c| c.delivery.id.clone()).collect();
         assert_eq!(ids.len(), 1, "the unheld delivery is claimable");
         assert!(!ids.contains(&held.delivery.id), "a held claim was handed out again");
-        let r =
-            store.finish(&held.delivery.id, held.delivery.claim_token, attempt(), crate::store::Next::Delivered).await;
+        let r = store.finish(&held.delivery.id, held.delivery.claim_token, attempt(), Next::Delivered).await;
         assert!(r.unwrap(), "the holder can still record its attempt");
         let (d, attempts) = store.delivery(&held.delivery.id).await.unwrap().unwrap();
         assert_eq!((d.state, attempts.len()), (DeliveryState::Delivered, 1));
     }
 
-    fn attempt() -> crate::store::Attempt {
-        crate::store::Attempt {
+    fn attempt() -> Attempt {
+        Attempt {
             number: 0,
             started_at: 0,
             duration_ms: 0,
