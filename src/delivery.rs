@@ -318,7 +318,7 @@ async fn deliver(
         _ => Outcome::Failed { retry_after },
     };
     let next = retry::next(&shared.schedule, d.attempts_in_budget() + 1, outcome, now_millis(), rand::random());
-    shared.metrics.delivery(&ep.name, next.as_str(), elapsed);
+    shared.metrics.delivery(&ep.name, next, elapsed);
     match (&result, next) {
         // Successes are for metrics to count; the admission log line is the
         // audit trail, and failures are logged below.

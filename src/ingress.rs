@@ -27,7 +27,7 @@ use tracing::Instrument;
 use crate::config::{Config, RateLimit, Source};
 use crate::event::Event;
 use crate::http::{BodyError, error_response, read_body};
-use crate::metrics::Metrics;
+use crate::metrics::{IngressOutcome, Metrics};
 use crate::providers::{self, ProviderError};
 use crate::store::{Admission, NewDelivery, NewEvent, Store, new_delivery_id};
 use crate::wake::Wake;
@@ -88,13 +88,19 @@ impl IngressError {
     /// The outcome label of `ipn_relay_ingress_requests_total`: the first
     /// contract's fixed set (docs/operations.md), so the codes it lacks
     /// fold into the nearest one.
-    pub fn outcome(&self) -> &'static str {
+    pub fn outcome(&self) -> IngressOutcome {
         match self {
-            IngressError::NotFound | IngressError::UnknownSource => "unknown_source",
-            IngressError::MethodNotAllowed | IngressError::BodyTimeout | IngressError::UnsignedContent(_) => {
-                "bad_request"
-            }
-            other => other.code(),
+            IngressError::NotFound | IngressError::UnknownSource => IngressOutcome::UnknownSource,
+            IngressError::MethodNotAllowed
+            | IngressError::BodyTimeout
+            | IngressError::UnsignedContent(_)
+            | IngressError::BadRequest(_) => IngressOutcome::BadRequest,
+            IngressError::BodyTooLarge(_) => IngressOutcome::BodyTooLarge,
+            IngressError::IpNotAllowed => IngressOutcome::IpNotAllowed,
+            IngressError::RateLimited { .. } => IngressOutcome::RateLimited,
+            IngressError::InvalidSignature => IngressOutcome::InvalidSignature,
+            IngressError::StaleTimestamp => IngressOutcome::StaleTimestamp,
+            IngressError::Unavailable => IngressOutcome::Unavailable,
         }
     }
 
@@ -216,12 +222,13 @@ impl Ingress {
         let _entered = span.enter();
         match result {
             Ok((admission, id)) => {
-                let status = match admission {
-                    Admission::Accepted => "accepted",
-                    Admission::Duplicate => "duplicate",
+                let outcome = match admission {
+                    Admission::Accepted => IngressOutcome::Accepted,
+                    Admission::Duplicate => IngressOutcome::Duplicate,
                 };
+                let status = outcome.as_str();
                 span.record("event_id", tracing::field::display(&id));
-                self.metrics.ingress(&source, status, elapsed);
+                self.metrics.ingress(&source, outcome, elapsed);
                 tracing::info!(outcome = status, elapsed_ms, "callback admitted");
                 // Field order as in docs/http-api.md: {"status":…,"id":…}.
                 let mut resp = Response::new(Full::new(Bytes::from(format!(r#"{{"status":"{status}","id":"{id}"}}"#))));

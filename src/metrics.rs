@@ -20,23 +20,67 @@ use prometheus::{
 use tokio::sync::Mutex;
 
 use crate::config::Config;
-use crate::store::{DeliveryState, Store, now_millis};
+use crate::store::{DeliveryState, Next, Store, now_millis};
 
-/// The ingress outcomes (docs/operations.md, metrics).
-pub const INGRESS_OUTCOMES: [&str; 10] = [
-    "accepted",
-    "duplicate",
-    "invalid_signature",
-    "stale_timestamp",
-    "bad_request",
-    "ip_not_allowed",
-    "rate_limited",
-    "body_too_large",
-    "unavailable",
-    "unknown_source",
-];
-/// The delivery outcomes (docs/operations.md, metrics).
-pub const DELIVERY_OUTCOMES: [&str; 3] = ["delivered", "retry", "dead"];
+/// How a callback was answered, as `ipn_relay_ingress_requests_total`
+/// labels it: the first contract's fixed set (docs/operations.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IngressOutcome {
+    Accepted,
+    Duplicate,
+    InvalidSignature,
+    StaleTimestamp,
+    BadRequest,
+    IpNotAllowed,
+    RateLimited,
+    BodyTooLarge,
+    Unavailable,
+    UnknownSource,
+}
+
+impl IngressOutcome {
+    pub const ALL: [IngressOutcome; 10] = [
+        IngressOutcome::Accepted,
+        IngressOutcome::Duplicate,
+        IngressOutcome::InvalidSignature,
+        IngressOutcome::StaleTimestamp,
+        IngressOutcome::BadRequest,
+        IngressOutcome::IpNotAllowed,
+        IngressOutcome::RateLimited,
+        IngressOutcome::BodyTooLarge,
+        IngressOutcome::Unavailable,
+        IngressOutcome::UnknownSource,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            IngressOutcome::Accepted => "accepted",
+            IngressOutcome::Duplicate => "duplicate",
+            IngressOutcome::InvalidSignature => "invalid_signature",
+            IngressOutcome::StaleTimestamp => "stale_timestamp",
+            IngressOutcome::BadRequest => "bad_request",
+            IngressOutcome::IpNotAllowed => "ip_not_allowed",
+            IngressOutcome::RateLimited => "rate_limited",
+            IngressOutcome::BodyTooLarge => "body_too_large",
+            IngressOutcome::Unavailable => "unavailable",
+            IngressOutcome::UnknownSource => "unknown_source",
+        }
+    }
+}
+
+/// The label values of `ipn_relay_ingress_requests_total`'s `outcome`.
+pub const INGRESS_OUTCOMES: [&str; 10] = {
+    let mut out = [""; 10];
+    let mut i = 0;
+    while i < 10 {
+        out[i] = IngressOutcome::ALL[i].as_str();
+        i += 1;
+    }
+    out
+};
+/// The label values of `ipn_relay_deliveries_total`'s `outcome`: what an
+/// attempt's [`Next`] says.
+pub const DELIVERY_OUTCOMES: [&str; 3] = [Next::Delivered.as_str(), Next::RetryAt(0).as_str(), Next::Dead.as_str()];
 /// The `source` label of callbacks to a source that is not configured.
 pub const UNKNOWN_SOURCE: &str = "unknown";
 /// How long store-backed gauges are reused before the store is asked again.
@@ -201,19 +245,17 @@ impl Metrics {
         if self.sources.iter().any(|s| s == name) { name } else { UNKNOWN_SOURCE }
     }
 
-    /// Counts one answered callback. `outcome` must be one of
-    /// [`INGRESS_OUTCOMES`].
-    pub fn ingress(&self, source: &str, outcome: &str, elapsed: Duration) {
-        debug_assert!(INGRESS_OUTCOMES.contains(&outcome), "{outcome}");
+    /// Counts one answered callback.
+    pub fn ingress(&self, source: &str, outcome: IngressOutcome, elapsed: Duration) {
         let source = self.source_label(source);
-        self.ingress_requests.with_label_values(&[source, outcome]).inc();
+        self.ingress_requests.with_label_values(&[source, outcome.as_str()]).inc();
         self.ingress_duration.with_label_values(&[source]).observe(elapsed.as_secs_f64());
     }
 
-    /// Counts one delivery attempt. `outcome` is one of
-    /// [`DELIVERY_OUTCOMES`]; `endpoint` is a configured name.
-    pub fn delivery(&self, endpoint: &str, outcome: &str, duration: Duration) {
-        self.deliveries_total.with_label_values(&[endpoint, outcome]).inc();
+    /// Counts one delivery attempt to `endpoint` (a configured name),
+    /// labelled by what comes next.
+    pub fn delivery(&self, endpoint: &str, next: Next, duration: Duration) {
+        self.deliveries_total.with_label_values(&[endpoint, next.as_str()]).inc();
         self.delivery_duration.with_label_values(&[endpoint]).observe(duration.as_secs_f64());
     }
 

@@ -228,7 +228,7 @@ pub enum Next {
 impl Next {
     /// "delivered", "retry" or "dead": the attempt's outcome as metrics
     /// label it and the Redis finish script reads it.
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             Next::Delivered => "delivered",
             Next::RetryAt(_) => "retry",
