@@ -408,14 +408,22 @@ impl<'de> Deserialize<'de> for Origin {
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct Dur(Duration);
 
+/// The longest duration any setting takes: a hundred years. Longer ones
+/// are typos, and would overflow the arithmetic on times.
+const MAX_DURATION: Duration = Duration::from_secs(100 * 366 * 24 * 3600);
+
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let Text(s) = Text::deserialize(d)?;
-        humantime::parse_duration(&s).map(Dur).map_err(|e| {
+        let d = humantime::parse_duration(&s).map_err(|e| {
             de::Error::custom(format!(
                 "invalid duration {s:?} ({e}); write e.g. \"500ms\", \"10s\", \"5m\", \"2h\", \"30d\""
             ))
-        })
+        })?;
+        if d > MAX_DURATION {
+            return Err(de::Error::custom(format!("duration {s:?} is longer than 100 years")));
+        }
+        Ok(Dur(d))
     }
 }
 
@@ -947,7 +955,7 @@ impl RawConfig {
         // The margin covers the claim's own round trip: with less, a claim
         // could be too old to send at once and be released, over and over.
         const CLAIM_MARGIN: Duration = Duration::from_millis(500);
-        if let Some(ep) = endpoints.iter().find(|ep| ep.timeout + CLAIM_MARGIN > d.visibility_timeout.0) {
+        if let Some(ep) = endpoints.iter().find(|ep| ep.timeout.saturating_add(CLAIM_MARGIN) > d.visibility_timeout.0) {
             return invalid(
                 "delivery.visibility_timeout",
                 format!(
@@ -1218,6 +1226,10 @@ secrets = ["s1-0123456789abcdef"]
         let e = err(&format!("{EP}timeout = \"59800ms\"\n"));
         assert!(e.contains("by at least 500ms"), "{e}");
         assert!(parse(&format!("{EP}timeout = \"59500ms\"\n")).is_ok());
+        // Found by the config fuzz target: this overflowed and panicked.
+        let e = err(&format!("{EP}timeout = \"18446744073709551615s\"\n"));
+        assert!(e.contains("longer than 100 years"), "{e}");
+        assert!(err(&format!("{EP}timeout = \"101years\"\n")).contains("longer than 100 years"));
     }
 
     #[test]
