@@ -1,6 +1,6 @@
 //! Shutdown: one signal, watched by every long-running task.
 //!
-//! [`crate::server::run`] owns a `watch` channel set to `true` when the
+//! The server (`server::run`) owns a `watch` channel set to `true` when the
 //! shutdown future completes. Listeners stop accepting, delivery loops stop
 //! claiming, and housekeeping returns when they see it; each then finishes
 //! what it holds within `shutdown_grace`. A `watch` rather than a broadcast:
