@@ -7,7 +7,6 @@
 //! every number exactly as the provider wrote it.
 
 use serde::Serialize;
-use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use time::format_description::FormatItem;
@@ -58,7 +57,12 @@ pub struct Event {
     pub tx_hash: Option<String>,
     pub occurred_at: Option<String>,
     pub received_at: String,
-    pub payload: Box<RawValue>,
+    /// The provider's body as JSON text, written into the event as it is
+    /// (see [`Event::to_json`]). Not through serde_json's `RawValue`: that
+    /// gives the key `$serde_json::private::RawValue` a meaning, and a
+    /// signed body carrying it would then not read back as JSON.
+    #[serde(skip)]
+    pub payload: String,
 }
 
 impl Event {
@@ -66,9 +70,12 @@ impl Event {
     /// `provider`, received at `received_at`.
     pub fn new(source: &str, provider: &'static str, n: Normalised, received_at: OffsetDateTime) -> Event {
         // The payload came out of our own strict parser, so it is valid JSON;
-        // fall back to null rather than panic if that ever stopped being true.
-        let payload = RawValue::from_string(n.payload)
-            .unwrap_or_else(|_| RawValue::from_string("null".into()).expect("null is JSON"));
+        // fall back to null rather than write broken JSON if that ever
+        // stopped being true.
+        let payload = match crate::canonical::parse(n.payload.as_bytes()) {
+            Ok(_) => n.payload,
+            Err(_) => "null".to_owned(),
+        };
         Event {
             id: event_id(source, &n.dedupe_key),
             event_type: n.event_type,
@@ -88,9 +95,16 @@ impl Event {
         }
     }
 
-    /// The JSON bytes that are stored and delivered, byte for byte.
+    /// The JSON bytes that are stored and delivered, byte for byte: every
+    /// field, then `payload` last, its text as it is.
     pub fn to_json(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("an event always serialises")
+        let mut out = serde_json::to_vec(self).expect("an event always serialises");
+        // `{…}` with at least the id in it: replace the `}` by the payload.
+        out.pop();
+        out.extend_from_slice(br#","payload":"#);
+        out.extend_from_slice(self.payload.as_bytes());
+        out.push(b'}');
+        out
     }
 }
 
@@ -126,6 +140,32 @@ pub fn parse_rfc3339(s: &str) -> Option<OffsetDateTime> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_payload_with_serde_jsons_private_key_still_reads_back_as_json() {
+        // Found by the differential fuzz target: with serde_json's raw_value
+        // feature this key is magic, and the stored event (payload within)
+        // failed to parse, so the admin API could not show it.
+        let n = Normalised {
+            dedupe_key: "k".into(),
+            event_type: "unknown".into(),
+            provider_status: None,
+            subject: Subject { kind: "unknown".into(), id: None },
+            amount: None,
+            currency: None,
+            network: None,
+            user_id: None,
+            order_id: None,
+            tx_hash: None,
+            occurred_at: None,
+            payload: r#"{"$serde_json::private::RawValue":"x","a":[1,2.50]}"#.into(),
+        };
+        let json = Event::new("np", "nowpayments", n, OffsetDateTime::UNIX_EPOCH).to_json();
+        let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert_eq!(v["payload"]["$serde_json::private::RawValue"], "x");
+        let text = String::from_utf8(json).unwrap();
+        assert!(text.ends_with(r#","payload":{"$serde_json::private::RawValue":"x","a":[1,2.50]}}"#), "{text}");
+    }
 
     #[test]
     fn times_past_the_last_utc_year_are_refused_not_a_panic() {
