@@ -7,7 +7,7 @@
 #![no_main]
 
 use http::{HeaderMap, HeaderValue};
-use ipn_relay::canonical::{self, ArrayStyle, Value};
+use ipn_relay::canonical::{self, ArrayStyle};
 use ipn_relay::config::Secret;
 use ipn_relay::providers::nowpayments::{self, SIGNATURE_HEADER};
 use libfuzzer_sys::fuzz_target;
