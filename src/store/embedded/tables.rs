@@ -157,6 +157,21 @@ impl<'txn> Tables<'txn> {
         }
     }
 
+    /// Reads a delivery that an operation names. An unreadable record is
+    /// logged, saying what becomes of it (`then`), and left as it is: only
+    /// a storage error fails the operation.
+    fn named(&self, id: &str, then: &str) -> Result<Named, StoreError> {
+        match self.get_delivery(id) {
+            Ok(Some(d)) => Ok(Named::Found(d)),
+            Ok(None) => Ok(Named::Missing),
+            Err(e @ StoreError::Corrupt { .. }) => {
+                tracing::error!(delivery_id = %id, error = %e, "unreadable delivery record {then}");
+                Ok(Named::Unreadable)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Writes `d` and keeps the due index and state counts in step with the
     /// record it replaces (`old`).
     pub(super) fn put_delivery(&mut self, old: Option<&Delivery>, d: &Delivery) -> Result<(), StoreError> {
@@ -393,18 +408,16 @@ impl<'txn> Tables<'txn> {
             if !seen.insert(id.as_str()) {
                 continue;
             }
-            let old = match self.get_delivery(id) {
-                Ok(Some(d)) => d,
-                Ok(None) => {
+            let old = match self.named(id, "not replayed")? {
+                Named::Found(d) => d,
+                Named::Missing => {
                     count.not_found += 1;
                     continue;
                 }
-                Err(e @ StoreError::Corrupt { .. }) => {
-                    tracing::error!(delivery_id = %id, error = %e, "unreadable delivery record not replayed");
+                Named::Unreadable => {
                     count.skipped += 1;
                     continue;
                 }
-                Err(e) => return Err(e),
             };
             if claims.live.contains_key(id) {
                 count.skipped += 1;
@@ -513,14 +526,9 @@ impl<'txn> Tables<'txn> {
                     if claims.live.contains_key(&id) {
                         continue;
                     }
-                    let old = match self.get_delivery(&id) {
-                        Ok(Some(d)) if is_scheduled(d.state) => d,
-                        Ok(_) => continue,
-                        Err(e @ StoreError::Corrupt { .. }) => {
-                            tracing::error!(delivery_id = %id, error = %e, "unreadable delivery record left as it is");
-                            continue;
-                        }
-                        Err(e) => return Err(e),
+                    let old = match self.named(&id, "left as it is")? {
+                        Named::Found(d) if is_scheduled(d.state) => d,
+                        _ => continue,
                     };
                     // It keeps the time it was due: taken back, it waits out
                     // the rest of its backoff.
@@ -538,18 +546,14 @@ impl<'txn> Tables<'txn> {
         for endpoint in endpoints {
             let mut adopted = 0;
             for id in self.orphaned_ids(endpoint)? {
-                let old = match self.get_delivery(&id) {
-                    Ok(Some(d)) if d.state == DeliveryState::Orphaned => d,
-                    Ok(_) => {
+                let old = match self.named(&id, "left as it is")? {
+                    Named::Found(d) if d.state == DeliveryState::Orphaned => d,
+                    Named::Unreadable => continue,
+                    Named::Found(_) | Named::Missing => {
                         // A stale index entry: the record says otherwise.
                         self.orphaned.remove((endpoint.as_str(), id.as_str())).map_err(unavailable)?;
                         continue;
                     }
-                    Err(e @ StoreError::Corrupt { .. }) => {
-                        tracing::error!(delivery_id = %id, error = %e, "unreadable delivery record left as it is");
-                        continue;
-                    }
-                    Err(e) => return Err(e),
                 };
                 let mut d = old.clone();
                 d.state = DeliveryState::Pending;
@@ -577,18 +581,16 @@ impl<'txn> Tables<'txn> {
         let mut count = DiscardCount::default();
         let mut seen = std::collections::HashSet::new();
         for id in ids.iter().filter(|id| seen.insert(id.as_str())) {
-            let old = match self.get_delivery(id) {
-                Ok(Some(d)) => d,
-                Ok(None) => {
+            let old = match self.named(id, "not discarded")? {
+                Named::Found(d) => d,
+                Named::Missing => {
                     count.not_found += 1;
                     continue;
                 }
-                Err(e @ StoreError::Corrupt { .. }) => {
-                    tracing::error!(delivery_id = %id, error = %e, "unreadable delivery record not discarded");
+                Named::Unreadable => {
                     count.skipped += 1;
                     continue;
                 }
-                Err(e) => return Err(e),
             };
             if old.state != DeliveryState::Orphaned {
                 count.skipped += 1;
@@ -630,6 +632,13 @@ impl<'txn> Tables<'txn> {
         }
         Ok(expired.len())
     }
+}
+
+/// A delivery an operation names: its record, or why there is none to use.
+enum Named {
+    Found(Delivery),
+    Missing,
+    Unreadable,
 }
 
 /// Whether deliveries in `state` are listed in `by_state`.
