@@ -1,0 +1,367 @@
+//! Configuration: TOML parsed once at start-up into typed, validated values.
+//!
+//! Loading goes in three steps, one file each:
+//! - [`env`]: every string value may use `${NAME}` (a missing variable is an
+//!   error) or `${NAME:-default}`, resolved from the environment the caller
+//!   passes in, on the parsed document, so an error names the line;
+//! - [`raw`]: the file's shape, deserialised; unknown keys are errors;
+//! - [`validate`]: one `TryFrom` per section into the types below, then the
+//!   checks that span sections (unique names, a tolerance within the dedupe
+//!   TTL, a visibility timeout above every endpoint timeout); each refusal
+//!   names its key.
+//!
+//! Nothing after this module handles raw strings from the file. The file
+//! format is documented in `docs/configuration.md`.
+
+mod env;
+mod raw;
+mod validate;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+pub use env::interpolate;
+pub use validate::MIN_SECRET_BYTES;
+
+/// What is wrong with a configuration file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    /// TOML syntax, types, unknown keys, bad values, missing variables: the
+    /// message carries the line and column.
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: {key}: {message}")]
+    Invalid { path: PathBuf, key: String, message: String },
+}
+
+/// A secret that never shows itself in `Debug` or logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Vec<u8>);
+
+impl Secret {
+    pub fn new(s: impl Into<Vec<u8>>) -> Secret {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    Nowpayments,
+    Nova,
+}
+
+impl ProviderKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::Nowpayments => "nowpayments",
+            ProviderKind::Nova => "nova",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    pub per_second: NonZeroU32,
+    pub burst: NonZeroU32,
+}
+
+impl RateLimit {
+    /// The limit as a `governor` quota: the one constructor of every rate
+    /// limiter in the relay.
+    pub fn quota(self) -> governor::Quota {
+        governor::Quota::per_second(self.per_second).allow_burst(self.burst)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub name: String,
+    pub kind: ProviderKind,
+    pub secrets: Vec<Secret>,
+    pub allow_ips: Vec<IpNet>,
+    pub rate_limit: Option<RateLimit>,
+    /// Nova only; `None` when disabled.
+    pub timestamp_tolerance: Option<Duration>,
+}
+
+/// An `events` pattern of an endpoint: `*`, `deposit.*` or an exact type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventPattern {
+    Any,
+    Prefix(String),
+    Exact(String),
+}
+
+impl EventPattern {
+    pub fn matches(&self, event_type: &str) -> bool {
+        match self {
+            EventPattern::Any => true,
+            EventPattern::Prefix(p) => event_type.strip_prefix(p.as_str()).is_some_and(|rest| rest.starts_with('.')),
+            EventPattern::Exact(t) => t == event_type,
+        }
+    }
+}
+
+/// A URL that may carry credentials (`redis://:password@host`,
+/// `https://user:password@backend`): `Debug` and `Display` show it with
+/// the password replaced by `***`, so it never reaches a log or an error
+/// whole. [`Url::expose`] gives the real thing to the client that needs it.
+#[derive(Clone, PartialEq)]
+pub struct Url<T>(T);
+
+impl<T: fmt::Display> Url<T> {
+    pub fn new(url: T) -> Url<T> {
+        Url(url)
+    }
+
+    pub fn expose(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T: fmt::Display> fmt::Debug for Url<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", redact_url(&self.0.to_string()))
+    }
+}
+
+impl<T: fmt::Display> fmt::Display for Url<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&redact_url(&self.0.to_string()))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub name: String,
+    pub url: Url<http::Uri>,
+    /// The decoded key of the endpoint's `whsec_` secret.
+    pub signing_key: Secret,
+    /// The key being rotated out (`previous_secret`): while set, every
+    /// attempt carries a signature with each key.
+    pub previous_signing_key: Option<Secret>,
+    pub events: Vec<EventPattern>,
+    /// Source names; empty means all.
+    pub sources: Vec<String>,
+    pub timeout: Duration,
+    pub max_in_flight: usize,
+    pub rate_limit: Option<RateLimit>,
+}
+
+impl Endpoint {
+    /// Whether an event of `event_type` from `source` goes to this endpoint.
+    pub fn wants(&self, source: &str, event_type: &str) -> bool {
+        (self.sources.is_empty() || self.sources.iter().any(|s| s == source))
+            && self.events.iter().any(|p| p.matches(event_type))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub admin_token: Option<Secret>,
+    pub max_body_bytes: usize,
+    pub trusted_proxies: Vec<IpNet>,
+    /// Time a client has to send its request headers.
+    pub header_read_timeout: Duration,
+    /// Time a client has to send the whole body once headers are in.
+    pub body_read_timeout: Duration,
+    /// How long shutdown waits for open requests.
+    pub shutdown_grace: Duration,
+    /// Open ingress connections at most; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// An admission not committed within this answers 503 (a hung disk).
+    pub admission_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub enum StoreKind {
+    Embedded { path: PathBuf },
+    Redis { url: Url<String>, prefix: String },
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub kind: StoreKind,
+    pub dedupe_ttl: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct DeliveryConfig {
+    pub max_attempts: u32,
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+    pub multiplier: f64,
+    pub jitter: f64,
+    pub visibility_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub store: StoreConfig,
+    pub sources: Vec<Source>,
+    pub endpoints: Vec<Endpoint>,
+    pub delivery: DeliveryConfig,
+    pub log_format: LogFormat,
+    /// Variables whose `${NAME:-default}` fallback is in use: development
+    /// values that must not reach production.
+    pub defaulted_vars: Vec<String>,
+}
+
+impl Config {
+    pub fn source(&self, name: &str) -> Option<&Source> {
+        self.sources.iter().find(|s| s.name == name)
+    }
+
+    /// Reads and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates `text` with `${…}` taken from the process
+    /// environment; `path` only labels errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        Config::parse_with_env(text, path, &|name| std::env::var(name).ok())
+    }
+
+    /// Parses and validates `text` with `${NAME}` resolved by `lookup`.
+    pub fn parse_with_env(
+        text: &str,
+        path: &Path,
+        lookup: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let parse_error = |message: String| ConfigError::Parse { path: path.to_owned(), message };
+        let mut document = toml::de::DeTable::parse(text).map_err(|e| parse_error(e.to_string()))?;
+        let fallbacks = env::resolve(document.get_mut(), lookup)
+            .map_err(|e| parse_error(format!("TOML parse error {}{}", env::locate(text, &e.span), e.message)))?;
+        let mut raw: raw::RawConfig =
+            raw::RawConfig::deserialize(toml::de::Deserializer::from(document)).map_err(|mut e| {
+                e.set_input(Some(text));
+                parse_error(e.to_string())
+            })?;
+        raw.server.admin_token_defaulted = raw.server.admin_token.as_ref().is_some_and(|t| fallbacks.covers(&t.span()));
+        raw.defaulted_vars = fallbacks.vars;
+        Config::try_from(raw).map_err(|e| ConfigError::Invalid {
+            path: path.to_owned(),
+            key: e.key,
+            message: e.message,
+        })
+    }
+
+    /// A short human summary for `check-config`.
+    pub fn summary(&self) -> String {
+        let mut s = String::new();
+        let store = match &self.store.kind {
+            StoreKind::Embedded { path } => format!("embedded ({})", path.display()),
+            StoreKind::Redis { url, prefix } => format!("redis ({url}, prefix {prefix})"),
+        };
+        s.push_str(&format!(
+            "ingress   {}\nadmin     {}\nstore     {store}, dedupe ttl {}\n",
+            self.server.listen,
+            self.server.admin_listen,
+            humantime::format_duration(self.store.dedupe_ttl)
+        ));
+        for src in &self.sources {
+            s.push_str(&format!(
+                "source    {} ({}) → POST /hooks/{}, {} secret(s){}{}\n",
+                src.name,
+                src.kind.as_str(),
+                src.name,
+                src.secrets.len(),
+                if src.allow_ips.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {} allowed network(s)", src.allow_ips.len())
+                },
+                src.rate_limit.map(|r| format!(", {}/s burst {} per IP", r.per_second, r.burst)).unwrap_or_default()
+            ));
+        }
+        for ep in &self.endpoints {
+            s.push_str(&format!(
+                "endpoint  {} → {} (timeout {}, max in flight {})\n",
+                ep.name,
+                ep.url,
+                humantime::format_duration(ep.timeout),
+                ep.max_in_flight
+            ));
+        }
+        let d = &self.delivery;
+        s.push_str(&format!(
+            "delivery  {} attempts, backoff {} × {} up to {}, jitter ±{}%, visibility timeout {}\n",
+            d.max_attempts,
+            humantime::format_duration(d.initial_backoff),
+            d.multiplier,
+            humantime::format_duration(d.max_backoff),
+            (d.jitter * 100.0).round(),
+            humantime::format_duration(d.visibility_timeout)
+        ));
+        for w in self.warnings() {
+            s.push_str(&format!("WARNING   {w}\n"));
+        }
+        s
+    }
+
+    /// What is valid but dangerous in production: development defaults in
+    /// use, and trusting every address's X-Forwarded-For.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out: Vec<String> =
+            self.defaulted_vars.iter().map(|v| format!("${{{v}}} is not set: using its development default")).collect();
+        if self.server.trusted_proxies.iter().any(|net| net.prefix_len() == 0) {
+            out.push(
+                "server.trusted_proxies contains a catch-all network: any client can choose its address with X-Forwarded-For"
+                    .into(),
+            );
+        }
+        out
+    }
+}
+
+/// `scheme://user:password@host/…` → `scheme://user:***@host/…`.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else { return url.to_owned() };
+    let rest = &url[scheme_end..];
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    match authority.rfind('@') {
+        Some(at) => {
+            let user = authority[..at].split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..scheme_end], &rest[at..])
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// The example configuration shipped with the binary: `serve` without a
+/// config file runs it.
+pub const EXAMPLE: &str = include_str!("../../config.example.toml");
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,290 @@
+use super::validate::event_pattern;
+use super::*;
+
+const BASE: &str = r#"
+[server]
+listen = "127.0.0.1:8080"
+admin_listen = "127.0.0.1:9090"
+
+[[sources]]
+name = "nowpayments"
+kind = "nowpayments"
+secrets = ["s1-0123456789abcdef"]
+"#;
+
+/// The environment every test parses with: only `SET_TOKEN` is set.
+fn env(name: &str) -> Option<String> {
+    (name == "SET_TOKEN").then(|| "a-strong-admin-token-from-env".to_owned())
+}
+
+fn parse_text(text: &str) -> Result<Config, ConfigError> {
+    Config::parse_with_env(text, Path::new("test.toml"), &env)
+}
+
+fn parse(extra: &str) -> Result<Config, ConfigError> {
+    parse_text(&format!("{BASE}{extra}"))
+}
+
+fn err(extra: &str) -> String {
+    parse(extra).expect_err("config should be refused").to_string()
+}
+
+const EP: &str = "\n[[endpoints]]\nname = \"be\"\nurl = \"http://127.0.0.1:3000/x\"\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n";
+
+#[test]
+fn example_config_is_valid() {
+    let cfg = Config::parse(EXAMPLE, Path::new("config.example.toml")).unwrap();
+    assert_eq!(cfg.sources.len(), 2);
+    assert!(!cfg.endpoints.is_empty());
+}
+
+#[test]
+fn minimal_config_gets_defaults() {
+    let cfg = parse("").unwrap();
+    assert_eq!(cfg.server.max_body_bytes, 65536);
+    assert_eq!(cfg.store.dedupe_ttl, Duration::from_secs(30 * 86400));
+    assert_eq!(cfg.delivery.max_attempts, 12);
+    assert!(matches!(cfg.store.kind, StoreKind::Embedded { .. }));
+}
+
+#[test]
+fn interpolates_variables_with_defaults() {
+    let env = |n: &str| (n == "SET").then(|| "value".to_owned());
+    assert_eq!(interpolate("a${SET}b", env).unwrap(), ("avalueb".into(), vec![]));
+    assert_eq!(interpolate("${UNSET:-dev}", env).unwrap(), ("dev".into(), vec!["UNSET".into()]));
+    assert_eq!(interpolate("${UNSET:-}", env).unwrap(), ("".into(), vec!["UNSET".into()]));
+    assert!(interpolate("${UNSET}", env).unwrap_err().contains("UNSET is not set"));
+    assert!(interpolate("${bad name}", env).is_err());
+    assert!(interpolate("${OPEN", env).is_err());
+}
+
+#[test]
+fn missing_variable_names_the_line() {
+    let e = err("\n[[sources]]\nname = \"nova\"\nkind = \"nova\"\nsecrets = [\"${UNSET}\"]\n");
+    assert!(e.contains("UNSET is not set"), "{e}");
+    assert!(e.contains("line 14"), "{e}");
+}
+
+#[test]
+fn records_defaulted_variables() {
+    let cfg =
+        parse("\n[[sources]]\nname = \"nova\"\nkind = \"nova\"\nsecrets = [\"${UNSET:-dev-0123456789abcdef}\"]\n")
+            .unwrap();
+    assert_eq!(cfg.defaulted_vars, vec!["UNSET".to_owned()]);
+    assert_eq!(cfg.sources[1].secrets[0].expose(), b"dev-0123456789abcdef");
+}
+
+#[test]
+fn syntax_errors_name_the_line() {
+    let e = Config::parse("[server]\nlisten = \"127.0.0.1:1\"\nadmin_listen = oops\n", Path::new("c.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("line 3"), "{e}");
+}
+
+#[test]
+fn unknown_keys_are_refused() {
+    let e = err("\n[delivery]\nmax_attempt = 3\n");
+    assert!(e.contains("unknown field `max_attempt`"), "{e}");
+    let e = err(&format!("{EP}colour = \"blue\"\n"));
+    assert!(e.contains("unknown field `colour`"), "{e}");
+}
+
+#[test]
+fn durations_are_human_readable() {
+    let cfg = parse("\n[delivery]\ninitial_backoff = \"1h 30m\"\nmax_backoff = \"2d\"\nvisibility_timeout = \"90s\"\n")
+        .unwrap();
+    assert_eq!(cfg.delivery.initial_backoff, Duration::from_secs(5400));
+    assert_eq!(cfg.delivery.max_backoff, Duration::from_secs(2 * 86400));
+    assert!(err("\n[delivery]\ninitial_backoff = \"soon\"\n").contains("invalid duration \"soon\""));
+}
+
+#[test]
+fn checks_the_previous_signing_secret() {
+    let same = format!("{EP}previous_secret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n");
+    assert!(err(&same).contains("endpoints[0].previous_secret: is the same as secret"), "{}", err(&same));
+    let bad = format!("{EP}previous_secret = \"plain\"\n");
+    assert!(err(&bad).contains("endpoints[0].previous_secret"), "{}", err(&bad));
+    let ok = parse(&format!("{EP}previous_secret = \"whsec_c2Vjb25kLWVuZHBvaW50LXNlY3JldC1rZXktMTIz\"\n")).unwrap();
+    assert!(ok.endpoints[0].previous_signing_key.is_some());
+}
+
+#[test]
+fn refuses_redis_urls_it_cannot_connect_to() {
+    let store = |url: &str| format!("\n[store]\nkind = \"redis\"\nurl = \"{url}\"\n");
+    assert!(
+        err(&store("rediss://redis.internal:6380/0")).contains("store.url: rediss:// (TLS to Redis) is not built in")
+    );
+    assert!(err(&store("http://redis.internal:6379")).contains("store.url: must start with redis://"));
+    for ok in ["redis://127.0.0.1:6379/0", "unix:///run/redis.sock", "redis+unix:///run/redis.sock"] {
+        assert!(parse(&store(ok)).is_ok(), "{ok}");
+    }
+}
+
+#[test]
+fn urls_with_credentials_never_print_their_password() {
+    let text = format!(
+        "\n[store]\nkind = \"redis\"\nurl = \"redis://relay:s3cr3t-redis-pw@redis.internal:6379/0\"\n{}",
+        EP.replace("http://127.0.0.1:3000/x", "https://hook:s3cr3t-http-pw@backend.internal/x")
+    );
+    let cfg = parse(&text).unwrap();
+    let shown = format!("{cfg:?} {} {}", cfg.summary(), cfg.endpoints[0].url);
+    assert!(!shown.contains("s3cr3t"), "{shown}");
+    assert!(shown.contains("redis://relay:***@redis.internal:6379/0"), "{shown}");
+    assert!(shown.contains("https://hook:***@backend.internal/x"), "{shown}");
+    // The clients still get the real thing.
+    let StoreKind::Redis { url, .. } = &cfg.store.kind else { panic!("redis") };
+    assert_eq!(url.expose(), "redis://relay:s3cr3t-redis-pw@redis.internal:6379/0");
+    assert_eq!(cfg.endpoints[0].url.expose().to_string(), "https://hook:s3cr3t-http-pw@backend.internal/x");
+}
+
+#[test]
+fn refuses_two_sources_with_one_name() {
+    let e = err("\n[[sources]]\nname = \"nowpayments\"\nkind = \"nova\"\nsecrets = [\"x-0123456789abcdef\"]\n");
+    assert!(e.contains("sources[1].name: duplicate source name \"nowpayments\""), "{e}");
+}
+
+#[test]
+fn refuses_bad_endpoint_url_and_secret() {
+    let e = err(&EP.replace("http://127.0.0.1:3000/x", "ftp://host/x"));
+    assert!(e.contains("endpoints[0].url"), "{e}");
+    let e = err(&EP.replace("http://127.0.0.1:3000/x", "not a url"));
+    assert!(e.contains("endpoints[0].url"), "{e}");
+    let e = err(&EP.replace("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "plain-secret"));
+    assert!(e.contains("endpoints[0].secret") && e.contains("whsec_"), "{e}");
+    let e = err(&EP.replace("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "whsec_!!!"));
+    assert!(e.contains("not valid base64"), "{e}");
+}
+
+#[test]
+fn refuses_tolerance_longer_than_dedupe_ttl() {
+    let e = err(
+        "\n[store]\ndedupe_ttl = \"1h\"\n\n[[sources]]\nname = \"nova\"\nkind = \"nova\"\nsecrets = [\"x-0123456789abcdef\"]\ntimestamp_tolerance = \"2h\"\n",
+    );
+    assert!(e.contains("sources[1].timestamp_tolerance") && e.contains("dedupe_ttl"), "{e}");
+}
+
+#[test]
+fn refuses_tolerance_more_than_half_the_dedupe_ttl() {
+    let e = err(
+        "\n[store]\ndedupe_ttl = \"1h\"\n\n[[sources]]\nname = \"nova\"\nkind = \"nova\"\nsecrets = [\"x-0123456789abcdef\"]\ntimestamp_tolerance = \"31m\"\n",
+    );
+    assert!(e.contains("sources[1].timestamp_tolerance"), "{e}");
+    assert!(parse("\n[store]\ndedupe_ttl = \"1h\"\n\n[[sources]]\nname = \"nova\"\nkind = \"nova\"\nsecrets = [\"x-0123456789abcdef\"]\ntimestamp_tolerance = \"30m\"\n").is_ok());
+}
+
+#[test]
+fn summary_hides_credentials_and_warns_about_catch_all_proxies() {
+    let cfg = parse(&EP.replace("http://127.0.0.1:3000/x", "https://user:hunter2@backend.internal/hooks@v1")).unwrap();
+    let summary = cfg.summary();
+    assert!(!summary.contains("hunter2"), "{summary}");
+    assert!(summary.contains("https://user:***@backend.internal/hooks@v1"), "{summary}");
+    let text = BASE.replace("[server]\n", "[server]\ntrusted_proxies = [\"0.0.0.0/0\"]\n");
+    let cfg = Config::parse(&text, Path::new("c.toml")).unwrap();
+    assert!(cfg.summary().contains("catch-all"), "{}", cfg.summary());
+}
+
+#[test]
+fn zero_tolerance_disables_the_check() {
+    let cfg =
+        parse("\n[[sources]]\nname = \"nova\"\nkind = \"nova\"\nsecrets = [\"x-0123456789abcdef\"]\ntimestamp_tolerance = \"0s\"\n")
+            .unwrap();
+    assert_eq!(cfg.sources[1].timestamp_tolerance, None);
+}
+
+#[test]
+fn refuses_public_admin_listener_without_token() {
+    let text = BASE.replace("admin_listen = \"127.0.0.1:9090\"", "admin_listen = \"0.0.0.0:9090\"");
+    let e = Config::parse(&text, Path::new("c.toml")).unwrap_err().to_string();
+    assert!(e.contains("server.admin_token"), "{e}");
+    let with_token = text.replace("[server]\n", "[server]\nadmin_token = \"t0ken-t0ken-t0ken\"\n");
+    assert!(Config::parse(&with_token, Path::new("c.toml")).is_ok());
+}
+
+#[test]
+fn refuses_weak_secrets_and_weak_public_admin_tokens() {
+    let source = |secrets: &str| format!("\n[[sources]]\nname = \"nova\"\nkind = \"nova\"\nsecrets = {secrets}\n");
+    for (secrets, says) in [
+        (r#"[" "]"#, "secrets[0]: is only whitespace"),
+        (r#"["a"]"#, "secrets[0]: is 1 bytes without surrounding whitespace; at least 16"),
+        (r#"["a               "]"#, "secrets[0]: is 1 bytes"),
+        (r#"["long-enough-secret-1", ""]"#, "secrets[1]: is empty"),
+        (r#"["               \t  "]"#, "secrets[0]: is only whitespace"),
+    ] {
+        let e = err(&source(secrets));
+        assert!(e.contains(says), "{secrets}: {e}");
+        assert!(!e.contains("long-enough"), "the error must not quote a secret: {e}");
+    }
+    assert!(parse(&source(r#"["0123456789abcdef"]"#)).is_ok(), "16 bytes is enough");
+
+    let public = BASE.replace("admin_listen = \"127.0.0.1:9090\"", "admin_listen = \"0.0.0.0:9090\"");
+    let with = |base: &str, token: &str| {
+        parse_text(&base.replace("[server]\n", &format!("[server]\nadmin_token = \"{token}\"\n")))
+            .map_err(|e| e.to_string())
+    };
+    let e = with(&public, "x").unwrap_err();
+    assert!(e.contains("server.admin_token: is 1 bytes") && e.contains("0.0.0.0:9090"), "{e}");
+    assert!(with(&public, "   ").unwrap_err().contains("only whitespace"));
+    let e = with(&public, "${UNSET:-dev-admin-token-long-enough}").unwrap_err();
+    assert!(e.contains("development fallback"), "{e}");
+    assert!(with(&public, "a-strong-admin-token-0123").is_ok());
+    // Set in the environment: the variable, not a fallback, is in use.
+    let cfg = with(&public, "${SET_TOKEN:-dev-admin-token-long-enough}").unwrap();
+    assert_eq!(cfg.server.admin_token.unwrap().expose(), b"a-strong-admin-token-from-env");
+    assert!(cfg.defaulted_vars.is_empty());
+    // A fallback elsewhere in the file does not taint the token.
+    let elsewhere = public.replace("s1-0123456789abcdef", "${UNSET:-s1-0123456789abcdef}");
+    let cfg = with(&elsewhere, "${SET_TOKEN}").unwrap();
+    assert_eq!(cfg.defaulted_vars, vec!["UNSET".to_owned()]);
+    // On loopback only this machine can reach it: short is allowed,
+    // whitespace never.
+    assert!(with(BASE, "x").is_ok());
+    assert!(with(BASE, "${UNSET:-dev-admin-token}").is_ok());
+    assert!(with(BASE, " ").unwrap_err().contains("only whitespace"));
+}
+
+#[test]
+fn refuses_visibility_timeout_not_above_endpoint_timeout() {
+    let e = err(&format!("{EP}timeout = \"60s\"\n"));
+    assert!(e.contains("delivery.visibility_timeout"), "{e}");
+    let e = err(&format!("{EP}timeout = \"59800ms\"\n"));
+    assert!(e.contains("by at least 500ms"), "{e}");
+    assert!(parse(&format!("{EP}timeout = \"59500ms\"\n")).is_ok());
+    // Found by the config fuzz target: this overflowed and panicked.
+    let e = err(&format!("{EP}timeout = \"18446744073709551615s\"\n"));
+    assert!(e.contains("longer than 100 years"), "{e}");
+    assert!(err(&format!("{EP}timeout = \"101years\"\n")).contains("longer than 100 years"));
+}
+
+#[test]
+fn refuses_bad_patterns_cidrs_and_source_filters() {
+    assert!(err(&format!("{EP}events = [\"deposit*\"]\n")).contains("endpoints[0].events"));
+    assert!(err(&format!("{EP}sources = [\"nope\"]\n")).contains("no source is named \"nope\""));
+    assert!(
+        err("\n[[sources]]\nname = \"x\"\nkind = \"nova\"\nsecrets = [\"x-0123456789abcdef\"]\nallow_ips = [\"10.0.0.0/33\"]\n")
+            .contains("invalid CIDR")
+    );
+    assert!(
+        err("\n[[sources]]\nname = \"Bad Name\"\nkind = \"nova\"\nsecrets = [\"x-0123456789abcdef\"]\n")
+            .contains("sources[1].name")
+    );
+}
+
+#[test]
+fn event_patterns_match_types() {
+    let p = |s| event_pattern("k", s).unwrap();
+    assert!(p("*").matches("deposit.confirmed"));
+    assert!(p("deposit.*").matches("deposit.confirmed"));
+    assert!(!p("deposit.*").matches("deposits.confirmed"));
+    assert!(!p("deposit.*").matches("payout.failed"));
+    assert!(p("payout.failed").matches("payout.failed"));
+    assert!(!p("payout.failed").matches("payout.failed2"));
+    assert!(p("unknown").matches("unknown"));
+}
+
+#[test]
+fn secrets_do_not_show_in_debug() {
+    let cfg = parse(EP).unwrap();
+    let dbg = format!("{cfg:?}");
+    assert!(!dbg.contains("\"s1\""), "{dbg}");
+}
