@@ -288,3 +288,17 @@ fn secrets_do_not_show_in_debug() {
     let dbg = format!("{cfg:?}");
     assert!(!dbg.contains("\"s1\""), "{dbg}");
 }
+
+#[test]
+fn every_string_value_is_resolved_whatever_it_becomes() {
+    let cfg = parse(
+        "\n[[sources]]\nname = \"${UNSET:-nova}\"\nkind = \"${UNSET:-nova}\"\nsecrets = [\"0123456789abcdef\"]\ntimestamp_tolerance = \"${UNSET:-2m}\"\n[log]\nformat = \"${UNSET:-json}\"\n",
+    )
+    .unwrap();
+    assert_eq!(cfg.sources[1].name, "nova");
+    assert_eq!(cfg.sources[1].kind, ProviderKind::Nova);
+    assert_eq!(cfg.sources[1].timestamp_tolerance, Some(Duration::from_secs(120)));
+    assert_eq!(cfg.log_format, LogFormat::Json);
+    // Keys are never resolved.
+    assert!(err("\n[delivery]\n\"${UNSET:-max_attempts}\" = 3\n").contains("unknown field"));
+}
