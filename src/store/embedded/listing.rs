@@ -5,6 +5,8 @@
 
 use redb::ReadTransaction;
 
+use crate::http::Chain;
+
 use super::super::{Delivery, DeliveryFilter, DeliveryState, LIST_SCAN_LIMIT, Page, StoreError};
 use super::codec::{decode_delivery, unavailable};
 use super::tables::{BY_STATE, DELIVERIES, OPEN, in_by_state};
@@ -73,7 +75,7 @@ pub(super) fn page(
         let mut d = match decode_delivery(&id, v.value()) {
             Ok(d) => d,
             Err(e) => {
-                tracing::error!(error = %e, "unreadable delivery record left out of a listing");
+                tracing::error!(error = %Chain(&e), "unreadable delivery record left out of a listing");
                 continue;
             }
         };

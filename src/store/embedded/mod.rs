@@ -55,8 +55,8 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Admission, Attempt, Claim, Counts, Delivery, DeliveryFilter, DeliveryState, DiscardCount, Millis, NewDelivery,
-    NewEvent, Next, Page, Reconciled, ReplayCount, ReplayJob, Store, StoreError, StoredEvent,
+    Admission, Attempt, Claim, Context, Counts, Delivery, DeliveryFilter, DeliveryState, DiscardCount, Millis,
+    NewDelivery, NewEvent, Next, Page, Reconciled, ReplayCount, ReplayJob, Store, StoreError, StoredEvent,
 };
 use codec::{IndexRecord, corrupt, decode_delivery, unavailable};
 use tables::*;
@@ -86,7 +86,8 @@ impl EmbeddedStore {
     /// Opens (or creates) the database at `path`, creating its directory.
     pub fn open(path: &Path) -> Result<EmbeddedStore, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| unavailable(format!("cannot create {}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| unavailable(Context::new(format!("cannot create {}", dir.display()), e)))?;
         }
         let file = path.to_owned();
         EmbeddedStore::with_opener(path.display().to_string(), move || open_db(&file))
@@ -115,7 +116,7 @@ impl EmbeddedStore {
         let handle = std::thread::Builder::new()
             .name("redb-writer".into())
             .spawn(move || writer.run())
-            .map_err(|e| unavailable(format!("cannot start the writer thread: {e}")))?;
+            .map_err(|e| unavailable(Context::new("cannot start the writer thread", e)))?;
         Ok(EmbeddedStore {
             ops: tx,
             db: slot,
@@ -160,7 +161,7 @@ impl EmbeddedStore {
             f(&txn)
         })
         .await
-        .map_err(|e| unavailable(format!("read task failed: {e}")))?
+        .map_err(|e| unavailable(Context::new("read task failed", e)))?
     }
 }
 
@@ -168,7 +169,7 @@ fn open_db(path: &Path) -> Result<Database, StoreError> {
     let db = Database::builder()
         .set_cache_size(CACHE_BYTES)
         .create(path)
-        .map_err(|e| unavailable(format!("cannot open {}: {e}", path.display())))?;
+        .map_err(|e| unavailable(Context::new(format!("cannot open {}", path.display()), e)))?;
     init_tables(db)
 }
 

@@ -8,7 +8,7 @@ use redis::Script;
 use redis::aio::ConnectionManager;
 
 use super::scripts::invoke_raw;
-use super::{Millis, StoreError, unavailable};
+use super::{Millis, StoreError, corrupt, unavailable};
 
 /// Most finishes one `FINISH_MANY` call records.
 pub(super) const FINISH_BATCH: usize = 256;
@@ -93,23 +93,25 @@ fn reply(keys: &str, batch: Vec<PendingFinish>, results: redis::RedisResult<Vec<
                 let result = match r {
                     1 => Ok(true),
                     0 => Ok(false),
-                    _ => Err(StoreError::Corrupt {
-                        key: format!("{keys}dlv:{}", f.id),
-                        message: "the delivery record, the attempt or one of the delivery's keys is unreadable".into(),
-                    }),
+                    _ => Err(corrupt(
+                        &format!("{keys}dlv:{}", f.id),
+                        "the delivery record, the attempt or one of the delivery's keys is unreadable",
+                    )),
                 };
                 let _ = f.reply.send(result);
             }
         }
         Ok(results) => {
-            let message = format!("finish script returned {} results for {} finishes", results.len(), batch.len());
+            let e =
+                unavailable(format!("finish script returned {} results for {} finishes", results.len(), batch.len()));
             for f in batch {
-                let _ = f.reply.send(Err(StoreError::Unavailable(message.clone())));
+                let _ = f.reply.send(Err(e.clone()));
             }
         }
         Err(e) => {
+            let e = unavailable(e);
             for f in batch {
-                let _ = f.reply.send(Err(unavailable(&e)));
+                let _ = f.reply.send(Err(e.clone()));
             }
         }
     }

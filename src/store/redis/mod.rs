@@ -51,6 +51,8 @@ use async_trait::async_trait;
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 
+use crate::http::Chain;
+
 mod connect;
 mod finishes;
 mod scripts;
@@ -112,7 +114,7 @@ impl RedisStore {
             .filter_map(|(r, id)| match decode(id, &r?) {
                 Ok(d) => Some(d),
                 Err(e) => {
-                    tracing::error!(error = %e, "unreadable delivery record left out");
+                    tracing::error!(error = %Chain(&e), "unreadable delivery record left out");
                     None
                 }
             })
@@ -209,7 +211,7 @@ impl Store for RedisStore {
                 match decode::<Delivery>("claimed delivery", &text) {
                     Ok(delivery) => Some(Claim { delivery, event_json: pair.get(1).cloned().unwrap_or_default() }),
                     Err(e) => {
-                        tracing::error!(error = %e, "unreadable delivery record skipped");
+                        tracing::error!(error = %Chain(&e), "unreadable delivery record skipped");
                         None
                     }
                 }
@@ -343,7 +345,7 @@ impl Store for RedisStore {
                 Ok(Some(job)) if !job.finished => jobs.push(job),
                 Ok(_) => {}
                 Err(e @ StoreError::Corrupt { .. }) => {
-                    tracing::error!(job = %id, error = %e, "unreadable replay job skipped")
+                    tracing::error!(job = %id, error = %Chain(&e), "unreadable replay job skipped")
                 }
                 Err(e) => return Err(e),
             }

@@ -2,6 +2,7 @@
 
 use redb::ReadableTable;
 
+use crate::http::Chain;
 use crate::store::{Admission, Delivery, Millis, NewDelivery, NewEvent, StoreError};
 
 use super::super::codec::{IndexRecord, unavailable};
@@ -65,7 +66,7 @@ impl Tables<'_> {
                 }
                 Ok(_) => {}
                 Err(e @ StoreError::Corrupt { .. }) => {
-                    tracing::error!(event_id = %id, error = %e, "unreadable event index record left as it is");
+                    tracing::error!(event_id = %id, error = %Chain(&e), "unreadable event index record left as it is");
                 }
                 Err(e) => return Err(e),
             }

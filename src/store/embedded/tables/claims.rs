@@ -2,6 +2,7 @@
 
 use redb::ReadableTable;
 
+use crate::http::Chain;
 use crate::store::{Attempt, Claim, DeliveryState, Millis, Next, StoreError};
 
 use super::super::codec::{corrupt, encode, unavailable};
@@ -40,7 +41,7 @@ impl Tables<'_> {
                 // for inspection.
                 gone @ (Ok(None) | Err(StoreError::Corrupt { .. })) => {
                     if let Err(e) = gone {
-                        tracing::error!(delivery_id = %id, error = %e, "unreadable delivery record removed from the schedule");
+                        tracing::error!(delivery_id = %id, error = %Chain(&e), "unreadable delivery record removed from the schedule");
                     }
                     self.due.remove((endpoint, at, id.as_str())).map_err(unavailable)?;
                     if self.open.remove(id.as_str()).map_err(unavailable)?.is_some() {
@@ -65,11 +66,11 @@ impl Tables<'_> {
                 Err(e @ StoreError::Corrupt { .. }) => {
                     // Nothing can be delivered: dead, with the reason, so an
                     // operator sees it instead of a silent loop.
-                    tracing::error!(delivery_id = %id, error = %e, "delivery's event is unreadable; marking it dead");
+                    tracing::error!(delivery_id = %id, error = %Chain(&e), "delivery's event is unreadable; marking it dead");
                     let mut d = old.clone();
                     d.state = DeliveryState::Dead;
                     d.next_attempt_at = None;
-                    d.last_error = Some(e.to_string());
+                    d.last_error = Some(Chain(&e).to_string());
                     d.updated_at = now;
                     self.put_delivery(Some(&old), &d)?;
                     claims.live.remove(&id);

@@ -21,6 +21,8 @@ mod replay;
 
 use redb::{Database, Durability, ReadableTable, Table, TableDefinition, WriteTransaction};
 
+use crate::http::Chain;
+
 use super::super::{Delivery, DeliveryState, StoreError};
 use super::codec::{IndexRecord, corrupt, decode_delivery, encode, unavailable};
 
@@ -172,7 +174,7 @@ impl<'txn> Tables<'txn> {
             Ok(Some(d)) => Ok(Named::Found(d)),
             Ok(None) => Ok(Named::Missing),
             Err(e @ StoreError::Corrupt { .. }) => {
-                tracing::error!(delivery_id = %id, error = %e, "unreadable delivery record {then}");
+                tracing::error!(delivery_id = %id, error = %Chain(&e), "unreadable delivery record {then}");
                 Ok(Named::Unreadable)
             }
             Err(e) => Err(e),
