@@ -75,12 +75,12 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
         match e {
             StoreError::Unavailable(_) => {
-                tracing::warn!(error = %e, "admin request failed: store unavailable");
+                tracing::warn!(error = %crate::http::Chain(&e), "admin request failed: store unavailable");
                 ApiError(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the store is unavailable; try again".into())
             }
             StoreError::Corrupt { .. } => {
-                tracing::error!(error = %e, "admin request met a corrupt record");
-                ApiError(StatusCode::INTERNAL_SERVER_ERROR, "corrupt_record", e.to_string())
+                tracing::error!(error = %crate::http::Chain(&e), "admin request met a corrupt record");
+                ApiError(StatusCode::INTERNAL_SERVER_ERROR, "corrupt_record", crate::http::Chain(&e).to_string())
             }
         }
     }
@@ -114,7 +114,7 @@ impl Admin {
             (&Method::GET, "/readyz") => match tokio::time::timeout(READY_TIMEOUT, self.store.ping()).await {
                 Ok(Ok(())) => json_response(StatusCode::OK, &json!({"status": "ready"})),
                 Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "not ready");
+                    tracing::warn!(error = %crate::http::Chain(&e), "not ready");
                     json_response(StatusCode::SERVICE_UNAVAILABLE, &json!({"status": "unavailable"}))
                 }
                 Err(_) => json_response(StatusCode::SERVICE_UNAVAILABLE, &json!({"status": "unavailable"})),
@@ -188,8 +188,7 @@ impl Admin {
 
     async fn event(&self, id: &str) -> Answer {
         let event = self.store.event(id).await?.ok_or_else(|| ApiError::not_found(format!("no event {id}")))?;
-        let body: Value = serde_json::from_slice(&event.json)
-            .map_err(|e| StoreError::Corrupt { key: id.to_owned(), message: e.to_string() })?;
+        let body: Value = serde_json::from_slice(&event.json).map_err(|e| crate::store::corrupt(id, e))?;
         let deliveries: Vec<Value> = self.store.event_deliveries(id).await?.iter().map(delivery_view).collect();
         Ok((StatusCode::OK, json!({"event": body, "deliveries": deliveries})))
     }

@@ -84,7 +84,7 @@ pub fn main() -> std::process::ExitCode {
     match run(Cli::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", crate::http::Chain(e.as_ref()));
             // Operator commands tell a bad request, a wrong token and an
             // unknown id apart; everything else is 1.
             std::process::ExitCode::from(e.downcast_ref::<ClientError>().map_or(1, ClientError::exit_code))

@@ -26,6 +26,7 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::config::{Config, DeliveryConfig, Endpoint};
+use crate::http::Chain;
 use crate::metrics::Metrics;
 use crate::retry::{self, Outcome};
 use crate::shutdown::stopped;
@@ -174,7 +175,7 @@ async fn endpoint_loop(
                 c
             }
             Err(e) => {
-                tracing::warn!(endpoint = %name, error = %e, "claiming deliveries failed; retrying shortly");
+                tracing::warn!(endpoint = %name, error = %Chain(&e), "claiming deliveries failed; retrying shortly");
                 drop(first);
                 tokio::select! {
                     _ = tokio::time::sleep(STORE_BACKOFF) => {}
@@ -239,7 +240,7 @@ async fn release(shared: &Shared, claim: &Claim) {
         Ok(_) => tracing::info!(delivery_id = %d.id, "claim released at shutdown"),
         // The visibility timeout returns it anyway.
         Err(e) => {
-            tracing::warn!(delivery_id = %d.id, error = %e, "could not release claim; it returns after the visibility timeout")
+            tracing::warn!(delivery_id = %d.id, error = %Chain(&e), "could not release claim; it returns after the visibility timeout")
         }
     }
 }
@@ -363,7 +364,7 @@ async fn finish(shared: &Shared, claim: &Claim, attempt: Attempt, next: Next) {
                 tracing::warn!(delivery_id = %d.id, "claim was taken over before the attempt was recorded");
                 return;
             }
-            Err(e) => tracing::warn!(delivery_id = %d.id, error = %e, "recording the attempt failed"),
+            Err(e) => tracing::warn!(delivery_id = %d.id, error = %Chain(&e), "recording the attempt failed"),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! HTTP pieces both listeners and both clients share: JSON answers, the
-//! error body, reading a request body within limits, the TLS provider and
-//! the outgoing client.
+//! error body, reading a request body within limits, the TLS provider, the
+//! outgoing client, and the two ways an error's chain of causes is told
+//! (its root cause, or the whole chain on one line).
 //!
 //! Every error the relay answers, on ingress and on the admin API, has one
 //! shape, `{"error":{"code","message"}}`: a machine-readable `code` and a
@@ -77,6 +78,29 @@ pub fn root_cause<'a>(e: &'a (dyn std::error::Error + 'static)) -> &'a (dyn std:
     root
 }
 
+/// An error and its causes on one line, "outer: inner: root", as logs,
+/// answers and messages show it. A cause whose text ends its wrapper's text
+/// is not said again: some wrappers (redis's, for one) print their cause as
+/// their own text and also return it as their source.
+pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut said = self.0.to_string();
+        f.write_str(&said)?;
+        let mut next = self.0.source();
+        while let Some(cause) = next {
+            let text = cause.to_string();
+            if !said.ends_with(&text) {
+                write!(f, ": {text}")?;
+            }
+            said = text;
+            next = cause.source();
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,4 +132,18 @@ mod tests {
     #[derive(Debug, thiserror::Error)]
     #[error("wrapped")]
     struct Wrapped(#[source] std::io::Error);
+
+    #[test]
+    fn a_chain_says_every_cause_once() {
+        let refused = || std::io::Error::other("Connection refused");
+        assert_eq!(Chain(&Wrapped(refused())).to_string(), "wrapped: Connection refused");
+        // A wrapper that prints its cause as its own text, as redis's does,
+        // and returns it as its source too.
+        assert_eq!(Chain(&Loud(refused())).to_string(), "Connection refused");
+        assert_eq!(Chain(&refused()).to_string(), "Connection refused");
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("{0}")]
+    struct Loud(#[source] std::io::Error);
 }

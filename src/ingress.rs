@@ -26,7 +26,7 @@ use tracing::Instrument;
 
 use crate::config::{Config, RateLimit, Source};
 use crate::event::Event;
-use crate::http::{BodyError, error_response, read_body};
+use crate::http::{BodyError, Chain, error_response, read_body};
 use crate::metrics::{IngressOutcome, Metrics};
 use crate::providers::{self, ProviderError};
 use crate::store::{Admission, NewDelivery, NewEvent, Store, new_delivery_id};
@@ -327,7 +327,7 @@ impl Ingress {
                 Ok((admission, id))
             }
             Ok(Err(e)) => {
-                tracing::error!(source = %source.name, event_id = %id, error = %e, "admission failed");
+                tracing::error!(source = %source.name, event_id = %id, error = %Chain(&e), "admission failed");
                 Err(IngressError::Unavailable)
             }
             Err(_) => {

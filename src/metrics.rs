@@ -20,6 +20,7 @@ use prometheus::{
 use tokio::sync::Mutex;
 
 use crate::config::Config;
+use crate::http::Chain;
 use crate::store::{DeliveryState, Next, Store, now_millis};
 
 /// How a callback was answered, as `ipn_relay_ingress_requests_total`
@@ -309,7 +310,7 @@ impl Metrics {
             // Readiness is the write check alone: a slow read leaves the
             // gauges stale, not the store "not ready".
             Ok(Ok(())) => *refreshed = Some(Instant::now()),
-            Ok(Err(e)) => tracing::warn!(error = %e, "metrics: could not read delivery gauges from the store"),
+            Ok(Err(e)) => tracing::warn!(error = %Chain(&e), "metrics: could not read delivery gauges from the store"),
             Err(_) => tracing::warn!("metrics: the store did not answer in time; delivery gauges are stale"),
         }
     }

@@ -16,6 +16,7 @@
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
+use crate::http::Chain;
 use crate::metrics::Metrics;
 use crate::store::{DeliveryFilter, Millis, ReplayJob, Store, StoreError, now_millis};
 
@@ -141,7 +142,7 @@ pub fn spawn(
         let id = job.id.clone();
         let result = run(store.as_ref(), job, BATCH, &endpoints, &metrics).await;
         if let Err(e) = &result {
-            tracing::warn!(job = %id, error = %e, "replay job stopped; it will be resumed");
+            tracing::warn!(job = %id, error = %Chain(e), "replay job stopped; it will be resumed");
         }
         result
     })

@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use crate::admin::Admin;
 use crate::config::Config;
 use crate::delivery;
+use crate::http::Chain;
 use crate::ingress::Ingress;
 use crate::listener::{Limits, serve};
 use crate::metrics::Metrics;
@@ -199,7 +200,7 @@ async fn reconcile(store: &dyn Store, endpoints: &[String], orphan_others: bool)
             true
         }
         Err(e) => {
-            tracing::warn!(error = %e, "could not check deliveries against the configured endpoints; will retry");
+            tracing::warn!(error = %Chain(&e), "could not check deliveries against the configured endpoints; will retry");
             false
         }
     }
@@ -238,7 +239,7 @@ async fn housekeeping(
             Ok(_) => clock_unreadable = false,
             Err(e) if !clock_unreadable => {
                 clock_unreadable = true;
-                tracing::warn!(error = %e, "could not read the store's clock to check this relay's against it (a Redis user needs the TIME command)");
+                tracing::warn!(error = %Chain(&e), "could not read the store's clock to check this relay's against it (a Redis user needs the TIME command)");
             }
             Err(_) => {}
         }
@@ -252,7 +253,7 @@ async fn housekeeping(
         match replay::resume(store.clone(), &running, stale_after, &endpoints.names, &metrics).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(jobs = n, "replay jobs resumed"),
-            Err(e) => tracing::warn!(error = %e, "could not look for unfinished replay jobs; will retry"),
+            Err(e) => tracing::warn!(error = %Chain(&e), "could not look for unfinished replay jobs; will retry"),
         }
         stale_after = replay::STALE_AFTER_MS;
         // Sweep in chunks until nothing expired is left.
@@ -261,7 +262,7 @@ async fn housekeeping(
                 Ok(0) => break,
                 Ok(n) => tracing::debug!(removed = n, "expired dedupe keys swept"),
                 Err(e) => {
-                    tracing::warn!(error = %e, "dedupe sweep failed; will retry");
+                    tracing::warn!(error = %Chain(&e), "dedupe sweep failed; will retry");
                     break;
                 }
             }

@@ -13,7 +13,11 @@
 //! Times are unix milliseconds.
 
 pub mod embedded;
+mod error;
 pub mod redis;
+
+pub use error::{Cause, StoreError};
+pub(crate) use error::{Context, corrupt, unavailable};
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -31,27 +35,6 @@ pub const CLOCK_OFFSET_WARN_MS: i64 = 100;
 
 pub fn now_millis() -> Millis {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as Millis).unwrap_or(0)
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// The store cannot be reached or written: ingress answers 503 and the
-    /// caller may retry later. Nothing was admitted.
-    #[error("store unavailable: {0}")]
-    Unavailable(String),
-    /// A stored record could not be read back.
-    #[error("corrupt record {key}: {message}")]
-    Corrupt { key: String, message: String },
-}
-
-/// The store could not be reached or written, because of `e`.
-pub(crate) fn unavailable(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable(e.to_string())
-}
-
-/// The record at `key` could not be read back, because of `e`.
-pub(crate) fn corrupt(key: &str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt { key: key.to_owned(), message: e.to_string() }
 }
 
 /// An event to admit: its id (derived from source + dedupe key), what the

@@ -5,15 +5,6 @@ use super::super::{Delivery, Millis, StoreError};
 
 pub(super) use super::super::{corrupt, unavailable};
 
-impl Clone for StoreError {
-    fn clone(&self) -> Self {
-        match self {
-            StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
-            StoreError::Corrupt { key, message } => StoreError::Corrupt { key: key.clone(), message: message.clone() },
-        }
-    }
-}
-
 pub(super) fn decode_delivery(id: &str, bytes: &[u8]) -> Result<Delivery, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| corrupt(id, e))
 }

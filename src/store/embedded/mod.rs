@@ -35,8 +35,14 @@
 //! it so that claimed deliveries show as `in_flight`. A claim that dies with
 //! the process leaves its delivery `pending` on disk, claimed again as soon
 //! as the relay restarts. Only the attempt's outcome is written, once.
+//!
+//! This file holds the store's handle and its [`Store`] implementation;
+//! `writer.rs` the writer thread, `tables/` the tables and every change to
+//! them, `listing.rs` the listing of deliveries, `codec.rs` how records are
+//! encoded.
 
 mod codec;
+mod listing;
 mod tables;
 mod writer;
 
@@ -49,7 +55,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Admission, Attempt, Claim, Counts, Delivery, DeliveryFilter, DeliveryState, DiscardCount, LIST_SCAN_LIMIT, Millis,
+    Admission, Attempt, Claim, Context, Counts, Delivery, DeliveryFilter, DeliveryState, DiscardCount, Millis,
     NewDelivery, NewEvent, Next, Page, Reconciled, ReplayCount, ReplayJob, Store, StoreError, StoredEvent,
 };
 use codec::{IndexRecord, corrupt, decode_delivery, unavailable};
@@ -80,7 +86,8 @@ impl EmbeddedStore {
     /// Opens (or creates) the database at `path`, creating its directory.
     pub fn open(path: &Path) -> Result<EmbeddedStore, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| unavailable(format!("cannot create {}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| unavailable(Context::new(format!("cannot create {}", dir.display()), e)))?;
         }
         let file = path.to_owned();
         EmbeddedStore::with_opener(path.display().to_string(), move || open_db(&file))
@@ -109,7 +116,7 @@ impl EmbeddedStore {
         let handle = std::thread::Builder::new()
             .name("redb-writer".into())
             .spawn(move || writer.run())
-            .map_err(|e| unavailable(format!("cannot start the writer thread: {e}")))?;
+            .map_err(|e| unavailable(Context::new("cannot start the writer thread", e)))?;
         Ok(EmbeddedStore {
             ops: tx,
             db: slot,
@@ -154,7 +161,7 @@ impl EmbeddedStore {
             f(&txn)
         })
         .await
-        .map_err(|e| unavailable(format!("read task failed: {e}")))?
+        .map_err(|e| unavailable(Context::new("read task failed", e)))?
     }
 }
 
@@ -162,7 +169,7 @@ fn open_db(path: &Path) -> Result<Database, StoreError> {
     let db = Database::builder()
         .set_cache_size(CACHE_BYTES)
         .create(path)
-        .map_err(|e| unavailable(format!("cannot open {}: {e}", path.display())))?;
+        .map_err(|e| unavailable(Context::new(format!("cannot open {}", path.display()), e)))?;
     init_tables(db)
 }
 
@@ -270,79 +277,7 @@ impl Store for EmbeddedStore {
         let filter = filter.clone();
         let cursor = cursor.map(str::to_owned);
         let claims = self.claims.clone();
-        self.read(move |txn| {
-            let table = txn.open_table(DELIVERIES).map_err(unavailable)?;
-            let open = txn.open_table(OPEN).map_err(unavailable)?;
-            let by_state = txn.open_table(BY_STATE).map_err(unavailable)?;
-            // Ids begin with their creation time, so the time window bounds
-            // the scan; the cursor is the last id already returned.
-            let lower = filter.since.map(|t| format!("dlv_{t:012x}")).unwrap_or_default();
-            let mut upper = filter.until.map(|t| format!("dlv_{t:012x}")).unwrap_or_else(|| "\u{10ffff}".into());
-            if let Some(c) = cursor.filter(|c| *c < upper) {
-                upper = c;
-            }
-            let range = lower.as_str()..upper.as_str();
-            // Pending and in-flight deliveries are the few in the open index:
-            // scan it rather than every delivery ever made.
-            // So are dead and orphaned ones, in theirs.
-            let ids: Box<dyn Iterator<Item = Result<String, StoreError>>> = match filter.state {
-                Some(DeliveryState::Pending | DeliveryState::InFlight) => Box::new(
-                    open.range(range)
-                        .map_err(unavailable)?
-                        .rev()
-                        .map(|e| e.map(|(k, _)| k.value().to_owned()).map_err(unavailable)),
-                ),
-                Some(state) if in_by_state(state) => Box::new(
-                    by_state
-                        .range((state.as_str(), range.start)..(state.as_str(), range.end))
-                        .map_err(unavailable)?
-                        .rev()
-                        .map(|e| e.map(|(k, _)| k.value().1.to_owned()).map_err(unavailable)),
-                ),
-                _ => Box::new(
-                    table
-                        .range(range)
-                        .map_err(unavailable)?
-                        .rev()
-                        .map(|e| e.map(|(k, _)| k.value().to_owned()).map_err(unavailable)),
-                ),
-            };
-            let mut items = Vec::new();
-            let mut next_cursor = None;
-            let mut last_examined: Option<String> = None;
-            for (examined, id) in ids.enumerate() {
-                let id = id?;
-                if examined == LIST_SCAN_LIMIT {
-                    next_cursor = last_examined;
-                    break;
-                }
-                last_examined = Some(id.clone());
-                let Some(v) = table.get(id.as_str()).map_err(unavailable)? else {
-                    tracing::error!(delivery_id = %id, "the open index names a delivery with no record");
-                    continue;
-                };
-                // One unreadable record must not make a whole page (or a
-                // bulk replay over it) fail: skip it, loudly.
-                let mut d = match decode_delivery(&id, v.value()) {
-                    Ok(d) => d,
-                    Err(e) => {
-                        tracing::error!(error = %e, "unreadable delivery record left out of a listing");
-                        continue;
-                    }
-                };
-                claims.lock().map_err(|_| unavailable("lock poisoned"))?.overlay(&mut d);
-                if !filter.matches(&d) {
-                    continue;
-                }
-                if items.len() == limit {
-                    next_cursor = items.last().map(|d: &Delivery| d.id.clone());
-                    break;
-                }
-                items.push(d);
-            }
-            Ok(Page { items, next_cursor })
-        })
-        .await
+        self.read(move |txn| listing::page(txn, &claims, &filter, cursor, limit)).await
     }
 
     async fn replay(&self, ids: &[String], include_delivered: bool, now: Millis) -> Result<ReplayCount, StoreError> {

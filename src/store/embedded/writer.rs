@@ -14,6 +14,8 @@ use std::sync::{Arc, RwLock};
 use redb::{Database, Durability};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::http::Chain;
+
 use super::super::{
     Admission, Attempt, Claim, Delivery, DeliveryState, DiscardCount, Millis, NewDelivery, NewEvent, Next, Reconciled,
     ReplayCount, ReplayJob, StoreError,
@@ -210,7 +212,7 @@ impl Writer {
             }
             Err((e, answers)) => {
                 self.failing.fetch_max(need, Ordering::Relaxed);
-                tracing::error!(error = %e, "embedded store write failed; answering unavailable");
+                tracing::error!(error = %Chain(&e), "embedded store write failed; answering unavailable");
                 if matches!(e, StoreError::Unavailable(_)) {
                     // Drop our handle so the next batch reopens the file.
                     if let Ok(mut slot) = self.db.write() {

@@ -42,13 +42,22 @@
 //! Scripts edit delivery records with Redis's `cjson`, which prints numbers
 //! with 14 significant digits: exact for millisecond times until the year
 //! 2286, and for every counter here.
+//!
+//! This file holds the [`Store`] implementation; [`connect`](RedisStore::connect)
+//! lives in `connect.rs`, the batched finish recorder in `finishes.rs`, and
+//! the Lua scripts and how they are run in `scripts.rs`.
 
 use async_trait::async_trait;
+use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
-use redis::{AsyncCommands, Script};
 
+use crate::http::Chain;
+
+mod connect;
+mod finishes;
 mod scripts;
-use scripts::Scripts;
+use finishes::PendingFinish;
+use scripts::{Scripts, invoke_raw};
 
 use super::{
     Admission, Attempt, Claim, Counts, Delivery, DeliveryFilter, DeliveryState, DiscardCount, LIST_SCAN_LIMIT, Millis,
@@ -63,12 +72,6 @@ const RECONCILE_CHUNK: usize = 500;
 /// Most delivery records one listing page reads per round trip.
 const LIST_SCAN: isize = 500;
 
-/// Most finishes one `FINISH_MANY` call records.
-const FINISH_BATCH: usize = 256;
-/// `FINISH_MANY` calls under way at once. While all are, finishes queue
-/// up and the next call takes them together.
-const FINISH_CALLS: usize = 4;
-
 /// The Redis store. Cheap to clone; every clone shares one connection.
 #[derive(Clone)]
 pub struct RedisStore {
@@ -81,254 +84,7 @@ pub struct RedisStore {
     finishes: tokio::sync::mpsc::Sender<PendingFinish>,
 }
 
-/// One finish waiting for its batch: the script's seven arguments and
-/// where its result goes.
-struct PendingFinish {
-    id: String,
-    token: u64,
-    attempt: String,
-    next: &'static str,
-    retry_at: Millis,
-    last_error: String,
-    updated_at: Millis,
-    reply: tokio::sync::oneshot::Sender<Result<bool, StoreError>>,
-}
-
-/// Records queued finishes: whatever has queued when a call slot is free
-/// goes in one `FINISH_MANY` call. Under light load each finish is a batch
-/// of its own, so nothing waits for company. Ends when every store clone
-/// (and so every sender) is gone.
-async fn record_finishes(
-    conn: ConnectionManager,
-    script: Script,
-    keys: String,
-    mut queue: tokio::sync::mpsc::Receiver<PendingFinish>,
-) {
-    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(FINISH_CALLS));
-    loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else { return };
-        let mut batch = Vec::new();
-        if queue.recv_many(&mut batch, FINISH_BATCH).await == 0 {
-            return;
-        }
-        let (conn, script, keys) = (conn.clone(), script.clone(), keys.clone());
-        tokio::spawn(async move {
-            match finish_batch(&conn, &script, &keys, &batch).await {
-                // The script refused the batch as a whole (say, a key of the
-                // wrong type that no check foresaw; it checks before writing).
-                // One at a time, only the finish at fault fails.
-                Err(e)
-                    if batch.len() > 1
-                        && matches!(e.kind(), redis::ErrorKind::Server(_) | redis::ErrorKind::Extension) =>
-                {
-                    tracing::warn!(error = %e, finishes = batch.len(), "a batch of finishes was refused; recording them one at a time");
-                    for f in batch {
-                        let result = finish_batch(&conn, &script, &keys, std::slice::from_ref(&f)).await;
-                        reply(&keys, vec![f], result);
-                    }
-                }
-                result => reply(&keys, batch, result),
-            }
-            drop(slot);
-        });
-    }
-}
-
-/// Runs `FINISH_MANY` over `batch`; once more if the connection dropped
-/// under it (a second run finds its finishes settled and changes nothing).
-async fn finish_batch(
-    conn: &ConnectionManager,
-    script: &Script,
-    keys: &str,
-    batch: &[PendingFinish],
-) -> redis::RedisResult<Vec<i64>> {
-    let mut inv = script.prepare_invoke();
-    inv.key(format!("{keys}counts")).arg(keys);
-    for f in batch {
-        inv.arg(&f.id).arg(f.token).arg(&f.attempt).arg(f.next).arg(f.retry_at).arg(&f.last_error).arg(f.updated_at);
-    }
-    invoke_raw(conn, &inv, true).await
-}
-
-/// Sends each finish of `batch` its result.
-fn reply(keys: &str, batch: Vec<PendingFinish>, results: redis::RedisResult<Vec<i64>>) {
-    match results {
-        Ok(results) if results.len() == batch.len() => {
-            for (f, r) in batch.into_iter().zip(results) {
-                let result = match r {
-                    1 => Ok(true),
-                    0 => Ok(false),
-                    _ => Err(StoreError::Corrupt {
-                        key: format!("{keys}dlv:{}", f.id),
-                        message: "the delivery record, the attempt or one of the delivery's keys is unreadable".into(),
-                    }),
-                };
-                let _ = f.reply.send(result);
-            }
-        }
-        Ok(results) => {
-            let message = format!("finish script returned {} results for {} finishes", results.len(), batch.len());
-            for f in batch {
-                let _ = f.reply.send(Err(StoreError::Unavailable(message.clone())));
-            }
-        }
-        Err(e) => {
-            for f in batch {
-                let _ = f.reply.send(Err(unavailable(&e)));
-            }
-        }
-    }
-}
-
-/// Runs a script; with `retry`, once more if the connection dropped under
-/// it (not after a timeout: the first run may still be queued). Admit,
-/// finish, release and sweep are harmless to run twice; claim and replay are
-/// not (a second run would strand or miscount), so they are never retried
-/// here: their callers retry.
-async fn invoke_raw<T: redis::FromRedisValue>(
-    conn: &ConnectionManager,
-    script: &redis::ScriptInvocation<'_>,
-    retry: bool,
-) -> redis::RedisResult<T> {
-    match script.invoke_async(&mut conn.clone()).await {
-        Err(e) if retry && e.is_connection_dropped() && !e.is_timeout() => {
-            tracing::debug!(error = %e, "redis connection dropped; running the script once more");
-            script.invoke_async(&mut conn.clone()).await
-        }
-        result => result,
-    }
-}
-
 impl RedisStore {
-    /// Connects to `url` (redis://, unix://, redis+unix://) with keys under
-    /// `{prefix}`.
-    pub async fn connect(url: &str, prefix: &str) -> Result<RedisStore, StoreError> {
-        let client = redis::Client::open(url).map_err(unavailable)?;
-        // Fail fast while Redis is unreachable: ingress answers 503 within
-        // about two seconds and the provider retries, rather than holding
-        // its request through a long outage.
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(std::time::Duration::from_secs(1)))
-            .set_response_timeout(Some(std::time::Duration::from_secs(2)))
-            .set_number_of_retries(1)
-            .set_max_delay(std::time::Duration::from_millis(200));
-        let mut conn = ConnectionManager::new_with_config(client, config).await.map_err(unavailable)?;
-        // Evicting any of our keys loses data: dedupe keys (duplicates get
-        // through), schedules (deliveries are never claimed) or events.
-        // Best effort: a Redis user without INFO rights still runs the relay.
-        match redis::cmd("INFO").arg("memory").arg("persistence").query_async::<String>(&mut conn).await {
-            Ok(info) => {
-                let field = |name: &str| {
-                    info.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(':')).map(str::trim).unwrap_or("")
-                };
-                let policy = field("maxmemory_policy");
-                if !policy.is_empty() && policy != "noeviction" {
-                    tracing::warn!(policy = %policy, "Redis maxmemory-policy is not noeviction: Redis may evict relay data under memory pressure; set maxmemory-policy noeviction");
-                }
-                if field("aof_enabled") == "0" {
-                    tracing::warn!(
-                        "Redis has no append-only file: a Redis restart loses events the relay already accepted; set appendonly yes and appendfsync always (see docs/scaling.md)"
-                    );
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "could not read Redis INFO to check eviction and persistence settings")
-            }
-        }
-        let scripts = std::sync::Arc::new(Scripts::new());
-        let keys = format!("{{{prefix}}}:");
-        let (finishes, queue) = tokio::sync::mpsc::channel(FINISH_BATCH * FINISH_CALLS);
-        tokio::spawn(record_finishes(conn.clone(), scripts.finish_many.clone(), keys.clone(), queue));
-        let store = RedisStore { conn, keys, scripts, finishes };
-        store.build_open_index().await?;
-        store.build_state_index().await?;
-        Ok(store)
-    }
-
-    /// Data written before the open-delivery index existed: build it once
-    /// from the schedules, which hold every pending or in-flight delivery.
-    /// Adding is idempotent, so relays starting together do no harm. A new
-    /// prefix has no such data, and on a Redis shared with other prefixes
-    /// a scan of the whole keyspace would only delay the start.
-    async fn build_open_index(&self) -> Result<(), StoreError> {
-        let mut conn = self.conn();
-        let marker = self.key("open-index");
-        if conn.exists(&marker).await.map_err(unavailable)? {
-            return Ok(());
-        }
-        // Every version of admission that stored a delivery counted it and
-        // indexed it for listing.
-        let existing: usize = conn.exists(&[self.key("counts"), self.key("index")]).await.map_err(unavailable)?;
-        if existing == 0 {
-            let _: () = conn.set(&marker, 1).await.map_err(unavailable)?;
-            return Ok(());
-        }
-        let pattern = format!("{}due:*", self.keys.replace('[', "\\[").replace('*', "\\*").replace('?', "\\?"));
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut conn)
-                .await
-                .map_err(unavailable)?;
-            for key in keys {
-                let ids: Vec<String> = conn.zrange(&key, 0, -1).await.map_err(unavailable)?;
-                for chunk in ids.chunks(1000) {
-                    let members: Vec<(u8, &String)> = chunk.iter().map(|id| (0, id)).collect();
-                    let _: () = conn.zadd_multiple(self.key("open"), &members).await.map_err(unavailable)?;
-                }
-            }
-            if next == 0 {
-                break;
-            }
-            cursor = next;
-        }
-        let _: () = conn.set(&marker, 1).await.map_err(unavailable)?;
-        Ok(())
-    }
-
-    /// Data written before the `dead` index and the `endpoints` set: index
-    /// every dead delivery and remember every endpoint, once, by walking
-    /// the listing index. Idempotent, like the open index above.
-    async fn build_state_index(&self) -> Result<(), StoreError> {
-        let mut conn = self.conn();
-        let marker = self.key("state-index");
-        if conn.exists(&marker).await.map_err(unavailable)? {
-            return Ok(());
-        }
-        let mut upper = "+".to_owned();
-        loop {
-            let ids: Vec<String> = redis::cmd("ZREVRANGEBYLEX")
-                .arg(self.key("index"))
-                .arg(&upper)
-                .arg("-")
-                .arg("LIMIT")
-                .arg(0)
-                .arg(1000)
-                .query_async(&mut conn)
-                .await
-                .map_err(unavailable)?;
-            let Some(last) = ids.last().cloned() else { break };
-            let deliveries = self.deliveries(&ids).await?;
-            let dead: Vec<(u8, &str)> =
-                deliveries.iter().filter(|d| d.state == DeliveryState::Dead).map(|d| (0, d.id.as_str())).collect();
-            if !dead.is_empty() {
-                let _: () = conn.zadd_multiple(self.key("dead"), &dead).await.map_err(unavailable)?;
-            }
-            let endpoints: std::collections::BTreeSet<&str> = deliveries.iter().map(|d| d.endpoint.as_str()).collect();
-            if !endpoints.is_empty() {
-                let _: () = conn.sadd(self.key("endpoints"), endpoints).await.map_err(unavailable)?;
-            }
-            upper = format!("({last}");
-        }
-        let _: () = conn.set(&marker, 1).await.map_err(unavailable)?;
-        Ok(())
-    }
-
     fn key(&self, name: &str) -> String {
         format!("{}{name}", self.keys)
     }
@@ -358,7 +114,7 @@ impl RedisStore {
             .filter_map(|(r, id)| match decode(id, &r?) {
                 Ok(d) => Some(d),
                 Err(e) => {
-                    tracing::error!(error = %e, "unreadable delivery record left out");
+                    tracing::error!(error = %Chain(&e), "unreadable delivery record left out");
                     None
                 }
             })
@@ -455,7 +211,7 @@ impl Store for RedisStore {
                 match decode::<Delivery>("claimed delivery", &text) {
                     Ok(delivery) => Some(Claim { delivery, event_json: pair.get(1).cloned().unwrap_or_default() }),
                     Err(e) => {
-                        tracing::error!(error = %e, "unreadable delivery record skipped");
+                        tracing::error!(error = %Chain(&e), "unreadable delivery record skipped");
                         None
                     }
                 }
@@ -589,7 +345,7 @@ impl Store for RedisStore {
                 Ok(Some(job)) if !job.finished => jobs.push(job),
                 Ok(_) => {}
                 Err(e @ StoreError::Corrupt { .. }) => {
-                    tracing::error!(job = %id, error = %e, "unreadable replay job skipped")
+                    tracing::error!(job = %id, error = %Chain(&e), "unreadable replay job skipped")
                 }
                 Err(e) => return Err(e),
             }

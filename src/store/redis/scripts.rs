@@ -6,8 +6,12 @@
 //! `lib.lua` (record decoding, batched writes) and `replay_ids.lua` (the
 //! replay of a list of ids) are shared: they are prepended to the scripts
 //! that use them.
+//!
+//! [`invoke_raw`] runs one, retrying only the scripts that are harmless to
+//! run twice.
 
 use redis::Script;
+use redis::aio::ConnectionManager;
 
 const LIB: &str = include_str!("lua/lib.lua");
 const REPLAY_IDS: &str = include_str!("lua/replay_ids.lua");
@@ -42,5 +46,24 @@ impl Scripts {
             adopt: with_lib(include_str!("lua/adopt.lua")),
             discard: with_lib(include_str!("lua/discard.lua")),
         }
+    }
+}
+
+/// Runs a script; with `retry`, once more if the connection dropped under
+/// it (not after a timeout: the first run may still be queued). Admit,
+/// finish, release and sweep are harmless to run twice; claim and replay are
+/// not (a second run would strand or miscount), so they are never retried
+/// here: their callers retry.
+pub(super) async fn invoke_raw<T: redis::FromRedisValue>(
+    conn: &ConnectionManager,
+    script: &redis::ScriptInvocation<'_>,
+    retry: bool,
+) -> redis::RedisResult<T> {
+    match script.invoke_async(&mut conn.clone()).await {
+        Err(e) if retry && e.is_connection_dropped() && !e.is_timeout() => {
+            tracing::debug!(error = %e, "redis connection dropped; running the script once more");
+            script.invoke_async(&mut conn.clone()).await
+        }
+        result => result,
     }
 }

@@ -1,0 +1,141 @@
+//! Connecting: the client's timeouts, a check of the server's eviction and
+//! persistence settings, and the indexes built once over data written by
+//! older versions.
+
+use redis::AsyncCommands;
+use redis::aio::ConnectionManager;
+
+use super::finishes::{FINISH_BATCH, FINISH_CALLS, record_finishes};
+use super::scripts::Scripts;
+use super::{DeliveryState, RedisStore, StoreError, unavailable};
+
+impl RedisStore {
+    /// Connects to `url` (redis://, unix://, redis+unix://) with keys under
+    /// `{prefix}`.
+    pub async fn connect(url: &str, prefix: &str) -> Result<RedisStore, StoreError> {
+        let client = redis::Client::open(url).map_err(unavailable)?;
+        // Fail fast while Redis is unreachable: ingress answers 503 within
+        // about two seconds and the provider retries, rather than holding
+        // its request through a long outage.
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(std::time::Duration::from_secs(1)))
+            .set_response_timeout(Some(std::time::Duration::from_secs(2)))
+            .set_number_of_retries(1)
+            .set_max_delay(std::time::Duration::from_millis(200));
+        let mut conn = ConnectionManager::new_with_config(client, config).await.map_err(unavailable)?;
+        // Evicting any of our keys loses data: dedupe keys (duplicates get
+        // through), schedules (deliveries are never claimed) or events.
+        // Best effort: a Redis user without INFO rights still runs the relay.
+        match redis::cmd("INFO").arg("memory").arg("persistence").query_async::<String>(&mut conn).await {
+            Ok(info) => {
+                let field = |name: &str| {
+                    info.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(':')).map(str::trim).unwrap_or("")
+                };
+                let policy = field("maxmemory_policy");
+                if !policy.is_empty() && policy != "noeviction" {
+                    tracing::warn!(policy = %policy, "Redis maxmemory-policy is not noeviction: Redis may evict relay data under memory pressure; set maxmemory-policy noeviction");
+                }
+                if field("aof_enabled") == "0" {
+                    tracing::warn!(
+                        "Redis has no append-only file: a Redis restart loses events the relay already accepted; set appendonly yes and appendfsync always (see docs/scaling.md)"
+                    );
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read Redis INFO to check eviction and persistence settings")
+            }
+        }
+        let scripts = std::sync::Arc::new(Scripts::new());
+        let keys = format!("{{{prefix}}}:");
+        let (finishes, queue) = tokio::sync::mpsc::channel(FINISH_BATCH * FINISH_CALLS);
+        tokio::spawn(record_finishes(conn.clone(), scripts.finish_many.clone(), keys.clone(), queue));
+        let store = RedisStore { conn, keys, scripts, finishes };
+        store.build_open_index().await?;
+        store.build_state_index().await?;
+        Ok(store)
+    }
+
+    /// Data written before the open-delivery index existed: build it once
+    /// from the schedules, which hold every pending or in-flight delivery.
+    /// Adding is idempotent, so relays starting together do no harm. A new
+    /// prefix has no such data, and on a Redis shared with other prefixes
+    /// a scan of the whole keyspace would only delay the start.
+    async fn build_open_index(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let marker = self.key("open-index");
+        if conn.exists(&marker).await.map_err(unavailable)? {
+            return Ok(());
+        }
+        // Every version of admission that stored a delivery counted it and
+        // indexed it for listing.
+        let existing: usize = conn.exists(&[self.key("counts"), self.key("index")]).await.map_err(unavailable)?;
+        if existing == 0 {
+            let _: () = conn.set(&marker, 1).await.map_err(unavailable)?;
+            return Ok(());
+        }
+        let pattern = format!("{}due:*", self.keys.replace('[', "\\[").replace('*', "\\*").replace('?', "\\?"));
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            for key in keys {
+                let ids: Vec<String> = conn.zrange(&key, 0, -1).await.map_err(unavailable)?;
+                for chunk in ids.chunks(1000) {
+                    let members: Vec<(u8, &String)> = chunk.iter().map(|id| (0, id)).collect();
+                    let _: () = conn.zadd_multiple(self.key("open"), &members).await.map_err(unavailable)?;
+                }
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        let _: () = conn.set(&marker, 1).await.map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// Data written before the `dead` index and the `endpoints` set: index
+    /// every dead delivery and remember every endpoint, once, by walking
+    /// the listing index. Idempotent, like the open index above.
+    async fn build_state_index(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let marker = self.key("state-index");
+        if conn.exists(&marker).await.map_err(unavailable)? {
+            return Ok(());
+        }
+        let mut upper = "+".to_owned();
+        loop {
+            let ids: Vec<String> = redis::cmd("ZREVRANGEBYLEX")
+                .arg(self.key("index"))
+                .arg(&upper)
+                .arg("-")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(1000)
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            let Some(last) = ids.last().cloned() else { break };
+            let deliveries = self.deliveries(&ids).await?;
+            let dead: Vec<(u8, &str)> =
+                deliveries.iter().filter(|d| d.state == DeliveryState::Dead).map(|d| (0, d.id.as_str())).collect();
+            if !dead.is_empty() {
+                let _: () = conn.zadd_multiple(self.key("dead"), &dead).await.map_err(unavailable)?;
+            }
+            let endpoints: std::collections::BTreeSet<&str> = deliveries.iter().map(|d| d.endpoint.as_str()).collect();
+            if !endpoints.is_empty() {
+                let _: () = conn.sadd(self.key("endpoints"), endpoints).await.map_err(unavailable)?;
+            }
+            upper = format!("({last}");
+        }
+        let _: () = conn.set(&marker, 1).await.map_err(unavailable)?;
+        Ok(())
+    }
+}
