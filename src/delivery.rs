@@ -83,7 +83,7 @@ impl Sender {
 /// Runs the claim loops of every endpoint until `stop`, then drains within
 /// `grace`. Returns early, naming the endpoint, if a loop ends on its own
 /// (a panic): the relay must not go on accepting what nothing delivers.
-pub async fn run(
+pub(crate) async fn run(
     config: Arc<Config>,
     store: Arc<dyn Store>,
     sender: Sender,
@@ -248,7 +248,7 @@ async fn release(shared: &Shared, claim: &Claim) {
 /// The `webhook-signature` header: the signature with the endpoint's key,
 /// then, during a rotation, one with the previous key, space-separated as
 /// Standard Webhooks allows, so receivers holding either secret verify.
-pub fn signatures(ep: &Endpoint, webhook_id: &str, timestamp: i64, body: &[u8]) -> String {
+pub(crate) fn signatures(ep: &Endpoint, webhook_id: &str, timestamp: i64, body: &[u8]) -> String {
     let mut header = sign(ep.signing_key.expose(), webhook_id, timestamp, body);
     if let Some(previous) = &ep.previous_signing_key {
         header.push(' ');
@@ -259,7 +259,7 @@ pub fn signatures(ep: &Endpoint, webhook_id: &str, timestamp: i64, body: &[u8]) 
 
 /// The Standard Webhooks signature of one attempt: `v1,` and base64
 /// HMAC-SHA256 over `{id}.{timestamp}.{body}` with the endpoint's key.
-pub fn sign(key: &[u8], webhook_id: &str, timestamp: i64, body: &[u8]) -> String {
+pub(crate) fn sign(key: &[u8], webhook_id: &str, timestamp: i64, body: &[u8]) -> String {
     let timestamp = timestamp.to_string();
     let parts = [webhook_id.as_bytes(), b".", timestamp.as_bytes(), b".", body];
     format!(

@@ -42,7 +42,7 @@ const UNAVAILABLE_RETRY_AFTER_SECS: u64 = 5;
 
 /// Why a request was refused: each knows its status and `error.code`.
 #[derive(Debug, thiserror::Error)]
-pub enum IngressError {
+pub(crate) enum IngressError {
     #[error("no such route")]
     NotFound,
     #[error("no source is configured under this name")]
@@ -71,7 +71,7 @@ pub enum IngressError {
 }
 
 impl IngressError {
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             IngressError::NotFound | IngressError::UnknownSource => StatusCode::NOT_FOUND,
             IngressError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -88,7 +88,7 @@ impl IngressError {
     /// The outcome label of `ipn_relay_ingress_requests_total`: the first
     /// contract's fixed set (docs/operations.md), so the codes it lacks
     /// fold into the nearest one.
-    pub fn outcome(&self) -> IngressOutcome {
+    pub(crate) fn outcome(&self) -> IngressOutcome {
         match self {
             IngressError::NotFound | IngressError::UnknownSource => IngressOutcome::UnknownSource,
             IngressError::MethodNotAllowed
@@ -104,7 +104,7 @@ impl IngressError {
         }
     }
 
-    pub fn code(&self) -> &'static str {
+    pub(crate) fn code(&self) -> &'static str {
         match self {
             IngressError::NotFound => "not_found",
             IngressError::UnknownSource => "unknown_source",
@@ -161,7 +161,7 @@ fn limiter(r: RateLimit) -> KeyedLimiter {
 }
 
 /// The ingress handler, shared by every connection.
-pub struct Ingress {
+pub(crate) struct Ingress {
     config: Arc<Config>,
     gates: HashMap<String, SourceGate>,
     store: Arc<dyn Store>,
@@ -172,7 +172,7 @@ pub struct Ingress {
 }
 
 impl Ingress {
-    pub fn new(config: Arc<Config>, store: Arc<dyn Store>, wake: Arc<Wake>, metrics: Arc<Metrics>) -> Ingress {
+    pub(crate) fn new(config: Arc<Config>, store: Arc<dyn Store>, wake: Arc<Wake>, metrics: Arc<Metrics>) -> Ingress {
         let gates = config
             .sources
             .iter()
@@ -196,7 +196,7 @@ impl Ingress {
 
     /// Forgets rate-limit state of addresses that have been quiet, so the
     /// per-IP maps do not grow without bound.
-    pub fn forget_idle_clients(&self) {
+    pub(crate) fn forget_idle_clients(&self) {
         for gate in self.gates.values() {
             if let Some(l) = &gate.limiter {
                 l.retain_recent();
@@ -206,7 +206,7 @@ impl Ingress {
     }
 
     /// Answers one request. Never fails: every error is a response.
-    pub async fn handle<B>(&self, req: Request<B>, peer: SocketAddr) -> Response<Full<Bytes>>
+    pub(crate) async fn handle<B>(&self, req: Request<B>, peer: SocketAddr) -> Response<Full<Bytes>>
     where
         B: hyper::body::Body<Data = Bytes> + Send,
         B::Error: std::error::Error + Send + Sync + 'static,

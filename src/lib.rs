@@ -4,28 +4,38 @@
 //! [`providers`] verify and normalise each provider's callbacks (using the
 //! [`canonical`] JSON form), [`event`] is the normalised event, and [`store`]
 //! admits it atomically with its dedupe key and deliveries. [`delivery`]
-//! sends each delivery to its endpoint with [`retry`]s; [`admin`] and
-//! [`admin_cli`] let operators list and [`replay`] them; [`metrics`] counts it
+//! sends each delivery to its endpoint with `retry`s; [`admin`] and
+//! `admin_cli` let operators list and [`replay`] them; [`metrics`] counts it
 //! all for Prometheus. [`server`] runs the listeners, [`cli`] the binary.
+//! Shared plumbing has its own small modules: `http` (JSON error bodies,
+//! body reading, the outgoing client), `listener` (connection accounting),
+//! `mac` (HMAC), `shutdown` and `wake` (signals between tasks).
+//!
+//! The public surface is what the binary, the integration tests, the
+//! benchmarks and the fuzz targets use: the store, configuration, canonical
+//! form, providers and event types whole, and from the other modules only
+//! the entry points they name (`server::run`, `delivery::Sender`,
+//! `ingress::client_ip`, `admin::parse`, …). Everything else is
+//! `pub(crate)` or private, so the dead-code lint sees it.
 
 #![forbid(unsafe_code)]
 
 pub mod admin;
-pub mod admin_cli;
+mod admin_cli;
 pub mod canonical;
 pub mod cli;
 pub mod config;
 pub mod delivery;
 pub mod event;
-pub mod http;
+mod http;
 pub mod ingress;
-pub mod listener;
-pub mod mac;
+mod listener;
+mod mac;
 pub mod metrics;
 pub mod providers;
 pub mod replay;
-pub mod retry;
+mod retry;
 pub mod server;
-pub mod shutdown;
+mod shutdown;
 pub mod store;
-pub mod wake;
+mod wake;

@@ -26,7 +26,7 @@ use crate::store::{DeliveryState, Next, Store, now_millis};
 /// How a callback was answered, as `ipn_relay_ingress_requests_total`
 /// labels it: the first contract's fixed set (docs/operations.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IngressOutcome {
+pub(crate) enum IngressOutcome {
     Accepted,
     Duplicate,
     InvalidSignature,
@@ -40,7 +40,7 @@ pub enum IngressOutcome {
 }
 
 impl IngressOutcome {
-    pub const ALL: [IngressOutcome; 10] = [
+    pub(crate) const ALL: [IngressOutcome; 10] = [
         IngressOutcome::Accepted,
         IngressOutcome::Duplicate,
         IngressOutcome::InvalidSignature,
@@ -53,7 +53,7 @@ impl IngressOutcome {
         IngressOutcome::UnknownSource,
     ];
 
-    pub const fn as_str(self) -> &'static str {
+    pub(crate) const fn as_str(self) -> &'static str {
         match self {
             IngressOutcome::Accepted => "accepted",
             IngressOutcome::Duplicate => "duplicate",
@@ -81,11 +81,12 @@ pub const INGRESS_OUTCOMES: [&str; 10] = {
 };
 /// The label values of `ipn_relay_deliveries_total`'s `outcome`: what an
 /// attempt's [`Next`] says.
-pub const DELIVERY_OUTCOMES: [&str; 3] = [Next::Delivered.as_str(), Next::RetryAt(0).as_str(), Next::Dead.as_str()];
+pub(crate) const DELIVERY_OUTCOMES: [&str; 3] =
+    [Next::Delivered.as_str(), Next::RetryAt(0).as_str(), Next::Dead.as_str()];
 /// The `source` label of callbacks to a source that is not configured.
-pub const UNKNOWN_SOURCE: &str = "unknown";
+pub(crate) const UNKNOWN_SOURCE: &str = "unknown";
 /// How long store-backed gauges are reused before the store is asked again.
-pub const STORE_REFRESH: Duration = Duration::from_secs(5);
+pub(crate) const STORE_REFRESH: Duration = Duration::from_secs(5);
 /// How long a scrape waits for the store before reporting what it has.
 const STORE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -182,7 +183,7 @@ fn registered<T: prometheus::core::Collector + Clone + 'static>(
 }
 
 impl Metrics {
-    pub fn new(config: &Config) -> prometheus::Result<Arc<Metrics>> {
+    pub(crate) fn new(config: &Config) -> prometheus::Result<Arc<Metrics>> {
         let sources: Vec<&str> = config.sources.iter().map(|s| s.name.as_str()).collect();
         let endpoints: Vec<&str> = config.endpoints.iter().map(|e| e.name.as_str()).collect();
         Metrics::with_names(&sources, &endpoints)
@@ -247,7 +248,7 @@ impl Metrics {
     }
 
     /// Counts one answered callback.
-    pub fn ingress(&self, source: &str, outcome: IngressOutcome, elapsed: Duration) {
+    pub(crate) fn ingress(&self, source: &str, outcome: IngressOutcome, elapsed: Duration) {
         let source = self.source_label(source);
         self.ingress_requests.with_label_values(&[source, outcome.as_str()]).inc();
         self.ingress_duration.with_label_values(&[source]).observe(elapsed.as_secs_f64());
@@ -255,17 +256,17 @@ impl Metrics {
 
     /// Counts one delivery attempt to `endpoint` (a configured name),
     /// labelled by what comes next.
-    pub fn delivery(&self, endpoint: &str, next: Next, duration: Duration) {
+    pub(crate) fn delivery(&self, endpoint: &str, next: Next, duration: Duration) {
         self.deliveries_total.with_label_values(&[endpoint, next.as_str()]).inc();
         self.delivery_duration.with_label_values(&[endpoint]).observe(duration.as_secs_f64());
     }
 
     /// Records a claim poll of `endpoint` that reached the store.
-    pub fn polled(&self, endpoint: &str) {
+    pub(crate) fn polled(&self, endpoint: &str) {
         self.last_poll.with_label_values(&[endpoint]).set(now_millis() as f64 / 1000.0);
     }
 
-    pub fn replayed(&self, n: usize) {
+    pub(crate) fn replayed(&self, n: usize) {
         self.replays.inc_by(n as u64);
     }
 

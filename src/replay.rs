@@ -21,11 +21,11 @@ use crate::metrics::Metrics;
 use crate::store::{DeliveryFilter, Millis, ReplayJob, Store, StoreError, now_millis};
 
 /// Deliveries replayed per step.
-pub const BATCH: usize = 200;
+pub(crate) const BATCH: usize = 200;
 
 /// A job not advanced for this long is taken to have lost its runner (a
 /// failed request, a crashed relay) and is resumed by housekeeping.
-pub const STALE_AFTER_MS: Millis = 30_000;
+pub(crate) const STALE_AFTER_MS: Millis = 30_000;
 
 /// Creates a job over `filter` and stores it; [`run`] does the work. With
 /// `cursor` (a truncated job's `continue_cursor`) it starts just below that
@@ -110,7 +110,7 @@ pub struct Running(Arc<Mutex<HashSet<String>>>);
 impl Running {
     /// Marks `id` as running here; false if it already is. The mark goes
     /// when the guard is dropped.
-    pub fn enter(&self, id: &str) -> Option<RunningGuard> {
+    pub(crate) fn enter(&self, id: &str) -> Option<RunningGuard> {
         let mut set = self.0.lock().unwrap_or_else(|e| e.into_inner());
         set.insert(id.to_owned()).then(|| RunningGuard { running: self.clone(), id: id.to_owned() })
     }
@@ -130,7 +130,7 @@ impl Drop for RunningGuard {
 /// Runs `job` to the end in a task of its own, holding `guard` (its mark in
 /// [`Running`]) until it stops; a failure is logged, and housekeeping
 /// resumes the job later.
-pub fn spawn(
+pub(crate) fn spawn(
     store: Arc<dyn Store>,
     job: ReplayJob,
     guard: Option<RunningGuard>,
@@ -150,7 +150,7 @@ pub fn spawn(
 
 /// Resumes unfinished jobs that no runner here holds: all of them at start
 /// (`stale_after` = 0), then those that have not advanced for a while.
-pub async fn resume(
+pub(crate) async fn resume(
     store: Arc<dyn Store>,
     running: &Running,
     stale_after: Millis,

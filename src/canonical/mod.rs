@@ -76,18 +76,6 @@ impl<'a> Value<'a> {
         matches!(self, Value::Null)
     }
 
-    /// A scalar as text: strings as they are, numbers as written, booleans
-    /// as `true`/`false`. `None` for null, arrays and objects.
-    pub fn scalar_text(&self) -> Option<&str> {
-        match self {
-            Value::String(s) => Some(s),
-            Value::Number(n) => Some(n),
-            Value::Bool(true) => Some("true"),
-            Value::Bool(false) => Some("false"),
-            _ => None,
-        }
-    }
-
     /// Whether any array occurs in this value.
     pub fn has_array(&self) -> bool {
         match self {

@@ -26,9 +26,6 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
-pub use env::interpolate;
-pub use validate::MIN_SECRET_BYTES;
-
 /// What is wrong with a configuration file.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -236,10 +233,6 @@ pub struct Config {
 }
 
 impl Config {
-    pub fn source(&self, name: &str) -> Option<&Source> {
-        self.sources.iter().find(|s| s.name == name)
-    }
-
     /// Reads and validates the file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text =
@@ -358,10 +351,6 @@ pub fn redact_url(url: &str) -> String {
         None => url.to_owned(),
     }
 }
-
-/// The example configuration shipped with the binary: `serve` without a
-/// config file runs it.
-pub const EXAMPLE: &str = include_str!("../../config.example.toml");
 
 #[cfg(test)]
 mod tests;

@@ -1,3 +1,4 @@
+use super::env::interpolate;
 use super::validate::event_pattern;
 use super::*;
 
@@ -33,7 +34,8 @@ const EP: &str = "\n[[endpoints]]\nname = \"be\"\nurl = \"http://127.0.0.1:3000/
 
 #[test]
 fn example_config_is_valid() {
-    let cfg = Config::parse(EXAMPLE, Path::new("config.example.toml")).unwrap();
+    let example = include_str!("../../config.example.toml");
+    let cfg = Config::parse(example, Path::new("config.example.toml")).unwrap();
     assert_eq!(cfg.sources.len(), 2);
     assert!(!cfg.endpoints.is_empty());
 }

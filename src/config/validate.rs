@@ -88,7 +88,7 @@ fn parse_signing_key(key: &str, secret: &str) -> Result<Secret, Invalid> {
 /// Shortest provider secret or public admin token accepted. Real provider
 /// secrets are 32 characters or more; anything much shorter is a
 /// placeholder or a typo, and an HMAC key that can be guessed.
-pub const MIN_SECRET_BYTES: usize = 16;
+const MIN_SECRET_BYTES: usize = 16;
 
 /// Why `secret` is too weak to guard anything, without quoting it.
 fn weak(secret: &str) -> Option<String> {
