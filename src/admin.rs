@@ -7,9 +7,11 @@
 //!
 //! `/admin/*` needs `Authorization: Bearer <admin_token>`, compared in
 //! constant time; with no token configured the admin API refuses every
-//! request. Answers are JSON; errors are `{"error":{"code","message"}}` with
-//! a message that names the offending parameter.
+//! request. Answers are JSON, of the types in [`api`]; errors are
+//! `{"error":{"code","message"}}` with a message that names the offending
+//! parameter.
 
+pub mod api;
 mod params;
 
 use std::sync::Arc;
@@ -18,18 +20,17 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
-use serde::Serialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::config::Config;
-use crate::event::rfc3339_millis;
 use crate::http::{BodyError, json_response};
 use crate::metrics::Metrics;
 use crate::replay::{self, Running};
-use crate::store::{
-    Attempt, AttemptResult, Delivery, DeliveryFilter, DeliveryState, Millis, ReplayJob, Store, StoreError, now_millis,
+use crate::store::{DeliveryFilter, DeliveryState, Store, StoreError, now_millis};
+use api::{
+    AttemptView, DeliveryDetail, DeliveryPage, DeliveryView, DiscardResult, EventView, ReplayJobView, ReplayResult,
 };
 
 #[doc(hidden)]
@@ -92,7 +93,7 @@ impl From<StoreError> for ApiError {
     }
 }
 
-type Answer = Result<(StatusCode, Value), ApiError>;
+type Answer = Result<Response<Full<Bytes>>, ApiError>;
 
 impl Admin {
     pub fn new(config: Arc<Config>, store: Arc<dyn Store>, running: Running, metrics: Arc<Metrics>) -> Admin {
@@ -130,7 +131,7 @@ impl Admin {
                     return error_response(e);
                 }
                 match self.route(req).await {
-                    Ok((status, body)) => json_response(status, &body),
+                    Ok(response) => response,
                     Err(e) => error_response(e),
                 }
             }
@@ -196,8 +197,8 @@ impl Admin {
         let event = self.store.event(id).await?.ok_or_else(|| ApiError::not_found(format!("no event {id}")))?;
         let body: Value = serde_json::from_slice(&event.json)
             .map_err(|e| StoreError::Corrupt { key: id.to_owned(), message: e.to_string() })?;
-        let deliveries: Vec<Value> = self.store.event_deliveries(id).await?.iter().map(delivery_view).collect();
-        Ok((StatusCode::OK, json!({"event": body, "deliveries": deliveries})))
+        let deliveries = self.store.event_deliveries(id).await?.iter().map(DeliveryView::from).collect();
+        Ok(json_response(StatusCode::OK, &EventView { event: body, deliveries }))
     }
 
     async fn list(&self, query: &str) -> Answer {
@@ -211,8 +212,8 @@ impl Admin {
             }
         }
         let page = self.store.list(&filter, cursor.as_deref(), limit).await?;
-        let items: Vec<Value> = page.items.iter().map(delivery_view).collect();
-        Ok((StatusCode::OK, json!({"items": items, "next_cursor": page.next_cursor})))
+        let items = page.items.iter().map(DeliveryView::from).collect();
+        Ok(json_response(StatusCode::OK, &DeliveryPage { items, next_cursor: page.next_cursor }))
     }
 
     /// Applies one filter parameter; unknown names are errors, so a typo
@@ -281,9 +282,8 @@ impl Admin {
     async fn delivery(&self, id: &str) -> Answer {
         let (d, attempts) =
             self.store.delivery(id).await?.ok_or_else(|| ApiError::not_found(format!("no delivery {id}")))?;
-        let mut view = delivery_view(&d);
-        view["history"] = attempts.iter().map(attempt_view).collect();
-        Ok((StatusCode::OK, view))
+        let history = attempts.iter().map(AttemptView::from).collect();
+        Ok(json_response(StatusCode::OK, &DeliveryDetail { delivery: DeliveryView::from(&d), history }))
     }
 
     async fn replay_one(&self, id: &str, query: &str) -> Answer {
@@ -311,8 +311,9 @@ impl Admin {
             self.metrics.replayed(count.replayed);
             tracing::info!(delivery_id = %id, "delivery replayed");
         }
-        let state = self.store.delivery(id).await?.map(|(d, _)| d.state.as_str());
-        Ok((StatusCode::ACCEPTED, json!({"replayed": count.replayed, "skipped": count.skipped, "state": state})))
+        let state = self.store.delivery(id).await?.map(|(d, _)| d.state);
+        let result = ReplayResult { replayed: count.replayed, skipped: count.skipped, state };
+        Ok(json_response(StatusCode::ACCEPTED, &result))
     }
 
     async fn replay_bulk(&self, body: &[u8]) -> Answer {
@@ -352,7 +353,7 @@ impl Admin {
         let id = job.id.clone();
         let guard = self.running.enter(&id);
         match replay::spawn(self.store.clone(), job, guard, self.endpoints.clone(), self.metrics.clone()).await {
-            Ok(Ok(job)) => Ok((StatusCode::ACCEPTED, job_view(&job))),
+            Ok(Ok(job)) => Ok(json_response(StatusCode::ACCEPTED, &ReplayJobView::from(&job))),
             Ok(Err(_)) => {
                 // Logged by the job's task.
                 Err(ApiError(
@@ -412,12 +413,13 @@ impl Admin {
             }
         };
         tracing::info!(endpoint = %endpoint, discarded, "orphaned deliveries discarded");
-        Ok((StatusCode::OK, json!({"endpoint": endpoint, "discarded": discarded, "truncated": truncated})))
+        let endpoint = endpoint.to_owned();
+        Ok(json_response(StatusCode::OK, &DiscardResult { endpoint, discarded, truncated }))
     }
 
     async fn replay_job(&self, id: &str) -> Answer {
         let job = self.store.replay_job(id).await?.ok_or_else(|| ApiError::not_found(format!("no replay job {id}")))?;
-        Ok((StatusCode::OK, job_view(&job)))
+        Ok(json_response(StatusCode::OK, &ReplayJobView::from(&job)))
     }
 }
 
@@ -438,99 +440,4 @@ fn error_response(ApiError(status, code, message): ApiError) -> Response<Full<By
         response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     }
     response
-}
-
-fn time(ms: Millis) -> String {
-    rfc3339_millis(time::OffsetDateTime::UNIX_EPOCH + Duration::from_millis(ms))
-}
-
-/// A delivery as the API shows it (docs/operations.md).
-fn delivery_view(d: &Delivery) -> Value {
-    json!({
-        "id": d.id,
-        "event_id": d.event_id,
-        "endpoint": d.endpoint,
-        "source": d.source,
-        "type": d.event_type,
-        "state": d.state.as_str(),
-        "attempts": d.attempts,
-        "next_attempt_at": d.next_attempt_at.map(time),
-        "last_error": d.last_error,
-        "created_at": time(d.created_at),
-        "updated_at": time(d.updated_at),
-    })
-}
-
-fn attempt_view(a: &Attempt) -> Value {
-    let (status, error) = match &a.result {
-        AttemptResult::Status { code } => (Some(*code), a.result.last_error()),
-        AttemptResult::Error { .. } => (None, a.result.last_error()),
-    };
-    json!({
-        "number": a.number,
-        "started_at": time(a.started_at),
-        "duration_ms": a.duration_ms,
-        "status": status,
-        "error": error,
-        "response_excerpt": a.response_excerpt,
-    })
-}
-
-#[derive(Serialize)]
-struct JobView<'a> {
-    job: &'a str,
-    replayed: usize,
-    skipped: usize,
-    not_found: usize,
-    not_configured: usize,
-    considered: usize,
-    finished: bool,
-    truncated: bool,
-    /// To go on below a truncated job: the last delivery it examined, as
-    /// the `cursor` of the next request. Exclusive, so nothing is skipped
-    /// or repeated, however many deliveries share a millisecond.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    continue_cursor: Option<&'a str>,
-    /// The selection as the job resolved it: relative times (`24h`) become
-    /// the times they meant when the job began, so the same selection can
-    /// be asked for again later, with `continue_cursor`.
-    filter: FilterView<'a>,
-    created_at: String,
-    updated_at: String,
-}
-
-#[derive(Serialize)]
-struct FilterView<'a> {
-    state: Option<&'static str>,
-    source: Option<&'a str>,
-    endpoint: Option<&'a str>,
-    #[serde(rename = "type")]
-    event_type: Option<&'a str>,
-    since: Option<String>,
-    until: Option<String>,
-}
-
-fn job_view(job: &ReplayJob) -> Value {
-    serde_json::to_value(JobView {
-        job: &job.id,
-        replayed: job.replayed,
-        skipped: job.skipped,
-        not_found: job.not_found,
-        not_configured: job.not_configured,
-        considered: job.considered,
-        finished: job.finished,
-        truncated: job.truncated,
-        continue_cursor: job.truncated.then_some(job.cursor.as_deref()).flatten(),
-        filter: FilterView {
-            state: job.filter.state.map(DeliveryState::as_str),
-            source: job.filter.source.as_deref(),
-            endpoint: job.filter.endpoint.as_deref(),
-            event_type: job.filter.event_type.as_deref(),
-            since: job.filter.since.map(time),
-            until: job.filter.until.map(time),
-        },
-        created_at: time(job.created_at),
-        updated_at: time(job.updated_at),
-    })
-    .unwrap_or(Value::Null)
 }
