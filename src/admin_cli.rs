@@ -10,7 +10,15 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use serde_json::{Value, json};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::admin::api::{
+    DeliveryDetail, DeliveryPage, DeliveryView, DiscardRequest, DiscardResult, ErrorBody, EventView, ReplayJobView,
+    ReplayRequest, ReplayResult,
+};
+use crate::store::DeliveryState;
 
 /// What failed, and the exit code it gives.
 #[derive(Debug, thiserror::Error)]
@@ -157,6 +165,13 @@ impl ReplayArgs {
     }
 }
 
+/// An answer of the admin API: the JSON as it came, which `--json` prints,
+/// and read as the type the route answers with, which the tables show.
+struct Answer<T> {
+    json: Value,
+    body: T,
+}
+
 /// A blocking-free client for one command.
 struct Client {
     http: reqwest::Client,
@@ -174,14 +189,21 @@ impl Client {
         Ok(Client { http, base: c.admin_url.trim_end_matches('/').to_owned(), token: c.token.clone() })
     }
 
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Value, ClientError> {
+    /// Sends a request and reads a success as `T`; `body` is a request
+    /// type of [`crate::admin::api`], as JSON.
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<String>,
+    ) -> Result<Answer<T>, ClientError> {
         let url = format!("{}{path}", self.base);
-        let mut req = self.http.request(method, &url);
+        let mut req = self.http.request(method.clone(), &url);
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
         }
         if let Some(b) = body {
-            req = req.header("content-type", "application/json").body(b.to_string());
+            req = req.header("content-type", "application/json").body(b);
         }
         let resp = req.send().await.map_err(|e| {
             ClientError::Unreachable(format!("cannot reach the relay's admin API at {}: {}", self.base, root_cause(&e)))
@@ -191,13 +213,34 @@ impl Client {
             .text()
             .await
             .map_err(|e| ClientError::Failed(format!("the relay's answer was cut off: {}", root_cause(&e))))?;
-        let value: Value = serde_json::from_str(&text).map_err(|_| {
+        self.read(&method, path, status, &text)
+    }
+
+    /// An answer to `method path`: a success read as `T`, or the error it
+    /// reports.
+    fn read<T: DeserializeOwned>(
+        &self,
+        method: &reqwest::Method,
+        path: &str,
+        status: reqwest::StatusCode,
+        text: &str,
+    ) -> Result<Answer<T>, ClientError> {
+        let value: Value = serde_json::from_str(text).map_err(|_| {
             ClientError::Failed(format!("the admin API at {} answered HTTP {status} with no JSON", self.base))
         })?;
         if status.is_success() {
-            return Ok(value);
+            // A relay of another version, or not a relay: say so, rather
+            // than print a table of blanks.
+            let body = T::deserialize(&value).map_err(|e| {
+                ClientError::Failed(format!(
+                    "the admin API at {} answered {method} {path} with JSON this command cannot read ({e}); \
+                     is it a relay of the same version?",
+                    self.base
+                ))
+            })?;
+            return Ok(Answer { json: value, body });
         }
-        let message = value["error"]["message"].as_str().unwrap_or("no message").to_owned();
+        let message = ErrorBody::deserialize(&value).map_or_else(|_| "no message".to_owned(), |b| b.error.message);
         Err(match status.as_u16() {
             400 => ClientError::BadRequest(message),
             401 if self.token.is_none() => {
@@ -212,6 +255,11 @@ impl Client {
             code => ClientError::Failed(format!("{message} (HTTP {code})")),
         })
     }
+}
+
+/// A request body as the API reads it.
+fn json_body(body: &impl Serialize) -> Result<String, ClientError> {
+    serde_json::to_string(body).map_err(|e| ClientError::Failed(format!("cannot write the request as JSON: {e}")))
 }
 
 fn root_cause(e: &reqwest::Error) -> String {
@@ -241,23 +289,21 @@ pub async fn deliveries(conn: &Connection, cmd: DeliveriesCommand) -> Result<(),
             if let Some(c) = cursor {
                 pairs.push(("cursor", c));
             }
-            let page = client.call(reqwest::Method::GET, &format!("/admin/deliveries{}", query(&pairs)), None).await?;
-            print(conn, &page, render_list);
+            let path = format!("/admin/deliveries{}", query(&pairs));
+            let page: Answer<DeliveryPage> = client.call(reqwest::Method::GET, &path, None).await?;
+            print(conn, &page.json, &page.body, render_list);
         }
         DeliveriesCommand::Show { id } => {
-            let d =
-                client.call(reqwest::Method::GET, &format!("/admin/deliveries/{}", path_segment(&id)), None).await?;
-            print(conn, &d, render_delivery);
+            let path = format!("/admin/deliveries/{}", path_segment(&id));
+            let d: Answer<DeliveryDetail> = client.call(reqwest::Method::GET, &path, None).await?;
+            print(conn, &d.json, &d.body, render_delivery);
         }
         DeliveriesCommand::Discard { endpoint, max } => {
-            let mut body = json!({"endpoint": endpoint});
-            if let Some(max) = max {
-                body["max"] = json!(max);
-            }
-            let r = client.call(reqwest::Method::POST, "/admin/discard", Some(body)).await?;
-            print(conn, &r, |v| {
-                let mut s = format!("discarded {} orphaned deliveries to {}\n", v["discarded"], text(&v["endpoint"]));
-                if v["truncated"] == true {
+            let body = json_body(&DiscardRequest { endpoint, max })?;
+            let r: Answer<DiscardResult> = client.call(reqwest::Method::POST, "/admin/discard", Some(body)).await?;
+            print(conn, &r.json, &r.body, |r| {
+                let mut s = format!("discarded {} orphaned deliveries to {}\n", r.discarded, r.endpoint);
+                if r.truncated {
                     s.push_str("stopped at --max; run the same command again for the rest\n");
                 }
                 s
@@ -270,8 +316,9 @@ pub async fn deliveries(conn: &Connection, cmd: DeliveriesCommand) -> Result<(),
 pub async fn events(conn: &Connection, cmd: EventsCommand) -> Result<(), ClientError> {
     let client = Client::new(conn)?;
     let EventsCommand::Show { id } = cmd;
-    let e = client.call(reqwest::Method::GET, &format!("/admin/events/{}", path_segment(&id)), None).await?;
-    print(conn, &e, render_event);
+    let path = format!("/admin/events/{}", path_segment(&id));
+    let e: Answer<EventView> = client.call(reqwest::Method::GET, &path, None).await?;
+    print(conn, &e.json, &e.body, render_event);
     Ok(())
 }
 
@@ -283,45 +330,44 @@ pub async fn replay(conn: &Connection, args: ReplayArgs) -> Result<(), ClientErr
         }
         let q = if args.include_delivered { "?include_delivered=true" } else { "" };
         // Every id is tried, whatever happens to the others; each gets a line.
-        let mut results = Vec::new();
-        let (mut replayed, mut skipped, mut failed) = (0, 0, Vec::new());
+        let mut out = ReplaySummary { replayed: 0, skipped: 0, failed: 0, deliveries: Vec::new() };
+        let mut failed = Vec::new();
         for id in &args.ids {
             let path = format!("/admin/deliveries/{}/replay{q}", path_segment(id));
-            match client.call(reqwest::Method::POST, &path, None).await {
+            let outcome = match client.call::<ReplayResult>(reqwest::Method::POST, &path, None).await {
                 Ok(r) => {
-                    replayed += r["replayed"].as_u64().unwrap_or(0);
-                    skipped += r["skipped"].as_u64().unwrap_or(0);
-                    results.push(
-                        json!({"id": id, "replayed": r["replayed"], "skipped": r["skipped"], "state": r["state"]}),
-                    );
+                    out.replayed += r.body.replayed;
+                    out.skipped += r.body.skipped;
+                    Outcome::Done(r.body)
                 }
                 // The relay is gone or refuses the token: the rest would fail alike.
                 Err(e @ (ClientError::Unreachable(_) | ClientError::Unauthorized(_))) => return Err(e),
                 Err(e) => {
-                    results.push(json!({"id": id, "error": e.to_string()}));
+                    let error = e.to_string();
                     failed.push(e);
+                    Outcome::Failed { error }
                 }
-            }
+            };
+            out.deliveries.push(IdOutcome { id: id.clone(), outcome });
         }
-        let out = json!({"replayed": replayed, "skipped": skipped, "failed": failed.len(), "deliveries": results});
-        print(conn, &out, |v| {
+        out.failed = failed.len();
+        print(conn, &out, &out, |out| {
             let mut s = String::new();
-            for d in v["deliveries"].as_array().into_iter().flatten() {
-                let id = d["id"].as_str().unwrap_or("");
-                let _ = match d["error"].as_str() {
-                    Some(e) => writeln!(s, "{id}  failed  ({e})"),
-                    None if d["replayed"] == 1 => writeln!(s, "{id}  replayed  (now {})", text(&d["state"])),
-                    None => writeln!(s, "{id}  skipped  (now {})", text(&d["state"])),
+            for IdOutcome { id, outcome } in &out.deliveries {
+                let _ = match outcome {
+                    Outcome::Failed { error } => writeln!(s, "{id}  failed  ({error})"),
+                    Outcome::Done(r) if r.replayed == 1 => writeln!(s, "{id}  replayed  (now {})", state_text(r.state)),
+                    Outcome::Done(r) => writeln!(s, "{id}  skipped  (now {})", state_text(r.state)),
                 };
             }
-            let _ = writeln!(s, "replayed {}, skipped {}, failed {}", v["replayed"], v["skipped"], v["failed"]);
+            let _ = writeln!(s, "replayed {}, skipped {}, failed {}", out.replayed, out.skipped, out.failed);
             s
         });
         // Exit as the first failure says (4 for an unknown id, …).
         return match failed.into_iter().next() {
             Some(e) => Err(ClientError::Partial(
                 e.exit_code(),
-                format!("{} of {} ids not replayed", out["failed"], args.ids.len()),
+                format!("{} of {} ids not replayed", out.failed, args.ids.len()),
             )),
             None => Ok(()),
         };
@@ -336,42 +382,41 @@ pub async fn replay(conn: &Connection, args: ReplayArgs) -> Result<(), ClientErr
             "with filters, use --state delivered to replay delivered deliveries".into(),
         ));
     }
-    let mut body = serde_json::Map::new();
-    for (k, v) in args.filters.pairs() {
-        body.insert(k.to_owned(), Value::String(v));
-    }
-    if let Some(max) = args.max {
-        body.insert("max".into(), json!(max));
-    }
-    if let Some(cursor) = &args.cursor {
-        body.insert("cursor".into(), json!(cursor));
-    }
-    let r = client.call(reqwest::Method::POST, "/admin/replay", Some(Value::Object(body))).await?;
+    let Filters { state, source, endpoint, event_type, since, until } = args.filters;
+    let request =
+        ReplayRequest { state, source, endpoint, event_type, since, until, max: args.max, cursor: args.cursor };
+    let r: Answer<ReplayJobView> =
+        client.call(reqwest::Method::POST, "/admin/replay", Some(json_body(&request)?)).await?;
     // The same selection again, as the relay resolved it (a relative
     // `--since 24h` becomes the time it meant), with the new cursor.
     let mut again: Vec<String> = vec!["ipn-relay replay".into()];
-    for k in ["state", "source", "endpoint", "type", "since", "until"] {
-        if let Some(v) = r["filter"][k].as_str() {
+    let f = &r.body.filter;
+    for (k, v) in [
+        ("state", f.state.map(DeliveryState::as_str)),
+        ("source", f.source.as_deref()),
+        ("endpoint", f.endpoint.as_deref()),
+        ("type", f.event_type.as_deref()),
+        ("since", f.since.as_deref()),
+        ("until", f.until.as_deref()),
+    ] {
+        if let Some(v) = v {
             again.push(format!("--{k} {}", shell_word(v)));
         }
     }
     if let Some(max) = args.max {
         again.push(format!("--max {max}"));
     }
-    print(conn, &r, |v| {
+    print(conn, &r.json, &r.body, |job| {
         let mut s = format!(
             "replayed {}, skipped {} of {} considered (job {})\n",
-            v["replayed"],
-            v["skipped"],
-            v["considered"],
-            text(&v["job"])
+            job.replayed, job.skipped, job.considered, job.job
         );
-        if v["truncated"] == true {
+        if job.truncated {
             let _ = writeln!(
                 s,
                 "stopped at --max with more deliveries possibly matching; for the next ones run:\n  {} --cursor {}",
                 again.join(" "),
-                text(&v["continue_cursor"])
+                or_dash(job.continue_cursor.as_deref())
             );
         }
         s
@@ -379,21 +424,49 @@ pub async fn replay(conn: &Connection, args: ReplayArgs) -> Result<(), ClientErr
     Ok(())
 }
 
-fn print(conn: &Connection, value: &Value, render: impl Fn(&Value) -> String) {
+/// What `replay ID…` prints with `--json`: a line per id, then totals.
+#[derive(Serialize)]
+struct ReplaySummary {
+    replayed: usize,
+    skipped: usize,
+    failed: usize,
+    deliveries: Vec<IdOutcome>,
+}
+
+#[derive(Serialize)]
+struct IdOutcome {
+    id: String,
+    #[serde(flatten)]
+    outcome: Outcome,
+}
+
+/// The relay's answer for one id, or why there is none.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Outcome {
+    Done(ReplayResult),
+    Failed { error: String },
+}
+
+/// `json` with `--json`, else `body` rendered for people. The JSON goes
+/// through a [`Value`], so its keys come out sorted, as the relay's do.
+fn print<T>(conn: &Connection, json: &impl Serialize, body: &T, render: impl Fn(&T) -> String) {
     if conn.json {
-        println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+        let value = serde_json::to_value(json).unwrap_or_default();
+        println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
     } else {
-        print!("{}", render(value));
+        print!("{}", render(body));
     }
 }
 
-/// A JSON value as table text: strings bare, null as `-`.
-fn text(v: &Value) -> String {
-    match v {
-        Value::Null => "-".into(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
+/// An absent value as table text: `-`.
+fn or_dash(v: Option<&str>) -> String {
+    v.unwrap_or("-").to_owned()
+}
+
+/// A delivery's state as table text; `-` if it has none.
+fn state_text(s: Option<DeliveryState>) -> String {
+    or_dash(s.map(DeliveryState::as_str))
 }
 
 /// Left-aligned columns, two spaces apart; long cells are cut.
@@ -418,30 +491,35 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-fn delivery_rows(items: &[Value]) -> Vec<Vec<String>> {
+fn delivery_rows(items: &[DeliveryView]) -> Vec<Vec<String>> {
     items
         .iter()
         .map(|d| {
-            ["id", "state", "endpoint", "type", "attempts", "created_at", "last_error"]
-                .iter()
-                .map(|k| text(&d[*k]))
-                .collect()
+            vec![
+                d.id.clone(),
+                d.state.as_str().to_owned(),
+                d.endpoint.clone(),
+                d.event_type.clone(),
+                d.attempts.to_string(),
+                d.created_at.clone(),
+                or_dash(d.last_error.as_deref()),
+            ]
         })
         .collect()
 }
 
 const DELIVERY_HEADER: [&str; 7] = ["ID", "STATE", "ENDPOINT", "TYPE", "ATTEMPTS", "CREATED", "LAST ERROR"];
 
-fn render_list(page: &Value) -> String {
-    let items = page["items"].as_array().cloned().unwrap_or_default();
-    match (items.is_empty(), page["next_cursor"].as_str()) {
+fn render_list(page: &DeliveryPage) -> String {
+    let items = &page.items;
+    match (items.is_empty(), page.next_cursor.as_deref()) {
         (true, None) => "no deliveries match\n".to_owned(),
         // The relay examines a bounded number of deliveries per page.
         (true, Some(c)) => {
             format!("none of the newest deliveries examined match; to look further back add --cursor {c}\n")
         }
         (false, cursor) => {
-            let mut out = table(&DELIVERY_HEADER, &delivery_rows(&items));
+            let mut out = table(&DELIVERY_HEADER, &delivery_rows(items));
             if let Some(c) = cursor {
                 let _ = writeln!(out, "more: add --cursor {c}");
             }
@@ -459,24 +537,25 @@ fn shell_word(s: &str) -> String {
     }
 }
 
-fn render_delivery(d: &Value) -> String {
+fn render_delivery(detail: &DeliveryDetail) -> String {
+    let d = &detail.delivery;
     let mut out = String::new();
-    for k in [
-        "id",
-        "event_id",
-        "endpoint",
-        "source",
-        "type",
-        "state",
-        "attempts",
-        "next_attempt_at",
-        "last_error",
-        "created_at",
-        "updated_at",
+    for (k, v) in [
+        ("id", d.id.clone()),
+        ("event_id", d.event_id.clone()),
+        ("endpoint", d.endpoint.clone()),
+        ("source", d.source.clone()),
+        ("type", d.event_type.clone()),
+        ("state", d.state.as_str().to_owned()),
+        ("attempts", d.attempts.to_string()),
+        ("next_attempt_at", or_dash(d.next_attempt_at.as_deref())),
+        ("last_error", or_dash(d.last_error.as_deref())),
+        ("created_at", d.created_at.clone()),
+        ("updated_at", d.updated_at.clone()),
     ] {
-        let _ = writeln!(out, "{:<18}{}", format!("{k}:"), text(&d[k]));
+        let _ = writeln!(out, "{:<18}{v}", format!("{k}:"));
     }
-    let history = d["history"].as_array().cloned().unwrap_or_default();
+    let history = &detail.history;
     out.push('\n');
     if history.is_empty() {
         out.push_str("no attempts yet\n");
@@ -484,16 +563,16 @@ fn render_delivery(d: &Value) -> String {
         let rows: Vec<Vec<String>> = history
             .iter()
             .map(|a| {
-                let result = match (&a["status"], &a["error"]) {
-                    (Value::Number(code), _) => format!("HTTP {code}"),
-                    (_, e) => text(e),
+                let result = match a.status {
+                    Some(code) => format!("HTTP {code}"),
+                    None => or_dash(a.error.as_deref()),
                 };
                 vec![
-                    text(&a["number"]),
-                    text(&a["started_at"]),
-                    format!("{} ms", text(&a["duration_ms"])),
+                    a.number.to_string(),
+                    a.started_at.clone(),
+                    format!("{} ms", a.duration_ms),
                     result,
-                    text(&a["response_excerpt"]).replace(['\n', '\r'], " "),
+                    or_dash(a.response_excerpt.as_deref()).replace(['\n', '\r'], " "),
                 ]
             })
             .collect();
@@ -502,21 +581,47 @@ fn render_delivery(d: &Value) -> String {
     out
 }
 
-fn render_event(e: &Value) -> String {
-    let mut out = serde_json::to_string_pretty(&e["event"]).unwrap_or_default();
+fn render_event(e: &EventView) -> String {
+    let mut out = serde_json::to_string_pretty(&e.event).unwrap_or_default();
     out.push_str("\n\n");
-    let items = e["deliveries"].as_array().cloned().unwrap_or_default();
-    if items.is_empty() {
+    if e.deliveries.is_empty() {
         out.push_str("no deliveries (no endpoint matched)\n");
     } else {
-        out.push_str(&table(&DELIVERY_HEADER, &delivery_rows(&items)));
+        out.push_str(&table(&DELIVERY_HEADER, &delivery_rows(&e.deliveries)));
     }
     out
 }
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
+
+    #[test]
+    fn an_answer_that_is_not_the_expected_type_is_a_clear_failure() {
+        let conn = Connection { admin_url: "http://127.0.0.1:9".into(), token: Some("t".into()), json: false };
+        let client = Client::new(&conn).unwrap();
+        let read = |status: u16, text: &str| {
+            let status = reqwest::StatusCode::from_u16(status).unwrap();
+            client.read::<DeliveryPage>(&reqwest::Method::GET, "/admin/deliveries?limit=50", status, text)
+        };
+        let page = read(200, r#"{"items":[],"next_cursor":"dlv_0"}"#).unwrap();
+        assert_eq!((page.body.next_cursor.as_deref(), &page.json["next_cursor"]), (Some("dlv_0"), &json!("dlv_0")));
+        let Err(ClientError::Failed(message)) = read(200, r#"{"deliveries":[]}"#) else { panic!("read as a page") };
+        assert!(
+            message.starts_with("the admin API at http://127.0.0.1:9 answered GET /admin/deliveries?limit=50")
+                && message.contains("missing field `items`"),
+            "{message}"
+        );
+        // Errors keep their exit codes; an error body of another shape has no message.
+        let bad = read(400, r#"{"error":{"code":"bad_request","message":"state: unknown state 'x'"}}"#);
+        assert!(matches!(bad, Err(ClientError::BadRequest(m)) if m == "state: unknown state 'x'"));
+        assert!(matches!(read(404, r#"{"error":"gone"}"#), Err(ClientError::NotFound(m)) if m == "no message"));
+        assert!(
+            matches!(read(502, "<html>"), Err(ClientError::Failed(m)) if m.contains("HTTP 502 Bad Gateway with no JSON"))
+        );
+    }
 
     #[test]
     fn tables_align_and_cut_long_cells() {
@@ -531,8 +636,9 @@ mod tests {
 
     #[test]
     fn an_empty_page_says_whether_older_deliveries_were_left_unexamined() {
-        assert_eq!(render_list(&json!({"items": [], "next_cursor": null})), "no deliveries match\n");
-        let out = render_list(&json!({"items": [], "next_cursor": "dlv_0"}));
+        let page = |v: Value| -> DeliveryPage { serde_json::from_value(v).unwrap() };
+        assert_eq!(render_list(&page(json!({"items": [], "next_cursor": null}))), "no deliveries match\n");
+        let out = render_list(&page(json!({"items": [], "next_cursor": "dlv_0"})));
         assert!(!out.contains("no deliveries match") && out.contains("--cursor dlv_0"), "{out}");
     }
 
