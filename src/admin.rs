@@ -7,8 +7,12 @@
 //!
 //! `/admin/*` needs `Authorization: Bearer <admin_token>`, compared in
 //! constant time; with no token configured the admin API refuses every
-//! request. Answers are JSON; errors are `{"error":{"code","message"}}` with
-//! a message that names the offending parameter.
+//! request. Answers are JSON, of the types in [`api`]; errors are
+//! `{"error":{"code","message"}}` with a message that names the offending
+//! parameter.
+
+pub mod api;
+mod params;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,19 +20,22 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
-use serde::Serialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::config::Config;
-use crate::event::rfc3339_millis;
 use crate::http::{BodyError, json_response};
 use crate::metrics::Metrics;
 use crate::replay::{self, Running};
-use crate::store::{
-    Attempt, AttemptResult, Delivery, DeliveryFilter, DeliveryState, Millis, ReplayJob, Store, StoreError, now_millis,
+use crate::store::{DeliveryFilter, DeliveryState, Store, StoreError, now_millis};
+use api::{
+    AttemptView, DeliveryDetail, DeliveryPage, DeliveryView, DiscardResult, EventView, ReplayJobView, ReplayResult,
 };
+
+#[doc(hidden)]
+pub use params::parse;
+use params::{json_object, parse_cursor, parse_limit, parse_time, query_pairs};
 
 /// A readiness probe must answer quickly even when the store hangs.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -86,7 +93,7 @@ impl From<StoreError> for ApiError {
     }
 }
 
-type Answer = Result<(StatusCode, Value), ApiError>;
+type Answer = Result<Response<Full<Bytes>>, ApiError>;
 
 impl Admin {
     pub fn new(config: Arc<Config>, store: Arc<dyn Store>, running: Running, metrics: Arc<Metrics>) -> Admin {
@@ -124,7 +131,7 @@ impl Admin {
                     return error_response(e);
                 }
                 match self.route(req).await {
-                    Ok((status, body)) => json_response(status, &body),
+                    Ok(response) => response,
                     Err(e) => error_response(e),
                 }
             }
@@ -189,8 +196,8 @@ impl Admin {
     async fn event(&self, id: &str) -> Answer {
         let event = self.store.event(id).await?.ok_or_else(|| ApiError::not_found(format!("no event {id}")))?;
         let body: Value = serde_json::from_slice(&event.json).map_err(|e| crate::store::corrupt(id, e))?;
-        let deliveries: Vec<Value> = self.store.event_deliveries(id).await?.iter().map(delivery_view).collect();
-        Ok((StatusCode::OK, json!({"event": body, "deliveries": deliveries})))
+        let deliveries = self.store.event_deliveries(id).await?.iter().map(DeliveryView::from).collect();
+        Ok(json_response(StatusCode::OK, &EventView { event: body, deliveries }))
     }
 
     async fn list(&self, query: &str) -> Answer {
@@ -204,8 +211,8 @@ impl Admin {
             }
         }
         let page = self.store.list(&filter, cursor.as_deref(), limit).await?;
-        let items: Vec<Value> = page.items.iter().map(delivery_view).collect();
-        Ok((StatusCode::OK, json!({"items": items, "next_cursor": page.next_cursor})))
+        let items = page.items.iter().map(DeliveryView::from).collect();
+        Ok(json_response(StatusCode::OK, &DeliveryPage { items, next_cursor: page.next_cursor }))
     }
 
     /// Applies one filter parameter; unknown names are errors, so a typo
@@ -274,9 +281,8 @@ impl Admin {
     async fn delivery(&self, id: &str) -> Answer {
         let (d, attempts) =
             self.store.delivery(id).await?.ok_or_else(|| ApiError::not_found(format!("no delivery {id}")))?;
-        let mut view = delivery_view(&d);
-        view["history"] = attempts.iter().map(attempt_view).collect();
-        Ok((StatusCode::OK, view))
+        let history = attempts.iter().map(AttemptView::from).collect();
+        Ok(json_response(StatusCode::OK, &DeliveryDetail { delivery: DeliveryView::from(&d), history }))
     }
 
     async fn replay_one(&self, id: &str, query: &str) -> Answer {
@@ -304,8 +310,9 @@ impl Admin {
             self.metrics.replayed(count.replayed);
             tracing::info!(delivery_id = %id, "delivery replayed");
         }
-        let state = self.store.delivery(id).await?.map(|(d, _)| d.state.as_str());
-        Ok((StatusCode::ACCEPTED, json!({"replayed": count.replayed, "skipped": count.skipped, "state": state})))
+        let state = self.store.delivery(id).await?.map(|(d, _)| d.state);
+        let result = ReplayResult { replayed: count.replayed, skipped: count.skipped, state };
+        Ok(json_response(StatusCode::ACCEPTED, &result))
     }
 
     async fn replay_bulk(&self, body: &[u8]) -> Answer {
@@ -345,7 +352,7 @@ impl Admin {
         let id = job.id.clone();
         let guard = self.running.enter(&id);
         match replay::spawn(self.store.clone(), job, guard, self.endpoints.clone(), self.metrics.clone()).await {
-            Ok(Ok(job)) => Ok((StatusCode::ACCEPTED, job_view(&job))),
+            Ok(Ok(job)) => Ok(json_response(StatusCode::ACCEPTED, &ReplayJobView::from(&job))),
             Ok(Err(_)) => {
                 // Logged by the job's task.
                 Err(ApiError(
@@ -405,51 +412,13 @@ impl Admin {
             }
         };
         tracing::info!(endpoint = %endpoint, discarded, "orphaned deliveries discarded");
-        Ok((StatusCode::OK, json!({"endpoint": endpoint, "discarded": discarded, "truncated": truncated})))
+        let endpoint = endpoint.to_owned();
+        Ok(json_response(StatusCode::OK, &DiscardResult { endpoint, discarded, truncated }))
     }
 
     async fn replay_job(&self, id: &str) -> Answer {
         let job = self.store.replay_job(id).await?.ok_or_else(|| ApiError::not_found(format!("no replay job {id}")))?;
-        Ok((StatusCode::OK, job_view(&job)))
-    }
-}
-
-/// A query string's parameters, refusing any given twice: with two values
-/// a reader could take either, and a bulk replay must never guess.
-fn query_pairs(query: &str) -> Result<Vec<(String, String)>, ApiError> {
-    let mut pairs: Vec<(String, String)> = Vec::new();
-    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
-        if pairs.iter().any(|(k, _)| *k == key) {
-            return Err(ApiError::bad(format!("{}: given more than once", shown(&key))));
-        }
-        pairs.push((key.into_owned(), value.into_owned()));
-    }
-    Ok(pairs)
-}
-
-/// A parameter name as an error message shows it: an empty one as `''`.
-fn shown(key: &str) -> &str {
-    if key.is_empty() { "''" } else { key }
-}
-
-/// A request body as a JSON object; empty means `{}`. Duplicate keys are
-/// refused (the strict parser ingress uses), for the same reason as
-/// repeated query parameters.
-fn json_object(body: &[u8]) -> Result<serde_json::Map<String, Value>, ApiError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(serde_json::Map::new());
-    }
-    match crate::canonical::parse(body) {
-        Err(crate::canonical::ParseError::DuplicateKey(key)) => {
-            return Err(ApiError::bad(format!("{}: given more than once", shown(&key))));
-        }
-        Err(e) => return Err(ApiError::bad(format!("body: not JSON: {e}"))),
-        Ok(_) => {}
-    }
-    match serde_json::from_slice(body) {
-        Ok(Value::Object(fields)) => Ok(fields),
-        Ok(_) => Err(ApiError::bad("body: expected a JSON object")),
-        Err(e) => Err(ApiError::bad(format!("body: not JSON: {e}"))),
+        Ok(json_response(StatusCode::OK, &ReplayJobView::from(&job)))
     }
 }
 
@@ -470,228 +439,4 @@ fn error_response(ApiError(status, code, message): ApiError) -> Response<Full<By
         response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     }
     response
-}
-
-fn parse_limit(value: &str) -> Result<usize, ApiError> {
-    value
-        .parse::<usize>()
-        .ok()
-        .filter(|n| (1..=MAX_PAGE).contains(n))
-        .ok_or_else(|| ApiError::bad(format!("limit: expected a whole number from 1 to {MAX_PAGE}, got '{value}'")))
-}
-
-/// A cursor is a delivery id, as a page's `next_cursor` gives it.
-fn parse_cursor(value: &str) -> Result<String, ApiError> {
-    if crate::store::is_delivery_id(value) {
-        Ok(value.to_owned())
-    } else {
-        Err(ApiError::bad(format!("cursor: not a cursor this API gave: '{value}'")))
-    }
-}
-
-/// An RFC 3339 time, or a duration meaning that long ago (`90m`, `24h`).
-fn parse_time(name: &str, value: &str, now: Millis) -> Result<Millis, ApiError> {
-    if let Some(t) = crate::event::parse_rfc3339(value) {
-        let ms = t.unix_timestamp_nanos() / 1_000_000;
-        return u64::try_from(ms).map_err(|_| ApiError::bad(format!("{name}: before 1970: '{value}'")));
-    }
-    if let Ok(ago) = humantime::parse_duration(value) {
-        let ago = Millis::try_from(ago.as_millis())
-            .map_err(|_| ApiError::bad(format!("{name}: duration too long: '{value}'")))?;
-        return Ok(now.saturating_sub(ago));
-    }
-    Err(ApiError::bad(format!(
-        "{name}: expected an RFC 3339 time (2026-11-20T08:00:00Z) or a duration ago (24h), got '{value}'"
-    )))
-}
-
-fn time(ms: Millis) -> String {
-    rfc3339_millis(time::OffsetDateTime::UNIX_EPOCH + Duration::from_millis(ms))
-}
-
-/// A delivery as the API shows it (docs/operations.md).
-fn delivery_view(d: &Delivery) -> Value {
-    json!({
-        "id": d.id,
-        "event_id": d.event_id,
-        "endpoint": d.endpoint,
-        "source": d.source,
-        "type": d.event_type,
-        "state": d.state.as_str(),
-        "attempts": d.attempts,
-        "next_attempt_at": d.next_attempt_at.map(time),
-        "last_error": d.last_error,
-        "created_at": time(d.created_at),
-        "updated_at": time(d.updated_at),
-    })
-}
-
-fn attempt_view(a: &Attempt) -> Value {
-    let (status, error) = match &a.result {
-        AttemptResult::Status { code } => (Some(*code), a.result.last_error()),
-        AttemptResult::Error { .. } => (None, a.result.last_error()),
-    };
-    json!({
-        "number": a.number,
-        "started_at": time(a.started_at),
-        "duration_ms": a.duration_ms,
-        "status": status,
-        "error": error,
-        "response_excerpt": a.response_excerpt,
-    })
-}
-
-#[derive(Serialize)]
-struct JobView<'a> {
-    job: &'a str,
-    replayed: usize,
-    skipped: usize,
-    not_found: usize,
-    not_configured: usize,
-    considered: usize,
-    finished: bool,
-    truncated: bool,
-    /// To go on below a truncated job: the last delivery it examined, as
-    /// the `cursor` of the next request. Exclusive, so nothing is skipped
-    /// or repeated, however many deliveries share a millisecond.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    continue_cursor: Option<&'a str>,
-    /// The selection as the job resolved it: relative times (`24h`) become
-    /// the times they meant when the job began, so the same selection can
-    /// be asked for again later, with `continue_cursor`.
-    filter: FilterView<'a>,
-    created_at: String,
-    updated_at: String,
-}
-
-#[derive(Serialize)]
-struct FilterView<'a> {
-    state: Option<&'static str>,
-    source: Option<&'a str>,
-    endpoint: Option<&'a str>,
-    #[serde(rename = "type")]
-    event_type: Option<&'a str>,
-    since: Option<String>,
-    until: Option<String>,
-}
-
-fn job_view(job: &ReplayJob) -> Value {
-    serde_json::to_value(JobView {
-        job: &job.id,
-        replayed: job.replayed,
-        skipped: job.skipped,
-        not_found: job.not_found,
-        not_configured: job.not_configured,
-        considered: job.considered,
-        finished: job.finished,
-        truncated: job.truncated,
-        continue_cursor: job.truncated.then_some(job.cursor.as_deref()).flatten(),
-        filter: FilterView {
-            state: job.filter.state.map(DeliveryState::as_str),
-            source: job.filter.source.as_deref(),
-            endpoint: job.filter.endpoint.as_deref(),
-            event_type: job.filter.event_type.as_deref(),
-            since: job.filter.since.map(time),
-            until: job.filter.until.map(time),
-        },
-        created_at: time(job.created_at),
-        updated_at: time(job.updated_at),
-    })
-    .unwrap_or(Value::Null)
-}
-
-/// The admin API's pure parsers, whole, for the fuzz targets (`fuzz/`):
-/// query strings and request bodies as the handlers read them, minus the
-/// look-ups in the configuration and the store.
-#[doc(hidden)]
-pub mod parse {
-    use super::*;
-
-    /// Parses a query string; the number of parameters, or the 400 message.
-    pub fn query(query: &str) -> Result<usize, String> {
-        let pairs = query_pairs(query).map_err(|ApiError(_, _, m)| m)?;
-        for (key, value) in &pairs {
-            check(key, value).map_err(|ApiError(_, _, m)| m)?;
-        }
-        Ok(pairs.len())
-    }
-
-    /// Parses a replay or discard body; the number of keys, or the 400 message.
-    pub fn body(body: &[u8]) -> Result<usize, String> {
-        let fields = json_object(body).map_err(|ApiError(_, _, m)| m)?;
-        for (key, value) in &fields {
-            match (key.as_str(), value) {
-                ("max", v) => {
-                    v.as_u64().ok_or_else(|| format!("{key}: expected a whole number"))?;
-                }
-                (_, Value::String(text)) => check(key, text).map_err(|ApiError(_, _, m)| m)?,
-                _ => return Err(format!("{key}: expected a string")),
-            }
-        }
-        Ok(fields.len())
-    }
-
-    fn check(key: &str, value: &str) -> Result<(), ApiError> {
-        match key {
-            "limit" => parse_limit(value).map(drop),
-            "cursor" => parse_cursor(value).map(drop),
-            "since" | "until" => parse_time(key, value, now_millis()).map(drop),
-            "state" => DeliveryState::parse(value).map(drop).ok_or_else(|| ApiError::bad("state: unknown")),
-            _ => Ok(()),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn times_parse_as_rfc3339_or_duration_ago() {
-        let now = 1_800_000_000_000;
-        assert_eq!(parse_time("since", "2027-01-15T08:00:00Z", now).ok(), Some(1_800_000_000_000));
-        assert_eq!(parse_time("since", "24h", now).ok(), Some(now - 86_400_000));
-        let ApiError(status, _, message) = parse_time("since", "yesterday", now).unwrap_err();
-        assert_eq!(status, StatusCode::BAD_REQUEST);
-        assert!(message.starts_with("since: expected an RFC 3339 time"), "{message}");
-    }
-
-    #[test]
-    fn repeated_query_parameters_and_duplicate_body_keys_are_refused() {
-        let ApiError(status, _, message) = query_pairs("state=dead&state=pending").unwrap_err();
-        assert_eq!((status, message.as_str()), (StatusCode::BAD_REQUEST, "state: given more than once"));
-        // Encoded spellings of one name are one name.
-        assert!(query_pairs("state=dead&%73tate=pending").is_err());
-        assert_eq!(query_pairs("=x&=y").unwrap_err().2, "'': given more than once");
-        assert_eq!(query_pairs("state=dead&limit=3").unwrap().len(), 2);
-        let ApiError(_, _, message) = json_object(br#"{"state":"dead","state":"delivered"}"#).unwrap_err();
-        assert_eq!(message, "state: given more than once");
-        let ApiError(_, _, message) = json_object(br#"{"state":"dead","st\u0061te":"delivered"}"#).unwrap_err();
-        assert_eq!(message, "state: given more than once");
-        assert!(json_object(b" ").unwrap().is_empty());
-        assert!(json_object(b"[]").is_err());
-        assert_eq!(json_object(br#"{"state":"dead","max":2}"#).unwrap().len(), 2);
-    }
-
-    #[test]
-    fn the_fuzzed_parsers_accept_and_refuse_like_the_handlers() {
-        assert_eq!(parse::query("limit=5&state=dead&since=24h"), Ok(3));
-        assert_eq!(parse::query("state=dead&state=dead"), Err("state: given more than once".into()));
-        assert!(parse::query("limit=0").unwrap_err().starts_with("limit:"));
-        assert_eq!(parse::body(br#"{"state":"dead","max":3,"cursor":"dlv_0190a1b2c3d4e5f60718293a4b5c"}"#), Ok(3));
-        assert!(parse::body(br#"{"max":"3"}"#).is_err());
-        assert!(parse::body(br#"{"cursor":"dlv_x"}"#).unwrap_err().starts_with("cursor:"));
-    }
-
-    #[test]
-    fn cursors_and_limits_are_checked() {
-        assert!(parse_cursor("dlv_0190a1b2c3d4e5f60718293a4b5c").is_ok());
-        assert!(parse_cursor(&crate::store::new_delivery_id(now_millis())).is_ok(), "every id is a cursor");
-        assert!(parse_cursor("dlv_xyz").is_err());
-        assert!(parse_cursor("").is_err());
-        assert_eq!(parse_limit("1000").ok(), Some(1000));
-        assert!(parse_limit("0").is_err());
-        assert!(parse_limit("1001").is_err());
-        assert!(parse_limit("ten").is_err());
-    }
 }

@@ -6,11 +6,20 @@
 //! 2 a bad request (a bad filter, say), 3 a missing or wrong token, 4 no such
 //! id.
 
-use std::fmt::Write as _;
+mod render;
+
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use serde_json::{Value, json};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::admin::api::{
+    DeliveryDetail, DeliveryPage, DiscardRequest, DiscardResult, ErrorBody, EventView, ReplayJobView, ReplayRequest,
+    ReplayResult,
+};
+use render::{render_delivery, render_discard, render_event, render_job, render_list, render_replayed};
 
 /// What failed, and the exit code it gives.
 #[derive(Debug, thiserror::Error)]
@@ -157,6 +166,13 @@ impl ReplayArgs {
     }
 }
 
+/// An answer of the admin API: the JSON as it came, which `--json` prints,
+/// and read as the type the route answers with, which the tables show.
+struct Answer<T> {
+    json: Value,
+    body: T,
+}
+
 /// A blocking-free client for one command.
 struct Client {
     http: reqwest::Client,
@@ -174,14 +190,21 @@ impl Client {
         Ok(Client { http, base: c.admin_url.trim_end_matches('/').to_owned(), token: c.token.clone() })
     }
 
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Value, ClientError> {
+    /// Sends a request and reads a success as `T`; `body` is a request
+    /// type of [`crate::admin::api`], as JSON.
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<String>,
+    ) -> Result<Answer<T>, ClientError> {
         let url = format!("{}{path}", self.base);
-        let mut req = self.http.request(method, &url);
+        let mut req = self.http.request(method.clone(), &url);
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
         }
         if let Some(b) = body {
-            req = req.header("content-type", "application/json").body(b.to_string());
+            req = req.header("content-type", "application/json").body(b);
         }
         let resp = req.send().await.map_err(|e| {
             ClientError::Unreachable(format!("cannot reach the relay's admin API at {}: {}", self.base, root_cause(&e)))
@@ -191,13 +214,34 @@ impl Client {
             .text()
             .await
             .map_err(|e| ClientError::Failed(format!("the relay's answer was cut off: {}", root_cause(&e))))?;
-        let value: Value = serde_json::from_str(&text).map_err(|_| {
+        self.read(&method, path, status, &text)
+    }
+
+    /// An answer to `method path`: a success read as `T`, or the error it
+    /// reports.
+    fn read<T: DeserializeOwned>(
+        &self,
+        method: &reqwest::Method,
+        path: &str,
+        status: reqwest::StatusCode,
+        text: &str,
+    ) -> Result<Answer<T>, ClientError> {
+        let value: Value = serde_json::from_str(text).map_err(|_| {
             ClientError::Failed(format!("the admin API at {} answered HTTP {status} with no JSON", self.base))
         })?;
         if status.is_success() {
-            return Ok(value);
+            // A relay of another version, or not a relay: say so, rather
+            // than print a table of blanks.
+            let body = T::deserialize(&value).map_err(|e| {
+                ClientError::Failed(format!(
+                    "the admin API at {} answered {method} {path} with JSON this command cannot read ({e}); \
+                     is it a relay of the same version?",
+                    self.base
+                ))
+            })?;
+            return Ok(Answer { json: value, body });
         }
-        let message = value["error"]["message"].as_str().unwrap_or("no message").to_owned();
+        let message = ErrorBody::deserialize(&value).map_or_else(|_| "no message".to_owned(), |b| b.error.message);
         Err(match status.as_u16() {
             400 => ClientError::BadRequest(message),
             401 if self.token.is_none() => {
@@ -212,6 +256,11 @@ impl Client {
             code => ClientError::Failed(format!("{message} (HTTP {code})")),
         })
     }
+}
+
+/// A request body as the API reads it.
+fn json_body(body: &impl Serialize) -> Result<String, ClientError> {
+    serde_json::to_string(body).map_err(|e| ClientError::Failed(format!("cannot write the request as JSON: {e}")))
 }
 
 fn root_cause(e: &reqwest::Error) -> String {
@@ -241,27 +290,19 @@ pub async fn deliveries(conn: &Connection, cmd: DeliveriesCommand) -> Result<(),
             if let Some(c) = cursor {
                 pairs.push(("cursor", c));
             }
-            let page = client.call(reqwest::Method::GET, &format!("/admin/deliveries{}", query(&pairs)), None).await?;
-            print(conn, &page, render_list);
+            let path = format!("/admin/deliveries{}", query(&pairs));
+            let page: Answer<DeliveryPage> = client.call(reqwest::Method::GET, &path, None).await?;
+            print(conn, &page.json, &page.body, render_list);
         }
         DeliveriesCommand::Show { id } => {
-            let d =
-                client.call(reqwest::Method::GET, &format!("/admin/deliveries/{}", path_segment(&id)), None).await?;
-            print(conn, &d, render_delivery);
+            let path = format!("/admin/deliveries/{}", path_segment(&id));
+            let d: Answer<DeliveryDetail> = client.call(reqwest::Method::GET, &path, None).await?;
+            print(conn, &d.json, &d.body, render_delivery);
         }
         DeliveriesCommand::Discard { endpoint, max } => {
-            let mut body = json!({"endpoint": endpoint});
-            if let Some(max) = max {
-                body["max"] = json!(max);
-            }
-            let r = client.call(reqwest::Method::POST, "/admin/discard", Some(body)).await?;
-            print(conn, &r, |v| {
-                let mut s = format!("discarded {} orphaned deliveries to {}\n", v["discarded"], text(&v["endpoint"]));
-                if v["truncated"] == true {
-                    s.push_str("stopped at --max; run the same command again for the rest\n");
-                }
-                s
-            });
+            let body = json_body(&DiscardRequest { endpoint, max })?;
+            let r: Answer<DiscardResult> = client.call(reqwest::Method::POST, "/admin/discard", Some(body)).await?;
+            print(conn, &r.json, &r.body, render_discard);
         }
     }
     Ok(())
@@ -270,8 +311,9 @@ pub async fn deliveries(conn: &Connection, cmd: DeliveriesCommand) -> Result<(),
 pub async fn events(conn: &Connection, cmd: EventsCommand) -> Result<(), ClientError> {
     let client = Client::new(conn)?;
     let EventsCommand::Show { id } = cmd;
-    let e = client.call(reqwest::Method::GET, &format!("/admin/events/{}", path_segment(&id)), None).await?;
-    print(conn, &e, render_event);
+    let path = format!("/admin/events/{}", path_segment(&id));
+    let e: Answer<EventView> = client.call(reqwest::Method::GET, &path, None).await?;
+    print(conn, &e.json, &e.body, render_event);
     Ok(())
 }
 
@@ -283,45 +325,33 @@ pub async fn replay(conn: &Connection, args: ReplayArgs) -> Result<(), ClientErr
         }
         let q = if args.include_delivered { "?include_delivered=true" } else { "" };
         // Every id is tried, whatever happens to the others; each gets a line.
-        let mut results = Vec::new();
-        let (mut replayed, mut skipped, mut failed) = (0, 0, Vec::new());
+        let mut out = ReplaySummary { replayed: 0, skipped: 0, failed: 0, deliveries: Vec::new() };
+        let mut failed = Vec::new();
         for id in &args.ids {
             let path = format!("/admin/deliveries/{}/replay{q}", path_segment(id));
-            match client.call(reqwest::Method::POST, &path, None).await {
+            let outcome = match client.call::<ReplayResult>(reqwest::Method::POST, &path, None).await {
                 Ok(r) => {
-                    replayed += r["replayed"].as_u64().unwrap_or(0);
-                    skipped += r["skipped"].as_u64().unwrap_or(0);
-                    results.push(
-                        json!({"id": id, "replayed": r["replayed"], "skipped": r["skipped"], "state": r["state"]}),
-                    );
+                    out.replayed += r.body.replayed;
+                    out.skipped += r.body.skipped;
+                    Outcome::Done(r.body)
                 }
                 // The relay is gone or refuses the token: the rest would fail alike.
                 Err(e @ (ClientError::Unreachable(_) | ClientError::Unauthorized(_))) => return Err(e),
                 Err(e) => {
-                    results.push(json!({"id": id, "error": e.to_string()}));
+                    let error = e.to_string();
                     failed.push(e);
+                    Outcome::Failed { error }
                 }
-            }
+            };
+            out.deliveries.push(IdOutcome { id: id.clone(), outcome });
         }
-        let out = json!({"replayed": replayed, "skipped": skipped, "failed": failed.len(), "deliveries": results});
-        print(conn, &out, |v| {
-            let mut s = String::new();
-            for d in v["deliveries"].as_array().into_iter().flatten() {
-                let id = d["id"].as_str().unwrap_or("");
-                let _ = match d["error"].as_str() {
-                    Some(e) => writeln!(s, "{id}  failed  ({e})"),
-                    None if d["replayed"] == 1 => writeln!(s, "{id}  replayed  (now {})", text(&d["state"])),
-                    None => writeln!(s, "{id}  skipped  (now {})", text(&d["state"])),
-                };
-            }
-            let _ = writeln!(s, "replayed {}, skipped {}, failed {}", v["replayed"], v["skipped"], v["failed"]);
-            s
-        });
+        out.failed = failed.len();
+        print(conn, &out, &out, render_replayed);
         // Exit as the first failure says (4 for an unknown id, …).
         return match failed.into_iter().next() {
             Some(e) => Err(ClientError::Partial(
                 e.exit_code(),
-                format!("{} of {} ids not replayed", out["failed"], args.ids.len()),
+                format!("{} of {} ids not replayed", out.failed, args.ids.len()),
             )),
             None => Ok(()),
         };
@@ -336,213 +366,79 @@ pub async fn replay(conn: &Connection, args: ReplayArgs) -> Result<(), ClientErr
             "with filters, use --state delivered to replay delivered deliveries".into(),
         ));
     }
-    let mut body = serde_json::Map::new();
-    for (k, v) in args.filters.pairs() {
-        body.insert(k.to_owned(), Value::String(v));
-    }
-    if let Some(max) = args.max {
-        body.insert("max".into(), json!(max));
-    }
-    if let Some(cursor) = &args.cursor {
-        body.insert("cursor".into(), json!(cursor));
-    }
-    let r = client.call(reqwest::Method::POST, "/admin/replay", Some(Value::Object(body))).await?;
-    // The same selection again, as the relay resolved it (a relative
-    // `--since 24h` becomes the time it meant), with the new cursor.
-    let mut again: Vec<String> = vec!["ipn-relay replay".into()];
-    for k in ["state", "source", "endpoint", "type", "since", "until"] {
-        if let Some(v) = r["filter"][k].as_str() {
-            again.push(format!("--{k} {}", shell_word(v)));
-        }
-    }
-    if let Some(max) = args.max {
-        again.push(format!("--max {max}"));
-    }
-    print(conn, &r, |v| {
-        let mut s = format!(
-            "replayed {}, skipped {} of {} considered (job {})\n",
-            v["replayed"],
-            v["skipped"],
-            v["considered"],
-            text(&v["job"])
-        );
-        if v["truncated"] == true {
-            let _ = writeln!(
-                s,
-                "stopped at --max with more deliveries possibly matching; for the next ones run:\n  {} --cursor {}",
-                again.join(" "),
-                text(&v["continue_cursor"])
-            );
-        }
-        s
-    });
+    let Filters { state, source, endpoint, event_type, since, until } = args.filters;
+    let request =
+        ReplayRequest { state, source, endpoint, event_type, since, until, max: args.max, cursor: args.cursor };
+    let r: Answer<ReplayJobView> =
+        client.call(reqwest::Method::POST, "/admin/replay", Some(json_body(&request)?)).await?;
+    print(conn, &r.json, &r.body, |job| render_job(job, args.max));
     Ok(())
 }
 
-fn print(conn: &Connection, value: &Value, render: impl Fn(&Value) -> String) {
+/// What `replay ID…` prints with `--json`: a line per id, then totals.
+#[derive(Serialize)]
+struct ReplaySummary {
+    replayed: usize,
+    skipped: usize,
+    failed: usize,
+    deliveries: Vec<IdOutcome>,
+}
+
+#[derive(Serialize)]
+struct IdOutcome {
+    id: String,
+    #[serde(flatten)]
+    outcome: Outcome,
+}
+
+/// The relay's answer for one id, or why there is none.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Outcome {
+    Done(ReplayResult),
+    Failed { error: String },
+}
+
+/// `json` with `--json`, else `body` rendered for people. The JSON goes
+/// through a [`Value`], so its keys come out sorted, as the relay's do.
+fn print<T>(conn: &Connection, json: &impl Serialize, body: &T, render: impl Fn(&T) -> String) {
     if conn.json {
-        println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+        let value = serde_json::to_value(json).unwrap_or_default();
+        println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
     } else {
-        print!("{}", render(value));
+        print!("{}", render(body));
     }
-}
-
-/// A JSON value as table text: strings bare, null as `-`.
-fn text(v: &Value) -> String {
-    match v {
-        Value::Null => "-".into(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
-}
-
-/// Left-aligned columns, two spaces apart; long cells are cut.
-fn table(header: &[&str], rows: &[Vec<String>]) -> String {
-    const MAX_CELL: usize = 60;
-    let cut = |s: &str| -> String {
-        if s.chars().count() > MAX_CELL {
-            format!("{}…", s.chars().take(MAX_CELL - 1).collect::<String>())
-        } else {
-            s.to_owned()
-        }
-    };
-    let rows: Vec<Vec<String>> = rows.iter().map(|r| r.iter().map(|c| cut(c)).collect()).collect();
-    let widths: Vec<usize> = (0..header.len())
-        .map(|i| rows.iter().map(|r| r[i].chars().count()).chain([header[i].len()]).max().unwrap_or(0))
-        .collect();
-    let mut out = String::new();
-    for row in std::iter::once(header.iter().map(|h| h.to_string()).collect::<Vec<_>>()).chain(rows) {
-        let line: Vec<String> = row.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
-        let _ = writeln!(out, "{}", line.join("  ").trim_end());
-    }
-    out
-}
-
-fn delivery_rows(items: &[Value]) -> Vec<Vec<String>> {
-    items
-        .iter()
-        .map(|d| {
-            ["id", "state", "endpoint", "type", "attempts", "created_at", "last_error"]
-                .iter()
-                .map(|k| text(&d[*k]))
-                .collect()
-        })
-        .collect()
-}
-
-const DELIVERY_HEADER: [&str; 7] = ["ID", "STATE", "ENDPOINT", "TYPE", "ATTEMPTS", "CREATED", "LAST ERROR"];
-
-fn render_list(page: &Value) -> String {
-    let items = page["items"].as_array().cloned().unwrap_or_default();
-    match (items.is_empty(), page["next_cursor"].as_str()) {
-        (true, None) => "no deliveries match\n".to_owned(),
-        // The relay examines a bounded number of deliveries per page.
-        (true, Some(c)) => {
-            format!("none of the newest deliveries examined match; to look further back add --cursor {c}\n")
-        }
-        (false, cursor) => {
-            let mut out = table(&DELIVERY_HEADER, &delivery_rows(&items));
-            if let Some(c) = cursor {
-                let _ = writeln!(out, "more: add --cursor {c}");
-            }
-            out
-        }
-    }
-}
-
-/// `s` quoted for a POSIX shell if it needs it.
-fn shell_word(s: &str) -> String {
-    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:/+@%=,".contains(&b)) {
-        s.to_owned()
-    } else {
-        format!("'{}'", s.replace('\'', "'\\''"))
-    }
-}
-
-fn render_delivery(d: &Value) -> String {
-    let mut out = String::new();
-    for k in [
-        "id",
-        "event_id",
-        "endpoint",
-        "source",
-        "type",
-        "state",
-        "attempts",
-        "next_attempt_at",
-        "last_error",
-        "created_at",
-        "updated_at",
-    ] {
-        let _ = writeln!(out, "{:<18}{}", format!("{k}:"), text(&d[k]));
-    }
-    let history = d["history"].as_array().cloned().unwrap_or_default();
-    out.push('\n');
-    if history.is_empty() {
-        out.push_str("no attempts yet\n");
-    } else {
-        let rows: Vec<Vec<String>> = history
-            .iter()
-            .map(|a| {
-                let result = match (&a["status"], &a["error"]) {
-                    (Value::Number(code), _) => format!("HTTP {code}"),
-                    (_, e) => text(e),
-                };
-                vec![
-                    text(&a["number"]),
-                    text(&a["started_at"]),
-                    format!("{} ms", text(&a["duration_ms"])),
-                    result,
-                    text(&a["response_excerpt"]).replace(['\n', '\r'], " "),
-                ]
-            })
-            .collect();
-        out.push_str(&table(&["#", "STARTED", "DURATION", "RESULT", "RESPONSE"], &rows));
-    }
-    out
-}
-
-fn render_event(e: &Value) -> String {
-    let mut out = serde_json::to_string_pretty(&e["event"]).unwrap_or_default();
-    out.push_str("\n\n");
-    let items = e["deliveries"].as_array().cloned().unwrap_or_default();
-    if items.is_empty() {
-        out.push_str("no deliveries (no endpoint matched)\n");
-    } else {
-        out.push_str(&table(&DELIVERY_HEADER, &delivery_rows(&items)));
-    }
-    out
 }
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]
-    fn tables_align_and_cut_long_cells() {
-        let long = "x".repeat(80);
-        let t = table(&["A", "LONG"], &[vec!["1".into(), long], vec!["22".into(), "b".into()]]);
-        let lines: Vec<&str> = t.lines().collect();
-        assert_eq!(lines[0], "A   LONG");
-        assert!(lines[1].starts_with("1   xxx") && lines[1].ends_with('…'), "{}", lines[1]);
-        assert_eq!(lines[1].chars().count(), 4 + 60);
-        assert_eq!(lines[2], "22  b");
-    }
-
-    #[test]
-    fn an_empty_page_says_whether_older_deliveries_were_left_unexamined() {
-        assert_eq!(render_list(&json!({"items": [], "next_cursor": null})), "no deliveries match\n");
-        let out = render_list(&json!({"items": [], "next_cursor": "dlv_0"}));
-        assert!(!out.contains("no deliveries match") && out.contains("--cursor dlv_0"), "{out}");
-    }
-
-    #[test]
-    fn follow_up_commands_quote_what_the_shell_would_split() {
-        assert_eq!(shell_word("deposit.confirmed"), "deposit.confirmed");
-        assert_eq!(shell_word("2026-11-20T08:00:00+01:00"), "2026-11-20T08:00:00+01:00");
-        assert_eq!(shell_word("a b"), "'a b'");
-        assert_eq!(shell_word("it's"), "'it'\\''s'");
-        assert_eq!(shell_word(""), "''");
+    fn an_answer_that_is_not_the_expected_type_is_a_clear_failure() {
+        let conn = Connection { admin_url: "http://127.0.0.1:9".into(), token: Some("t".into()), json: false };
+        let client = Client::new(&conn).unwrap();
+        let read = |status: u16, text: &str| {
+            let status = reqwest::StatusCode::from_u16(status).unwrap();
+            client.read::<DeliveryPage>(&reqwest::Method::GET, "/admin/deliveries?limit=50", status, text)
+        };
+        let page = read(200, r#"{"items":[],"next_cursor":"dlv_0"}"#).unwrap();
+        assert_eq!((page.body.next_cursor.as_deref(), &page.json["next_cursor"]), (Some("dlv_0"), &json!("dlv_0")));
+        let Err(ClientError::Failed(message)) = read(200, r#"{"deliveries":[]}"#) else { panic!("read as a page") };
+        assert!(
+            message.starts_with("the admin API at http://127.0.0.1:9 answered GET /admin/deliveries?limit=50")
+                && message.contains("missing field `items`"),
+            "{message}"
+        );
+        // Errors keep their exit codes; an error body of another shape has no message.
+        let bad = read(400, r#"{"error":{"code":"bad_request","message":"state: unknown state 'x'"}}"#);
+        assert!(matches!(bad, Err(ClientError::BadRequest(m)) if m == "state: unknown state 'x'"));
+        assert!(matches!(read(404, r#"{"error":"gone"}"#), Err(ClientError::NotFound(m)) if m == "no message"));
+        assert!(
+            matches!(read(502, "<html>"), Err(ClientError::Failed(m)) if m.contains("HTTP 502 Bad Gateway with no JSON"))
+        );
     }
 
     #[test]

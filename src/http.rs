@@ -12,18 +12,50 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use serde::{Deserialize, Serialize};
+
+/// What an answer that could not be written as JSON says instead.
+const UNWRITABLE: &str = r#"{"error":{"code":"internal","message":"the answer could not be written as JSON"}}"#;
 
 /// A JSON answer with `status`.
-pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+///
+/// Written through a [`serde_json::Value`], whose object keys come out
+/// sorted: so the bytes of an answer do not depend on the order a type
+/// declares its fields in, and are what they were when every answer was
+/// built with `json!`.
+pub fn json_response(status: StatusCode, body: &impl Serialize) -> Response<Full<Bytes>> {
+    let (status, text) = match serde_json::to_value(body) {
+        Ok(value) => (status, value.to_string()),
+        // Only a map with keys that are not strings fails; no answer has one.
+        Err(e) => {
+            tracing::error!(error = %e, "an answer could not be written as JSON");
+            (StatusCode::INTERNAL_SERVER_ERROR, UNWRITABLE.to_owned())
+        }
+    };
+    let mut resp = Response::new(Full::new(Bytes::from(text)));
     *resp.status_mut() = status;
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
 }
 
+/// The error body every listener answers with, and the admin CLI reads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// What went wrong: a machine-readable `code` (`bad_request`, `not_found`,
+/// `unavailable`, …) and a message for people.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    pub code: String,
+    pub message: String,
+}
+
 /// The error body every listener answers with.
 pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>> {
-    json_response(status, &serde_json::json!({"error": {"code": code, "message": message}}))
+    let body = ErrorBody { error: ErrorDetail { code: code.to_owned(), message: message.to_owned() } };
+    json_response(status, &body)
 }
 
 /// Why a request body could not be read.
@@ -118,6 +150,34 @@ mod tests {
     fn futures_never()
     -> impl futures_core::Stream<Item = Result<hyper::body::Frame<Bytes>, std::convert::Infallible>> + Send {
         tokio_stream::pending()
+    }
+
+    #[tokio::test]
+    async fn error_bodies_have_one_shape_and_read_back() {
+        let resp = error_response(StatusCode::NOT_FOUND, "not_found", "no delivery \"dlv_x\"");
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+        assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/json");
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(bytes, r#"{"error":{"code":"not_found","message":"no delivery \"dlv_x\""}}"#);
+        let body: ErrorBody = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!((body.error.code.as_str(), body.error.message.as_str()), ("not_found", "no delivery \"dlv_x\""));
+    }
+
+    #[tokio::test]
+    async fn answers_are_written_with_sorted_keys_whatever_the_declaration_order() {
+        #[derive(Serialize)]
+        struct Unsorted {
+            b: u8,
+            a: Option<u8>,
+        }
+        let resp = json_response(StatusCode::OK, &Unsorted { b: 1, a: None });
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(bytes, r#"{"a":null,"b":1}"#);
+        // A map with keys that are not strings cannot be JSON: a 500, not a panic.
+        let resp = json_response(StatusCode::OK, &std::collections::BTreeMap::from([((1, 2), 3)]));
+        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(bytes, UNWRITABLE);
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! [`canonical`] JSON form), [`event`] is the normalised event, and [`store`]
 //! admits it atomically with its dedupe key and deliveries. [`delivery`]
 //! sends each delivery to its endpoint with `retry`s; [`admin`] and
-//! `admin_cli` let operators list and [`replay`] them; [`metrics`] counts it
+//! `admin_cli` let operators list and [`replay`] them, both ends speaking
+//! the types of [`admin::api`]; [`metrics`] counts it
 //! all for Prometheus. [`server`] runs the listeners, [`cli`] the binary.
 //! Shared plumbing has its own small modules: `http` (JSON error bodies,
 //! body reading, the outgoing client), `listener` (connection accounting),
