@@ -48,6 +48,8 @@ pub struct ErrorBody {
 /// `unavailable`, …) and a message for people.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorDetail {
+    /// Read as empty when a body leaves it out, so the message still shows.
+    #[serde(default)]
     pub code: String,
     pub message: String,
 }

@@ -105,7 +105,7 @@ pub async fn step(
 /// The jobs this process is running, so housekeeping does not start a second
 /// runner beside a live one.
 #[derive(Default, Clone)]
-pub struct Running(Arc<Mutex<HashSet<String>>>);
+pub(crate) struct Running(Arc<Mutex<HashSet<String>>>);
 
 impl Running {
     /// Marks `id` as running here; false if it already is. The mark goes
@@ -116,7 +116,7 @@ impl Running {
     }
 }
 
-pub struct RunningGuard {
+pub(crate) struct RunningGuard {
     running: Running,
     id: String,
 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-pub use crate::http::{ErrorBody, ErrorDetail};
+pub use crate::http::ErrorBody;
 use crate::store::{Attempt, AttemptResult, Delivery, DeliveryFilter, DeliveryState, Millis, ReplayJob};
 
 /// A delivery, as listings and events show it.

@@ -436,6 +436,10 @@ mod tests {
         let bad = read(400, r#"{"error":{"code":"bad_request","message":"state: unknown state 'x'"}}"#);
         assert!(matches!(bad, Err(ClientError::BadRequest(m)) if m == "state: unknown state 'x'"));
         assert!(matches!(read(404, r#"{"error":"gone"}"#), Err(ClientError::NotFound(m)) if m == "no message"));
+        // A message without a code is still shown.
+        assert!(
+            matches!(read(404, r#"{"error":{"message":"no delivery x"}}"#), Err(ClientError::NotFound(m)) if m == "no delivery x")
+        );
         assert!(
             matches!(read(502, "<html>"), Err(ClientError::Failed(m)) if m.contains("HTTP 502 Bad Gateway with no JSON"))
         );

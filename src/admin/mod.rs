@@ -11,7 +11,7 @@
 //! `{"error":{"code","message"}}` with a message that names the offending
 //! parameter.
 
-pub mod api;
+pub(crate) mod api;
 mod params;
 
 use std::sync::Arc;
@@ -53,7 +53,7 @@ const DEFAULT_DISCARD_MAX: usize = 10_000;
 const MAX_DISCARD_MAX: usize = 100_000;
 const DISCARD_BATCH: usize = 500;
 
-pub struct Admin {
+pub(crate) struct Admin {
     config: Arc<Config>,
     store: Arc<dyn Store>,
     running: Running,
@@ -96,13 +96,13 @@ impl From<StoreError> for ApiError {
 type Answer = Result<Response<Full<Bytes>>, ApiError>;
 
 impl Admin {
-    pub fn new(config: Arc<Config>, store: Arc<dyn Store>, running: Running, metrics: Arc<Metrics>) -> Admin {
+    pub(crate) fn new(config: Arc<Config>, store: Arc<dyn Store>, running: Running, metrics: Arc<Metrics>) -> Admin {
         let token_digest = config.server.admin_token.as_ref().map(|t| Sha256::digest(t.expose()).into());
         let endpoints = config.endpoints.iter().map(|e| e.name.clone()).collect();
         Admin { config, store, running, metrics, endpoints, token_digest }
     }
 
-    pub async fn handle<B>(&self, req: Request<B>) -> Response<Full<Bytes>>
+    pub(crate) async fn handle<B>(&self, req: Request<B>) -> Response<Full<Bytes>>
     where
         B: hyper::body::Body<Data = Bytes> + Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
