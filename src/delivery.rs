@@ -294,11 +294,11 @@ async fn deliver(
         .timeout(ep.timeout)
         .header("content-type", "application/json")
         .header("user-agent", &shared.user_agent)
-        .header("webhook-id", &d.event_id)
+        .header("webhook-id", d.event_id.as_str())
         .header("webhook-timestamp", timestamp.to_string())
-        .header("webhook-signature", signatures(ep, &d.event_id, timestamp, &claim.event_json))
+        .header("webhook-signature", signatures(ep, d.event_id.as_str(), timestamp, &claim.event_json))
         .header("x-ipn-relay-attempt", number.to_string())
-        .header("x-ipn-relay-delivery-id", &d.id)
+        .header("x-ipn-relay-delivery-id", d.id.as_str())
         .body(claim.event_json.clone());
     let t0 = Instant::now();
     let sent = tokio::select! {

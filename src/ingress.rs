@@ -29,7 +29,7 @@ use crate::event::Event;
 use crate::http::{BodyError, Chain, error_response, read_body};
 use crate::metrics::{IngressOutcome, Metrics};
 use crate::providers::{self, ProviderError};
-use crate::store::{Admission, NewDelivery, NewEvent, Store, new_delivery_id};
+use crate::store::{Admission, DeliveryId, EventId, NewDelivery, NewEvent, Store};
 use crate::wake::Wake;
 
 type KeyedLimiter = RateLimiter<IpAddr, DefaultKeyedStateStore<IpAddr>, DefaultClock>;
@@ -248,7 +248,7 @@ impl Ingress {
         }
     }
 
-    async fn accept<B>(&self, req: Request<B>, peer: SocketAddr) -> Result<(Admission, String), IngressError>
+    async fn accept<B>(&self, req: Request<B>, peer: SocketAddr) -> Result<(Admission, EventId), IngressError>
     where
         B: hyper::body::Body<Data = Bytes> + Send,
         B::Error: std::error::Error + Send + Sync + 'static,
@@ -304,7 +304,7 @@ impl Ingress {
             .endpoints
             .iter()
             .filter(|ep| ep.wants(&source.name, &event.event_type))
-            .map(|ep| NewDelivery { id: new_delivery_id(received_ms), endpoint: ep.name.clone() })
+            .map(|ep| NewDelivery { id: DeliveryId::new(received_ms), endpoint: ep.name.clone() })
             .collect::<Vec<_>>();
         if deliveries.is_empty() {
             tracing::info!(source = %source.name, event_id = %event.id, event_type = %event.event_type, "event matches no endpoint; stored without deliveries");

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::http::Chain;
 use crate::metrics::Metrics;
-use crate::store::{DeliveryFilter, Millis, ReplayJob, Store, StoreError, now_millis};
+use crate::store::{DeliveryFilter, DeliveryId, Millis, ReplayJob, Store, StoreError, now_millis};
 
 /// Deliveries replayed per step.
 pub(crate) const BATCH: usize = 200;
@@ -82,7 +82,7 @@ pub async fn step(
     let considered = page.items.len();
     let (ids, unsendable): (Vec<_>, Vec<_>) =
         page.items.into_iter().map(|d| (endpoints.contains(&d.endpoint), d.id)).partition(|(ok, _)| *ok);
-    let ids: Vec<String> = ids.into_iter().map(|(_, id)| id).collect();
+    let ids: Vec<DeliveryId> = ids.into_iter().map(|(_, id)| id).collect();
     let now = now_millis();
     let mut next = job.clone();
     next.steps += 1;

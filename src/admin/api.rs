@@ -16,13 +16,15 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use crate::http::ErrorBody;
-use crate::store::{Attempt, AttemptResult, Delivery, DeliveryFilter, DeliveryState, Millis, ReplayJob};
+use crate::store::{
+    Attempt, AttemptResult, Delivery, DeliveryFilter, DeliveryId, DeliveryState, EventId, Millis, ReplayJob,
+};
 
 /// A delivery, as listings and events show it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeliveryView {
-    pub id: String,
-    pub event_id: String,
+    pub id: DeliveryId,
+    pub event_id: EventId,
     pub endpoint: String,
     pub source: String,
     #[serde(rename = "type")]
@@ -312,7 +314,8 @@ mod tests {
                 r#""updated_at":"2027-01-15T08:00:00.250Z"}"#
             )
         );
-        let page = DeliveryPage { items: vec![detail.delivery.clone()], next_cursor: Some(detail.delivery.id.clone()) };
+        let page =
+            DeliveryPage { items: vec![detail.delivery.clone()], next_cursor: Some(detail.delivery.id.to_string()) };
         let text = wire(&page);
         assert!(
             text.starts_with(r#"{"items":[{"attempts":2,"#)

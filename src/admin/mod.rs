@@ -28,7 +28,7 @@ use crate::config::Config;
 use crate::http::{BodyError, json_response};
 use crate::metrics::Metrics;
 use crate::replay::{self, Running};
-use crate::store::{DeliveryFilter, DeliveryState, Store, StoreError, now_millis};
+use crate::store::{DeliveryFilter, DeliveryId, DeliveryState, EventId, Store, StoreError, now_millis};
 use api::{
     AttemptView, DeliveryDetail, DeliveryPage, DeliveryView, DiscardResult, EventView, ReplayJobView, ReplayResult,
 };
@@ -168,10 +168,10 @@ impl Admin {
         let query = req.uri().query().unwrap_or("").to_owned();
         let segments: Vec<&str> = path.trim_start_matches("/admin/").split('/').collect();
         match (&method, segments.as_slice()) {
-            (&Method::GET, ["events", id]) => self.event(id).await,
+            (&Method::GET, ["events", id]) => self.event(&EventId::from(*id)).await,
             (&Method::GET, ["deliveries"]) => self.list(&query).await,
-            (&Method::GET, ["deliveries", id]) => self.delivery(id).await,
-            (&Method::POST, ["deliveries", id, "replay"]) => self.replay_one(id, &query).await,
+            (&Method::GET, ["deliveries", id]) => self.delivery(&DeliveryId::from(*id)).await,
+            (&Method::POST, ["deliveries", id, "replay"]) => self.replay_one(&DeliveryId::from(*id), &query).await,
             (&Method::POST, ["replay"]) => {
                 let body = read_body(req.into_body()).await?;
                 self.replay_bulk(&body).await
@@ -193,9 +193,9 @@ impl Admin {
         }
     }
 
-    async fn event(&self, id: &str) -> Answer {
+    async fn event(&self, id: &EventId) -> Answer {
         let event = self.store.event(id).await?.ok_or_else(|| ApiError::not_found(format!("no event {id}")))?;
-        let body: Value = serde_json::from_slice(&event.json).map_err(|e| crate::store::corrupt(id, e))?;
+        let body: Value = serde_json::from_slice(&event.json).map_err(|e| crate::store::corrupt(id.as_str(), e))?;
         let deliveries = self.store.event_deliveries(id).await?.iter().map(DeliveryView::from).collect();
         Ok(json_response(StatusCode::OK, &EventView { event: body, deliveries }))
     }
@@ -278,14 +278,14 @@ impl Admin {
         })
     }
 
-    async fn delivery(&self, id: &str) -> Answer {
+    async fn delivery(&self, id: &DeliveryId) -> Answer {
         let (d, attempts) =
             self.store.delivery(id).await?.ok_or_else(|| ApiError::not_found(format!("no delivery {id}")))?;
         let history = attempts.iter().map(AttemptView::from).collect();
         Ok(json_response(StatusCode::OK, &DeliveryDetail { delivery: DeliveryView::from(&d), history }))
     }
 
-    async fn replay_one(&self, id: &str, query: &str) -> Answer {
+    async fn replay_one(&self, id: &DeliveryId, query: &str) -> Answer {
         let mut include_delivered = false;
         for (key, value) in query_pairs(query)? {
             match (key.as_ref(), value.as_ref()) {
@@ -302,7 +302,7 @@ impl Admin {
         {
             return Err(refusal);
         }
-        let count = self.store.replay(&[id.to_owned()], include_delivered, now_millis()).await?;
+        let count = self.store.replay(std::slice::from_ref(id), include_delivered, now_millis()).await?;
         if count.not_found > 0 {
             return Err(ApiError::not_found(format!("no delivery {id}")));
         }
@@ -401,7 +401,7 @@ impl Admin {
                 break true;
             }
             let page = self.store.list(&filter, cursor.as_deref(), DISCARD_BATCH.min(max - considered)).await?;
-            let ids: Vec<String> = page.items.into_iter().map(|d| d.id).collect();
+            let ids: Vec<DeliveryId> = page.items.into_iter().map(|d| d.id).collect();
             considered += ids.len();
             if !ids.is_empty() {
                 discarded += self.store.discard(&ids, &reason, now_millis()).await?.discarded;

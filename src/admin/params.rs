@@ -61,7 +61,7 @@ pub(super) fn parse_limit(value: &str) -> Result<usize, ApiError> {
 
 /// A cursor is a delivery id, as a page's `next_cursor` gives it.
 pub(super) fn parse_cursor(value: &str) -> Result<String, ApiError> {
-    if crate::store::is_delivery_id(value) {
+    if crate::store::DeliveryId::is_well_formed(value) {
         Ok(value.to_owned())
     } else {
         Err(ApiError::bad(format!("cursor: not a cursor this API gave: '{value}'")))
@@ -172,7 +172,7 @@ mod tests {
     #[test]
     fn cursors_and_limits_are_checked() {
         assert!(parse_cursor("dlv_0190a1b2c3d4e5f60718293a4b5c").is_ok());
-        assert!(parse_cursor(&crate::store::new_delivery_id(now_millis())).is_ok(), "every id is a cursor");
+        assert!(parse_cursor(crate::store::DeliveryId::new(now_millis()).as_str()).is_ok(), "every id is a cursor");
         assert!(parse_cursor("dlv_xyz").is_err());
         assert!(parse_cursor("").is_err());
         assert_eq!(parse_limit("1000").ok(), Some(1000));

@@ -48,7 +48,7 @@ fn delivery_rows(items: &[DeliveryView]) -> Vec<Vec<String>> {
         .iter()
         .map(|d| {
             vec![
-                d.id.clone(),
+                d.id.to_string(),
                 d.state.as_str().to_owned(),
                 d.endpoint.clone(),
                 d.event_type.clone(),
@@ -93,8 +93,8 @@ pub(super) fn render_delivery(detail: &DeliveryDetail) -> String {
     let d = &detail.delivery;
     let mut out = String::new();
     for (k, v) in [
-        ("id", d.id.clone()),
-        ("event_id", d.event_id.clone()),
+        ("id", d.id.to_string()),
+        ("event_id", d.event_id.to_string()),
         ("endpoint", d.endpoint.clone()),
         ("source", d.source.clone()),
         ("type", d.event_type.clone()),

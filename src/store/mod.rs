@@ -14,10 +14,12 @@
 
 pub mod embedded;
 mod error;
+mod ids;
 pub mod redis;
 
 pub use error::{Cause, StoreError};
 pub(crate) use error::{Context, corrupt, unavailable};
+pub use ids::{DeliveryId, EventId};
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -41,7 +43,7 @@ pub fn now_millis() -> Millis {
 /// filters need, and the exact JSON bytes that will be delivered.
 #[derive(Debug, Clone)]
 pub struct NewEvent {
-    pub id: String,
+    pub id: EventId,
     pub source: String,
     pub event_type: String,
     pub received_at: Millis,
@@ -51,7 +53,7 @@ pub struct NewEvent {
 /// A delivery to create at admission: one per matching endpoint.
 #[derive(Debug, Clone)]
 pub struct NewDelivery {
-    pub id: String,
+    pub id: DeliveryId,
     pub endpoint: String,
 }
 
@@ -112,8 +114,8 @@ impl DeliveryState {
 /// One delivery of one event to one endpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Delivery {
-    pub id: String,
-    pub event_id: String,
+    pub id: DeliveryId,
+    pub event_id: EventId,
     pub endpoint: String,
     pub source: String,
     pub event_type: String,
@@ -360,7 +362,7 @@ impl ReplayJob {
 /// A stored event.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredEvent {
-    pub id: String,
+    pub id: EventId,
     pub json: Vec<u8>,
 }
 
@@ -375,13 +377,13 @@ pub trait Store: Send + Sync + 'static {
         dedupe_ttl_ms: u64,
     ) -> Result<Admission, StoreError>;
 
-    async fn event(&self, id: &str) -> Result<Option<StoredEvent>, StoreError>;
+    async fn event(&self, id: &EventId) -> Result<Option<StoredEvent>, StoreError>;
 
     /// The deliveries of one event.
-    async fn event_deliveries(&self, event_id: &str) -> Result<Vec<Delivery>, StoreError>;
+    async fn event_deliveries(&self, event_id: &EventId) -> Result<Vec<Delivery>, StoreError>;
 
     /// One delivery with every attempt, oldest first.
-    async fn delivery(&self, id: &str) -> Result<Option<(Delivery, Vec<Attempt>)>, StoreError>;
+    async fn delivery(&self, id: &DeliveryId) -> Result<Option<(Delivery, Vec<Attempt>)>, StoreError>;
 
     /// Claims up to `limit` deliveries to `endpoint` due at `now` (pending
     /// and due, or in flight with an expired claim), oldest due first,
@@ -400,7 +402,7 @@ pub trait Store: Send + Sync + 'static {
     /// taken by another claim, or replayed meanwhile).
     async fn finish(
         &self,
-        delivery_id: &str,
+        delivery_id: &DeliveryId,
         claim_token: u64,
         attempt: Attempt,
         next: Next,
@@ -408,14 +410,15 @@ pub trait Store: Send + Sync + 'static {
 
     /// Returns an unfinished claim to `pending`, due at `due`, without
     /// counting an attempt (shutdown). False if the claim was lost.
-    async fn release(&self, delivery_id: &str, claim_token: u64, due: Millis) -> Result<bool, StoreError>;
+    async fn release(&self, delivery_id: &DeliveryId, claim_token: u64, due: Millis) -> Result<bool, StoreError>;
 
     async fn list(&self, filter: &DeliveryFilter, cursor: Option<&str>, limit: usize) -> Result<Page, StoreError>;
 
     /// Puts the given deliveries back to `pending`, due `now`, with a fresh
     /// attempt budget and their history kept. Dead ones always; delivered
     /// ones only if `include_delivered`.
-    async fn replay(&self, ids: &[String], include_delivered: bool, now: Millis) -> Result<ReplayCount, StoreError>;
+    async fn replay(&self, ids: &[DeliveryId], include_delivered: bool, now: Millis)
+    -> Result<ReplayCount, StoreError>;
 
     /// Stores a new replay job.
     async fn create_replay_job(&self, job: &ReplayJob) -> Result<(), StoreError>;
@@ -431,7 +434,12 @@ pub trait Store: Send + Sync + 'static {
     /// job, or `None`, changing nothing, if another runner got there first.
     ///
     /// [`replay`]: Store::replay
-    async fn replay_step(&self, job: &ReplayJob, ids: &[String], now: Millis) -> Result<Option<ReplayJob>, StoreError>;
+    async fn replay_step(
+        &self,
+        job: &ReplayJob,
+        ids: &[DeliveryId],
+        now: Millis,
+    ) -> Result<Option<ReplayJob>, StoreError>;
 
     /// Removes dedupe keys that expired by `now`; returns how many.
     async fn sweep(&self, now: Millis) -> Result<usize, StoreError>;
@@ -465,7 +473,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// Ends orphaned deliveries as `dead`, recording why; others are
     /// skipped. Their history stays.
-    async fn discard(&self, ids: &[String], reason: &str, now: Millis) -> Result<DiscardCount, StoreError>;
+    async fn discard(&self, ids: &[DeliveryId], reason: &str, now: Millis) -> Result<DiscardCount, StoreError>;
 
     /// Whether the store is reachable and writable right now.
     async fn ping(&self) -> Result<(), StoreError>;
@@ -477,20 +485,4 @@ pub trait Store: Send + Sync + 'static {
     async fn clock_offset_ms(&self) -> Result<Option<i64>, StoreError> {
         Ok(None)
     }
-}
-
-/// The creation time a delivery id begins with.
-pub fn delivery_id_millis(id: &str) -> Option<Millis> {
-    u64::from_str_radix(id.strip_prefix("dlv_")?.get(..12)?, 16).ok()
-}
-
-/// Whether `s` has the form [`new_delivery_id`] gives.
-pub fn is_delivery_id(s: &str) -> bool {
-    s.strip_prefix("dlv_").is_some_and(|hex| hex.len() == 28 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
-}
-
-/// A new delivery id: `dlv_`, 12 hex digits of milliseconds, 16 random hex
-/// digits. Ids sort by creation time, which is what cursors rely on.
-pub fn new_delivery_id(now: Millis) -> String {
-    format!("dlv_{:012x}{:016x}", now, rand::random::<u64>())
 }

@@ -409,7 +409,7 @@ async fn a_bulk_replay_cut_off_half_way_resumes_after_a_restart() {
 /// the command the CLI prints, however many deliveries share a millisecond.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_truncated_bulk_replay_is_continued_exactly_and_paging_is_strict() {
-    use ipn_relay::store::{Attempt, AttemptResult, LIST_SCAN_LIMIT, NewDelivery, NewEvent, Next, new_delivery_id};
+    use ipn_relay::store::{Attempt, AttemptResult, DeliveryId, LIST_SCAN_LIMIT, NewDelivery, NewEvent, Next};
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("relay.redb");
     let store = Arc::new(ipn_relay::store::embedded::EmbeddedStore::open(&path).unwrap());
@@ -433,7 +433,7 @@ async fn a_truncated_bulk_replay_is_continued_exactly_and_paging_is_strict() {
     // Seven dead deliveries created in one millisecond, an hour ago...
     let hour_ago = ipn_relay::store::now_millis() - 3_600_000;
     let dead: Vec<NewDelivery> =
-        (0..7).map(|_| NewDelivery { id: new_delivery_id(hour_ago), endpoint: "backend".into() }).collect();
+        (0..7).map(|_| NewDelivery { id: DeliveryId::new(hour_ago), endpoint: "backend".into() }).collect();
     store.admit(event("evt_dead", hour_ago), dead, 60_000).await.unwrap();
     for c in store.claim_due("backend", hour_ago, 100, 5_000).await.unwrap() {
         let (a, next) = settle(Next::Dead).await;
@@ -442,7 +442,7 @@ async fn a_truncated_bulk_replay_is_continued_exactly_and_paging_is_strict() {
     // ...under more delivered ones than one listing page examines.
     let later = hour_ago + 1_000;
     let many: Vec<NewDelivery> = (0..LIST_SCAN_LIMIT + 50)
-        .map(|_| NewDelivery { id: new_delivery_id(later), endpoint: "ledger".into() })
+        .map(|_| NewDelivery { id: DeliveryId::new(later), endpoint: "ledger".into() })
         .collect();
     store.admit(event("evt_many", later), many, 60_000).await.unwrap();
     for c in store.claim_due("ledger", later, LIST_SCAN_LIMIT + 50, 5_000).await.unwrap() {
@@ -513,7 +513,7 @@ async fn a_truncated_bulk_replay_is_continued_exactly_and_paging_is_strict() {
 /// endpoint is configured again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deliveries_of_a_removed_endpoint_are_orphaned_found_refused_and_recovered() {
-    use ipn_relay::store::{Attempt, AttemptResult, NewDelivery, NewEvent, Next, new_delivery_id, now_millis};
+    use ipn_relay::store::{Attempt, AttemptResult, DeliveryId, NewDelivery, NewEvent, Next, now_millis};
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("relay.redb");
     let store = Arc::new(ipn_relay::store::embedded::EmbeddedStore::open(&path).unwrap());
@@ -523,13 +523,13 @@ async fn deliveries_of_a_removed_endpoint_are_orphaned_found_refused_and_recover
     let at = now_millis() - 60_000;
     for i in 0..3u64 {
         let event = NewEvent {
-            id: format!("evt_gone{i}"),
+            id: format!("evt_gone{i}").into(),
             source: "nowpayments".into(),
             event_type: "deposit.confirmed".into(),
             received_at: at + i,
             json: b"{}".to_vec(),
         };
-        let ds = ["backend", "ledger"].map(|e| NewDelivery { id: new_delivery_id(at + i), endpoint: e.into() });
+        let ds = ["backend", "ledger"].map(|e| NewDelivery { id: DeliveryId::new(at + i), endpoint: e.into() });
         store.admit(event, ds.to_vec(), 60_000).await.unwrap();
     }
     let first = store.claim_due("ledger", at, 1, 5_000).await.unwrap().remove(0);

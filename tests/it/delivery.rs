@@ -76,7 +76,7 @@ async fn each_endpoint_gets_exactly_what_matches_signed_for_it() {
             assert!(r.headers["user-agent"].to_str().unwrap().starts_with("ipn-relay/"));
             assert!(r.headers["x-ipn-relay-delivery-id"].to_str().unwrap().starts_with("dlv_"));
             // The body is the stored event, byte for byte.
-            let stored = relay.store.event(&r.webhook_id()).await.unwrap().unwrap();
+            let stored = relay.store.event(&r.webhook_id().as_str().into()).await.unwrap().unwrap();
             assert_eq!(r.body.as_ref(), stored.json.as_slice());
         }
     }
@@ -85,7 +85,7 @@ async fn each_endpoint_gets_exactly_what_matches_signed_for_it() {
     assert!(wrong.verify(&a.received()[0].body, &a.received()[0].headers).is_err());
     // Every delivery is recorded as delivered.
     for id in [dep, po, nv] {
-        for d in relay.store.event_deliveries(id).await.unwrap() {
+        for d in relay.store.event_deliveries(&id.into()).await.unwrap() {
             assert_eq!(d.state, DeliveryState::Delivered, "{d:?}");
         }
     }
@@ -136,7 +136,7 @@ async fn a_flapping_receiver_gets_every_event_on_schedule() {
             assert!(*gap >= min, "{id}: gaps {gaps:?}");
             assert!(*gap < min + Duration::from_millis(900), "{id}: gaps {gaps:?}");
         }
-        let delivery = relay.store.event_deliveries(id).await.unwrap().remove(0);
+        let delivery = relay.store.event_deliveries(&id.as_str().into()).await.unwrap().remove(0);
         let (d, history) = relay.store.delivery(&delivery.id).await.unwrap().unwrap();
         assert_eq!(d.state, DeliveryState::Delivered);
         let kinds: Vec<String> = history
@@ -161,7 +161,7 @@ async fn a_receiver_that_always_fails_drives_deliveries_to_dead() {
     let store = relay.store.clone();
     let dead = async {
         for _ in 0..250 {
-            let d = store.event_deliveries(&id).await.unwrap().remove(0);
+            let d = store.event_deliveries(&id.as_str().into()).await.unwrap().remove(0);
             if d.state == DeliveryState::Dead {
                 return Some(d);
             }
@@ -222,7 +222,7 @@ async fn shutdown_finishes_or_releases_in_flight_deliveries() {
     relay.stop().await;
     assert!(started.elapsed() < Duration::from_secs(3), "shutdown took {:?}", started.elapsed());
     for id in &ids {
-        let d = relay.store.event_deliveries(id).await.unwrap().remove(0);
+        let d = relay.store.event_deliveries(&id.as_str().into()).await.unwrap().remove(0);
         assert_eq!(d.state, DeliveryState::Pending, "released, not stuck in flight: {d:?}");
         assert_eq!(d.attempts, 0, "an interrupted request is not counted as an attempt");
     }

@@ -22,7 +22,7 @@ async fn genuine_ipn_is_accepted_stored_and_normalised() {
     let id = v["id"].as_str().unwrap();
     assert!(id.starts_with("evt_"));
 
-    let stored = relay.store.event(id).await.unwrap().expect("event stored before the 200");
+    let stored = relay.store.event(&id.into()).await.unwrap().expect("event stored before the 200");
     let event: serde_json::Value = serde_json::from_slice(&stored.json).unwrap();
     assert_eq!(event["type"], "deposit.confirmed");
     assert_eq!(event["source"], "nowpayments");
@@ -33,7 +33,7 @@ async fn genuine_ipn_is_accepted_stored_and_normalised() {
     assert!(String::from_utf8_lossy(&stored.json).contains(r#""depositFee":0.000002"#));
     // One delivery for the one matching endpoint, waiting for it (delivery
     // may already have claimed it; the endpoint here never answers).
-    let ds = relay.store.event_deliveries(id).await.unwrap();
+    let ds = relay.store.event_deliveries(&id.into()).await.unwrap();
     assert_eq!(ds.len(), 1);
     assert_eq!(ds[0].endpoint, "backend");
     assert!(matches!(ds[0].state, DeliveryState::Pending | DeliveryState::InFlight), "{:?}", ds[0].state);
@@ -62,7 +62,7 @@ async fn the_same_ipn_ten_times_at_once_is_accepted_once() {
     assert_eq!(outcomes.iter().filter(|o| *o == "accepted").count(), 1, "{outcomes:?}");
     assert_eq!(outcomes.iter().filter(|o| *o == "duplicate").count(), 9, "{outcomes:?}");
     assert_eq!(relay.store.event_count().await.unwrap(), 1);
-    let id = ipn_relay::event::event_id("nowpayments", r#"["payment","42","finished","0.00656612"]"#);
+    let id = ipn_relay::store::EventId::derive("nowpayments", r#"["payment","42","finished","0.00656612"]"#);
     assert_eq!(relay.store.event_deliveries(&id).await.unwrap().len(), 1, "a duplicate stores no delivery");
 }
 
@@ -333,10 +333,11 @@ async fn unrecognised_verified_ipns_are_stored_as_unknown() {
     let (status, v) = answer(post_np(&c, &relay, &body, NP_SECRET).await).await;
     assert_eq!((status, v["status"].as_str()), (200, Some("accepted")));
     let id = v["id"].as_str().unwrap();
-    let event: serde_json::Value = serde_json::from_slice(&relay.store.event(id).await.unwrap().unwrap().json).unwrap();
+    let event: serde_json::Value =
+        serde_json::from_slice(&relay.store.event(&id.into()).await.unwrap().unwrap().json).unwrap();
     assert_eq!(event["type"], "unknown");
     // `unknown` matches no endpoint here (deposit.* only): stored, no delivery.
-    assert!(relay.store.event_deliveries(id).await.unwrap().is_empty());
+    assert!(relay.store.event_deliveries(&id.into()).await.unwrap().is_empty());
 }
 
 #[tokio::test]
@@ -424,18 +425,21 @@ impl Store for FaultyStore {
         }
         self.0.admit(e, d, t).await
     }
-    async fn event(&self, id: &str) -> Result<Option<ipn_relay::store::StoredEvent>, ipn_relay::store::StoreError> {
+    async fn event(
+        &self,
+        id: &ipn_relay::store::EventId,
+    ) -> Result<Option<ipn_relay::store::StoredEvent>, ipn_relay::store::StoreError> {
         self.0.event(id).await
     }
     async fn event_deliveries(
         &self,
-        id: &str,
+        id: &ipn_relay::store::EventId,
     ) -> Result<Vec<ipn_relay::store::Delivery>, ipn_relay::store::StoreError> {
         self.0.event_deliveries(id).await
     }
     async fn delivery(
         &self,
-        id: &str,
+        id: &ipn_relay::store::DeliveryId,
     ) -> Result<Option<(ipn_relay::store::Delivery, Vec<ipn_relay::store::Attempt>)>, ipn_relay::store::StoreError>
     {
         self.0.delivery(id).await
@@ -454,14 +458,19 @@ impl Store for FaultyStore {
     }
     async fn finish(
         &self,
-        id: &str,
+        id: &ipn_relay::store::DeliveryId,
         t: u64,
         a: ipn_relay::store::Attempt,
         n: ipn_relay::store::Next,
     ) -> Result<bool, ipn_relay::store::StoreError> {
         self.0.finish(id, t, a, n).await
     }
-    async fn release(&self, id: &str, t: u64, d: u64) -> Result<bool, ipn_relay::store::StoreError> {
+    async fn release(
+        &self,
+        id: &ipn_relay::store::DeliveryId,
+        t: u64,
+        d: u64,
+    ) -> Result<bool, ipn_relay::store::StoreError> {
         self.0.release(id, t, d).await
     }
     async fn list(
@@ -474,7 +483,7 @@ impl Store for FaultyStore {
     }
     async fn replay(
         &self,
-        ids: &[String],
+        ids: &[ipn_relay::store::DeliveryId],
         d: bool,
         n: u64,
     ) -> Result<ipn_relay::store::ReplayCount, ipn_relay::store::StoreError> {
@@ -492,7 +501,7 @@ impl Store for FaultyStore {
     async fn replay_step(
         &self,
         j: &ipn_relay::store::ReplayJob,
-        ids: &[String],
+        ids: &[ipn_relay::store::DeliveryId],
         n: u64,
     ) -> Result<Option<ipn_relay::store::ReplayJob>, ipn_relay::store::StoreError> {
         self.0.replay_step(j, ids, n).await
@@ -519,7 +528,7 @@ impl Store for FaultyStore {
     }
     async fn discard(
         &self,
-        ids: &[String],
+        ids: &[ipn_relay::store::DeliveryId],
         reason: &str,
         now: u64,
     ) -> Result<ipn_relay::store::DiscardCount, ipn_relay::store::StoreError> {
@@ -636,7 +645,7 @@ async fn members_the_signature_did_not_cover_are_refused_not_passed_on() {
     // The same bodies without the extra member are accepted.
     let (status, v) = answer(post_np(&c, &relay, &body, NP_SECRET).await).await;
     assert_eq!((status, v["status"].as_str()), (200, Some("accepted")), "{v}");
-    let stored = relay.store.event(v["id"].as_str().unwrap()).await.unwrap().unwrap();
+    let stored = relay.store.event(&v["id"].as_str().unwrap().into()).await.unwrap().unwrap();
     assert!(!String::from_utf8_lossy(&stored.json).contains("__proto__"));
 }
 

@@ -73,8 +73,12 @@ async fn every_accepted_event_survives_kill_9() {
     // And every accepted event is there with its delivery.
     let store = EmbeddedStore::open(&store_path).unwrap();
     for (_, event_id) in &accepted {
-        assert!(store.event(event_id).await.unwrap().is_some(), "{event_id} lost");
-        assert_eq!(store.event_deliveries(event_id).await.unwrap().len(), 1, "{event_id} lost its delivery");
+        assert!(store.event(&event_id.as_str().into()).await.unwrap().is_some(), "{event_id} lost");
+        assert_eq!(
+            store.event_deliveries(&event_id.as_str().into()).await.unwrap().len(),
+            1,
+            "{event_id} lost its delivery"
+        );
     }
     eprintln!("kill -9 after {} accepted IPNs: all present after restart", accepted.len());
 }

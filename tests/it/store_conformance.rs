@@ -6,8 +6,8 @@ use std::sync::Arc;
 use ipn_relay::replay;
 use ipn_relay::store::embedded::EmbeddedStore;
 use ipn_relay::store::{
-    Admission, Attempt, AttemptResult, DeliveryFilter, DeliveryState, LIST_SCAN_LIMIT, NewDelivery, NewEvent, Next,
-    Store, new_delivery_id,
+    Admission, Attempt, AttemptResult, DeliveryFilter, DeliveryId, DeliveryState, LIST_SCAN_LIMIT, NewDelivery,
+    NewEvent, Next, Store,
 };
 
 const TTL: u64 = 1_000;
@@ -35,7 +35,7 @@ fn event(id: &str, source: &str, event_type: &str, at: u64) -> NewEvent {
 }
 
 fn deliveries(at: u64, endpoints: &[&str]) -> Vec<NewDelivery> {
-    endpoints.iter().map(|e| NewDelivery { id: new_delivery_id(at), endpoint: (*e).into() }).collect()
+    endpoints.iter().map(|e| NewDelivery { id: DeliveryId::new(at), endpoint: (*e).into() }).collect()
 }
 
 fn attempt(at: u64, code: u16) -> Attempt {
@@ -54,21 +54,21 @@ async fn admit_stores_event_and_deliveries(s: Arc<impl Store>) {
         .await
         .unwrap();
     assert_eq!(r, Admission::Accepted);
-    let stored = s.event("evt_a").await.unwrap().unwrap();
+    let stored = s.event(&"evt_a".into()).await.unwrap().unwrap();
     assert_eq!(stored.json, br#"{"id":"evt_a","type":"deposit.confirmed"}"#);
-    let ds = s.event_deliveries("evt_a").await.unwrap();
+    let ds = s.event_deliveries(&"evt_a".into()).await.unwrap();
     assert_eq!(ds.len(), 2);
     assert!(ds.iter().all(|d| d.state == DeliveryState::Pending && d.attempts == 0 && d.next_attempt_at == Some(1000)));
     let mut eps: Vec<_> = ds.iter().map(|d| d.endpoint.as_str()).collect();
     eps.sort();
     assert_eq!(eps, ["audit", "be"]);
-    assert!(s.event("evt_missing").await.unwrap().is_none());
+    assert!(s.event(&"evt_missing".into()).await.unwrap().is_none());
 }
 
 async fn event_without_endpoints_is_still_stored(s: Arc<impl Store>) {
     assert_eq!(s.admit(event("evt_lonely", "np", "unknown", 1000), vec![], TTL).await.unwrap(), Admission::Accepted);
-    assert!(s.event("evt_lonely").await.unwrap().is_some());
-    assert!(s.event_deliveries("evt_lonely").await.unwrap().is_empty());
+    assert!(s.event(&"evt_lonely".into()).await.unwrap().is_some());
+    assert!(s.event_deliveries(&"evt_lonely".into()).await.unwrap().is_empty());
 }
 
 async fn dedupe_holds_for_the_ttl_then_expires(s: Arc<impl Store>) {
@@ -81,13 +81,13 @@ async fn dedupe_holds_for_the_ttl_then_expires(s: Arc<impl Store>) {
         s.admit(event("evt_d", "np", "t.t", 1999), deliveries(1999, &["be"]), TTL).await.unwrap(),
         Admission::Duplicate
     );
-    assert_eq!(s.event_deliveries("evt_d").await.unwrap().len(), 1);
+    assert_eq!(s.event_deliveries(&"evt_d".into()).await.unwrap().len(), 1);
     // At expiry the same callback is new again (same event id, new delivery).
     assert_eq!(
         s.admit(event("evt_d", "np", "t.t", 2000), deliveries(2000, &["be"]), TTL).await.unwrap(),
         Admission::Accepted
     );
-    assert_eq!(s.event_deliveries("evt_d").await.unwrap().len(), 2);
+    assert_eq!(s.event_deliveries(&"evt_d".into()).await.unwrap().len(), 2);
     assert_eq!(s.admit(event("evt_d", "np", "t.t", 2500), vec![], TTL).await.unwrap(), Admission::Duplicate);
 }
 
@@ -117,7 +117,7 @@ async fn concurrent_admissions_of_one_event_accept_once(s: Arc<impl Store>) {
         }
     }
     assert_eq!(accepted, 1);
-    assert_eq!(s.event_deliveries("evt_c").await.unwrap().len(), 1);
+    assert_eq!(s.event_deliveries(&"evt_c".into()).await.unwrap().len(), 1);
 }
 
 async fn claims_are_exclusive_until_the_visibility_timeout(s: Arc<impl Store>) {
@@ -266,7 +266,7 @@ async fn counts_follow_state_changes(s: Arc<impl Store>) {
 }
 
 /// `n` deliveries to `be`, one event each, all dead; ids newest first.
-async fn dead_deliveries(s: &Arc<impl Store>, n: u64) -> Vec<String> {
+async fn dead_deliveries(s: &Arc<impl Store>, n: u64) -> Vec<DeliveryId> {
     for i in 0..n {
         s.admit(event(&format!("evt_r{i}"), "np", "t.t", 1000 + i), deliveries(1000 + i, &["be"]), TTL).await.unwrap();
     }
@@ -275,7 +275,7 @@ async fn dead_deliveries(s: &Arc<impl Store>, n: u64) -> Vec<String> {
     for c in &claims {
         assert!(s.finish(&c.delivery.id, c.delivery.claim_token, attempt(1000, 500), Next::Dead).await.unwrap());
     }
-    let mut ids: Vec<String> = claims.into_iter().map(|c| c.delivery.id).collect();
+    let mut ids: Vec<DeliveryId> = claims.into_iter().map(|c| c.delivery.id).collect();
     ids.sort_by(|a, b| b.cmp(a));
     ids
 }
@@ -297,7 +297,7 @@ async fn replay_job_steps_commit_in_order_and_resume(s: Arc<impl Store>) {
     assert!(s.unfinished_replay_jobs().await.unwrap().is_empty());
     assert_eq!(s.replay_job(&job.id).await.unwrap(), Some(done));
     for id in &ids {
-        let (d, history) = s.delivery(id).await.unwrap().unwrap();
+        let (d, history) = s.delivery(&id.as_str().into()).await.unwrap().unwrap();
         assert_eq!((d.state, d.budget_start, history.len()), (DeliveryState::Pending, 1, 1), "{id} replayed once");
     }
     // A finished job takes no more steps.
@@ -320,11 +320,11 @@ async fn replay_job_never_visits_a_delivery_twice(s: Arc<impl Store>) {
     let done = replay::run(s.as_ref(), job, 5, &endpoints(), &metrics()).await.unwrap();
     assert_eq!((done.replayed, done.considered), (12, 12));
     for id in &ids[..5] {
-        let d = s.delivery(id).await.unwrap().unwrap().0;
+        let d = s.delivery(&id.as_str().into()).await.unwrap().unwrap().0;
         assert_eq!((d.state, d.attempts), (DeliveryState::Dead, 2), "{id} left dead after its one replay");
     }
     for id in &ids[5..] {
-        assert_eq!(s.delivery(id).await.unwrap().unwrap().0.state, DeliveryState::Pending);
+        assert_eq!(s.delivery(&id.as_str().into()).await.unwrap().unwrap().0.state, DeliveryState::Pending);
     }
 }
 
@@ -379,7 +379,7 @@ async fn listing_by_state_reads_only_deliveries_in_that_state(s: Arc<impl Store>
     let ids = dead_deliveries(&s, 1).await;
     let many = LIST_SCAN_LIMIT as u64 + 100;
     let ds: Vec<NewDelivery> =
-        (0..many).map(|_| NewDelivery { id: new_delivery_id(9000), endpoint: "be".into() }).collect();
+        (0..many).map(|_| NewDelivery { id: DeliveryId::new(9000), endpoint: "be".into() }).collect();
     s.admit(event("evt_busy", "np", "t.t", 9000), ds, TTL).await.unwrap();
     for (state, n) in [(DeliveryState::Dead, 1), (DeliveryState::Orphaned, 0), (DeliveryState::Delivered, 0)] {
         let p = s.list(&DeliveryFilter { state: Some(state), ..Default::default() }, None, 10).await.unwrap();
@@ -432,8 +432,8 @@ async fn deliveries_to_a_removed_endpoint_are_orphaned_and_taken_back(s: Arc<imp
     assert_eq!(s.reconcile_endpoints(&only_be, true, 1500).await.unwrap().orphaned, vec![("gone".to_owned(), 3)]);
     // An operator ends one; it is dead with the reason, its history kept.
     let first = s.list(&by_name, None, 10).await.unwrap().items.into_iter().find(|d| d.id != c.delivery.id).unwrap();
-    let be = s.event_deliveries("evt_o").await.unwrap().into_iter().find(|d| d.endpoint == "be").unwrap();
-    let ids = [first.id.clone(), be.id.clone(), "dlv_000000000000ffffffffffffffff".to_owned()];
+    let be = s.event_deliveries(&"evt_o".into()).await.unwrap().into_iter().find(|d| d.endpoint == "be").unwrap();
+    let ids = [first.id.clone(), be.id.clone(), DeliveryId::from("dlv_000000000000ffffffffffffffff")];
     let count = s.discard(&ids, "endpoint removed", 1600).await.unwrap();
     assert_eq!((count.discarded, count.skipped, count.not_found), (1, 1, 1));
     let (d, _) = s.delivery(&first.id).await.unwrap().unwrap();
@@ -459,7 +459,7 @@ async fn list_scans_a_bounded_number_of_records_per_page(s: Arc<impl Store>) {
     s.admit(event("evt_old", "np", "t.t", 1000), deliveries(1000, &["audit"]), TTL).await.unwrap();
     let many = LIST_SCAN_LIMIT as u64 + 100;
     let ds: Vec<NewDelivery> =
-        (0..many).map(|_| NewDelivery { id: new_delivery_id(2000), endpoint: "be".into() }).collect();
+        (0..many).map(|_| NewDelivery { id: DeliveryId::new(2000), endpoint: "be".into() }).collect();
     s.admit(event("evt_big", "np", "t.t", 2000), ds, TTL).await.unwrap();
     let f = DeliveryFilter { endpoint: Some("audit".into()), ..Default::default() };
     let p1 = s.list(&f, None, 10).await.unwrap();
@@ -523,7 +523,7 @@ async fn embedded_store_keeps_everything_across_reopen() {
     s.admit(event("evt_keep", "np", "t.t", 1000), deliveries(1000, &["be"]), TTL).await.unwrap();
     s.close().await;
     let s = EmbeddedStore::open(&path).unwrap();
-    assert!(s.event("evt_keep").await.unwrap().is_some());
+    assert!(s.event(&"evt_keep".into()).await.unwrap().is_some());
     assert_eq!(s.admit(event("evt_keep", "np", "t.t", 1500), vec![], TTL).await.unwrap(), Admission::Duplicate);
     assert_eq!(s.claim_due("be", 1000, 10, VIS).await.unwrap().len(), 1);
 }
@@ -588,7 +588,7 @@ async fn redis_store_skips_an_unreadable_record_instead_of_wedging() {
 async fn redis_store_forgets_a_vanished_delivery_everywhere() {
     let (s, server) = redis().await;
     s.admit(event("evt_gone", "np", "t.t", 1000), deliveries(1000, &["be"]), TTL).await.unwrap();
-    let id = s.event_deliveries("evt_gone").await.unwrap().remove(0).id;
+    let id = s.event_deliveries(&"evt_gone".into()).await.unwrap().remove(0).id;
     let mut raw = raw_connection(&server).await;
     let _: () = redis::cmd("DEL").arg(format!("{{conformance}}:dlv:{id}")).query_async(&mut raw).await.unwrap();
     assert!(s.claim_due("be", 2000, 10, VIS).await.unwrap().is_empty());
@@ -603,7 +603,7 @@ async fn redis_store_forgets_a_vanished_delivery_everywhere() {
 async fn redis_claim_tokens_stay_unique_after_lost_writes() {
     let (s, server) = redis().await;
     s.admit(event("evt_lost", "np", "t.t", 1000), deliveries(1000, &["be"]), TTL).await.unwrap();
-    let id = s.event_deliveries("evt_lost").await.unwrap().remove(0).id;
+    let id = s.event_deliveries(&"evt_lost".into()).await.unwrap().remove(0).id;
     let mut raw = raw_connection(&server).await;
     let key = format!("{{conformance}}:dlv:{id}");
     let before: String = redis::cmd("GET").arg(&key).query_async(&mut raw).await.unwrap();
@@ -611,7 +611,8 @@ async fn redis_claim_tokens_stay_unique_after_lost_writes() {
     let first = s.claim_due("be", 1000, 1, VIS).await.unwrap().remove(0).delivery;
     // The claim is lost: the record and its schedule are as before it.
     let _: () = redis::cmd("SET").arg(&key).arg(&before).query_async(&mut raw).await.unwrap();
-    let _: () = redis::cmd("ZADD").arg("{conformance}:due:be").arg(1000).arg(&id).query_async(&mut raw).await.unwrap();
+    let _: () =
+        redis::cmd("ZADD").arg("{conformance}:due:be").arg(1000).arg(id.as_str()).query_async(&mut raw).await.unwrap();
     let second = s.claim_due("be", 1000, 1, VIS).await.unwrap().remove(0).delivery;
 
     assert_ne!(first.claim_token, second.claim_token);
@@ -700,7 +701,7 @@ async fn redis_store_records_concurrent_finishes_in_batches() {
 
     // Delivered, retried, dead, and a stale token, in turn; then the first
     // delivered one again in the same batch, and a delivery that never was.
-    let mut finishes: Vec<(String, u64, Next)> = claims
+    let mut finishes: Vec<(DeliveryId, u64, Next)> = claims
         .iter()
         .enumerate()
         .map(|(i, c)| {
@@ -720,7 +721,7 @@ async fn redis_store_records_concurrent_finishes_in_batches() {
         .cloned()
         .map(|(id, token, next)| {
             let s = s.clone();
-            tokio::spawn(async move { s.finish(&id, token, attempt(1200, 200), next).await.unwrap() })
+            tokio::spawn(async move { s.finish(&id.as_str().into(), token, attempt(1200, 200), next).await.unwrap() })
         })
         .collect();
     let mut results = Vec::new();
@@ -773,11 +774,11 @@ async fn redis_store_records_concurrent_finishes_in_batches() {
         assert_eq!(card, expected, "{key}");
     }
     // Retried deliveries are due at 5000; the stale claims expired at 1500.
-    let mut due: Vec<String> =
+    let mut due: Vec<DeliveryId> =
         s.claim_due("be", 5000, 100, VIS).await.unwrap().into_iter().map(|c| c.delivery.id).collect();
     due.extend(s.claim_due("audit", 5000, 100, VIS).await.unwrap().into_iter().map(|c| c.delivery.id));
     due.sort();
-    let mut open: Vec<String> = claims
+    let mut open: Vec<DeliveryId> = claims
         .iter()
         .enumerate()
         .filter(|(i, _)| i % 4 == 1 || i % 4 == 3)
@@ -851,7 +852,9 @@ async fn redis_store_refuses_only_the_damaged_finish_of_a_batch() {
         results.push(t.await.unwrap());
     }
     assert!(matches!(results[0], Ok(true)));
-    assert!(matches!(&results[1], Err(ipn_relay::store::StoreError::Corrupt { key, .. }) if key.ends_with(&damaged)));
+    assert!(
+        matches!(&results[1], Err(ipn_relay::store::StoreError::Corrupt { key, .. }) if key.ends_with(damaged.as_str()))
+    );
     assert!(matches!(results[2], Ok(true)));
     for i in [0, 2] {
         let (d, attempts) = s.delivery(&claims[i].delivery.id).await.unwrap().unwrap();

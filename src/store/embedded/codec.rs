@@ -1,7 +1,7 @@
 //! How records are encoded in the embedded store's tables, and the two
 //! ways a read or write fails.
 
-use super::super::{Delivery, Millis, StoreError};
+use super::super::{Delivery, DeliveryId, Millis, StoreError};
 
 pub(super) use super::super::{corrupt, unavailable};
 
@@ -21,19 +21,19 @@ pub(super) fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
 pub(super) struct IndexRecord {
     pub(super) dedupe_expires: Millis,
     pub(super) body_seq: u64,
-    pub(super) delivery_ids: Vec<String>,
+    pub(super) delivery_ids: Vec<DeliveryId>,
 }
 
 impl IndexRecord {
     pub(super) fn encode(&self) -> Vec<u8> {
-        let ids: usize = self.delivery_ids.iter().map(|i| i.len() + 1).sum();
+        let ids: usize = self.delivery_ids.iter().map(|i| i.as_str().len() + 1).sum();
         let mut out = Vec::with_capacity(16 + ids);
         out.extend_from_slice(&self.dedupe_expires.to_le_bytes());
         out.extend_from_slice(&self.body_seq.to_le_bytes());
         for id in &self.delivery_ids {
             // Delivery ids are ours: short ASCII, always under 256 bytes.
-            out.push(id.len() as u8);
-            out.extend_from_slice(id.as_bytes());
+            out.push(id.as_str().len() as u8);
+            out.extend_from_slice(id.as_str().as_bytes());
         }
         out
     }
@@ -48,7 +48,7 @@ impl IndexRecord {
         while pos < b.len() {
             let len = b[pos] as usize;
             let id = b.get(pos + 1..pos + 1 + len).ok_or_else(bad)?;
-            delivery_ids.push(String::from_utf8(id.to_vec()).map_err(|e| corrupt(key, e))?);
+            delivery_ids.push(DeliveryId::from(String::from_utf8(id.to_vec()).map_err(|e| corrupt(key, e))?));
             pos += 1 + len;
         }
         Ok(IndexRecord { dedupe_expires, body_seq, delivery_ids })

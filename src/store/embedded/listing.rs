@@ -84,7 +84,7 @@ pub(super) fn page(
             continue;
         }
         if items.len() == limit {
-            next_cursor = items.last().map(|d: &Delivery| d.id.clone());
+            next_cursor = items.last().map(|d: &Delivery| d.id.to_string());
             break;
         }
         items.push(d);

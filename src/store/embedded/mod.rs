@@ -55,8 +55,9 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Admission, Attempt, Claim, Context, Counts, Delivery, DeliveryFilter, DeliveryState, DiscardCount, Millis,
-    NewDelivery, NewEvent, Next, Page, Reconciled, ReplayCount, ReplayJob, Store, StoreError, StoredEvent,
+    Admission, Attempt, Claim, Context, Counts, Delivery, DeliveryFilter, DeliveryId, DeliveryState, DiscardCount,
+    EventId, Millis, NewDelivery, NewEvent, Next, Page, Reconciled, ReplayCount, ReplayJob, Store, StoreError,
+    StoredEvent,
 };
 use codec::{IndexRecord, corrupt, decode_delivery, unavailable};
 use tables::*;
@@ -200,25 +201,27 @@ impl Store for EmbeddedStore {
         self.call(|reply| Op::Admit { event, deliveries, ttl_ms: dedupe_ttl_ms, reply }).await
     }
 
-    async fn event(&self, id: &str) -> Result<Option<StoredEvent>, StoreError> {
+    async fn event(&self, id: &EventId) -> Result<Option<StoredEvent>, StoreError> {
         let id = id.to_owned();
         self.read(move |txn| {
-            let Some(record) = read_index(txn, &id)? else { return Ok(None) };
+            let Some(record) = read_index(txn, id.as_str())? else { return Ok(None) };
             let bodies = txn.open_table(EVENT_BODIES).map_err(unavailable)?;
-            let json =
-                bodies.get(record.body_seq).map_err(unavailable)?.ok_or_else(|| corrupt(&id, "event body missing"))?;
+            let json = bodies
+                .get(record.body_seq)
+                .map_err(unavailable)?
+                .ok_or_else(|| corrupt(id.as_str(), "event body missing"))?;
             Ok(Some(StoredEvent { id: id.clone(), json: json.value().to_vec() }))
         })
         .await
     }
 
-    async fn event_deliveries(&self, event_id: &str) -> Result<Vec<Delivery>, StoreError> {
+    async fn event_deliveries(&self, event_id: &EventId) -> Result<Vec<Delivery>, StoreError> {
         let event_id = event_id.to_owned();
         let claims = self.claims.clone();
         self.read(move |txn| {
             let mut out = Vec::new();
-            for id in read_index(txn, &event_id)?.map(|r| r.delivery_ids).unwrap_or_default() {
-                if let Some(d) = read_delivery(txn, &id)? {
+            for id in read_index(txn, event_id.as_str())?.map(|r| r.delivery_ids).unwrap_or_default() {
+                if let Some(d) = read_delivery(txn, id.as_str())? {
                     out.push(d);
                 }
             }
@@ -229,17 +232,17 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn delivery(&self, id: &str) -> Result<Option<(Delivery, Vec<Attempt>)>, StoreError> {
+    async fn delivery(&self, id: &DeliveryId) -> Result<Option<(Delivery, Vec<Attempt>)>, StoreError> {
         let id = id.to_owned();
         let claims = self.claims.clone();
         self.read(move |txn| {
-            let Some(mut d) = read_delivery(txn, &id)? else { return Ok(None) };
+            let Some(mut d) = read_delivery(txn, id.as_str())? else { return Ok(None) };
             claims.lock().map_err(|_| unavailable("lock poisoned"))?.overlay(&mut d);
             let table = txn.open_table(ATTEMPTS).map_err(unavailable)?;
             let mut attempts = Vec::new();
             for entry in table.range((id.as_str(), 0u32)..=(id.as_str(), u32::MAX)).map_err(unavailable)? {
                 let (_, v) = entry.map_err(unavailable)?;
-                attempts.push(serde_json::from_slice(v.value()).map_err(|e| corrupt(&id, e))?);
+                attempts.push(serde_json::from_slice(v.value()).map_err(|e| corrupt(id.as_str(), e))?);
             }
             Ok(Some((d, attempts)))
         })
@@ -259,7 +262,7 @@ impl Store for EmbeddedStore {
 
     async fn finish(
         &self,
-        delivery_id: &str,
+        delivery_id: &DeliveryId,
         claim_token: u64,
         attempt: Attempt,
         next: Next,
@@ -268,7 +271,7 @@ impl Store for EmbeddedStore {
         self.call(|reply| Op::Finish { id, token: claim_token, attempt, next, reply }).await
     }
 
-    async fn release(&self, delivery_id: &str, claim_token: u64, due: Millis) -> Result<bool, StoreError> {
+    async fn release(&self, delivery_id: &DeliveryId, claim_token: u64, due: Millis) -> Result<bool, StoreError> {
         let id = delivery_id.to_owned();
         self.call(|reply| Op::Release { id, token: claim_token, due, reply }).await
     }
@@ -280,7 +283,12 @@ impl Store for EmbeddedStore {
         self.read(move |txn| listing::page(txn, &claims, &filter, cursor, limit)).await
     }
 
-    async fn replay(&self, ids: &[String], include_delivered: bool, now: Millis) -> Result<ReplayCount, StoreError> {
+    async fn replay(
+        &self,
+        ids: &[DeliveryId],
+        include_delivered: bool,
+        now: Millis,
+    ) -> Result<ReplayCount, StoreError> {
         let ids = ids.to_vec();
         self.call(|reply| Op::Replay { ids, include_delivered, now, reply }).await
     }
@@ -317,7 +325,12 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn replay_step(&self, job: &ReplayJob, ids: &[String], now: Millis) -> Result<Option<ReplayJob>, StoreError> {
+    async fn replay_step(
+        &self,
+        job: &ReplayJob,
+        ids: &[DeliveryId],
+        now: Millis,
+    ) -> Result<Option<ReplayJob>, StoreError> {
         let (job, ids) = (Box::new(job.clone()), ids.to_vec());
         self.call(|reply| Op::ReplayStep { job, ids, now, reply }).await
     }
@@ -330,7 +343,7 @@ impl Store for EmbeddedStore {
         self.read(|txn| {
             let table = txn.open_table(OPEN).map_err(unavailable)?;
             let first = table.first().map_err(unavailable)?;
-            Ok(first.and_then(|(k, _)| super::delivery_id_millis(k.value())))
+            Ok(first.and_then(|(k, _)| DeliveryId::from(k.value()).created_at()))
         })
         .await
     }
@@ -375,7 +388,7 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn discard(&self, ids: &[String], reason: &str, now: Millis) -> Result<DiscardCount, StoreError> {
+    async fn discard(&self, ids: &[DeliveryId], reason: &str, now: Millis) -> Result<DiscardCount, StoreError> {
         let (ids, reason) = (ids.to_vec(), reason.to_owned());
         self.call(|reply| Op::Discard { ids, reason, now, reply }).await
     }
@@ -412,7 +425,7 @@ impl EmbeddedStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{DeliveryState, NewDelivery, NewEvent, new_delivery_id};
+    use crate::store::{DeliveryId, DeliveryState, NewDelivery, NewEvent};
 
     fn event(id: &str, at: u64) -> NewEvent {
         NewEvent { id: id.into(), source: "np".into(), event_type: "t.t".into(), received_at: at, json: b"{}".to_vec() }
@@ -423,7 +436,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("r.redb");
         let store = EmbeddedStore::open(&path).unwrap();
-        let ds = ["be", "gone"].map(|e| NewDelivery { id: new_delivery_id(1000), endpoint: e.into() });
+        let ds = ["be", "gone"].map(|e| NewDelivery { id: DeliveryId::new(1000), endpoint: e.into() });
         store.admit(event("evt_old", 1000), ds.to_vec(), 10_000).await.unwrap();
         let c = store.claim_due("be", 1000, 1, 500).await.unwrap().remove(0);
         let failed = Attempt {
@@ -461,8 +474,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("r.redb");
         let store = EmbeddedStore::open(&path).unwrap();
-        let good = NewDelivery { id: new_delivery_id(1000), endpoint: "be".into() };
-        let orphan = NewDelivery { id: new_delivery_id(1000), endpoint: "be".into() };
+        let good = NewDelivery { id: DeliveryId::new(1000), endpoint: "be".into() };
+        let orphan = NewDelivery { id: DeliveryId::new(1000), endpoint: "be".into() };
         store.admit(event("evt_good", 1000), vec![good.clone()], 10_000).await.unwrap();
         store.admit(event("evt_orphan", 1000), vec![orphan.clone()], 10_000).await.unwrap();
         store.close().await;
@@ -490,12 +503,12 @@ mod tests {
         // The broken one is off the schedule: later claims do not meet it again.
         assert!(store.claim_due("be", 2400, 10, 500).await.unwrap().is_empty());
         // Replaying it is counted, not fatal; admissions still commit.
-        let r = store.replay(&["dlv_broken".to_owned()], false, 3000).await.unwrap();
+        let r = store.replay(&["dlv_broken".into()], false, 3000).await.unwrap();
         assert_eq!(r.skipped, 1);
         // It cannot be finished either: nobody holds a claim on it.
-        assert!(!store.finish("dlv_broken", 1, attempt(), Next::Delivered).await.unwrap());
+        assert!(!store.finish(&"dlv_broken".into(), 1, attempt(), Next::Delivered).await.unwrap());
         store.admit(event("evt_after", 3000), vec![], 10_000).await.unwrap();
-        assert!(store.event("evt_after").await.unwrap().is_some());
+        assert!(store.event(&"evt_after".into()).await.unwrap().is_some());
         store.ping().await.unwrap();
     }
 
@@ -546,7 +559,7 @@ mod tests {
             init_tables(db)
         };
         let store = EmbeddedStore::with_opener("faulty".into(), open).unwrap();
-        let d = || vec![NewDelivery { id: new_delivery_id(1000), endpoint: "be".into() }];
+        let d = || vec![NewDelivery { id: DeliveryId::new(1000), endpoint: "be".into() }];
         store.admit(event("evt_a", 1000), d(), 10_000).await.unwrap();
         store.admit(event("evt_b", 1000), d(), 10_000).await.unwrap();
         let held = store.claim_due("be", 1000, 1, 60_000).await.unwrap().remove(0);

@@ -17,8 +17,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::http::Chain;
 
 use super::super::{
-    Admission, Attempt, Claim, Delivery, DeliveryState, DiscardCount, Millis, NewDelivery, NewEvent, Next, Reconciled,
-    ReplayCount, ReplayJob, StoreError,
+    Admission, Attempt, Claim, Delivery, DeliveryId, DeliveryState, DiscardCount, Millis, NewDelivery, NewEvent, Next,
+    Reconciled, ReplayCount, ReplayJob, StoreError,
 };
 use super::MAX_BATCH;
 use super::codec::unavailable;
@@ -32,14 +32,14 @@ pub(super) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 pub(super) enum Op {
     Admit { event: NewEvent, deliveries: Vec<NewDelivery>, ttl_ms: u64, reply: Reply<Admission> },
     Claim { endpoint: String, now: Millis, limit: usize, visibility_ms: u64, reply: Reply<Vec<Claim>> },
-    Finish { id: String, token: u64, attempt: Attempt, next: Next, reply: Reply<bool> },
-    Release { id: String, token: u64, due: Millis, reply: Reply<bool> },
-    Replay { ids: Vec<String>, include_delivered: bool, now: Millis, reply: Reply<ReplayCount> },
+    Finish { id: DeliveryId, token: u64, attempt: Attempt, next: Next, reply: Reply<bool> },
+    Release { id: DeliveryId, token: u64, due: Millis, reply: Reply<bool> },
+    Replay { ids: Vec<DeliveryId>, include_delivered: bool, now: Millis, reply: Reply<ReplayCount> },
     CreateJob { job: Box<ReplayJob>, reply: Reply<()> },
-    ReplayStep { job: Box<ReplayJob>, ids: Vec<String>, now: Millis, reply: Reply<Option<ReplayJob>> },
+    ReplayStep { job: Box<ReplayJob>, ids: Vec<DeliveryId>, now: Millis, reply: Reply<Option<ReplayJob>> },
     Sweep { now: Millis, reply: Reply<usize> },
     Reconcile { endpoints: Vec<String>, orphan_others: bool, now: Millis, reply: Reply<Reconciled> },
-    Discard { ids: Vec<String>, reason: String, now: Millis, reply: Reply<DiscardCount> },
+    Discard { ids: Vec<DeliveryId>, reason: String, now: Millis, reply: Reply<DiscardCount> },
     Ping { reply: Reply<()> },
 }
 
@@ -62,7 +62,7 @@ pub(super) struct InFlight {
 /// Deliveries claimed by this process. Only the writer thread changes it.
 #[derive(Debug, Default)]
 pub(super) struct ClaimTable {
-    pub(super) live: std::collections::HashMap<String, InFlight>,
+    pub(super) live: std::collections::HashMap<DeliveryId, InFlight>,
     pub(super) last_token: u64,
 }
 
@@ -279,8 +279,10 @@ pub(super) fn apply(
         Op::Claim { endpoint, now, limit, visibility_ms, reply } => {
             run!(reply, t.claim(claims, &endpoint, now, limit, visibility_ms))
         }
-        Op::Finish { id, token, attempt, next, reply } => run!(reply, t.finish(claims, &id, token, attempt, next)),
-        Op::Release { id, token, due, reply } => run!(reply, t.release(claims, &id, token, due)),
+        Op::Finish { id, token, attempt, next, reply } => {
+            run!(reply, t.finish(claims, id.as_str(), token, attempt, next))
+        }
+        Op::Release { id, token, due, reply } => run!(reply, t.release(claims, id.as_str(), token, due)),
         Op::Replay { ids, include_delivered, now, reply } => {
             run!(reply, t.replay(claims, &ids, include_delivered, now))
         }

@@ -60,9 +60,9 @@ use finishes::PendingFinish;
 use scripts::{Scripts, invoke_raw};
 
 use super::{
-    Admission, Attempt, Claim, Counts, Delivery, DeliveryFilter, DeliveryState, DiscardCount, LIST_SCAN_LIMIT, Millis,
-    NewDelivery, NewEvent, Next, Page, Reconciled, ReplayCount, ReplayJob, Store, StoreError, StoredEvent, corrupt,
-    unavailable,
+    Admission, Attempt, Claim, Counts, Delivery, DeliveryFilter, DeliveryId, DeliveryState, DiscardCount, EventId,
+    LIST_SCAN_LIMIT, Millis, NewDelivery, NewEvent, Next, Page, Reconciled, ReplayCount, ReplayJob, Store, StoreError,
+    StoredEvent, corrupt, unavailable,
 };
 
 /// Schedule entries or orphaned deliveries one reconciling script call
@@ -146,28 +146,28 @@ impl Store for RedisStore {
             .arg(dedupe_ttl_ms.max(1))
             .arg(event.json.as_slice())
             .arg(event.received_at)
-            .arg(&event.id);
+            .arg(event.id.as_str());
         for nd in deliveries {
             let d = Delivery::pending(&event, nd);
             script.key(self.key(&format!("dlv:{}", d.id))).key(self.key(&format!("due:{}", d.endpoint)));
-            script.arg(&d.id).arg(serde_json::to_string(&d).map_err(unavailable)?);
+            script.arg(d.id.as_str()).arg(serde_json::to_string(&d).map_err(unavailable)?);
         }
         let accepted: i64 = self.invoke(&script, true).await?;
         Ok(if accepted == 1 { Admission::Accepted } else { Admission::Duplicate })
     }
 
-    async fn event(&self, id: &str) -> Result<Option<StoredEvent>, StoreError> {
+    async fn event(&self, id: &EventId) -> Result<Option<StoredEvent>, StoreError> {
         let json: Option<Vec<u8>> = self.conn().get(self.key(&format!("event:{id}"))).await.map_err(unavailable)?;
         Ok(json.map(|json| StoredEvent { id: id.to_owned(), json }))
     }
 
-    async fn event_deliveries(&self, event_id: &str) -> Result<Vec<Delivery>, StoreError> {
+    async fn event_deliveries(&self, event_id: &EventId) -> Result<Vec<Delivery>, StoreError> {
         let ids: Vec<String> =
             self.conn().lrange(self.key(&format!("event-dlv:{event_id}")), 0, -1).await.map_err(unavailable)?;
         self.deliveries(&ids).await
     }
 
-    async fn delivery(&self, id: &str) -> Result<Option<(Delivery, Vec<Attempt>)>, StoreError> {
+    async fn delivery(&self, id: &DeliveryId) -> Result<Option<(Delivery, Vec<Attempt>)>, StoreError> {
         // One MULTI/EXEC, so the record and its attempts agree: a finish
         // between two separate reads would show an attempt the record does
         // not count yet.
@@ -179,8 +179,8 @@ impl Store for RedisStore {
             .await
             .map_err(unavailable)?;
         let Some(raw) = raw else { return Ok(None) };
-        let attempts = attempts.iter().map(|a| decode(id, a)).collect::<Result<_, _>>()?;
-        Ok(Some((decode(id, &raw)?, attempts)))
+        let attempts = attempts.iter().map(|a| decode(id.as_str(), a)).collect::<Result<_, _>>()?;
+        Ok(Some((decode(id.as_str(), &raw)?, attempts)))
     }
 
     async fn claim_due(
@@ -221,7 +221,7 @@ impl Store for RedisStore {
 
     async fn finish(
         &self,
-        delivery_id: &str,
+        delivery_id: &DeliveryId,
         claim_token: u64,
         attempt: Attempt,
         next: Next,
@@ -232,7 +232,7 @@ impl Store for RedisStore {
         let at = if let Next::RetryAt(at) = next { at } else { 0 };
         let (reply, result) = tokio::sync::oneshot::channel();
         let pending = PendingFinish {
-            id: delivery_id.to_owned(),
+            id: delivery_id.to_string(),
             token: claim_token,
             attempt: serde_json::to_string(&attempt).map_err(unavailable)?,
             next: next.as_str(),
@@ -245,7 +245,7 @@ impl Store for RedisStore {
         result.await.map_err(|_| unavailable("the finish recorder has stopped"))?
     }
 
-    async fn release(&self, delivery_id: &str, claim_token: u64, due: Millis) -> Result<bool, StoreError> {
+    async fn release(&self, delivery_id: &DeliveryId, claim_token: u64, due: Millis) -> Result<bool, StoreError> {
         let mut inv = self.scripts.release.prepare_invoke();
         inv.key(self.key(&format!("dlv:{delivery_id}")))
             .key(self.key("counts"))
@@ -298,7 +298,7 @@ impl Store for RedisStore {
             for d in self.deliveries(&ids).await? {
                 if filter.matches(&d) {
                     if items.len() == limit {
-                        let next_cursor = items.last().map(|d: &Delivery| d.id.clone());
+                        let next_cursor = items.last().map(|d: &Delivery| d.id.to_string());
                         return Ok(Page { items, next_cursor });
                     }
                     items.push(d);
@@ -312,11 +312,16 @@ impl Store for RedisStore {
         Ok(Page { items, next_cursor: None })
     }
 
-    async fn replay(&self, ids: &[String], include_delivered: bool, now: Millis) -> Result<ReplayCount, StoreError> {
+    async fn replay(
+        &self,
+        ids: &[DeliveryId],
+        include_delivered: bool,
+        now: Millis,
+    ) -> Result<ReplayCount, StoreError> {
         let mut script = self.scripts.replay.prepare_invoke();
         script.key(self.key("counts")).arg(&self.keys).arg(if include_delivered { "1" } else { "0" }).arg(now);
         for id in ids {
-            script.arg(id);
+            script.arg(id.as_str());
         }
         let (replayed, skipped, not_found): (usize, usize, usize) = self.invoke(&script, false).await?;
         Ok(ReplayCount { replayed, skipped, not_found })
@@ -353,7 +358,12 @@ impl Store for RedisStore {
         Ok(jobs)
     }
 
-    async fn replay_step(&self, job: &ReplayJob, ids: &[String], now: Millis) -> Result<Option<ReplayJob>, StoreError> {
+    async fn replay_step(
+        &self,
+        job: &ReplayJob,
+        ids: &[DeliveryId],
+        now: Millis,
+    ) -> Result<Option<ReplayJob>, StoreError> {
         let script = &self.scripts.replay_step;
         let mut inv = script.prepare_invoke();
         inv.key(self.key("counts"))
@@ -363,7 +373,7 @@ impl Store for RedisStore {
             .arg(now)
             .arg(serde_json::to_string(job).map_err(unavailable)?);
         for id in ids {
-            inv.arg(id);
+            inv.arg(id.as_str());
         }
         // Safe to run twice: the second run finds the step already saved.
         let saved: Option<String> = self.invoke(&inv, true).await?;
@@ -380,7 +390,7 @@ impl Store for RedisStore {
     async fn oldest_open(&self) -> Result<Option<Millis>, StoreError> {
         // Every member scores 0, so the set is in id order: creation order.
         let first: Vec<String> = self.conn().zrange(self.key("open"), 0, 0).await.map_err(unavailable)?;
-        Ok(first.first().and_then(|id| super::delivery_id_millis(id)))
+        Ok(first.first().and_then(|id| DeliveryId::from(id.as_str()).created_at()))
     }
 
     async fn counts(&self) -> Result<Counts, StoreError> {
@@ -464,7 +474,7 @@ impl Store for RedisStore {
         Ok(names)
     }
 
-    async fn discard(&self, ids: &[String], reason: &str, now: Millis) -> Result<DiscardCount, StoreError> {
+    async fn discard(&self, ids: &[DeliveryId], reason: &str, now: Millis) -> Result<DiscardCount, StoreError> {
         let script = &self.scripts.discard;
         let mut inv = script.prepare_invoke();
         inv.key(self.key("counts"))
@@ -474,7 +484,7 @@ impl Store for RedisStore {
             .arg(now)
             .arg(reason);
         for id in ids {
-            inv.arg(id);
+            inv.arg(id.as_str());
         }
         let (discarded, skipped, not_found): (usize, usize, usize) = self.invoke(&inv, false).await?;
         Ok(DiscardCount { discarded, skipped, not_found })

@@ -19,7 +19,7 @@ impl Tables<'_> {
         ttl_ms: u64,
     ) -> Result<Admission, StoreError> {
         let now = event.received_at;
-        let previous = self.get_index(&event.id)?;
+        let previous = self.get_index(event.id.as_str())?;
         let mut delivery_ids = Vec::new();
         if let Some(prev) = previous {
             if prev.dedupe_expires > now {

@@ -3,7 +3,7 @@
 use redb::ReadableTable;
 
 use crate::http::Chain;
-use crate::store::{Attempt, Claim, DeliveryState, Millis, Next, StoreError};
+use crate::store::{Attempt, Claim, DeliveryId, DeliveryState, Millis, Next, StoreError};
 
 use super::super::codec::{corrupt, encode, unavailable};
 use super::super::writer::{ClaimTable, InFlight};
@@ -56,9 +56,9 @@ impl Tables<'_> {
                 self.due.remove((endpoint, at, id.as_str())).map_err(unavailable)?;
                 continue;
             }
-            let event_json = match self.get_index(&old.event_id) {
-                Ok(Some(event)) => self.get_body(&old.event_id, event.body_seq),
-                Ok(None) => Err(corrupt(&old.event_id, "event record missing")),
+            let event_json = match self.get_index(old.event_id.as_str()) {
+                Ok(Some(event)) => self.get_body(old.event_id.as_str(), event.body_seq),
+                Ok(None) => Err(corrupt(old.event_id.as_str(), "event record missing")),
                 Err(e) => Err(e),
             };
             let event_json = match event_json {
@@ -73,7 +73,7 @@ impl Tables<'_> {
                     d.last_error = Some(Chain(&e).to_string());
                     d.updated_at = now;
                     self.put_delivery(Some(&old), &d)?;
-                    claims.live.remove(&id);
+                    claims.live.remove(id.as_str());
                     continue;
                 }
                 Err(e) => return Err(e),
@@ -82,7 +82,7 @@ impl Tables<'_> {
             // timeout hands it to this claim, with a new token.
             claims.last_token += 1;
             let c = InFlight { token: claims.last_token, until: now.saturating_add(visibility_ms) };
-            claims.live.insert(id.clone(), c);
+            claims.live.insert(DeliveryId::from(id.as_str()), c);
             let mut d = old;
             claims.overlay(&mut d);
             out.push(Claim { delivery: d, event_json });

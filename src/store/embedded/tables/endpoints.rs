@@ -3,7 +3,7 @@
 
 use redb::ReadableTable;
 
-use crate::store::{DeliveryState, DiscardCount, Millis, Reconciled, StoreError};
+use crate::store::{DeliveryId, DeliveryState, DiscardCount, Millis, Reconciled, StoreError};
 
 use super::super::codec::unavailable;
 use super::super::writer::ClaimTable;
@@ -55,7 +55,7 @@ impl Tables<'_> {
                 for id in scheduled {
                     // Claimed here: its attempt ends first (only a running
                     // relay holds claims, and it orphans only at start).
-                    if claims.live.contains_key(&id) {
+                    if claims.live.contains_key(id.as_str()) {
                         continue;
                     }
                     let old = match self.named(&id, "left as it is")? {
@@ -111,14 +111,14 @@ impl Tables<'_> {
 
     pub(in crate::store::embedded) fn discard(
         &mut self,
-        ids: &[String],
+        ids: &[DeliveryId],
         reason: &str,
         now: Millis,
     ) -> Result<DiscardCount, StoreError> {
         let mut count = DiscardCount::default();
         let mut seen = std::collections::HashSet::new();
         for id in ids.iter().filter(|id| seen.insert(id.as_str())) {
-            let old = match self.named(id, "not discarded")? {
+            let old = match self.named(id.as_str(), "not discarded")? {
                 Named::Found(d) => d,
                 Named::Missing => {
                     count.not_found += 1;

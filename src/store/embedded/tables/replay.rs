@@ -2,7 +2,7 @@
 
 use redb::ReadableTable;
 
-use crate::store::{DeliveryState, Millis, ReplayCount, ReplayJob, StoreError};
+use crate::store::{DeliveryId, DeliveryState, Millis, ReplayCount, ReplayJob, StoreError};
 
 use super::super::codec::{corrupt, encode, unavailable};
 use super::super::writer::ClaimTable;
@@ -12,7 +12,7 @@ impl Tables<'_> {
     pub(in crate::store::embedded) fn replay(
         &mut self,
         claims: &ClaimTable,
-        ids: &[String],
+        ids: &[DeliveryId],
         include_delivered: bool,
         now: Millis,
     ) -> Result<ReplayCount, StoreError> {
@@ -23,7 +23,7 @@ impl Tables<'_> {
             if !seen.insert(id.as_str()) {
                 continue;
             }
-            let old = match self.named(id, "not replayed")? {
+            let old = match self.named(id.as_str(), "not replayed")? {
                 Named::Found(d) => d,
                 Named::Missing => {
                     count.not_found += 1;
@@ -64,7 +64,7 @@ impl Tables<'_> {
         &mut self,
         claims: &ClaimTable,
         mut job: ReplayJob,
-        ids: &[String],
+        ids: &[DeliveryId],
         now: Millis,
     ) -> Result<Option<ReplayJob>, StoreError> {
         let stored: ReplayJob = match self.replay_jobs.get(job.id.as_str()).map_err(unavailable)? {
