@@ -11,6 +11,7 @@ mod crash;
 mod delivery;
 mod event_schema;
 mod ingress;
+mod layout;
 mod metrics;
 mod redis_relays;
 mod restart;
