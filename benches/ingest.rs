@@ -1,27 +1,25 @@
-//! Ingest benchmark: unique signed NOWPayments IPNs (~700 bytes) posted over
-//! many keep-alive connections on loopback.
+//! End-to-end and ingest benchmark: unique signed NOWPayments IPNs (~700
+//! bytes) posted over keep-alive connections on loopback.
 //!
-//! Three runs, each against a separate process so the load generator's
-//! costs are the same for all of them:
-//! 1. a bare hyper server that reads the body and answers 200 (the ceiling);
-//! 2. the relay (`ipn-relay serve`, this build) with durable admission on a
-//!    fresh redb file, at full speed;
-//! 3. the relay again at half of its measured rate, open loop, for latency
-//!    under a steady load (latency counted from each request's scheduled send
-//!    time, so a stall is not hidden by the sender waiting for it).
+//! Each round, every server a separate process so the load generator's
+//! costs are the same for all:
+//! 1. the ceiling: a bare hyper server that reads the body and answers 200,
+//!    with its CPU per request;
+//! 2. the headline, end to end: the relay (`ipn-relay serve`, this build, a
+//!    fresh store) with one endpoint pointing at a receiver in this process
+//!    that answers 200 at once, ingest and delivery running together. Closed
+//!    loop: delivered events per second from the first post to the last
+//!    arrival, and relay CPU per delivered event; then open loop at half that
+//!    rate: latency from each post's scheduled time to its arrival;
+//! 3. the ceiling again, so a drifting machine shows;
+//! 4. secondary: admission alone, the endpoint held to one attempt a second.
 //!
-//! 4. end to end: the relay with one endpoint pointing at a receiver in this
-//!    process. Closed loop: events per second from the first post to the
-//!    last delivery, and relay CPU per delivered event. Then open loop at
-//!    half that rate: latency from each post to its arrival.
-//!
-//! In runs 2 and 3 the relay's endpoint is held to one attempt a second, so
-//! they measure admission (which still stores each event's delivery).
-//!
-//! Run: `cargo bench --bench ingest` (env: BENCH_SECS, BENCH_CONNECTIONS,
-//! BENCH_MAX_IN_FLIGHT for the endpoint of the end-to-end runs, default 64,
-//! and BENCH_STORE=redis to run the relay on a private redis-server with AOF
-//! and `appendfsync always`, the embedded store's guarantee).
+//! Run: `cargo bench --bench ingest`. Env: BENCH_RUNS (rounds, default 3),
+//! BENCH_SECS (per load, default 5, after a 1 s warm-up), BENCH_CONNECTIONS
+//! (default 32), BENCH_MAX_IN_FLIGHT (the endpoint's, default 64) and
+//! BENCH_STORE=redis to run the relay on a private redis-server with AOF and
+//! `appendfsync always` (the embedded store's guarantee). Ends with a
+//! markdown table of the rounds for BENCHMARKS.md.
 
 #[path = "../tests/it/common.rs"]
 mod common;
@@ -68,7 +66,8 @@ fn main() {
         return;
     }
     let secs: u64 = env_or("BENCH_SECS", 5);
-    let conns: usize = env_or("BENCH_CONNECTIONS", 64);
+    let conns: usize = env_or("BENCH_CONNECTIONS", 32);
+    let runs: usize = env_or("BENCH_RUNS", 3);
     let _redis = (std::env::var("BENCH_STORE").as_deref() == Ok("redis")).then(|| {
         let redis = common::RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
         REDIS_URL.set(redis.url.clone()).unwrap();
@@ -79,11 +78,132 @@ fn main() {
     let body_len = common::payment_ipn(1_000_000_000, "finished").len();
     let store = if REDIS_URL.get().is_some() { "redis (AOF, appendfsync always)" } else { "embedded" };
     println!(
-        "ingest benchmark: {conns} connections, {secs}s per run, IPN body {body_len} bytes, {} cores, {store} store",
+        "ingest benchmark: {conns} connections, {secs}s per run, IPN body {body_len} bytes, {} cores, {store} store, {runs} rounds",
         num_cpus()
     );
+    let mut rows = Vec::new();
+    for round in 1..=runs {
+        println!("\n## round {round}");
+        rows.push(rt.block_on(round_of(conns, secs, round as u64)));
+    }
+    // On Redis: the same closed-loop run with two relays sharing it.
+    if REDIS_URL.get().is_some() {
+        let two = rt.block_on(end_to_end_on(2, conns, secs, None, 9_000_000_000));
+        two.print("two ipn-relays sharing Redis, end to end, closed loop (CPU: both relays; RSS: the larger)");
+    }
+    println!("\n{}", Row::HEADER);
+    for row in &rows {
+        println!("{}", row.markdown());
+    }
+}
 
-    // 1. Ceiling.
+/// One round: the ceiling before and after, the relay end to end (closed
+/// loop, then open loop at half that rate), and ingest alone.
+async fn round_of(conns: usize, secs: u64, round: u64) -> Row {
+    let ids = round * 1_000_000_000;
+    let before = bare(conns, secs, ids).await;
+    before.print("bare hyper (ceiling, before)");
+    // Headline: ingest and delivery together.
+    let full = end_to_end(conns, secs, None, ids + 100_000_000).await;
+    full.print("ipn-relay end to end, closed loop (ingest and delivery together)");
+    let half_rate = full.delivered_per_sec / 2.0;
+    let half = end_to_end(conns, secs, Some(half_rate), ids + 200_000_000).await;
+    half.print(&format!("ipn-relay end to end at {half_rate:.0} events/s (half), open loop"));
+    let after = bare(conns, secs, ids + 300_000_000).await;
+    after.print("bare hyper (ceiling, after)");
+    // Secondary: admission alone, the endpoint held back.
+    let dir = tempfile::tempdir().unwrap();
+    let (mut relay, addr) = spawn_relay(dir.path());
+    let cpu0 = cpu_seconds(relay.id());
+    let ingest = load(addr, conns, Duration::from_secs(secs), None, ids + 400_000_000).await;
+    let ingest_cpu = cpu_seconds(relay.id()) - cpu0;
+    relay.kill().ok();
+    relay.wait().ok();
+    ingest.print("ipn-relay ingest alone (delivery held back)");
+    let ceiling = (before.rps + after.rps) / 2.0;
+    let bare_cpu = (before.cpu_us_per_request + after.cpu_us_per_request) / 2.0;
+    let row = Row {
+        ceiling_before: before.rps,
+        ceiling_after: after.rps,
+        bare_cpu_us: bare_cpu,
+        bare_rss_mib: before.rss_mib.max(after.rss_mib),
+        delivered_per_sec: full.delivered_per_sec,
+        relay_cpu_us: full.cpu_us_per_event,
+        redis_cpu_us: full.redis_cpu_us_per_event,
+        half_p50_ms: half.p50_ms,
+        half_p99_ms: half.p99_ms,
+        rss_mib: full.rss_mib.max(half.rss_mib),
+        ingest_rps: ingest.rps(),
+        ingest_cpu_us: ingest_cpu * 1e6 / ingest.all_ok.max(1) as f64,
+    };
+    println!(
+        "  => end to end {:.1} % of the ceiling; relay CPU per delivered event {:.1} µs = {:.1}× the bare server's {:.1} µs per request",
+        100.0 * row.delivered_per_sec / ceiling,
+        row.relay_cpu_us,
+        row.relay_cpu_us / bare_cpu,
+        bare_cpu
+    );
+    row
+}
+
+/// A round's figures, as one line of the table in BENCHMARKS.md.
+struct Row {
+    ceiling_before: f64,
+    ceiling_after: f64,
+    bare_cpu_us: f64,
+    bare_rss_mib: f64,
+    delivered_per_sec: f64,
+    relay_cpu_us: f64,
+    redis_cpu_us: Option<f64>,
+    half_p50_ms: f64,
+    half_p99_ms: f64,
+    rss_mib: f64,
+    ingest_rps: f64,
+    ingest_cpu_us: f64,
+}
+
+impl Row {
+    const HEADER: &str = "| ceiling before / after (req/s) | end to end (events/s) | of ceiling | relay CPU per event | bare CPU per request | ratio | redis-server CPU per event | half rate p50 / p99 | relay peak RSS | ingest alone | ingest CPU per request |\n|---|---|---|---|---|---|---|---|---|---|---|";
+
+    fn markdown(&self) -> String {
+        let ceiling = (self.ceiling_before + self.ceiling_after) / 2.0;
+        format!(
+            "| {:.0} / {:.0} | {:.0} | {:.1} % | {:.1} µs | {:.1} µs | {:.1}× | {} | {:.2} / {:.2} ms | {:.1} MiB (bare {:.1}) | {:.0} req/s ({:.1} %) | {:.1} µs |",
+            self.ceiling_before,
+            self.ceiling_after,
+            self.delivered_per_sec,
+            100.0 * self.delivered_per_sec / ceiling,
+            self.relay_cpu_us,
+            self.bare_cpu_us,
+            self.relay_cpu_us / self.bare_cpu_us,
+            self.redis_cpu_us.map_or("–".to_owned(), |us| format!("{us:.1} µs")),
+            self.half_p50_ms,
+            self.half_p99_ms,
+            self.rss_mib,
+            self.bare_rss_mib,
+            self.ingest_rps,
+            100.0 * self.ingest_rps / ceiling,
+            self.ingest_cpu_us,
+        )
+    }
+}
+
+/// The ceiling: load on a fresh bare hyper process, with its CPU and RSS.
+struct Bare {
+    rps: f64,
+    cpu_us_per_request: f64,
+    rss_mib: f64,
+    run: Run,
+}
+
+impl Bare {
+    fn print(&self, name: &str) {
+        self.run.print(name);
+        println!("  bare CPU: {:.1} µs per request   peak RSS: {:.1} MiB", self.cpu_us_per_request, self.rss_mib);
+    }
+}
+
+async fn bare(conns: usize, secs: u64, first_id: u64) -> Bare {
     let port = free_port();
     let mut bare = Command::new(std::env::current_exe().unwrap())
         .arg(port.to_string())
@@ -93,45 +213,13 @@ fn main() {
         .unwrap();
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     wait_listening(addr);
-    let ceiling = rt.block_on(load(addr, conns, Duration::from_secs(secs), None, 0));
-    let bare_rss = peak_rss_kib(bare.id());
+    let cpu0 = cpu_seconds(bare.id());
+    let run = load(addr, conns, Duration::from_secs(secs), None, first_id).await;
+    let cpu = cpu_seconds(bare.id()) - cpu0;
+    let rss_mib = peak_rss_kib(bare.id()) as f64 / 1024.0;
     bare.kill().ok();
     bare.wait().ok();
-    ceiling.print("bare hyper (ceiling)");
-
-    // 2. Relay at full speed.
-    let dir = tempfile::tempdir().unwrap();
-    let (mut relay, addr) = spawn_relay(dir.path());
-    let cpu0 = cpu_seconds(relay.id());
-    let full = rt.block_on(load(addr, conns, Duration::from_secs(secs), None, 1_000_000));
-    let cpu = cpu_seconds(relay.id()) - cpu0;
-    full.print("ipn-relay, durable admission");
-    println!(
-        "  ratio to ceiling: {:.1} %   relay CPU: {:.1} µs per accepted request",
-        100.0 * full.rps() / ceiling.rps(),
-        cpu * 1e6 / full.ok as f64
-    );
-
-    // 3. Relay at half its rate.
-    let half = full.rps() / 2.0;
-    let steady = rt.block_on(load(addr, conns, Duration::from_secs(secs), Some(half), 100_000_000));
-    steady.print(&format!("ipn-relay at {half:.0} req/s (half its maximum), open loop"));
-    let rss = peak_rss_kib(relay.id());
-    relay.kill().ok();
-    relay.wait().ok();
-    println!("  peak RSS: relay {:.1} MiB, bare hyper {:.1} MiB", rss as f64 / 1024.0, bare_rss as f64 / 1024.0);
-
-    // 4. End to end, flat out, then at half the delivered rate.
-    let full = rt.block_on(end_to_end(conns, secs, None, 200_000_000));
-    full.print("ipn-relay end to end, closed loop");
-    let half = rt.block_on(end_to_end(conns, secs, Some(full.delivered_per_sec / 2.0), 300_000_000));
-    half.print(&format!("ipn-relay end to end at {:.0} events/s (half), open loop", full.delivered_per_sec / 2.0));
-
-    // On Redis: the same closed-loop run with two relays sharing it.
-    if REDIS_URL.get().is_some() {
-        let two = rt.block_on(end_to_end_on(2, conns, secs, None, 400_000_000));
-        two.print("two ipn-relays sharing Redis, end to end, closed loop (CPU: both relays; RSS: the larger)");
-    }
+    Bare { rps: run.rps(), cpu_us_per_request: cpu * 1e6 / run.all_ok.max(1) as f64, rss_mib, run }
 }
 
 struct EndToEnd {
@@ -365,6 +453,8 @@ fn cpu_seconds(pid: u32) -> f64 {
 
 struct Run {
     ok: u64,
+    /// Good answers including the warm-up's: what the server's CPU was spent on.
+    all_ok: u64,
     errors: u64,
     elapsed: Duration,
     latencies_us: Vec<u32>,
@@ -425,10 +515,11 @@ async fn load_inner(
             tokio::spawn(connection(addr, next_id, start + offset, measure_from, end, interval, sends.clone()))
         })
         .collect();
-    let mut run = Run { ok: 0, errors: 0, elapsed: duration, latencies_us: Vec::new() };
+    let mut run = Run { ok: 0, all_ok: 0, errors: 0, elapsed: duration, latencies_us: Vec::new() };
     for t in tasks {
-        let (ok, errors, lat) = t.await.unwrap();
+        let (ok, all_ok, errors, lat) = t.await.unwrap();
         run.ok += ok;
+        run.all_ok += all_ok;
         run.errors += errors;
         run.latencies_us.extend(lat);
     }
@@ -444,12 +535,12 @@ async fn connection(
     end: Instant,
     interval: Option<Duration>,
     sends: Option<Sends>,
-) -> (u64, u64, Vec<u32>) {
+) -> (u64, u64, u64, Vec<u32>) {
     let stream = TcpStream::connect(addr).await.unwrap();
     stream.set_nodelay(true).unwrap();
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
     tokio::spawn(conn);
-    let (mut ok, mut errors, mut lat) = (0u64, 0u64, Vec::with_capacity(1 << 16));
+    let (mut ok, mut all_ok, mut errors, mut lat) = (0u64, 0u64, 0u64, Vec::with_capacity(1 << 16));
     let mut scheduled = start;
     tokio::time::sleep_until(start.into()).await;
     loop {
@@ -494,6 +585,7 @@ async fn connection(
             }
             Err(_) => false,
         };
+        all_ok += good as u64;
         if scheduled >= measure_from {
             if good {
                 ok += 1;
@@ -506,7 +598,7 @@ async fn connection(
             scheduled += iv;
         }
     }
-    (ok, errors, lat)
+    (ok, all_ok, errors, lat)
 }
 
 /// The ceiling: hyper reading each request body and answering 200 with a
