@@ -47,19 +47,37 @@ pub fn interpolate(s: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<(
     Ok((out, defaulted))
 }
 
-/// What resolving a document used from its fallbacks.
+/// What resolving a document did: which fallbacks it used, and what it put
+/// where, so that an error about a value never quotes what a variable put
+/// in it (it may be a secret).
 #[derive(Debug, Default)]
-pub(super) struct Fallbacks {
+pub(super) struct Resolution {
     /// Variables whose `${NAME:-default}` fallback is in use, sorted, once each.
     pub vars: Vec<String>,
     /// The spans of the string values a fallback went into: a development
     /// default must not guard a listener that others can reach.
-    pub spans: Vec<Range<usize>>,
+    defaulted: Vec<Range<usize>>,
+    /// Each resolved value: as written, and as resolved.
+    values: Vec<(String, String)>,
 }
 
-impl Fallbacks {
-    pub fn covers(&self, span: &Range<usize>) -> bool {
-        self.spans.contains(span)
+impl Resolution {
+    /// Whether a fallback went into the value at `span`.
+    pub fn defaulted(&self, span: &Range<usize>) -> bool {
+        self.defaulted.contains(span)
+    }
+
+    /// `message` with every resolved value put back as written.
+    pub fn mask(&self, message: &str) -> String {
+        let mut out = message.to_owned();
+        for (written, resolved) in self.values.iter().filter(|(w, r)| !r.is_empty() && w != r) {
+            out = out.replace(&format!("{resolved:?}"), &format!("{written:?}"));
+            out = out.replace(&format!("`{resolved}`"), &format!("`{written}`"));
+            if resolved.len() >= 8 {
+                out = out.replace(resolved.as_str(), written);
+            }
+        }
+        out
     }
 }
 
@@ -73,20 +91,20 @@ pub(super) struct Unresolved {
 pub(super) fn resolve(
     table: &mut DeTable<'_>,
     lookup: &dyn Fn(&str) -> Option<String>,
-) -> Result<Fallbacks, Unresolved> {
-    let mut fallbacks = Fallbacks::default();
+) -> Result<Resolution, Unresolved> {
+    let mut resolution = Resolution::default();
     for (_, value) in table.iter_mut() {
-        resolve_value(value, lookup, &mut fallbacks)?;
+        resolve_value(value, lookup, &mut resolution)?;
     }
-    fallbacks.vars.sort();
-    fallbacks.vars.dedup();
-    Ok(fallbacks)
+    resolution.vars.sort();
+    resolution.vars.dedup();
+    Ok(resolution)
 }
 
 fn resolve_value(
     value: &mut Spanned<DeValue<'_>>,
     lookup: &dyn Fn(&str) -> Option<String>,
-    fallbacks: &mut Fallbacks,
+    resolution: &mut Resolution,
 ) -> Result<(), Unresolved> {
     let span = value.span();
     match value.get_mut() {
@@ -94,19 +112,20 @@ fn resolve_value(
             let (text, defaulted) =
                 interpolate(s, lookup).map_err(|message| Unresolved { span: span.clone(), message })?;
             if !defaulted.is_empty() {
-                fallbacks.spans.push(span);
-                fallbacks.vars.extend(defaulted);
+                resolution.defaulted.push(span);
+                resolution.vars.extend(defaulted);
             }
+            resolution.values.push((s.to_string(), text.clone()));
             *s = Cow::Owned(text);
         }
         DeValue::Array(items) => {
             for item in items.iter_mut() {
-                resolve_value(item, lookup, fallbacks)?;
+                resolve_value(item, lookup, resolution)?;
             }
         }
         DeValue::Table(table) => {
             for (_, v) in table.iter_mut() {
-                resolve_value(v, lookup, fallbacks)?;
+                resolve_value(v, lookup, resolution)?;
             }
         }
         _ => {}

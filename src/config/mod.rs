@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use serde::Deserialize;
+use toml::Spanned;
 
 /// What is wrong with a configuration file.
 #[derive(Debug, thiserror::Error)]
@@ -253,16 +254,35 @@ impl Config {
         lookup: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
         let parse_error = |message: String| ConfigError::Parse { path: path.to_owned(), message };
-        let mut document = toml::de::DeTable::parse(text).map_err(|e| parse_error(e.to_string()))?;
-        let fallbacks = env::resolve(document.get_mut(), lookup)
-            .map_err(|e| parse_error(format!("TOML parse error {}{}", env::locate(text, &e.span), e.message)))?;
-        let mut raw: raw::RawConfig =
+        let read = |document: Spanned<toml::de::DeTable<'_>>| {
             raw::RawConfig::deserialize(toml::de::Deserializer::from(document)).map_err(|mut e| {
                 e.set_input(Some(text));
-                parse_error(e.to_string())
-            })?;
-        raw.server.admin_token_defaulted = raw.server.admin_token.as_ref().is_some_and(|t| fallbacks.covers(&t.span()));
-        raw.defaulted_vars = fallbacks.vars;
+                e
+            })
+        };
+        let written = toml::de::DeTable::parse(text).map_err(|e| parse_error(e.to_string()))?;
+        let mut document = written.clone();
+        let resolution = match env::resolve(document.get_mut(), lookup) {
+            Ok(r) => r,
+            Err(unset) => {
+                // A key the file may not have, or a value of the wrong
+                // type, is the error to fix first.
+                if let Err(e) = read(written)
+                    && !e.message().contains("${")
+                {
+                    return Err(parse_error(e.to_string()));
+                }
+                return Err(parse_error(format!(
+                    "TOML parse error {}{}\n",
+                    env::locate(text, &unset.span),
+                    unset.message
+                )));
+            }
+        };
+        let mut raw = read(document).map_err(|e| parse_error(resolution.mask(&e.to_string())))?;
+        raw.server.admin_token_defaulted =
+            raw.server.admin_token.as_ref().is_some_and(|t| resolution.defaulted(&t.span()));
+        raw.defaulted_vars = resolution.vars;
         Config::try_from(raw).map_err(|e| ConfigError::Invalid {
             path: path.to_owned(),
             key: e.key,

@@ -304,3 +304,41 @@ fn every_string_value_is_resolved_whatever_it_becomes() {
     // Keys are never resolved.
     assert!(err("\n[delivery]\n\"${UNSET:-max_attempts}\" = 3\n").contains("unknown field"));
 }
+
+#[test]
+fn errors_quote_values_as_written_never_what_a_variable_put_in_them() {
+    let lookup = |name: &str| (name == "SECRET").then(|| "live-secret-do-not-log-0123456789".to_owned());
+    let parse = |extra: &str| {
+        Config::parse_with_env(&format!("{BASE}{extra}"), Path::new("t.toml"), &lookup).unwrap_err().to_string()
+    };
+    for extra in [
+        // A secret where a list belongs: the type error names the value.
+        "\n[[sources]]\nname = \"nova\"\nkind = \"nova\"\nsecrets = \"${SECRET}\"\n",
+        // A secret where a kind belongs.
+        "\n[[sources]]\nname = \"nova\"\nkind = \"${SECRET}\"\nsecrets = [\"0123456789abcdef\"]\n",
+        // A secret where a duration belongs.
+        "\n[delivery]\ninitial_backoff = \"${SECRET}\"\n",
+    ] {
+        let e = parse(extra);
+        assert!(!e.contains("live-secret"), "{e}");
+        assert!(e.contains("${SECRET}"), "names the value as written: {e}");
+    }
+}
+
+#[test]
+fn a_key_the_file_may_not_have_is_reported_before_an_unset_variable() {
+    let e = err("\n[delivery]\ncolour = \"${UNSET}\"\n");
+    assert!(e.contains("unknown field `colour`"), "{e}");
+    let e = err("\n[delivery]\ninitial_backoff = \"${UNSET}\"\n");
+    assert!(e.contains("UNSET is not set") && e.ends_with('\n'), "{e:?}");
+}
+
+#[test]
+fn a_duplicate_name_is_the_first_thing_said_about_an_entry() {
+    let e = err("\n[[sources]]\nname = \"nowpayments\"\nkind = \"nowpayments\"\nsecrets = [\"x\"]\n");
+    assert!(e.contains("sources[1].name: duplicate source name"), "{e}");
+    let e = err(&format!("{EP}{}", EP.replace("http://", "ftp://")));
+    assert!(e.contains("endpoints[1].name: duplicate endpoint name"), "{e}");
+    let e = err(&format!("{EP}sources = [\"nope\"]\ntimeout = \"0s\"\n"));
+    assert!(e.contains("endpoints[0].sources: no source is named"), "{e}");
+}

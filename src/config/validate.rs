@@ -358,10 +358,12 @@ impl TryFrom<RawConfig> for Config {
         let mut sources: Vec<Source> = Vec::new();
         for (i, src) in raw.sources.into_iter().enumerate() {
             let key = format!("sources[{i}]");
-            let src = Source::try_from(src).map_err(|e| e.under(&key))?;
+            // A duplicate name is the first thing to say about an entry.
+            check_name(&format!("{key}.name"), &src.name)?;
             if sources.iter().any(|s| s.name == src.name) {
                 return invalid(format!("{key}.name"), format!("duplicate source name {:?}", src.name));
             }
+            let src = Source::try_from(src).map_err(|e| e.under(&key))?;
             // A webhook is accepted while its timestamp is within
             // ±tolerance of now, so a replay can come up to twice the
             // tolerance after the first delivery of it.
@@ -383,14 +385,14 @@ impl TryFrom<RawConfig> for Config {
         let mut endpoints: Vec<Endpoint> = Vec::new();
         for (i, ep) in raw.endpoints.into_iter().enumerate() {
             let key = format!("endpoints[{i}]");
-            let ep = Endpoint::try_from(ep).map_err(|e| e.under(&key))?;
+            check_name(&format!("{key}.name"), &ep.name)?;
             if endpoints.iter().any(|e| e.name == ep.name) {
                 return invalid(format!("{key}.name"), format!("duplicate endpoint name {:?}", ep.name));
             }
             if let Some(unknown) = ep.sources.iter().find(|s| !sources.iter().any(|src| &src.name == *s)) {
                 return invalid(format!("{key}.sources"), format!("no source is named {unknown:?}"));
             }
-            endpoints.push(ep);
+            endpoints.push(Endpoint::try_from(ep).map_err(|e| e.under(&key))?);
         }
 
         let delivery = DeliveryConfig::try_from(raw.delivery)?;

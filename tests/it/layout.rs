@@ -34,29 +34,110 @@ fn sources() -> Vec<(String, PathBuf, String)> {
         .collect()
 }
 
-/// The top-level modules each module's non-test code names as `crate::…`.
+/// The top-level modules each module's non-test code names, by `crate::`
+/// paths (grouped `crate::{a, b::c}` included) or by enough `super::`s to
+/// reach the crate root.
 fn imports() -> BTreeMap<String, BTreeSet<String>> {
-    let files = sources();
+    let files: Vec<(String, String)> = sources().into_iter().map(|(rel, _, text)| (rel, text)).collect();
+    imports_of(&files)
+}
+
+fn imports_of(files: &[(String, String)]) -> BTreeMap<String, BTreeSet<String>> {
     let top = |rel: &str| rel.split('/').next().unwrap().trim_end_matches(".rs").to_owned();
     let modules: BTreeSet<String> =
-        files.iter().map(|(rel, _, _)| top(rel)).filter(|m| m != "lib" && m != "main").collect();
+        files.iter().map(|(rel, _)| top(rel)).filter(|m| m != "lib" && m != "main").collect();
     let mut graph: BTreeMap<String, BTreeSet<String>> = modules.iter().map(|m| (m.clone(), BTreeSet::new())).collect();
-    for (rel, _, text) in &files {
+    for (rel, text) in files {
         let from = top(rel);
         if !modules.contains(&from) || rel.ends_with("tests.rs") {
             continue;
         }
-        let code = text.split("#[cfg(test)]").next().unwrap_or("");
-        for line in code.lines().filter(|l| !l.trim_start().starts_with("//")) {
-            for (at, _) in line.match_indices("crate::") {
-                let name: String = line[at + 7..].chars().take_while(|c| c.is_ascii_lowercase() || *c == '_').collect();
-                if name != from && modules.contains(&name) {
-                    graph.get_mut(&from).unwrap().insert(name);
-                }
+        // How many `super::` reach the crate root from this file.
+        let parts: Vec<&str> = rel.split('/').collect();
+        let depth = parts.len() - usize::from(parts.last() == Some(&"mod.rs"));
+        for name in roots_named(&code_of(text), depth) {
+            if name != from && modules.contains(&name) {
+                graph.get_mut(&from).unwrap().insert(name);
             }
         }
     }
     graph
+}
+
+/// The file without its `mod tests` and comments, on one line.
+fn code_of(text: &str) -> String {
+    let code = text.split("#[cfg(test)]\nmod tests").next().unwrap_or("");
+    code.lines().map(|l| l.split("//").next().unwrap_or("")).collect::<Vec<_>>().join(" ")
+}
+
+fn is_ident(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_'
+}
+
+/// The first path segments after each path from the crate root in `code`:
+/// `crate::x`, `crate::{x, y::z}`, and `super::` repeated `depth` times.
+fn roots_named(code: &str, depth: usize) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = code;
+    while let Some(at) = rest.find(['c', 's']) {
+        let before = code.len() - rest.len() + at;
+        let tail = &rest[at..];
+        rest = &rest[at + 1..];
+        let preceded = code[..before].chars().last().is_some_and(|c| is_ident(c) || c == ':');
+        if preceded {
+            continue;
+        }
+        let after = if let Some(t) = tail.strip_prefix("crate::") {
+            t
+        } else if tail.starts_with("super::") {
+            let mut t = tail;
+            let mut supers = 0;
+            while let Some(next) = t.strip_prefix("super::") {
+                t = next;
+                supers += 1;
+            }
+            if supers != depth {
+                continue;
+            }
+            t
+        } else {
+            continue;
+        };
+        match after.strip_prefix('{') {
+            Some(group) => names.extend(group_items(group)),
+            None => names.push(after.chars().take_while(|c| is_ident(*c)).collect()),
+        }
+    }
+    names
+}
+
+/// The first segment of each top-level item of a `{…}` group (the text
+/// after its `{`).
+fn group_items(group: &str) -> Vec<String> {
+    let mut items = Vec::new();
+    let mut level = 0;
+    let mut current = String::new();
+    let mut taking = true;
+    for c in group.chars() {
+        match c {
+            '{' => {
+                level += 1;
+                taking = false;
+            }
+            '}' if level == 0 => break,
+            '}' => level -= 1,
+            ',' if level == 0 => {
+                items.push(std::mem::take(&mut current));
+                taking = true;
+            }
+            c if c.is_whitespace() && current.is_empty() => {}
+            c if level == 0 && taking && is_ident(c) => current.push(c),
+            _ if level == 0 => taking = false,
+            _ => {}
+        }
+    }
+    items.push(current);
+    items.into_iter().filter(|i| !i.is_empty()).collect()
 }
 
 /// A loop of imports starting and ending at `start`, if there is one.
@@ -108,4 +189,27 @@ fn no_source_file_is_longer_than_a_sitting() {
         .map(|(rel, lines)| format!("src/{rel}: {lines} lines"))
         .collect();
     assert!(long.is_empty(), "over {MAX_LINES} lines; split by concern: {long:?}");
+}
+
+#[test]
+fn imports_are_read_however_they_are_written() {
+    let files: Vec<(String, String)> = [
+        ("a.rs", "use crate::{\n    b::Thing,\n    c,\n};\n// use crate::z;\n"),
+        ("b.rs", "use super::d as _;\n#[cfg(test)]\nconst T: () = ();\nuse crate::e::{X, Y};\n"),
+        ("c/mod.rs", "mod inner;\n"),
+        ("c/inner.rs", "use super::super::f::G;\nuse super::sibling;\n"),
+        ("d.rs", "#[cfg(test)]\nmod tests {\n    use crate::a;\n}\n"),
+        ("e.rs", "fn x() { crate::f::g(); my_crate::a::b(); }\n"),
+        ("f.rs", ""),
+    ]
+    .into_iter()
+    .map(|(p, t)| (p.to_owned(), t.to_owned()))
+    .collect();
+    let graph = imports_of(&files);
+    let names = |m: &str| graph[m].iter().cloned().collect::<Vec<_>>();
+    assert_eq!(names("a"), ["b", "c"]);
+    assert_eq!(names("b"), ["d", "e"]);
+    assert_eq!(names("c"), ["f"]);
+    assert!(names("d").is_empty(), "test modules do not count");
+    assert_eq!(names("e"), ["f"]);
 }
