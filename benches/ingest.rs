@@ -412,13 +412,11 @@ fn spawn_relay_as(dir: &Path, endpoints: &str, name: &str, run: u64) -> (Child, 
     std::fs::write(&config, format!("{text}\n[log]\nformat = \"json\"\n")).unwrap();
     // Keep the relay's log for a look after the run.
     let log = std::fs::File::create(Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-relay.log")).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_ipn-relay"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .stdout(log)
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ipn-relay"));
+    if let Ok(workers) = std::env::var("BENCH_RELAY_WORKERS") {
+        command.env("TOKIO_WORKER_THREADS", workers);
+    }
+    let child = command.args(["serve", "--config"]).arg(&config).stdout(log).stderr(Stdio::inherit()).spawn().unwrap();
     let addr = ([127, 0, 0, 1], port).into();
     wait_listening(addr);
     (child, addr)

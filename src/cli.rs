@@ -130,7 +130,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(c) => {
             let config = Config::load(&c.config)?;
             init_logging(config.log_format);
-            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(serve(config))
+            let workers = config.server.workers(&config.store.kind);
+            tracing::info!(workers, "starting");
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(workers)
+                .enable_all()
+                .build()?
+                .block_on(serve(config))
         }
     }
 }

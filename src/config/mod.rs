@@ -189,6 +189,24 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// An admission not committed within this answers 503 (a hung disk).
     pub admission_timeout: Duration,
+    /// Threads running the listeners and deliveries; `None` chooses by the
+    /// store ([`ServerConfig::workers`]).
+    pub worker_threads: Option<std::num::NonZeroUsize>,
+}
+
+impl ServerConfig {
+    /// The worker threads to run: as configured, or one per core, less one
+    /// on the embedded store, whose writer thread is busy on a core of its
+    /// own under load (on two cores, one worker beside the writer did the
+    /// same work for about 20 % less CPU than two; BENCHMARKS.md).
+    pub fn workers(&self, store: &StoreKind) -> usize {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        match (self.worker_threads, store) {
+            (Some(n), _) => n.get(),
+            (None, StoreKind::Embedded { .. }) => cores.saturating_sub(1).max(1),
+            (None, StoreKind::Redis { .. }) => cores,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -113,6 +113,8 @@ pub(super) struct RawServer {
     pub max_connections: usize,
     #[serde(default = "default_admission_timeout")]
     pub admission_timeout: Dur,
+    #[serde(default)]
+    pub worker_threads: Option<usize>,
 }
 
 fn default_max_connections() -> usize {

@@ -342,3 +342,19 @@ fn a_duplicate_name_is_the_first_thing_said_about_an_entry() {
     let e = err(&format!("{EP}sources = [\"nope\"]\ntimeout = \"0s\"\n"));
     assert!(e.contains("endpoints[0].sources: no source is named"), "{e}");
 }
+
+#[test]
+fn worker_threads_default_by_store_and_are_bounded() {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cfg = parse("").unwrap();
+    assert_eq!(cfg.server.workers(&cfg.store.kind), cores.saturating_sub(1).max(1));
+    let redis = StoreKind::Redis { url: Url::new("redis://127.0.0.1/".into()), prefix: "p".into() };
+    assert_eq!(cfg.server.workers(&redis), cores);
+    let with = |n: &str| BASE.replace("[server]\n", &format!("[server]\nworker_threads = {n}\n"));
+    let cfg = parse_text(&with("3")).unwrap();
+    assert_eq!(cfg.server.workers(&cfg.store.kind), 3);
+    for bad in ["0", "1025"] {
+        let e = parse_text(&with(bad)).unwrap_err().to_string();
+        assert!(e.contains("server.worker_threads: must be between 1 and 1024"), "{e}");
+    }
+}

@@ -151,6 +151,13 @@ impl TryFrom<RawServer> for ServerConfig {
         if s.max_connections == 0 {
             return invalid("server.max_connections", "must be at least 1");
         }
+        let worker_threads = match s.worker_threads {
+            Some(n) => match std::num::NonZeroUsize::new(n).filter(|n| n.get() <= 1024) {
+                Some(n) => Some(n),
+                None => return invalid("server.worker_threads", "must be between 1 and 1024"),
+            },
+            None => None,
+        };
         for (key, d) in [
             ("server.header_read_timeout", s.header_read_timeout),
             ("server.body_read_timeout", s.body_read_timeout),
@@ -171,6 +178,7 @@ impl TryFrom<RawServer> for ServerConfig {
             shutdown_grace: s.shutdown_grace.0,
             max_connections: s.max_connections,
             admission_timeout: s.admission_timeout.0,
+            worker_threads,
         })
     }
 }
