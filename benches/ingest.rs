@@ -16,7 +16,8 @@
 //!
 //! Run: `cargo bench --bench ingest`. Env: BENCH_RUNS (rounds, default 3),
 //! BENCH_SECS (per load, default 5, after a 1 s warm-up), BENCH_CONNECTIONS
-//! (default 32), BENCH_MAX_IN_FLIGHT (the endpoint's, default 64) and
+//! (default 32), BENCH_MAX_IN_FLIGHT (the endpoint's, default 64),
+//! BENCH_RELAY_WORKERS (the relay's `worker_threads`, default its own) and
 //! BENCH_STORE=redis to run the relay on a private redis-server with AOF and
 //! `appendfsync always` (the embedded store's guarantee). Ends with a
 //! markdown table of the rounds for BENCHMARKS.md.
@@ -408,15 +409,22 @@ fn spawn_relay_as(dir: &Path, endpoints: &str, name: &str, run: u64) -> (Child, 
         .replace("max_body_bytes = 4096", "max_body_bytes = 65536")
         // One secret, as outside a rotation.
         .replace("secrets = [\"old-rotated-secret\", ", "secrets = [");
+    // BENCH_RELAY_WORKERS: the relay's worker threads instead of its default.
+    let text = match std::env::var("BENCH_RELAY_WORKERS") {
+        Ok(n) => text.replacen("[server]\n", &format!("[server]\nworker_threads = {n}\n"), 1),
+        Err(_) => text,
+    };
     let config = dir.join("relay.toml");
     std::fs::write(&config, format!("{text}\n[log]\nformat = \"json\"\n")).unwrap();
     // Keep the relay's log for a look after the run.
     let log = std::fs::File::create(Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-relay.log")).unwrap();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_ipn-relay"));
-    if let Ok(workers) = std::env::var("BENCH_RELAY_WORKERS") {
-        command.env("TOKIO_WORKER_THREADS", workers);
-    }
-    let child = command.args(["serve", "--config"]).arg(&config).stdout(log).stderr(Stdio::inherit()).spawn().unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_ipn-relay"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .stdout(log)
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
     let addr = ([127, 0, 0, 1], port).into();
     wait_listening(addr);
     (child, addr)
