@@ -29,17 +29,7 @@
 //! range scan. `counts` keeps the number of deliveries in each state,
 //! updated once per commit.
 //!
-//! **Why redb, and what next.** Measured side by side on this write pattern
-//! (`benches/store_engines.rs`, figures and reasoning in BENCHMARKS.md), a
-//! commit of nine admissions and nine finishes writes 18–20 KB per event
-//! here, because every commit rewrites the right-hand path of each table it
-//! touches. fjall writes a fifth of that but saves only about 17 % of the
-//! CPU once its compactions run; a journal in front of this store (batches
-//! fsynced to an append-only log, applied here without fsync, checkpointed
-//! durably every ~100 ms) measured about 21 % less CPU and 60 % fewer
-//! writes, and keeps every read path. The store stays on redb; the journal
-//! is the next step. Claim-only batches already commit without fsync: they
-//! write nothing a later claim would not redo.
+//! Why redb, against the candidates measured beside it: BENCHMARKS.md.
 //!
 //! **Claims live in memory.** An embedded store serves one process, so a
 //! claim needs no disk write: the writer thread keeps a table of claimed
@@ -433,6 +423,9 @@ impl EmbeddedStore {
         self.read(|txn| txn.open_table(EVENT_INDEX).map_err(unavailable)?.len().map_err(unavailable)).await
     }
 }
+
+#[cfg(test)]
+mod powerloss_tests;
 
 #[cfg(test)]
 mod tests {
