@@ -411,7 +411,10 @@ fn spawn_relay_as(dir: &Path, endpoints: &str, name: &str, run: u64) -> (Child, 
         .replace("secrets = [\"old-rotated-secret\", ", "secrets = [");
     // BENCH_RELAY_WORKERS: the relay's worker threads instead of its default.
     let text = match std::env::var("BENCH_RELAY_WORKERS") {
-        Ok(n) => text.replacen("[server]\n", &format!("[server]\nworker_threads = {n}\n"), 1),
+        Ok(n) => {
+            assert!(text.contains("[server]\n"), "the relay's config has no [server] table to set worker_threads in");
+            text.replacen("[server]\n", &format!("[server]\nworker_threads = {n}\n"), 1)
+        }
         Err(_) => text,
     };
     let config = dir.join("relay.toml");
@@ -570,7 +573,6 @@ async fn connection(
         if sender.ready().await.is_err() {
             break;
         }
-        let sent = Instant::now();
         let result = sender.send_request(req).await;
         let done = Instant::now();
         let good = match result {
@@ -584,7 +586,9 @@ async fn connection(
                         .and_then(|b| b.split("\"id\":\"").nth(1))
                         .and_then(|r| r.split('"').next())
                     {
-                        sends.lock().unwrap().push((id.to_owned(), sent));
+                        // From the scheduled time: a post that waited behind a slow
+                        // answer on its connection counts that wait (open loop).
+                        sends.lock().unwrap().push((id.to_owned(), scheduled));
                     }
                 }
                 status == 200
@@ -608,7 +612,8 @@ async fn connection(
 }
 
 /// The ceiling: hyper reading each request body and answering 200 with a
-/// small JSON body, on the same runtime shape as the relay.
+/// small JSON body, on tokio's default runtime (a worker per core) and the
+/// system allocator.
 fn bare_server(port: u16) {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     rt.block_on(async move {

@@ -197,8 +197,8 @@ pub struct ServerConfig {
 impl ServerConfig {
     /// The worker threads to run: as configured, or one per core, less one
     /// on the embedded store, whose writer thread is busy on a core of its
-    /// own under load (on two cores, one worker beside the writer did the
-    /// same work for about 20 % less CPU than two; BENCHMARKS.md).
+    /// own under load (on two cores, one worker beside the writer delivered
+    /// about as much as two, at the same CPU and less memory; BENCHMARKS.md).
     pub fn workers(&self, store: &StoreKind) -> usize {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         match (self.worker_threads, store) {

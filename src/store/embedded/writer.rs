@@ -155,11 +155,12 @@ impl Writer {
     ) -> Result<Vec<Answer>, (StoreError, Vec<Answer>)> {
         let db = self.current_db().map_err(|e| (e, Vec::new()))?;
         let mut txn = db.begin_write().map_err(|e| (unavailable(e), Vec::new()))?;
-        // A batch of claims only writes when it drops a stale schedule entry,
-        // which a later claim would drop again: nothing in it needs an
-        // fsync, and claims come often. Everything else is durable before
-        // it is answered (a later durable commit also makes earlier
-        // non-durable ones durable).
+        // A batch of claims writes only what a later claim redoes from what
+        // is on disk (a stale schedule entry dropped, a delivery whose event
+        // is unreadable marked dead, a missing record unscheduled): nothing
+        // in it needs an fsync, and claims come often. Everything else is
+        // durable before it is answered (a later durable commit also makes
+        // earlier non-durable ones durable). Tested in powerloss_tests.rs.
         let durability = match batch.iter().all(|op| matches!(op, Op::Claim { .. })) {
             true => Durability::None,
             false => Durability::Immediate,

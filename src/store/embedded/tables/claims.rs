@@ -10,6 +10,9 @@ use super::super::writer::{ClaimTable, InFlight};
 use super::{Tables, is_scheduled};
 
 impl Tables<'_> {
+    /// Claims up to `limit` due deliveries of `endpoint`. A batch of claims
+    /// alone is committed without fsync (writer.rs): every write here must
+    /// be one the next claim would redo from what is on disk.
     pub(in crate::store::embedded) fn claim(
         &mut self,
         claims: &mut ClaimTable,
