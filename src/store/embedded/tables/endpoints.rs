@@ -115,20 +115,9 @@ impl Tables<'_> {
         reason: &str,
         now: Millis,
     ) -> Result<DiscardCount, StoreError> {
-        let mut count = DiscardCount::default();
-        let mut seen = std::collections::HashSet::new();
-        for id in ids.iter().filter(|id| seen.insert(id.as_str())) {
-            let old = match self.named(id.as_str(), "not discarded")? {
-                Named::Found(d) => d,
-                Named::Missing => {
-                    count.not_found += 1;
-                    continue;
-                }
-                Named::Unreadable => {
-                    count.skipped += 1;
-                    continue;
-                }
-            };
+        let named = self.named_once(ids, "not discarded")?;
+        let mut count = DiscardCount { not_found: named.missing, skipped: named.unreadable, ..DiscardCount::default() };
+        for old in named.found {
             if old.state != DeliveryState::Orphaned {
                 count.skipped += 1;
                 continue;

@@ -23,7 +23,7 @@ use redb::{Database, Durability, ReadableTable, Table, TableDefinition, WriteTra
 
 use crate::http::Chain;
 
-use super::super::{Delivery, DeliveryState, StoreError};
+use super::super::{Delivery, DeliveryId, DeliveryState, StoreError};
 use super::codec::{IndexRecord, corrupt, decode_delivery, encode, unavailable};
 
 pub(super) const EVENT_INDEX: TableDefinition<&str, &[u8]> = TableDefinition::new("event_index");
@@ -181,6 +181,21 @@ impl<'txn> Tables<'txn> {
         }
     }
 
+    /// Reads the deliveries an operator's request names, each id once (the
+    /// same id twice in one request counts once), through [`Tables::named`].
+    fn named_once(&self, ids: &[DeliveryId], then: &str) -> Result<NamedOnce, StoreError> {
+        let mut out = NamedOnce { found: Vec::new(), missing: 0, unreadable: 0 };
+        let mut seen = std::collections::HashSet::new();
+        for id in ids.iter().filter(|id| seen.insert(id.as_str())) {
+            match self.named(id.as_str(), then)? {
+                Named::Found(d) => out.found.push(d),
+                Named::Missing => out.missing += 1,
+                Named::Unreadable => out.unreadable += 1,
+            }
+        }
+        Ok(out)
+    }
+
     /// Writes `d` and keeps the due index and state counts in step with the
     /// record it replaces (`old`).
     pub(super) fn put_delivery(&mut self, old: Option<&Delivery>, d: &Delivery) -> Result<(), StoreError> {
@@ -255,6 +270,14 @@ enum Named {
     Found(Delivery),
     Missing,
     Unreadable,
+}
+
+/// The deliveries a request names: those found, and how many of its ids
+/// named none or an unreadable record.
+struct NamedOnce {
+    found: Vec<Delivery>,
+    missing: usize,
+    unreadable: usize,
 }
 
 /// Whether deliveries in `state` are listed in `by_state`.

@@ -6,7 +6,7 @@ use crate::store::{DeliveryId, DeliveryState, Millis, ReplayCount, ReplayJob, St
 
 use super::super::codec::{corrupt, encode, unavailable};
 use super::super::writer::ClaimTable;
-use super::{Named, Tables};
+use super::Tables;
 
 impl Tables<'_> {
     pub(in crate::store::embedded) fn replay(
@@ -16,25 +16,10 @@ impl Tables<'_> {
         include_delivered: bool,
         now: Millis,
     ) -> Result<ReplayCount, StoreError> {
-        let mut count = ReplayCount::default();
-        let mut seen = std::collections::HashSet::new();
-        for id in ids {
-            // The same id twice in one request is replayed once.
-            if !seen.insert(id.as_str()) {
-                continue;
-            }
-            let old = match self.named(id.as_str(), "not replayed")? {
-                Named::Found(d) => d,
-                Named::Missing => {
-                    count.not_found += 1;
-                    continue;
-                }
-                Named::Unreadable => {
-                    count.skipped += 1;
-                    continue;
-                }
-            };
-            if claims.live.contains_key(id) {
+        let named = self.named_once(ids, "not replayed")?;
+        let mut count = ReplayCount { not_found: named.missing, skipped: named.unreadable, ..ReplayCount::default() };
+        for old in named.found {
+            if claims.live.contains_key(&old.id) {
                 count.skipped += 1;
                 continue;
             }
