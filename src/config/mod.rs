@@ -278,14 +278,15 @@ impl Config {
                 e
             })
         };
-        let written = toml::de::DeTable::parse(text).map_err(|e| parse_error(e.to_string()))?;
-        let mut document = written.clone();
+        let parse = || toml::de::DeTable::parse(text).map_err(|e| parse_error(e.to_string()));
+        let mut document = parse()?;
         let resolution = match env::resolve(document.get_mut(), lookup) {
             Ok(r) => r,
             Err(unset) => {
                 // A key the file may not have, or a value of the wrong
                 // type, is the error to fix first.
-                if let Err(e) = read(written)
+                // (Parsed again as written: resolution stopped part-way.)
+                if let Err(e) = read(parse()?)
                     && !e.message().contains("${")
                 {
                     return Err(parse_error(e.to_string()));

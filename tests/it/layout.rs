@@ -19,7 +19,7 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-fn sources() -> Vec<(String, PathBuf, String)> {
+fn sources() -> Vec<(String, String)> {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut files = Vec::new();
     rust_files(&src, &mut files);
@@ -29,7 +29,7 @@ fn sources() -> Vec<(String, PathBuf, String)> {
         .map(|path| {
             let rel = path.strip_prefix(&src).unwrap().to_string_lossy().into_owned();
             let text = std::fs::read_to_string(&path).unwrap();
-            (rel, path, text)
+            (rel, text)
         })
         .collect()
 }
@@ -38,8 +38,7 @@ fn sources() -> Vec<(String, PathBuf, String)> {
 /// paths (grouped `crate::{a, b::c}` included) or by enough `super::`s to
 /// reach the crate root.
 fn imports() -> BTreeMap<String, BTreeSet<String>> {
-    let files: Vec<(String, String)> = sources().into_iter().map(|(rel, _, text)| (rel, text)).collect();
-    imports_of(&files)
+    imports_of(&sources())
 }
 
 fn imports_of(files: &[(String, String)]) -> BTreeMap<String, BTreeSet<String>> {
@@ -184,7 +183,7 @@ fn the_cycle_finder_finds_cycles() {
 fn no_source_file_is_longer_than_a_sitting() {
     let long: Vec<String> = sources()
         .into_iter()
-        .map(|(rel, _, text)| (rel, text.lines().count()))
+        .map(|(rel, text)| (rel, text.lines().count()))
         .filter(|(_, lines)| *lines > MAX_LINES)
         .map(|(rel, lines)| format!("src/{rel}: {lines} lines"))
         .collect();
