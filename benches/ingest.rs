@@ -17,7 +17,8 @@
 //! Run: `cargo bench --bench ingest`. Env: BENCH_RUNS (rounds, default 3),
 //! BENCH_SECS (per load, default 5, after a 1 s warm-up), BENCH_CONNECTIONS
 //! (default 32), BENCH_MAX_IN_FLIGHT (the endpoint's, default 64),
-//! BENCH_RELAY_WORKERS (the relay's `worker_threads`, default its own) and
+//! BENCH_RELAY_WORKERS (the relay's `worker_threads`, default its own),
+//! BENCH_RELAY_BIN (another build of the relay, for an A/B comparison) and
 //! BENCH_STORE=redis to run the relay on a private redis-server with AOF and
 //! `appendfsync always` (the embedded store's guarantee). Ends with a
 //! markdown table of the rounds for BENCHMARKS.md.
@@ -421,7 +422,9 @@ fn spawn_relay_as(dir: &Path, endpoints: &str, name: &str, run: u64) -> (Child, 
     std::fs::write(&config, format!("{text}\n[log]\nformat = \"json\"\n")).unwrap();
     // Keep the relay's log for a look after the run.
     let log = std::fs::File::create(Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-relay.log")).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_ipn-relay"))
+    // BENCH_RELAY_BIN runs another build of the relay (an A/B comparison in one run).
+    let bin = std::env::var_os("BENCH_RELAY_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_ipn-relay").into());
+    let child = Command::new(bin)
         .args(["serve", "--config"])
         .arg(&config)
         .stdout(log)

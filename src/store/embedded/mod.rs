@@ -29,7 +29,7 @@
 //! range scan. `counts` keeps the number of deliveries in each state,
 //! updated once per commit.
 //!
-//! Why redb, against the candidates measured beside it: BENCHMARKS.md.
+//! Why redb and not fjall or a journal: "The store decision" in BENCHMARKS.md.
 //!
 //! **Claims live in memory.** An embedded store serves one process, so a
 //! claim needs no disk write: the writer thread keeps a table of claimed
