@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::admin_cli::{self, ClientError, Connection, DeliveriesCommand, EventsCommand, ReplayArgs};
+use crate::admin_cli::{self, ClientError, Connection, DeliveriesCommand, DiscardArgs, EventsCommand, ReplayArgs};
 use crate::config::{Config, LogFormat, StoreKind};
 use crate::providers::{nova, nowpayments};
 use crate::server;
@@ -59,6 +59,14 @@ enum Command {
         conn: Connection,
         #[command(flatten)]
         args: ReplayArgs,
+    },
+    /// Close deliveries nobody should send, by id or by filter, with a
+    /// reason (via the admin API); a replay by id reopens them.
+    Discard {
+        #[command(flatten)]
+        conn: Connection,
+        #[command(flatten)]
+        args: DiscardArgs,
     },
     /// Print the signature a provider would send for a body (local testing).
     Sign {
@@ -127,6 +135,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Deliveries { conn, command } => operator(|| admin_cli::deliveries(&conn, command)),
         Command::Events { conn, command } => operator(|| admin_cli::events(&conn, command)),
         Command::Replay { conn, args } => operator(|| admin_cli::replay(&conn, args)),
+        Command::Discard { conn, args } => operator(|| admin_cli::discard(&conn, args)),
         Command::Serve(c) => {
             let config = Config::load(&c.config)?;
             init_logging(config.log_format);

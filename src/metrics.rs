@@ -102,6 +102,7 @@ pub struct Metrics {
     delivery_duration: HistogramVec,
     deliveries: IntGaugeVec,
     replays: IntCounter,
+    discards: IntCounter,
     oldest_open_age: Gauge,
     last_poll: GaugeVec,
     store_ready: IntGauge,
@@ -154,6 +155,8 @@ const DELIVERIES: Spec =
     Spec { name: "ipn_relay_deliveries", help: "Deliveries in the store by state.", labels: &["state"] };
 const REPLAYS: Spec =
     Spec { name: "ipn_relay_replays_total", help: "Deliveries put back to pending by a replay.", labels: &[] };
+const DISCARDS: Spec =
+    Spec { name: "ipn_relay_discards_total", help: "Deliveries discarded by an operator.", labels: &[] };
 const BUILD_INFO: Spec =
     Spec { name: "ipn_relay_build_info", help: "The running version; always 1.", labels: &["version"] };
 const OLDEST_OPEN_AGE: Spec = Spec {
@@ -200,6 +203,7 @@ impl Metrics {
             registered(r, HistogramVec::new(DELIVERY_DURATION.histogram_opts(), DELIVERY_DURATION.labels)?)?;
         let deliveries = registered(r, IntGaugeVec::new(DELIVERIES.opts(), DELIVERIES.labels)?)?;
         let replays = registered(r, IntCounter::with_opts(REPLAYS.opts())?)?;
+        let discards = registered(r, IntCounter::with_opts(DISCARDS.opts())?)?;
         let build_info = registered(r, IntGaugeVec::new(BUILD_INFO.opts(), BUILD_INFO.labels)?)?;
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         let oldest_open_age = registered(r, Gauge::with_opts(OLDEST_OPEN_AGE.opts())?)?;
@@ -233,6 +237,7 @@ impl Metrics {
             delivery_duration,
             deliveries,
             replays,
+            discards,
             oldest_open_age,
             last_poll,
             store_ready,
@@ -268,6 +273,10 @@ impl Metrics {
 
     pub(crate) fn replayed(&self, n: usize) {
         self.replays.inc_by(n as u64);
+    }
+
+    pub(crate) fn discarded(&self, n: usize) {
+        self.discards.inc_by(n as u64);
     }
 
     /// The text exposition, with store-backed gauges refreshed if stale.

@@ -33,6 +33,9 @@ pub struct DeliveryView {
     pub attempts: u32,
     pub next_attempt_at: Option<String>,
     pub last_error: Option<String>,
+    /// Why an operator discarded it; only while it is `discarded`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discard_reason: Option<String>,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -122,13 +125,37 @@ pub struct FilterView {
     pub until: Option<String>,
 }
 
-/// `POST /admin/discard`: how many orphaned deliveries of `endpoint` were
-/// made dead; `truncated` if it stopped at `max` with more possibly left.
+/// `POST /admin/discard`: what the deliveries the filter selected became.
+/// `truncated` if it stopped at `max` with more possibly left; then
+/// `continue_cursor` goes on below the last one considered.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DiscardResult {
-    pub endpoint: String,
+    pub considered: usize,
     pub discarded: usize,
+    /// Delivered or discarded meanwhile: left as they were.
+    pub skipped: usize,
+    /// Claimed by a worker meanwhile: left to finish.
+    pub in_flight: usize,
     pub truncated: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub continue_cursor: Option<String>,
+    /// The selection as resolved (relative times become times).
+    pub filter: FilterView,
+    pub reason: String,
+}
+
+/// `POST /admin/deliveries/{id}/discard`: whether it was discarded now
+/// (0 if it was already) and its state after.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DiscardOneResult {
+    pub discarded: usize,
+    pub state: DeliveryState,
+}
+
+/// The body of `POST /admin/deliveries/{id}/discard`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DiscardOneRequest {
+    pub reason: String,
 }
 
 /// The body of `POST /admin/replay`: which deliveries to replay. Absent
@@ -156,13 +183,13 @@ pub struct ReplayRequest {
     pub cursor: Option<String>,
 }
 
-/// The body of `POST /admin/discard`: the removed endpoint whose orphaned
-/// deliveries to end, and at most how many.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The body of `POST /admin/discard`: the selection of `POST /admin/replay`
+/// (`state` is `dead` unless given) and the reason, required.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct DiscardRequest {
-    pub endpoint: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max: Option<usize>,
+    #[serde(flatten)]
+    pub select: ReplayRequest,
+    pub reason: String,
 }
 
 /// A stored time as the API writes it.
@@ -182,6 +209,7 @@ impl From<&Delivery> for DeliveryView {
             attempts: d.attempts,
             next_attempt_at: d.next_attempt_at.map(time),
             last_error: d.last_error.clone(),
+            discard_reason: d.discard_reason.clone(),
             created_at: time(d.created_at),
             updated_at: time(d.updated_at),
         }
@@ -266,6 +294,7 @@ mod tests {
             created_at: 1_800_000_000_000,
             updated_at: 1_800_000_000_250,
             claim_token: 9,
+            discard_reason: None,
         }
     }
 
@@ -374,8 +403,22 @@ mod tests {
         assert_eq!(wire(&replayed), r#"{"replayed":1,"skipped":0,"state":"pending"}"#);
         let gone = ReplayResult { replayed: 0, skipped: 0, state: None };
         assert_eq!(wire(&gone), r#"{"replayed":0,"skipped":0,"state":null}"#);
-        let discarded = DiscardResult { endpoint: "ledger".into(), discarded: 3, truncated: false };
-        assert_eq!(wire(&discarded), r#"{"discarded":3,"endpoint":"ledger","truncated":false}"#);
+        let one = DiscardOneResult { discarded: 1, state: DeliveryState::Discarded };
+        assert_eq!(wire(&one), r#"{"discarded":1,"state":"discarded"}"#);
+        let bulk = DiscardResult {
+            considered: 4,
+            discarded: 2,
+            skipped: 1,
+            in_flight: 1,
+            truncated: false,
+            continue_cursor: None,
+            filter: FilterView { state: Some(DeliveryState::Dead), ..FilterView::default() },
+            reason: "refunded".into(),
+        };
+        assert_eq!(
+            wire(&bulk),
+            r#"{"considered":4,"discarded":2,"filter":{"endpoint":null,"since":null,"source":null,"state":"dead","type":null,"until":null},"in_flight":1,"reason":"refunded","skipped":1,"truncated":false}"#
+        );
     }
 
     #[test]
@@ -393,9 +436,11 @@ mod tests {
         };
         assert!(wire(&every).contains(r#""type":"deposit.confirmed""#));
         assert_eq!(super::super::parse::body(wire(&every).as_bytes()), Ok(8));
-        let discard = DiscardRequest { endpoint: "ledger".into(), max: None };
-        assert_eq!(wire(&discard), r#"{"endpoint":"ledger"}"#);
-        assert_eq!(super::super::parse::body(wire(&DiscardRequest { max: Some(5), ..discard }).as_bytes()), Ok(2));
+        let discard = DiscardRequest { select: every, reason: "refunded by hand".into() };
+        assert!(wire(&discard).contains(r#""reason":"refunded by hand""#));
+        assert_eq!(super::super::parse::body(wire(&discard).as_bytes()), Ok(9));
+        let one = DiscardOneRequest { reason: "refunded".into() };
+        assert_eq!(wire(&one), r#"{"reason":"refunded"}"#);
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! parameter.
 
 pub(crate) mod api;
+mod discard;
 mod params;
 
 use std::sync::Arc;
@@ -29,9 +30,7 @@ use crate::http::{BodyError, json_response};
 use crate::metrics::Metrics;
 use crate::replay::{self, Running};
 use crate::store::{DeliveryFilter, DeliveryId, DeliveryState, EventId, Store, StoreError, now_millis};
-use api::{
-    AttemptView, DeliveryDetail, DeliveryPage, DeliveryView, DiscardResult, EventView, ReplayJobView, ReplayResult,
-};
+use api::{AttemptView, DeliveryDetail, DeliveryPage, DeliveryView, EventView, ReplayJobView, ReplayResult};
 
 #[doc(hidden)]
 pub use params::parse;
@@ -47,11 +46,6 @@ const DEFAULT_REPLAY_MAX: usize = 1000;
 const MAX_REPLAY_MAX: usize = 10_000;
 /// Largest admin request body.
 const MAX_ADMIN_BODY: usize = 16 * 1024;
-/// Orphaned deliveries one discard request ends unless `max` says
-/// otherwise, and at most; and how many per store call.
-const DEFAULT_DISCARD_MAX: usize = 10_000;
-const MAX_DISCARD_MAX: usize = 100_000;
-const DISCARD_BATCH: usize = 500;
 
 pub(crate) struct Admin {
     config: Arc<Config>,
@@ -177,16 +171,20 @@ impl Admin {
                 self.replay_bulk(&body).await
             }
             (&Method::GET, ["replays", id]) => self.replay_job(id).await,
+            (&Method::POST, ["deliveries", id, "discard"]) => {
+                let body = read_body(req.into_body()).await?;
+                self.discard_one(&DeliveryId::from(*id), &body).await
+            }
             (&Method::POST, ["discard"]) => {
                 let body = read_body(req.into_body()).await?;
-                self.discard(&body).await
+                self.discard_bulk(&body).await
             }
             (_, ["events", _] | ["deliveries"] | ["deliveries", _] | ["replays", _]) => Err(ApiError(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
                 format!("{method} not allowed here"),
             )),
-            (_, ["deliveries", _, "replay"] | ["replay"] | ["discard"]) => {
+            (_, ["deliveries", _, "replay" | "discard"] | ["replay"] | ["discard"]) => {
                 Err(ApiError(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use POST".into()))
             }
             _ => Err(ApiError::not_found("no such route")),
@@ -272,7 +270,7 @@ impl Admin {
                 StatusCode::CONFLICT,
                 "endpoint_not_configured",
                 format!(
-                    "endpoint '{endpoint}' is not in the configuration, so nothing would send its deliveries; add it back to deliver them (its orphaned ones resume by themselves), or end them with `ipn-relay deliveries discard --endpoint {endpoint}`"
+                    "endpoint '{endpoint}' is not in the configuration, so nothing would send its deliveries; add it back to deliver them (its orphaned ones resume by themselves), or end them with `ipn-relay discard --state orphaned --endpoint {endpoint} --reason TEXT`"
                 ),
             )
         })
@@ -341,9 +339,9 @@ impl Admin {
             return Err(refusal);
         }
         let include_delivered = match filter.state {
-            Some(DeliveryState::Dead) => false,
+            Some(DeliveryState::Dead | DeliveryState::Discarded) => false,
             Some(DeliveryState::Delivered) => true,
-            _ => return Err(ApiError::bad("state: only dead or delivered deliveries can be replayed")),
+            _ => return Err(ApiError::bad("state: only dead, discarded or delivered deliveries can be replayed")),
         };
         let job = replay::create(self.store.as_ref(), filter, include_delivered, max, cursor).await?;
         tracing::info!(job = %job.id, filter = ?job.filter, max, "bulk replay started");
@@ -363,57 +361,6 @@ impl Admin {
             }
             Err(e) => Err(ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("replay job {id}: {e}"))),
         }
-    }
-
-    /// Ends the orphaned deliveries of an endpoint that is no longer
-    /// configured, as dead with the reason, up to `max`.
-    async fn discard(&self, body: &[u8]) -> Answer {
-        let fields = json_object(body)?;
-        let mut endpoint = None;
-        let mut max = DEFAULT_DISCARD_MAX;
-        for (key, value) in &fields {
-            match key.as_str() {
-                "endpoint" => {
-                    endpoint = Some(value.as_str().ok_or_else(|| ApiError::bad("endpoint: expected a string"))?)
-                }
-                "max" => {
-                    max = value.as_u64().filter(|m| (1..=MAX_DISCARD_MAX as u64).contains(m)).ok_or_else(|| {
-                        ApiError::bad(format!("max: expected a whole number from 1 to {MAX_DISCARD_MAX}"))
-                    })? as usize
-                }
-                other => return Err(ApiError::bad(format!("unknown parameter '{other}'"))),
-            }
-        }
-        let Some(endpoint) = endpoint else {
-            return Err(ApiError::bad("endpoint: required (the endpoint whose orphaned deliveries to discard)"));
-        };
-        if self.is_configured(endpoint) {
-            return Err(ApiError::bad(format!(
-                "endpoint: '{endpoint}' is in the configuration, so its deliveries are not orphaned"
-            )));
-        }
-        let mut filter = DeliveryFilter { state: Some(DeliveryState::Orphaned), ..Default::default() };
-        self.filter_param(&mut filter, "endpoint", endpoint).await?;
-        let reason = format!("discarded by an operator: endpoint '{endpoint}' is not in the configuration");
-        let (mut discarded, mut considered, mut cursor) = (0, 0, None);
-        let truncated = loop {
-            if considered >= max {
-                break true;
-            }
-            let page = self.store.list(&filter, cursor.as_deref(), DISCARD_BATCH.min(max - considered)).await?;
-            let ids: Vec<DeliveryId> = page.items.into_iter().map(|d| d.id).collect();
-            considered += ids.len();
-            if !ids.is_empty() {
-                discarded += self.store.discard(&ids, &reason, now_millis()).await?.discarded;
-            }
-            match page.next_cursor {
-                Some(next) => cursor = Some(next),
-                None => break false,
-            }
-        };
-        tracing::info!(endpoint = %endpoint, discarded, "orphaned deliveries discarded");
-        let endpoint = endpoint.to_owned();
-        Ok(json_response(StatusCode::OK, &DiscardResult { endpoint, discarded, truncated }))
     }
 
     async fn replay_job(&self, id: &str) -> Answer {

@@ -1,5 +1,6 @@
 //! The operator commands of the command line: `deliveries list/show`,
-//! `events show` and `replay`, over the admin API of a running relay.
+//! `events show`, `replay` and `discard`, over the admin API of a running
+//! relay.
 //!
 //! Output is a table for people and, with `--json`, the API's own JSON for
 //! scripts. Exit codes: 0 done, 1 the relay could not be reached or failed,
@@ -16,10 +17,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::admin::api::{
-    DeliveryDetail, DeliveryPage, DiscardRequest, DiscardResult, ErrorBody, EventView, ReplayJobView, ReplayRequest,
-    ReplayResult,
+    DeliveryDetail, DeliveryPage, DiscardOneRequest, DiscardOneResult, DiscardRequest, DiscardResult, ErrorBody,
+    EventView, ReplayJobView, ReplayRequest, ReplayResult,
 };
-use render::{render_delivery, render_discard, render_event, render_job, render_list, render_replayed};
+use render::{
+    render_delivery, render_discard, render_discarded, render_event, render_job, render_list, render_replayed,
+};
 
 /// What failed, and the exit code it gives.
 #[derive(Debug, thiserror::Error)]
@@ -122,16 +125,6 @@ pub enum DeliveriesCommand {
     },
     /// One delivery with every attempt.
     Show { id: String },
-    /// End the orphaned deliveries of an endpoint that is no longer in the
-    /// configuration: they become dead, with the reason, history kept.
-    Discard {
-        /// The removed endpoint's name.
-        #[arg(long)]
-        endpoint: String,
-        /// Most deliveries one run discards (1 to 100000).
-        #[arg(long)]
-        max: Option<usize>,
-    },
 }
 
 #[derive(Subcommand)]
@@ -164,6 +157,25 @@ impl ReplayArgs {
     fn selects(&self) -> bool {
         !self.filters.is_empty() || self.max.is_some() || self.cursor.is_some()
     }
+}
+
+#[derive(Args)]
+pub struct DiscardArgs {
+    /// Delivery ids to discard. Without ids, discards the deliveries that
+    /// the filters, --max or --cursor select: dead ones unless --state
+    /// pending or orphaned. A bare `discard` does nothing.
+    ids: Vec<String>,
+    #[command(flatten)]
+    filters: Filters,
+    /// Why these deliveries will not be sent; kept on each one.
+    #[arg(long)]
+    reason: String,
+    /// Most deliveries one bulk discard considers (1 to 100000).
+    #[arg(long)]
+    max: Option<usize>,
+    /// Go on below a bulk discard that stopped at --max: the cursor it printed.
+    #[arg(long)]
+    cursor: Option<String>,
 }
 
 /// An answer of the admin API: the JSON as it came, which `--json` prints,
@@ -299,11 +311,6 @@ pub async fn deliveries(conn: &Connection, cmd: DeliveriesCommand) -> Result<(),
             let d: Answer<DeliveryDetail> = client.call(reqwest::Method::GET, &path, None).await?;
             print(conn, &d.json, &d.body, render_delivery);
         }
-        DeliveriesCommand::Discard { endpoint, max } => {
-            let body = json_body(&DiscardRequest { endpoint, max })?;
-            let r: Answer<DiscardResult> = client.call(reqwest::Method::POST, "/admin/discard", Some(body)).await?;
-            print(conn, &r.json, &r.body, render_discard);
-        }
     }
     Ok(())
 }
@@ -324,37 +331,16 @@ pub async fn replay(conn: &Connection, args: ReplayArgs) -> Result<(), ClientErr
             return Err(ClientError::BadRequest("give delivery ids or filters, not both".into()));
         }
         let q = if args.include_delivered { "?include_delivered=true" } else { "" };
-        // Every id is tried, whatever happens to the others; each gets a line.
-        let mut out = ReplaySummary { replayed: 0, skipped: 0, failed: 0, deliveries: Vec::new() };
-        let mut failed = Vec::new();
-        for id in &args.ids {
-            let path = format!("/admin/deliveries/{}/replay{q}", path_segment(id));
-            let outcome = match client.call::<ReplayResult>(reqwest::Method::POST, &path, None).await {
-                Ok(r) => {
-                    out.replayed += r.body.replayed;
-                    out.skipped += r.body.skipped;
-                    Outcome::Done(r.body)
-                }
-                // The relay is gone or refuses the token: the rest would fail alike.
-                Err(e @ (ClientError::Unreachable(_) | ClientError::Unauthorized(_))) => return Err(e),
-                Err(e) => {
-                    let error = e.to_string();
-                    failed.push(e);
-                    Outcome::Failed { error }
-                }
-            };
-            out.deliveries.push(IdOutcome { id: id.clone(), outcome });
-        }
-        out.failed = failed.len();
+        let (deliveries, failed) =
+            each_id(&client, &args.ids, |id| format!("/admin/deliveries/{}/replay{q}", path_segment(id)), None).await?;
+        let done = deliveries.iter().filter_map(|d| match &d.outcome {
+            Outcome::Done(r) => Some(r),
+            Outcome::Failed { .. } => None,
+        });
+        let (replayed, skipped) = done.fold((0, 0), |(r, s), d: &ReplayResult| (r + d.replayed, s + d.skipped));
+        let out = IdsSummary { done: ("replayed", replayed), skipped, failed: failed.len(), deliveries };
         print(conn, &out, &out, render_replayed);
-        // Exit as the first failure says (4 for an unknown id, …).
-        return match failed.into_iter().next() {
-            Some(e) => Err(ClientError::Partial(
-                e.exit_code(),
-                format!("{} of {} ids not replayed", out.failed, args.ids.len()),
-            )),
-            None => Ok(()),
-        };
+        return partial(failed, "replayed", args.ids.len());
     }
     if !args.selects() {
         return Err(ClientError::BadRequest(
@@ -375,27 +361,107 @@ pub async fn replay(conn: &Connection, args: ReplayArgs) -> Result<(), ClientErr
     Ok(())
 }
 
-/// What `replay ID…` prints with `--json`: a line per id, then totals.
-#[derive(Serialize)]
-struct ReplaySummary {
-    replayed: usize,
+pub async fn discard(conn: &Connection, args: DiscardArgs) -> Result<(), ClientError> {
+    let client = Client::new(conn)?;
+    let selects = !args.filters.is_empty() || args.max.is_some() || args.cursor.is_some();
+    if !args.ids.is_empty() {
+        if selects {
+            return Err(ClientError::BadRequest("give delivery ids or filters, not both".into()));
+        }
+        let body = json_body(&DiscardOneRequest { reason: args.reason.clone() })?;
+        let path = |id: &str| format!("/admin/deliveries/{}/discard", path_segment(id));
+        let (deliveries, failed) = each_id(&client, &args.ids, path, Some(body)).await?;
+        let discarded = deliveries
+            .iter()
+            .filter(|d| matches!(&d.outcome, Outcome::Done(DiscardOneResult { discarded: 1, .. })))
+            .count();
+        let skipped = args.ids.len() - failed.len() - discarded;
+        let out = IdsSummary { done: ("discarded", discarded), skipped, failed: failed.len(), deliveries };
+        print(conn, &out, &out, render_discarded);
+        return partial(failed, "discarded", args.ids.len());
+    }
+    if !selects {
+        return Err(ClientError::BadRequest(
+            "name delivery ids, or select deliveries with filters (for every dead one: --state dead)".into(),
+        ));
+    }
+    let Filters { state, source, endpoint, event_type, since, until } = args.filters;
+    let select =
+        ReplayRequest { state, source, endpoint, event_type, since, until, max: args.max, cursor: args.cursor };
+    let request = DiscardRequest { select, reason: args.reason };
+    let r: Answer<DiscardResult> =
+        client.call(reqwest::Method::POST, "/admin/discard", Some(json_body(&request)?)).await?;
+    print(conn, &r.json, &r.body, |d| render_discard(d, args.max));
+    Ok(())
+}
+
+/// Calls `path(id)` for every id, whatever happens to the others; each gets
+/// an outcome. Stops at once only when the relay is gone or refuses the
+/// token, since the rest would fail alike.
+async fn each_id<T: DeserializeOwned>(
+    client: &Client,
+    ids: &[String],
+    path: impl Fn(&str) -> String,
+    body: Option<String>,
+) -> Result<(Vec<IdOutcome<T>>, Vec<ClientError>), ClientError> {
+    let (mut out, mut failed) = (Vec::new(), Vec::new());
+    for id in ids {
+        let outcome = match client.call::<T>(reqwest::Method::POST, &path(id), body.clone()).await {
+            Ok(r) => Outcome::Done(r.body),
+            Err(e @ (ClientError::Unreachable(_) | ClientError::Unauthorized(_))) => return Err(e),
+            Err(e) => {
+                let error = e.to_string();
+                failed.push(e);
+                Outcome::Failed { error }
+            }
+        };
+        out.push(IdOutcome { id: id.clone(), outcome });
+    }
+    Ok((out, failed))
+}
+
+/// Exits as the first failure says (4 for an unknown id, …).
+fn partial(failed: Vec<ClientError>, done: &str, of: usize) -> Result<(), ClientError> {
+    let n = failed.len();
+    match failed.into_iter().next() {
+        Some(e) => Err(ClientError::Partial(e.exit_code(), format!("{n} of {of} ids not {done}"))),
+        None => Ok(()),
+    }
+}
+
+/// What `replay ID…` and `discard ID…` print: totals, the first named by
+/// what was done (`replayed`, `discarded`), and an outcome per id.
+struct IdsSummary<T> {
+    done: (&'static str, usize),
     skipped: usize,
     failed: usize,
-    deliveries: Vec<IdOutcome>,
+    deliveries: Vec<IdOutcome<T>>,
+}
+
+impl<T: Serialize> Serialize for IdsSummary<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(4))?;
+        map.serialize_entry(self.done.0, &self.done.1)?;
+        map.serialize_entry("skipped", &self.skipped)?;
+        map.serialize_entry("failed", &self.failed)?;
+        map.serialize_entry("deliveries", &self.deliveries)?;
+        map.end()
+    }
 }
 
 #[derive(Serialize)]
-struct IdOutcome {
+struct IdOutcome<T> {
     id: String,
     #[serde(flatten)]
-    outcome: Outcome,
+    outcome: Outcome<T>,
 }
 
 /// The relay's answer for one id, or why there is none.
 #[derive(Serialize)]
 #[serde(untagged)]
-enum Outcome {
-    Done(ReplayResult),
+enum Outcome<T> {
+    Done(T),
     Failed { error: String },
 }
 

@@ -1,13 +1,14 @@
 //! How the operator commands show the admin API's answers to people:
-//! aligned tables, a line per replayed id, and the command that goes on
-//! below a truncated bulk replay. Pure functions of the [`crate::admin::api`]
+//! aligned tables, a line per replayed or discarded id, and the command
+//! that goes on below a truncated bulk replay or discard. Pure functions of the [`crate::admin::api`]
 //! types, so they are tested without a relay.
 
 use std::fmt::Write as _;
 
-use super::{IdOutcome, Outcome, ReplaySummary};
+use super::{IdOutcome, IdsSummary, Outcome};
 use crate::admin::api::{
-    DeliveryDetail, DeliveryPage, DeliveryView, DiscardResult, EventView, FilterView, ReplayJobView,
+    DeliveryDetail, DeliveryPage, DeliveryView, DiscardOneResult, DiscardResult, EventView, FilterView, ReplayJobView,
+    ReplayResult,
 };
 use crate::store::DeliveryState;
 
@@ -102,6 +103,7 @@ pub(super) fn render_delivery(detail: &DeliveryDetail) -> String {
         ("attempts", d.attempts.to_string()),
         ("next_attempt_at", or_dash(d.next_attempt_at.as_deref())),
         ("last_error", or_dash(d.last_error.as_deref())),
+        ("discard_reason", or_dash(d.discard_reason.as_deref())),
         ("created_at", d.created_at.clone()),
         ("updated_at", d.updated_at.clone()),
     ] {
@@ -144,25 +146,51 @@ pub(super) fn render_event(e: &EventView) -> String {
     out
 }
 
-pub(super) fn render_discard(r: &DiscardResult) -> String {
-    let mut s = format!("discarded {} orphaned deliveries to {}\n", r.discarded, r.endpoint);
-    if r.truncated {
-        s.push_str("stopped at --max; run the same command again for the rest\n");
-    }
-    s
+/// One line per id, then the totals.
+pub(super) fn render_replayed(out: &IdsSummary<ReplayResult>) -> String {
+    render_ids(out, |r| match r.replayed {
+        1 => format!("replayed  (now {})", state_text(r.state)),
+        _ => format!("skipped  (now {})", state_text(r.state)),
+    })
 }
 
 /// One line per id, then the totals.
-pub(super) fn render_replayed(out: &ReplaySummary) -> String {
+pub(super) fn render_discarded(out: &IdsSummary<DiscardOneResult>) -> String {
+    render_ids(out, |r| match r.discarded {
+        1 => "discarded".to_owned(),
+        _ => format!("skipped  (already {})", r.state.as_str()),
+    })
+}
+
+fn render_ids<T>(out: &IdsSummary<T>, line: impl Fn(&T) -> String) -> String {
     let mut s = String::new();
     for IdOutcome { id, outcome } in &out.deliveries {
         let _ = match outcome {
             Outcome::Failed { error } => writeln!(s, "{id}  failed  ({error})"),
-            Outcome::Done(r) if r.replayed == 1 => writeln!(s, "{id}  replayed  (now {})", state_text(r.state)),
-            Outcome::Done(r) => writeln!(s, "{id}  skipped  (now {})", state_text(r.state)),
+            Outcome::Done(r) => writeln!(s, "{id}  {}", line(r)),
         };
     }
-    let _ = writeln!(s, "replayed {}, skipped {}, failed {}", out.replayed, out.skipped, out.failed);
+    let (done, n) = out.done;
+    let _ = writeln!(s, "{done} {n}, skipped {}, failed {}", out.skipped, out.failed);
+    s
+}
+
+/// A bulk discard; if it stopped at `max`, the command that goes on below it.
+pub(super) fn render_discard(r: &DiscardResult, max: Option<usize>) -> String {
+    let mut s = format!("discarded {}, skipped {} of {} considered", r.discarded, r.skipped, r.considered);
+    if r.in_flight > 0 {
+        let _ = write!(s, "; {} being sent, left to finish", r.in_flight);
+    }
+    s.push('\n');
+    if r.truncated {
+        let _ = writeln!(
+            s,
+            "stopped at --max with more deliveries possibly matching; for the next ones run:\n  {} --reason {} --cursor {}",
+            again("discard", &r.filter, max),
+            shell_word(&r.reason),
+            or_dash(r.continue_cursor.as_deref())
+        );
+    }
     s
 }
 
@@ -177,7 +205,7 @@ pub(super) fn render_job(job: &ReplayJobView, max: Option<usize>) -> String {
         let _ = writeln!(
             s,
             "stopped at --max with more deliveries possibly matching; for the next ones run:\n  {} --cursor {}",
-            again(&job.filter, max),
+            again("replay", &job.filter, max),
             or_dash(job.continue_cursor.as_deref())
         );
     }
@@ -186,8 +214,8 @@ pub(super) fn render_job(job: &ReplayJobView, max: Option<usize>) -> String {
 
 /// The same selection again, as the relay resolved it (a relative
 /// `--since 24h` becomes the time it meant), and the same `--max`.
-fn again(f: &FilterView, max: Option<usize>) -> String {
-    let mut again: Vec<String> = vec!["ipn-relay replay".into()];
+fn again(command: &str, f: &FilterView, max: Option<usize>) -> String {
+    let mut again: Vec<String> = vec![format!("ipn-relay {command}")];
     for (k, v) in [
         ("state", f.state.map(DeliveryState::as_str)),
         ("source", f.source.as_deref()),

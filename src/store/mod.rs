@@ -72,6 +72,9 @@ pub enum DeliveryState {
     InFlight,
     Delivered,
     Dead,
+    /// Closed by an operator, with a reason: final, like `dead`, but not a
+    /// failure anyone needs to look at again. Replayable by id.
+    Discarded,
     /// Its endpoint is no longer in the configuration: nothing will send it.
     /// Off the schedule until a relay configured with the endpoint takes it
     /// back, or an operator discards it.
@@ -79,15 +82,16 @@ pub enum DeliveryState {
 }
 
 /// Deliveries in each state, in [`DeliveryState::ALL`] order.
-pub type Counts = [(DeliveryState, u64); 5];
+pub type Counts = [(DeliveryState, u64); 6];
 
 impl DeliveryState {
     /// Every state, in the order gauges and counts list them.
-    pub const ALL: [DeliveryState; 5] = [
+    pub const ALL: [DeliveryState; 6] = [
         DeliveryState::Pending,
         DeliveryState::InFlight,
         DeliveryState::Delivered,
         DeliveryState::Dead,
+        DeliveryState::Discarded,
         DeliveryState::Orphaned,
     ];
 
@@ -97,6 +101,7 @@ impl DeliveryState {
             DeliveryState::InFlight => "in_flight",
             DeliveryState::Delivered => "delivered",
             DeliveryState::Dead => "dead",
+            DeliveryState::Discarded => "discarded",
             DeliveryState::Orphaned => "orphaned",
         }
     }
@@ -133,6 +138,9 @@ pub struct Delivery {
     /// Fencing token: a new value at every claim, so a worker whose claim
     /// expired and was taken over cannot finish it.
     pub claim_token: u64,
+    /// Why an operator discarded it, while it is `discarded`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discard_reason: Option<String>,
 }
 
 impl Delivery {
@@ -152,6 +160,7 @@ impl Delivery {
             created_at: event.received_at,
             updated_at: event.received_at,
             claim_token: 0,
+            discard_reason: None,
         }
     }
 
@@ -277,9 +286,17 @@ pub struct Reconciled {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DiscardCount {
     pub discarded: usize,
-    /// Not orphaned: left as they were.
+    /// Delivered or discarded already: left as they were.
     pub skipped: usize,
+    /// Claimed by a worker right now: left to finish.
+    pub in_flight: usize,
     pub not_found: usize,
+}
+
+/// Whether a delivery in `state` can be discarded: it is waiting for
+/// something (its next attempt, or an endpoint) or has failed for good.
+pub fn discardable(state: DeliveryState) -> bool {
+    matches!(state, DeliveryState::Pending | DeliveryState::Dead | DeliveryState::Orphaned)
 }
 
 /// What a replay did.
@@ -415,8 +432,9 @@ pub trait Store: Send + Sync + 'static {
     async fn list(&self, filter: &DeliveryFilter, cursor: Option<&str>, limit: usize) -> Result<Page, StoreError>;
 
     /// Puts the given deliveries back to `pending`, due `now`, with a fresh
-    /// attempt budget and their history kept. Dead ones always; delivered
-    /// ones only if `include_delivered`.
+    /// attempt budget and their history kept. Dead and discarded ones
+    /// always (a discard's reason goes); delivered ones only if
+    /// `include_delivered`.
     async fn replay(&self, ids: &[DeliveryId], include_delivered: bool, now: Millis)
     -> Result<ReplayCount, StoreError>;
 
@@ -471,8 +489,10 @@ pub trait Store: Send + Sync + 'static {
     /// Every endpoint name the store has seen configured.
     async fn known_endpoints(&self) -> Result<Vec<String>, StoreError>;
 
-    /// Ends orphaned deliveries as `dead`, recording why; others are
-    /// skipped. Their history stays.
+    /// Ends the given deliveries as `discarded`, recording `reason`, if
+    /// they are [`discardable`], or in flight with a claim that expired by
+    /// `now`. A live claim is left to finish (`in_flight`); delivered and
+    /// discarded ones are skipped. Their history stays.
     async fn discard(&self, ids: &[DeliveryId], reason: &str, now: Millis) -> Result<DiscardCount, StoreError>;
 
     /// Whether the store is reachable and writable right now.

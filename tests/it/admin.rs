@@ -13,39 +13,39 @@ use ipn_relay::config::Config;
 use ipn_relay::store::{DeliveryFilter, DeliveryState, Store};
 use serde_json::{Value, json};
 
-const TOKEN: &str = "admin-test-token";
+pub(crate) const TOKEN: &str = "admin-test-token";
 
 /// The endpoints of `config`.
-fn endpoints() -> Vec<String> {
+pub(crate) fn endpoints() -> Vec<String> {
     vec!["backend".into(), "ledger".into()]
 }
 
 /// A relay running in this process on `store`.
-struct Running {
-    addr: SocketAddr,
+pub(crate) struct Running {
+    pub(crate) addr: SocketAddr,
     admin: SocketAddr,
     served: Served,
 }
 
 impl Running {
-    async fn start(text: &str, store: Arc<dyn Store>) -> Running {
+    pub(crate) async fn start(text: &str, store: Arc<dyn Store>) -> Running {
         let config = Arc::new(Config::parse(text, std::path::Path::new("admin-test.toml")).unwrap());
         let served = Served::start(config, store).await;
         Running { addr: served.addr, admin: served.admin, served }
     }
 
-    async fn stop(self) {
+    pub(crate) async fn stop(self) {
         let _ = self.served.stop.send(());
         self.served.task.await.unwrap().unwrap();
     }
 
-    fn admin_url(&self) -> String {
+    pub(crate) fn admin_url(&self) -> String {
         format!("http://{}", self.admin)
     }
 }
 
 /// Two endpoints whose receivers fail; dead after two attempts.
-fn config(store: &str, backend: &str, ledger: &str) -> String {
+pub(crate) fn config(store: &str, backend: &str, ledger: &str) -> String {
     let text = base_config(std::path::Path::new("unused.redb")).replace("path = \"unused.redb\"", store).replacen(
         "[server]\n",
         &format!("[server]\nadmin_token = \"{TOKEN}\"\n"),
@@ -55,7 +55,7 @@ fn config(store: &str, backend: &str, ledger: &str) -> String {
 }
 
 /// A receiver that answers 500 until the flag is set, then 200.
-async fn failing_until_fixed() -> (Arc<AtomicBool>, Receiver) {
+pub(crate) async fn failing_until_fixed() -> (Arc<AtomicBool>, Receiver) {
     let fixed = Arc::new(AtomicBool::new(false));
     let receiver = Receiver::start({
         let fixed = fixed.clone();
@@ -65,7 +65,7 @@ async fn failing_until_fixed() -> (Arc<AtomicBool>, Receiver) {
     (fixed, receiver)
 }
 
-async fn get(c: &reqwest::Client, url: String, token: Option<&str>) -> (u16, Value) {
+pub(crate) async fn get(c: &reqwest::Client, url: String, token: Option<&str>) -> (u16, Value) {
     let mut req = c.get(url);
     if let Some(t) = token {
         req = req.bearer_auth(t);
@@ -73,7 +73,7 @@ async fn get(c: &reqwest::Client, url: String, token: Option<&str>) -> (u16, Val
     answer(req.send().await.unwrap()).await
 }
 
-async fn post(c: &reqwest::Client, url: String, body: Option<Value>) -> (u16, Value) {
+pub(crate) async fn post(c: &reqwest::Client, url: String, body: Option<Value>) -> (u16, Value) {
     let mut req = c.post(url).bearer_auth(TOKEN);
     if let Some(b) = body {
         req = req.body(b.to_string());
@@ -82,7 +82,7 @@ async fn post(c: &reqwest::Client, url: String, body: Option<Value>) -> (u16, Va
 }
 
 /// Every delivery the filter query selects, following cursors.
-async fn list_all(c: &reqwest::Client, relay: &Running, query: &str) -> Vec<Value> {
+pub(crate) async fn list_all(c: &reqwest::Client, relay: &Running, query: &str) -> Vec<Value> {
     let mut items = Vec::new();
     let mut cursor: Option<String> = None;
     loop {
@@ -100,7 +100,7 @@ async fn list_all(c: &reqwest::Client, relay: &Running, query: &str) -> Vec<Valu
     }
 }
 
-async fn wait_for(c: &reqwest::Client, relay: &Running, query: &str, n: usize) -> Vec<Value> {
+pub(crate) async fn wait_for(c: &reqwest::Client, relay: &Running, query: &str, n: usize) -> Vec<Value> {
     for _ in 0..500 {
         let items = list_all(c, relay, query).await;
         if items.len() == n {
@@ -112,7 +112,7 @@ async fn wait_for(c: &reqwest::Client, relay: &Running, query: &str, n: usize) -
 }
 
 /// Runs the built binary with `args`; returns exit code, stdout, stderr.
-async fn cli(args: &[String]) -> (i32, String, String) {
+pub(crate) async fn cli(args: &[String]) -> (i32, String, String) {
     let args = args.to_vec();
     tokio::task::spawn_blocking(move || {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_ipn-relay"))
@@ -131,7 +131,7 @@ async fn cli(args: &[String]) -> (i32, String, String) {
     .unwrap()
 }
 
-fn args(list: &[&str]) -> Vec<String> {
+pub(crate) fn args(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| s.to_string()).collect()
 }
 
@@ -203,7 +203,7 @@ async fn dead_deliveries_are_found_and_replayed(store: Arc<dyn Store>, store_tom
         assert!(v["error"]["message"].as_str().unwrap().contains(needle), "{query}: {v}");
     }
     for (body, needle) in [
-        (json!({"state": "pending"}), "only dead or delivered"),
+        (json!({"state": "pending"}), "only dead, discarded or delivered"),
         (json!({"endpoint": 7}), "endpoint: expected a string"),
         (json!({"max": 0}), "max:"),
         (json!({"state": "dead", "endpont": "backend"}), "unknown parameter 'endpont'"),
@@ -577,20 +577,28 @@ async fn deliveries_of_a_removed_endpoint_are_orphaned_found_refused_and_recover
     assert_eq!((status, v["replayed"].as_u64(), v["not_configured"].as_u64()), (202, Some(0), Some(1)), "{v}");
     assert_eq!(store.delivery(&dead_id).await.unwrap().unwrap().0.state, DeliveryState::Dead);
 
-    // Discarded on request, one at a time here.
+    // Discarded on request, one at a time here, with a reason.
     let conn = ["--admin-url".to_owned(), a.clone(), "--token".to_owned(), TOKEN.to_owned()];
     let with = |rest: &[&str]| [args(rest), conn.to_vec()].concat();
-    let (code, out, err) = cli(&with(&["deliveries", "discard", "--endpoint", "ledger", "--max", "1"])).await;
+    let (status, v) = post(&c, format!("{a}/admin/discard"), Some(json!({"endpoint": "ledger"}))).await;
+    assert_eq!(
+        (status, v["error"]["message"].as_str()),
+        (400, Some("reason: required (why these deliveries will not be sent)")),
+        "{v}"
+    );
+    let discard =
+        ["discard", "--state", "orphaned", "--endpoint", "ledger", "--max", "1", "--reason", "ledger retired"];
+    let (code, out, err) = cli(&with(&discard)).await;
     assert_eq!(code, 0, "{err}");
-    assert!(out.starts_with("discarded 1 orphaned deliveries to ledger\nstopped at --max"), "{out}");
-    let (code, _, err) = cli(&with(&["deliveries", "discard", "--endpoint", "backend"])).await;
-    assert_eq!(code, 2, "a configured endpoint has nothing orphaned: {err}");
-    let discarded: Vec<Value> = list_all(&c, &relay, "state=dead&endpoint=ledger")
-        .await
-        .into_iter()
-        .filter(|d| d["last_error"].as_str().unwrap_or("").starts_with("discarded by an operator"))
-        .collect();
+    assert!(out.starts_with("discarded 1, skipped 0 of 1 considered\nstopped at --max"), "{out}");
+    assert!(out.contains("ipn-relay discard --state orphaned --endpoint ledger --until "), "{out}");
+    let (code, _, err) = cli(&with(&["discard", "--state", "orphaned", "--endpoint", "ledger"])).await;
+    assert_eq!(code, 2, "no reason: {err}");
+    assert!(err.contains("--reason"), "{err}");
+    let discarded = list_all(&c, &relay, "state=discarded&endpoint=ledger").await;
     assert_eq!(discarded.len(), 1);
+    assert_eq!(discarded[0]["discard_reason"], "ledger retired");
+    assert_eq!(list_all(&c, &relay, "state=orphaned").await.len(), 1);
     relay.stop().await;
 
     // Configured again: the orphaned one that is left is delivered.

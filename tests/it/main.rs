@@ -9,6 +9,7 @@ mod canonical_node;
 mod cli;
 mod crash;
 mod delivery;
+mod discard;
 mod event_schema;
 mod ingress;
 mod layout;

@@ -262,7 +262,7 @@ async fn counts_follow_state_changes(s: Arc<impl Store>) {
     let c = s.claim_due("be", 1000, 1, VIS).await.unwrap().remove(0);
     s.finish(&c.delivery.id, c.delivery.claim_token, attempt(1000, 500), Next::Dead).await.unwrap();
     let counts = s.counts().await.unwrap();
-    assert_eq!(counts.map(|(_, n)| n), [1, 0, 0, 1, 0]);
+    assert_eq!(counts.map(|(_, n)| n), [1, 0, 0, 1, 0, 0]);
 }
 
 /// `n` deliveries to `be`, one event each, all dead; ids newest first.
@@ -415,7 +415,7 @@ async fn deliveries_to_a_removed_endpoint_are_orphaned_and_taken_back(s: Arc<imp
     assert_eq!(found.orphaned, vec![("gone".to_owned(), 2)], "the live claim is left to end");
     assert!(found.adopted.is_empty());
     let counts = s.counts().await.unwrap().map(|(_, n)| n);
-    assert_eq!(counts, [1, 1, 0, 0, 2]);
+    assert_eq!(counts, [1, 1, 0, 0, 0, 2]);
     assert_eq!(s.list(&orphaned, None, 10).await.unwrap().items.len(), 2);
     let by_name = DeliveryFilter { endpoint: Some("gone".into()), ..orphaned.clone() };
     let page = s.list(&by_name, None, 10).await.unwrap();
@@ -430,16 +430,15 @@ async fn deliveries_to_a_removed_endpoint_are_orphaned_and_taken_back(s: Arc<imp
     assert!(s.finish(&c.delivery.id, c.delivery.claim_token, attempt(1300, 500), Next::RetryAt(5000)).await.unwrap());
     // At the next start the retried one is orphaned too.
     assert_eq!(s.reconcile_endpoints(&only_be, true, 1500).await.unwrap().orphaned, vec![("gone".to_owned(), 3)]);
-    // An operator ends one; it is dead with the reason, its history kept.
+    // An operator ends one; it is discarded with the reason, its history kept.
     let first = s.list(&by_name, None, 10).await.unwrap().items.into_iter().find(|d| d.id != c.delivery.id).unwrap();
-    let be = s.event_deliveries(&"evt_o".into()).await.unwrap().into_iter().find(|d| d.endpoint == "be").unwrap();
-    let ids = [first.id.clone(), be.id.clone(), DeliveryId::from("dlv_000000000000ffffffffffffffff")];
+    let ids = [first.id.clone(), DeliveryId::from("dlv_000000000000ffffffffffffffff")];
     let count = s.discard(&ids, "endpoint removed", 1600).await.unwrap();
-    assert_eq!((count.discarded, count.skipped, count.not_found), (1, 1, 1));
+    assert_eq!((count.discarded, count.skipped, count.in_flight, count.not_found), (1, 0, 0, 1));
     let (d, _) = s.delivery(&first.id).await.unwrap().unwrap();
-    assert_eq!((d.state, d.last_error.as_deref()), (DeliveryState::Dead, Some("endpoint removed")));
-    let dead = DeliveryFilter { state: Some(DeliveryState::Dead), ..Default::default() };
-    assert_eq!(s.list(&dead, None, 10).await.unwrap().items.len(), 1);
+    assert_eq!((d.state, d.discard_reason.as_deref()), (DeliveryState::Discarded, Some("endpoint removed")));
+    let discarded = DeliveryFilter { state: Some(DeliveryState::Discarded), ..Default::default() };
+    assert_eq!(s.list(&discarded, None, 10).await.unwrap().items.len(), 1);
     // Configured again, the rest come back, due at once; the orphaning pass
     // of a relay without it does not count as taking them back.
     let found = s.reconcile_endpoints(&both, false, 2000).await.unwrap();
@@ -452,7 +451,71 @@ async fn deliveries_to_a_removed_endpoint_are_orphaned_and_taken_back(s: Arc<imp
     assert_ne!(now[0].delivery.id, c.delivery.id);
     let later = s.claim_due("gone", 5000, 10, VIS).await.unwrap();
     assert_eq!(later.iter().map(|c| c.delivery.id.as_str()).collect::<Vec<_>>(), [c.delivery.id.as_str()]);
-    assert_eq!(s.counts().await.unwrap().map(|(_, n)| n), [1, 2, 0, 1, 0]);
+    assert_eq!(s.counts().await.unwrap().map(|(_, n)| n), [1, 2, 0, 0, 1, 0]);
+}
+
+async fn discard_closes_waiting_and_dead_deliveries_and_replay_reopens_them(s: Arc<impl Store>) {
+    s.admit(event("evt_x", "np", "t.t", 1000), deliveries(1000, &["be", "be", "be", "be"]), TTL).await.unwrap();
+    let mut claims = s.claim_due("be", 1000, 3, VIS).await.unwrap();
+    let held = claims.pop().unwrap();
+    let (dead, delivered) = (claims.remove(0), claims.remove(0));
+    let d = &dead.delivery;
+    assert!(s.finish(&d.id, d.claim_token, attempt(1010, 500), Next::Dead).await.unwrap());
+    let d = &delivered.delivery;
+    assert!(s.finish(&d.id, d.claim_token, attempt(1010, 200), Next::Delivered).await.unwrap());
+    let waiting = s.list(&DeliveryFilter::default(), None, 10).await.unwrap();
+    let waiting = waiting.items.into_iter().find(|d| d.state == DeliveryState::Pending).unwrap();
+    let missing = DeliveryId::from("dlv_000000000000ffffffffffffffff");
+    let (dead, delivered, held) = (dead.delivery, delivered.delivery, held.delivery);
+
+    // Dead and pending ones close; a live claim, a delivered one and an
+    // unknown id are counted apart; an id named twice counts once.
+    let ids = [dead.id.clone(), waiting.id.clone(), held.id.clone(), delivered.id.clone(), dead.id.clone(), missing];
+    let count = s.discard(&ids, "refunded by hand", 1100).await.unwrap();
+    assert_eq!((count.discarded, count.skipped, count.in_flight, count.not_found), (2, 1, 1, 1));
+    for id in [&dead.id, &waiting.id] {
+        let (d, history) = s.delivery(id).await.unwrap().unwrap();
+        assert_eq!(
+            (d.state, d.discard_reason.as_deref(), d.next_attempt_at),
+            (DeliveryState::Discarded, Some("refunded by hand"), None)
+        );
+        assert_eq!(d.updated_at, 1100);
+        assert_eq!(history.len(), usize::from(*id == dead.id), "history kept");
+    }
+    assert_eq!(s.counts().await.unwrap().map(|(_, n)| n), [0, 1, 1, 0, 2, 0]);
+    // A discarded delivery is off the schedule and out of the open set.
+    assert!(s.claim_due("be", 1100, 10, VIS).await.unwrap().is_empty(), "nothing due but the live claim");
+    assert_eq!(s.oldest_open().await.unwrap(), Some(1000), "the held one is open");
+    let discarded = DeliveryFilter { state: Some(DeliveryState::Discarded), ..Default::default() };
+    let listed: Vec<_> = s.list(&discarded, None, 10).await.unwrap().items.into_iter().map(|d| d.id).collect();
+    assert_eq!(listed.len(), 2);
+    assert!(listed.contains(&dead.id) && listed.contains(&waiting.id));
+    // Discarding again changes nothing.
+    let again = s.discard(std::slice::from_ref(&dead.id), "twice", 1200).await.unwrap();
+    assert_eq!((again.discarded, again.skipped), (0, 1));
+    assert_eq!(s.delivery(&dead.id).await.unwrap().unwrap().0.discard_reason.as_deref(), Some("refunded by hand"));
+
+    // A claim that expired can be discarded; its worker's late finish then
+    // finds the claim lost and changes nothing.
+    let late = FAR_FUTURE;
+    let count = s.discard(std::slice::from_ref(&held.id), "stuck", late).await.unwrap();
+    assert_eq!((count.discarded, count.in_flight), (1, 0));
+    assert!(!s.finish(&held.id, held.claim_token, attempt(late, 200), Next::Delivered).await.unwrap());
+    assert_eq!(s.delivery(&held.id).await.unwrap().unwrap().0.state, DeliveryState::Discarded);
+    assert!(s.claim_due("be", late, 10, VIS).await.unwrap().is_empty());
+    assert_eq!(s.oldest_open().await.unwrap(), None);
+
+    // Replay by id reopens a discarded delivery with a fresh budget; the
+    // reason goes with the state.
+    let r = s.replay(std::slice::from_ref(&dead.id), false, 3000).await.unwrap();
+    assert_eq!((r.replayed, r.skipped), (1, 0));
+    let (d, history) = s.delivery(&dead.id).await.unwrap().unwrap();
+    assert_eq!((d.state, d.discard_reason, d.budget_start, d.attempts), (DeliveryState::Pending, None, 1, 1));
+    assert_eq!(history.len(), 1);
+    assert_eq!(s.list(&discarded, None, 10).await.unwrap().items.len(), 2);
+    assert_eq!(s.counts().await.unwrap().map(|(_, n)| n), [1, 0, 1, 0, 2, 0]);
+    let again = s.claim_due("be", 3000, 10, VIS).await.unwrap();
+    assert_eq!(again.iter().map(|c| &c.delivery.id).collect::<Vec<_>>(), [&dead.id]);
 }
 
 async fn list_scans_a_bounded_number_of_records_per_page(s: Arc<impl Store>) {
@@ -503,6 +566,7 @@ macro_rules! conformance {
             case!(list_scans_a_bounded_number_of_records_per_page);
             case!(listing_by_state_reads_only_deliveries_in_that_state);
             case!(deliveries_to_a_removed_endpoint_are_orphaned_and_taken_back);
+            case!(discard_closes_waiting_and_dead_deliveries_and_replay_reopens_them);
         }
     };
 }
@@ -760,6 +824,7 @@ async fn redis_store_records_concurrent_finishes_in_batches() {
             (DeliveryState::InFlight, 20),
             (DeliveryState::Delivered, 20),
             (DeliveryState::Dead, 20),
+            (DeliveryState::Discarded, 0),
             (DeliveryState::Orphaned, 0)
         ]
     );

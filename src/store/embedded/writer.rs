@@ -302,7 +302,7 @@ pub(super) fn apply(
         Op::Reconcile { endpoints, orphan_others, now, reply } => {
             run!(reply, t.reconcile(claims, &endpoints, orphan_others, now))
         }
-        Op::Discard { ids, reason, now, reply } => run!(reply, t.discard(&ids, &reason, now)),
+        Op::Discard { ids, reason, now, reply } => run!(reply, t.discard(claims, &ids, &reason, now)),
         Op::Ping { reply } => run!(reply, t.ping(probe)),
     }
 }

@@ -11,8 +11,8 @@
 //! claim deadline while in flight — so claiming and the visibility timeout
 //! are one range query. `index` orders delivery ids (which begin with their
 //! creation time) for listing, `dedupe-exp` orders dedupe keys by expiry for
-//! sweeping, `counts` counts deliveries by state. `open`, `dead` and
-//! `orphaned` order the ids of deliveries in those states, so that listing
+//! sweeping, `counts` counts deliveries by state. `open`, `dead`,
+//! `discarded` and `orphaned` order the ids of deliveries in those states, so that listing
 //! what needs attention does not read every delivery; `orphaned:NAME` holds
 //! the orphaned deliveries of one endpoint, and `endpoints` every endpoint
 //! name a relay has been configured with.
@@ -273,6 +273,7 @@ impl Store for RedisStore {
         let index = match filter.state {
             Some(DeliveryState::Pending | DeliveryState::InFlight) => self.key("open"),
             Some(DeliveryState::Dead) => self.key("dead"),
+            Some(DeliveryState::Discarded) => self.key("discarded"),
             Some(DeliveryState::Orphaned) => self.key("orphaned"),
             _ => self.key("index"),
         };
@@ -478,16 +479,18 @@ impl Store for RedisStore {
         let script = &self.scripts.discard;
         let mut inv = script.prepare_invoke();
         inv.key(self.key("counts"))
-            .key(self.key("orphaned"))
+            .key(self.key("open"))
             .key(self.key("dead"))
+            .key(self.key("orphaned"))
+            .key(self.key("discarded"))
             .arg(&self.keys)
             .arg(now)
             .arg(reason);
         for id in ids {
             inv.arg(id.as_str());
         }
-        let (discarded, skipped, not_found): (usize, usize, usize) = self.invoke(&inv, false).await?;
-        Ok(DiscardCount { discarded, skipped, not_found })
+        let (discarded, skipped, in_flight, not_found): (usize, usize, usize, usize) = self.invoke(&inv, false).await?;
+        Ok(DiscardCount { discarded, skipped, in_flight, not_found })
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -1,9 +1,9 @@
 //! Endpoints: the ones the schedule names, orphaning deliveries to endpoints no
-//! longer configured and taking them back, and discarding orphans.
+//! longer configured and taking them back.
 
 use redb::ReadableTable;
 
-use crate::store::{DeliveryId, DeliveryState, DiscardCount, Millis, Reconciled, StoreError};
+use crate::store::{DeliveryState, Millis, Reconciled, StoreError};
 
 use super::super::codec::unavailable;
 use super::super::writer::ClaimTable;
@@ -107,29 +107,5 @@ impl Tables<'_> {
             .map_err(unavailable)?
             .map(|e| e.map(|(k, _)| k.value().1.to_owned()).map_err(unavailable))
             .collect()
-    }
-
-    pub(in crate::store::embedded) fn discard(
-        &mut self,
-        ids: &[DeliveryId],
-        reason: &str,
-        now: Millis,
-    ) -> Result<DiscardCount, StoreError> {
-        let named = self.named_once(ids, "not discarded")?;
-        let mut count = DiscardCount { not_found: named.missing, skipped: named.unreadable, ..DiscardCount::default() };
-        for old in named.found {
-            if old.state != DeliveryState::Orphaned {
-                count.skipped += 1;
-                continue;
-            }
-            let mut d = old.clone();
-            d.state = DeliveryState::Dead;
-            d.next_attempt_at = None;
-            d.last_error = Some(reason.to_owned());
-            d.updated_at = now;
-            self.put_delivery(Some(&old), &d)?;
-            count.discarded += 1;
-        }
-        Ok(count)
     }
 }

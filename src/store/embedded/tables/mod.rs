@@ -171,7 +171,7 @@ impl<'txn> Tables<'txn> {
     /// a storage error fails the operation.
     fn named(&self, id: &str, then: &str) -> Result<Named, StoreError> {
         match self.get_delivery(id) {
-            Ok(Some(d)) => Ok(Named::Found(d)),
+            Ok(Some(d)) => Ok(Named::Found(Box::new(d))),
             Ok(None) => Ok(Named::Missing),
             Err(e @ StoreError::Corrupt { .. }) => {
                 tracing::error!(delivery_id = %id, error = %Chain(&e), "unreadable delivery record {then}");
@@ -188,7 +188,7 @@ impl<'txn> Tables<'txn> {
         let mut seen = std::collections::HashSet::new();
         for id in ids.iter().filter(|id| seen.insert(id.as_str())) {
             match self.named(id.as_str(), then)? {
-                Named::Found(d) => out.found.push(d),
+                Named::Found(d) => out.found.push(*d),
                 Named::Missing => out.missing += 1,
                 Named::Unreadable => out.unreadable += 1,
             }
@@ -267,7 +267,7 @@ impl<'txn> Tables<'txn> {
 
 /// A delivery an operation names: its record, or why there is none to use.
 enum Named {
-    Found(Delivery),
+    Found(Box<Delivery>),
     Missing,
     Unreadable,
 }
@@ -282,7 +282,7 @@ struct NamedOnce {
 
 /// Whether deliveries in `state` are listed in `by_state`.
 pub(super) fn in_by_state(state: DeliveryState) -> bool {
-    matches!(state, DeliveryState::Dead | DeliveryState::Orphaned)
+    matches!(state, DeliveryState::Dead | DeliveryState::Discarded | DeliveryState::Orphaned)
 }
 
 /// Whether a delivery in `state` sits in the due index.

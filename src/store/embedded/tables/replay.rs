@@ -1,8 +1,9 @@
-//! Replay: of the deliveries an operator names, and the steps of a replay job.
+//! What operators do to deliveries they name: replay them (one by one, or as
+//! the steps of a replay job) and discard them.
 
 use redb::ReadableTable;
 
-use crate::store::{DeliveryId, DeliveryState, Millis, ReplayCount, ReplayJob, StoreError};
+use crate::store::{DeliveryId, DeliveryState, DiscardCount, Millis, ReplayCount, ReplayJob, StoreError, discardable};
 
 use super::super::codec::{corrupt, encode, unavailable};
 use super::super::writer::ClaimTable;
@@ -23,8 +24,8 @@ impl Tables<'_> {
                 count.skipped += 1;
                 continue;
             }
-            let eligible =
-                old.state == DeliveryState::Dead || (include_delivered && old.state == DeliveryState::Delivered);
+            let eligible = matches!(old.state, DeliveryState::Dead | DeliveryState::Discarded)
+                || (include_delivered && old.state == DeliveryState::Delivered);
             if !eligible {
                 count.skipped += 1;
                 continue;
@@ -34,8 +35,45 @@ impl Tables<'_> {
             d.budget_start = d.attempts;
             d.next_attempt_at = Some(now);
             d.updated_at = now;
+            d.discard_reason = None;
             self.put_delivery(Some(&old), &d)?;
             count.replayed += 1;
+        }
+        Ok(count)
+    }
+
+    /// Claims live in memory (the record on disk stays `pending`): a live
+    /// claim is left alone, and an expired one is dropped with the discard,
+    /// so that its worker's late finish finds the claim lost.
+    pub(in crate::store::embedded) fn discard(
+        &mut self,
+        claims: &mut ClaimTable,
+        ids: &[DeliveryId],
+        reason: &str,
+        now: Millis,
+    ) -> Result<DiscardCount, StoreError> {
+        let named = self.named_once(ids, "not discarded")?;
+        let mut count = DiscardCount { not_found: named.missing, skipped: named.unreadable, ..DiscardCount::default() };
+        for old in named.found {
+            match claims.live.get(&old.id) {
+                Some(c) if c.until > now => {
+                    count.in_flight += 1;
+                    continue;
+                }
+                Some(_) => drop(claims.live.remove(&old.id)),
+                None => {}
+            }
+            if !discardable(old.state) {
+                count.skipped += 1;
+                continue;
+            }
+            let mut d = old.clone();
+            d.state = DeliveryState::Discarded;
+            d.next_attempt_at = None;
+            d.discard_reason = Some(reason.to_owned());
+            d.updated_at = now;
+            self.put_delivery(Some(&old), &d)?;
+            count.discarded += 1;
         }
         Ok(count)
     }

@@ -12,8 +12,9 @@ local function replay_ids(counts, prefix, include_delivered, now, first)
         missing = missing + 1
       elseif not d or type(d.endpoint) ~= 'string' then
         skipped = skipped + 1
-      elseif d.state == 'dead' or (include_delivered and d.state == 'delivered') then
-        if d.state == 'dead' then redis.call('ZREM', prefix .. 'dead', id) end
+      elseif d.state == 'dead' or d.state == 'discarded' or (include_delivered and d.state == 'delivered') then
+        if d.state ~= 'delivered' then redis.call('ZREM', prefix .. d.state, id) end
+        d.discard_reason = nil
         redis.call('HINCRBY', counts, d.state, -1)
         redis.call('HINCRBY', counts, 'pending', 1)
         d.state = 'pending'
