@@ -1,0 +1,170 @@
+//! Embedded-store tests that need its internals: old files, corrupt records,
+//! failed commits.
+
+use super::*;
+use crate::store::{DeliveryId, DeliveryState, NewDelivery, NewEvent};
+
+fn event(id: &str, at: u64) -> NewEvent {
+    NewEvent { id: id.into(), source: "np".into(), event_type: "t.t".into(), received_at: at, json: b"{}".to_vec() }
+}
+
+#[tokio::test]
+async fn a_file_from_before_the_state_index_is_indexed_once_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.redb");
+    let store = EmbeddedStore::open(&path).unwrap();
+    let ds = ["be", "gone"].map(|e| NewDelivery { id: DeliveryId::new(1000), endpoint: e.into() });
+    store.admit(event("evt_old", 1000), ds.to_vec(), 10_000).await.unwrap();
+    let c = store.claim_due("be", 1000, 1, 500).await.unwrap().remove(0);
+    let failed = Attempt {
+        number: 0,
+        started_at: 1000,
+        duration_ms: 1,
+        result: crate::store::AttemptResult::Status { code: 500 },
+        response_excerpt: None,
+    };
+    assert!(store.finish(&c.delivery.id, c.delivery.claim_token, failed, Next::Dead).await.unwrap());
+    store.close().await;
+
+    // Take the file back to how an older version left it: no state
+    // index, no endpoint list, no marker.
+    let db = Database::create(&path).unwrap();
+    let txn = db.begin_write().unwrap();
+    txn.delete_table(BY_STATE).unwrap();
+    txn.delete_table(ENDPOINTS).unwrap();
+    txn.open_table(META).unwrap().remove("state_index").unwrap();
+    txn.commit().unwrap();
+    drop(db);
+
+    let store = EmbeddedStore::open(&path).unwrap();
+    let dead = DeliveryFilter { state: Some(DeliveryState::Dead), ..Default::default() };
+    let page = store.list(&dead, None, 10).await.unwrap();
+    assert_eq!(page.items.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), [c.delivery.id.as_str()]);
+    // The endpoints of the schedule are known, so a removed one is found.
+    assert_eq!(store.known_endpoints().await.unwrap(), ["gone"]);
+    let found = store.reconcile_endpoints(&["be".into()], true, 2000).await.unwrap();
+    assert_eq!(found.orphaned, vec![("gone".to_owned(), 1)]);
+}
+
+#[tokio::test]
+async fn corrupt_records_fail_alone_and_never_wedge_claims() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.redb");
+    let store = EmbeddedStore::open(&path).unwrap();
+    let good = NewDelivery { id: DeliveryId::new(1000), endpoint: "be".into() };
+    let orphan = NewDelivery { id: DeliveryId::new(1000), endpoint: "be".into() };
+    store.admit(event("evt_good", 1000), vec![good.clone()], 10_000).await.unwrap();
+    store.admit(event("evt_orphan", 1000), vec![orphan.clone()], 10_000).await.unwrap();
+    store.close().await;
+
+    // Break two records behind the store's back: one delivery becomes
+    // unreadable, and one event's index entry disappears.
+    let db = Database::create(&path).unwrap();
+    let txn = db.begin_write().unwrap();
+    {
+        let mut deliveries = txn.open_table(DELIVERIES).unwrap();
+        deliveries.insert("dlv_broken", b"not json".as_slice()).unwrap();
+        txn.open_table(DUE).unwrap().insert(("be", 500u64, "dlv_broken"), ()).unwrap();
+        txn.open_table(EVENT_INDEX).unwrap().remove("evt_orphan").unwrap();
+    }
+    txn.commit().unwrap();
+    drop(db);
+
+    let store = EmbeddedStore::open(&path).unwrap();
+    let claims = store.claim_due("be", 2000, 10, 500).await.unwrap();
+    let ids: Vec<_> = claims.iter().map(|c| c.delivery.id.clone()).collect();
+    assert_eq!(ids, vec![good.id.clone()], "only the readable, deliverable one is claimed");
+    let (d, _) = store.delivery(&orphan.id).await.unwrap().unwrap();
+    assert_eq!(d.state, DeliveryState::Dead);
+    assert!(d.last_error.unwrap().contains("event record missing"));
+    // The broken one is off the schedule: later claims do not meet it again.
+    assert!(store.claim_due("be", 2400, 10, 500).await.unwrap().is_empty());
+    // Replaying it is counted, not fatal; admissions still commit.
+    let r = store.replay(&["dlv_broken".into()], false, 3000).await.unwrap();
+    assert_eq!(r.skipped, 1);
+    // It cannot be finished either: nobody holds a claim on it.
+    assert!(!store.finish(&"dlv_broken".into(), 1, attempt(), Next::Delivered).await.unwrap());
+    store.admit(event("evt_after", 3000), vec![], 10_000).await.unwrap();
+    assert!(store.event(&"evt_after".into()).await.unwrap().is_some());
+    store.ping().await.unwrap();
+}
+
+/// In-memory storage whose writes can be switched to fail, shared by
+/// every (re)open so the data survives the reopen after an error.
+#[derive(Debug, Clone)]
+struct Faulty {
+    inner: Arc<redb::backends::InMemoryBackend>,
+    fail: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Faulty {
+    fn check(&self) -> std::io::Result<()> {
+        match self.fail.load(Ordering::SeqCst) {
+            true => Err(std::io::Error::other("injected write failure")),
+            false => Ok(()),
+        }
+    }
+}
+
+impl redb::StorageBackend for Faulty {
+    fn len(&self) -> std::io::Result<u64> {
+        self.inner.len()
+    }
+    fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+        self.inner.read(offset, out)
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.check()?;
+        self.inner.set_len(len)
+    }
+    fn sync_data(&self) -> std::io::Result<()> {
+        self.check()?;
+        self.inner.sync_data()
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        self.check()?;
+        self.inner.write(offset, data)
+    }
+}
+
+#[tokio::test]
+async fn a_failed_commit_leaves_claims_as_they_were() {
+    let backend = Faulty { inner: Arc::default(), fail: Arc::default() };
+    let fail = backend.fail.clone();
+    let open = move || {
+        let db = Database::builder().create_with_backend(backend.clone()).map_err(unavailable)?;
+        init_tables(db)
+    };
+    let store = EmbeddedStore::with_opener("faulty".into(), open).unwrap();
+    let d = || vec![NewDelivery { id: DeliveryId::new(1000), endpoint: "be".into() }];
+    store.admit(event("evt_a", 1000), d(), 10_000).await.unwrap();
+    store.admit(event("evt_b", 1000), d(), 10_000).await.unwrap();
+    let held = store.claim_due("be", 1000, 1, 60_000).await.unwrap().remove(0);
+
+    fail.store(true, Ordering::SeqCst);
+    // The finish is not on disk, so in memory the claim is still held...
+    let r = store.finish(&held.delivery.id, held.delivery.claim_token, attempt(), Next::Delivered).await;
+    assert!(r.is_err());
+    // ...and a claim whose commit failed was never made.
+    assert!(store.claim_due("be", 1000, 10, 60_000).await.is_err());
+    fail.store(false, Ordering::SeqCst);
+
+    let again = store.claim_due("be", 1000, 10, 60_000).await.unwrap();
+    let ids: Vec<_> = again.iter().map(|c| c.delivery.id.clone()).collect();
+    assert_eq!(ids.len(), 1, "the unheld delivery is claimable");
+    assert!(!ids.contains(&held.delivery.id), "a held claim was handed out again");
+    let r = store.finish(&held.delivery.id, held.delivery.claim_token, attempt(), Next::Delivered).await;
+    assert!(r.unwrap(), "the holder can still record its attempt");
+    let (d, attempts) = store.delivery(&held.delivery.id).await.unwrap().unwrap();
+    assert_eq!((d.state, attempts.len()), (DeliveryState::Delivered, 1));
+}
+
+fn attempt() -> Attempt {
+    Attempt {
+        number: 0,
+        started_at: 0,
+        duration_ms: 0,
+        result: crate::store::AttemptResult::Status { code: 200 },
+        response_excerpt: None,
+    }
+}
