@@ -7,7 +7,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::admin_cli::{self, ClientError, Connection, DeliveriesCommand, DiscardArgs, EventsCommand, ReplayArgs};
+use crate::admin_cli::{
+    self, ClientError, Connection, DeliveriesCommand, DiscardArgs, EventsCommand, ReplayArgs, StoreCommand,
+};
 use crate::config::{Config, LogFormat, StoreKind};
 use crate::providers::{nova, nowpayments};
 use crate::server;
@@ -67,6 +69,13 @@ enum Command {
         conn: Connection,
         #[command(flatten)]
         args: DiscardArgs,
+    },
+    /// What the store of a running relay holds (via the admin API).
+    Store {
+        #[command(flatten)]
+        conn: Connection,
+        #[command(subcommand)]
+        command: StoreCommand,
     },
     /// Print the signature a provider would send for a body (local testing).
     Sign {
@@ -136,6 +145,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Events { conn, command } => operator(|| admin_cli::events(&conn, command)),
         Command::Replay { conn, args } => operator(|| admin_cli::replay(&conn, args)),
         Command::Discard { conn, args } => operator(|| admin_cli::discard(&conn, args)),
+        Command::Store { conn, command } => operator(|| admin_cli::store(&conn, command)),
         Command::Serve(c) => {
             let config = Config::load(&c.config)?;
             init_logging(config.log_format);

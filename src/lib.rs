@@ -34,6 +34,7 @@ mod listener;
 mod mac;
 pub mod metrics;
 pub mod providers;
+mod purge;
 pub mod replay;
 mod retry;
 pub mod server;

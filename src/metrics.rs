@@ -103,6 +103,10 @@ pub struct Metrics {
     deliveries: IntGaugeVec,
     replays: IntCounter,
     discards: IntCounter,
+    store_bytes: IntGauge,
+    store_oldest_event_age: Gauge,
+    retention_removed: IntCounterVec,
+    retention_seconds: GaugeVec,
     oldest_open_age: Gauge,
     last_poll: GaugeVec,
     store_ready: IntGauge,
@@ -157,6 +161,28 @@ const REPLAYS: Spec =
     Spec { name: "ipn_relay_replays_total", help: "Deliveries put back to pending by a replay.", labels: &[] };
 const DISCARDS: Spec =
     Spec { name: "ipn_relay_discards_total", help: "Deliveries discarded by an operator.", labels: &[] };
+const STORE_BYTES: Spec = Spec {
+    name: "ipn_relay_store_bytes",
+    help: "The store's size: the embedded file, or the Redis server's used_memory.",
+    labels: &[],
+};
+const STORE_OLDEST_EVENT_AGE: Spec = Spec {
+    name: "ipn_relay_store_oldest_event_age_seconds",
+    help: "Age of the oldest event still stored (0 if none).",
+    labels: &[],
+};
+const RETENTION_REMOVED: Spec = Spec {
+    name: "ipn_relay_retention_removed_total",
+    help: "Records removed by retention, by kind.",
+    labels: &["kind"],
+};
+const RETENTION_SECONDS: Spec = Spec {
+    name: "ipn_relay_retention_seconds",
+    help: "The configured retention, by class (delivered, dead, replay_jobs).",
+    labels: &["class"],
+};
+/// The label values of `ipn_relay_retention_removed_total`'s `kind`.
+pub(crate) const REMOVED_KINDS: [&str; 4] = ["event", "delivery", "attempt", "replay_job"];
 const BUILD_INFO: Spec =
     Spec { name: "ipn_relay_build_info", help: "The running version; always 1.", labels: &["version"] };
 const OLDEST_OPEN_AGE: Spec = Spec {
@@ -189,7 +215,25 @@ impl Metrics {
     pub(crate) fn new(config: &Config) -> prometheus::Result<Arc<Metrics>> {
         let sources: Vec<&str> = config.sources.iter().map(|s| s.name.as_str()).collect();
         let endpoints: Vec<&str> = config.endpoints.iter().map(|e| e.name.as_str()).collect();
-        Metrics::with_names(&sources, &endpoints)
+        let metrics = Metrics::with_names(&sources, &endpoints)?;
+        metrics.retention(&config.retention);
+        Ok(metrics)
+    }
+
+    /// Shows the configured retention.
+    pub(crate) fn retention(&self, r: &crate::config::RetentionConfig) {
+        for (class, d) in [("delivered", r.delivered), ("dead", r.dead), ("replay_jobs", r.replay_jobs)] {
+            self.retention_seconds.with_label_values(&[class]).set(d.as_secs_f64());
+        }
+    }
+
+    /// Counts what a retention step removed.
+    pub(crate) fn removed(&self, p: &crate::store::retention::Purged) {
+        for (kind, n) in REMOVED_KINDS.into_iter().zip([p.events, p.deliveries, p.attempts, p.replay_jobs]) {
+            if n > 0 {
+                self.retention_removed.with_label_values(&[kind]).inc_by(n);
+            }
+        }
     }
 
     /// Metrics for these configured source and endpoint names.
@@ -204,6 +248,13 @@ impl Metrics {
         let deliveries = registered(r, IntGaugeVec::new(DELIVERIES.opts(), DELIVERIES.labels)?)?;
         let replays = registered(r, IntCounter::with_opts(REPLAYS.opts())?)?;
         let discards = registered(r, IntCounter::with_opts(DISCARDS.opts())?)?;
+        let store_bytes = registered(r, IntGauge::with_opts(STORE_BYTES.opts())?)?;
+        let store_oldest_event_age = registered(r, Gauge::with_opts(STORE_OLDEST_EVENT_AGE.opts())?)?;
+        let retention_removed = registered(r, IntCounterVec::new(RETENTION_REMOVED.opts(), RETENTION_REMOVED.labels)?)?;
+        let retention_seconds = registered(r, GaugeVec::new(RETENTION_SECONDS.opts(), RETENTION_SECONDS.labels)?)?;
+        for kind in REMOVED_KINDS {
+            retention_removed.with_label_values(&[kind]);
+        }
         let build_info = registered(r, IntGaugeVec::new(BUILD_INFO.opts(), BUILD_INFO.labels)?)?;
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         let oldest_open_age = registered(r, Gauge::with_opts(OLDEST_OPEN_AGE.opts())?)?;
@@ -238,6 +289,10 @@ impl Metrics {
             deliveries,
             replays,
             discards,
+            store_bytes,
+            store_oldest_event_age,
+            retention_removed,
+            retention_seconds,
             oldest_open_age,
             last_poll,
             store_ready,
@@ -314,6 +369,10 @@ impl Metrics {
             let oldest = store.oldest_open().await?;
             let age = oldest.map_or(0, |created| now_millis().saturating_sub(created));
             self.oldest_open_age.set(age as f64 / 1000.0);
+            let stats = store.stats().await?;
+            self.store_bytes.set(i64::try_from(stats.bytes).unwrap_or(i64::MAX));
+            let age = stats.oldest_event_at.map_or(0, |at| now_millis().saturating_sub(at));
+            self.store_oldest_event_age.set(age as f64 / 1000.0);
             Ok::<_, crate::store::StoreError>(())
         };
         match tokio::time::timeout(STORE_TIMEOUT, read).await {

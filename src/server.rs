@@ -94,6 +94,14 @@ pub async fn run(
         "delivery",
         delivery::run(config.clone(), store.clone(), sender, wake, metrics.clone(), stop_rx.clone()),
     );
+    tasks.spawn("retention", {
+        let retention = config.retention;
+        let run = crate::purge::run(store.clone(), move || retention, metrics.clone(), stop_rx.clone());
+        async move {
+            run.await;
+            Ok(())
+        }
+    });
     tasks.spawn("housekeeping", {
         let run = housekeeping(
             store.clone(),
@@ -191,7 +199,7 @@ async fn reconcile(store: &dyn Store, endpoints: &[String], orphan_others: bool)
                 tracing::warn!(
                     endpoint = %endpoint,
                     deliveries = n,
-                    "deliveries to an endpoint that is not in the configuration are orphaned: nothing will send them. Add the endpoint back to deliver them, or end them with `ipn-relay deliveries discard --endpoint {endpoint}`"
+                    "deliveries to an endpoint that is not in the configuration are orphaned: nothing will send them. Add the endpoint back to deliver them, or close them with `ipn-relay discard --state orphaned --endpoint {endpoint} --reason TEXT`"
                 );
             }
             for (endpoint, n) in &found.adopted {

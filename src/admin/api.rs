@@ -77,6 +77,55 @@ pub struct EventView {
     pub deliveries: Vec<DeliveryView>,
 }
 
+/// `GET /admin/store`: what the store holds and how long it keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoreView {
+    /// `embedded` or `redis`.
+    pub kind: String,
+    pub events: u64,
+    /// Deliveries by state, every state named.
+    pub deliveries: std::collections::BTreeMap<DeliveryState, u64>,
+    pub attempts: u64,
+    pub replay_jobs: u64,
+    pub dedupe_keys: u64,
+    /// Events noted for retention to look at.
+    pub retention_queue: u64,
+    /// The embedded file's size, or the Redis server's `used_memory`.
+    pub bytes: u64,
+    pub oldest_event_at: Option<String>,
+    /// The configured retention, as written in the configuration's units.
+    pub retention: RetentionView,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RetentionView {
+    pub delivered: String,
+    pub dead: String,
+    pub replay_jobs: String,
+}
+
+impl StoreView {
+    pub fn new(kind: &str, s: &crate::store::retention::StoreStats, r: &crate::config::RetentionConfig) -> StoreView {
+        let span = |d: Duration| humantime::format_duration(d).to_string();
+        StoreView {
+            kind: kind.to_owned(),
+            events: s.events,
+            deliveries: s.deliveries.iter().copied().collect(),
+            attempts: s.attempts,
+            replay_jobs: s.replay_jobs,
+            dedupe_keys: s.dedupe_keys,
+            retention_queue: s.retention_queue,
+            bytes: s.bytes,
+            oldest_event_at: s.oldest_event_at.map(time),
+            retention: RetentionView {
+                delivered: span(r.delivered),
+                dead: span(r.dead),
+                replay_jobs: span(r.replay_jobs),
+            },
+        }
+    }
+}
+
 /// `POST /admin/deliveries/{id}/replay`: whether it was replayed or
 /// skipped, and its state after. The state is null only if the delivery
 /// went away in between.

@@ -1,19 +1,26 @@
 //! Closing deliveries nobody should send: `POST /admin/deliveries/{id}/discard`
-//! and `POST /admin/discard` (docs/http-api.md).
+//! and `POST /admin/discard` (docs/operations.md).
 //!
 //! A discard is final, like `dead`, but says an operator looked and decided:
-//! the dead-deliveries alert stops counting it, retention treats it as
-//! final, and a replay by id can still reopen it. The reason is required and
-//! kept on the delivery.
+//! the dead-deliveries alert stops counting it, retention removes it with
+//! the dead ones, and a replay by id can still reopen it. The reason is
+//! required and kept on the delivery.
+//!
+//! A bulk discard acts only on deliveries still in the state it listed them
+//! in, and runs in a task of its own: a client that hangs up does not stop
+//! it half way uncounted.
 
 use http::StatusCode;
 use serde_json::Value;
 
 use super::api::{DiscardOneResult, DiscardResult, FilterView};
 use super::params::{json_object, parse_cursor};
+use std::sync::Arc;
+
 use super::{Admin, Answer, ApiError};
 use crate::http::json_response;
-use crate::store::{DeliveryFilter, DeliveryId, DeliveryState, now_millis};
+use crate::metrics::Metrics;
+use crate::store::{DeliveryFilter, DeliveryId, DeliveryState, Store, StoreError, now_millis};
 
 /// Deliveries one bulk discard considers unless `max` says otherwise, and
 /// at most; and how many go to the store per call.
@@ -33,6 +40,10 @@ fn reason(value: Option<&Value>) -> Result<String, ApiError> {
     if text.is_empty() {
         return Err(ApiError::bad("reason: must not be blank"));
     }
+    // A reason is shown in tables and logs: no line breaks or escapes.
+    if text.chars().any(char::is_control) {
+        return Err(ApiError::bad("reason: must not contain control characters (line breaks, tabs, escapes)"));
+    }
     if text.chars().count() > MAX_REASON {
         return Err(ApiError::bad(format!("reason: at most {MAX_REASON} characters")));
     }
@@ -46,7 +57,7 @@ impl Admin {
             return Err(ApiError::bad(format!("unknown parameter '{other}'")));
         }
         let reason = reason(fields.get("reason"))?;
-        let count = self.store.discard(std::slice::from_ref(id), &reason, now_millis()).await?;
+        let count = self.store.discard(std::slice::from_ref(id), &reason, None, now_millis()).await?;
         if count.not_found > 0 {
             return Err(ApiError::not_found(format!("no delivery {id}")));
         }
@@ -110,7 +121,7 @@ impl Admin {
         // leaves them.
         let now = now_millis();
         filter.until = Some(filter.until.map_or(now + 1, |u| u.min(now + 1)));
-        let mut out = DiscardResult {
+        let out = DiscardResult {
             considered: 0,
             discarded: 0,
             skipped: 0,
@@ -120,16 +131,35 @@ impl Admin {
             filter: FilterView::from(&filter),
             reason,
         };
+        let (store, metrics) = (self.store.clone(), self.metrics.clone());
+        let task = tokio::spawn(discard_pages(store, metrics, filter, cursor, max, out));
+        let out = task.await.map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
+        Ok(json_response(StatusCode::OK, &out))
+    }
+}
+
+/// The pages of a bulk discard, each batch counted as it commits; logged
+/// once at the end, however it ends.
+async fn discard_pages(
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+    filter: DeliveryFilter,
+    mut cursor: Option<String>,
+    max: usize,
+    mut out: DiscardResult,
+) -> Result<DiscardResult, StoreError> {
+    let result = async {
         loop {
             if out.considered >= max {
                 out.truncated = true;
                 break;
             }
-            let page = self.store.list(&filter, cursor.as_deref(), DISCARD_BATCH.min(max - out.considered)).await?;
+            let page = store.list(&filter, cursor.as_deref(), DISCARD_BATCH.min(max - out.considered)).await?;
             let ids: Vec<DeliveryId> = page.items.into_iter().map(|d| d.id).collect();
             out.considered += ids.len();
             if !ids.is_empty() {
-                let count = self.store.discard(&ids, &out.reason, now_millis()).await?;
+                let count = store.discard(&ids, &out.reason, filter.state, now_millis()).await?;
+                metrics.discarded(count.discarded);
                 out.discarded += count.discarded;
                 out.skipped += count.skipped + count.not_found;
                 out.in_flight += count.in_flight;
@@ -140,10 +170,19 @@ impl Admin {
             }
         }
         if out.truncated {
-            out.continue_cursor = cursor;
+            out.continue_cursor = cursor.clone();
         }
-        self.metrics.discarded(out.discarded);
-        tracing::info!(filter = ?filter, discarded = out.discarded, reason = %out.reason, "deliveries discarded");
-        Ok(json_response(StatusCode::OK, &out))
+        Ok(())
     }
+    .await;
+    match &result {
+        Ok(()) => {
+            tracing::info!(filter = ?filter, discarded = out.discarded, reason = %out.reason, "deliveries discarded")
+        }
+        Err(e) => tracing::warn!(
+            filter = ?filter, discarded = out.discarded, reason = %out.reason, error = %crate::http::Chain(e),
+            "bulk discard stopped by a store error; the deliveries counted were discarded"
+        ),
+    }
+    result.map(|()| out)
 }

@@ -171,6 +171,14 @@ impl Admin {
                 self.replay_bulk(&body).await
             }
             (&Method::GET, ["replays", id]) => self.replay_job(id).await,
+            (&Method::GET, ["store"]) => {
+                let stats = self.store.stats().await?;
+                let kind = match self.config.store.kind {
+                    crate::config::StoreKind::Embedded { .. } => "embedded",
+                    crate::config::StoreKind::Redis { .. } => "redis",
+                };
+                Ok(json_response(StatusCode::OK, &api::StoreView::new(kind, &stats, &self.config.retention)))
+            }
             (&Method::POST, ["deliveries", id, "discard"]) => {
                 let body = read_body(req.into_body()).await?;
                 self.discard_one(&DeliveryId::from(*id), &body).await
@@ -179,7 +187,7 @@ impl Admin {
                 let body = read_body(req.into_body()).await?;
                 self.discard_bulk(&body).await
             }
-            (_, ["events", _] | ["deliveries"] | ["deliveries", _] | ["replays", _]) => Err(ApiError(
+            (_, ["events", _] | ["deliveries"] | ["deliveries", _] | ["replays", _] | ["store"]) => Err(ApiError(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
                 format!("{method} not allowed here"),

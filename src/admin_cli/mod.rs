@@ -8,6 +8,9 @@
 //! id.
 
 mod render;
+mod store;
+
+pub use store::{StoreCommand, store};
 
 use std::time::Duration;
 
@@ -70,7 +73,7 @@ pub struct Connection {
 
 #[derive(Args, Clone, Default)]
 pub struct Filters {
-    /// pending, in_flight, delivered, dead or orphaned.
+    /// pending, in_flight, delivered, dead, discarded or orphaned.
     #[arg(long)]
     state: Option<String>,
     /// A source name from the configuration.

@@ -231,6 +231,29 @@ pub struct DeliveryConfig {
     pub visibility_timeout: Duration,
 }
 
+/// How long settled records are kept (`store::retention`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetentionConfig {
+    /// Events whose deliveries were all delivered, or that matched none.
+    pub delivered: Duration,
+    /// Events with a dead or discarded delivery.
+    pub dead: Duration,
+    /// Finished bulk replay jobs.
+    pub replay_jobs: Duration,
+}
+
+impl RetentionConfig {
+    /// The cutoffs as of `now`: records last changed before them go.
+    pub fn cutoffs(&self, now: crate::store::Millis) -> crate::store::retention::Cutoffs {
+        let before = |d: Duration| now.saturating_sub(d.as_millis() as u64);
+        crate::store::retention::Cutoffs {
+            delivered: before(self.delivered),
+            dead: before(self.dead),
+            replay_jobs: before(self.replay_jobs),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -245,6 +268,7 @@ pub struct Config {
     pub sources: Vec<Source>,
     pub endpoints: Vec<Endpoint>,
     pub delivery: DeliveryConfig,
+    pub retention: RetentionConfig,
     pub log_format: LogFormat,
     /// Variables whose `${NAME:-default}` fallback is in use: development
     /// values that must not reach production.

@@ -81,6 +81,8 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub delivery: RawDelivery,
     #[serde(default)]
+    pub retention: RawRetention,
+    #[serde(default)]
     pub log: RawLog,
     /// Variables whose `${NAME:-default}` fallback is in use; set after
     /// deserialisation.
@@ -230,6 +232,25 @@ impl Default for RawDelivery {
             multiplier: 3.0,
             jitter: 0.2,
             visibility_timeout: Dur(Duration::from_secs(60)),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawRetention {
+    pub delivered: Dur,
+    pub dead: Dur,
+    pub replay_jobs: Dur,
+}
+
+impl Default for RawRetention {
+    fn default() -> Self {
+        const DAY: u64 = 86_400;
+        RawRetention {
+            delivered: Dur(Duration::from_secs(7 * DAY)),
+            dead: Dur(Duration::from_secs(90 * DAY)),
+            replay_jobs: Dur(Duration::from_secs(30 * DAY)),
         }
     }
 }

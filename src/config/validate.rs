@@ -9,10 +9,12 @@ use std::time::Duration;
 use base64::Engine as _;
 use toml::Spanned;
 
-use super::raw::{RawConfig, RawDelivery, RawEndpoint, RawRateLimit, RawServer, RawSource, RawStore, RawStoreKind};
+use super::raw::{
+    RawConfig, RawDelivery, RawEndpoint, RawRateLimit, RawRetention, RawServer, RawSource, RawStore, RawStoreKind,
+};
 use super::{
-    Config, DeliveryConfig, Endpoint, EventPattern, ProviderKind, RateLimit, Secret, ServerConfig, Source, StoreConfig,
-    StoreKind, Url,
+    Config, DeliveryConfig, Endpoint, EventPattern, ProviderKind, RateLimit, RetentionConfig, Secret, ServerConfig,
+    Source, StoreConfig, StoreKind, Url,
 };
 
 /// A value the file may not have: the key that holds it, and why.
@@ -320,6 +322,19 @@ impl TryFrom<RawEndpoint> for Endpoint {
     }
 }
 
+impl TryFrom<RawRetention> for RetentionConfig {
+    type Error = Invalid;
+
+    fn try_from(r: RawRetention) -> Result<RetentionConfig, Invalid> {
+        for (key, d) in [("delivered", &r.delivered), ("dead", &r.dead), ("replay_jobs", &r.replay_jobs)] {
+            if d.0 < Duration::from_secs(1) {
+                return invalid(format!("retention.{key}"), "must be at least 1s");
+            }
+        }
+        Ok(RetentionConfig { delivered: r.delivered.0, dead: r.dead.0, replay_jobs: r.replay_jobs.0 })
+    }
+}
+
 impl TryFrom<RawDelivery> for DeliveryConfig {
     type Error = Invalid;
 
@@ -428,6 +443,7 @@ impl TryFrom<RawConfig> for Config {
             sources,
             endpoints,
             delivery,
+            retention: RetentionConfig::try_from(raw.retention)?,
             log_format: raw.log.format,
             defaulted_vars: raw.defaulted_vars,
         })

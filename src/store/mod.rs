@@ -16,10 +16,12 @@ pub mod embedded;
 mod error;
 mod ids;
 pub mod redis;
+pub mod retention;
 
 pub use error::{Cause, StoreError};
 pub(crate) use error::{Context, corrupt, unavailable};
 pub use ids::{DeliveryId, EventId};
+use retention::{Cutoffs, Purged, StoreStats};
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -65,7 +67,7 @@ pub enum Admission {
     Duplicate,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DeliveryState {
     Pending,
@@ -446,8 +448,8 @@ pub trait Store: Send + Sync + 'static {
     /// Jobs not yet finished (to resume after a restart).
     async fn unfinished_replay_jobs(&self) -> Result<Vec<ReplayJob>, StoreError>;
 
-    /// One step of a replay job, atomically: replays `ids` as [`replay`]
-    /// does and saves `job` (step `n`) with this step's count added, but only
+    /// One step of a replay job, atomically: replays those of `ids` still
+    /// in the state the job selects (as [`replay`] does) and saves `job` (step `n`) with this step's count added, but only
     /// if the stored job is at step `n - 1` and unfinished. Returns the saved
     /// job, or `None`, changing nothing, if another runner got there first.
     ///
@@ -490,10 +492,28 @@ pub trait Store: Send + Sync + 'static {
     async fn known_endpoints(&self) -> Result<Vec<String>, StoreError>;
 
     /// Ends the given deliveries as `discarded`, recording `reason`, if
-    /// they are [`discardable`], or in flight with a claim that expired by
-    /// `now`. A live claim is left to finish (`in_flight`); delivered and
-    /// discarded ones are skipped. Their history stays.
-    async fn discard(&self, ids: &[DeliveryId], reason: &str, now: Millis) -> Result<DiscardCount, StoreError>;
+    /// they are [`discardable`] (an in-flight one whose claim expired by
+    /// `now` counts as pending) and, with `only`, in that state now: a bulk
+    /// discard acts only on what is still as it was listed. A live claim is
+    /// left to finish (`in_flight`); others are skipped. Their history stays.
+    async fn discard(
+        &self,
+        ids: &[DeliveryId],
+        reason: &str,
+        only: Option<DeliveryState>,
+        now: Millis,
+    ) -> Result<DiscardCount, StoreError>;
+
+    /// One bounded step of retention ([`retention`]): looks at up to
+    /// `limit` queue entries due by `cutoffs` and removes the events among
+    /// them that are settled and old enough, with their deliveries and
+    /// attempts, and finished replay jobs older than theirs. Atomic: a
+    /// crash never leaves an event half removed. `now` decides which dedupe
+    /// keys are still live (they outlive their event).
+    async fn purge(&self, cutoffs: Cutoffs, now: Millis, limit: usize) -> Result<Purged, StoreError>;
+
+    /// What the store holds, for `GET /admin/store` and the size gauge.
+    async fn stats(&self) -> Result<StoreStats, StoreError>;
 
     /// Whether the store is reachable and writable right now.
     async fn ping(&self) -> Result<(), StoreError>;

@@ -530,9 +530,21 @@ impl Store for FaultyStore {
         &self,
         ids: &[ipn_relay::store::DeliveryId],
         reason: &str,
+        only: Option<DeliveryState>,
         now: u64,
     ) -> Result<ipn_relay::store::DiscardCount, ipn_relay::store::StoreError> {
-        self.0.discard(ids, reason, now).await
+        self.0.discard(ids, reason, only, now).await
+    }
+    async fn purge(
+        &self,
+        cutoffs: ipn_relay::store::retention::Cutoffs,
+        now: u64,
+        limit: usize,
+    ) -> Result<ipn_relay::store::retention::Purged, ipn_relay::store::StoreError> {
+        self.0.purge(cutoffs, now, limit).await
+    }
+    async fn stats(&self) -> Result<ipn_relay::store::retention::StoreStats, ipn_relay::store::StoreError> {
+        self.0.stats().await
     }
     async fn ping(&self) -> Result<(), ipn_relay::store::StoreError> {
         self.0.ping().await

@@ -16,5 +16,6 @@ mod layout;
 mod metrics;
 mod redis_relays;
 mod restart;
+mod retention;
 mod store_conformance;
 mod store_failure;

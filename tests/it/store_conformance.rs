@@ -10,21 +10,21 @@ use ipn_relay::store::{
     NewEvent, Next, Store,
 };
 
-const TTL: u64 = 1_000;
+pub(crate) const TTL: u64 = 1_000;
 
 /// The endpoints a replay may send to in these tests.
-fn endpoints() -> Vec<String> {
+pub(crate) fn endpoints() -> Vec<String> {
     vec!["be".into(), "audit".into()]
 }
 
-fn metrics() -> Arc<ipn_relay::metrics::Metrics> {
+pub(crate) fn metrics() -> Arc<ipn_relay::metrics::Metrics> {
     ipn_relay::metrics::Metrics::with_names(&[], &[]).unwrap()
 }
 /// A time long after every other in these tests: year 2255, in ms.
-const FAR_FUTURE: u64 = 9_000_000_000_000;
-const VIS: u64 = 500;
+pub(crate) const FAR_FUTURE: u64 = 9_000_000_000_000;
+pub(crate) const VIS: u64 = 500;
 
-fn event(id: &str, source: &str, event_type: &str, at: u64) -> NewEvent {
+pub(crate) fn event(id: &str, source: &str, event_type: &str, at: u64) -> NewEvent {
     NewEvent {
         id: id.into(),
         source: source.into(),
@@ -34,11 +34,11 @@ fn event(id: &str, source: &str, event_type: &str, at: u64) -> NewEvent {
     }
 }
 
-fn deliveries(at: u64, endpoints: &[&str]) -> Vec<NewDelivery> {
+pub(crate) fn deliveries(at: u64, endpoints: &[&str]) -> Vec<NewDelivery> {
     endpoints.iter().map(|e| NewDelivery { id: DeliveryId::new(at), endpoint: (*e).into() }).collect()
 }
 
-fn attempt(at: u64, code: u16) -> Attempt {
+pub(crate) fn attempt(at: u64, code: u16) -> Attempt {
     Attempt {
         number: 0,
         started_at: at,
@@ -433,7 +433,7 @@ async fn deliveries_to_a_removed_endpoint_are_orphaned_and_taken_back(s: Arc<imp
     // An operator ends one; it is discarded with the reason, its history kept.
     let first = s.list(&by_name, None, 10).await.unwrap().items.into_iter().find(|d| d.id != c.delivery.id).unwrap();
     let ids = [first.id.clone(), DeliveryId::from("dlv_000000000000ffffffffffffffff")];
-    let count = s.discard(&ids, "endpoint removed", 1600).await.unwrap();
+    let count = s.discard(&ids, "endpoint removed", None, 1600).await.unwrap();
     assert_eq!((count.discarded, count.skipped, count.in_flight, count.not_found), (1, 0, 0, 1));
     let (d, _) = s.delivery(&first.id).await.unwrap().unwrap();
     assert_eq!((d.state, d.discard_reason.as_deref()), (DeliveryState::Discarded, Some("endpoint removed")));
@@ -471,7 +471,7 @@ async fn discard_closes_waiting_and_dead_deliveries_and_replay_reopens_them(s: A
     // Dead and pending ones close; a live claim, a delivered one and an
     // unknown id are counted apart; an id named twice counts once.
     let ids = [dead.id.clone(), waiting.id.clone(), held.id.clone(), delivered.id.clone(), dead.id.clone(), missing];
-    let count = s.discard(&ids, "refunded by hand", 1100).await.unwrap();
+    let count = s.discard(&ids, "refunded by hand", None, 1100).await.unwrap();
     assert_eq!((count.discarded, count.skipped, count.in_flight, count.not_found), (2, 1, 1, 1));
     for id in [&dead.id, &waiting.id] {
         let (d, history) = s.delivery(id).await.unwrap().unwrap();
@@ -491,14 +491,14 @@ async fn discard_closes_waiting_and_dead_deliveries_and_replay_reopens_them(s: A
     assert_eq!(listed.len(), 2);
     assert!(listed.contains(&dead.id) && listed.contains(&waiting.id));
     // Discarding again changes nothing.
-    let again = s.discard(std::slice::from_ref(&dead.id), "twice", 1200).await.unwrap();
+    let again = s.discard(std::slice::from_ref(&dead.id), "twice", None, 1200).await.unwrap();
     assert_eq!((again.discarded, again.skipped), (0, 1));
     assert_eq!(s.delivery(&dead.id).await.unwrap().unwrap().0.discard_reason.as_deref(), Some("refunded by hand"));
 
     // A claim that expired can be discarded; its worker's late finish then
     // finds the claim lost and changes nothing.
     let late = FAR_FUTURE;
-    let count = s.discard(std::slice::from_ref(&held.id), "stuck", late).await.unwrap();
+    let count = s.discard(std::slice::from_ref(&held.id), "stuck", None, late).await.unwrap();
     assert_eq!((count.discarded, count.in_flight), (1, 0));
     assert!(!s.finish(&held.id, held.claim_token, attempt(late, 200), Next::Delivered).await.unwrap());
     assert_eq!(s.delivery(&held.id).await.unwrap().unwrap().0.state, DeliveryState::Discarded);
@@ -516,6 +516,39 @@ async fn discard_closes_waiting_and_dead_deliveries_and_replay_reopens_them(s: A
     assert_eq!(s.counts().await.unwrap().map(|(_, n)| n), [1, 0, 1, 0, 2, 0]);
     let again = s.claim_due("be", 3000, 10, VIS).await.unwrap();
     assert_eq!(again.iter().map(|c| &c.delivery.id).collect::<Vec<_>>(), [&dead.id]);
+}
+
+/// A bulk replay or discard lists, then acts: whatever left the listed
+/// state in between (an operator's discard or replay, an adoption) is left
+/// as it now is.
+async fn bulk_replay_and_bulk_discard_act_only_on_what_is_as_listed(s: Arc<impl Store>) {
+    dead_deliveries(&s, 3).await;
+    let dead = DeliveryFilter { state: Some(DeliveryState::Dead), ..Default::default() };
+    let listed: Vec<DeliveryId> = s.list(&dead, None, 10).await.unwrap().items.into_iter().map(|d| d.id).collect();
+    assert_eq!(listed.len(), 3);
+    // Discarded by id between the job's listing and its step.
+    assert_eq!(s.discard(&listed[..1], "closed by hand", None, 3000).await.unwrap().discarded, 1);
+    let mut job = ipn_relay::store::ReplayJob::new(dead.clone(), false, 10, 3000);
+    s.create_replay_job(&job).await.unwrap();
+    job.steps = 1;
+    let saved = s.replay_step(&job, &listed, 3000).await.unwrap().unwrap();
+    assert_eq!((saved.replayed, saved.skipped), (2, 1));
+    assert_eq!(s.delivery(&listed[0]).await.unwrap().unwrap().0.state, DeliveryState::Discarded, "stays closed");
+
+    // Listed as dead for a bulk discard, replayed in between: left pending.
+    s.admit(event("evt_s", "np", "t.t", 3500), deliveries(3500, &["audit", "audit"]), TTL).await.unwrap();
+    for c in s.claim_due("audit", 3500, 10, VIS).await.unwrap() {
+        assert!(s.finish(&c.delivery.id, c.delivery.claim_token, attempt(3500, 500), Next::Dead).await.unwrap());
+    }
+    let listed: Vec<DeliveryId> = s.list(&dead, None, 10).await.unwrap().items.into_iter().map(|d| d.id).collect();
+    assert_eq!(listed.len(), 2);
+    assert_eq!(s.replay(&listed[..1], false, 4000).await.unwrap().replayed, 1);
+    let count = s.discard(&listed, "bulk", Some(DeliveryState::Dead), 4000).await.unwrap();
+    assert_eq!((count.discarded, count.skipped), (1, 1));
+    assert_eq!(s.delivery(&listed[0]).await.unwrap().unwrap().0.state, DeliveryState::Pending);
+    // A pending one is discarded by a bulk discard of pending ones.
+    let count = s.discard(&listed[..1], "bulk", Some(DeliveryState::Pending), 4000).await.unwrap();
+    assert_eq!(count.discarded, 1);
 }
 
 async fn list_scans_a_bounded_number_of_records_per_page(s: Arc<impl Store>) {
@@ -567,11 +600,12 @@ macro_rules! conformance {
             case!(listing_by_state_reads_only_deliveries_in_that_state);
             case!(deliveries_to_a_removed_endpoint_are_orphaned_and_taken_back);
             case!(discard_closes_waiting_and_dead_deliveries_and_replay_reopens_them);
+            case!(bulk_replay_and_bulk_discard_act_only_on_what_is_as_listed);
         }
     };
 }
 
-fn embedded() -> (Arc<EmbeddedStore>, tempfile::TempDir) {
+pub(crate) fn embedded() -> (Arc<EmbeddedStore>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let store = EmbeddedStore::open(&dir.path().join("relay.redb")).unwrap();
     (Arc::new(store), dir)
@@ -592,7 +626,7 @@ async fn embedded_store_keeps_everything_across_reopen() {
     assert_eq!(s.claim_due("be", 1000, 10, VIS).await.unwrap().len(), 1);
 }
 
-async fn redis() -> (Arc<ipn_relay::store::redis::RedisStore>, crate::common::RedisServer) {
+pub(crate) async fn redis() -> (Arc<ipn_relay::store::redis::RedisStore>, crate::common::RedisServer) {
     let server = crate::common::RedisServer::start();
     for _ in 0..300 {
         if let Ok(store) = ipn_relay::store::redis::RedisStore::connect(&server.url, "conformance").await {

@@ -17,7 +17,9 @@ pub(super) fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
 /// JSON is, and the ids of its deliveries.
 ///
 /// Encoding: expiry and body sequence as u64 LE, then each delivery id as a
-/// length byte and its bytes.
+/// length byte and its bytes. Body sequence numbers start at 1: 0 marks an
+/// event removed by retention whose dedupe key is still live (no body, no
+/// deliveries), which admission still answers as a duplicate.
 pub(super) struct IndexRecord {
     pub(super) dedupe_expires: Millis,
     pub(super) body_seq: u64,
@@ -25,6 +27,15 @@ pub(super) struct IndexRecord {
 }
 
 impl IndexRecord {
+    /// What is left of a removed event: its dedupe key, until it expires.
+    pub(super) fn removed(dedupe_expires: Millis) -> IndexRecord {
+        IndexRecord { dedupe_expires, body_seq: 0, delivery_ids: Vec::new() }
+    }
+
+    pub(super) fn is_removed(&self) -> bool {
+        self.body_seq == 0
+    }
+
     pub(super) fn encode(&self) -> Vec<u8> {
         let ids: usize = self.delivery_ids.iter().map(|i| i.as_str().len() + 1).sum();
         let mut out = Vec::with_capacity(16 + ids);

@@ -1,15 +1,19 @@
-//! Listing: one page of deliveries, newest first, from a read snapshot.
-//! The state filter picks the index to walk (the open index, the per-state
-//! index, or every delivery), and the scan stops at [`LIST_SCAN_LIMIT`]
-//! records examined, however few matched.
+//! Reads over many records: one page of deliveries, newest first, from a
+//! read snapshot, and the store's statistics. The state filter picks the
+//! index to walk (the open index, the per-state index, or every delivery),
+//! and the scan stops at [`LIST_SCAN_LIMIT`] records examined, however few
+//! matched.
 
-use redb::ReadTransaction;
+use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata};
 
 use crate::http::Chain;
 
-use super::super::{Delivery, DeliveryFilter, DeliveryState, LIST_SCAN_LIMIT, Page, StoreError};
+use super::super::retention::StoreStats;
+use super::super::{Counts, Delivery, DeliveryFilter, DeliveryState, LIST_SCAN_LIMIT, Page, StoreError};
 use super::codec::{decode_delivery, unavailable};
-use super::tables::{BY_STATE, DELIVERIES, OPEN, in_by_state};
+use super::tables::{
+    ATTEMPTS, BY_STATE, DEDUPE_EXPIRY, DELIVERIES, EVENT_BODIES, OPEN, REPLAY_JOBS, SETTLED, in_by_state,
+};
 use super::writer::SharedClaims;
 
 /// The page of `filter` below `cursor`, claimed deliveries shown in flight.
@@ -90,4 +94,37 @@ pub(super) fn page(
         items.push(d);
     }
     Ok(Page { items, next_cursor })
+}
+
+/// What the store holds. Table lengths are kept by redb, so this reads a
+/// few pages, not the records.
+pub(super) fn stats(txn: &ReadTransaction, deliveries: Counts, bytes: u64) -> Result<StoreStats, StoreError> {
+    let bodies = txn.open_table(EVENT_BODIES).map_err(unavailable)?;
+    let len = |n: Result<u64, redb::StorageError>| n.map_err(unavailable);
+    // Bodies are numbered in admission order: the first is the oldest event.
+    let oldest_event_at = match bodies.first().map_err(unavailable)? {
+        Some((_, body)) => received_at(body.value()),
+        None => None,
+    };
+    Ok(StoreStats {
+        events: len(bodies.len())?,
+        deliveries,
+        attempts: len(txn.open_table(ATTEMPTS).map_err(unavailable)?.len())?,
+        replay_jobs: len(txn.open_table(REPLAY_JOBS).map_err(unavailable)?.len())?,
+        dedupe_keys: len(txn.open_table(DEDUPE_EXPIRY).map_err(unavailable)?.len())?,
+        retention_queue: len(txn.open_table(SETTLED).map_err(unavailable)?.len())?,
+        bytes,
+        oldest_event_at,
+    })
+}
+
+/// The `received_at` of a stored event's JSON, in unix milliseconds.
+pub(crate) fn received_at(json: &[u8]) -> Option<u64> {
+    #[derive(serde::Deserialize)]
+    struct Received {
+        received_at: String,
+    }
+    let r: Received = serde_json::from_slice(json).ok()?;
+    let t = time::OffsetDateTime::parse(&r.received_at, &time::format_description::well_known::Rfc3339).ok()?;
+    u64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
 }

@@ -56,6 +56,7 @@ use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use tokio::sync::{mpsc, oneshot};
 
+use super::retention::{Cutoffs, Purged, StoreStats};
 use super::{
     Admission, Attempt, Claim, Context, Counts, Delivery, DeliveryFilter, DeliveryId, DeliveryState, DiscardCount,
     EventId, Millis, NewDelivery, NewEvent, Next, Page, Reconciled, ReplayCount, ReplayJob, Store, StoreError,
@@ -83,6 +84,8 @@ pub struct EmbeddedStore {
     last_probe: AtomicU64,
     claims: SharedClaims,
     writer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The file, for its size; none for the test backends.
+    path: Option<std::path::PathBuf>,
 }
 
 impl EmbeddedStore {
@@ -93,7 +96,9 @@ impl EmbeddedStore {
                 .map_err(|e| unavailable(Context::new(format!("cannot create {}", dir.display()), e)))?;
         }
         let file = path.to_owned();
-        EmbeddedStore::with_opener(path.display().to_string(), move || open_db(&file))
+        let mut store = EmbeddedStore::with_opener(path.display().to_string(), move || open_db(&file))?;
+        store.path = Some(path.to_owned());
+        Ok(store)
     }
 
     /// Starts the store on whatever `open` opens: the file, or in tests a
@@ -127,6 +132,7 @@ impl EmbeddedStore {
             last_probe: AtomicU64::new(0),
             claims,
             writer: std::sync::Mutex::new(Some(handle)),
+            path: None,
         })
     }
 
@@ -176,10 +182,11 @@ fn open_db(path: &Path) -> Result<Database, StoreError> {
     init_tables(db)
 }
 
+/// The index record of a stored event; none for one retention removed.
 fn read_index(txn: &redb::ReadTransaction, id: &str) -> Result<Option<IndexRecord>, StoreError> {
     let table = txn.open_table(EVENT_INDEX).map_err(unavailable)?;
     match table.get(id).map_err(unavailable)? {
-        Some(g) => IndexRecord::decode(id, g.value()).map(Some),
+        Some(g) => IndexRecord::decode(id, g.value()).map(|r| Some(r).filter(|r| !r.is_removed())),
         None => Ok(None),
     }
 }
@@ -390,9 +397,30 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn discard(&self, ids: &[DeliveryId], reason: &str, now: Millis) -> Result<DiscardCount, StoreError> {
+    async fn discard(
+        &self,
+        ids: &[DeliveryId],
+        reason: &str,
+        only: Option<DeliveryState>,
+        now: Millis,
+    ) -> Result<DiscardCount, StoreError> {
         let (ids, reason) = (ids.to_vec(), reason.to_owned());
-        self.call(|reply| Op::Discard { ids, reason, now, reply }).await
+        self.call(|reply| Op::Discard { ids, reason, only, now, reply }).await
+    }
+
+    async fn purge(&self, cutoffs: Cutoffs, now: Millis, limit: usize) -> Result<Purged, StoreError> {
+        self.call(|reply| Op::Purge { cutoffs, now, limit, reply }).await
+    }
+
+    async fn stats(&self) -> Result<StoreStats, StoreError> {
+        let deliveries = self.counts().await?;
+        let bytes = match &self.path {
+            Some(p) => std::fs::metadata(p)
+                .map_err(|e| unavailable(Context::new(format!("cannot stat {}", p.display()), e)))?
+                .len(),
+            None => 0,
+        };
+        self.read(move |txn| listing::stats(txn, deliveries, bytes)).await
     }
 
     /// Ready while writes commit. A heartbeat alone cannot tell: it may fit
@@ -420,7 +448,7 @@ impl Store for EmbeddedStore {
 impl EmbeddedStore {
     /// The number of stored events (tests and diagnostics).
     pub async fn event_count(&self) -> Result<u64, StoreError> {
-        self.read(|txn| txn.open_table(EVENT_INDEX).map_err(unavailable)?.len().map_err(unavailable)).await
+        self.read(|txn| txn.open_table(EVENT_BODIES).map_err(unavailable)?.len().map_err(unavailable)).await
     }
 }
 

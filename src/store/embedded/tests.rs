@@ -142,7 +142,11 @@ async fn a_failed_commit_leaves_claims_as_they_were() {
     let held = store.claim_due("be", 1000, 1, 60_000).await.unwrap().remove(0);
 
     fail.store(true, Ordering::SeqCst);
-    // The finish is not on disk, so in memory the claim is still held...
+    // A discard that dropped the (by its clock expired) claim did not
+    // happen in memory either...
+    let ids = std::slice::from_ref(&held.delivery.id);
+    assert!(store.discard(ids, "x", None, 100_000).await.is_err());
+    // ...the finish is not on disk, so in memory the claim is still held...
     let r = store.finish(&held.delivery.id, held.delivery.claim_token, attempt(), Next::Delivered).await;
     assert!(r.is_err());
     // ...and a claim whose commit failed was never made.

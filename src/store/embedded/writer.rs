@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::http::Chain;
 
+use super::super::retention::{Cutoffs, Purged};
 use super::super::{
     Admission, Attempt, Claim, Delivery, DeliveryId, DeliveryState, DiscardCount, Millis, NewDelivery, NewEvent, Next,
     Reconciled, ReplayCount, ReplayJob, StoreError,
@@ -30,17 +31,74 @@ pub(super) const SLOW_COMMIT: std::time::Duration = std::time::Duration::from_mi
 pub(super) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
 pub(super) enum Op {
-    Admit { event: NewEvent, deliveries: Vec<NewDelivery>, ttl_ms: u64, reply: Reply<Admission> },
-    Claim { endpoint: String, now: Millis, limit: usize, visibility_ms: u64, reply: Reply<Vec<Claim>> },
-    Finish { id: DeliveryId, token: u64, attempt: Attempt, next: Next, reply: Reply<bool> },
-    Release { id: DeliveryId, token: u64, due: Millis, reply: Reply<bool> },
-    Replay { ids: Vec<DeliveryId>, include_delivered: bool, now: Millis, reply: Reply<ReplayCount> },
-    CreateJob { job: Box<ReplayJob>, reply: Reply<()> },
-    ReplayStep { job: Box<ReplayJob>, ids: Vec<DeliveryId>, now: Millis, reply: Reply<Option<ReplayJob>> },
-    Sweep { now: Millis, reply: Reply<usize> },
-    Reconcile { endpoints: Vec<String>, orphan_others: bool, now: Millis, reply: Reply<Reconciled> },
-    Discard { ids: Vec<DeliveryId>, reason: String, now: Millis, reply: Reply<DiscardCount> },
-    Ping { reply: Reply<()> },
+    Admit {
+        event: NewEvent,
+        deliveries: Vec<NewDelivery>,
+        ttl_ms: u64,
+        reply: Reply<Admission>,
+    },
+    Claim {
+        endpoint: String,
+        now: Millis,
+        limit: usize,
+        visibility_ms: u64,
+        reply: Reply<Vec<Claim>>,
+    },
+    Finish {
+        id: DeliveryId,
+        token: u64,
+        attempt: Attempt,
+        next: Next,
+        reply: Reply<bool>,
+    },
+    Release {
+        id: DeliveryId,
+        token: u64,
+        due: Millis,
+        reply: Reply<bool>,
+    },
+    Replay {
+        ids: Vec<DeliveryId>,
+        include_delivered: bool,
+        now: Millis,
+        reply: Reply<ReplayCount>,
+    },
+    CreateJob {
+        job: Box<ReplayJob>,
+        reply: Reply<()>,
+    },
+    ReplayStep {
+        job: Box<ReplayJob>,
+        ids: Vec<DeliveryId>,
+        now: Millis,
+        reply: Reply<Option<ReplayJob>>,
+    },
+    Sweep {
+        now: Millis,
+        reply: Reply<usize>,
+    },
+    Reconcile {
+        endpoints: Vec<String>,
+        orphan_others: bool,
+        now: Millis,
+        reply: Reply<Reconciled>,
+    },
+    Discard {
+        ids: Vec<DeliveryId>,
+        reason: String,
+        only: Option<DeliveryState>,
+        now: Millis,
+        reply: Reply<DiscardCount>,
+    },
+    Purge {
+        cutoffs: Cutoffs,
+        now: Millis,
+        limit: usize,
+        reply: Reply<Purged>,
+    },
+    Ping {
+        reply: Reply<()>,
+    },
 }
 
 /// Sends a batch member's answer once its commit's fate is known.
@@ -133,8 +191,9 @@ impl Writer {
         batch: &mut Vec<Op>,
         probe: u64,
     ) -> Result<Vec<Answer>, (StoreError, Vec<Answer>)> {
-        let touches_claims =
-            batch.iter().any(|op| matches!(op, Op::Claim { .. } | Op::Finish { .. } | Op::Release { .. }));
+        let touches_claims = batch
+            .iter()
+            .any(|op| matches!(op, Op::Claim { .. } | Op::Finish { .. } | Op::Release { .. } | Op::Discard { .. }));
         let snapshot = match touches_claims {
             true => Some(self.claims.lock().map_err(|_| (unavailable("lock poisoned"), Vec::new()))?.live.clone()),
             false => None,
@@ -252,6 +311,7 @@ pub(super) fn fail(op: Op, e: StoreError) {
         Op::Sweep { reply, .. } => drop(reply.send(Err(e))),
         Op::Reconcile { reply, .. } => drop(reply.send(Err(e))),
         Op::Discard { reply, .. } => drop(reply.send(Err(e))),
+        Op::Purge { reply, .. } => drop(reply.send(Err(e))),
         Op::Ping { reply } => drop(reply.send(Err(e))),
     }
 }
@@ -294,7 +354,11 @@ pub(super) fn apply(
         }
         Op::Release { id, token, due, reply } => run!(reply, t.release(claims, id.as_str(), token, due)),
         Op::Replay { ids, include_delivered, now, reply } => {
-            run!(reply, t.replay(claims, &ids, include_delivered, now))
+            let eligible = move |s: DeliveryState| {
+                matches!(s, DeliveryState::Dead | DeliveryState::Discarded)
+                    || (include_delivered && s == DeliveryState::Delivered)
+            };
+            run!(reply, t.replay(claims, &ids, &eligible, now))
         }
         Op::CreateJob { job, reply } => run!(reply, t.create_job(&job)),
         Op::ReplayStep { job, ids, now, reply } => run!(reply, t.replay_step(claims, *job, &ids, now)),
@@ -302,7 +366,8 @@ pub(super) fn apply(
         Op::Reconcile { endpoints, orphan_others, now, reply } => {
             run!(reply, t.reconcile(claims, &endpoints, orphan_others, now))
         }
-        Op::Discard { ids, reason, now, reply } => run!(reply, t.discard(claims, &ids, &reason, now)),
+        Op::Discard { ids, reason, only, now, reply } => run!(reply, t.discard(claims, &ids, &reason, only, now)),
+        Op::Purge { cutoffs, now, limit, reply } => run!(reply, t.purge(cutoffs, now, limit)),
         Op::Ping { reply } => run!(reply, t.ping(probe)),
     }
 }

@@ -52,6 +52,7 @@ impl RedisStore {
         let store = RedisStore { conn, keys, scripts, finishes };
         store.build_open_index().await?;
         store.build_state_index().await?;
+        store.build_retention_index().await?;
         Ok(store)
     }
 

@@ -55,9 +55,12 @@ use crate::http::Chain;
 
 mod connect;
 mod finishes;
+mod retention;
 mod scripts;
 use finishes::PendingFinish;
 use scripts::{Scripts, invoke_raw};
+
+use super::retention::{Cutoffs, Purged, StoreStats};
 
 use super::{
     Admission, Attempt, Claim, Counts, Delivery, DeliveryFilter, DeliveryId, DeliveryState, DiscardCount, EventId,
@@ -143,6 +146,8 @@ impl Store for RedisStore {
             .key(self.key("index"))
             .key(self.key("dedupe-exp"))
             .key(self.key("open"))
+            .key(self.key("events"))
+            .key(self.key("settled:delivered"))
             .arg(dedupe_ttl_ms.max(1))
             .arg(event.json.as_slice())
             .arg(event.received_at)
@@ -333,8 +338,11 @@ impl Store for RedisStore {
         let mut inv = script.prepare_invoke();
         inv.key(self.key(&format!("replay:{}", job.id)))
             .key(self.key("replays-open"))
+            .key(self.key("replays-done"))
             .arg(&job.id)
-            .arg(serde_json::to_string(job).map_err(unavailable)?);
+            .arg(serde_json::to_string(job).map_err(unavailable)?)
+            .arg(if job.finished { "1" } else { "0" })
+            .arg(job.updated_at);
         self.invoke::<i64>(&inv, true).await.map(|_| ())
     }
 
@@ -475,7 +483,13 @@ impl Store for RedisStore {
         Ok(names)
     }
 
-    async fn discard(&self, ids: &[DeliveryId], reason: &str, now: Millis) -> Result<DiscardCount, StoreError> {
+    async fn discard(
+        &self,
+        ids: &[DeliveryId],
+        reason: &str,
+        only: Option<DeliveryState>,
+        now: Millis,
+    ) -> Result<DiscardCount, StoreError> {
         let script = &self.scripts.discard;
         let mut inv = script.prepare_invoke();
         inv.key(self.key("counts"))
@@ -485,12 +499,22 @@ impl Store for RedisStore {
             .key(self.key("discarded"))
             .arg(&self.keys)
             .arg(now)
-            .arg(reason);
+            .arg(reason)
+            .arg(only.map_or("", DeliveryState::as_str));
         for id in ids {
             inv.arg(id.as_str());
         }
         let (discarded, skipped, in_flight, not_found): (usize, usize, usize, usize) = self.invoke(&inv, false).await?;
         Ok(DiscardCount { discarded, skipped, in_flight, not_found })
+    }
+
+    async fn purge(&self, cutoffs: Cutoffs, _now: Millis, limit: usize) -> Result<Purged, StoreError> {
+        // Dedupe keys are their own keys, with their own expiry.
+        self.purge_step(cutoffs, limit).await
+    }
+
+    async fn stats(&self) -> Result<StoreStats, StoreError> {
+        self.read_stats(self.counts().await?).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -28,6 +28,7 @@ pub(super) struct Scripts {
     pub orphan: Script,
     pub adopt: Script,
     pub discard: Script,
+    pub purge: Script,
 }
 
 impl Scripts {
@@ -45,6 +46,7 @@ impl Scripts {
             orphan: with_lib(include_str!("lua/orphan.lua")),
             adopt: with_lib(include_str!("lua/adopt.lua")),
             discard: with_lib(include_str!("lua/discard.lua")),
+            purge: with_lib(include_str!("lua/purge.lua")),
         }
     }
 }

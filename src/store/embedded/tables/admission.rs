@@ -3,6 +3,7 @@
 use redb::ReadableTable;
 
 use crate::http::Chain;
+use crate::store::retention::Class;
 use crate::store::{Admission, Delivery, Millis, NewDelivery, NewEvent, StoreError};
 
 use super::super::codec::{IndexRecord, unavailable};
@@ -30,12 +31,18 @@ impl Tables<'_> {
             if prev.dedupe_expires != 0 {
                 self.dedupe_expiry.remove((prev.dedupe_expires, event.id.as_str())).map_err(unavailable)?;
             }
-            delivery_ids = prev.delivery_ids;
-            // The new body (a new received_at) replaces the old one.
-            self.bodies.remove(prev.body_seq).map_err(unavailable)?;
+            // Removed by retention: nothing of it is left to link to.
+            if !prev.is_removed() {
+                delivery_ids = prev.delivery_ids;
+                // The new body (a new received_at) replaces the old one.
+                self.bodies.remove(prev.body_seq).map_err(unavailable)?;
+            }
         }
         let expires = now.saturating_add(ttl_ms).max(1);
         self.dedupe_expiry.insert((expires, event.id.as_str()), ()).map_err(unavailable)?;
+        if deliveries.is_empty() {
+            self.note_settled(Class::Delivered, now, event.id.as_str())?;
+        }
         for nd in deliveries {
             let d = Delivery::pending(&event, nd);
             self.put_delivery(None, &d)?;
@@ -60,6 +67,10 @@ impl Tables<'_> {
             // The event stays (for inspection and replay); only its dedupe
             // key is cleared.
             match self.get_index(id) {
+                // Retention removed the event; its key was all that was left.
+                Ok(Some(record)) if record.dedupe_expires == *at && record.is_removed() => {
+                    self.index.remove(id.as_str()).map_err(unavailable)?;
+                }
                 Ok(Some(mut record)) if record.dedupe_expires == *at => {
                     record.dedupe_expires = 0;
                     self.index.insert(id.as_str(), record.encode().as_slice()).map_err(unavailable)?;

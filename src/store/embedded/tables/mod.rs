@@ -9,8 +9,8 @@
 //! built once over files from older versions) and the record helpers every
 //! change uses. The changes themselves live beside it, by what they act on:
 //! `admission.rs` (admit, sweep), `claims.rs` (claim, finish, release),
-//! `replay.rs` (replay and replay job steps) and `endpoints.rs` (orphaning,
-//! adoption, discard). They are child modules so that the tables stay
+//! `replay.rs` (replay, replay job steps and discard), `endpoints.rs`
+//! (orphaning, adoption) and `retention.rs` (removing settled events). They are child modules so that the tables stay
 //! private to this module: the rest of the store changes them only through
 //! these operations.
 
@@ -18,6 +18,7 @@ mod admission;
 mod claims;
 mod endpoints;
 mod replay;
+mod retention;
 
 use redb::{Database, Durability, ReadableTable, Table, TableDefinition, WriteTransaction};
 
@@ -45,6 +46,9 @@ pub(super) const BY_STATE: TableDefinition<(&str, &str), ()> = TableDefinition::
 pub(super) const ORPHANED: TableDefinition<(&str, &str), ()> = TableDefinition::new("orphaned");
 /// Every endpoint name this file has seen configured.
 pub(super) const ENDPOINTS: TableDefinition<&str, ()> = TableDefinition::new("endpoints");
+/// The retention queue: (class, when, event id) of events that may have
+/// settled then (`store::retention`).
+pub(super) const SETTLED: TableDefinition<(u8, u64, &str), ()> = TableDefinition::new("settled");
 
 /// Scratch space for readiness probes: see [`EmbeddedStore::ping`].
 pub(super) const PROBE: TableDefinition<&str, &[u8]> = TableDefinition::new("probe");
@@ -89,6 +93,7 @@ pub(super) fn init_tables(db: Database) -> Result<Database, StoreError> {
         }
         t.meta.insert("state_index", 1).map_err(unavailable)?;
     }
+    t.build_retention_queue()?;
     drop(t);
     txn.commit().map_err(unavailable)?;
     Ok(db)
@@ -112,6 +117,7 @@ pub(super) struct Tables<'txn> {
     by_state: Table<'txn, (&'static str, &'static str), ()>,
     orphaned: Table<'txn, (&'static str, &'static str), ()>,
     endpoints: Table<'txn, &'static str, ()>,
+    settled: Table<'txn, (u8, u64, &'static str), ()>,
     /// State-count changes of this batch, written once before commit.
     count_deltas: [i64; DeliveryState::ALL.len()],
 }
@@ -134,6 +140,7 @@ impl<'txn> Tables<'txn> {
             by_state: txn.open_table(BY_STATE).map_err(unavailable)?,
             orphaned: txn.open_table(ORPHANED).map_err(unavailable)?,
             endpoints: txn.open_table(ENDPOINTS).map_err(unavailable)?,
+            settled: txn.open_table(SETTLED).map_err(unavailable)?,
             count_deltas: [0; DeliveryState::ALL.len()],
         })
         .and_then(|mut t| {
@@ -233,6 +240,11 @@ impl<'txn> Tables<'txn> {
             self.due.insert((d.endpoint.as_str(), at, d.id.as_str()), ()).map_err(unavailable)?;
         }
         self.deliveries.insert(d.id.as_str(), encode(d).as_slice()).map_err(unavailable)?;
+        if old.map(|o| o.state) != Some(d.state)
+            && let Some(class) = retention::class_of(d.state)
+        {
+            self.note_settled(class, d.updated_at, d.event_id.as_str())?;
+        }
         Ok(())
     }
 

@@ -10,11 +10,12 @@ use super::super::writer::ClaimTable;
 use super::Tables;
 
 impl Tables<'_> {
+    /// Replays the named deliveries whose state `eligible` accepts.
     pub(in crate::store::embedded) fn replay(
         &mut self,
         claims: &ClaimTable,
         ids: &[DeliveryId],
-        include_delivered: bool,
+        eligible: &dyn Fn(DeliveryState) -> bool,
         now: Millis,
     ) -> Result<ReplayCount, StoreError> {
         let named = self.named_once(ids, "not replayed")?;
@@ -24,9 +25,7 @@ impl Tables<'_> {
                 count.skipped += 1;
                 continue;
             }
-            let eligible = matches!(old.state, DeliveryState::Dead | DeliveryState::Discarded)
-                || (include_delivered && old.state == DeliveryState::Delivered);
-            if !eligible {
+            if !eligible(old.state) {
                 count.skipped += 1;
                 continue;
             }
@@ -50,6 +49,7 @@ impl Tables<'_> {
         claims: &mut ClaimTable,
         ids: &[DeliveryId],
         reason: &str,
+        only: Option<DeliveryState>,
         now: Millis,
     ) -> Result<DiscardCount, StoreError> {
         let named = self.named_once(ids, "not discarded")?;
@@ -63,7 +63,8 @@ impl Tables<'_> {
                 Some(_) => drop(claims.live.remove(&old.id)),
                 None => {}
             }
-            if !discardable(old.state) {
+            // On disk a claimed delivery is pending; its claim expired above.
+            if !discardable(old.state) || only.is_some_and(|s| s != old.state) {
                 count.skipped += 1;
                 continue;
             }
@@ -97,7 +98,15 @@ impl Tables<'_> {
         if stored.finished || stored.steps + 1 != job.steps {
             return Ok(None);
         }
-        job.add(self.replay(claims, ids, job.include_delivered, now)?);
+        // Only what the job selected: a delivery that left that state since
+        // it was listed (discarded by an operator, say) stays as it is.
+        let selected = job.filter.state;
+        let include_delivered = job.include_delivered;
+        let eligible = move |s: DeliveryState| match selected {
+            Some(state) => s == state,
+            None => s == DeliveryState::Dead || (include_delivered && s == DeliveryState::Delivered),
+        };
+        job.add(self.replay(claims, ids, &eligible, now)?);
         self.replay_jobs.insert(job.id.as_str(), encode(&job).as_slice()).map_err(unavailable)?;
         Ok(Some(job))
     }

@@ -1,12 +1,14 @@
 -- Ends deliveries as discarded: pending, dead and orphaned ones, and in-flight
 -- ones whose claim expired by `now` (their worker's late finish then finds
 -- the claim lost). A live claim is left to finish; delivered and discarded
--- ones are skipped. KEYS: counts, open, dead, orphaned, discarded. ARGV: key
--- prefix, now, reason, ids... Returns {discarded, skipped, in_flight,
--- not_found}.
+-- ones are skipped. With `only` (a state name; '' for any), only those in
+-- that state now (an expired claim counts as pending). KEYS: counts, open,
+-- dead, orphaned, discarded. ARGV: key prefix, now, reason, only, ids...
+-- Returns {discarded, skipped, in_flight, not_found}.
 local prefix, now = ARGV[1], tonumber(ARGV[2])
 local discarded, skipped, in_flight, missing, seen = 0, 0, 0, 0, {}
-for i = 4, #ARGV do
+local only = ARGV[4]
+for i = 5, #ARGV do
   local id = ARGV[i]
   if not seen[id] then
     seen[id] = true
@@ -17,7 +19,8 @@ for i = 4, #ARGV do
       skipped = skipped + 1
     elseif d.state == 'in_flight' and tonumber(d.next_attempt_at) and tonumber(d.next_attempt_at) > now then
       in_flight = in_flight + 1
-    elseif d.state == 'pending' or d.state == 'in_flight' or d.state == 'dead' or d.state == 'orphaned' then
+    elseif (d.state == 'pending' or d.state == 'in_flight' or d.state == 'dead' or d.state == 'orphaned')
+        and (only == '' or only == d.state or (only == 'pending' and d.state == 'in_flight')) then
       if d.state == 'pending' or d.state == 'in_flight' then
         redis.call('ZREM', prefix .. 'due:' .. d.endpoint, id)
         redis.call('ZREM', KEYS[2], id)
@@ -35,6 +38,7 @@ for i = 4, #ARGV do
       d.updated_at = now
       redis.call('SET', prefix .. 'dlv:' .. id, cjson.encode(d))
       redis.call('ZADD', KEYS[5], 0, id)
+      if type(d.event_id) == 'string' then redis.call('ZADD', prefix .. 'settled:dead', now, d.event_id) end
       discarded = discarded + 1
     else
       skipped = skipped + 1

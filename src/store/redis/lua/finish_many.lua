@@ -21,7 +21,7 @@ end
 if not has_type(KEYS[1], 'hash') or not has_type(p .. 'open', 'zset') or not has_type(p .. 'dead', 'zset') then
   return redis.error_reply('relay keys of the wrong type: ' .. KEYS[1] .. ', ' .. p .. 'open or ' .. p .. 'dead')
 end
-local results, seen, attempts, records, settled, dead = {}, {}, {}, {}, {}, {}
+local results, seen, attempts, records, settled, dead, notes = {}, {}, {}, {}, {}, {}, {}
 local unschedule, reschedule = {}, {}
 local added = {delivered = 0, dead = 0, pending = 0}
 local kinds = {delivered = true, dead = true, retry = true}
@@ -68,6 +68,12 @@ for i = 0, (#ARGV - 1) / 7 - 1 do
         table.insert(dead, 0)
         table.insert(dead, id)
       end
+      if type(d.event_id) == 'string' then
+        local q = p .. 'settled:' .. kind
+        notes[q] = notes[q] or {}
+        table.insert(notes[q], d.updated_at)
+        table.insert(notes[q], d.event_id)
+      end
     end
     added[d.state] = added[d.state] + 1
     finished = finished + 1
@@ -82,6 +88,9 @@ for due, ids in pairs(unschedule) do each_slice(ids, function(...) redis.call('Z
 for due, entries in pairs(reschedule) do each_slice(entries, function(...) redis.call('ZADD', due, ...) end) end
 each_slice(settled, function(...) redis.call('ZREM', p .. 'open', ...) end)
 each_slice(dead, function(...) redis.call('ZADD', p .. 'dead', ...) end)
+-- Settled events, for retention (`settled:delivered`, `settled:dead`).
+for q, entries in pairs(notes) do each_slice(entries, function(...) redis.call('ZADD', q, ...) end) end
+if #attempts > 0 then redis.call('HINCRBY', KEYS[1], 'attempts', #attempts / 2) end
 if finished > 0 then redis.call('HINCRBY', KEYS[1], 'in_flight', -finished) end
 for state, n in pairs(added) do
   if n > 0 then redis.call('HINCRBY', KEYS[1], state, n) end

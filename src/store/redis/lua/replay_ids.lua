@@ -1,6 +1,9 @@
--- Lua: replays the delivery ids ARGV[first..]; counts go to `counts`.
--- Returns replayed, skipped, not found. Shared by REPLAY and REPLAY_STEP.
-local function replay_ids(counts, prefix, include_delivered, now, first)
+-- Lua: replays the delivery ids ARGV[first..]; counts go to `counts`. With
+-- `only` (a state name), only deliveries in that state: a replay job's
+-- step leaves alone what left the state it listed. Without, dead and
+-- discarded ones, and delivered ones with `include_delivered`. Returns
+-- replayed, skipped, not found. Shared by REPLAY and REPLAY_STEP.
+local function replay_ids(counts, prefix, include_delivered, only, now, first)
   local replayed, skipped, missing = 0, 0, 0
   local seen = {}
   for i = first, #ARGV do
@@ -12,7 +15,9 @@ local function replay_ids(counts, prefix, include_delivered, now, first)
         missing = missing + 1
       elseif not d or type(d.endpoint) ~= 'string' then
         skipped = skipped + 1
-      elseif d.state == 'dead' or d.state == 'discarded' or (include_delivered and d.state == 'delivered') then
+      elseif (only ~= nil and d.state == only and (only == 'dead' or only == 'discarded' or only == 'delivered'))
+          or (only == nil and (d.state == 'dead' or d.state == 'discarded'
+            or (include_delivered and d.state == 'delivered'))) then
         if d.state ~= 'delivered' then redis.call('ZREM', prefix .. d.state, id) end
         d.discard_reason = nil
         redis.call('HINCRBY', counts, d.state, -1)

@@ -1,0 +1,78 @@
+//! The retention task: removes settled records older than `[retention]`
+//! says, in small steps, so that admissions never wait long behind it.
+//!
+//! Every [`EVERY`] (or sooner, see there) it runs steps of [`STEP`] queue entries until a step
+//! finds fewer than that, pausing [`PAUSE`] between steps. A backlog (the
+//! first run after an upgrade, or after retention was shortened) is thus
+//! worked off at a bounded share of the store's time; BENCHMARKS.md shows
+//! what it costs the ingest latency. Several relays on one Redis each run
+//! this; each step takes its entries off the queue atomically, so they
+//! share the work without doing any of it twice.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::config::RetentionConfig;
+use crate::http::Chain;
+use crate::metrics::Metrics;
+use crate::shutdown::stopped;
+use crate::store::retention::Purged;
+use crate::store::{Store, now_millis};
+
+/// How often the task looks for removable records: this often, or twice
+/// per the shortest retention if that is shorter (at least every 100 ms).
+pub(crate) const EVERY: Duration = Duration::from_secs(10);
+/// Queue entries one step looks at.
+pub(crate) const STEP: usize = 100;
+/// The pause between steps while a backlog lasts.
+pub(crate) const PAUSE: Duration = Duration::from_millis(20);
+
+/// Runs until `stop`; `retention` is read at every step, so a reload
+/// applies at once.
+pub(crate) async fn run(
+    store: Arc<dyn Store>,
+    retention: impl Fn() -> RetentionConfig + Send,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let r = retention();
+        let every = EVERY.min(r.delivered.min(r.dead).min(r.replay_jobs) / 2).max(Duration::from_millis(100));
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stopped(&mut stop) => return,
+        }
+        let mut total = Purged::default();
+        loop {
+            let now = now_millis();
+            match store.purge(retention().cutoffs(now), now, STEP).await {
+                Ok(step) => {
+                    metrics.removed(&step);
+                    total.add(step);
+                    if step.examined < STEP {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %Chain(&e), "retention step failed; will retry");
+                    break;
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(PAUSE) => {}
+                _ = stopped(&mut stop) => return,
+            }
+        }
+        if total.events + total.replay_jobs > 0 {
+            tracing::debug!(
+                events = total.events,
+                deliveries = total.deliveries,
+                attempts = total.attempts,
+                replay_jobs = total.replay_jobs,
+                "retention removed settled records"
+            );
+        }
+    }
+}
