@@ -367,3 +367,96 @@ async fn the_redis_relay_removes_settled_events_by_itself() {
     let toml = format!("kind = \"redis\"\nurl = \"{}\"\nprefix = \"kept\"", server.url);
     the_relay_removes_settled_events_by_itself(store, &toml).await;
 }
+
+/// `kill -9` in the middle of a purge leaves nothing half removed: every
+/// event is there whole (both deliveries, each with its attempt) or gone
+/// whole, counts match the records, and the restarted relay finishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_a_purge_leaves_nothing_half_removed() {
+    use crate::common::*;
+    const EVENTS: u64 = 4000;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("relay.redb");
+    let store = Arc::new(ipn_relay::store::embedded::EmbeddedStore::open(&path).unwrap());
+    let ids: Vec<String> = (0..EVENTS).map(|i| format!("evt_{i:05}")).collect();
+    for chunk in ids.chunks(500) {
+        let admits = chunk.iter().map(|id| {
+            let s = store.clone();
+            let id = id.clone();
+            tokio::spawn(async move { s.admit(event(&id, 1000), deliveries(1000, &["be", "be"]), TTL).await.unwrap() })
+        });
+        for a in admits.collect::<Vec<_>>() {
+            a.await.unwrap();
+        }
+    }
+    loop {
+        let claims = store.claim_due("be", 1000, 1000, 600_000).await.unwrap();
+        if claims.is_empty() {
+            break;
+        }
+        let finishes = claims.into_iter().map(|c| {
+            let s = store.clone();
+            tokio::spawn(async move {
+                let d = c.delivery;
+                assert!(s.finish(&d.id, d.claim_token, attempt(1000, 200), Next::Delivered).await.unwrap());
+            })
+        });
+        for f in finishes.collect::<Vec<_>>() {
+            f.await.unwrap();
+        }
+    }
+    Arc::into_inner(store).unwrap().close().await;
+
+    let config = dir.path().join("relay.toml");
+    let text = format!(
+        "{}\n[[endpoints]]\nname = \"be\"\nurl = \"http://127.0.0.1:9/\"\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n\n[retention]\ndelivered = \"1s\"\n\n[log]\nformat = \"json\"\n",
+        base_config(&path)
+    );
+    std::fs::write(&config, text).unwrap();
+    let removed = |relay: &RelayProcess| {
+        use std::io::{Read, Write};
+        let mut text = String::new();
+        if let Ok(mut conn) = std::net::TcpStream::connect(relay.admin) {
+            let _ = conn.write_all(b"GET /metrics HTTP/1.1\r\nhost: relay\r\nconnection: close\r\n\r\n");
+            let _ = conn.read_to_string(&mut text);
+        }
+        text.lines()
+            .find_map(|l| l.strip_prefix("ipn_relay_retention_removed_total{kind=\"event\"} "))
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let mut relay = spawn_relay(&config);
+    assert!(eventually(std::time::Duration::from_secs(30), || removed(&relay) > 0).await, "the purge never started");
+    relay.child.kill().unwrap();
+    relay.child.wait().unwrap();
+    drop(relay);
+
+    let store = ipn_relay::store::embedded::EmbeddedStore::open(&path).unwrap();
+    let stats = store.stats().await.unwrap();
+    assert!(stats.events > 0 && stats.events < EVENTS, "the kill must land mid-purge: {stats:?}");
+    let mut kept = 0;
+    for id in &ids {
+        let event = store.event(&id.as_str().into()).await.unwrap();
+        let ds = store.event_deliveries(&id.as_str().into()).await.unwrap();
+        match event {
+            None => assert!(ds.is_empty(), "{id}: deliveries outlived their event"),
+            Some(_) => {
+                kept += 1;
+                assert_eq!(ds.len(), 2, "{id}: half its deliveries removed");
+                for d in &ds {
+                    let (_, attempts) = store.delivery(&d.id).await.unwrap().unwrap();
+                    assert_eq!(attempts.len(), 1, "{id}: attempts removed without their delivery");
+                }
+            }
+        }
+    }
+    assert_eq!(kept, stats.events);
+    assert_eq!(stats.attempts, 2 * kept);
+    assert_eq!(stats.deliveries[DeliveryState::Delivered.index()].1, 2 * kept, "counts match the records");
+    store.close().await;
+
+    let relay = spawn_relay(&config);
+    let done = eventually(std::time::Duration::from_secs(60), || removed(&relay) == kept).await;
+    assert!(done, "the restarted relay removed {} of {kept}", removed(&relay));
+    drop(relay);
+}
