@@ -24,9 +24,13 @@ use crate::store::{Store, now_millis};
 /// How often the task looks for removable records: this often, or twice
 /// per the shortest retention if that is shorter (at least every 100 ms).
 pub(crate) const EVERY: Duration = Duration::from_secs(10);
-/// Queue entries one step looks at.
-pub(crate) const STEP: usize = 100;
-/// The pause between steps while a backlog lasts.
+/// Queue entries one step looks at at most. On the embedded store a step
+/// stops early (after a few) as soon as admissions or other writes wait.
+pub(crate) const STEP: usize = 200;
+/// The pause between steps while a backlog lasts: after every step on
+/// Redis, and on the embedded store after a step that gave way to waiting
+/// writes (one that did not found the store idle, and the next follows at
+/// once).
 pub(crate) const PAUSE: Duration = Duration::from_millis(20);
 
 /// Runs until `stop`; `retention` is read at every step, so a reload
@@ -37,9 +41,15 @@ pub(crate) async fn run(
     metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
 ) {
+    // The first look comes soon after start: a backlog left by a stopped
+    // relay, or by an upgrade, starts going at once.
+    let mut first = true;
     loop {
         let r = retention();
-        let every = EVERY.min(r.delivered.min(r.dead).min(r.replay_jobs) / 2).max(Duration::from_millis(100));
+        let mut every = EVERY.min(r.delivered.min(r.dead).min(r.replay_jobs) / 2).max(Duration::from_millis(100));
+        if std::mem::take(&mut first) {
+            every = every.min(Duration::from_secs(1));
+        }
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
             _ = stopped(&mut stop) => return,
@@ -47,21 +57,27 @@ pub(crate) async fn run(
         let mut total = Purged::default();
         loop {
             let now = now_millis();
-            match store.purge(retention().cutoffs(now), now, STEP).await {
+            let pause = match store.purge(retention().cutoffs(now), now, STEP).await {
                 Ok(step) => {
                     metrics.removed(&step);
                     total.add(step);
-                    if step.examined < STEP {
+                    if step.examined < STEP && !step.interrupted {
                         break;
+                    }
+                    // A store that gives way to waiting writes and was not
+                    // asked to had the time to spare: go on at once.
+                    match step.gives_way && !step.interrupted {
+                        true => Duration::ZERO,
+                        false => PAUSE,
                     }
                 }
                 Err(e) => {
                     tracing::warn!(error = %Chain(&e), "retention step failed; will retry");
                     break;
                 }
-            }
+            };
             tokio::select! {
-                _ = tokio::time::sleep(PAUSE) => {}
+                _ = tokio::time::sleep(pause) => {}
                 _ = stopped(&mut stop) => return,
             }
         }

@@ -74,6 +74,12 @@ pub struct Purged {
     pub replay_jobs: u64,
     /// Queue entries looked at (removed, dropped or moved).
     pub examined: usize,
+    /// Stopped before `limit` to let waiting writes go first: more may be
+    /// due.
+    pub interrupted: bool,
+    /// The store stops a step early for waiting writes (the embedded store),
+    /// so a step that was not interrupted found it idle.
+    pub gives_way: bool,
 }
 
 impl Purged {
@@ -83,6 +89,8 @@ impl Purged {
         self.attempts += other.attempts;
         self.replay_jobs += other.replay_jobs;
         self.examined += other.examined;
+        self.interrupted |= other.interrupted;
+        self.gives_way |= other.gives_way;
     }
 }
 

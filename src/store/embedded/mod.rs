@@ -120,6 +120,7 @@ impl EmbeddedStore {
             ops: rx,
             failing: failing.clone(),
             claims: claims.clone(),
+            last_durable: std::time::Instant::now(),
         };
         let handle = std::thread::Builder::new()
             .name("redb-writer".into())

@@ -153,7 +153,14 @@ pub(super) struct Writer {
     pub(super) ops: mpsc::Receiver<Op>,
     pub(super) failing: Arc<AtomicU64>,
     pub(super) claims: SharedClaims,
+    /// When a commit was last made durable.
+    pub(super) last_durable: std::time::Instant,
 }
+
+/// Retention steps commit without fsync unless none has been durable for
+/// this long: a crash then undoes at most this much removal, to be done
+/// again, and an idle store's removals still reach the disk.
+const PURGE_DURABLE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Writer {
     pub(super) fn run(mut self) {
@@ -165,6 +172,20 @@ impl Writer {
                     Ok(op) => batch.push(op),
                     Err(_) => break,
                 }
+            }
+            // Retention yields to everything else: other operations commit
+            // first, and each purge runs alone, stopping early as soon as
+            // other operations are waiting (see `Tables::purge`).
+            if batch.iter().any(|op| matches!(op, Op::Purge { .. })) {
+                let (mut purges, mut rest): (Vec<Op>, Vec<Op>) =
+                    batch.drain(..).partition(|op| matches!(op, Op::Purge { .. }));
+                if !rest.is_empty() {
+                    self.commit_batch(&mut rest);
+                }
+                while let Some(purge) = purges.pop() {
+                    self.commit_batch(&mut vec![purge]);
+                }
+                continue;
             }
             self.commit_batch(&mut batch);
         }
@@ -217,20 +238,22 @@ impl Writer {
         // A batch of claims writes only what a later claim redoes from what
         // is on disk (a stale schedule entry dropped, a delivery whose event
         // is unreadable marked dead, a missing record unscheduled): nothing
-        // in it needs an fsync, and claims come often. Everything else is
+        // in it needs an fsync, and claims come often. Nor does a retention
+        // step: undone by a power loss, it is done again. Everything else is
         // durable before it is answered (a later durable commit also makes
         // earlier non-durable ones durable). Tested in powerloss_tests.rs.
-        let durability = match batch.iter().all(|op| matches!(op, Op::Claim { .. })) {
-            true => Durability::None,
-            false => Durability::Immediate,
-        };
+        let purge_due =
+            self.last_durable.elapsed() >= PURGE_DURABLE_EVERY && batch.iter().any(|op| matches!(op, Op::Purge { .. }));
+        let durable = purge_due || !batch.iter().all(|op| matches!(op, Op::Claim { .. } | Op::Purge { .. }));
+        let durability = if durable { Durability::Immediate } else { Durability::None };
         txn.set_durability(durability).map_err(|e| (unavailable(e), Vec::new()))?;
         let mut answers = Vec::with_capacity(batch.len());
         {
             let mut t = Tables::open(&txn).map_err(|e| (e, Vec::new()))?;
             let mut claims = self.claims.lock().map_err(|_| (unavailable("lock poisoned"), Vec::new()))?;
             for op in batch.drain(..) {
-                match apply(&mut t, &mut claims, op, probe) {
+                let busy = || !self.ops.is_empty();
+                match apply(&mut t, &mut claims, op, probe, &busy) {
                     Ok(a) => answers.push(a),
                     Err((e, a)) => {
                         answers.push(a);
@@ -243,7 +266,12 @@ impl Writer {
             }
         }
         match txn.commit() {
-            Ok(()) => Ok(answers),
+            Ok(()) => {
+                if durable {
+                    self.last_durable = std::time::Instant::now();
+                }
+                Ok(answers)
+            }
             Err(e) => Err((unavailable(e), answers)),
         }
     }
@@ -328,11 +356,14 @@ pub(super) fn refuse<T: Send + 'static>(reply: Reply<T>, e: StoreError) -> Answe
 /// fails only its own op: every op reads the records it needs before it
 /// writes anything, and ops that walk many records skip bad ones, so the
 /// error leaves nothing half-done for the commit to keep.
+/// Applies one operation. `busy` says whether other operations are waiting,
+/// for the ones that give way to them.
 pub(super) fn apply(
     t: &mut Tables<'_>,
     claims: &mut ClaimTable,
     op: Op,
     probe: u64,
+    busy: &dyn Fn() -> bool,
 ) -> Result<Answer, (StoreError, Answer)> {
     macro_rules! run {
         ($reply:expr, $body:expr) => {{
@@ -367,7 +398,7 @@ pub(super) fn apply(
             run!(reply, t.reconcile(claims, &endpoints, orphan_others, now))
         }
         Op::Discard { ids, reason, only, now, reply } => run!(reply, t.discard(claims, &ids, &reason, only, now)),
-        Op::Purge { cutoffs, now, limit, reply } => run!(reply, t.purge(cutoffs, now, limit)),
+        Op::Purge { cutoffs, now, limit, reply } => run!(reply, t.purge(cutoffs, now, limit, busy)),
         Op::Ping { reply } => run!(reply, t.ping(probe)),
     }
 }

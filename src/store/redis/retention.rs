@@ -29,7 +29,7 @@ impl RedisStore {
         // be lost to the caller; the next step goes on.
         let (events, deliveries, attempts, replay_jobs, examined): (u64, u64, u64, u64, usize) =
             self.invoke(&inv, false).await?;
-        Ok(Purged { events, deliveries, attempts, replay_jobs, examined })
+        Ok(Purged { events, deliveries, attempts, replay_jobs, examined, interrupted: false, gives_way: false })
     }
 
     pub(super) async fn read_stats(&self, deliveries: crate::store::Counts) -> Result<StoreStats, StoreError> {

@@ -13,6 +13,9 @@ use crate::store::{Delivery, DeliveryState, Millis, StoreError};
 use super::super::codec::{IndexRecord, decode_delivery, unavailable};
 use super::{Named, Tables, in_by_state};
 
+/// Queue entries a step looks at before it gives way to waiting writes.
+const MIN_PER_STEP: usize = 4;
+
 /// The class a delivery in `state` settles its event in, if it is final.
 pub(in crate::store::embedded) fn class_of(state: DeliveryState) -> Option<Class> {
     match state {
@@ -51,14 +54,17 @@ impl Tables<'_> {
     }
 
     /// One bounded step: at most `limit` queue entries due by `cutoffs`,
-    /// oldest first per class, and finished replay jobs.
+    /// oldest first per class, and finished replay jobs. It stops early,
+    /// with what it has done, once `busy` says other operations wait: an
+    /// admission then waits for one event's removal, not a whole step.
     pub(in crate::store::embedded) fn purge(
         &mut self,
         cutoffs: Cutoffs,
         now: Millis,
         limit: usize,
+        busy: &dyn Fn() -> bool,
     ) -> Result<Purged, StoreError> {
-        let mut out = Purged::default();
+        let mut out = Purged { gives_way: true, ..Purged::default() };
         for class in Class::ALL {
             let room = limit.saturating_sub(out.examined);
             let byte = class_byte(class);
@@ -70,6 +76,11 @@ impl Tables<'_> {
                 .map(|e| e.map(|(k, _)| (k.value().1, k.value().2.to_owned())).map_err(unavailable))
                 .collect::<Result<_, _>>()?;
             for (at, id) in due {
+                // A few at least, so that retention keeps up under any load.
+                if out.examined >= MIN_PER_STEP && busy() {
+                    out.interrupted = true;
+                    return Ok(out);
+                }
                 self.settled.remove((byte, at, id.as_str())).map_err(unavailable)?;
                 out.examined += 1;
                 match self.settled_state(&id, at)? {

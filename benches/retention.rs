@@ -1,0 +1,388 @@
+//! Retention under load: the store stops growing, and purging a backlog
+//! does not slow admissions down.
+//!
+//! Run: `cargo bench --bench retention -- soak` or `-- purge`, with
+//! `BENCH_STORE=redis` for a private redis-server (AOF, `appendfsync
+//! always`) instead of the embedded file.
+//!
+//! - **soak**: the relay (retention of one minute for every class) takes
+//!   SOAK_RATE signed IPNs a second (default 500) for SOAK_MINUTES (default
+//!   12) while delivering them to a receiver that answers 200. Every minute
+//!   it prints the store's size (the file, or Redis's `used_memory`), the
+//!   events stored and the events removed so far.
+//! - **purge**: PURGE_EVENTS settled events (default 333,334: a million
+//!   records with their deliveries and attempts) are written straight into
+//!   a store, then the relay is started on it twice: with a retention they
+//!   are not yet due for (no purging), then with one they are all past. Each
+//!   time it takes PURGE_RATE IPNs a second (default 1,000) in three
+//!   windows of PURGE_SECS (default 15), and the bench prints each window's
+//!   ingest latency (open loop, from each post's scheduled time) and what
+//!   retention removed meanwhile.
+
+#[path = "../tests/it/common.rs"]
+mod common;
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ipn_relay::providers::nowpayments;
+use ipn_relay::store::{AttemptResult, DeliveryId, NewDelivery, NewEvent, Next, Store};
+
+const TOKEN: &str = "bench-admin-token-0123456789";
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("retention benchmark: run with `cargo bench --bench retention -- soak|purge`");
+        return;
+    }
+    let mode = std::env::args().skip(1).find(|a| a == "soak" || a == "purge").unwrap_or_else(|| "soak".into());
+    let redis = (std::env::var("BENCH_STORE").as_deref() == Ok("redis"))
+        .then(|| common::RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]));
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let target = Target { dir: dir.path().to_owned(), redis_url: redis.as_ref().map(|r| r.url.clone()) };
+    match mode.as_str() {
+        "soak" => rt.block_on(soak(&target)),
+        _ => rt.block_on(purge(&target)),
+    }
+}
+
+/// Where the relay keeps its data.
+struct Target {
+    dir: std::path::PathBuf,
+    redis_url: Option<String>,
+}
+
+impl Target {
+    fn store_toml(&self) -> String {
+        match &self.redis_url {
+            Some(url) => format!("kind = \"redis\"\nurl = \"{url}\"\nprefix = \"bench\""),
+            None => format!("path = \"{}\"", self.dir.join("relay.redb").display()),
+        }
+    }
+
+    /// Writes the backlog straight into the store, and closes it.
+    async fn backlog(&self, n: u64) {
+        match &self.redis_url {
+            Some(url) => {
+                let s = Arc::new(ipn_relay::store::redis::RedisStore::connect(url, "bench").await.unwrap());
+                backlog(s, n).await;
+            }
+            None => {
+                let s =
+                    Arc::new(ipn_relay::store::embedded::EmbeddedStore::open(&self.dir.join("relay.redb")).unwrap());
+                backlog(s.clone(), n).await;
+                Arc::into_inner(s).unwrap().close().await;
+            }
+        }
+    }
+
+    /// The file's size, or the Redis server's `used_memory`.
+    async fn bytes(&self) -> u64 {
+        match &self.redis_url {
+            Some(url) => {
+                let mut c =
+                    redis::Client::open(url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
+                let info: String = redis::cmd("INFO").arg("memory").query_async(&mut c).await.unwrap();
+                info.lines().find_map(|l| l.strip_prefix("used_memory:")).unwrap().trim().parse().unwrap()
+            }
+            None => std::fs::metadata(self.dir.join("relay.redb")).map(|m| m.len()).unwrap_or(0),
+        }
+    }
+}
+
+struct Relay {
+    child: Child,
+    addr: SocketAddr,
+    admin: SocketAddr,
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn_relay(target: &Target, receiver: SocketAddr, retention: &str) -> Relay {
+    let (port, admin) = (free_port(), free_port());
+    let text = format!(
+        r#"
+[server]
+listen = "127.0.0.1:{port}"
+admin_listen = "127.0.0.1:{admin}"
+admin_token = "{TOKEN}"
+
+[store]
+{store}
+
+[[sources]]
+name = "nowpayments"
+kind = "nowpayments"
+secrets = ["{secret}"]
+
+[[endpoints]]
+name = "be"
+url = "http://{receiver}/"
+secret = "{endpoint_secret}"
+max_in_flight = 64
+
+[retention]
+{retention}
+
+[log]
+format = "json"
+"#,
+        store = target.store_toml(),
+        secret = common::NP_SECRET,
+        endpoint_secret = common::ENDPOINT_SECRET,
+    );
+    let config = target.dir.join("relay.toml");
+    std::fs::write(&config, text).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ipn-relay"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let admin: SocketAddr = ([127, 0, 0, 1], admin).into();
+    for _ in 0..600 {
+        if std::net::TcpStream::connect(admin).is_ok() {
+            return Relay { child, addr, admin };
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("the relay did not start listening");
+}
+
+/// A receiver that answers 200 at once.
+async fn start_receiver() -> SocketAddr {
+    use http_body_util::{BodyExt, Full};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
+                    let _ = req.into_body().collect().await;
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(bytes::Bytes::from_static(b"ok"))))
+                });
+                let io = hyper_util::rt::TokioIo::new(stream);
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await;
+            });
+        }
+    });
+    addr
+}
+
+/// Posts `rate` unique signed IPNs a second for `secs`, open loop over 16
+/// connections; returns each post's latency from its scheduled time, in
+/// microseconds, and the number of failures.
+async fn load(addr: SocketAddr, rate: f64, secs: f64, first_id: u64) -> (Vec<u64>, usize) {
+    let c = common::client();
+    let conns = 16usize;
+    let per_conn = Duration::from_secs_f64(conns as f64 / rate);
+    let n = (rate * secs) as u64 / conns as u64;
+    let start = Instant::now() + Duration::from_millis(50);
+    let tasks: Vec<_> = (0..conns as u64)
+        .map(|w| {
+            let c = c.clone();
+            tokio::spawn(async move {
+                let (mut lat, mut errors) = (Vec::new(), 0usize);
+                let offset = per_conn.mul_f64(w as f64 / conns as f64);
+                for i in 0..n {
+                    let scheduled = start + offset + per_conn.mul_f64(i as f64);
+                    tokio::time::sleep_until(scheduled.into()).await;
+                    let body = common::payment_ipn(first_id + i * conns as u64 + w, "finished");
+                    let sig = nowpayments::sign(common::NP_SECRET.as_bytes(), body.as_bytes());
+                    let r = c
+                        .post(format!("http://{addr}/hooks/nowpayments"))
+                        .header("x-nowpayments-sig", sig)
+                        .body(body)
+                        .send()
+                        .await;
+                    match r {
+                        Ok(r) if r.status() == 200 => lat.push(scheduled.elapsed().as_micros() as u64),
+                        _ => errors += 1,
+                    }
+                }
+                (lat, errors)
+            })
+        })
+        .collect();
+    let (mut all, mut errors) = (Vec::new(), 0);
+    for t in tasks {
+        let (lat, e) = t.await.unwrap();
+        all.extend(lat);
+        errors += e;
+    }
+    all.sort_unstable();
+    (all, errors)
+}
+
+fn pct(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize] as f64 / 1000.0
+}
+
+/// The relay's `/admin/store` answer.
+async fn store_view(relay: &Relay) -> serde_json::Value {
+    let c = common::client();
+    let r = c.get(format!("http://{}/admin/store", relay.admin)).bearer_auth(TOKEN).send().await.unwrap();
+    serde_json::from_slice(&r.bytes().await.unwrap()).unwrap()
+}
+
+/// The relay's `ipn_relay_retention_removed_total{kind="event"}`.
+async fn removed_events(relay: &Relay) -> u64 {
+    let c = common::client();
+    let text = c.get(format!("http://{}/metrics", relay.admin)).send().await.unwrap().text().await.unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("ipn_relay_retention_removed_total{kind=\"event\"} "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+async fn soak(target: &Target) {
+    let rate: f64 = env_or("SOAK_RATE", 500.0);
+    let minutes: u64 = env_or("SOAK_MINUTES", 12);
+    let store = if target.redis_url.is_some() { "redis (AOF, appendfsync always)" } else { "embedded" };
+    println!("retention soak: {rate} IPNs/s for {minutes} min, retention 1m for every class, {store} store");
+    let receiver = start_receiver().await;
+    let relay = spawn_relay(target, receiver, "delivered = \"1m\"\ndead = \"1m\"\nreplay_jobs = \"1m\"");
+    println!("| minute | posted | failed | events stored | removed so far | store size (MiB) |");
+    println!("|---|---|---|---|---|---|");
+    let (mut posted, mut failed) = (0usize, 0usize);
+    for minute in 1..=minutes {
+        let (lat, errors) = load(relay.addr, rate, 60.0, minute * 1_000_000_000).await;
+        posted += lat.len() + errors;
+        failed += errors;
+        let view = store_view(&relay).await;
+        println!(
+            "| {minute} | {posted} | {failed} | {} | {} | {:.1} |",
+            view["events"],
+            removed_events(&relay).await,
+            target.bytes().await as f64 / (1024.0 * 1024.0)
+        );
+    }
+}
+
+async fn purge(target: &Target) {
+    let events: u64 = env_or("PURGE_EVENTS", 333_334);
+    let rate: f64 = env_or("PURGE_RATE", 1000.0);
+    let secs: f64 = env_or("PURGE_SECS", 15.0);
+    let store_kind = if target.redis_url.is_some() { "redis (AOF, appendfsync always)" } else { "embedded" };
+    println!(
+        "retention purge: {events} settled events ({} records) as backlog, ingest at {rate}/s in windows of {secs}s, {store_kind} store",
+        events * 3
+    );
+    let t0 = Instant::now();
+    target.backlog(events).await;
+    println!(
+        "backlog written in {:.1}s; store size {:.1} MiB",
+        t0.elapsed().as_secs_f64(),
+        target.bytes().await as f64 / 1048576.0
+    );
+    let receiver = start_receiver().await;
+    println!(
+        "| retention | window | posted | failed | ingest p50 (ms) | p99 (ms) | p99.9 (ms) | events removed in the window |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for (label, retention) in [("not due (100d)", "delivered = \"100d\""), ("all due (1m)", "delivered = \"1m\"")] {
+        let relay = spawn_relay(target, receiver, retention);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        for window in 1..=3u64 {
+            let before = removed_events(&relay).await;
+            let id = 5_000_000_000 + window * 100_000_000 + if label.starts_with("all") { 50_000_000 } else { 0 };
+            let (lat, errors) = load(relay.addr, rate, secs, id).await;
+            let removed = removed_events(&relay).await - before;
+            println!(
+                "| {label} | {window} | {} | {errors} | {:.2} | {:.2} | {:.2} | {removed} |",
+                lat.len() + errors,
+                pct(&lat, 0.5),
+                pct(&lat, 0.99),
+                pct(&lat, 0.999)
+            );
+        }
+        let view = store_view(&relay).await;
+        println!("store after: {} events, {} queued for retention", view["events"], view["retention_queue"]);
+    }
+}
+
+/// Writes `n` events, each delivered once two days ago: a million records
+/// for n = 333,334.
+async fn backlog<S: Store>(store: Arc<S>, n: u64) {
+    let at = ipn_relay::store::now_millis() - 2 * 86_400_000;
+    let mut admitted = 0;
+    while admitted < n {
+        let chunk = (n - admitted).min(2000);
+        let tasks: Vec<_> = (admitted..admitted + chunk)
+            .map(|i| {
+                let s = store.clone();
+                tokio::spawn(async move {
+                    let id = format!("evt_backlog{i:010}");
+                    let json = format!(
+                        r#"{{"id":"{id}","received_at":"2026-11-28T00:00:00.000Z","pad":"{}"}}"#,
+                        "x".repeat(600)
+                    );
+                    let event = NewEvent {
+                        id: id.into(),
+                        source: "nowpayments".into(),
+                        event_type: "deposit.confirmed".into(),
+                        received_at: at,
+                        json: json.into_bytes(),
+                    };
+                    let d = NewDelivery { id: DeliveryId::new(at), endpoint: "be".into() };
+                    s.admit(event, vec![d], 60_000).await.unwrap();
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        admitted += chunk;
+        loop {
+            let claims = store.claim_due("be", at, 2000, 600_000).await.unwrap();
+            if claims.is_empty() {
+                break;
+            }
+            let tasks: Vec<_> = claims
+                .into_iter()
+                .map(|c| {
+                    let s = store.clone();
+                    tokio::spawn(async move {
+                        let attempt = ipn_relay::store::Attempt {
+                            number: 0,
+                            started_at: at,
+                            duration_ms: 2,
+                            result: AttemptResult::Status { code: 200 },
+                            response_excerpt: Some("ok".into()),
+                        };
+                        let d = c.delivery;
+                        s.finish(&d.id, d.claim_token, attempt, Next::Delivered).await.unwrap();
+                    })
+                })
+                .collect();
+            for t in tasks {
+                t.await.unwrap();
+            }
+        }
+    }
+}
