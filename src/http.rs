@@ -135,6 +135,50 @@ impl std::fmt::Display for Chain<'_> {
     }
 }
 
+/// The admin listener's responses: whole JSON or text, or a file streamed
+/// from disk (a store snapshot).
+pub(crate) type AdminBody = http_body_util::Either<Full<Bytes>, FileBody>;
+
+/// A file's bytes as a response body, read 64 KiB at a time. The file is
+/// usually already unlinked, so it goes when the body does.
+pub(crate) struct FileBody {
+    file: tokio::fs::File,
+    buf: Box<[u8]>,
+    len: u64,
+}
+
+impl FileBody {
+    pub(crate) fn new(file: tokio::fs::File, len: u64) -> FileBody {
+        FileBody { file, buf: vec![0; 64 * 1024].into_boxed_slice(), len }
+    }
+}
+
+impl hyper::body::Body for FileBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, std::io::Error>>> {
+        use tokio::io::AsyncRead;
+        let this = &mut *self;
+        let mut read = tokio::io::ReadBuf::new(&mut this.buf);
+        match std::pin::Pin::new(&mut this.file).poll_read(cx, &mut read) {
+            std::task::Poll::Pending => std::task::Poll::Pending,
+            std::task::Poll::Ready(Err(e)) => std::task::Poll::Ready(Some(Err(e))),
+            std::task::Poll::Ready(Ok(())) if read.filled().is_empty() => std::task::Poll::Ready(None),
+            std::task::Poll::Ready(Ok(())) => {
+                std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(Bytes::copy_from_slice(read.filled())))))
+            }
+        }
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.len)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -25,7 +25,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -51,10 +50,12 @@ pub(crate) struct Limits {
 
 /// Accepts HTTP/1.1 connections and serves `handler` on each until `stop`,
 /// then lets open requests finish within `limits.grace`.
-pub(crate) async fn serve<F, Fut>(listener: TcpListener, limits: Limits, mut stop: watch::Receiver<bool>, handler: F)
+pub(crate) async fn serve<F, Fut, B>(listener: TcpListener, limits: Limits, mut stop: watch::Receiver<bool>, handler: F)
 where
     F: Fn(hyper::Request<RequestBody>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = hyper::Response<Full<Bytes>>> + Send + 'static,
+    Fut: Future<Output = hyper::Response<B>> + Send + 'static,
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();
@@ -240,16 +241,16 @@ impl Drop for Answering {
 }
 
 /// A response's body, holding its connection busy until written.
-struct ResponseBody {
-    inner: Full<Bytes>,
+struct ResponseBody<B> {
+    inner: B,
     _answering: Answering,
 }
 
-impl Body for ResponseBody {
+impl<B: Body<Data = Bytes> + Unpin> Body for ResponseBody<B> {
     type Data = Bytes;
-    type Error = Infallible;
+    type Error = B::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         Pin::new(&mut self.inner).poll_frame(cx)
     }
 

@@ -26,11 +26,12 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::config::Config;
-use crate::http::{BodyError, json_response};
+use crate::http::{AdminBody, BodyError, json_response};
 use crate::metrics::Metrics;
 use crate::replay::{self, Running};
 use crate::store::{DeliveryFilter, DeliveryId, DeliveryState, EventId, Store, StoreError, now_millis};
 use api::{AttemptView, DeliveryDetail, DeliveryPage, DeliveryView, EventView, ReplayJobView, ReplayResult};
+use http_body_util::Either;
 
 #[doc(hidden)]
 pub use params::parse;
@@ -96,7 +97,50 @@ impl Admin {
         Admin { config, store, running, metrics, endpoints, token_digest }
     }
 
-    pub(crate) async fn handle<B>(&self, req: Request<B>) -> Response<Full<Bytes>>
+    pub(crate) async fn handle<B>(&self, req: Request<B>) -> Response<AdminBody>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        if req.uri().path() == "/admin/store/snapshot" {
+            let answer = match self.authorize(&req) {
+                Ok(()) if req.method() == Method::GET => self.snapshot().await,
+                Ok(()) => Err(ApiError(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use GET".into())),
+                Err(e) => Err(e),
+            };
+            return answer.unwrap_or_else(|e| error_response(e).map(Either::Left));
+        }
+        self.answer(req).await.map(Either::Left)
+    }
+
+    /// `GET /admin/store/snapshot`: a consistent copy of the embedded store,
+    /// streamed from a file beside it (see `store::embedded::snapshot`).
+    async fn snapshot(&self) -> Result<Response<AdminBody>, ApiError> {
+        let started = std::time::Instant::now();
+        let Some((file, len)) = self.store.snapshot().await? else {
+            return Err(ApiError(
+                StatusCode::CONFLICT,
+                "not_supported",
+                "the Redis store is backed up with Redis's own persistence (see docs/operations.md)".into(),
+            ));
+        };
+        tracing::info!(
+            bytes = len,
+            took_ms = started.elapsed().as_millis() as u64,
+            "store snapshot taken; streaming it"
+        );
+        let body = crate::http::FileBody::new(tokio::fs::File::from_std(file), len);
+        let mut response = Response::new(Either::Right(body));
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+        headers.insert(
+            header::CONTENT_DISPOSITION,
+            HeaderValue::from_static("attachment; filename=\"ipn-relay-snapshot.redb\""),
+        );
+        Ok(response)
+    }
+
+    async fn answer<B>(&self, req: Request<B>) -> Response<Full<Bytes>>
     where
         B: hyper::body::Body<Data = Bytes> + Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,

@@ -515,6 +515,13 @@ pub trait Store: Send + Sync + 'static {
     /// What the store holds, for `GET /admin/store` and the size gauge.
     async fn stats(&self) -> Result<StoreStats, StoreError>;
 
+    /// A consistent copy of the whole store, for a backup: an open file
+    /// (already unlinked, so it goes when closed) and its length. `None`
+    /// for a store backed up by other means (Redis's own persistence).
+    async fn snapshot(&self) -> Result<Option<(std::fs::File, u64)>, StoreError> {
+        Ok(None)
+    }
+
     /// Whether the store is reachable and writable right now.
     async fn ping(&self) -> Result<(), StoreError>;
 

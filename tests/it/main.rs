@@ -5,6 +5,7 @@
 mod common;
 
 mod admin;
+mod backup;
 mod canonical_node;
 mod cli;
 mod crash;

@@ -45,6 +45,7 @@
 
 mod codec;
 mod listing;
+mod snapshot;
 mod tables;
 mod writer;
 
@@ -411,6 +412,26 @@ impl Store for EmbeddedStore {
 
     async fn purge(&self, cutoffs: Cutoffs, now: Millis, limit: usize) -> Result<Purged, StoreError> {
         self.call(|reply| Op::Purge { cutoffs, now, limit, reply }).await
+    }
+
+    async fn snapshot(&self) -> Result<Option<(std::fs::File, u64)>, StoreError> {
+        // Beside the store (the same disk, which must have the room), under
+        // a name no store uses; unlinked as soon as it is open for reading.
+        let dir = match &self.path {
+            Some(p) => {
+                p.parent().filter(|d| !d.as_os_str().is_empty()).map(Path::to_owned).unwrap_or_else(|| ".".into())
+            }
+            None => std::env::temp_dir(),
+        };
+        let to = dir.join(format!(".ipn-relay-snapshot-{}-{:016x}.redb", std::process::id(), rand::random::<u64>()));
+        let copy = to.clone();
+        let made = self.read(move |txn| snapshot::copy(txn, &copy)).await;
+        let opened = made.and_then(|len| {
+            let file = std::fs::File::open(&to).map_err(unavailable)?;
+            Ok((file, len))
+        });
+        let _ = std::fs::remove_file(&to);
+        opened.map(Some)
     }
 
     async fn stats(&self) -> Result<StoreStats, StoreError> {
