@@ -155,7 +155,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .worker_threads(workers)
                 .enable_all()
                 .build()?
-                .block_on(serve(config))
+                .block_on(serve(config, c.config))
         }
     }
 }
@@ -171,7 +171,7 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(config: Config, path: PathBuf) -> anyhow::Result<()> {
     for var in &config.defaulted_vars {
         tracing::warn!(
             variable = %var,
@@ -207,6 +207,6 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let admin = tokio::net::TcpListener::bind(config.server.admin_listen)
         .await
         .with_context(|| format!("cannot listen on {} (server.admin_listen)", config.server.admin_listen))?;
-    server::run(Arc::new(config), store, sender, ingress, admin, crate::shutdown::signal()).await?;
+    server::run_from(Arc::new(config), Some(path), store, sender, ingress, admin, crate::shutdown::signal()).await?;
     Ok(())
 }

@@ -15,6 +15,7 @@
 //! shutdown the loops stop claiming, in-flight requests get the grace period
 //! to finish, and the rest are released back to `pending` unattempted.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,6 +29,7 @@ use tracing::Instrument;
 use crate::config::{Config, DeliveryConfig, Endpoint};
 use crate::http::Chain;
 use crate::metrics::Metrics;
+use crate::reload::Live;
 use crate::retry::{self, Outcome};
 use crate::shutdown::stopped;
 use crate::store::{Attempt, AttemptResult, Claim, Next, Store, now_millis};
@@ -83,46 +85,159 @@ impl Sender {
 /// Runs the claim loops of every endpoint until `stop`, then drains within
 /// `grace`. Returns early, naming the endpoint, if a loop ends on its own
 /// (a panic): the relay must not go on accepting what nothing delivers.
+///
+/// A reload ([`Live`]) restarts the loop of each endpoint whose settings
+/// changed (all of them when `[delivery]` changed) once its requests in
+/// flight have ended, so `max_in_flight` holds across the change; starts
+/// added endpoints; and stops removed ones, whose waiting deliveries are
+/// then orphaned as at a start without them.
 pub(crate) async fn run(
-    config: Arc<Config>,
+    live: Arc<Live>,
     store: Arc<dyn Store>,
     sender: Sender,
     wake: Arc<Wake>,
     metrics: Arc<Metrics>,
     stop: watch::Receiver<bool>,
 ) -> Result<(), String> {
+    let mut changes = live.subscribe();
+    let config = changes.borrow_and_update().clone();
     let client = sender.client;
-    let shared = Arc::new(Shared {
-        store,
-        client,
-        schedule: config.delivery.clone(),
-        user_agent: format!("ipn-relay/{}", env!("CARGO_PKG_VERSION")),
-        metrics,
-    });
-    let grace = config.server.shutdown_grace;
-    let mut loops = JoinSet::new();
-    let mut names = std::collections::HashMap::new();
+    let user_agent = format!("ipn-relay/{}", env!("CARGO_PKG_VERSION"));
+    let shared_for = |config: &Config| {
+        Arc::new(Shared {
+            store: store.clone(),
+            client: client.clone(),
+            schedule: config.delivery.clone(),
+            user_agent: user_agent.clone(),
+            metrics: metrics.clone(),
+        })
+    };
+    let mut loops = Loops {
+        shared: shared_for(&config),
+        grace: config.server.shutdown_grace,
+        wake,
+        set: JoinSet::new(),
+        running: HashMap::new(),
+        retiring: HashMap::new(),
+        waiting: HashMap::new(),
+    };
     for ep in &config.endpoints {
+        loops.start(ep.clone());
+    }
+    let mut global = stop.clone();
+    loop {
+        tokio::select! {
+            Some(ended) = loops.set.join_next_with_id(), if !loops.set.is_empty() => {
+                let (id, why) = match ended {
+                    Ok((id, ())) => (id, "ended".to_owned()),
+                    Err(e) => (e.id(), if e.is_panic() { "panicked".to_owned() } else { e.to_string() }),
+                };
+                if let Some(name) = loops.retiring.remove(&id) {
+                    match loops.waiting.remove(&name) {
+                        Some(ep) => loops.start(ep),
+                        // Removed: what waits for it is orphaned, said loudly.
+                        None => {
+                            let names: Vec<String> = live.current().endpoints.iter().map(|e| e.name.clone()).collect();
+                            crate::server::reconcile(store.as_ref(), &names, true).await;
+                        }
+                    }
+                    continue;
+                }
+                if *stop.borrow() {
+                    continue;
+                }
+                let endpoint = loops.running.iter().find(|(_, r)| r.id == id).map_or("?", |(n, _)| n.as_str());
+                return Err(format!("the delivery loop of endpoint {endpoint} {why}"));
+            }
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    continue;
+                }
+                let config = changes.borrow_and_update().clone();
+                if config.delivery != loops.shared.schedule {
+                    loops.shared = shared_for(&config);
+                    loops.reconfigure(&config, true);
+                } else {
+                    loops.reconfigure(&config, false);
+                }
+                // Added endpoints take back their orphaned deliveries now.
+                let names: Vec<String> = config.endpoints.iter().map(|e| e.name.clone()).collect();
+                crate::server::reconcile(store.as_ref(), &names, false).await;
+            }
+            _ = stopped(&mut global) => {
+                for r in loops.running.values() {
+                    let _ = r.stop.send(true);
+                }
+                while loops.set.join_next().await.is_some() {}
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// The claim loops, by endpoint.
+struct Loops {
+    shared: Arc<Shared>,
+    grace: Duration,
+    wake: Arc<Wake>,
+    set: JoinSet<()>,
+    running: HashMap<String, RunningLoop>,
+    /// Loops told to stop by a reload, by task.
+    retiring: HashMap<tokio::task::Id, String>,
+    /// Endpoints to start once their retiring loop has ended.
+    waiting: HashMap<String, Endpoint>,
+}
+
+struct RunningLoop {
+    endpoint: Endpoint,
+    stop: watch::Sender<bool>,
+    id: tokio::task::Id,
+}
+
+impl Loops {
+    fn start(&mut self, ep: Endpoint) {
         let runner = Arc::new(EndpointRunner {
-            endpoint: ep.clone(),
             limiter: ep.rate_limit.map(|r| RateLimiter::direct(r.quota())),
             slots: Arc::new(Semaphore::new(ep.max_in_flight)),
+            endpoint: ep.clone(),
         });
-        let handle = loops.spawn(endpoint_loop(runner, shared.clone(), wake.notifier(&ep.name), stop.clone(), grace));
-        names.insert(handle.id(), ep.name.clone());
+        let (stop, stop_rx) = watch::channel(false);
+        let notifier = self.wake.notifier(&ep.name);
+        let handle = self.set.spawn(endpoint_loop(runner, self.shared.clone(), notifier, stop_rx, self.grace));
+        self.running.insert(ep.name.clone(), RunningLoop { endpoint: ep, stop, id: handle.id() });
     }
-    while let Some(ended) = loops.join_next_with_id().await {
-        if *stop.borrow() {
-            continue;
+
+    /// Stops the loops that `config` changes or drops and starts the new
+    /// ones; `all` restarts every loop (the delivery settings changed).
+    fn reconfigure(&mut self, config: &Config, all: bool) {
+        let names: Vec<String> = self.running.keys().cloned().collect();
+        for name in names {
+            let wanted = config.endpoints.iter().find(|e| e.name == name);
+            if wanted.is_some_and(|ep| !all && *ep == self.running[&name].endpoint) {
+                continue;
+            }
+            let r = self.running.remove(&name).expect("listed above");
+            let _ = r.stop.send(true);
+            self.retiring.insert(r.id, name.clone());
+            match wanted {
+                Some(ep) => drop(self.waiting.insert(name, ep.clone())),
+                None => {
+                    tracing::info!(endpoint = %name, "endpoint removed by a reload; its loop stops once its requests end")
+                }
+            }
         }
-        let (id, why) = match ended {
-            Ok((id, ())) => (id, "ended".to_owned()),
-            Err(e) => (e.id(), if e.is_panic() { "panicked".to_owned() } else { e.to_string() }),
-        };
-        let endpoint = names.get(&id).map_or("?", String::as_str);
-        return Err(format!("the delivery loop of endpoint {endpoint} {why}"));
+        // Changed again before its old loop ended: start the newest.
+        self.waiting.retain(|name, _| config.endpoints.iter().any(|e| e.name == *name));
+        for ep in &config.endpoints {
+            let retiring = self.retiring.values().any(|n| *n == ep.name);
+            if retiring {
+                self.waiting.insert(ep.name.clone(), ep.clone());
+            } else if !self.running.contains_key(&ep.name) {
+                tracing::info!(endpoint = %ep.name, "endpoint added by a reload");
+                self.start(ep.clone());
+            }
+        }
     }
-    Ok(())
 }
 
 async fn endpoint_loop(

@@ -153,7 +153,34 @@ impl From<ProviderError> for IngressError {
 
 struct SourceGate {
     source: Source,
-    limiter: Option<KeyedLimiter>,
+    /// Shared across reloads that keep the source's `rate_limit`, so a
+    /// reload does not hand every client a fresh burst.
+    limiter: Option<Arc<KeyedLimiter>>,
+}
+
+/// What a request is checked against: the configuration in force when it
+/// arrived, and each source's gate.
+struct Gates {
+    config: Arc<Config>,
+    by_source: HashMap<String, SourceGate>,
+}
+
+impl Gates {
+    fn new(config: Arc<Config>, previous: Option<&Gates>) -> Gates {
+        let by_source = config
+            .sources
+            .iter()
+            .map(|s| {
+                let kept = previous
+                    .and_then(|p| p.by_source.get(&s.name))
+                    .filter(|g| g.source.rate_limit == s.rate_limit)
+                    .and_then(|g| g.limiter.clone());
+                let limiter = kept.or_else(|| s.rate_limit.map(|r| Arc::new(limiter(r))));
+                (s.name.clone(), SourceGate { source: s.clone(), limiter })
+            })
+            .collect();
+        Gates { config, by_source }
+    }
 }
 
 fn limiter(r: RateLimit) -> KeyedLimiter {
@@ -162,8 +189,7 @@ fn limiter(r: RateLimit) -> KeyedLimiter {
 
 /// The ingress handler, shared by every connection.
 pub(crate) struct Ingress {
-    config: Arc<Config>,
-    gates: HashMap<String, SourceGate>,
+    gates: std::sync::RwLock<Arc<Gates>>,
     store: Arc<dyn Store>,
     wake: Arc<Wake>,
     metrics: Arc<Metrics>,
@@ -173,13 +199,20 @@ pub(crate) struct Ingress {
 
 impl Ingress {
     pub(crate) fn new(config: Arc<Config>, store: Arc<dyn Store>, wake: Arc<Wake>, metrics: Arc<Metrics>) -> Ingress {
-        let gates = config
-            .sources
-            .iter()
-            .map(|s| (s.name.clone(), SourceGate { source: s.clone(), limiter: s.rate_limit.map(limiter) }))
-            .collect();
         let dedupe_ttl_ms = config.store.dedupe_ttl.as_millis() as u64;
-        Ingress { config, gates, store, wake, metrics, dedupe_ttl_ms, last_prune: AtomicU64::new(0) }
+        let gates = std::sync::RwLock::new(Arc::new(Gates::new(config, None)));
+        Ingress { gates, store, wake, metrics, dedupe_ttl_ms, last_prune: AtomicU64::new(0) }
+    }
+
+    /// Takes in a reloaded configuration: requests that arrive from now on
+    /// are checked against it.
+    pub(crate) fn apply(&self, config: Arc<Config>) {
+        let mut gates = self.gates.write().unwrap_or_else(|e| e.into_inner());
+        *gates = Arc::new(Gates::new(config, Some(&gates)));
+    }
+
+    fn gates(&self) -> Arc<Gates> {
+        self.gates.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Prunes early when a flood of distinct addresses fills the maps, but
@@ -197,7 +230,7 @@ impl Ingress {
     /// Forgets rate-limit state of addresses that have been quiet, so the
     /// per-IP maps do not grow without bound.
     pub(crate) fn forget_idle_clients(&self) {
-        for gate in self.gates.values() {
+        for gate in self.gates().by_source.values() {
             if let Some(l) = &gate.limiter {
                 l.retain_recent();
                 l.shrink_to_fit();
@@ -257,11 +290,13 @@ impl Ingress {
         if name.is_empty() || name.contains('/') {
             return Err(IngressError::NotFound);
         }
-        let gate = self.gates.get(name).ok_or(IngressError::UnknownSource)?;
+        let gates = self.gates();
+        let config = &gates.config;
+        let gate = gates.by_source.get(name).ok_or(IngressError::UnknownSource)?;
         if req.method() != Method::POST {
             return Err(IngressError::MethodNotAllowed);
         }
-        let client = client_ip(peer.ip(), req.headers(), &self.config.server.trusted_proxies).ok_or_else(|| {
+        let client = client_ip(peer.ip(), req.headers(), &config.server.trusted_proxies).ok_or_else(|| {
             IngressError::BadRequest("a trusted proxy sent an X-Forwarded-For that names no client address".into())
         })?;
         let source = &gate.source;
@@ -279,14 +314,14 @@ impl Ingress {
             }
         }
 
-        let max = self.config.server.max_body_bytes;
+        let max = config.server.max_body_bytes;
         let declared =
             req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > max as u64) {
             return Err(IngressError::BodyTooLarge(max));
         }
         let (parts, body) = req.into_parts();
-        let body = read_body(body, max, Some(self.config.server.body_read_timeout)).await.map_err(|e| match e {
+        let body = read_body(body, max, Some(config.server.body_read_timeout)).await.map_err(|e| match e {
             BodyError::TooLarge(max) => IngressError::BodyTooLarge(max),
             BodyError::Timeout => IngressError::BodyTimeout,
             BodyError::Failed(_) => IngressError::BadRequest(e.to_string()),
@@ -299,8 +334,7 @@ impl Ingress {
         })?;
         let event = Event::new(&source.name, source.kind.as_str(), normalised, received_at);
         let received_ms = (received_at.unix_timestamp_nanos() / 1_000_000) as u64;
-        let deliveries = self
-            .config
+        let deliveries = config
             .endpoints
             .iter()
             .filter(|ep| ep.wants(&source.name, &event.event_type))
@@ -319,7 +353,7 @@ impl Ingress {
             json: event.to_json(),
         };
         let admit = self.store.admit(new, deliveries, self.dedupe_ttl_ms);
-        match tokio::time::timeout(self.config.server.admission_timeout, admit).await {
+        match tokio::time::timeout(config.server.admission_timeout, admit).await {
             Ok(Ok(admission)) => {
                 if admission == Admission::Accepted {
                     endpoints.iter().for_each(|ep| self.wake.wake(ep));

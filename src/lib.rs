@@ -35,6 +35,7 @@ mod mac;
 pub mod metrics;
 pub mod providers;
 mod purge;
+mod reload;
 pub mod replay;
 mod retry;
 pub mod server;

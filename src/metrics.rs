@@ -107,12 +107,14 @@ pub struct Metrics {
     store_oldest_event_age: Gauge,
     retention_removed: IntCounterVec,
     retention_seconds: GaugeVec,
+    config_info: IntGaugeVec,
+    config_reloads: IntCounterVec,
     oldest_open_age: Gauge,
     last_poll: GaugeVec,
     store_ready: IntGauge,
     clock_offset: Gauge,
     /// Configured source names, to bound the `source` label.
-    sources: Vec<String>,
+    sources: std::sync::RwLock<Vec<String>>,
     /// When store-backed gauges were last read.
     refreshed: Mutex<Option<Instant>>,
 }
@@ -181,6 +183,16 @@ const RETENTION_SECONDS: Spec = Spec {
     help: "The configured retention, by class (delivered, dead, replay_jobs).",
     labels: &["class"],
 };
+const CONFIG_INFO: Spec = Spec {
+    name: "ipn_relay_config_info",
+    help: "The configuration in force: the first 16 hex digits of its file's SHA-256; always 1.",
+    labels: &["hash"],
+};
+const CONFIG_RELOADS: Spec = Spec {
+    name: "ipn_relay_config_reloads_total",
+    help: "Configuration reloads by result (ok, invalid, needs_restart).",
+    labels: &["result"],
+};
 /// The label values of `ipn_relay_retention_removed_total`'s `kind`.
 pub(crate) const REMOVED_KINDS: [&str; 4] = ["event", "delivery", "attempt", "replay_job"];
 const BUILD_INFO: Spec =
@@ -220,6 +232,38 @@ impl Metrics {
         Ok(metrics)
     }
 
+    /// Takes in a reloaded configuration: its source and endpoint labels
+    /// and its retention.
+    pub(crate) fn configure(&self, config: &Config) {
+        let mut sources = self.sources.write().unwrap_or_else(|e| e.into_inner());
+        *sources = config.sources.iter().map(|s| s.name.clone()).collect();
+        for source in &config.sources {
+            for outcome in INGRESS_OUTCOMES {
+                self.ingress_requests.with_label_values(&[source.name.as_str(), outcome]);
+            }
+            self.ingress_duration.with_label_values(&[source.name.as_str()]);
+        }
+        for ep in &config.endpoints {
+            for outcome in DELIVERY_OUTCOMES {
+                self.deliveries_total.with_label_values(&[ep.name.as_str(), outcome]);
+            }
+            self.delivery_duration.with_label_values(&[ep.name.as_str()]);
+            self.last_poll.with_label_values(&[ep.name.as_str()]);
+        }
+        self.retention(&config.retention);
+    }
+
+    /// The configuration whose file hashes to `hash` is in force.
+    pub(crate) fn config_loaded(&self, hash: &str) {
+        self.config_info.reset();
+        self.config_info.with_label_values(&[hash]).set(1);
+    }
+
+    /// Counts a reload by `result`.
+    pub(crate) fn reloaded(&self, result: &str) {
+        self.config_reloads.with_label_values(&[result]).inc();
+    }
+
     /// Shows the configured retention.
     pub(crate) fn retention(&self, r: &crate::config::RetentionConfig) {
         for (class, d) in [("delivered", r.delivered), ("dead", r.dead), ("replay_jobs", r.replay_jobs)] {
@@ -254,6 +298,11 @@ impl Metrics {
         let retention_seconds = registered(r, GaugeVec::new(RETENTION_SECONDS.opts(), RETENTION_SECONDS.labels)?)?;
         for kind in REMOVED_KINDS {
             retention_removed.with_label_values(&[kind]);
+        }
+        let config_info = registered(r, IntGaugeVec::new(CONFIG_INFO.opts(), CONFIG_INFO.labels)?)?;
+        let config_reloads = registered(r, IntCounterVec::new(CONFIG_RELOADS.opts(), CONFIG_RELOADS.labels)?)?;
+        for result in ["ok", "invalid", "needs_restart"] {
+            config_reloads.with_label_values(&[result]);
         }
         let build_info = registered(r, IntGaugeVec::new(BUILD_INFO.opts(), BUILD_INFO.labels)?)?;
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
@@ -293,18 +342,21 @@ impl Metrics {
             store_oldest_event_age,
             retention_removed,
             retention_seconds,
+            config_info,
+            config_reloads,
             oldest_open_age,
             last_poll,
             store_ready,
             clock_offset,
-            sources,
+            sources: std::sync::RwLock::new(sources),
             refreshed: Mutex::new(None),
         }))
     }
 
     /// The `source` label for a callback to `name`.
     fn source_label<'a>(&self, name: &'a str) -> &'a str {
-        if self.sources.iter().any(|s| s == name) { name } else { UNKNOWN_SOURCE }
+        let sources = self.sources.read().unwrap_or_else(|e| e.into_inner());
+        if sources.iter().any(|s| s == name) { name } else { UNKNOWN_SOURCE }
     }
 
     /// Counts one answered callback.

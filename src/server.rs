@@ -21,6 +21,7 @@ use crate::http::Chain;
 use crate::ingress::Ingress;
 use crate::listener::{Limits, serve};
 use crate::metrics::Metrics;
+use crate::reload::Live;
 use crate::replay;
 use crate::shutdown::stopped;
 use crate::store::{Store, now_millis};
@@ -48,12 +49,31 @@ pub async fn run(
     admin_listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    run_from(config, None, store, sender, ingress_listener, admin_listener, shutdown).await
+}
+
+/// [`run`], for a configuration read from `path`: SIGHUP and
+/// `POST /admin/reload` read it again ([`crate::reload`]).
+pub async fn run_from(
+    config: Arc<Config>,
+    path: Option<std::path::PathBuf>,
+    store: Arc<dyn Store>,
+    sender: delivery::Sender,
+    ingress_listener: TcpListener,
+    admin_listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
     let wake = Arc::new(Wake::new(&config));
     let metrics =
         Metrics::new(&config).map_err(|e| std::io::Error::other(format!("cannot set up the metrics: {e}")))?;
+    let live = Live::new(config.clone(), path, metrics.clone());
     let ingress = Arc::new(Ingress::new(config.clone(), store.clone(), wake.clone(), metrics.clone()));
+    live.on_reload({
+        let ingress = ingress.clone();
+        move |config| ingress.apply(config.clone())
+    });
     let running = replay::Running::default();
-    let admin = Arc::new(Admin::new(config.clone(), store.clone(), running.clone(), metrics.clone()));
+    let admin = Arc::new(Admin::new(live.clone(), store.clone(), running.clone(), metrics.clone()));
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let endpoints: Arc<[String]> = config.endpoints.iter().map(|e| e.name.clone()).collect();
@@ -90,13 +110,11 @@ pub async fn run(
             Ok(())
         }
     });
-    tasks.spawn(
-        "delivery",
-        delivery::run(config.clone(), store.clone(), sender, wake, metrics.clone(), stop_rx.clone()),
-    );
+    tasks.spawn("delivery", delivery::run(live.clone(), store.clone(), sender, wake, metrics.clone(), stop_rx.clone()));
+    tasks.spawn("reload on SIGHUP", on_sighup(live.clone(), stop_rx.clone()));
     tasks.spawn("retention", {
-        let retention = config.retention;
-        let run = crate::purge::run(store.clone(), move || retention, metrics.clone(), stop_rx.clone());
+        let live = live.clone();
+        let run = crate::purge::run(store.clone(), move || live.current().retention, metrics.clone(), stop_rx.clone());
         async move {
             run.await;
             Ok(())
@@ -107,7 +125,7 @@ pub async fn run(
             store.clone(),
             ingress.clone(),
             running,
-            Endpoints { names: endpoints, orphans_checked },
+            Endpoints { live, orphans_checked },
             metrics,
             stop_rx,
         );
@@ -185,14 +203,29 @@ fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
 /// The configured endpoints, and whether deliveries to others have been
 /// orphaned since start-up.
 struct Endpoints {
-    names: Arc<[String]>,
+    live: Arc<Live>,
     orphans_checked: bool,
+}
+
+/// Reloads the configuration on every SIGHUP until `stop`.
+async fn on_sighup(live: Arc<Live>, mut stop: watch::Receiver<bool>) -> Result<(), String> {
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| format!("cannot listen for SIGHUP: {e}"))?;
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                // The outcome is logged by the reload itself.
+                let _ = live.reload().await;
+            }
+            _ = stopped(&mut stop) => return Ok(()),
+        }
+    }
 }
 
 /// Brings the store in line with the configured endpoints (see
 /// [`Store::reconcile_endpoints`]) and says what it found. Returns whether
 /// it got through; a store that is down now is tried again by housekeeping.
-async fn reconcile(store: &dyn Store, endpoints: &[String], orphan_others: bool) -> bool {
+pub(crate) async fn reconcile(store: &dyn Store, endpoints: &[String], orphan_others: bool) -> bool {
     match store.reconcile_endpoints(endpoints, orphan_others, now_millis()).await {
         Ok(found) => {
             for (endpoint, n) in &found.orphaned {
@@ -254,11 +287,12 @@ async fn housekeeping(
         // Take back deliveries another relay orphaned (relays sharing a
         // store during a change of endpoints); orphan only until it worked
         // once after start-up.
+        let names: Arc<[String]> = endpoints.live.current().endpoints.iter().map(|e| e.name.clone()).collect();
         let orphan_others = !endpoints.orphans_checked;
-        if reconcile(store.as_ref(), &endpoints.names, orphan_others).await && orphan_others {
+        if reconcile(store.as_ref(), &names, orphan_others).await && orphan_others {
             endpoints.orphans_checked = true;
         }
-        match replay::resume(store.clone(), &running, stale_after, &endpoints.names, &metrics).await {
+        match replay::resume(store.clone(), &running, stale_after, &names, &metrics).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(jobs = n, "replay jobs resumed"),
             Err(e) => tracing::warn!(error = %Chain(&e), "could not look for unfinished replay jobs; will retry"),

@@ -25,9 +25,9 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::config::Config;
 use crate::http::{AdminBody, BodyError, json_response};
 use crate::metrics::Metrics;
+use crate::reload::Live;
 use crate::replay::{self, Running};
 use crate::store::{DeliveryFilter, DeliveryId, DeliveryState, EventId, Store, StoreError, now_millis};
 use api::{AttemptView, DeliveryDetail, DeliveryPage, DeliveryView, EventView, ReplayJobView, ReplayResult};
@@ -49,15 +49,11 @@ const MAX_REPLAY_MAX: usize = 10_000;
 const MAX_ADMIN_BODY: usize = 16 * 1024;
 
 pub(crate) struct Admin {
-    config: Arc<Config>,
+    /// The configuration in force: a reload applies to the next request.
+    live: Arc<Live>,
     store: Arc<dyn Store>,
     running: Running,
     metrics: Arc<Metrics>,
-    /// The configured endpoints: only their deliveries can be replayed.
-    endpoints: Arc<[String]>,
-    /// SHA-256 of the admin token: comparing digests in constant time hides
-    /// the token's length as well as its bytes.
-    token_digest: Option<[u8; 32]>,
 }
 
 /// An admin API error: status, code, message.
@@ -91,10 +87,8 @@ impl From<StoreError> for ApiError {
 type Answer = Result<Response<Full<Bytes>>, ApiError>;
 
 impl Admin {
-    pub(crate) fn new(config: Arc<Config>, store: Arc<dyn Store>, running: Running, metrics: Arc<Metrics>) -> Admin {
-        let token_digest = config.server.admin_token.as_ref().map(|t| Sha256::digest(t.expose()).into());
-        let endpoints = config.endpoints.iter().map(|e| e.name.clone()).collect();
-        Admin { config, store, running, metrics, endpoints, token_digest }
+    pub(crate) fn new(live: Arc<Live>, store: Arc<dyn Store>, running: Running, metrics: Arc<Metrics>) -> Admin {
+        Admin { live, store, running, metrics }
     }
 
     pub(crate) async fn handle<B>(&self, req: Request<B>) -> Response<AdminBody>
@@ -179,7 +173,12 @@ impl Admin {
 
     fn authorize<B>(&self, req: &Request<B>) -> Result<(), ApiError> {
         let unauthorized = |m: &str| ApiError(StatusCode::UNAUTHORIZED, "unauthorized", m.to_owned());
-        let Some(expected) = &self.token_digest else {
+        // Digests compared in constant time hide the token's length as well
+        // as its bytes. Read per request: a reload may change the token.
+        let config = self.live.current();
+        let Some(expected) =
+            config.server.admin_token.as_ref().map(|t| -> [u8; 32] { Sha256::digest(t.expose()).into() })
+        else {
             return Err(unauthorized("the admin API is disabled: set server.admin_token"));
         };
         let given = req
@@ -190,7 +189,7 @@ impl Admin {
             .and_then(|v| v.get(..7).filter(|p| p.eq_ignore_ascii_case(b"bearer ")).map(|_| &v[7..]))
             .ok_or_else(|| unauthorized("missing bearer token"))?;
         let given: [u8; 32] = Sha256::digest(given).into();
-        match bool::from(given.ct_eq(expected)) {
+        match bool::from(given.ct_eq(&expected)) {
             true => Ok(()),
             false => Err(unauthorized("wrong bearer token")),
         }
@@ -215,13 +214,23 @@ impl Admin {
                 self.replay_bulk(&body).await
             }
             (&Method::GET, ["replays", id]) => self.replay_job(id).await,
+            (&Method::POST, ["reload"]) => match self.live.reload().await {
+                Ok(r) => {
+                    Ok(json_response(StatusCode::OK, &json!({"result": "ok", "hash": r.hash, "changed": r.changed})))
+                }
+                Err(e @ crate::reload::Refused::NeedsRestart { .. }) => {
+                    Err(ApiError(StatusCode::CONFLICT, "needs_restart", e.to_string()))
+                }
+                Err(e) => Err(ApiError(StatusCode::UNPROCESSABLE_ENTITY, "invalid_config", e.to_string())),
+            },
             (&Method::GET, ["store"]) => {
                 let stats = self.store.stats().await?;
-                let kind = match self.config.store.kind {
+                let config = self.live.current();
+                let kind = match config.store.kind {
                     crate::config::StoreKind::Embedded { .. } => "embedded",
                     crate::config::StoreKind::Redis { .. } => "redis",
                 };
-                Ok(json_response(StatusCode::OK, &api::StoreView::new(kind, &stats, &self.config.retention)))
+                Ok(json_response(StatusCode::OK, &api::StoreView::new(kind, &stats, &config.retention)))
             }
             (&Method::POST, ["deliveries", id, "discard"]) => {
                 let body = read_body(req.into_body()).await?;
@@ -236,7 +245,7 @@ impl Admin {
                 "method_not_allowed",
                 format!("{method} not allowed here"),
             )),
-            (_, ["deliveries", _, "replay" | "discard"] | ["replay"] | ["discard"]) => {
+            (_, ["deliveries", _, "replay" | "discard"] | ["replay"] | ["discard"] | ["reload"]) => {
                 Err(ApiError(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use POST".into()))
             }
             _ => Err(ApiError::not_found("no such route")),
@@ -276,7 +285,7 @@ impl Admin {
                 })?)
             }
             "source" => {
-                if !self.config.sources.iter().any(|s| s.name == value) {
+                if !self.live.current().sources.iter().any(|s| s.name == value) {
                     return Err(ApiError::bad(format!("source: no source named '{value}' in the configuration")));
                 }
                 filter.source = Some(value.to_owned());
@@ -311,7 +320,7 @@ impl Admin {
     }
 
     fn is_configured(&self, endpoint: &str) -> bool {
-        self.endpoints.iter().any(|e| e == endpoint)
+        self.live.current().endpoints.iter().any(|e| e.name == endpoint)
     }
 
     /// Why deliveries to `endpoint` cannot be replayed here, if it is not
@@ -401,7 +410,8 @@ impl Admin {
         // it half way (and housekeeping resumes it if this process stops).
         let id = job.id.clone();
         let guard = self.running.enter(&id);
-        match replay::spawn(self.store.clone(), job, guard, self.endpoints.clone(), self.metrics.clone()).await {
+        let endpoints: Arc<[String]> = self.live.current().endpoints.iter().map(|e| e.name.clone()).collect();
+        match replay::spawn(self.store.clone(), job, guard, endpoints, self.metrics.clone()).await {
             Ok(Ok(job)) => Ok(json_response(StatusCode::ACCEPTED, &ReplayJobView::from(&job))),
             Ok(Err(_)) => {
                 // Logged by the job's task.

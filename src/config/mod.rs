@@ -89,7 +89,7 @@ impl RateLimit {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Source {
     pub name: String,
     pub kind: ProviderKind,
@@ -147,7 +147,7 @@ impl<T: fmt::Display> fmt::Display for Url<T> {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Endpoint {
     pub name: String,
     pub url: Url<http::Uri>,
@@ -209,7 +209,7 @@ impl ServerConfig {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum StoreKind {
     Embedded { path: PathBuf },
     Redis { url: Url<String>, prefix: String },
@@ -221,7 +221,7 @@ pub struct StoreConfig {
     pub dedupe_ttl: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DeliveryConfig {
     pub max_attempts: u32,
     pub initial_backoff: Duration,

@@ -16,6 +16,7 @@ mod ingress;
 mod layout;
 mod metrics;
 mod redis_relays;
+mod reload;
 mod restart;
 mod retention;
 mod store_conformance;
