@@ -138,7 +138,7 @@ pub(crate) async fn run(
                         // Removed: what waits for it is orphaned, said loudly.
                         None => {
                             let names: Vec<String> = live.current().endpoints.iter().map(|e| e.name.clone()).collect();
-                            crate::server::reconcile(store.as_ref(), &names, true).await;
+                            crate::reload::reconcile(store.as_ref(), &names, true).await;
                         }
                     }
                     continue;
@@ -162,7 +162,7 @@ pub(crate) async fn run(
                 }
                 // Added endpoints take back their orphaned deliveries now.
                 let names: Vec<String> = config.endpoints.iter().map(|e| e.name.clone()).collect();
-                crate::server::reconcile(store.as_ref(), &names, false).await;
+                crate::reload::reconcile(store.as_ref(), &names, false).await;
             }
             _ = stopped(&mut global) => {
                 for r in loops.running.values() {

@@ -21,7 +21,9 @@ use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 use crate::config::Config;
+use crate::http::Chain;
 use crate::metrics::Metrics;
+use crate::store::{Store, now_millis};
 
 /// What takes in a new configuration before a reload answers.
 type Hook = Box<dyn Fn(&Arc<Config>) + Send + Sync>;
@@ -156,4 +158,29 @@ fn needs_restart(old: &Config, new: &Config) -> Option<&'static str> {
         ("log.format", old.log_format != new.log_format),
     ];
     differs.into_iter().find_map(|(key, d)| d.then_some(key))
+}
+
+/// Brings the store in line with the configured endpoints (see
+/// [`Store::reconcile_endpoints`]) and says what it found. Returns whether
+/// it got through; a store that is down now is tried again by housekeeping.
+pub(crate) async fn reconcile(store: &dyn Store, endpoints: &[String], orphan_others: bool) -> bool {
+    match store.reconcile_endpoints(endpoints, orphan_others, now_millis()).await {
+        Ok(found) => {
+            for (endpoint, n) in &found.orphaned {
+                tracing::warn!(
+                    endpoint = %endpoint,
+                    deliveries = n,
+                    "deliveries to an endpoint that is not in the configuration are orphaned: nothing will send them. Add the endpoint back to deliver them, or close them with `ipn-relay discard --state orphaned --endpoint {endpoint} --reason TEXT`"
+                );
+            }
+            for (endpoint, n) in &found.adopted {
+                tracing::info!(endpoint = %endpoint, deliveries = n, "orphaned deliveries to a configured endpoint are pending again");
+            }
+            true
+        }
+        Err(e) => {
+            tracing::warn!(error = %Chain(&e), "could not check deliveries against the configured endpoints; will retry");
+            false
+        }
+    }
 }

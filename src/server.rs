@@ -79,7 +79,7 @@ pub async fn run_from(
     let endpoints: Arc<[String]> = config.endpoints.iter().map(|e| e.name.clone()).collect();
     // Before delivering: deliveries to endpoints no longer configured are
     // orphaned (said loudly), those to endpoints configured again come back.
-    let orphans_checked = reconcile(store.as_ref(), &endpoints, true).await;
+    let orphans_checked = crate::reload::reconcile(store.as_ref(), &endpoints, true).await;
 
     tracing::info!(addr = %ingress_listener.local_addr()?, "ingress listening");
     tracing::info!(addr = %admin_listener.local_addr()?, "admin listening");
@@ -222,31 +222,6 @@ async fn on_sighup(live: Arc<Live>, mut stop: watch::Receiver<bool>) -> Result<(
     }
 }
 
-/// Brings the store in line with the configured endpoints (see
-/// [`Store::reconcile_endpoints`]) and says what it found. Returns whether
-/// it got through; a store that is down now is tried again by housekeeping.
-pub(crate) async fn reconcile(store: &dyn Store, endpoints: &[String], orphan_others: bool) -> bool {
-    match store.reconcile_endpoints(endpoints, orphan_others, now_millis()).await {
-        Ok(found) => {
-            for (endpoint, n) in &found.orphaned {
-                tracing::warn!(
-                    endpoint = %endpoint,
-                    deliveries = n,
-                    "deliveries to an endpoint that is not in the configuration are orphaned: nothing will send them. Add the endpoint back to deliver them, or close them with `ipn-relay discard --state orphaned --endpoint {endpoint} --reason TEXT`"
-                );
-            }
-            for (endpoint, n) in &found.adopted {
-                tracing::info!(endpoint = %endpoint, deliveries = n, "orphaned deliveries to a configured endpoint are pending again");
-            }
-            true
-        }
-        Err(e) => {
-            tracing::warn!(error = %Chain(&e), "could not check deliveries against the configured endpoints; will retry");
-            false
-        }
-    }
-}
-
 async fn housekeeping(
     store: Arc<dyn Store>,
     ingress: Arc<Ingress>,
@@ -289,7 +264,7 @@ async fn housekeeping(
         // once after start-up.
         let names: Arc<[String]> = endpoints.live.current().endpoints.iter().map(|e| e.name.clone()).collect();
         let orphan_others = !endpoints.orphans_checked;
-        if reconcile(store.as_ref(), &names, orphan_others).await && orphan_others {
+        if crate::reload::reconcile(store.as_ref(), &names, orphan_others).await && orphan_others {
             endpoints.orphans_checked = true;
         }
         match replay::resume(store.clone(), &running, stale_after, &names, &metrics).await {

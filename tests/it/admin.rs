@@ -421,9 +421,10 @@ async fn a_truncated_bulk_replay_is_continued_exactly_and_paging_is_strict() {
         json: b"{}".to_vec(),
     };
     let settle = |next: Next| async move {
+        // Finished now: settled deliveries are kept for the retention.
         let attempt = Attempt {
             number: 0,
-            started_at: 1,
+            started_at: ipn_relay::store::now_millis(),
             duration_ms: 1,
             result: AttemptResult::Status { code: 500 },
             response_excerpt: None,
