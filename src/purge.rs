@@ -27,11 +27,14 @@ pub(crate) const EVERY: Duration = Duration::from_secs(10);
 /// Queue entries one step looks at at most. On the embedded store a step
 /// stops early (after a few) as soon as admissions or other writes wait.
 pub(crate) const STEP: usize = 200;
-/// The pause between steps while a backlog lasts: after every step on
-/// Redis, and on the embedded store after a step that gave way to waiting
-/// writes (one that did not found the store idle, and the next follows at
-/// once).
+/// The pause between steps on Redis while a backlog lasts. On the embedded
+/// store a step that was not interrupted found the store idle, and the
+/// next follows at once.
 pub(crate) const PAUSE: Duration = Duration::from_millis(20);
+/// The pause after an embedded step that gave way to waiting writes: short,
+/// so that removal keeps pace with a busy store (BENCHMARKS.md measures
+/// what it costs admissions).
+pub(crate) const YIELD_PAUSE: Duration = Duration::from_millis(5);
 
 /// Runs until `stop`; `retention` is read at every step, so a reload
 /// applies at once.
@@ -66,9 +69,10 @@ pub(crate) async fn run(
                     }
                     // A store that gives way to waiting writes and was not
                     // asked to had the time to spare: go on at once.
-                    match step.gives_way && !step.interrupted {
-                        true => Duration::ZERO,
-                        false => PAUSE,
+                    match (step.gives_way, step.interrupted) {
+                        (true, false) => Duration::ZERO,
+                        (true, true) => YIELD_PAUSE,
+                        (false, _) => PAUSE,
                     }
                 }
                 Err(e) => {

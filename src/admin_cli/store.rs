@@ -111,7 +111,7 @@ fn render_stats(s: &StoreView) -> String {
         (
             "retention",
             format!(
-                "delivered {}, dead {}, replay jobs {}; {} events queued to look at",
+                "delivered {}, dead {}, replay jobs {}; {} queue entries to look at",
                 s.retention.delivered, s.retention.dead, s.retention.replay_jobs, s.retention_queue
             ),
         ),

@@ -160,6 +160,23 @@ async fn finished_replay_jobs_go_after_theirs(s: Arc<impl Store>) {
     assert!(s.replay_job(&old.id).await.unwrap().is_some());
 }
 
+/// A provider's callback accepted again once its dedupe key expired is a
+/// new copy of the event: old queue entries (here a dead one left by a
+/// delivery later replayed) and old deliveries do not time it.
+async fn a_copy_received_again_starts_its_retention_afresh(s: Arc<impl Store>) {
+    s.admit(event("evt_c", 1000), deliveries(1000, &["be"]), TTL).await.unwrap();
+    let ids = finish_all(s.as_ref(), "be", 1100, Next::Dead).await;
+    assert_eq!(s.replay(&ids, false, 1200).await.unwrap().replayed, 1);
+    finish_all(s.as_ref(), "be", 1300, Next::Delivered).await;
+    let cut = Cutoffs { delivered: 5000, dead: 500, replay_jobs: 0 };
+    assert_eq!(purge_all(s.as_ref(), cut, 5000).await.events, 1);
+    s.sweep(5000).await.unwrap();
+    assert_eq!(s.admit(event("evt_c", 10_000), vec![], TTL).await.unwrap(), Admission::Accepted);
+    assert_eq!(purge_all(s.as_ref(), all(9000), 10_500).await.events, 0, "received at 10 000");
+    assert!(s.event(&"evt_c".into()).await.unwrap().is_some());
+    assert_eq!(purge_all(s.as_ref(), all(10_001), 10_500).await.events, 1);
+}
+
 macro_rules! retention_suite {
     ($module:ident, $make:expr) => {
         mod $module {
@@ -176,6 +193,7 @@ macro_rules! retention_suite {
             case!(settled_events_go_and_nothing_else);
             case!(classes_keep_their_own_retention);
             case!(finished_replay_jobs_go_after_theirs);
+            case!(a_copy_received_again_starts_its_retention_afresh);
         }
     };
 }

@@ -89,6 +89,23 @@ impl RedisStore {
             let _: () = conn.set(&marker, 1).await.map_err(unavailable)?;
             return Ok(());
         }
+        // One builder: relays starting together would otherwise re-add
+        // events another's purge already removed. The others go on; purging
+        // waits for the marker (purge.lua).
+        let lock = self.key("retention-index-building");
+        let took: Option<String> = redis::cmd("SET")
+            .arg(&lock)
+            .arg(std::process::id())
+            .arg("NX")
+            .arg("PX")
+            .arg(600_000)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        if took.is_none() {
+            tracing::info!("another relay is indexing older data for retention; removal waits for it");
+            return Ok(());
+        }
         let now = crate::store::now_millis();
         let mut attempts: i64 = 0;
         let mut upper = "+".to_owned();
@@ -164,6 +181,7 @@ impl RedisStore {
         }
         let _: () = conn.hset(self.key("counts"), "attempts", attempts).await.map_err(unavailable)?;
         let _: () = conn.set(&marker, 1).await.map_err(unavailable)?;
+        let _: () = conn.del(&lock).await.map_err(unavailable)?;
         Ok(())
     }
 }

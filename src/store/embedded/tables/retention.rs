@@ -76,14 +76,14 @@ impl Tables<'_> {
                 .map(|e| e.map(|(k, _)| (k.value().1, k.value().2.to_owned())).map_err(unavailable))
                 .collect::<Result<_, _>>()?;
             for (at, id) in due {
-                // A few at least, so that retention keeps up under any load.
+                // A few at least, so that removal makes progress under any load.
                 if out.examined >= MIN_PER_STEP && busy() {
                     out.interrupted = true;
                     return Ok(out);
                 }
                 self.settled.remove((byte, at, id.as_str())).map_err(unavailable)?;
                 out.examined += 1;
-                match self.settled_state(&id, at)? {
+                match self.settled_state(&id)? {
                     Found::Gone | Found::Open => {}
                     Found::Settled { class, last, record, deliveries } if last < cutoffs.of(class) => {
                         out.add(self.remove_event(&id, record, &deliveries, now)?);
@@ -112,10 +112,8 @@ impl Tables<'_> {
         Ok(out)
     }
 
-    /// Whether the event is settled, as of now. `noted` is when its queue
-    /// entry said it settled: the last finish of an event without
-    /// deliveries.
-    fn settled_state(&self, id: &str, noted: Millis) -> Result<Found, StoreError> {
+    /// Whether the event is settled, as of now, and since when.
+    fn settled_state(&self, id: &str) -> Result<Found, StoreError> {
         let record = match self.get_index(id) {
             Ok(Some(r)) if !r.is_removed() => r,
             Ok(_) => return Ok(Found::Gone),
@@ -125,8 +123,23 @@ impl Tables<'_> {
             }
             Err(e) => return Err(e),
         };
+        // The event's own receipt counts as a finish: a copy received again
+        // after its dedupe key expired starts its retention afresh, whatever
+        // the old deliveries still linked to it or old queue entries say.
+        let body = match self.get_body(id, record.body_seq) {
+            Ok(body) => body,
+            Err(e @ StoreError::Corrupt { .. }) => {
+                tracing::error!(event_id = %id, error = %Chain(&e), "unreadable event body; the event is kept");
+                return Ok(Found::Open);
+            }
+            Err(e) => return Err(e),
+        };
+        let Some(received) = super::super::listing::received_at(&body) else {
+            tracing::error!(event_id = %id, "stored event without a readable received_at; the event is kept");
+            return Ok(Found::Open);
+        };
         let mut deliveries = Vec::new();
-        let (mut class, mut last) = (Class::Delivered, None::<Millis>);
+        let (mut class, mut last) = (Class::Delivered, received);
         for did in &record.delivery_ids {
             match self.named(did.as_str(), "its event is kept")? {
                 Named::Found(d) => match class_of(d.state) {
@@ -134,16 +147,17 @@ impl Tables<'_> {
                         if c == Class::Dead {
                             class = Class::Dead;
                         }
-                        last = Some(last.map_or(d.updated_at, |l| l.max(d.updated_at)));
+                        last = last.max(d.updated_at);
                         deliveries.push(*d);
                     }
                     None => return Ok(Found::Open),
                 },
-                Named::Missing => {}
-                Named::Unreadable => return Ok(Found::Open),
+                // Its state is unknown: keep the event, whose body is the
+                // only thing the delivery could be rebuilt from.
+                Named::Missing | Named::Unreadable => return Ok(Found::Open),
             }
         }
-        Ok(Found::Settled { class, last: last.unwrap_or(noted), record, deliveries })
+        Ok(Found::Settled { class, last, record, deliveries })
     }
 
     /// Removes an event, its deliveries and their attempts. Its dedupe key

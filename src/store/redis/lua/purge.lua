@@ -11,36 +11,52 @@ local cutoff_arg = {delivered = ARGV[2], dead = ARGV[3]}
 local limit = tonumber(ARGV[5])
 local class_of = {delivered = 'delivered', dead = 'dead', discarded = 'dead'}
 local out = {0, 0, 0, 0, 0}
+-- Not before the index of older data is complete (connect.rs builds it).
+if redis.call('EXISTS', p .. 'retention-index') == 0 then return out end
+local function key_is(key, want)
+  local t = redis.call('TYPE', key).ok
+  return t == 'none' or t == want
+end
+if not key_is(KEYS[1], 'hash') or not key_is(KEYS[2], 'zset') or not key_is(KEYS[3], 'zset')
+    or not key_is(KEYS[4], 'zset') or not key_is(KEYS[5], 'zset') or not key_is(KEYS[6], 'zset') then
+  return redis.error_reply('relay keys of the wrong type under ' .. p)
+end
 for _, class in ipairs({'delivered', 'dead'}) do
   local queue = p .. 'settled:' .. class
   local room = limit - out[5]
   if room <= 0 then break end
-  local due = redis.call('ZRANGEBYSCORE', queue, '-inf', '(' .. cutoff_arg[class], 'WITHSCORES', 'LIMIT', 0, room)
-  for i = 1, #due, 2 do
-    local id, noted = due[i], tonumber(due[i + 1])
+  local due = redis.call('ZRANGEBYSCORE', queue, '-inf', '(' .. cutoff_arg[class], 'LIMIT', 0, room)
+  for i = 1, #due do
+    local id = due[i]
     redis.call('ZREM', queue, id)
     out[5] = out[5] + 1
-    if redis.call('EXISTS', p .. 'event:' .. id) == 1 then
+    -- The copy in the store now: its receipt counts as a finish, so a copy
+    -- received again after its dedupe key expired starts afresh.
+    local received = tonumber(redis.call('ZSCORE', KEYS[5], id))
+    if redis.call('EXISTS', p .. 'event:' .. id) == 1 and received ~= nil
+        and key_is(p .. 'event-dlv:' .. id, 'list') then
       local ids = redis.call('LRANGE', p .. 'event-dlv:' .. id, 0, -1)
-      local found, settled, class_now, last = {}, true, 'delivered', nil
+      local found, settled, class_now, last = {}, true, 'delivered', received
       for _, did in ipairs(ids) do
         local d = read_record(p .. 'dlv:' .. did)
-        if d == false then
+        -- Missing or unreadable: its state is unknown, so the event stays.
+        -- Every check comes before the first write: Redis does not undo a
+        -- script's writes when it fails half way.
+        if not d or not key_is(p .. 'attempts:' .. did, 'list') then
           settled = false
-        elseif d ~= nil then
+        else
           local c = class_of[d.state]
           if c == nil or type(d.updated_at) ~= 'number' then
             settled = false
           else
             if c == 'dead' then class_now = 'dead' end
-            if last == nil or d.updated_at > last then last = d.updated_at end
+            if d.updated_at > last then last = d.updated_at end
             table.insert(found, {did, d.state})
           end
         end
         if not settled then break end
       end
       if settled then
-        last = last or noted
         if last < cutoff[class_now] then
           for _, f in ipairs(found) do
             local did, state = f[1], f[2]
