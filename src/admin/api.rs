@@ -106,7 +106,6 @@ pub struct RetentionView {
 
 impl StoreView {
     pub fn new(kind: &str, s: &crate::store::retention::StoreStats, r: &crate::config::RetentionConfig) -> StoreView {
-        let span = |d: Duration| humantime::format_duration(d).to_string();
         StoreView {
             kind: kind.to_owned(),
             events: s.events,
@@ -124,6 +123,18 @@ impl StoreView {
             },
         }
     }
+}
+
+/// A duration as the configuration would write it: `7d`, `90d`, `36h`,
+/// `90s`, `500ms`.
+fn span(d: Duration) -> String {
+    let ms = d.as_millis();
+    for (unit, size) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
+        if ms >= size && ms % size == 0 {
+            return format!("{}{unit}", ms / size);
+        }
+    }
+    format!("{ms}ms")
 }
 
 /// `POST /admin/deliveries/{id}/replay`: whether it was replayed or
@@ -444,6 +455,16 @@ mod tests {
         job.truncated = false;
         let text = wire(&ReplayJobView::from(&job));
         assert!(!text.contains("continue_cursor"), "{text}");
+    }
+
+    #[test]
+    fn durations_read_as_the_configuration_writes_them() {
+        let d = Duration::from_secs;
+        assert_eq!(super::span(d(7 * 86_400)), "7d");
+        assert_eq!(super::span(d(90 * 86_400)), "90d");
+        assert_eq!(super::span(d(36 * 3600)), "36h");
+        assert_eq!(super::span(d(90)), "90s");
+        assert_eq!(super::span(Duration::from_millis(1500)), "1500ms");
     }
 
     #[test]

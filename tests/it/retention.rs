@@ -362,7 +362,10 @@ async fn the_relay_removes_settled_events_by_itself(store: Arc<dyn Store>, store
     let conn = ["--admin-url".to_owned(), a.clone(), "--token".to_owned(), TOKEN.to_owned()];
     let (code, out, err) = cli(&[args(&["store", "stats"]), conn.to_vec()].concat()).await;
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("events:       0\n") && out.contains("retention:    delivered 1s, dead 1s"), "{out}");
+    assert!(
+        out.contains("events:       0\n") && out.contains("retention:    delivered 1s, dead 1s, replay jobs 30d"),
+        "{out}"
+    );
     // The dedupe key outlives the event.
     let (status, v) = post_to(&c, relay.addr, payment_ipn(9100, "finished")).await.unwrap();
     assert_eq!((status, v["status"].as_str()), (200, Some("duplicate")), "{v}");
