@@ -460,11 +460,11 @@ mod tests {
     #[test]
     fn durations_read_as_the_configuration_writes_them() {
         let d = Duration::from_secs;
-        assert_eq!(super::span(d(7 * 86_400)), "7d");
-        assert_eq!(super::span(d(90 * 86_400)), "90d");
-        assert_eq!(super::span(d(36 * 3600)), "36h");
-        assert_eq!(super::span(d(90)), "90s");
-        assert_eq!(super::span(Duration::from_millis(1500)), "1500ms");
+        assert_eq!(span(d(7 * 86_400)), "7d");
+        assert_eq!(span(d(90 * 86_400)), "90d");
+        assert_eq!(span(d(36 * 3600)), "36h");
+        assert_eq!(span(d(90)), "90s");
+        assert_eq!(span(Duration::from_millis(1500)), "1500ms");
     }
 
     #[test]
