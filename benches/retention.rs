@@ -7,7 +7,9 @@
 //!
 //! - **soak**: the relay (retention of one minute for every class) takes
 //!   SOAK_RATE signed IPNs a second (default 500) for SOAK_MINUTES (default
-//!   12) while delivering them to a receiver that answers 200. Every minute
+//!   12) while delivering them to a receiver that answers 200, with
+//!   `dedupe_ttl` SOAK_DEDUPE_TTL (default 1m; dedupe keys outlive their
+//!   events by design and bound the store's size as well). Every minute
 //!   it prints the store's size (the file, or Redis's `used_memory`), the
 //!   events stored and the events removed so far.
 //! - **purge**: PURGE_EVENTS settled events (default 333,334: a million
@@ -114,7 +116,7 @@ impl Drop for Relay {
     }
 }
 
-fn spawn_relay(target: &Target, receiver: SocketAddr, retention: &str) -> Relay {
+fn spawn_relay(target: &Target, receiver: SocketAddr, retention: &str, dedupe_ttl: &str) -> Relay {
     let (port, admin) = (free_port(), free_port());
     let text = format!(
         r#"
@@ -125,6 +127,7 @@ admin_token = "{TOKEN}"
 
 [store]
 {store}
+dedupe_ttl = "{dedupe_ttl}"
 
 [[sources]]
 name = "nowpayments"
@@ -266,7 +269,9 @@ async fn soak(target: &Target) {
     let store = if target.redis_url.is_some() { "redis (AOF, appendfsync always)" } else { "embedded" };
     println!("retention soak: {rate} IPNs/s for {minutes} min, retention 1m for every class, {store} store");
     let receiver = start_receiver().await;
-    let relay = spawn_relay(target, receiver, "delivered = \"1m\"\ndead = \"1m\"\nreplay_jobs = \"1m\"");
+    let dedupe_ttl = std::env::var("SOAK_DEDUPE_TTL").unwrap_or_else(|_| "1m".into());
+    println!("dedupe_ttl {dedupe_ttl}: dedupe keys outlive their events by design, so they bound the size too");
+    let relay = spawn_relay(target, receiver, "delivered = \"1m\"\ndead = \"1m\"\nreplay_jobs = \"1m\"", &dedupe_ttl);
     println!("| minute | posted | failed | events stored | removed so far | store size (MiB) |");
     println!("|---|---|---|---|---|---|");
     let (mut posted, mut failed) = (0usize, 0usize);
@@ -306,7 +311,7 @@ async fn purge(target: &Target) {
     );
     println!("|---|---|---|---|---|---|---|---|");
     for (label, retention) in [("not due (100d)", "delivered = \"100d\""), ("all due (1m)", "delivered = \"1m\"")] {
-        let relay = spawn_relay(target, receiver, retention);
+        let relay = spawn_relay(target, receiver, retention, "30d");
         tokio::time::sleep(Duration::from_secs(1)).await;
         for window in 1..=3u64 {
             let before = removed_events(&relay).await;

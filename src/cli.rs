@@ -172,6 +172,10 @@ fn init_logging(format: LogFormat) {
 }
 
 async fn serve(config: Config, path: PathBuf) -> anyhow::Result<()> {
+    // SIGHUP reloads the configuration; until the relay is up to do so, it
+    // must not end the process (its default). Tokio keeps a handler once
+    // installed, so the stream can go.
+    drop(tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?);
     for var in &config.defaulted_vars {
         tracing::warn!(
             variable = %var,

@@ -26,7 +26,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-use crate::config::{Config, DeliveryConfig, Endpoint};
+use crate::config::{Config, DeliveryConfig, Endpoint, RateLimit};
 use crate::http::Chain;
 use crate::metrics::Metrics;
 use crate::reload::Live;
@@ -57,7 +57,7 @@ struct Shared {
 
 struct EndpointRunner {
     endpoint: Endpoint,
-    limiter: Option<DefaultDirectRateLimiter>,
+    limiter: Option<Arc<DefaultDirectRateLimiter>>,
     slots: Arc<Semaphore>,
 }
 
@@ -120,6 +120,7 @@ pub(crate) async fn run(
         running: HashMap::new(),
         retiring: HashMap::new(),
         waiting: HashMap::new(),
+        limiters: HashMap::new(),
     };
     for ep in &config.endpoints {
         loops.start(ep.clone());
@@ -133,6 +134,9 @@ pub(crate) async fn run(
                     Err(e) => (e.id(), if e.is_panic() { "panicked".to_owned() } else { e.to_string() }),
                 };
                 if let Some(name) = loops.retiring.remove(&id) {
+                    if why != "ended" {
+                        tracing::error!(endpoint = %name, why = %why, "the delivery loop a reload stopped ended abnormally; its replacement starts");
+                    }
                     match loops.waiting.remove(&name) {
                         Some(ep) => loops.start(ep),
                         // Removed: what waits for it is orphaned, said loudly.
@@ -186,6 +190,9 @@ struct Loops {
     retiring: HashMap<tokio::task::Id, String>,
     /// Endpoints to start once their retiring loop has ended.
     waiting: HashMap<String, Endpoint>,
+    /// Each endpoint's rate limiter, kept across a restart of its loop
+    /// while its `rate_limit` stays the same, so a reload grants no burst.
+    limiters: HashMap<String, (RateLimit, Arc<DefaultDirectRateLimiter>)>,
 }
 
 struct RunningLoop {
@@ -196,8 +203,16 @@ struct RunningLoop {
 
 impl Loops {
     fn start(&mut self, ep: Endpoint) {
+        let limiter = ep.rate_limit.map(|r| match self.limiters.get(&ep.name) {
+            Some((kept, l)) if *kept == r => l.clone(),
+            _ => Arc::new(RateLimiter::direct(r.quota())),
+        });
+        match (ep.rate_limit, &limiter) {
+            (Some(r), Some(l)) => drop(self.limiters.insert(ep.name.clone(), (r, l.clone()))),
+            _ => drop(self.limiters.remove(&ep.name)),
+        }
         let runner = Arc::new(EndpointRunner {
-            limiter: ep.rate_limit.map(|r| RateLimiter::direct(r.quota())),
+            limiter,
             slots: Arc::new(Semaphore::new(ep.max_in_flight)),
             endpoint: ep.clone(),
         });

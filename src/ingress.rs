@@ -286,13 +286,16 @@ impl Ingress {
         B: hyper::body::Body<Data = Bytes> + Send,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
-        let name = req.uri().path().strip_prefix("/hooks/").ok_or(IngressError::NotFound)?;
+        let name = req.uri().path().strip_prefix("/hooks/").ok_or(IngressError::NotFound)?.to_owned();
+        let name = name.as_str();
         if name.is_empty() || name.contains('/') {
             return Err(IngressError::NotFound);
         }
-        let gates = self.gates();
-        let config = &gates.config;
-        let gate = gates.by_source.get(name).ok_or(IngressError::UnknownSource)?;
+        // Cheap refusals first, against the configuration as the request
+        // arrived; everything is checked again once the body is in.
+        let early = self.gates();
+        let config = &early.config;
+        let gate = early.by_source.get(name).ok_or(IngressError::UnknownSource)?;
         if req.method() != Method::POST {
             return Err(IngressError::MethodNotAllowed);
         }
@@ -327,6 +330,17 @@ impl Ingress {
             BodyError::Failed(_) => IngressError::BadRequest(e.to_string()),
         })?;
 
+        // The body can take up to `body_read_timeout` to arrive, and a reload
+        // may have come meanwhile: verify against the configuration in force
+        // now, so a secret, source or allowed network removed by a reload
+        // that has answered admits nothing more.
+        let gates = self.gates();
+        let config = &gates.config;
+        let gate = gates.by_source.get(name).ok_or(IngressError::UnknownSource)?;
+        let source = &gate.source;
+        if !source.allow_ips.is_empty() && !source.allow_ips.iter().any(|net| net.contains(&client)) {
+            return Err(IngressError::IpNotAllowed);
+        }
         let received_at = OffsetDateTime::now_utc();
         let normalised = providers::process(source, &parts.headers, &body, received_at).map_err(|e| {
             tracing::debug!(source = %source.name, reason = %e, "verification failed");

@@ -115,6 +115,8 @@ pub struct Metrics {
     clock_offset: Gauge,
     /// Configured source names, to bound the `source` label.
     sources: std::sync::RwLock<Vec<String>>,
+    /// Configured endpoint names, to drop the series of removed ones.
+    endpoints: std::sync::RwLock<Vec<String>>,
     /// When store-backed gauges were last read.
     refreshed: Mutex<Option<Instant>>,
 }
@@ -236,7 +238,24 @@ impl Metrics {
     /// and its retention.
     pub(crate) fn configure(&self, config: &Config) {
         let mut sources = self.sources.write().unwrap_or_else(|e| e.into_inner());
+        // Series of sources and endpoints that are gone go with them: a
+        // frozen worker heartbeat would page someone.
+        for gone in sources.iter().filter(|s| !config.sources.iter().any(|n| n.name == **s)) {
+            for outcome in INGRESS_OUTCOMES {
+                let _ = self.ingress_requests.remove_label_values(&[gone.as_str(), outcome]);
+            }
+            let _ = self.ingress_duration.remove_label_values(&[gone.as_str()]);
+        }
         *sources = config.sources.iter().map(|s| s.name.clone()).collect();
+        let mut endpoints = self.endpoints.write().unwrap_or_else(|e| e.into_inner());
+        for gone in endpoints.iter().filter(|e| !config.endpoints.iter().any(|n| n.name == **e)) {
+            for outcome in DELIVERY_OUTCOMES {
+                let _ = self.deliveries_total.remove_label_values(&[gone.as_str(), outcome]);
+            }
+            let _ = self.delivery_duration.remove_label_values(&[gone.as_str()]);
+            let _ = self.last_poll.remove_label_values(&[gone.as_str()]);
+        }
+        *endpoints = config.endpoints.iter().map(|e| e.name.clone()).collect();
         for source in &config.sources {
             for outcome in INGRESS_OUTCOMES {
                 self.ingress_requests.with_label_values(&[source.name.as_str(), outcome]);
@@ -349,6 +368,7 @@ impl Metrics {
             store_ready,
             clock_offset,
             sources: std::sync::RwLock::new(sources),
+            endpoints: std::sync::RwLock::new(endpoints.iter().map(|e| e.to_string()).collect()),
             refreshed: Mutex::new(None),
         }))
     }
@@ -375,7 +395,10 @@ impl Metrics {
 
     /// Records a claim poll of `endpoint` that reached the store.
     pub(crate) fn polled(&self, endpoint: &str) {
-        self.last_poll.with_label_values(&[endpoint]).set(now_millis() as f64 / 1000.0);
+        // A loop a reload is stopping must not bring its removed series back.
+        if self.endpoints.read().unwrap_or_else(|e| e.into_inner()).iter().any(|e| e == endpoint) {
+            self.last_poll.with_label_values(&[endpoint]).set(now_millis() as f64 / 1000.0);
+        }
     }
 
     pub(crate) fn replayed(&self, n: usize) {

@@ -122,7 +122,16 @@ impl Live {
         let path = self.path.as_ref().ok_or(Refused::NoFile)?;
         let text = std::fs::read_to_string(path)
             .map_err(|e| Refused::Invalid(format!("cannot read {}: {e}", path.display())))?;
-        let new = Config::parse(&text, path).map_err(|e| Refused::Invalid(e.to_string()))?;
+        // The first line only: a TOML error goes on to quote the offending
+        // line, which may hold a secret, and this goes to the log.
+        let new = Config::parse(&text, path).map_err(|e| {
+            let all = e.to_string();
+            let first = all.lines().next().unwrap_or_default();
+            match all.lines().nth(1) {
+                Some(_) => Refused::Invalid(format!("{first} (`ipn-relay check-config` shows where)")),
+                None => Refused::Invalid(first.to_owned()),
+            }
+        })?;
         let old = self.current();
         if let Some(key) = needs_restart(&old, &new) {
             return Err(Refused::NeedsRestart { key });

@@ -67,7 +67,8 @@ async fn backup(client: &Client, file: &Path) -> Result<u64, ClientError> {
         );
     }
     let write_err = |e: std::io::Error| ClientError::Failed(format!("cannot write {}: {e}", partial.display()));
-    let mut out = std::fs::File::create_new(&partial).map_err(write_err)?;
+    // A `.partial` left by an interrupted run is written over.
+    let mut out = std::fs::File::create(&partial).map_err(write_err)?;
     let mut written = 0u64;
     let copied = async {
         while let Some(chunk) = resp.chunk().await.map_err(|e| {
@@ -84,10 +85,13 @@ async fn backup(client: &Client, file: &Path) -> Result<u64, ClientError> {
         let _ = std::fs::remove_file(&partial);
         return Err(e);
     }
-    std::fs::rename(&partial, file).map_err(write_err)?;
-    if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
-        let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
-    }
+    // A link, not a rename: it fails if FILE appeared meanwhile, so nothing
+    // is ever overwritten.
+    let linked = std::fs::hard_link(&partial, file);
+    let _ = std::fs::remove_file(&partial);
+    linked.map_err(|e| ClientError::Failed(format!("cannot create {}: {e}", file.display())))?;
+    let dir = file.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
     Ok(written)
 }
 

@@ -281,10 +281,11 @@ impl TryFrom<RawEndpoint> for Endpoint {
         check_name("name", &ep.name)?;
         let url: http::Uri = match ep.url.parse() {
             Ok(u) => u,
-            Err(e) => return invalid("url", format!("{:?} is not a URL: {e}", ep.url)),
+            // The URL may carry credentials: never quoted.
+            Err(e) => return invalid("url", format!("not a URL: {e}")),
         };
         if !matches!(url.scheme_str(), Some("http" | "https")) || url.host().is_none_or(str::is_empty) {
-            return invalid("url", format!("{:?} must be an absolute http:// or https:// URL", ep.url));
+            return invalid("url", "must be an absolute http:// or https:// URL");
         }
         let signing_key = parse_signing_key("secret", &ep.secret)?;
         let previous_signing_key = match ep.previous_secret.filter(|t| !t.is_empty()) {

@@ -59,6 +59,13 @@ async fn a_backup_taken_under_load_holds_everything_acknowledged_before_it() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("exists"), "{err}");
     assert!(!dir.path().join("backup/copy.redb.partial").exists());
+    // The relay's temporary copies are gone: unlinked as soon as they exist.
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".ipn-relay-snapshot-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
     // The snapshot route is GET only, and needs the token.
     assert_eq!(post(&c, format!("{a}/admin/store/snapshot"), None).await.0, 405);
     assert_eq!(get(&c, format!("{a}/admin/store/snapshot"), None).await.0, 401);

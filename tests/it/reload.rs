@@ -140,6 +140,10 @@ async fn twenty_reloads_under_load_fail_no_callback() {
     assert!(eventually(Duration::from_secs(30), all).await, "not every acknowledged event was delivered");
     assert!(!second.received().is_empty() && !ledger.received().is_empty(), "the second file's endpoints were used");
 
+    // `ledger` is gone from the file in force: so are its series (a frozen
+    // heartbeat would page someone).
+    let poll = metric(&c, relay.admin, "ipn_relay_delivery_last_poll_timestamp_seconds{endpoint=\"ledger\"}").await;
+    assert_eq!(poll, None);
     let reloads = metric(&c, relay.admin, "ipn_relay_config_reloads_total{result=\"ok\"}").await.unwrap();
     assert_eq!(reloads, "ipn_relay_config_reloads_total{result=\"ok\"} 20");
     let hash = ipn_relay_hash(&a);
@@ -189,4 +193,34 @@ async fn a_bad_file_or_a_restart_only_change_is_refused_and_the_running_config_s
     // A token-less request is refused, as on every admin route.
     let r = c.post(format!("http://{}/admin/reload", relay.admin)).send().await.unwrap();
     assert_eq!(r.status(), 401);
+}
+
+/// A callback whose body was still arriving when a reload revoked its
+/// secret is checked against the configuration in force once it is in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_revoked_while_a_body_arrives_admits_nothing() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rx = Receiver::start(|_| Reply::Status(200)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("relay.redb");
+    let path = dir.path().join("relay.toml");
+    std::fs::write(&path, config_file(&store, true, &rx.url(), None)).unwrap();
+    let relay = spawn_relay(&path);
+    let c = client();
+    let body = payment_ipn(92_000_001, "finished");
+    let sig = nowpayments::sign(ROTATED.as_bytes(), body.as_bytes());
+    let mut conn = tokio::net::TcpStream::connect(relay.addr).await.unwrap();
+    let head = format!(
+        "POST /hooks/nowpayments HTTP/1.1\r\nhost: relay\r\nx-nowpayments-sig: {sig}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    conn.write_all(&body.as_bytes()[..body.len() / 2]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    std::fs::write(&path, config_file(&store, false, &rx.url(), None)).unwrap();
+    assert_eq!(reload(&c, relay.admin).await.0, 200);
+    conn.write_all(&body.as_bytes()[body.len() / 2..]).await.unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
 }

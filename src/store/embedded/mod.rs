@@ -87,6 +87,8 @@ pub struct EmbeddedStore {
     writer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
     /// The file, for its size; none for the test backends.
     path: Option<std::path::PathBuf>,
+    /// Held while a snapshot is taken.
+    snapshotting: tokio::sync::Mutex<()>,
 }
 
 impl EmbeddedStore {
@@ -135,6 +137,7 @@ impl EmbeddedStore {
             claims,
             writer: std::sync::Mutex::new(Some(handle)),
             path: None,
+            snapshotting: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -424,14 +427,11 @@ impl Store for EmbeddedStore {
             None => std::env::temp_dir(),
         };
         let to = dir.join(format!(".ipn-relay-snapshot-{}-{:016x}.redb", std::process::id(), rand::random::<u64>()));
-        let copy = to.clone();
-        let made = self.read(move |txn| snapshot::copy(txn, &copy)).await;
-        let opened = made.and_then(|len| {
-            let file = std::fs::File::open(&to).map_err(unavailable)?;
-            Ok((file, len))
-        });
-        let _ = std::fs::remove_file(&to);
-        opened.map(Some)
+        // One at a time: each is a full copy on the store's disk.
+        let Ok(_one) = self.snapshotting.try_lock() else {
+            return Err(unavailable("a snapshot is already being taken; try again when it is done"));
+        };
+        self.read(move |txn| snapshot::copy(txn, &to)).await.map(Some)
     }
 
     async fn stats(&self) -> Result<StoreStats, StoreError> {

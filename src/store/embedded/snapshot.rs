@@ -23,13 +23,18 @@ use crate::store::{Context, StoreError};
 /// Entries copied per write transaction, so that memory stays bounded.
 const COPY_CHUNK: usize = 10_000;
 
-/// Copies everything `from` sees into a new database at `to`; returns the
-/// copy's size in bytes.
-pub(super) fn copy(from: &ReadTransaction, to: &Path) -> Result<u64, StoreError> {
+/// Copies everything `from` sees into a new database made at `to`, and
+/// returns it open for reading, with its size. The name is unlinked as soon
+/// as the file exists, so nothing is left behind however the copy ends (an
+/// error, a client gone, `kill -9`): the file lives while it is open.
+pub(super) fn copy(from: &ReadTransaction, to: &Path) -> Result<(std::fs::File, u64), StoreError> {
     let out = Database::builder()
         .set_cache_size(4 * 1024 * 1024)
         .create(to)
-        .map_err(|e| unavailable(Context::new(format!("cannot create {}", to.display()), e)))?;
+        .map_err(|e| unavailable(Context::new(format!("cannot create {}", to.display()), e)));
+    let reader = std::fs::File::open(to);
+    let _ = std::fs::remove_file(to);
+    let (out, reader) = (out?, reader.map_err(unavailable)?);
     let mut copier = Copier { out: &out, txn: None };
     copier.table(from, EVENT_INDEX)?;
     copier.table(from, EVENT_BODIES)?;
@@ -47,7 +52,8 @@ pub(super) fn copy(from: &ReadTransaction, to: &Path) -> Result<u64, StoreError>
     copier.table(from, SETTLED)?;
     copier.finish()?;
     drop(out);
-    std::fs::metadata(to).map(|m| m.len()).map_err(unavailable)
+    let len = reader.metadata().map_err(unavailable)?.len();
+    Ok((reader, len))
 }
 
 struct Copier<'a> {
