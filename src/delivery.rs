@@ -143,6 +143,15 @@ pub(crate) async fn run(
                         None => {
                             let names: Vec<String> = live.current().endpoints.iter().map(|e| e.name.clone()).collect();
                             crate::reload::reconcile(store.as_ref(), &names, true).await;
+                            // Once more after any admission still under way
+                            // with the old endpoints has ended.
+                            let (store, live) = (store.clone(), live.clone());
+                            tokio::spawn(async move {
+                                tokio::time::sleep(live.current().server.admission_timeout + Duration::from_secs(1)).await;
+                                let names: Vec<String> =
+                                    live.current().endpoints.iter().map(|e| e.name.clone()).collect();
+                                crate::reload::reconcile(store.as_ref(), &names, true).await;
+                            });
                         }
                     }
                     continue;
@@ -199,6 +208,10 @@ struct RunningLoop {
     endpoint: Endpoint,
     stop: watch::Sender<bool>,
     id: tokio::task::Id,
+    /// How long the loop lets its requests in flight finish once stopped:
+    /// `shutdown_grace`, or for a reload the endpoint's whole timeout, so a
+    /// reload never cuts a request short (to be sent again).
+    grace: Arc<std::sync::Mutex<Duration>>,
 }
 
 impl Loops {
@@ -218,8 +231,9 @@ impl Loops {
         });
         let (stop, stop_rx) = watch::channel(false);
         let notifier = self.wake.notifier(&ep.name);
-        let handle = self.set.spawn(endpoint_loop(runner, self.shared.clone(), notifier, stop_rx, self.grace));
-        self.running.insert(ep.name.clone(), RunningLoop { endpoint: ep, stop, id: handle.id() });
+        let grace = Arc::new(std::sync::Mutex::new(self.grace));
+        let handle = self.set.spawn(endpoint_loop(runner, self.shared.clone(), notifier, stop_rx, grace.clone()));
+        self.running.insert(ep.name.clone(), RunningLoop { endpoint: ep, stop, id: handle.id(), grace });
     }
 
     /// Stops the loops that `config` changes or drops and starts the new
@@ -232,6 +246,10 @@ impl Loops {
                 continue;
             }
             let r = self.running.remove(&name).expect("listed above");
+            let whole = r.endpoint.timeout + Duration::from_secs(1);
+            let mut grace = r.grace.lock().unwrap_or_else(|e| e.into_inner());
+            *grace = (*grace).max(whole);
+            drop(grace);
             let _ = r.stop.send(true);
             self.retiring.insert(r.id, name.clone());
             match wanted {
@@ -260,7 +278,7 @@ async fn endpoint_loop(
     shared: Arc<Shared>,
     wake: Arc<Notify>,
     mut stop: watch::Receiver<bool>,
-    grace: Duration,
+    grace: Arc<std::sync::Mutex<Duration>>,
 ) {
     let name = runner.endpoint.name.clone();
     let visibility_ms = shared.schedule.visibility_timeout.as_millis() as u64;
@@ -351,6 +369,7 @@ async fn endpoint_loop(
     if !tasks.is_empty() {
         tracing::info!(endpoint = %name, in_flight = tasks.len(), "waiting for in-flight deliveries");
     }
+    let grace = *grace.lock().unwrap_or_else(|e| e.into_inner());
     let drained = tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
     if drained.is_err() {
         let _ = abort_tx.send(true);
