@@ -15,6 +15,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::config::span;
 pub use crate::http::ErrorBody;
 use crate::store::{
     Attempt, AttemptResult, Delivery, DeliveryFilter, DeliveryId, DeliveryState, EventId, Millis, ReplayJob,
@@ -123,18 +124,6 @@ impl StoreView {
             },
         }
     }
-}
-
-/// A duration as the configuration would write it: `7d`, `90d`, `36h`,
-/// `90s`, `500ms`.
-fn span(d: Duration) -> String {
-    let ms = d.as_millis();
-    for (unit, size) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
-        if ms >= size && ms.is_multiple_of(size) {
-            return format!("{}{unit}", ms / size);
-        }
-    }
-    format!("{ms}ms")
 }
 
 /// `POST /admin/deliveries/{id}/replay`: whether it was replayed or

@@ -380,6 +380,13 @@ impl Config {
             (d.jitter * 100.0).round(),
             humantime::format_duration(d.visibility_timeout)
         ));
+        let r = &self.retention;
+        s.push_str(&format!(
+            "retention delivered {}, dead {}, replay jobs {}\n",
+            span(r.delivered),
+            span(r.dead),
+            span(r.replay_jobs)
+        ));
         for w in self.warnings() {
             s.push_str(&format!("WARNING   {w}\n"));
         }
@@ -417,3 +424,15 @@ pub fn redact_url(url: &str) -> String {
 
 #[cfg(test)]
 mod tests;
+
+/// A duration as the configuration would write it: `7d`, `90d`, `36h`,
+/// `90s`, `500ms`.
+pub fn span(d: Duration) -> String {
+    let ms = d.as_millis();
+    for (unit, size) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
+        if ms >= size && ms.is_multiple_of(size) {
+            return format!("{}{unit}", ms / size);
+        }
+    }
+    format!("{ms}ms")
+}
