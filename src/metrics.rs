@@ -256,20 +256,26 @@ impl Metrics {
             let _ = self.last_poll.remove_label_values(&[gone.as_str()]);
         }
         *endpoints = config.endpoints.iter().map(|e| e.name.clone()).collect();
-        for source in &config.sources {
-            for outcome in INGRESS_OUTCOMES {
-                self.ingress_requests.with_label_values(&[source.name.as_str(), outcome]);
-            }
-            self.ingress_duration.with_label_values(&[source.name.as_str()]);
-        }
-        for ep in &config.endpoints {
-            for outcome in DELIVERY_OUTCOMES {
-                self.deliveries_total.with_label_values(&[ep.name.as_str(), outcome]);
-            }
-            self.delivery_duration.with_label_values(&[ep.name.as_str()]);
-            self.last_poll.with_label_values(&[ep.name.as_str()]);
-        }
+        config.sources.iter().for_each(|s| self.show_source(&s.name));
+        config.endpoints.iter().for_each(|e| self.show_endpoint(&e.name));
         self.retention(&config.retention);
+    }
+
+    /// Creates a source's series, at zero, so they show before its first callback.
+    fn show_source(&self, source: &str) {
+        for outcome in INGRESS_OUTCOMES {
+            self.ingress_requests.with_label_values(&[source, outcome]);
+        }
+        self.ingress_duration.with_label_values(&[source]);
+    }
+
+    /// Creates an endpoint's series, at zero, so they show before its first attempt.
+    fn show_endpoint(&self, endpoint: &str) {
+        for outcome in DELIVERY_OUTCOMES {
+            self.deliveries_total.with_label_values(&[endpoint, outcome]);
+        }
+        self.delivery_duration.with_label_values(&[endpoint]);
+        self.last_poll.with_label_values(&[endpoint]);
     }
 
     /// The configuration whose file hashes to `hash` is in force.
@@ -331,24 +337,11 @@ impl Metrics {
         let clock_offset = registered(r, Gauge::with_opts(CLOCK_OFFSET.opts())?)?;
         let registry = r.clone();
 
-        let sources: Vec<String> = sources.iter().map(|s| s.to_string()).collect();
-        for source in sources.iter().map(String::as_str).chain([UNKNOWN_SOURCE]) {
-            for outcome in INGRESS_OUTCOMES {
-                ingress_requests.with_label_values(&[source, outcome]);
-            }
-            ingress_duration.with_label_values(&[source]);
-        }
-        for &ep in endpoints {
-            for outcome in DELIVERY_OUTCOMES {
-                deliveries_total.with_label_values(&[ep, outcome]);
-            }
-            delivery_duration.with_label_values(&[ep]);
-            last_poll.with_label_values(&[ep]);
-        }
+        let names: Vec<String> = sources.iter().map(|s| s.to_string()).collect();
         for state in DeliveryState::ALL {
             deliveries.with_label_values(&[state.as_str()]);
         }
-        Ok(Arc::new(Metrics {
+        let metrics = Arc::new(Metrics {
             registry,
             ingress_requests,
             ingress_duration,
@@ -367,10 +360,15 @@ impl Metrics {
             last_poll,
             store_ready,
             clock_offset,
-            sources: std::sync::RwLock::new(sources),
+            sources: std::sync::RwLock::new(names),
             endpoints: std::sync::RwLock::new(endpoints.iter().map(|e| e.to_string()).collect()),
             refreshed: Mutex::new(None),
-        }))
+        });
+        for source in sources.iter().copied().chain([UNKNOWN_SOURCE]) {
+            metrics.show_source(source);
+        }
+        endpoints.iter().for_each(|e| metrics.show_endpoint(e));
+        Ok(metrics)
     }
 
     /// The `source` label for a callback to `name`.
