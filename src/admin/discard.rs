@@ -14,7 +14,7 @@ use http::StatusCode;
 use serde_json::Value;
 
 use super::api::{DiscardOneResult, DiscardResult, FilterView};
-use super::params::{json_object, parse_cursor};
+use super::params::json_object;
 use std::sync::Arc;
 
 use super::{Admin, Answer, ApiError};
@@ -90,29 +90,8 @@ impl Admin {
     /// Discards what a filter selects, page by page, up to `max`.
     pub(super) async fn discard_bulk(&self, body: &[u8]) -> Answer {
         let fields = json_object(body)?;
-        let mut filter = DeliveryFilter { state: Some(DeliveryState::Dead), ..Default::default() };
-        let mut max = DEFAULT_DISCARD_MAX;
-        let mut cursor = None;
-        for (key, value) in &fields {
-            match key.as_str() {
-                "reason" => continue,
-                "max" => {
-                    max = value.as_u64().filter(|m| (1..=MAX_DISCARD_MAX as u64).contains(m)).ok_or_else(|| {
-                        ApiError::bad(format!("max: expected a whole number from 1 to {MAX_DISCARD_MAX}"))
-                    })? as usize;
-                    continue;
-                }
-                _ => {}
-            }
-            let Some(text) = value.as_str() else {
-                return Err(ApiError::bad(format!("{key}: expected a string")));
-            };
-            if key == "cursor" {
-                cursor = Some(parse_cursor(text)?);
-                continue;
-            }
-            self.filter_param(&mut filter, key, text).await?;
-        }
+        let (mut filter, max, cursor) =
+            self.selection(&fields, DEFAULT_DISCARD_MAX, MAX_DISCARD_MAX, &["reason"]).await?;
         let reason = reason(fields.get("reason"))?;
         if !filter.state.is_some_and(crate::store::discardable) {
             return Err(ApiError::bad("state: only pending, dead or orphaned deliveries can be discarded"));

@@ -374,17 +374,29 @@ impl Admin {
         Ok(json_response(StatusCode::ACCEPTED, &result))
     }
 
-    async fn replay_bulk(&self, body: &[u8]) -> Answer {
-        let fields = json_object(body)?;
+    /// What the body of a bulk request (replay, discard) selects: the
+    /// filter (`state` is `dead` unless given), at most `max` deliveries
+    /// (`default` unless given, 1 to `most`), below `cursor`. Keys in `own`
+    /// are the caller's to read.
+    async fn selection(
+        &self,
+        fields: &serde_json::Map<String, Value>,
+        default: usize,
+        most: usize,
+        own: &[&str],
+    ) -> Result<(DeliveryFilter, usize, Option<String>), ApiError> {
         let mut filter = DeliveryFilter { state: Some(DeliveryState::Dead), ..Default::default() };
-        let mut max = DEFAULT_REPLAY_MAX;
-        let mut cursor = None;
-        for (key, value) in &fields {
+        let (mut max, mut cursor) = (default, None);
+        for (key, value) in fields {
+            if own.contains(&key.as_str()) {
+                continue;
+            }
             if key == "max" {
-                max =
-                    value.as_u64().filter(|m| (1..=MAX_REPLAY_MAX as u64).contains(m)).ok_or_else(|| {
-                        ApiError::bad(format!("max: expected a whole number from 1 to {MAX_REPLAY_MAX}"))
-                    })? as usize;
+                max = value
+                    .as_u64()
+                    .filter(|m| (1..=most as u64).contains(m))
+                    .ok_or_else(|| ApiError::bad(format!("max: expected a whole number from 1 to {most}")))?
+                    as usize;
                 continue;
             }
             let Some(text) = value.as_str() else {
@@ -396,6 +408,12 @@ impl Admin {
             }
             self.filter_param(&mut filter, key, text).await?;
         }
+        Ok((filter, max, cursor))
+    }
+
+    async fn replay_bulk(&self, body: &[u8]) -> Answer {
+        let fields = json_object(body)?;
+        let (filter, max, cursor) = self.selection(&fields, DEFAULT_REPLAY_MAX, MAX_REPLAY_MAX, &[]).await?;
         if let Some(refusal) = filter.endpoint.as_deref().and_then(|e| self.not_configured(e)) {
             return Err(refusal);
         }
