@@ -74,18 +74,9 @@ impl RedisStore {
             let _: () = conn.set(&marker, 1).await.map_err(unavailable)?;
             return Ok(());
         }
-        let pattern = format!("{}due:*", self.keys.replace('[', "\\[").replace('*', "\\*").replace('?', "\\?"));
         let mut cursor: u64 = 0;
         loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut conn)
-                .await
-                .map_err(unavailable)?;
+            let (next, keys) = self.scan_page("due:*", cursor).await?;
             for key in keys {
                 let ids: Vec<String> = conn.zrange(&key, 0, -1).await.map_err(unavailable)?;
                 for chunk in ids.chunks(1000) {
@@ -102,6 +93,38 @@ impl RedisStore {
         Ok(())
     }
 
+    /// Up to 1,000 delivery ids of the listing index below `upper` (a lex
+    /// bound, `+` for the top), newest first: a page of the walks over
+    /// every delivery that the one-time index builds make.
+    pub(super) async fn index_page(&self, upper: &str) -> Result<Vec<String>, StoreError> {
+        redis::cmd("ZREVRANGEBYLEX")
+            .arg(self.key("index"))
+            .arg(upper)
+            .arg("-")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(1000)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)
+    }
+
+    /// One `SCAN` page of this prefix's keys matching `suffix` (a glob
+    /// after the prefix, whose own glob characters are escaped); the next
+    /// cursor is 0 when the scan is over.
+    pub(super) async fn scan_page(&self, suffix: &str, cursor: u64) -> Result<(u64, Vec<String>), StoreError> {
+        let prefix = self.keys.replace('[', "\\[").replace('*', "\\*").replace('?', "\\?");
+        redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}{suffix}"))
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(unavailable)
+    }
+
     /// Data written before the `dead` index and the `endpoints` set: index
     /// every dead delivery and remember every endpoint, once, by walking
     /// the listing index. Idempotent, like the open index above.
@@ -113,16 +136,7 @@ impl RedisStore {
         }
         let mut upper = "+".to_owned();
         loop {
-            let ids: Vec<String> = redis::cmd("ZREVRANGEBYLEX")
-                .arg(self.key("index"))
-                .arg(&upper)
-                .arg("-")
-                .arg("LIMIT")
-                .arg(0)
-                .arg(1000)
-                .query_async(&mut conn)
-                .await
-                .map_err(unavailable)?;
+            let ids = self.index_page(&upper).await?;
             let Some(last) = ids.last().cloned() else { break };
             let deliveries = self.deliveries(&ids).await?;
             let dead: Vec<(u8, &str)> =

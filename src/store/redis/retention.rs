@@ -110,16 +110,7 @@ impl RedisStore {
         let mut attempts: i64 = 0;
         let mut upper = "+".to_owned();
         loop {
-            let ids: Vec<String> = redis::cmd("ZREVRANGEBYLEX")
-                .arg(self.key("index"))
-                .arg(&upper)
-                .arg("-")
-                .arg("LIMIT")
-                .arg(0)
-                .arg(1000)
-                .query_async(&mut conn)
-                .await
-                .map_err(unavailable)?;
+            let ids = self.index_page(&upper).await?;
             let Some(last) = ids.last().cloned() else { break };
             let mut pipe = redis::pipe();
             for d in self.deliveries(&ids).await? {
@@ -139,18 +130,9 @@ impl RedisStore {
         }
         // Events without deliveries, and finished jobs: only a scan finds them.
         for (pattern, is_job) in [("event:*", false), ("replay:*", true)] {
-            let pattern = format!("{}{pattern}", self.keys.replace('[', "\\[").replace('*', "\\*").replace('?', "\\?"));
             let mut cursor: u64 = 0;
             loop {
-                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(&pattern)
-                    .arg("COUNT")
-                    .arg(1000)
-                    .query_async(&mut conn)
-                    .await
-                    .map_err(unavailable)?;
+                let (next, keys) = self.scan_page(pattern, cursor).await?;
                 for key in keys {
                     if is_job {
                         let raw: Option<String> = conn.get(&key).await.map_err(unavailable)?;
