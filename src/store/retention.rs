@@ -23,7 +23,7 @@
 //! in one atomic step, so a crash never leaves an event half removed, and
 //! two relays sharing a Redis never remove the same one twice.
 
-use super::{Counts, Millis};
+use super::{Counts, DeliveryState, Millis};
 
 /// Which retention applies to a settled event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +36,15 @@ pub enum Class {
 
 impl Class {
     pub const ALL: [Class; 2] = [Class::Delivered, Class::Dead];
+
+    /// The class a delivery in `state` settles its event in, if it is final.
+    pub fn of(state: DeliveryState) -> Option<Class> {
+        match state {
+            DeliveryState::Delivered => Some(Class::Delivered),
+            DeliveryState::Dead | DeliveryState::Discarded => Some(Class::Dead),
+            DeliveryState::Pending | DeliveryState::InFlight | DeliveryState::Orphaned => None,
+        }
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {

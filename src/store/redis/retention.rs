@@ -6,8 +6,8 @@
 
 use redis::AsyncCommands;
 
-use super::{DeliveryState, RedisStore, StoreError, unavailable};
-use crate::store::retention::{Cutoffs, Purged, StoreStats};
+use super::{RedisStore, StoreError, unavailable};
+use crate::store::retention::{Class, Cutoffs, Purged, StoreStats};
 use crate::store::{Millis, ReplayJob};
 
 impl RedisStore {
@@ -115,13 +115,9 @@ impl RedisStore {
             let mut pipe = redis::pipe();
             for d in self.deliveries(&ids).await? {
                 pipe.zadd(self.key("events"), d.event_id.as_str(), d.created_at).ignore();
-                let class = match d.state {
-                    DeliveryState::Delivered => Some("delivered"),
-                    DeliveryState::Dead | DeliveryState::Discarded => Some("dead"),
-                    _ => None,
-                };
-                if let Some(class) = class {
-                    pipe.zadd(self.key(&format!("settled:{class}")), d.event_id.as_str(), d.updated_at).ignore();
+                if let Some(class) = Class::of(d.state) {
+                    let queue = self.key(&format!("settled:{}", class.as_str()));
+                    pipe.zadd(queue, d.event_id.as_str(), d.updated_at).ignore();
                 }
                 attempts += i64::from(d.attempts);
             }

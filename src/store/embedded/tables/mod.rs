@@ -241,7 +241,7 @@ impl<'txn> Tables<'txn> {
         }
         self.deliveries.insert(d.id.as_str(), encode(d).as_slice()).map_err(unavailable)?;
         if old.map(|o| o.state) != Some(d.state)
-            && let Some(class) = retention::class_of(d.state)
+            && let Some(class) = crate::store::retention::Class::of(d.state)
         {
             self.note_settled(class, d.updated_at, d.event_id.as_str())?;
         }

@@ -8,22 +8,13 @@ use redb::ReadableTable;
 
 use crate::http::Chain;
 use crate::store::retention::{Class, Cutoffs, Purged};
-use crate::store::{Delivery, DeliveryState, Millis, StoreError};
+use crate::store::{Delivery, Millis, StoreError};
 
 use super::super::codec::{IndexRecord, decode_delivery, unavailable};
 use super::{Named, Tables, in_by_state};
 
 /// Queue entries a step looks at before it gives way to waiting writes.
 const MIN_PER_STEP: usize = 4;
-
-/// The class a delivery in `state` settles its event in, if it is final.
-pub(in crate::store::embedded) fn class_of(state: DeliveryState) -> Option<Class> {
-    match state {
-        DeliveryState::Delivered => Some(Class::Delivered),
-        DeliveryState::Dead | DeliveryState::Discarded => Some(Class::Dead),
-        DeliveryState::Pending | DeliveryState::InFlight | DeliveryState::Orphaned => None,
-    }
-}
 
 fn class_byte(class: Class) -> u8 {
     match class {
@@ -142,7 +133,7 @@ impl Tables<'_> {
         let (mut class, mut last) = (Class::Delivered, received);
         for did in &record.delivery_ids {
             match self.named(did.as_str(), "its event is kept")? {
-                Named::Found(d) => match class_of(d.state) {
+                Named::Found(d) => match Class::of(d.state) {
                     Some(c) => {
                         if c == Class::Dead {
                             class = Class::Dead;
@@ -214,7 +205,7 @@ impl Tables<'_> {
         for entry in self.deliveries.iter().map_err(unavailable)? {
             let (k, v) = entry.map_err(unavailable)?;
             if let Ok(d) = decode_delivery(k.value(), v.value())
-                && let Some(class) = class_of(d.state)
+                && let Some(class) = Class::of(d.state)
             {
                 notes.push((class, d.updated_at, d.event_id.as_str().to_owned()));
             }
