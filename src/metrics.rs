@@ -435,14 +435,14 @@ impl Metrics {
                 Ok(None) => {}
                 Err(_) => self.clock_offset.set(f64::NAN),
             }
-            let counts = store.counts().await?;
-            for (state, n) in counts {
+            // The store's statistics carry the delivery counts: one read.
+            let stats = store.stats().await?;
+            for (state, n) in stats.deliveries {
                 self.deliveries.with_label_values(&[state.as_str()]).set(n as i64);
             }
             let oldest = store.oldest_open().await?;
             let age = oldest.map_or(0, |created| now_millis().saturating_sub(created));
             self.oldest_open_age.set(age as f64 / 1000.0);
-            let stats = store.stats().await?;
             self.store_bytes.set(i64::try_from(stats.bytes).unwrap_or(i64::MAX));
             let age = stats.oldest_event_at.map_or(0, |at| now_millis().saturating_sub(at));
             self.store_oldest_event_age.set(age as f64 / 1000.0);
