@@ -55,6 +55,18 @@ enum Command {
         #[command(subcommand)]
         command: EventsCommand,
     },
+    /// A payment's (or payout's…) timeline: its events in sequence order,
+    /// with regressions and their deliveries' states (via the admin API).
+    Subject {
+        #[command(flatten)]
+        conn: Connection,
+        /// The configured source name, e.g. nowpayments.
+        source: String,
+        /// The subject kind: payment, payout, deposit, …
+        kind: String,
+        /// The provider's id, e.g. a payment_id.
+        id: String,
+    },
     /// Replay deliveries by id, or every one a filter selects (via the admin API).
     Replay {
         #[command(flatten)]
@@ -143,6 +155,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Deliveries { conn, command } => operator(|| admin_cli::deliveries(&conn, command)),
         Command::Events { conn, command } => operator(|| admin_cli::events(&conn, command)),
+        Command::Subject { conn, source, kind, id } => operator(|| admin_cli::subject(&conn, &source, &kind, &id)),
         Command::Replay { conn, args } => operator(|| admin_cli::replay(&conn, args)),
         Command::Discard { conn, args } => operator(|| admin_cli::discard(&conn, args)),
         Command::Store { conn, command } => operator(|| admin_cli::store(&conn, command)),

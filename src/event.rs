@@ -8,6 +8,7 @@
 
 use serde::Serialize;
 
+use crate::lifecycle::{NO_SEQUENCE, SubjectRef};
 use crate::store::EventId;
 use time::OffsetDateTime;
 use time::format_description::FormatItem;
@@ -96,16 +97,33 @@ impl Event {
         }
     }
 
-    /// The JSON bytes that are stored and delivered, byte for byte: every
-    /// field, then `payload` last, its text as it is.
+    /// The JSON bytes that are stored and delivered, byte for byte, for an
+    /// event without a subject id: every field, the lifecycle fields (null,
+    /// false), then `payload` last, its text as it is.
     pub fn to_json(&self) -> Vec<u8> {
+        let (mut json, at) = self.to_json_unnumbered();
+        json.splice(at..at, NO_SEQUENCE.bytes());
+        json
+    }
+
+    /// The subject's place in its lifecycle, for admission to number; `None`
+    /// without a subject id.
+    pub fn subject_ref(&self) -> Option<SubjectRef> {
+        let status = self.provider_status.as_deref();
+        SubjectRef::of(&self.source, self.provider, &self.subject.kind, self.subject.id.as_deref(), status)
+    }
+
+    /// The same without the lifecycle fields, and the byte where they go:
+    /// admission numbers an event with a subject and writes them in.
+    pub fn to_json_unnumbered(&self) -> (Vec<u8>, usize) {
         let mut out = serde_json::to_vec(self).expect("an event always serialises");
         // `{…}` with at least the id in it: replace the `}` by the payload.
         out.pop();
+        let at = out.len();
         out.extend_from_slice(br#","payload":"#);
         out.extend_from_slice(self.payload.as_bytes());
         out.push(b'}');
-        out
+        (out, at)
     }
 }
 

@@ -29,7 +29,7 @@ use crate::event::Event;
 use crate::http::{BodyError, Chain, error_response, read_body};
 use crate::metrics::{IngressOutcome, Metrics};
 use crate::providers::{self, ProviderError};
-use crate::store::{Admission, DeliveryId, EventId, NewDelivery, NewEvent, Store};
+use crate::store::{Admission, DeliveryId, EventId, NewDelivery, NewEvent, Numbering, Store};
 use crate::wake::Wake;
 
 type KeyedLimiter = RateLimiter<IpAddr, DefaultKeyedStateStore<IpAddr>, DefaultClock>;
@@ -256,7 +256,7 @@ impl Ingress {
         match result {
             Ok((admission, id)) => {
                 let outcome = match admission {
-                    Admission::Accepted => IngressOutcome::Accepted,
+                    Admission::Accepted { .. } => IngressOutcome::Accepted,
                     Admission::Duplicate => IngressOutcome::Duplicate,
                 };
                 let status = outcome.as_str();
@@ -352,25 +352,36 @@ impl Ingress {
             .endpoints
             .iter()
             .filter(|ep| ep.wants(&source.name, &event.event_type))
-            .map(|ep| NewDelivery { id: DeliveryId::new(received_ms), endpoint: ep.name.clone() })
+            .map(|ep| NewDelivery { id: DeliveryId::new(received_ms), endpoint: ep.name.clone(), policy: ep.policy() })
             .collect::<Vec<_>>();
         if deliveries.is_empty() {
             tracing::info!(source = %source.name, event_id = %event.id, event_type = %event.event_type, "event matches no endpoint; stored without deliveries");
         }
         let id = event.id.clone();
         let endpoints: Vec<String> = deliveries.iter().map(|d| d.endpoint.clone()).collect();
+        let (json, subject) = match event.subject_ref() {
+            Some(subject) => {
+                let (json, at) = event.to_json_unnumbered();
+                (json, Some(Numbering { subject, at }))
+            }
+            None => (event.to_json(), None),
+        };
         let new = NewEvent {
             id: event.id.clone(),
             source: source.name.clone(),
             event_type: event.event_type.clone(),
             received_at: received_ms,
-            json: event.to_json(),
+            json,
+            subject,
         };
         let admit = self.store.admit(new, deliveries, self.dedupe_ttl_ms);
         match tokio::time::timeout(config.server.admission_timeout, admit).await {
             Ok(Ok(admission)) => {
-                if admission == Admission::Accepted {
+                if let Admission::Accepted { regression } = admission {
                     endpoints.iter().for_each(|ep| self.wake.wake(ep));
+                    if regression {
+                        self.metrics.regression(&source.name);
+                    }
                 }
                 Ok((admission, id))
             }

@@ -30,6 +30,7 @@ pub mod delivery;
 pub mod event;
 mod http;
 pub mod ingress;
+pub mod lifecycle;
 mod listener;
 mod mac;
 pub mod metrics;

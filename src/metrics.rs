@@ -103,6 +103,7 @@ pub struct Metrics {
     deliveries: IntGaugeVec,
     replays: IntCounter,
     discards: IntCounter,
+    regressions: IntCounterVec,
     store_bytes: IntGauge,
     store_oldest_event_age: Gauge,
     retention_removed: IntCounterVec,
@@ -163,6 +164,11 @@ const DELIVERIES: Spec =
     Spec { name: "ipn_relay_deliveries", help: "Deliveries in the store by state.", labels: &["state"] };
 const REPLAYS: Spec =
     Spec { name: "ipn_relay_replays_total", help: "Deliveries put back to pending by a replay.", labels: &[] };
+const REGRESSIONS: Spec = Spec {
+    name: "ipn_relay_regressions_total",
+    help: "Events admitted whose status ranks below one already admitted for their subject.",
+    labels: &["source"],
+};
 const DISCARDS: Spec =
     Spec { name: "ipn_relay_discards_total", help: "Deliveries discarded by an operator.", labels: &[] };
 const STORE_BYTES: Spec = Spec {
@@ -245,6 +251,7 @@ impl Metrics {
                 let _ = self.ingress_requests.remove_label_values(&[gone.as_str(), outcome]);
             }
             let _ = self.ingress_duration.remove_label_values(&[gone.as_str()]);
+            let _ = self.regressions.remove_label_values(&[gone.as_str()]);
         }
         *sources = config.sources.iter().map(|s| s.name.clone()).collect();
         let mut endpoints = self.endpoints.write().unwrap_or_else(|e| e.into_inner());
@@ -267,6 +274,9 @@ impl Metrics {
             self.ingress_requests.with_label_values(&[source, outcome]);
         }
         self.ingress_duration.with_label_values(&[source]);
+        if source != UNKNOWN_SOURCE {
+            self.regressions.with_label_values(&[source]);
+        }
     }
 
     /// Creates an endpoint's series, at zero, so they show before its first attempt.
@@ -317,6 +327,7 @@ impl Metrics {
         let deliveries = registered(r, IntGaugeVec::new(DELIVERIES.opts(), DELIVERIES.labels)?)?;
         let replays = registered(r, IntCounter::with_opts(REPLAYS.opts())?)?;
         let discards = registered(r, IntCounter::with_opts(DISCARDS.opts())?)?;
+        let regressions = registered(r, IntCounterVec::new(REGRESSIONS.opts(), REGRESSIONS.labels)?)?;
         let store_bytes = registered(r, IntGauge::with_opts(STORE_BYTES.opts())?)?;
         let store_oldest_event_age = registered(r, Gauge::with_opts(STORE_OLDEST_EVENT_AGE.opts())?)?;
         let retention_removed = registered(r, IntCounterVec::new(RETENTION_REMOVED.opts(), RETENTION_REMOVED.labels)?)?;
@@ -350,6 +361,7 @@ impl Metrics {
             deliveries,
             replays,
             discards,
+            regressions,
             store_bytes,
             store_oldest_event_age,
             retention_removed,
@@ -401,6 +413,11 @@ impl Metrics {
 
     pub(crate) fn replayed(&self, n: usize) {
         self.replays.inc_by(n as u64);
+    }
+
+    /// Counts an admitted status regression from `source`.
+    pub(crate) fn regression(&self, source: &str) {
+        self.regressions.with_label_values(&[self.source_label(source)]).inc();
     }
 
     pub(crate) fn discarded(&self, n: usize) {

@@ -39,6 +39,10 @@ pub struct DeliveryView {
     pub discard_reason: Option<String>,
     pub created_at: String,
     pub updated_at: String,
+    /// For an endpoint with `ordering = "subject"`: the subject it is
+    /// ordered in and its event's sequence there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order: Option<crate::store::Order>,
 }
 
 /// `GET /admin/deliveries/{id}`: the delivery and every attempt.
@@ -76,6 +80,49 @@ pub struct DeliveryPage {
 pub struct EventView {
     pub event: Value,
     pub deliveries: Vec<DeliveryView>,
+}
+
+/// `GET /admin/subjects/{source}/{kind}/{id}`: a payment's (or payout's…)
+/// timeline, its events in sequence order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubjectView {
+    pub source: String,
+    pub kind: String,
+    pub id: String,
+    pub events: Vec<TimelineItem>,
+}
+
+/// One event of a subject's timeline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TimelineItem {
+    pub sequence: u64,
+    pub event_id: EventId,
+    #[serde(rename = "type")]
+    pub event_type: Option<String>,
+    pub provider_status: Option<String>,
+    pub previous_status: Option<String>,
+    pub regression: bool,
+    pub received_at: Option<String>,
+    pub deliveries: Vec<DeliveryView>,
+}
+
+impl TimelineItem {
+    /// From a stored entry: the fields are read from the event as stored.
+    pub fn new(e: &crate::store::TimelineEntry) -> Result<TimelineItem, crate::store::StoreError> {
+        let v: Value =
+            serde_json::from_slice(&e.event.json).map_err(|x| crate::store::corrupt(e.event.id.as_str(), x))?;
+        let text = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
+        Ok(TimelineItem {
+            sequence: e.sequence,
+            event_id: e.event.id.clone(),
+            event_type: text("type"),
+            provider_status: text("provider_status"),
+            previous_status: text("previous_status"),
+            regression: v.get("regression").and_then(Value::as_bool).unwrap_or(false),
+            received_at: text("received_at"),
+            deliveries: e.deliveries.iter().map(DeliveryView::from).collect(),
+        })
+    }
 }
 
 /// `GET /admin/store`: what the store holds and how long it keeps it.
@@ -261,6 +308,7 @@ impl From<&Delivery> for DeliveryView {
             discard_reason: d.discard_reason.clone(),
             created_at: time(d.created_at),
             updated_at: time(d.updated_at),
+            order: d.order.clone(),
         }
     }
 }
@@ -344,6 +392,7 @@ mod tests {
             updated_at: 1_800_000_000_250,
             claim_token: 9,
             discard_reason: None,
+            order: None,
         }
     }
 

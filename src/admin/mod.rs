@@ -206,6 +206,7 @@ impl Admin {
         let segments: Vec<&str> = path.trim_start_matches("/admin/").split('/').collect();
         match (&method, segments.as_slice()) {
             (&Method::GET, ["events", id]) => self.event(&EventId::from(*id)).await,
+            (&Method::GET, ["subjects", source, kind, id]) => self.subject(source, kind, id).await,
             (&Method::GET, ["deliveries"]) => self.list(&query).await,
             (&Method::GET, ["deliveries", id]) => self.delivery(&DeliveryId::from(*id)).await,
             (&Method::POST, ["deliveries", id, "replay"]) => self.replay_one(&DeliveryId::from(*id), &query).await,
@@ -240,7 +241,10 @@ impl Admin {
                 let body = read_body(req.into_body()).await?;
                 self.discard_bulk(&body).await
             }
-            (_, ["events", _] | ["deliveries"] | ["deliveries", _] | ["replays", _] | ["store"]) => Err(ApiError(
+            (
+                _,
+                ["events", _] | ["subjects", _, _, _] | ["deliveries"] | ["deliveries", _] | ["replays", _] | ["store"],
+            ) => Err(ApiError(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
                 format!("{method} not allowed here"),
@@ -257,6 +261,24 @@ impl Admin {
         let body: Value = serde_json::from_slice(&event.json).map_err(|e| crate::store::corrupt(id.as_str(), e))?;
         let deliveries = self.store.event_deliveries(id).await?.iter().map(DeliveryView::from).collect();
         Ok(json_response(StatusCode::OK, &EventView { event: body, deliveries }))
+    }
+
+    /// A subject's timeline. Each segment is percent-decoded: an id with a
+    /// `/` in it is sent as `%2F`.
+    async fn subject(&self, source: &str, kind: &str, id: &str) -> Answer {
+        let decode = |s: &str| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8()
+                .map(|c| c.into_owned())
+                .map_err(|_| ApiError::bad(format!("'{s}' is not UTF-8 once percent-decoded")))
+        };
+        let (source, kind, id) = (decode(source)?, decode(kind)?, decode(id)?);
+        let entries = self.store.subject(&crate::lifecycle::key(&source, &kind, &id)).await?;
+        if entries.is_empty() {
+            return Err(ApiError::not_found(format!("no events of {kind} {id} from {source}")));
+        }
+        let events = entries.iter().map(api::TimelineItem::new).collect::<Result<_, _>>()?;
+        Ok(json_response(StatusCode::OK, &api::SubjectView { source, kind, id, events }))
     }
 
     async fn list(&self, query: &str) -> Answer {

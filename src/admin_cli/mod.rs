@@ -1,5 +1,5 @@
 //! The operator commands of the command line: `deliveries list/show`,
-//! `events show`, `replay` and `discard`, over the admin API of a running
+//! `events show`, `subject`, `replay` and `discard`, over the admin API of a running
 //! relay.
 //!
 //! Output is a table for people and, with `--json`, the API's own JSON for
@@ -21,10 +21,11 @@ use serde_json::Value;
 
 use crate::admin::api::{
     DeliveryDetail, DeliveryPage, DiscardOneRequest, DiscardOneResult, DiscardRequest, DiscardResult, ErrorBody,
-    EventView, ReplayJobView, ReplayRequest, ReplayResult,
+    EventView, ReplayJobView, ReplayRequest, ReplayResult, SubjectView,
 };
 use render::{
     render_delivery, render_discard, render_discarded, render_event, render_job, render_list, render_replayed,
+    render_subject,
 };
 
 /// What failed, and the exit code it gives.
@@ -324,6 +325,16 @@ pub async fn events(conn: &Connection, cmd: EventsCommand) -> Result<(), ClientE
     let path = format!("/admin/events/{}", path_segment(&id));
     let e: Answer<EventView> = client.call(reqwest::Method::GET, &path, None).await?;
     print(conn, &e.json, &e.body, render_event);
+    Ok(())
+}
+
+/// `ipn-relay subject SOURCE KIND ID`: a subject's timeline.
+pub async fn subject(conn: &Connection, source: &str, kind: &str, id: &str) -> Result<(), ClientError> {
+    let client = Client::new(conn)?;
+    let seg = |s: &str| percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string();
+    let path = format!("/admin/subjects/{}/{}/{}", seg(source), seg(kind), seg(id));
+    let s: Answer<SubjectView> = client.call(reqwest::Method::GET, &path, None).await?;
+    print(conn, &s.json, &s.body, render_subject);
     Ok(())
 }
 

@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use super::{IdOutcome, IdsSummary, Outcome};
 use crate::admin::api::{
     DeliveryDetail, DeliveryPage, DeliveryView, DiscardOneResult, DiscardResult, EventView, FilterView, ReplayJobView,
-    ReplayResult,
+    ReplayResult, SubjectView,
 };
 use crate::store::DeliveryState;
 
@@ -143,6 +143,31 @@ pub(super) fn render_event(e: &EventView) -> String {
     } else {
         out.push_str(&table(&DELIVERY_HEADER, &delivery_rows(&e.deliveries)));
     }
+    out
+}
+
+/// A subject's timeline: one row per event, its deliveries' states by
+/// endpoint in the last column.
+pub(super) fn render_subject(s: &SubjectView) -> String {
+    let rows: Vec<Vec<String>> = s
+        .events
+        .iter()
+        .map(|e| {
+            let deliveries: Vec<String> =
+                e.deliveries.iter().map(|d| format!("{}: {}", d.endpoint, d.state.as_str())).collect();
+            vec![
+                e.sequence.to_string(),
+                e.received_at.clone().unwrap_or_default(),
+                e.event_type.clone().unwrap_or_default(),
+                e.provider_status.clone().unwrap_or_default(),
+                if e.regression { "REGRESSION".to_owned() } else { String::new() },
+                e.event_id.to_string(),
+                if deliveries.is_empty() { "(none)".to_owned() } else { deliveries.join(", ") },
+            ]
+        })
+        .collect();
+    let mut out = format!("{} {} from {}: {} events\n", s.kind, s.id, s.source, s.events.len());
+    out.push_str(&table(&["SEQ", "RECEIVED", "TYPE", "STATUS", "", "EVENT", "DELIVERIES"], &rows));
     out
 }
 

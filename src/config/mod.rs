@@ -162,9 +162,39 @@ pub struct Endpoint {
     pub timeout: Duration,
     pub max_in_flight: usize,
     pub rate_limit: Option<RateLimit>,
+    pub ordering: Ordering,
+    pub regressions: Regressions,
+}
+
+/// `ordering` of an endpoint: whether a subject's deliveries wait for its
+/// earlier ones (docs/lifecycle.md).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ordering {
+    #[default]
+    None,
+    Subject,
+}
+
+/// `regressions` of an endpoint: deliver a status regression, or create its
+/// delivery `skipped`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Regressions {
+    #[default]
+    Deliver,
+    Skip,
 }
 
 impl Endpoint {
+    /// What the deliveries created for this endpoint now carry.
+    pub fn policy(&self) -> crate::store::Policy {
+        crate::store::Policy {
+            ordered: self.ordering == Ordering::Subject,
+            skip_regressions: self.regressions == Regressions::Skip,
+        }
+    }
+
     /// Whether an event of `event_type` from `source` goes to this endpoint.
     pub fn wants(&self, source: &str, event_type: &str) -> bool {
         (self.sources.is_empty() || self.sources.iter().any(|s| s == source))

@@ -203,6 +203,10 @@ pub(super) struct RawEndpoint {
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
     pub rate_limit: Option<RawRateLimit>,
+    #[serde(default)]
+    pub ordering: super::Ordering,
+    #[serde(default)]
+    pub regressions: super::Regressions,
 }
 
 fn default_endpoint_timeout() -> Dur {

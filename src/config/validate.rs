@@ -319,6 +319,8 @@ impl TryFrom<RawEndpoint> for Endpoint {
             timeout: ep.timeout.0,
             max_in_flight: ep.max_in_flight,
             rate_limit: rate_limit("rate_limit", ep.rate_limit)?,
+            ordering: ep.ordering,
+            regressions: ep.regressions,
         })
     }
 }

@@ -17,11 +17,15 @@ mod error;
 mod ids;
 pub mod redis;
 pub mod retention;
+mod subjects;
 
 pub use error::{Cause, StoreError};
 pub(crate) use error::{Context, corrupt, unavailable};
 pub use ids::{DeliveryId, EventId};
 use retention::{Cutoffs, Purged, StoreStats};
+
+pub use crate::lifecycle::{Sequenced, SubjectRef};
+pub use subjects::{Numbering, Order, Policy, TimelineEntry};
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -49,7 +53,11 @@ pub struct NewEvent {
     pub source: String,
     pub event_type: String,
     pub received_at: Millis,
+    /// The event's JSON. For an event with a subject, without its
+    /// lifecycle fields: admission numbers it and writes them in (see
+    /// [`Numbering`]); for one without, with them (null, false).
     pub json: Vec<u8>,
+    pub subject: Option<Numbering>,
 }
 
 /// A delivery to create at admission: one per matching endpoint.
@@ -57,12 +65,14 @@ pub struct NewEvent {
 pub struct NewDelivery {
     pub id: DeliveryId,
     pub endpoint: String,
+    pub policy: Policy,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
-    /// Stored now, with its deliveries.
-    Accepted,
+    /// Stored now, with its deliveries; `regression` as its subject's
+    /// lifecycle says (`lifecycle`).
+    Accepted { regression: bool },
     /// The dedupe key is live: nothing was written.
     Duplicate,
 }
@@ -77,6 +87,9 @@ pub enum DeliveryState {
     /// Closed by an operator, with a reason: final, like `dead`, but not a
     /// failure anyone needs to look at again. Replayable by id.
     Discarded,
+    /// Created final and never sent: its event is a status regression and
+    /// the endpoint has `regressions = "skip"`. Replayable by id.
+    Skipped,
     /// Its endpoint is no longer in the configuration: nothing will send it.
     /// Off the schedule until a relay configured with the endpoint takes it
     /// back, or an operator discards it.
@@ -84,16 +97,17 @@ pub enum DeliveryState {
 }
 
 /// Deliveries in each state, in [`DeliveryState::ALL`] order.
-pub type Counts = [(DeliveryState, u64); 6];
+pub type Counts = [(DeliveryState, u64); 7];
 
 impl DeliveryState {
     /// Every state, in the order gauges and counts list them.
-    pub const ALL: [DeliveryState; 6] = [
+    pub const ALL: [DeliveryState; 7] = [
         DeliveryState::Pending,
         DeliveryState::InFlight,
         DeliveryState::Delivered,
         DeliveryState::Dead,
         DeliveryState::Discarded,
+        DeliveryState::Skipped,
         DeliveryState::Orphaned,
     ];
 
@@ -104,6 +118,7 @@ impl DeliveryState {
             DeliveryState::Delivered => "delivered",
             DeliveryState::Dead => "dead",
             DeliveryState::Discarded => "discarded",
+            DeliveryState::Skipped => "skipped",
             DeliveryState::Orphaned => "orphaned",
         }
     }
@@ -143,12 +158,25 @@ pub struct Delivery {
     /// Why an operator discarded it, while it is `discarded`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub discard_reason: Option<String>,
+    /// For an endpoint with `ordering = "subject"`: its event's subject
+    /// and place, which orders it behind the subject's earlier deliveries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order: Option<Order>,
 }
 
 impl Delivery {
-    /// A delivery of `event` as admission creates it: pending, due at once.
-    pub fn pending(event: &NewEvent, nd: NewDelivery) -> Delivery {
-        Delivery {
+    /// A delivery of `event` as admission creates it: pending, due at once
+    /// (or skipped, for a regression to an endpoint that skips them), and
+    /// in its subject's order if its endpoint keeps one.
+    pub fn pending(event: &NewEvent, nd: NewDelivery, sequenced: Option<&Sequenced>) -> Delivery {
+        let order = match (&event.subject, sequenced) {
+            (Some(n), Some(s)) if nd.policy.ordered => {
+                Some(Order { subject: n.subject.key.clone(), sequence: s.sequence })
+            }
+            _ => None,
+        };
+        let skipped = nd.policy.skip_regressions && sequenced.is_some_and(|s| s.regression);
+        let mut d = Delivery {
             id: nd.id,
             event_id: event.id.clone(),
             endpoint: nd.endpoint,
@@ -163,7 +191,13 @@ impl Delivery {
             updated_at: event.received_at,
             claim_token: 0,
             discard_reason: None,
+            order,
+        };
+        if skipped {
+            d.state = DeliveryState::Skipped;
+            d.next_attempt_at = None;
         }
+        d
     }
 
     /// Attempts made in the current budget.
@@ -397,6 +431,11 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Admission, StoreError>;
 
     async fn event(&self, id: &EventId) -> Result<Option<StoredEvent>, StoreError>;
+
+    /// A subject's events in sequence order, each with its deliveries
+    /// (`key` as `lifecycle::key` makes it). Empty for a subject the store
+    /// holds no event of.
+    async fn subject(&self, key: &str) -> Result<Vec<TimelineEntry>, StoreError>;
 
     /// The deliveries of one event.
     async fn event_deliveries(&self, event_id: &EventId) -> Result<Vec<Delivery>, StoreError>;

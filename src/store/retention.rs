@@ -40,7 +40,7 @@ impl Class {
     /// The class a delivery in `state` settles its event in, if it is final.
     pub fn of(state: DeliveryState) -> Option<Class> {
         match state {
-            DeliveryState::Delivered => Some(Class::Delivered),
+            DeliveryState::Delivered | DeliveryState::Skipped => Some(Class::Delivered),
             DeliveryState::Dead | DeliveryState::Discarded => Some(Class::Dead),
             DeliveryState::Pending | DeliveryState::InFlight | DeliveryState::Orphaned => None,
         }

@@ -419,6 +419,7 @@ async fn a_truncated_bulk_replay_is_continued_exactly_and_paging_is_strict() {
         event_type: "deposit.confirmed".into(),
         received_at: at,
         json: b"{}".to_vec(),
+        subject: None,
     };
     let settle = |next: Next| async move {
         // Finished now: settled deliveries are kept for the retention.
@@ -433,8 +434,9 @@ async fn a_truncated_bulk_replay_is_continued_exactly_and_paging_is_strict() {
     };
     // Seven dead deliveries created in one millisecond, an hour ago...
     let hour_ago = ipn_relay::store::now_millis() - 3_600_000;
-    let dead: Vec<NewDelivery> =
-        (0..7).map(|_| NewDelivery { id: DeliveryId::new(hour_ago), endpoint: "backend".into() }).collect();
+    let dead: Vec<NewDelivery> = (0..7)
+        .map(|_| NewDelivery { id: DeliveryId::new(hour_ago), endpoint: "backend".into(), policy: Default::default() })
+        .collect();
     store.admit(event("evt_dead", hour_ago), dead, 60_000).await.unwrap();
     for c in store.claim_due("backend", hour_ago, 100, 5_000).await.unwrap() {
         let (a, next) = settle(Next::Dead).await;
@@ -443,7 +445,7 @@ async fn a_truncated_bulk_replay_is_continued_exactly_and_paging_is_strict() {
     // ...under more delivered ones than one listing page examines.
     let later = hour_ago + 1_000;
     let many: Vec<NewDelivery> = (0..LIST_SCAN_LIMIT + 50)
-        .map(|_| NewDelivery { id: DeliveryId::new(later), endpoint: "ledger".into() })
+        .map(|_| NewDelivery { id: DeliveryId::new(later), endpoint: "ledger".into(), policy: Default::default() })
         .collect();
     store.admit(event("evt_many", later), many, 60_000).await.unwrap();
     for c in store.claim_due("ledger", later, LIST_SCAN_LIMIT + 50, 5_000).await.unwrap() {
@@ -529,8 +531,13 @@ async fn deliveries_of_a_removed_endpoint_are_orphaned_found_refused_and_recover
             event_type: "deposit.confirmed".into(),
             received_at: at + i,
             json: b"{}".to_vec(),
+            subject: None,
         };
-        let ds = ["backend", "ledger"].map(|e| NewDelivery { id: DeliveryId::new(at + i), endpoint: e.into() });
+        let ds = ["backend", "ledger"].map(|e| NewDelivery {
+            id: DeliveryId::new(at + i),
+            endpoint: e.into(),
+            policy: Default::default(),
+        });
         store.admit(event, ds.to_vec(), 60_000).await.unwrap();
     }
     let first = store.claim_due("ledger", at, 1, 5_000).await.unwrap().remove(0);

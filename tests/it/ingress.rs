@@ -431,6 +431,9 @@ impl Store for FaultyStore {
     ) -> Result<Option<ipn_relay::store::StoredEvent>, ipn_relay::store::StoreError> {
         self.0.event(id).await
     }
+    async fn subject(&self, key: &str) -> Result<Vec<ipn_relay::store::TimelineEntry>, ipn_relay::store::StoreError> {
+        self.0.subject(key).await
+    }
     async fn event_deliveries(
         &self,
         id: &ipn_relay::store::EventId,

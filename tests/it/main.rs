@@ -14,6 +14,7 @@ mod discard;
 mod event_schema;
 mod ingress;
 mod layout;
+mod lifecycle;
 mod metrics;
 mod redis_relays;
 mod reload;

@@ -20,6 +20,7 @@ fn event(id: &str, at: u64) -> NewEvent {
         event_type: "t.t".into(),
         received_at: at,
         json: format!(r#"{{"id":"{id}","received_at":"{received}"}}"#).into_bytes(),
+        subject: None,
     }
 }
 
@@ -95,7 +96,10 @@ async fn settled_events_go_and_nothing_else(s: Arc<impl Store>) {
     assert_eq!(s.admit(event("evt_dead", 1600), vec![], TTL).await.unwrap(), Admission::Duplicate);
     assert!(s.event(&"evt_dead".into()).await.unwrap().is_none(), "a duplicate brings nothing back");
     s.sweep(2500).await.unwrap();
-    assert_eq!(s.admit(event("evt_dead", 2600), deliveries(2600, &["be"]), TTL).await.unwrap(), Admission::Accepted);
+    assert_eq!(
+        s.admit(event("evt_dead", 2600), deliveries(2600, &["be"]), TTL).await.unwrap(),
+        Admission::Accepted { regression: false }
+    );
     assert_eq!(s.event_deliveries(&"evt_dead".into()).await.unwrap().len(), 1, "only the new delivery");
 
     // Much later, everything settled goes; the rest stays whatever its age.
@@ -107,7 +111,7 @@ async fn settled_events_go_and_nothing_else(s: Arc<impl Store>) {
     }
     let counts = s.counts().await.unwrap().map(|(_, n)| n);
     // pending: slow, again, the new be; delivered: evt_half's be; orphaned: gone.
-    assert_eq!(counts, [3, 0, 1, 0, 0, 1], "{counts:?}");
+    assert_eq!(counts, [3, 0, 1, 0, 0, 0, 1], "{counts:?}");
     let after = s.stats().await.unwrap();
     assert_eq!((after.events, after.attempts), (4, 2), "{after:?}");
 
@@ -171,7 +175,7 @@ async fn a_copy_received_again_starts_its_retention_afresh(s: Arc<impl Store>) {
     let cut = Cutoffs { delivered: 5000, dead: 500, replay_jobs: 0 };
     assert_eq!(purge_all(s.as_ref(), cut, 5000).await.events, 1);
     s.sweep(5000).await.unwrap();
-    assert_eq!(s.admit(event("evt_c", 10_000), vec![], TTL).await.unwrap(), Admission::Accepted);
+    assert_eq!(s.admit(event("evt_c", 10_000), vec![], TTL).await.unwrap(), Admission::Accepted { regression: false });
     assert_eq!(purge_all(s.as_ref(), all(9000), 10_500).await.events, 0, "received at 10 000");
     assert!(s.event(&"evt_c".into()).await.unwrap().is_some());
     assert_eq!(purge_all(s.as_ref(), all(10_001), 10_500).await.events, 1);
@@ -230,7 +234,7 @@ async fn two_relays_share_the_purge_of_one_redis() {
     assert!(ta.events > 0 && tb.events > 0, "both took part: {ta:?} {tb:?}");
     let stats = a.stats().await.unwrap();
     assert_eq!((stats.events, stats.attempts, stats.retention_queue), (0, 0, 0), "{stats:?}");
-    assert_eq!(a.counts().await.unwrap().map(|(_, n)| n), [0; 6]);
+    assert_eq!(a.counts().await.unwrap().map(|(_, n)| n), [0; 7]);
 }
 
 /// What `GET /admin/store` reports, on the embedded store: records, the

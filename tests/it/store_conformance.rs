@@ -31,11 +31,15 @@ pub(crate) fn event(id: &str, source: &str, event_type: &str, at: u64) -> NewEve
         event_type: event_type.into(),
         received_at: at,
         json: format!(r#"{{"id":"{id}","type":"{event_type}"}}"#).into_bytes(),
+        subject: None,
     }
 }
 
 pub(crate) fn deliveries(at: u64, endpoints: &[&str]) -> Vec<NewDelivery> {
-    endpoints.iter().map(|e| NewDelivery { id: DeliveryId::new(at), endpoint: (*e).into() }).collect()
+    endpoints
+        .iter()
+        .map(|e| NewDelivery { id: DeliveryId::new(at), endpoint: (*e).into(), policy: Default::default() })
+        .collect()
 }
 
 pub(crate) fn attempt(at: u64, code: u16) -> Attempt {
@@ -53,7 +57,7 @@ async fn admit_stores_event_and_deliveries(s: Arc<impl Store>) {
         .admit(event("evt_a", "np", "deposit.confirmed", 1000), deliveries(1000, &["be", "audit"]), TTL)
         .await
         .unwrap();
-    assert_eq!(r, Admission::Accepted);
+    assert_eq!(r, Admission::Accepted { regression: false });
     let stored = s.event(&"evt_a".into()).await.unwrap().unwrap();
     assert_eq!(stored.json, br#"{"id":"evt_a","type":"deposit.confirmed"}"#);
     let ds = s.event_deliveries(&"evt_a".into()).await.unwrap();
@@ -66,7 +70,10 @@ async fn admit_stores_event_and_deliveries(s: Arc<impl Store>) {
 }
 
 async fn event_without_endpoints_is_still_stored(s: Arc<impl Store>) {
-    assert_eq!(s.admit(event("evt_lonely", "np", "unknown", 1000), vec![], TTL).await.unwrap(), Admission::Accepted);
+    assert_eq!(
+        s.admit(event("evt_lonely", "np", "unknown", 1000), vec![], TTL).await.unwrap(),
+        Admission::Accepted { regression: false }
+    );
     assert!(s.event(&"evt_lonely".into()).await.unwrap().is_some());
     assert!(s.event_deliveries(&"evt_lonely".into()).await.unwrap().is_empty());
 }
@@ -74,7 +81,7 @@ async fn event_without_endpoints_is_still_stored(s: Arc<impl Store>) {
 async fn dedupe_holds_for_the_ttl_then_expires(s: Arc<impl Store>) {
     assert_eq!(
         s.admit(event("evt_d", "np", "t.t", 1000), deliveries(1000, &["be"]), TTL).await.unwrap(),
-        Admission::Accepted
+        Admission::Accepted { regression: false }
     );
     // A duplicate writes nothing: still one delivery.
     assert_eq!(
@@ -85,7 +92,7 @@ async fn dedupe_holds_for_the_ttl_then_expires(s: Arc<impl Store>) {
     // At expiry the same callback is new again (same event id, new delivery).
     assert_eq!(
         s.admit(event("evt_d", "np", "t.t", 2000), deliveries(2000, &["be"]), TTL).await.unwrap(),
-        Admission::Accepted
+        Admission::Accepted { regression: false }
     );
     assert_eq!(s.event_deliveries(&"evt_d".into()).await.unwrap().len(), 2);
     assert_eq!(s.admit(event("evt_d", "np", "t.t", 2500), vec![], TTL).await.unwrap(), Admission::Duplicate);
@@ -98,7 +105,10 @@ async fn sweep_removes_only_expired_keys(s: Arc<impl Store>) {
     assert_eq!(s.sweep(2001).await.unwrap(), 0);
     // evt_s2's key is live: still a duplicate. evt_s1's was swept: new.
     assert_eq!(s.admit(event("evt_s2", "np", "t.t", 5500), vec![], TTL).await.unwrap(), Admission::Duplicate);
-    assert_eq!(s.admit(event("evt_s1", "np", "t.t", 5500), vec![], TTL).await.unwrap(), Admission::Accepted);
+    assert_eq!(
+        s.admit(event("evt_s1", "np", "t.t", 5500), vec![], TTL).await.unwrap(),
+        Admission::Accepted { regression: false }
+    );
 }
 
 async fn concurrent_admissions_of_one_event_accept_once(s: Arc<impl Store>) {
@@ -112,7 +122,7 @@ async fn concurrent_admissions_of_one_event_accept_once(s: Arc<impl Store>) {
         .collect();
     let mut accepted = 0;
     for t in tasks {
-        if t.await.unwrap() == Admission::Accepted {
+        if t.await.unwrap() == (Admission::Accepted { regression: false }) {
             accepted += 1;
         }
     }
@@ -262,7 +272,7 @@ async fn counts_follow_state_changes(s: Arc<impl Store>) {
     let c = s.claim_due("be", 1000, 1, VIS).await.unwrap().remove(0);
     s.finish(&c.delivery.id, c.delivery.claim_token, attempt(1000, 500), Next::Dead).await.unwrap();
     let counts = s.counts().await.unwrap();
-    assert_eq!(counts.map(|(_, n)| n), [1, 0, 0, 1, 0, 0]);
+    assert_eq!(counts.map(|(_, n)| n), [1, 0, 0, 1, 0, 0, 0]);
 }
 
 /// `n` deliveries to `be`, one event each, all dead; ids newest first.
@@ -378,8 +388,9 @@ async fn listing_by_state_reads_only_deliveries_in_that_state(s: Arc<impl Store>
     // state's own index finds it, and says nothing is left.
     let ids = dead_deliveries(&s, 1).await;
     let many = LIST_SCAN_LIMIT as u64 + 100;
-    let ds: Vec<NewDelivery> =
-        (0..many).map(|_| NewDelivery { id: DeliveryId::new(9000), endpoint: "be".into() }).collect();
+    let ds: Vec<NewDelivery> = (0..many)
+        .map(|_| NewDelivery { id: DeliveryId::new(9000), endpoint: "be".into(), policy: Default::default() })
+        .collect();
     s.admit(event("evt_busy", "np", "t.t", 9000), ds, TTL).await.unwrap();
     for (state, n) in [(DeliveryState::Dead, 1), (DeliveryState::Orphaned, 0), (DeliveryState::Delivered, 0)] {
         let p = s.list(&DeliveryFilter { state: Some(state), ..Default::default() }, None, 10).await.unwrap();
@@ -415,7 +426,7 @@ async fn deliveries_to_a_removed_endpoint_are_orphaned_and_taken_back(s: Arc<imp
     assert_eq!(found.orphaned, vec![("gone".to_owned(), 2)], "the live claim is left to end");
     assert!(found.adopted.is_empty());
     let counts = s.counts().await.unwrap().map(|(_, n)| n);
-    assert_eq!(counts, [1, 1, 0, 0, 0, 2]);
+    assert_eq!(counts, [1, 1, 0, 0, 0, 0, 2]);
     assert_eq!(s.list(&orphaned, None, 10).await.unwrap().items.len(), 2);
     let by_name = DeliveryFilter { endpoint: Some("gone".into()), ..orphaned.clone() };
     let page = s.list(&by_name, None, 10).await.unwrap();
@@ -451,7 +462,7 @@ async fn deliveries_to_a_removed_endpoint_are_orphaned_and_taken_back(s: Arc<imp
     assert_ne!(now[0].delivery.id, c.delivery.id);
     let later = s.claim_due("gone", 5000, 10, VIS).await.unwrap();
     assert_eq!(later.iter().map(|c| c.delivery.id.as_str()).collect::<Vec<_>>(), [c.delivery.id.as_str()]);
-    assert_eq!(s.counts().await.unwrap().map(|(_, n)| n), [1, 2, 0, 0, 1, 0]);
+    assert_eq!(s.counts().await.unwrap().map(|(_, n)| n), [1, 2, 0, 0, 1, 0, 0]);
 }
 
 async fn discard_closes_waiting_and_dead_deliveries_and_replay_reopens_them(s: Arc<impl Store>) {
@@ -482,7 +493,7 @@ async fn discard_closes_waiting_and_dead_deliveries_and_replay_reopens_them(s: A
         assert_eq!(d.updated_at, 1100);
         assert_eq!(history.len(), usize::from(*id == dead.id), "history kept");
     }
-    assert_eq!(s.counts().await.unwrap().map(|(_, n)| n), [0, 1, 1, 0, 2, 0]);
+    assert_eq!(s.counts().await.unwrap().map(|(_, n)| n), [0, 1, 1, 0, 2, 0, 0]);
     // A discarded delivery is off the schedule and out of the open set.
     assert!(s.claim_due("be", 1100, 10, VIS).await.unwrap().is_empty(), "nothing due but the live claim");
     assert_eq!(s.oldest_open().await.unwrap(), Some(1000), "the held one is open");
@@ -513,7 +524,7 @@ async fn discard_closes_waiting_and_dead_deliveries_and_replay_reopens_them(s: A
     assert_eq!((d.state, d.discard_reason, d.budget_start, d.attempts), (DeliveryState::Pending, None, 1, 1));
     assert_eq!(history.len(), 1);
     assert_eq!(s.list(&discarded, None, 10).await.unwrap().items.len(), 2);
-    assert_eq!(s.counts().await.unwrap().map(|(_, n)| n), [1, 0, 1, 0, 2, 0]);
+    assert_eq!(s.counts().await.unwrap().map(|(_, n)| n), [1, 0, 1, 0, 2, 0, 0]);
     let again = s.claim_due("be", 3000, 10, VIS).await.unwrap();
     assert_eq!(again.iter().map(|c| &c.delivery.id).collect::<Vec<_>>(), [&dead.id]);
 }
@@ -554,8 +565,9 @@ async fn bulk_replay_and_bulk_discard_act_only_on_what_is_as_listed(s: Arc<impl 
 async fn list_scans_a_bounded_number_of_records_per_page(s: Arc<impl Store>) {
     s.admit(event("evt_old", "np", "t.t", 1000), deliveries(1000, &["audit"]), TTL).await.unwrap();
     let many = LIST_SCAN_LIMIT as u64 + 100;
-    let ds: Vec<NewDelivery> =
-        (0..many).map(|_| NewDelivery { id: DeliveryId::new(2000), endpoint: "be".into() }).collect();
+    let ds: Vec<NewDelivery> = (0..many)
+        .map(|_| NewDelivery { id: DeliveryId::new(2000), endpoint: "be".into(), policy: Default::default() })
+        .collect();
     s.admit(event("evt_big", "np", "t.t", 2000), ds, TTL).await.unwrap();
     let f = DeliveryFilter { endpoint: Some("audit".into()), ..Default::default() };
     let p1 = s.list(&f, None, 10).await.unwrap();
@@ -859,6 +871,7 @@ async fn redis_store_records_concurrent_finishes_in_batches() {
             (DeliveryState::Delivered, 20),
             (DeliveryState::Dead, 20),
             (DeliveryState::Discarded, 0),
+            (DeliveryState::Skipped, 0),
             (DeliveryState::Orphaned, 0)
         ]
     );

@@ -61,7 +61,7 @@ use super::retention::{Cutoffs, Purged, StoreStats};
 use super::{
     Admission, Attempt, Claim, Context, Counts, Delivery, DeliveryFilter, DeliveryId, DeliveryState, DiscardCount,
     EventId, Millis, NewDelivery, NewEvent, Next, Page, Reconciled, ReplayCount, ReplayJob, Store, StoreError,
-    StoredEvent,
+    StoredEvent, TimelineEntry,
 };
 use codec::{IndexRecord, corrupt, decode_delivery, unavailable};
 use tables::*;
@@ -225,6 +225,34 @@ impl Store for EmbeddedStore {
                 .map_err(unavailable)?
                 .ok_or_else(|| corrupt(id.as_str(), "event body missing"))?;
             Ok(Some(StoredEvent { id: id.clone(), json: json.value().to_vec() }))
+        })
+        .await
+    }
+
+    async fn subject(&self, key: &str) -> Result<Vec<TimelineEntry>, StoreError> {
+        let key = key.to_owned();
+        let claims = self.claims.clone();
+        self.read(move |txn| {
+            let timeline = txn.open_table(TIMELINE).map_err(unavailable)?;
+            let bodies = txn.open_table(EVENT_BODIES).map_err(unavailable)?;
+            let mut out = Vec::new();
+            for entry in timeline.range((key.as_str(), 0u64)..=(key.as_str(), u64::MAX)).map_err(unavailable)? {
+                let (k, v) = entry.map_err(unavailable)?;
+                let (sequence, id) = (k.value().1, EventId::from(v.value()));
+                let Some(record) = read_index(txn, id.as_str())?.filter(|r| !r.is_removed()) else { continue };
+                let Some(json) = bodies.get(record.body_seq).map_err(unavailable)? else { continue };
+                let mut deliveries = Vec::new();
+                for did in &record.delivery_ids {
+                    if let Some(d) = read_delivery(txn, did.as_str())? {
+                        deliveries.push(d);
+                    }
+                }
+                let event = StoredEvent { id, json: json.value().to_vec() };
+                out.push(TimelineEntry { sequence, event, deliveries });
+            }
+            let claims = claims.lock().map_err(|_| unavailable("lock poisoned"))?;
+            out.iter_mut().flat_map(|e| e.deliveries.iter_mut()).for_each(|d| claims.overlay(d));
+            Ok(out)
         })
         .await
     }

@@ -121,7 +121,14 @@ fn open_on(backend: PowerLoss) -> EmbeddedStore {
 }
 
 fn event(id: &str, at: u64) -> NewEvent {
-    NewEvent { id: id.into(), source: "np".into(), event_type: "t.t".into(), received_at: at, json: b"{}".to_vec() }
+    NewEvent {
+        id: id.into(),
+        source: "np".into(),
+        event_type: "t.t".into(),
+        received_at: at,
+        json: b"{}".to_vec(),
+        subject: None,
+    }
 }
 
 fn ok_attempt() -> Attempt {
@@ -230,7 +237,7 @@ fn live_db(store: &EmbeddedStore) -> Arc<Database> {
 async fn a_claim_only_commit_is_lost_whole_at_a_power_loss_and_redone() {
     let backend = PowerLoss::default();
     let store = open_on(backend.clone());
-    let mk = || NewDelivery { id: DeliveryId::new(1000), endpoint: "be".into() };
+    let mk = || NewDelivery { id: DeliveryId::new(1000), endpoint: "be".into(), policy: Default::default() };
     let (da, dbm, dc) = (mk(), mk(), mk());
     store.admit(event("evt_a", 1000), vec![da.clone()], 10_000).await.unwrap();
     store.admit(event("evt_b", 1000), vec![dbm.clone()], 10_000).await.unwrap();
@@ -309,7 +316,11 @@ async fn power_loss_at_any_point_loses_nothing_acknowledged() {
                 let ds: Vec<NewDelivery> = eps
                     .iter()
                     .take(1 + (next() % 2) as usize)
-                    .map(|e| NewDelivery { id: DeliveryId::new(now), endpoint: (*e).into() })
+                    .map(|e| NewDelivery {
+                        id: DeliveryId::new(now),
+                        endpoint: (*e).into(),
+                        policy: Default::default(),
+                    })
                     .collect();
                 store.admit(event(&id, now), ds, 1_000_000).await.unwrap();
                 admitted.push(id);

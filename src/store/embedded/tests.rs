@@ -5,7 +5,14 @@ use super::*;
 use crate::store::{DeliveryId, DeliveryState, NewDelivery, NewEvent};
 
 fn event(id: &str, at: u64) -> NewEvent {
-    NewEvent { id: id.into(), source: "np".into(), event_type: "t.t".into(), received_at: at, json: b"{}".to_vec() }
+    NewEvent {
+        id: id.into(),
+        source: "np".into(),
+        event_type: "t.t".into(),
+        received_at: at,
+        json: b"{}".to_vec(),
+        subject: None,
+    }
 }
 
 #[tokio::test]
@@ -13,7 +20,11 @@ async fn a_file_from_before_the_state_index_is_indexed_once_at_open() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("r.redb");
     let store = EmbeddedStore::open(&path).unwrap();
-    let ds = ["be", "gone"].map(|e| NewDelivery { id: DeliveryId::new(1000), endpoint: e.into() });
+    let ds = ["be", "gone"].map(|e| NewDelivery {
+        id: DeliveryId::new(1000),
+        endpoint: e.into(),
+        policy: Default::default(),
+    });
     store.admit(event("evt_old", 1000), ds.to_vec(), 10_000).await.unwrap();
     let c = store.claim_due("be", 1000, 1, 500).await.unwrap().remove(0);
     let failed = Attempt {
@@ -51,8 +62,8 @@ async fn corrupt_records_fail_alone_and_never_wedge_claims() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("r.redb");
     let store = EmbeddedStore::open(&path).unwrap();
-    let good = NewDelivery { id: DeliveryId::new(1000), endpoint: "be".into() };
-    let orphan = NewDelivery { id: DeliveryId::new(1000), endpoint: "be".into() };
+    let good = NewDelivery { id: DeliveryId::new(1000), endpoint: "be".into(), policy: Default::default() };
+    let orphan = NewDelivery { id: DeliveryId::new(1000), endpoint: "be".into(), policy: Default::default() };
     store.admit(event("evt_good", 1000), vec![good.clone()], 10_000).await.unwrap();
     store.admit(event("evt_orphan", 1000), vec![orphan.clone()], 10_000).await.unwrap();
     store.close().await;
@@ -136,7 +147,7 @@ async fn a_failed_commit_leaves_claims_as_they_were() {
         init_tables(db)
     };
     let store = EmbeddedStore::with_opener("faulty".into(), open).unwrap();
-    let d = || vec![NewDelivery { id: DeliveryId::new(1000), endpoint: "be".into() }];
+    let d = || vec![NewDelivery { id: DeliveryId::new(1000), endpoint: "be".into(), policy: Default::default() }];
     store.admit(event("evt_a", 1000), d(), 10_000).await.unwrap();
     store.admit(event("evt_b", 1000), d(), 10_000).await.unwrap();
     let held = store.claim_due("be", 1000, 1, 60_000).await.unwrap().remove(0);

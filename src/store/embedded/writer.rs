@@ -386,7 +386,7 @@ pub(super) fn apply(
         Op::Release { id, token, due, reply } => run!(reply, t.release(claims, id.as_str(), token, due)),
         Op::Replay { ids, include_delivered, now, reply } => {
             let eligible = move |s: DeliveryState| {
-                matches!(s, DeliveryState::Dead | DeliveryState::Discarded)
+                matches!(s, DeliveryState::Dead | DeliveryState::Discarded | DeliveryState::Skipped)
                     || (include_delivered && s == DeliveryState::Delivered)
             };
             run!(reply, t.replay(claims, &ids, &eligible, now))

@@ -12,10 +12,16 @@
 //! are one range query. `index` orders delivery ids (which begin with their
 //! creation time) for listing, `dedupe-exp` orders dedupe keys by expiry for
 //! sweeping, `counts` counts deliveries by state. `open`, `dead`,
-//! `discarded` and `orphaned` order the ids of deliveries in those states, so that listing
+//! `discarded`, `skipped` and `orphaned` order the ids of deliveries in those states, so that listing
 //! what needs attention does not read every delivery; `orphaned:NAME` holds
 //! the orphaned deliveries of one endpoint, and `endpoints` every endpoint
 //! name a relay has been configured with.
+//!
+//! **Subjects** (`lifecycle`): `subject:KEY` (a hash: the last sequence,
+//! the highest rank, the last status), `timeline:KEY` (event ids scored by
+//! sequence), `numbered` (event id → `KEY|sequence`, for retention) and,
+//! per ordered endpoint and subject, `gate:NAME:KEY` (open ordered
+//! deliveries scored by sequence; only the lowest is in `due:NAME`).
 //!
 //! **Why a sorted set and not Streams.** A delivery is retried at a time of
 //! its own and claimed again after a visibility timeout. A sorted set scored
@@ -65,7 +71,7 @@ use super::retention::{Cutoffs, Purged, StoreStats};
 use super::{
     Admission, Attempt, Claim, Counts, Delivery, DeliveryFilter, DeliveryId, DeliveryState, DiscardCount, EventId,
     LIST_SCAN_LIMIT, Millis, NewDelivery, NewEvent, Next, Page, Reconciled, ReplayCount, ReplayJob, Store, StoreError,
-    StoredEvent, corrupt, unavailable,
+    StoredEvent, TimelineEntry, corrupt, unavailable,
 };
 
 /// Schedule entries or orphaned deliveries one reconciling script call
@@ -138,6 +144,10 @@ impl Store for RedisStore {
         dedupe_ttl_ms: u64,
     ) -> Result<Admission, StoreError> {
         let mut script = self.scripts.admit.prepare_invoke();
+        let (subject, status, rank, at) = match &event.subject {
+            Some(n) => (n.subject.key.as_str(), n.subject.status_json.as_str(), n.subject.rank, n.at),
+            None => ("", "null", None, 0),
+        };
         script
             .key(self.key(&format!("dedupe:{}", event.id)))
             .key(self.key(&format!("event:{}", event.id)))
@@ -151,19 +161,44 @@ impl Store for RedisStore {
             .arg(dedupe_ttl_ms.max(1))
             .arg(event.json.as_slice())
             .arg(event.received_at)
-            .arg(event.id.as_str());
+            .arg(event.id.as_str())
+            .arg(&self.keys)
+            .arg(subject)
+            .arg(status)
+            .arg(rank.map(|r| r.to_string()).unwrap_or_default())
+            .arg(at);
         for nd in deliveries {
-            let d = Delivery::pending(&event, nd);
+            let policy = nd.policy;
+            // Numbered (and skipped, or ordered) by the script.
+            let d = Delivery::pending(&event, nd, None);
             script.key(self.key(&format!("dlv:{}", d.id))).key(self.key(&format!("due:{}", d.endpoint)));
             script.arg(d.id.as_str()).arg(serde_json::to_string(&d).map_err(unavailable)?);
+            script.arg(if policy.ordered { "1" } else { "0" }).arg(if policy.skip_regressions { "1" } else { "0" });
         }
         let accepted: i64 = self.invoke(&script, true).await?;
-        Ok(if accepted == 1 { Admission::Accepted } else { Admission::Duplicate })
+        Ok(match accepted {
+            0 => Admission::Duplicate,
+            n => Admission::Accepted { regression: n == 2 },
+        })
     }
 
     async fn event(&self, id: &EventId) -> Result<Option<StoredEvent>, StoreError> {
         let json: Option<Vec<u8>> = self.conn().get(self.key(&format!("event:{id}"))).await.map_err(unavailable)?;
         Ok(json.map(|json| StoredEvent { id: id.to_owned(), json }))
+    }
+
+    async fn subject(&self, key: &str) -> Result<Vec<TimelineEntry>, StoreError> {
+        let entries: Vec<(String, f64)> =
+            self.conn().zrange_withscores(self.key(&format!("timeline:{key}")), 0, -1).await.map_err(unavailable)?;
+        let mut out = Vec::with_capacity(entries.len());
+        for (id, sequence) in entries {
+            let id = EventId::from(id);
+            // Removed between the two reads: left out.
+            let Some(event) = self.event(&id).await? else { continue };
+            let deliveries = self.event_deliveries(&id).await?;
+            out.push(TimelineEntry { sequence: sequence as u64, event, deliveries });
+        }
+        Ok(out)
     }
 
     async fn event_deliveries(&self, event_id: &EventId) -> Result<Vec<Delivery>, StoreError> {
@@ -279,6 +314,7 @@ impl Store for RedisStore {
             Some(DeliveryState::Pending | DeliveryState::InFlight) => self.key("open"),
             Some(DeliveryState::Dead) => self.key("dead"),
             Some(DeliveryState::Discarded) => self.key("discarded"),
+            Some(DeliveryState::Skipped) => self.key("skipped"),
             Some(DeliveryState::Orphaned) => self.key("orphaned"),
             _ => self.key("index"),
         };

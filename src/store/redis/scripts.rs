@@ -3,7 +3,8 @@
 //! top. They are built once at connect; redis-rs sends each by its SHA1
 //! and loads it on the first `NOSCRIPT`.
 //!
-//! `lib.lua` (record decoding, batched writes) and `replay_ids.lua` (the
+//! `lib.lua` (record decoding, batched writes, the gates of ordered
+//! delivery) and `replay_ids.lua` (the
 //! replay of a list of ids) are shared: they are prepended to the scripts
 //! that use them.
 //!
@@ -35,10 +36,10 @@ impl Scripts {
     pub fn new() -> Scripts {
         let with_lib = |body: &str| Script::new(&format!("{LIB}{body}"));
         Scripts {
-            admit: Script::new(include_str!("lua/admit.lua")),
+            admit: with_lib(include_str!("lua/admit.lua")),
             claim: with_lib(include_str!("lua/claim.lua")),
             finish_many: with_lib(include_str!("lua/finish_many.lua")),
-            release: Script::new(include_str!("lua/release.lua")),
+            release: with_lib(include_str!("lua/release.lua")),
             replay: with_lib(&format!("{REPLAY_IDS}{}", include_str!("lua/replay.lua"))),
             replay_step: with_lib(&format!("{REPLAY_IDS}{}", include_str!("lua/replay_step.lua"))),
             create_job: Script::new(include_str!("lua/create_job.lua")),

@@ -3,6 +3,7 @@
 use redb::ReadableTable;
 
 use crate::http::Chain;
+use crate::lifecycle;
 use crate::store::retention::Class;
 use crate::store::{Admission, Delivery, Millis, NewDelivery, NewEvent, StoreError};
 
@@ -43,16 +44,24 @@ impl Tables<'_> {
         if deliveries.is_empty() {
             self.note_settled(Class::Delivered, now, event.id.as_str())?;
         }
+        let sequenced = match &event.subject {
+            Some(n) => Some(self.number(n, event.id.as_str())?),
+            None => None,
+        };
         for nd in deliveries {
-            let d = Delivery::pending(&event, nd);
+            let d = Delivery::pending(&event, nd, sequenced.as_ref());
             self.put_delivery(None, &d)?;
             delivery_ids.push(d.id);
         }
+        let json = match (&event.subject, &sequenced) {
+            (Some(n), Some(s)) => std::borrow::Cow::Owned(lifecycle::splice(&event.json, n.at, &s.fields())),
+            _ => std::borrow::Cow::Borrowed(event.json.as_slice()),
+        };
         self.body_seq += 1;
-        self.bodies.insert(self.body_seq, event.json.as_slice()).map_err(unavailable)?;
+        self.bodies.insert(self.body_seq, json.as_ref()).map_err(unavailable)?;
         let record = IndexRecord { dedupe_expires: expires, body_seq: self.body_seq, delivery_ids };
         self.index.insert(event.id.as_str(), record.encode().as_slice()).map_err(unavailable)?;
-        Ok(Admission::Accepted)
+        Ok(Admission::Accepted { regression: sequenced.is_some_and(|s| s.regression) })
     }
 
     pub(in crate::store::embedded) fn sweep(&mut self, now: Millis) -> Result<usize, StoreError> {

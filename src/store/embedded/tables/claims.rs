@@ -59,6 +59,10 @@ impl Tables<'_> {
                 self.due.remove((endpoint, at, id.as_str())).map_err(unavailable)?;
                 continue;
             }
+            // Ordered, and behind an earlier delivery of its subject.
+            if !self.may_claim(claims, &old, at, now)? {
+                continue;
+            }
             let event_json = match self.get_index(old.event_id.as_str()) {
                 Ok(Some(event)) => self.get_body(old.event_id.as_str(), event.body_seq),
                 Ok(None) => Err(corrupt(old.event_id.as_str(), "event record missing")),
@@ -137,10 +141,15 @@ impl Tables<'_> {
             return Ok(false);
         }
         claims.live.remove(id);
-        if let Some(old) = self.get_delivery(id)?.filter(|d| d.next_attempt_at != Some(due)) {
-            let mut d = old.clone();
-            d.next_attempt_at = Some(due);
-            self.put_delivery(Some(&old), &d)?;
+        match self.get_delivery(id)? {
+            Some(old) if old.next_attempt_at != Some(due) => {
+                let mut d = old.clone();
+                d.next_attempt_at = Some(due);
+                self.put_delivery(Some(&old), &d)?;
+            }
+            // Deliveries of its subject parked behind this claim go on.
+            Some(d) => self.advance_gate(&d)?,
+            None => {}
         }
         Ok(true)
     }

@@ -17,6 +17,7 @@
 mod admission;
 mod claims;
 mod endpoints;
+mod lifecycle;
 mod replay;
 mod retention;
 
@@ -49,6 +50,13 @@ pub(super) const ENDPOINTS: TableDefinition<&str, ()> = TableDefinition::new("en
 /// The retention queue: (class, when, event id) of events that may have
 /// settled then (`store::retention`).
 pub(super) const SETTLED: TableDefinition<(u8, u64, &str), ()> = TableDefinition::new("settled");
+/// Subject key → its record (`tables::lifecycle`).
+pub(super) const SUBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("subjects");
+/// (subject key, sequence) → event id: a subject's timeline.
+pub(super) const TIMELINE: TableDefinition<(&str, u64), &str> = TableDefinition::new("timeline");
+/// (endpoint, subject key, sequence) → delivery id of every open ordered
+/// delivery: the gates of `ordering = "subject"`.
+pub(super) const GATES: TableDefinition<(&str, &str, u64), &str> = TableDefinition::new("gates");
 
 /// Scratch space for readiness probes: see [`EmbeddedStore::ping`].
 pub(super) const PROBE: TableDefinition<&str, &[u8]> = TableDefinition::new("probe");
@@ -118,6 +126,9 @@ pub(super) struct Tables<'txn> {
     orphaned: Table<'txn, (&'static str, &'static str), ()>,
     endpoints: Table<'txn, &'static str, ()>,
     settled: Table<'txn, (u8, u64, &'static str), ()>,
+    subjects: Table<'txn, &'static str, &'static [u8]>,
+    timeline: Table<'txn, (&'static str, u64), &'static str>,
+    gates: Table<'txn, (&'static str, &'static str, u64), &'static str>,
     /// State-count changes of this batch, written once before commit.
     count_deltas: [i64; DeliveryState::ALL.len()],
 }
@@ -141,6 +152,9 @@ impl<'txn> Tables<'txn> {
             orphaned: txn.open_table(ORPHANED).map_err(unavailable)?,
             endpoints: txn.open_table(ENDPOINTS).map_err(unavailable)?,
             settled: txn.open_table(SETTLED).map_err(unavailable)?,
+            subjects: txn.open_table(SUBJECTS).map_err(unavailable)?,
+            timeline: txn.open_table(TIMELINE).map_err(unavailable)?,
+            gates: txn.open_table(GATES).map_err(unavailable)?,
             count_deltas: [0; DeliveryState::ALL.len()],
         })
         .and_then(|mut t| {
@@ -203,9 +217,10 @@ impl<'txn> Tables<'txn> {
         Ok(out)
     }
 
-    /// Writes `d` and keeps the due index and state counts in step with the
-    /// record it replaces (`old`).
+    /// Writes `d` and keeps the due index, its gate (if ordered) and state
+    /// counts in step with the record it replaces (`old`).
     pub(super) fn put_delivery(&mut self, old: Option<&Delivery>, d: &Delivery) -> Result<(), StoreError> {
+        let schedulable = self.gate(old, d)?;
         match (old.is_some_and(|o| is_scheduled(o.state)), is_scheduled(d.state)) {
             (false, true) => drop(self.open.insert(d.id.as_str(), ()).map_err(unavailable)?),
             (true, false) => drop(self.open.remove(d.id.as_str()).map_err(unavailable)?),
@@ -236,10 +251,11 @@ impl<'txn> Tables<'txn> {
         } else {
             self.bump(d.state, 1);
         }
-        if let Some(at) = d.next_attempt_at.filter(|_| is_scheduled(d.state)) {
+        if let Some(at) = d.next_attempt_at.filter(|_| is_scheduled(d.state) && schedulable) {
             self.due.insert((d.endpoint.as_str(), at, d.id.as_str()), ()).map_err(unavailable)?;
         }
         self.deliveries.insert(d.id.as_str(), encode(d).as_slice()).map_err(unavailable)?;
+        self.advance_gate(d)?;
         if old.map(|o| o.state) != Some(d.state)
             && let Some(class) = crate::store::retention::Class::of(d.state)
         {
@@ -294,7 +310,7 @@ struct NamedOnce {
 
 /// Whether deliveries in `state` are listed in `by_state`.
 pub(super) fn in_by_state(state: DeliveryState) -> bool {
-    matches!(state, DeliveryState::Dead | DeliveryState::Discarded | DeliveryState::Orphaned)
+    matches!(state, DeliveryState::Dead | DeliveryState::Discarded | DeliveryState::Skipped | DeliveryState::Orphaned)
 }
 
 /// Whether a delivery in `state` sits in the due index.

@@ -34,6 +34,8 @@ enum Found {
         last: Millis,
         record: IndexRecord,
         deliveries: Vec<Delivery>,
+        /// Its subject's key and its sequence, if numbered.
+        numbered: Option<(String, u64)>,
     },
 }
 
@@ -76,8 +78,11 @@ impl Tables<'_> {
                 out.examined += 1;
                 match self.settled_state(&id)? {
                     Found::Gone | Found::Open => {}
-                    Found::Settled { class, last, record, deliveries } if last < cutoffs.of(class) => {
+                    Found::Settled { class, last, record, deliveries, numbered } if last < cutoffs.of(class) => {
                         out.add(self.remove_event(&id, record, &deliveries, now)?);
+                        if let Some((key, sequence)) = numbered {
+                            self.forget_numbered(&key, sequence)?;
+                        }
                     }
                     // Finished again later, or in the other class: wait.
                     Found::Settled { class, last, .. } => self.note_settled(class, last, &id)?,
@@ -148,7 +153,8 @@ impl Tables<'_> {
                 Named::Missing | Named::Unreadable => return Ok(Found::Open),
             }
         }
-        Ok(Found::Settled { class, last, record, deliveries })
+        let numbered = crate::lifecycle::numbered(&body);
+        Ok(Found::Settled { class, last, record, deliveries, numbered })
     }
 
     /// Removes an event, its deliveries and their attempts. Its dedupe key

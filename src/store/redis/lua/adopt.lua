@@ -17,7 +17,7 @@ for _, id in ipairs(ids) do
     redis.call('SET', ARGV[1] .. 'dlv:' .. id, cjson.encode(d))
     redis.call('ZREM', KEYS[2], id)
     redis.call('ZADD', KEYS[3], 0, id)
-    redis.call('ZADD', KEYS[5], due, id)
+    if gate_update(ARGV[1], d, id) then redis.call('ZADD', KEYS[5], due, id) end
     adopted = adopted + 1
   end
 end

@@ -22,6 +22,12 @@ for _, id in ipairs(ids) do
     local event = redis.call('GET', ARGV[4] .. 'event:' .. d.event_id)
     if d.state ~= 'pending' and d.state ~= 'in_flight' then
       redis.call('ZREM', KEYS[1], id)
+    elseif not gate_free(ARGV[4], d, id, now) then
+      -- Ordered, and behind an earlier delivery of its subject: off the
+      -- schedule until its gate moves on (the head goes back on it, in
+      -- case it was parked behind this one's expired claim).
+      redis.call('ZREM', KEYS[1], id)
+      gate_update(ARGV[4], d, id)
     elseif not event then
       redis.call('HINCRBY', KEYS[2], d.state, -1)
       redis.call('HINCRBY', KEYS[2], 'dead', 1)
@@ -33,6 +39,7 @@ for _, id in ipairs(ids) do
       redis.call('ZREM', KEYS[1], id)
       redis.call('ZREM', ARGV[4] .. 'open', id)
       redis.call('ZADD', ARGV[4] .. 'dead', 0, id)
+      gate_update(ARGV[4], d, id)
     else
       if d.state == 'pending' then was_pending = was_pending + 1 end
       d.state = 'in_flight'

@@ -38,6 +38,7 @@ for i = 5, #ARGV do
       d.updated_at = now
       redis.call('SET', prefix .. 'dlv:' .. id, cjson.encode(d))
       redis.call('ZADD', KEYS[5], 0, id)
+      gate_update(prefix, d, id)
       if type(d.event_id) == 'string' then redis.call('ZADD', prefix .. 'settled:dead', now, d.event_id) end
       discarded = discarded + 1
     else

@@ -22,7 +22,7 @@ if not has_type(KEYS[1], 'hash') or not has_type(p .. 'open', 'zset') or not has
   return redis.error_reply('relay keys of the wrong type: ' .. KEYS[1] .. ', ' .. p .. 'open or ' .. p .. 'dead')
 end
 local results, seen, attempts, records, settled, dead, notes = {}, {}, {}, {}, {}, {}, {}
-local unschedule, reschedule = {}, {}
+local unschedule, reschedule, ordered = {}, {}, {}
 local added = {delivered = 0, dead = 0, pending = 0}
 local kinds = {delivered = true, dead = true, retry = true}
 local finished = 0
@@ -80,6 +80,7 @@ for i = 0, (#ARGV - 1) / 7 - 1 do
     table.insert(records, p .. 'dlv:' .. id)
     table.insert(records, cjson.encode(d))
   end
+  if result == 1 and type(d.order) == 'table' then table.insert(ordered, {id, d}) end
   table.insert(results, result)
 end
 for i = 1, #attempts, 2 do redis.call('RPUSH', attempts[i], attempts[i + 1]) end
@@ -90,6 +91,8 @@ each_slice(settled, function(...) redis.call('ZREM', p .. 'open', ...) end)
 each_slice(dead, function(...) redis.call('ZADD', p .. 'dead', ...) end)
 -- Settled events, for retention (`settled:delivered`, `settled:dead`).
 for q, entries in pairs(notes) do each_slice(entries, function(...) redis.call('ZADD', q, ...) end) end
+-- Ordered deliveries: the next of each subject goes on the schedule.
+for _, o in ipairs(ordered) do gate_update(p, o[2], o[1]) end
 if #attempts > 0 then redis.call('HINCRBY', KEYS[1], 'attempts', #attempts / 2) end
 if finished > 0 then redis.call('HINCRBY', KEYS[1], 'in_flight', -finished) end
 for state, n in pairs(added) do

@@ -22,6 +22,7 @@ for _, id in ipairs(ids) do
     redis.call('ZREM', KEYS[3], id)
     redis.call('ZADD', KEYS[4], 0, id)
     redis.call('ZADD', KEYS[5], 0, id)
+    gate_update(ARGV[1], d, id)
     orphaned = orphaned + 1
   elseif d.state == 'in_flight' then
     left = left + 1

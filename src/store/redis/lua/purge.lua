@@ -9,7 +9,7 @@ local p = ARGV[1]
 local cutoff = {delivered = tonumber(ARGV[2]), dead = tonumber(ARGV[3])}
 local cutoff_arg = {delivered = ARGV[2], dead = ARGV[3]}
 local limit = tonumber(ARGV[5])
-local class_of = {delivered = 'delivered', dead = 'dead', discarded = 'dead'}
+local class_of = {delivered = 'delivered', skipped = 'delivered', dead = 'dead', discarded = 'dead'}
 local out = {0, 0, 0, 0, 0}
 -- Not before the index of older data is complete (connect.rs builds it).
 if redis.call('EXISTS', p .. 'retention-index') == 0 then return out end
@@ -65,6 +65,7 @@ for _, class in ipairs({'delivered', 'dead'}) do
             redis.call('ZREM', KEYS[2], did)
             if state == 'dead' then redis.call('ZREM', KEYS[3], did) end
             if state == 'discarded' then redis.call('ZREM', KEYS[4], did) end
+            if state == 'skipped' then redis.call('ZREM', p .. 'skipped', did) end
             redis.call('HINCRBY', KEYS[1], state, -1)
             if n > 0 then redis.call('HINCRBY', KEYS[1], 'attempts', -n) end
             out[2] = out[2] + 1
@@ -72,6 +73,18 @@ for _, class in ipairs({'delivered', 'dead'}) do
           end
           redis.call('DEL', p .. 'event:' .. id, p .. 'event-dlv:' .. id)
           redis.call('ZREM', KEYS[5], id)
+          -- Off its subject's timeline; the subject goes with its last event.
+          local numbered = redis.call('HGET', p .. 'numbered', id)
+          if numbered then
+            redis.call('HDEL', p .. 'numbered', id)
+            local subject = string.match(numbered, '^(.*)|%d+$')
+            if subject then
+              redis.call('ZREM', p .. 'timeline:' .. subject, id)
+              if redis.call('ZCARD', p .. 'timeline:' .. subject) == 0 then
+                redis.call('DEL', p .. 'subject:' .. subject)
+              end
+            end
+          end
           out[1] = out[1] + 1
         else
           -- Finished again later, or in the other class: wait.

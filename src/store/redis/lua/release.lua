@@ -1,7 +1,7 @@
 -- KEYS: dlv, counts. ARGV: token, due, key prefix.
-local raw = redis.call('GET', KEYS[1])
-if not raw then return 0 end
-local d = cjson.decode(raw)
+local d = read_record(KEYS[1])
+if d == nil then return 0 end
+if not d then return redis.error_reply('unreadable delivery record') end
 if d.state ~= 'in_flight' or d.claim_token ~= tonumber(ARGV[1]) then return 0 end
 if type(d.id) ~= 'string' or type(d.endpoint) ~= 'string' then return redis.error_reply('unreadable delivery record') end
 d.state = 'pending'
@@ -10,4 +10,6 @@ redis.call('ZADD', ARGV[3] .. 'due:' .. d.endpoint, tonumber(ARGV[2]), d.id)
 redis.call('HINCRBY', KEYS[2], 'in_flight', -1)
 redis.call('HINCRBY', KEYS[2], 'pending', 1)
 redis.call('SET', KEYS[1], cjson.encode(d))
+-- Deliveries of its subject parked behind this claim go on.
+gate_update(ARGV[3], d, d.id)
 return 1

@@ -16,7 +16,7 @@ local function replay_ids(counts, prefix, include_delivered, only, now, first)
       elseif not d or type(d.endpoint) ~= 'string' then
         skipped = skipped + 1
       elseif (only ~= nil and d.state == only and (only == 'dead' or only == 'discarded' or only == 'delivered'))
-          or (only == nil and (d.state == 'dead' or d.state == 'discarded'
+          or (only == nil and (d.state == 'dead' or d.state == 'discarded' or d.state == 'skipped'
             or (include_delivered and d.state == 'delivered'))) then
         if d.state ~= 'delivered' then redis.call('ZREM', prefix .. d.state, id) end
         d.discard_reason = nil
@@ -27,7 +27,7 @@ local function replay_ids(counts, prefix, include_delivered, only, now, first)
         d.next_attempt_at = now
         d.updated_at = now
         redis.call('SET', prefix .. 'dlv:' .. id, cjson.encode(d))
-        redis.call('ZADD', prefix .. 'due:' .. d.endpoint, now, id)
+        if gate_update(prefix, d, id) then redis.call('ZADD', prefix .. 'due:' .. d.endpoint, now, id) end
         redis.call('ZADD', prefix .. 'open', 0, id)
         replayed = replayed + 1
       else

@@ -1,0 +1,142 @@
+//! Subjects in the embedded store: numbering events per subject, the
+//! timeline of a subject, and the gates that hold an ordered endpoint's
+//! later deliveries of a subject behind its earlier ones (`lifecycle`).
+//!
+//! A gate is the set of an endpoint's open (pending or in flight) ordered
+//! deliveries of one subject, by sequence. Only its head, the lowest, is in
+//! the schedule; [`Tables::put_delivery`] keeps that so as deliveries join
+//! and leave, and a claim parks any other it meets (after a replay puts an
+//! earlier delivery back in front of one being sent).
+
+use redb::ReadableTable;
+
+use crate::store::{Delivery, Numbering, Order, Sequenced, StoreError};
+
+use super::super::codec::unavailable;
+use super::super::writer::ClaimTable;
+use super::{Tables, is_scheduled};
+
+/// A subject's record: the last sequence number given, the highest rank
+/// admitted (0 for none; ranks start at 1) and the last event's provider
+/// status as JSON text.
+fn encode_subject(last: u64, max_rank: u8, status_json: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(9 + status_json.len());
+    out.extend_from_slice(&last.to_le_bytes());
+    out.push(max_rank);
+    out.extend_from_slice(status_json.as_bytes());
+    out
+}
+
+fn decode_subject(raw: &[u8]) -> Option<(u64, u8, String)> {
+    let last = u64::from_le_bytes(raw.get(..8)?.try_into().ok()?);
+    let status = std::str::from_utf8(raw.get(9..)?).ok()?.to_owned();
+    Some((last, *raw.get(8)?, status))
+}
+
+impl Tables<'_> {
+    /// Gives the event the next number of its subject and records it.
+    pub(super) fn number(&mut self, n: &Numbering, event_id: &str) -> Result<Sequenced, StoreError> {
+        let key = n.subject.key.as_str();
+        let known = self.subjects.get(key).map_err(unavailable)?.and_then(|g| decode_subject(g.value()));
+        let (last, max_rank) = match known {
+            Some((last, rank, status)) => (Some((last, status)), (rank > 0).then_some(rank)),
+            None => (None, None),
+        };
+        let s = Sequenced::next(last, max_rank, n.subject.rank);
+        let max_rank = max_rank.max(n.subject.rank).unwrap_or(0);
+        let record = encode_subject(s.sequence, max_rank, &n.subject.status_json);
+        self.subjects.insert(key, record.as_slice()).map_err(unavailable)?;
+        self.timeline.insert((key, s.sequence), event_id).map_err(unavailable)?;
+        Ok(s)
+    }
+
+    /// Takes a removed event off its subject's timeline; the subject goes
+    /// with its last event (a later callback starts again at 1).
+    pub(super) fn forget_numbered(&mut self, key: &str, sequence: u64) -> Result<(), StoreError> {
+        self.timeline.remove((key, sequence)).map_err(unavailable)?;
+        if self.timeline.range((key, 0u64)..=(key, u64::MAX)).map_err(unavailable)?.next().is_none() {
+            self.subjects.remove(key).map_err(unavailable)?;
+        }
+        Ok(())
+    }
+
+    /// Keeps `d`'s gate in step with its change from `old`: it is in its
+    /// gate while open. Returns whether `d` may be in the schedule (it is
+    /// not ordered, or it heads its gate).
+    pub(super) fn gate(&mut self, old: Option<&Delivery>, d: &Delivery) -> Result<bool, StoreError> {
+        let member = |x: &Delivery| x.order.is_some() && is_scheduled(x.state);
+        let (was, is) = (old.is_some_and(member), member(d));
+        let Some(order) = d.order.as_ref() else { return Ok(true) };
+        let key = (d.endpoint.as_str(), order.subject.as_str(), order.sequence);
+        if is && !was {
+            self.gates.insert(key, d.id.as_str()).map_err(unavailable)?;
+        } else if was && !is {
+            self.gates.remove(key).map_err(unavailable)?;
+        }
+        let head = self.gate_head(&d.endpoint, order)?;
+        Ok(is && head.as_deref() == Some(d.id.as_str()))
+    }
+
+    /// After `d` changed: puts its gate's head, if it is another open
+    /// delivery, on the schedule (its predecessor just became final, or
+    /// was retried behind it).
+    pub(super) fn advance_gate(&mut self, d: &Delivery) -> Result<(), StoreError> {
+        let Some(order) = d.order.as_ref() else { return Ok(()) };
+        let Some(head) = self.gate_head(&d.endpoint, order)?.filter(|h| *h != d.id.as_str()) else {
+            return Ok(());
+        };
+        if let Some(h) = self.get_delivery(&head)?
+            && is_scheduled(h.state)
+            && let Some(at) = h.next_attempt_at
+        {
+            self.due.insert((h.endpoint.as_str(), at, h.id.as_str()), ()).map_err(unavailable)?;
+        }
+        Ok(())
+    }
+
+    fn gate_head(&self, endpoint: &str, order: &Order) -> Result<Option<String>, StoreError> {
+        let subject = order.subject.as_str();
+        let first =
+            self.gates.range((endpoint, subject, 0u64)..=(endpoint, subject, u64::MAX)).map_err(unavailable)?.next();
+        first.map(|e| e.map(|(_, v)| v.value().to_owned()).map_err(unavailable)).transpose()
+    }
+
+    /// Whether a claim may take `d` now: unordered, or the head of its gate
+    /// with no other delivery of the gate claimed. If not, `d` leaves the
+    /// schedule until its gate moves on.
+    pub(super) fn may_claim(
+        &mut self,
+        claims: &ClaimTable,
+        d: &Delivery,
+        at: u64,
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        let Some(order) = d.order.as_ref() else { return Ok(true) };
+        let subject = order.subject.as_str();
+        let endpoint = d.endpoint.as_str();
+        let mut head = true;
+        let mut free = true;
+        for (i, e) in self
+            .gates
+            .range((endpoint, subject, 0u64)..=(endpoint, subject, u64::MAX))
+            .map_err(unavailable)?
+            .enumerate()
+        {
+            let (_, v) = e.map_err(unavailable)?;
+            let id = v.value();
+            if i == 0 && id != d.id.as_str() {
+                head = false;
+            }
+            if id != d.id.as_str() && claims.live.get(id).is_some_and(|c| c.until > now) {
+                free = false;
+            }
+        }
+        if head && free {
+            return Ok(true);
+        }
+        self.due.remove((endpoint, at, d.id.as_str())).map_err(unavailable)?;
+        // The head may have been parked behind `d`'s expired claim.
+        self.advance_gate(d)?;
+        Ok(false)
+    }
+}
