@@ -16,6 +16,7 @@ mod ingress;
 mod layout;
 mod lifecycle;
 mod metrics;
+mod ordering;
 mod redis_relays;
 mod reload;
 mod restart;
