@@ -15,12 +15,14 @@
 //! - **purge**: PURGE_EVENTS settled events (default 333,334: a million
 //!   records with their deliveries and attempts) are written straight into
 //!   a store, then one relay takes PURGE_RATE IPNs a second (default
-//!   1,000) in PURGE_PAIRS (default 4) pairs of windows of PURGE_SECS
+//!   1,000) in a warm-up window (not counted), then PURGE_PAIRS (default
+//!   4) pairs of windows of PURGE_SECS
 //!   (default 15): the first of each pair with a retention the backlog is
 //!   not due for (no purging), the second with one it is all past, switched
 //!   by a reload. It prints each window's ingest latency (open loop, from
 //!   each post's scheduled time) and what retention removed meanwhile, and
-//!   the median p99 of each half.
+//!   the median p99 of each half. On Redis each row also says how many AOF
+//!   rewrites have run so far (a rewrite forks the server and stalls fsyncs).
 
 #[path = "../tests/it/common.rs"]
 mod common;
@@ -88,6 +90,25 @@ impl Target {
                 Arc::into_inner(s).unwrap().close().await;
             }
         }
+    }
+
+    /// For Redis: AOF rewrites so far, whether one is running and how long
+    /// the last took, from `INFO persistence` (a rewrite forks the server
+    /// and competes with every fsync) as extra table cells; empty for the
+    /// embedded store.
+    async fn aof_cells(&self) -> String {
+        let Some(url) = &self.redis_url else { return String::new() };
+        let mut c = redis::Client::open(url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
+        let info: String = redis::cmd("INFO").arg("persistence").query_async(&mut c).await.unwrap();
+        let field = |name: &str| {
+            info.lines().find_map(|l| l.strip_prefix(&format!("{name}:"))).unwrap_or("?").trim().to_owned()
+        };
+        format!(
+            " {} | {} | {} |",
+            field("aof_rewrites"),
+            field("aof_rewrite_in_progress"),
+            field("aof_last_rewrite_time_sec")
+        )
     }
 
     /// The file's size, or the Redis server's `used_memory`.
@@ -338,10 +359,27 @@ async fn purge(target: &Target) {
     let (off, on) = ("delivered = \"100d\"", "delivered = \"1m\"");
     let relay = spawn_relay(target, receiver, off, "30d");
     tokio::time::sleep(Duration::from_secs(1)).await;
+    let aof = match target.redis_url {
+        Some(_) => (" AOF rewrites so far | rewriting | last rewrite (s) |", "---|---|---|"),
+        None => ("", ""),
+    };
     println!(
-        "| window | retention | posted | failed | ingest p50 (ms) | p99 (ms) | p99.9 (ms) | events removed in the window |"
+        "| window | retention | posted | failed | ingest p50 (ms) | p99 (ms) | p99.9 (ms) | events removed in the window |{}",
+        aof.0
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|{}", aof.1);
+    // A warm-up window first, not counted: right after the backlog is
+    // written Redis is still catching up on its AOF, and the relay's
+    // caches are cold.
+    let (lat, _) = load(relay.addr, rate, secs, 4_000_000_000).await;
+    println!(
+        "| warm-up | not due (100d) | {} | | {:.2} | {:.2} | {:.2} | 0 |{}",
+        lat.len(),
+        pct(&lat, 0.5),
+        pct(&lat, 0.99),
+        pct(&lat, 0.999),
+        target.aof_cells().await
+    );
     let (mut p99_off, mut p99_on) = (Vec::new(), Vec::new());
     for window in 0..2 * pairs {
         let purging = window % 2 == 1;
@@ -358,12 +396,13 @@ async fn purge(target: &Target) {
             p99_off.push(p99)
         }
         println!(
-            "| {} | {} | {} | {errors} | {:.2} | {p99:.2} | {:.2} | {removed} |",
+            "| {} | {} | {} | {errors} | {:.2} | {p99:.2} | {:.2} | {removed} |{}",
             window + 1,
             if purging { "all due (1m): purging" } else { "not due (100d)" },
             lat.len() + errors,
             pct(&lat, 0.5),
-            pct(&lat, 0.999)
+            pct(&lat, 0.999),
+            target.aof_cells().await
         );
     }
     let median = |v: &mut Vec<f64>| {

@@ -222,6 +222,37 @@ async fn on_sighup(live: Arc<Live>, mut stop: watch::Receiver<bool>) -> Result<(
     }
 }
 
+/// Gates checked per step of [`heal_gates`].
+const GATES_PER_STEP: usize = 200;
+
+/// Puts back on the schedule any ordered delivery that heads its gate but
+/// is off it (`Store::heal_gates`), in bounded steps; says so if it found
+/// one, since that means a damaged record or a relay of an older version.
+async fn heal_gates(store: &dyn Store) {
+    let (mut cursor, mut healed) = (None, 0);
+    loop {
+        match store.heal_gates(cursor.take(), GATES_PER_STEP).await {
+            Ok((n, next)) => {
+                healed += n;
+                match next {
+                    Some(c) => cursor = Some(c),
+                    None => break,
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %Chain(&e), "ordering gate check failed; will retry");
+                break;
+            }
+        }
+    }
+    if healed > 0 {
+        tracing::warn!(
+            deliveries = healed,
+            "ordered deliveries that were off the schedule were put back (a damaged record, or a relay of an older version on the same store)"
+        );
+    }
+}
+
 async fn housekeeping(
     store: Arc<dyn Store>,
     ingress: Arc<Ingress>,
@@ -273,6 +304,7 @@ async fn housekeeping(
             Err(e) => tracing::warn!(error = %Chain(&e), "could not look for unfinished replay jobs; will retry"),
         }
         stale_after = replay::STALE_AFTER_MS;
+        heal_gates(store.as_ref()).await;
         // Sweep in chunks until nothing expired is left.
         loop {
             match store.sweep(now_millis()).await {

@@ -503,6 +503,14 @@ pub trait Store: Send + Sync + 'static {
     /// Removes dedupe keys that expired by `now`; returns how many.
     async fn sweep(&self, now: Millis) -> Result<usize, StoreError>;
 
+    /// One step of the ordering gates' check (`lifecycle`): for up to
+    /// `limit` gates after the cursor `after`, drops entries whose delivery
+    /// is missing, unreadable or final, and puts an open head that is off
+    /// the schedule back on it (after a damaged record, or a finish by a
+    /// relay of an older version). Returns how many heads it put back and
+    /// the cursor to go on from, `None` at the end.
+    async fn heal_gates(&self, after: Option<String>, limit: usize) -> Result<(usize, Option<String>), StoreError>;
+
     /// When the oldest delivery still pending or in flight was created, for
     /// the "oldest pending" gauge; `None` if there is none.
     async fn oldest_open(&self) -> Result<Option<Millis>, StoreError>;

@@ -431,6 +431,13 @@ impl Store for FaultyStore {
     ) -> Result<Option<ipn_relay::store::StoredEvent>, ipn_relay::store::StoreError> {
         self.0.event(id).await
     }
+    async fn heal_gates(
+        &self,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<(usize, Option<String>), ipn_relay::store::StoreError> {
+        self.0.heal_gates(after, limit).await
+    }
     async fn subject(&self, key: &str) -> Result<Vec<ipn_relay::store::TimelineEntry>, ipn_relay::store::StoreError> {
         self.0.subject(key).await
     }

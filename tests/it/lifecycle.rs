@@ -209,6 +209,51 @@ async fn retention_takes_events_off_the_timeline(s: Arc<impl Store>) {
     assert_eq!(stored(&*s, &a3).await["sequence"], 1);
 }
 
+/// An orphaned head is not final: the subject's later deliveries keep
+/// waiting (a relay with the endpoint would otherwise send them first),
+/// and go in order once it is taken back.
+async fn an_orphaned_head_keeps_its_gate(s: Arc<impl Store>) {
+    let a1 = payment("a", "waiting", 1000);
+    let a2 = payment("a", "finished", 1001);
+    for e in [&a1, &a2] {
+        s.admit(e.clone(), to("be", ORDERED, e.received_at), TTL).await.unwrap();
+    }
+    s.reconcile_endpoints(&["be".into()], false, 1100).await.unwrap();
+    // A relay started without "be" orphans the head...
+    let r = s.reconcile_endpoints(&["other".into()], true, 1200).await.unwrap();
+    assert_eq!(r.orphaned, vec![("be".to_owned(), 1)]);
+    // ...and a relay with "be" must not send a2 while a1 is not final.
+    let c = s.claim_due("be", 2000, 10, VIS).await.unwrap();
+    let got: Vec<_> = c.iter().map(|c| c.delivery.event_id.clone()).collect();
+    assert!(got.is_empty(), "a2 claimed while a1 is orphaned: {got:?}");
+    // Taken back: a1 first, then a2.
+    s.reconcile_endpoints(&["be".into()], false, 2100).await.unwrap();
+    let c = s.claim_due("be", 2200, 10, VIS).await.unwrap();
+    assert_eq!(c.iter().map(|c| c.delivery.event_id.clone()).collect::<Vec<_>>(), std::slice::from_ref(&a1.id));
+    let d = &c[0].delivery;
+    assert!(s.finish(&d.id, d.claim_token, attempt(2200, 200), Next::Delivered).await.unwrap());
+    let c = s.claim_due("be", 2300, 10, VIS).await.unwrap();
+    assert_eq!(c.iter().map(|c| c.delivery.event_id.clone()).collect::<Vec<_>>(), std::slice::from_ref(&a2.id));
+}
+
+/// A callback admitted again after its dedupe key expired is one
+/// event on the timeline, and retention still frees its subject.
+async fn a_readmitted_event_keeps_one_timeline_entry(s: Arc<impl Store>) {
+    let a1 = payment("a", "waiting", 1000);
+    s.admit(a1.clone(), vec![], 100).await.unwrap();
+    let mut again = a1.clone();
+    again.received_at = 2000;
+    assert!(matches!(s.admit(again, vec![], 100).await.unwrap(), Admission::Accepted { .. }));
+    let t = s.subject("np/payment/a").await.unwrap();
+    let seqs: Vec<u64> = t.iter().map(|t| t.sequence).collect();
+    let cutoffs = Cutoffs { delivered: 100_000, dead: 100_000, replay_jobs: 100_000 };
+    while s.purge(cutoffs, 200_000, 100).await.unwrap().examined > 0 {}
+    let a3 = payment("a", "refunded", 300_000);
+    s.admit(a3.clone(), vec![], TTL).await.unwrap();
+    let seq = stored(&*s, &a3).await["sequence"].clone();
+    assert_eq!((seqs, seq), (vec![2], Value::from(1)), "timeline before purge / sequence after purge");
+}
+
 macro_rules! lifecycle_suite {
     ($module:ident, $make:expr) => {
         mod $module {
@@ -227,9 +272,60 @@ macro_rules! lifecycle_suite {
             case!(ordered_deliveries_wait_for_their_subjects_earlier_ones);
             case!(discarding_the_head_opens_the_gate);
             case!(retention_takes_events_off_the_timeline);
+            case!(an_orphaned_head_keeps_its_gate);
+            case!(a_readmitted_event_keeps_one_timeline_entry);
         }
     };
 }
 
 lifecycle_suite!(embedded_store, embedded());
 lifecycle_suite!(redis_store, redis().await);
+
+/// A relay of an older version finishes an ordered head without moving its
+/// gate on (its script knows no gates): the housekeeping check puts the
+/// next delivery on the schedule.
+#[tokio::test]
+async fn the_gate_check_recovers_a_gate_an_older_relay_left_stuck() {
+    let (s, server) = redis().await;
+    let a1 = payment("a", "waiting", 1000);
+    let a2 = payment("a", "finished", 1001);
+    for e in [&a1, &a2] {
+        s.admit(e.clone(), to("be", ORDERED, e.received_at), TTL).await.unwrap();
+    }
+    let mut c = crate::store_conformance::raw_connection(&server).await;
+    let head = s.event_deliveries(&a1.id).await.unwrap().remove(0);
+    // What an older finish does: the record settles, the schedule forgets it.
+    let mut settled = head.clone();
+    settled.state = DeliveryState::Delivered;
+    settled.next_attempt_at = None;
+    let _: () = redis::cmd("SET")
+        .arg(format!("{{conformance}}:dlv:{}", head.id))
+        .arg(serde_json::to_string(&settled).unwrap())
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("ZREM").arg("{conformance}:due:be").arg(head.id.as_str()).query_async(&mut c).await.unwrap();
+    assert!(s.claim_due("be", 2000, 10, VIS).await.unwrap().is_empty(), "stuck before the check");
+    let (healed, next) = s.heal_gates(None, 100).await.unwrap();
+    assert_eq!((healed, next), (1, None));
+    let claims = s.claim_due("be", 2000, 10, VIS).await.unwrap();
+    assert_eq!(claims.iter().map(|c| c.delivery.event_id.clone()).collect::<Vec<_>>(), std::slice::from_ref(&a2.id));
+    // Nothing more to do.
+    assert_eq!(s.heal_gates(None, 100).await.unwrap(), (0, None));
+}
+
+/// On a healthy store the check changes nothing (the embedded store's
+/// damaged-record case is a unit test beside the store).
+#[tokio::test]
+async fn the_gate_check_leaves_a_healthy_gate_alone() {
+    let (s, _dir) = embedded();
+    let a1 = payment("a", "waiting", 1000);
+    let a2 = payment("a", "finished", 1001);
+    for e in [&a1, &a2] {
+        s.admit(e.clone(), to("be", ORDERED, e.received_at), TTL).await.unwrap();
+    }
+    // Nothing is stuck: the check finds nothing to do, and a1 goes first.
+    assert_eq!(s.heal_gates(None, 100).await.unwrap(), (0, None));
+    let c = s.claim_due("be", 2000, 10, VIS).await.unwrap();
+    assert_eq!(c.iter().map(|c| c.delivery.event_id.clone()).collect::<Vec<_>>(), std::slice::from_ref(&a1.id));
+}

@@ -652,7 +652,7 @@ pub(crate) async fn redis() -> (Arc<ipn_relay::store::redis::RedisStore>, crate:
 conformance!(redis_store, redis().await);
 
 /// A plain connection to the test's Redis, to look under the store.
-async fn raw_connection(server: &crate::common::RedisServer) -> redis::aio::MultiplexedConnection {
+pub(crate) async fn raw_connection(server: &crate::common::RedisServer) -> redis::aio::MultiplexedConnection {
     redis::Client::open(server.url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap()
 }
 

@@ -381,6 +381,10 @@ impl Store for EmbeddedStore {
         self.call(|reply| Op::Sweep { now, reply }).await
     }
 
+    async fn heal_gates(&self, after: Option<String>, limit: usize) -> Result<(usize, Option<String>), StoreError> {
+        self.call(|reply| Op::HealGates { after, limit, reply }).await
+    }
+
     async fn oldest_open(&self) -> Result<Option<Millis>, StoreError> {
         self.read(|txn| {
             let table = txn.open_table(OPEN).map_err(unavailable)?;

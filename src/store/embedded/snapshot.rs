@@ -50,6 +50,9 @@ pub(super) fn copy(from: &ReadTransaction, to: &Path) -> Result<(std::fs::File, 
     copier.table(from, ORPHANED)?;
     copier.table(from, ENDPOINTS)?;
     copier.table(from, SETTLED)?;
+    copier.table(from, SUBJECTS)?;
+    copier.table(from, TIMELINE)?;
+    copier.table(from, GATES)?;
     copier.finish()?;
     drop(out);
     let len = reader.metadata().map_err(unavailable)?.len();

@@ -77,6 +77,11 @@ pub(super) enum Op {
         now: Millis,
         reply: Reply<usize>,
     },
+    HealGates {
+        after: Option<String>,
+        limit: usize,
+        reply: Reply<(usize, Option<String>)>,
+    },
     Reconcile {
         endpoints: Vec<String>,
         orphan_others: bool,
@@ -337,6 +342,7 @@ pub(super) fn fail(op: Op, e: StoreError) {
         Op::CreateJob { reply, .. } => drop(reply.send(Err(e))),
         Op::ReplayStep { reply, .. } => drop(reply.send(Err(e))),
         Op::Sweep { reply, .. } => drop(reply.send(Err(e))),
+        Op::HealGates { reply, .. } => drop(reply.send(Err(e))),
         Op::Reconcile { reply, .. } => drop(reply.send(Err(e))),
         Op::Discard { reply, .. } => drop(reply.send(Err(e))),
         Op::Purge { reply, .. } => drop(reply.send(Err(e))),
@@ -394,6 +400,7 @@ pub(super) fn apply(
         Op::CreateJob { job, reply } => run!(reply, t.create_job(&job)),
         Op::ReplayStep { job, ids, now, reply } => run!(reply, t.replay_step(claims, *job, &ids, now)),
         Op::Sweep { now, reply } => run!(reply, t.sweep(now)),
+        Op::HealGates { after, limit, reply } => run!(reply, t.heal_gates(after, limit)),
         Op::Reconcile { endpoints, orphan_others, now, reply } => {
             run!(reply, t.reconcile(claims, &endpoints, orphan_others, now))
         }

@@ -21,7 +21,8 @@
 //! the highest rank, the last status), `timeline:KEY` (event ids scored by
 //! sequence), `numbered` (event id → `KEY|sequence`, for retention) and,
 //! per ordered endpoint and subject, `gate:NAME:KEY` (open ordered
-//! deliveries scored by sequence; only the lowest is in `due:NAME`).
+//! deliveries scored by sequence; only the lowest is in `due:NAME`; `gates`
+//! lists them for the housekeeping check).
 //!
 //! **Why a sorted set and not Streams.** A delivery is retried at a time of
 //! its own and claimed again after a visibility timeout. A sorted set scored
@@ -430,6 +431,13 @@ impl Store for RedisStore {
         let mut inv = script.prepare_invoke();
         inv.key(self.key("dedupe-exp")).arg(&self.keys).arg(now).arg(10_000);
         self.invoke(&inv, true).await
+    }
+
+    async fn heal_gates(&self, after: Option<String>, limit: usize) -> Result<(usize, Option<String>), StoreError> {
+        let mut inv = self.scripts.heal_gates.prepare_invoke();
+        inv.arg(&self.keys).arg(after.as_deref().unwrap_or("0")).arg(limit.max(1));
+        let (next, healed): (String, usize) = self.invoke(&inv, true).await?;
+        Ok((healed, (next != "0").then_some(next)))
     }
 
     async fn oldest_open(&self) -> Result<Option<Millis>, StoreError> {

@@ -30,6 +30,7 @@ pub(super) struct Scripts {
     pub adopt: Script,
     pub discard: Script,
     pub purge: Script,
+    pub heal_gates: Script,
 }
 
 impl Scripts {
@@ -48,6 +49,7 @@ impl Scripts {
             adopt: with_lib(include_str!("lua/adopt.lua")),
             discard: with_lib(include_str!("lua/discard.lua")),
             purge: with_lib(include_str!("lua/purge.lua")),
+            heal_gates: with_lib(include_str!("lua/heal_gates.lua")),
         }
     }
 }

@@ -35,8 +35,13 @@ impl Tables<'_> {
             // Removed by retention: nothing of it is left to link to.
             if !prev.is_removed() {
                 delivery_ids = prev.delivery_ids;
-                // The new body (a new received_at) replaces the old one.
-                self.bodies.remove(prev.body_seq).map_err(unavailable)?;
+                // The new body (a new received_at) replaces the old one,
+                // and takes a new number: the old one leaves the timeline.
+                if let Some(old) = self.bodies.remove(prev.body_seq).map_err(unavailable)?
+                    && let Some((key, sequence)) = lifecycle::numbered(old.value())
+                {
+                    self.timeline.remove((key.as_str(), sequence)).map_err(unavailable)?;
+                }
             }
         }
         let expires = now.saturating_add(ttl_ms).max(1);

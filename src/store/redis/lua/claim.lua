@@ -22,12 +22,17 @@ for _, id in ipairs(ids) do
     local event = redis.call('GET', ARGV[4] .. 'event:' .. d.event_id)
     if d.state ~= 'pending' and d.state ~= 'in_flight' then
       redis.call('ZREM', KEYS[1], id)
-    elseif not gate_free(ARGV[4], d, id, now) then
-      -- Ordered, and behind an earlier delivery of its subject: off the
-      -- schedule until its gate moves on (the head goes back on it, in
-      -- case it was parked behind this one's expired claim).
+    elseif gate_free(ARGV[4], d, id, now) ~= 'ok' then
+      -- Ordered, and behind an earlier delivery of its subject or beside
+      -- one being sent: off the schedule until its gate moves on. The head
+      -- goes back on it, in case it was parked behind this one's expired
+      -- claim; and this one, if it heads the gate once stale entries are
+      -- dropped.
+      local why = gate_free(ARGV[4], d, id, now)
       redis.call('ZREM', KEYS[1], id)
-      gate_update(ARGV[4], d, id)
+      if gate_update(ARGV[4], d, id) and why == 'behind' and gate_free(ARGV[4], d, id, now) == 'ok' then
+        redis.call('ZADD', KEYS[1], tonumber(d.next_attempt_at) or now, id)
+      end
     elseif not event then
       redis.call('HINCRBY', KEYS[2], d.state, -1)
       redis.call('HINCRBY', KEYS[2], 'dead', 1)
