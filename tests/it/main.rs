@@ -23,3 +23,4 @@ mod restart;
 mod retention;
 mod store_conformance;
 mod store_failure;
+mod timeline;
