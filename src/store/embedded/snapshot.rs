@@ -52,7 +52,6 @@ pub(super) fn copy(from: &ReadTransaction, to: &Path) -> Result<(std::fs::File, 
     copier.table(from, SETTLED)?;
     copier.table(from, SUBJECTS)?;
     copier.table(from, TIMELINE)?;
-    copier.table(from, GATES)?;
     copier.finish()?;
     drop(out);
     let len = reader.metadata().map_err(unavailable)?.len();

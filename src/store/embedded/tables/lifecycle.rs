@@ -2,18 +2,24 @@
 //! timeline of a subject, and the gates that hold an ordered endpoint's
 //! later deliveries of a subject behind its earlier ones (`lifecycle`).
 //!
-//! A gate is the set of an endpoint's open (pending or in flight) ordered
-//! deliveries of one subject, by sequence. Only its head, the lowest, is in
-//! the schedule; [`Tables::put_delivery`] keeps that so as deliveries join
-//! and leave, and a claim parks any other it meets (after a replay puts an
-//! earlier delivery back in front of one being sent).
+//! A gate is the set of an endpoint's ordered deliveries of one subject
+//! that are not final (pending, in flight or orphaned), by sequence. Only
+//! its head, the lowest, is in the schedule, when it is open;
+//! [`Tables::put_delivery`] keeps that so as deliveries join and leave, and
+//! a claim parks any other it meets (after a replay puts an earlier
+//! delivery back in front of one being sent).
+//!
+//! The gates live in the subject's record, beside its numbering: admission
+//! reads and writes that record anyway, so ordering adds no table to its
+//! commit (a separate gate table cost a fifth of the throughput, most of it
+//! in pages written; BENCHMARKS.md).
 
 use redb::ReadableTable;
 
 use crate::http::Chain;
 use crate::store::{Delivery, DeliveryState, Numbering, Sequenced, StoreError};
 
-use super::super::codec::unavailable;
+use super::super::codec::{corrupt, unavailable};
 use super::super::writer::ClaimTable;
 use super::{Tables, is_scheduled};
 
@@ -23,36 +29,104 @@ fn is_member(d: &Delivery) -> bool {
     d.order.is_some() && (is_scheduled(d.state) || d.state == DeliveryState::Orphaned)
 }
 
-/// A subject's record: the last sequence number given, the highest rank
-/// admitted (0 for none; ranks start at 1) and the last event's provider
-/// status as JSON text.
-fn encode_subject(last: u64, max_rank: u8, status_json: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(9 + status_json.len());
-    out.extend_from_slice(&last.to_le_bytes());
-    out.push(max_rank);
-    out.extend_from_slice(status_json.as_bytes());
-    out
+/// A subject's record.
+#[derive(Debug, Default, PartialEq)]
+struct Subject {
+    /// The last sequence number given.
+    last: u64,
+    /// The highest rank admitted; 0 for none (ranks start at 1).
+    max_rank: u8,
+    /// The last event's provider status as JSON text.
+    status_json: String,
+    /// (endpoint, sequence, delivery id) of every gate member, in order.
+    gates: Vec<(String, u64, String)>,
 }
 
-fn decode_subject(raw: &[u8]) -> Option<(u64, u8, String)> {
-    let last = u64::from_le_bytes(raw.get(..8)?.try_into().ok()?);
-    let status = std::str::from_utf8(raw.get(9..)?).ok()?.to_owned();
-    Some((last, *raw.get(8)?, status))
+impl Subject {
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 + self.status_json.len() + 64 * self.gates.len());
+        out.extend_from_slice(&self.last.to_le_bytes());
+        out.push(self.max_rank);
+        let text = |out: &mut Vec<u8>, s: &str| {
+            out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+            out.extend_from_slice(s.as_bytes());
+        };
+        text(&mut out, &self.status_json);
+        for (endpoint, sequence, id) in &self.gates {
+            text(&mut out, endpoint);
+            out.extend_from_slice(&sequence.to_le_bytes());
+            text(&mut out, id);
+        }
+        out
+    }
+
+    fn decode(key: &str, raw: &[u8]) -> Result<Subject, StoreError> {
+        struct Reader<'a>(&'a [u8]);
+        impl Reader<'_> {
+            fn take(&mut self, n: usize) -> Option<&[u8]> {
+                let (head, rest) = (self.0.get(..n)?, self.0.get(n..)?);
+                self.0 = rest;
+                Some(head)
+            }
+            fn u64(&mut self) -> Option<u64> {
+                Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+            }
+            fn text(&mut self) -> Option<String> {
+                let len = u32::from_le_bytes(self.take(4)?.try_into().ok()?) as usize;
+                String::from_utf8(self.take(len)?.to_vec()).ok()
+            }
+        }
+        let mut r = Reader(raw);
+        let mut read = || -> Option<Subject> {
+            let (last, max_rank, status_json) = (r.u64()?, r.take(1)?[0], r.text()?);
+            let mut gates = Vec::new();
+            while !r.0.is_empty() {
+                gates.push((r.text()?, r.u64()?, r.text()?));
+            }
+            Some(Subject { last, max_rank, status_json, gates })
+        };
+        read().ok_or_else(|| corrupt(key, "unreadable subject record"))
+    }
+
+    /// The gate of `endpoint`: its members' (sequence, id), in order.
+    fn gate<'a>(&'a self, endpoint: &'a str) -> impl Iterator<Item = (u64, &'a str)> + 'a {
+        self.gates.iter().filter(move |(e, _, _)| e == endpoint).map(|(_, s, id)| (*s, id.as_str()))
+    }
+}
+
+/// What a change of an ordered delivery did to its gate.
+pub(super) struct GateMove {
+    /// The delivery may be on the schedule: it is not ordered, or it is
+    /// open and heads its gate.
+    pub schedulable: bool,
+    /// Another delivery now heads the gate, open: it goes on the schedule.
+    pub next: Option<Delivery>,
 }
 
 impl Tables<'_> {
+    fn subject(&self, key: &str) -> Result<Option<Subject>, StoreError> {
+        match self.subjects.get(key).map_err(unavailable)? {
+            Some(g) => Subject::decode(key, g.value()).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn put_subject(&mut self, key: &str, s: &Subject) -> Result<(), StoreError> {
+        self.subjects.insert(key, s.encode().as_slice()).map_err(unavailable)?;
+        Ok(())
+    }
+
     /// Gives the event the next number of its subject and records it.
     pub(super) fn number(&mut self, n: &Numbering, event_id: &str) -> Result<Sequenced, StoreError> {
         let key = n.subject.key.as_str();
-        let known = self.subjects.get(key).map_err(unavailable)?.and_then(|g| decode_subject(g.value()));
-        let (last, max_rank) = match known {
-            Some((last, rank, status)) => (Some((last, status)), (rank > 0).then_some(rank)),
-            None => (None, None),
-        };
+        let mut subject = self.subject(key)?.unwrap_or_default();
+        let last = (subject.last > 0).then(|| (subject.last, subject.status_json.clone()));
+        let max_rank = (subject.max_rank > 0).then_some(subject.max_rank);
         let s = Sequenced::next(last, max_rank, n.subject.rank);
-        let max_rank = max_rank.max(n.subject.rank).unwrap_or(0);
-        let record = encode_subject(s.sequence, max_rank, &n.subject.status_json);
-        self.subjects.insert(key, record.as_slice()).map_err(unavailable)?;
+        subject.last = s.sequence;
+        subject.max_rank = max_rank.max(n.subject.rank).unwrap_or(0);
+        subject.status_json = n.subject.status_json.clone();
+        self.put_subject(key, &subject)?;
         self.timeline.insert((key, s.sequence), event_id).map_err(unavailable)?;
         Ok(s)
     }
@@ -67,66 +141,63 @@ impl Tables<'_> {
         Ok(())
     }
 
-    /// Keeps `d`'s gate in step with its change from `old`: it is in its
-    /// gate while open or orphaned (an orphaned delivery still holds its
-    /// subject's later ones back). Returns whether `d` may be in the
-    /// schedule: it is not ordered, or it is open and heads its gate.
-    pub(super) fn gate(&mut self, old: Option<&Delivery>, d: &Delivery) -> Result<bool, StoreError> {
+    /// Keeps `d`'s gate in step with its change from `old`, and says what
+    /// that means for the schedule (see [`GateMove`]).
+    pub(super) fn gate(&mut self, old: Option<&Delivery>, d: &Delivery) -> Result<GateMove, StoreError> {
+        let Some(order) = d.order.as_ref() else { return Ok(GateMove { schedulable: true, next: None }) };
         let (was, is) = (old.is_some_and(is_member), is_member(d));
-        let Some(order) = d.order.as_ref() else { return Ok(true) };
-        let key = (d.endpoint.as_str(), order.subject.as_str(), order.sequence);
-        if is && !was {
-            self.gates.insert(key, d.id.as_str()).map_err(unavailable)?;
+        let key = order.subject.as_str();
+        let mut subject = match self.subject(key) {
+            Ok(s) => {
+                s.unwrap_or_else(|| Subject { last: order.sequence, status_json: "null".into(), ..Subject::default() })
+            }
+            // Unreadable: start its gates afresh rather than hold every
+            // later delivery of the subject back.
+            Err(e @ StoreError::Corrupt { .. }) => {
+                tracing::error!(subject = %key, error = %Chain(&e), "unreadable subject record replaced");
+                Subject { last: order.sequence, status_json: "null".into(), ..Subject::default() }
+            }
+            Err(e) => return Err(e),
+        };
+        let entry = (d.endpoint.clone(), order.sequence, d.id.to_string());
+        let mut changed = false;
+        if is && !was && !subject.gates.contains(&entry) {
+            let at =
+                subject.gates.partition_point(|(e, s, _)| (e.as_str(), *s) < (d.endpoint.as_str(), order.sequence));
+            subject.gates.insert(at, entry);
+            changed = true;
         } else if was && !is {
-            self.gates.remove(key).map_err(unavailable)?;
+            let before = subject.gates.len();
+            subject.gates.retain(|g| *g != entry);
+            changed = subject.gates.len() != before;
         }
-        if !is_scheduled(d.state) {
-            return Ok(false);
+        let head = self.gate_head(&mut subject, &d.endpoint, Some(d), &mut changed)?;
+        if changed {
+            self.put_subject(key, &subject)?;
         }
-        let head = self.gate_head(&d.endpoint, &order.subject, Some(d))?;
-        Ok(head.is_some_and(|h| h.id == d.id))
+        let heads = head.as_ref().is_some_and(|h| h.id == d.id);
+        Ok(GateMove {
+            schedulable: heads && is_scheduled(d.state),
+            next: head.filter(|h| h.id != d.id && is_scheduled(h.state)),
+        })
     }
 
-    /// After `d` changed: puts its gate's head, if it is another open
-    /// delivery, on the schedule (its predecessor just became final, or
-    /// was retried behind it).
-    pub(super) fn advance_gate(&mut self, d: &Delivery) -> Result<(), StoreError> {
-        let Some(order) = d.order.as_ref() else { return Ok(()) };
-        if let Some(h) = self.gate_head(&d.endpoint, &order.subject, Some(d))?
-            && h.id != d.id
-        {
-            self.schedule_head(&h)?;
-        }
-        Ok(())
-    }
-
-    /// Puts a gate's head on the schedule if it is open; whether it was off.
-    fn schedule_head(&mut self, h: &Delivery) -> Result<bool, StoreError> {
-        let Some(at) = h.next_attempt_at.filter(|_| is_scheduled(h.state)) else { return Ok(false) };
-        let was = self.due.insert((h.endpoint.as_str(), at, h.id.as_str()), ()).map_err(unavailable)?;
-        Ok(was.is_none())
-    }
-
-    /// The delivery heading a gate. Entries whose record is missing,
-    /// unreadable or no longer in the gate's states are dropped on the way
-    /// (logged): a damaged record must not hold its subject back for ever,
-    /// nor fail the write that met it. `known` is a delivery being written
-    /// now, whose stored record may be older or absent.
+    /// The delivery heading `endpoint`'s gate in `subject`. Members whose
+    /// record is missing, unreadable or final are dropped on the way
+    /// (logged; `changed` is set): a damaged record must not hold its
+    /// subject back for ever, nor fail the write that met it. `known` is a
+    /// delivery being written now, whose stored record may be older.
     fn gate_head(
-        &mut self,
+        &self,
+        subject: &mut Subject,
         endpoint: &str,
-        subject: &str,
         known: Option<&Delivery>,
+        changed: &mut bool,
     ) -> Result<Option<Delivery>, StoreError> {
         loop {
-            let first = self
-                .gates
-                .range((endpoint, subject, 0u64)..=(endpoint, subject, u64::MAX))
-                .map_err(unavailable)?
-                .next()
-                .map(|e| e.map(|(k, v)| (k.value().2, v.value().to_owned())).map_err(unavailable))
-                .transpose()?;
-            let Some((sequence, id)) = first else { return Ok(None) };
+            let Some((sequence, id)) = subject.gate(endpoint).next().map(|(s, id)| (s, id.to_owned())) else {
+                return Ok(None);
+            };
             if let Some(k) = known.filter(|k| k.id.as_str() == id) {
                 return Ok(Some(k.clone()));
             }
@@ -138,61 +209,74 @@ impl Tables<'_> {
                 }
                 Err(e) => return Err(e),
             }
-            self.gates.remove((endpoint, subject, sequence)).map_err(unavailable)?;
+            subject.gates.retain(|(e, s, i)| !(e == endpoint && *s == sequence && *i == id));
+            *changed = true;
         }
     }
 
+    /// Puts `d`'s gate's head, if it is another open delivery, on the
+    /// schedule.
+    pub(super) fn advance_gate(&mut self, d: &Delivery) -> Result<(), StoreError> {
+        let Some(order) = d.order.as_ref() else { return Ok(()) };
+        let Some(mut subject) = self.subject(&order.subject).unwrap_or(None) else { return Ok(()) };
+        let mut changed = false;
+        let head = self.gate_head(&mut subject, &d.endpoint, Some(d), &mut changed)?;
+        if changed {
+            self.put_subject(&order.subject, &subject)?;
+        }
+        if let Some(h) = head.filter(|h| h.id != d.id) {
+            self.schedule_head(&h)?;
+        }
+        Ok(())
+    }
+
+    /// Puts a gate's head on the schedule if it is open; whether it was off.
+    pub(super) fn schedule_head(&mut self, h: &Delivery) -> Result<bool, StoreError> {
+        let Some(at) = h.next_attempt_at.filter(|_| is_scheduled(h.state)) else { return Ok(false) };
+        let was = self.due.insert((h.endpoint.as_str(), at, h.id.as_str()), ()).map_err(unavailable)?;
+        Ok(was.is_none())
+    }
+
     /// One step of the gate check housekeeping runs: for up to `limit`
-    /// gates after `after` (endpoint, subject), drops entries that no
-    /// longer belong and puts an open head that is off the schedule back
-    /// on it. Returns how many heads it put back, and where to go on.
-    /// The cursor is `endpoint` and `subject` joined by a newline (endpoint
-    /// names hold none).
+    /// open deliveries after the cursor (a delivery id), the ordered ones'
+    /// gates drop members that no longer belong, and an open head that is
+    /// off the schedule goes back on it. Open deliveries are few (those
+    /// waiting or being sent), so a pass is short whatever the store holds.
+    /// Returns how many heads it put back, and where to go on.
     pub(in crate::store::embedded) fn heal_gates(
         &mut self,
         after: Option<String>,
         limit: usize,
     ) -> Result<(usize, Option<String>), StoreError> {
-        let (healed, cursor) = self.heal_gates_from(
-            after.and_then(|c| c.split_once('\n').map(|(e, s)| (e.to_owned(), s.to_owned()))),
-            limit,
-        )?;
-        Ok((healed, cursor.map(|(e, s)| format!("{e}\n{s}"))))
-    }
-
-    fn heal_gates_from(
-        &mut self,
-        after: Option<(String, String)>,
-        limit: usize,
-    ) -> Result<(usize, Option<(String, String)>), StoreError> {
+        let ids: Vec<String> = {
+            let range = match &after {
+                Some(a) => self.open.range::<&str>((std::ops::Bound::Excluded(a.as_str()), std::ops::Bound::Unbounded)),
+                None => self.open.range::<&str>(..),
+            }
+            .map_err(unavailable)?;
+            range
+                .take(limit)
+                .map(|e| e.map(|(k, _)| k.value().to_owned()).map_err(unavailable))
+                .collect::<Result<_, _>>()?
+        };
         let mut healed = 0;
-        let mut cursor = after;
-        for _ in 0..limit {
-            let next = {
-                let mut range = match &cursor {
-                    Some((e, s)) => self.gates.range((e.as_str(), s.as_str(), u64::MAX)..).map_err(unavailable)?,
-                    None => self.gates.range::<(&str, &str, u64)>(..).map_err(unavailable)?,
-                };
-                let mut found = None;
-                for entry in range.by_ref() {
-                    let (k, _) = entry.map_err(unavailable)?;
-                    let (e, s, _) = k.value();
-                    if cursor.as_ref().is_none_or(|(ce, cs)| (ce.as_str(), cs.as_str()) != (e, s)) {
-                        found = Some((e.to_owned(), s.to_owned()));
-                        break;
-                    }
-                }
-                found
-            };
-            let Some((endpoint, subject)) = next else { return Ok((healed, None)) };
-            if let Some(h) = self.gate_head(&endpoint, &subject, None)?
+        for id in &ids {
+            let Ok(Some(d)) = self.get_delivery(id) else { continue };
+            let Some(order) = d.order.as_ref() else { continue };
+            let Some(mut subject) = self.subject(&order.subject).unwrap_or(None) else { continue };
+            let mut changed = false;
+            let head = self.gate_head(&mut subject, &d.endpoint, None, &mut changed)?;
+            if changed {
+                self.put_subject(&order.subject, &subject)?;
+            }
+            if let Some(h) = head
                 && self.schedule_head(&h)?
             {
                 healed += 1;
             }
-            cursor = Some((endpoint, subject));
         }
-        Ok((healed, cursor))
+        let next = if ids.len() == limit { ids.last().cloned() } else { None };
+        Ok((healed, next))
     }
 
     /// Whether a claim may take `d` now: unordered, or the head of its gate
@@ -206,31 +290,41 @@ impl Tables<'_> {
         now: u64,
     ) -> Result<bool, StoreError> {
         let Some(order) = d.order.as_ref() else { return Ok(true) };
-        let subject = order.subject.as_str();
-        let endpoint = d.endpoint.as_str();
-        let mut head = true;
-        let mut free = true;
-        for (i, e) in self
-            .gates
-            .range((endpoint, subject, 0u64)..=(endpoint, subject, u64::MAX))
-            .map_err(unavailable)?
-            .enumerate()
-        {
-            let (_, v) = e.map_err(unavailable)?;
-            let id = v.value();
-            if i == 0 && id != d.id.as_str() {
-                head = false;
-            }
-            if id != d.id.as_str() && claims.live.get(id).is_some_and(|c| c.until > now) {
-                free = false;
-            }
-        }
+        let subject = self.subject(&order.subject).unwrap_or(None).unwrap_or_default();
+        let mut gate = subject.gate(&d.endpoint).peekable();
+        let head = gate.peek().is_none_or(|(_, id)| *id == d.id.as_str());
+        let free = !subject
+            .gate(&d.endpoint)
+            .any(|(_, id)| id != d.id.as_str() && claims.live.get(id).is_some_and(|c| c.until > now));
         if head && free {
             return Ok(true);
         }
-        self.due.remove((endpoint, at, d.id.as_str())).map_err(unavailable)?;
+        self.due.remove((d.endpoint.as_str(), at, d.id.as_str())).map_err(unavailable)?;
         // The head may have been parked behind `d`'s expired claim.
         self.advance_gate(d)?;
         Ok(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subject_records_read_back() {
+        let s = Subject {
+            last: 7,
+            max_rank: 255,
+            status_json: "\"finished\"".into(),
+            gates: vec![
+                ("be".into(), 3, "dlv_a".into()),
+                ("be".into(), 5, "dlv_b".into()),
+                ("x".into(), 1, "dlv_c".into()),
+            ],
+        };
+        assert_eq!(Subject::decode("k", &s.encode()).unwrap(), s);
+        assert_eq!(Subject::decode("k", &Subject::default().encode()).unwrap(), Subject::default());
+        assert!(Subject::decode("k", b"short").is_err());
+        assert_eq!(s.gate("be").collect::<Vec<_>>(), [(3, "dlv_a"), (5, "dlv_b")]);
     }
 }

@@ -50,13 +50,11 @@ pub(super) const ENDPOINTS: TableDefinition<&str, ()> = TableDefinition::new("en
 /// The retention queue: (class, when, event id) of events that may have
 /// settled then (`store::retention`).
 pub(super) const SETTLED: TableDefinition<(u8, u64, &str), ()> = TableDefinition::new("settled");
-/// Subject key → its record (`tables::lifecycle`).
+/// Subject key → its record: numbering, and the gates of `ordering =
+/// "subject"` (`tables::lifecycle`).
 pub(super) const SUBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("subjects");
 /// (subject key, sequence) → event id: a subject's timeline.
 pub(super) const TIMELINE: TableDefinition<(&str, u64), &str> = TableDefinition::new("timeline");
-/// (endpoint, subject key, sequence) → delivery id of every open ordered
-/// delivery: the gates of `ordering = "subject"`.
-pub(super) const GATES: TableDefinition<(&str, &str, u64), &str> = TableDefinition::new("gates");
 
 /// Scratch space for readiness probes: see [`EmbeddedStore::ping`].
 pub(super) const PROBE: TableDefinition<&str, &[u8]> = TableDefinition::new("probe");
@@ -128,7 +126,6 @@ pub(super) struct Tables<'txn> {
     settled: Table<'txn, (u8, u64, &'static str), ()>,
     subjects: Table<'txn, &'static str, &'static [u8]>,
     timeline: Table<'txn, (&'static str, u64), &'static str>,
-    gates: Table<'txn, (&'static str, &'static str, u64), &'static str>,
     /// State-count changes of this batch, written once before commit.
     count_deltas: [i64; DeliveryState::ALL.len()],
 }
@@ -154,7 +151,6 @@ impl<'txn> Tables<'txn> {
             settled: txn.open_table(SETTLED).map_err(unavailable)?,
             subjects: txn.open_table(SUBJECTS).map_err(unavailable)?,
             timeline: txn.open_table(TIMELINE).map_err(unavailable)?,
-            gates: txn.open_table(GATES).map_err(unavailable)?,
             count_deltas: [0; DeliveryState::ALL.len()],
         })
         .and_then(|mut t| {
@@ -220,7 +216,7 @@ impl<'txn> Tables<'txn> {
     /// Writes `d` and keeps the due index, its gate (if ordered) and state
     /// counts in step with the record it replaces (`old`).
     pub(super) fn put_delivery(&mut self, old: Option<&Delivery>, d: &Delivery) -> Result<(), StoreError> {
-        let schedulable = self.gate(old, d)?;
+        let gate = self.gate(old, d)?;
         match (old.is_some_and(|o| is_scheduled(o.state)), is_scheduled(d.state)) {
             (false, true) => drop(self.open.insert(d.id.as_str(), ()).map_err(unavailable)?),
             (true, false) => drop(self.open.remove(d.id.as_str()).map_err(unavailable)?),
@@ -251,11 +247,13 @@ impl<'txn> Tables<'txn> {
         } else {
             self.bump(d.state, 1);
         }
-        if let Some(at) = d.next_attempt_at.filter(|_| is_scheduled(d.state) && schedulable) {
+        if let Some(at) = d.next_attempt_at.filter(|_| is_scheduled(d.state) && gate.schedulable) {
             self.due.insert((d.endpoint.as_str(), at, d.id.as_str()), ()).map_err(unavailable)?;
         }
         self.deliveries.insert(d.id.as_str(), encode(d).as_slice()).map_err(unavailable)?;
-        self.advance_gate(d)?;
+        if let Some(next) = gate.next {
+            self.schedule_head(&next)?;
+        }
         if old.map(|o| o.state) != Some(d.state)
             && let Some(class) = crate::store::retention::Class::of(d.state)
         {
