@@ -222,21 +222,25 @@ async fn on_sighup(live: Arc<Live>, mut stop: watch::Receiver<bool>) -> Result<(
     }
 }
 
-/// Gates checked per step of [`heal_gates`].
+/// Gates (Redis) or open deliveries (embedded) looked at per step of
+/// [`heal_gates`], and steps per housekeeping tick: a pass over a large
+/// backlog spreads over several minutes instead of holding the store.
 const GATES_PER_STEP: usize = 200;
+const GATE_STEPS_PER_TICK: usize = 10;
 
 /// Puts back on the schedule any ordered delivery that heads its gate but
-/// is off it (`Store::heal_gates`), in bounded steps; says so if it found
-/// one, since that means a damaged record or a relay of an older version.
-async fn heal_gates(store: &dyn Store) {
-    let (mut cursor, mut healed) = (None, 0);
-    loop {
+/// is off it (`Store::heal_gates`), in bounded steps from `cursor`, where
+/// the previous tick stopped; says so if it found one, since that means a
+/// damaged record or a relay of an older version.
+async fn heal_gates(store: &dyn Store, cursor: &mut Option<String>) {
+    let mut healed = 0;
+    for _ in 0..GATE_STEPS_PER_TICK {
         match store.heal_gates(cursor.take(), GATES_PER_STEP).await {
             Ok((n, next)) => {
                 healed += n;
-                match next {
-                    Some(c) => cursor = Some(c),
-                    None => break,
+                *cursor = next;
+                if cursor.is_none() {
+                    break;
                 }
             }
             Err(e) => {
@@ -268,6 +272,8 @@ async fn housekeeping(
     let mut stale_after = 0;
     // Warn once when the store's clock cannot be read, not every minute.
     let mut clock_unreadable = false;
+    // Where the gate check goes on at the next tick.
+    let mut gates_cursor = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -304,7 +310,7 @@ async fn housekeeping(
             Err(e) => tracing::warn!(error = %Chain(&e), "could not look for unfinished replay jobs; will retry"),
         }
         stale_after = replay::STALE_AFTER_MS;
-        heal_gates(store.as_ref()).await;
+        heal_gates(store.as_ref(), &mut gates_cursor).await;
         // Sweep in chunks until nothing expired is left.
         loop {
             match store.sweep(now_millis()).await {

@@ -382,7 +382,8 @@ impl Store for EmbeddedStore {
     }
 
     async fn heal_gates(&self, after: Option<String>, limit: usize) -> Result<(usize, Option<String>), StoreError> {
-        self.call(|reply| Op::HealGates { after, limit, reply }).await
+        let now = super::now_millis();
+        self.call(|reply| Op::HealGates { after, limit, now, reply }).await
     }
 
     async fn oldest_open(&self) -> Result<Option<Millis>, StoreError> {

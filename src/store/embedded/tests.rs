@@ -321,3 +321,33 @@ async fn a_snapshot_copies_every_table() {
     original.retain(|t| t != "probe");
     assert_eq!(names(&copy), original);
 }
+
+/// An unreadable subject record is rebuilt from the subject's timeline and
+/// its events' deliveries: the next callback is numbered on (not refused,
+/// not numbered from 1) and the subject's deliveries still go in order.
+#[tokio::test]
+async fn an_unreadable_subject_record_is_rebuilt_and_order_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.redb");
+    let store = EmbeddedStore::open(&path).unwrap();
+    store.admit(subject_event("evt_a", "waiting", 1000), ordered(1000), 10_000).await.unwrap();
+    store.admit(subject_event("evt_b", "confirming", 1001), ordered(1001), 10_000).await.unwrap();
+    store.close().await;
+    let db = Database::create(&path).unwrap();
+    let txn = db.begin_write().unwrap();
+    txn.open_table(SUBJECTS).unwrap().insert("np/payment/p1", b"\x01\x02".as_slice()).unwrap();
+    txn.commit().unwrap();
+    drop(db);
+    let store = EmbeddedStore::open(&path).unwrap();
+    let r = store.admit(subject_event("evt_c", "finished", 1002), ordered(1002), 10_000).await.unwrap();
+    assert!(matches!(r, Admission::Accepted { .. }));
+    let c = store.event(&"evt_c".into()).await.unwrap().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&c.json).unwrap();
+    assert_eq!(v["sequence"], 3);
+    for want in ["evt_a", "evt_b", "evt_c"] {
+        let claims = store.claim_due("be", 5000, 10, 500).await.unwrap();
+        assert_eq!(claims.iter().map(|c| c.delivery.event_id.as_str()).collect::<Vec<_>>(), [want]);
+        let d = &claims[0].delivery;
+        assert!(store.finish(&d.id, d.claim_token, attempt(), Next::Delivered).await.unwrap());
+    }
+}

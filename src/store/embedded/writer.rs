@@ -80,6 +80,7 @@ pub(super) enum Op {
     HealGates {
         after: Option<String>,
         limit: usize,
+        now: Millis,
         reply: Reply<(usize, Option<String>)>,
     },
     Reconcile {
@@ -244,12 +245,13 @@ impl Writer {
         // is on disk (a stale schedule entry dropped, a delivery whose event
         // is unreadable marked dead, a missing record unscheduled): nothing
         // in it needs an fsync, and claims come often. Nor does a retention
-        // step: undone by a power loss, it is done again. Everything else is
+        // step or a gate check: undone by a power loss, it is done again. Everything else is
         // durable before it is answered (a later durable commit also makes
         // earlier non-durable ones durable). Tested in powerloss_tests.rs.
         let purge_due =
             self.last_durable.elapsed() >= PURGE_DURABLE_EVERY && batch.iter().any(|op| matches!(op, Op::Purge { .. }));
-        let durable = purge_due || !batch.iter().all(|op| matches!(op, Op::Claim { .. } | Op::Purge { .. }));
+        let durable = purge_due
+            || !batch.iter().all(|op| matches!(op, Op::Claim { .. } | Op::Purge { .. } | Op::HealGates { .. }));
         let durability = if durable { Durability::Immediate } else { Durability::None };
         txn.set_durability(durability).map_err(|e| (unavailable(e), Vec::new()))?;
         let mut answers = Vec::with_capacity(batch.len());
@@ -400,7 +402,7 @@ pub(super) fn apply(
         Op::CreateJob { job, reply } => run!(reply, t.create_job(&job)),
         Op::ReplayStep { job, ids, now, reply } => run!(reply, t.replay_step(claims, *job, &ids, now)),
         Op::Sweep { now, reply } => run!(reply, t.sweep(now)),
-        Op::HealGates { after, limit, reply } => run!(reply, t.heal_gates(after, limit)),
+        Op::HealGates { after, limit, now, reply } => run!(reply, t.heal_gates(claims, after, limit, now)),
         Op::Reconcile { endpoints, orphan_others, now, reply } => {
             run!(reply, t.reconcile(claims, &endpoints, orphan_others, now))
         }

@@ -88,6 +88,19 @@ impl Subject {
         read().ok_or_else(|| corrupt(key, "unreadable subject record"))
     }
 
+    /// Puts the member `d` in its gate if it is missing (a new member, or a
+    /// rebuilt record); whether it was.
+    fn join(&mut self, d: &Delivery) -> bool {
+        let Some(order) = d.order.as_ref().filter(|_| is_member(d)) else { return false };
+        let entry = (d.endpoint.clone(), order.sequence, d.id.to_string());
+        if self.gates.contains(&entry) {
+            return false;
+        }
+        let at = self.gates.partition_point(|(e, s, _)| (e.as_str(), *s) < (d.endpoint.as_str(), order.sequence));
+        self.gates.insert(at, entry);
+        true
+    }
+
     /// The gate of `endpoint`: its members' (sequence, id), in order.
     fn gate<'a>(&'a self, endpoint: &'a str) -> impl Iterator<Item = (u64, &'a str)> + 'a {
         self.gates.iter().filter(move |(e, _, _)| e == endpoint).map(|(_, s, id)| (*s, id.as_str()))
@@ -111,6 +124,46 @@ impl Tables<'_> {
         }
     }
 
+    /// The subject's record for a change: a missing one is new; an
+    /// unreadable one is rebuilt (logged) rather than refusing the change:
+    /// its numbering goes on from its timeline, and its gates are found
+    /// again through the timeline's events (a subject has a handful).
+    fn subject_for_change(&self, key: &str) -> Result<Subject, StoreError> {
+        match self.subject(key) {
+            Ok(Some(s)) => Ok(s),
+            Ok(None) => Ok(Subject { status_json: "null".into(), ..Subject::default() }),
+            Err(e @ StoreError::Corrupt { .. }) => {
+                tracing::error!(subject = %key, error = %Chain(&e), "unreadable subject record rebuilt from its timeline");
+                self.rebuilt_subject(key)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn rebuilt_subject(&self, key: &str) -> Result<Subject, StoreError> {
+        let mut subject = Subject { status_json: "null".into(), ..Subject::default() };
+        let events: Vec<(u64, String)> = self
+            .timeline
+            .range((key, 0u64)..=(key, u64::MAX))
+            .map_err(unavailable)?
+            .map(|e| e.map(|(k, v)| (k.value().1, v.value().to_owned())).map_err(unavailable))
+            .collect::<Result<_, _>>()?;
+        for (sequence, event_id) in events {
+            subject.last = subject.last.max(sequence);
+            let Ok(Some(record)) = self.get_index(&event_id) else { continue };
+            for id in &record.delivery_ids {
+                if let Ok(Some(d)) = self.get_delivery(id.as_str())
+                    && is_member(&d)
+                    && let Some(order) = d.order.as_ref().filter(|o| o.subject == key)
+                {
+                    subject.gates.push((d.endpoint.clone(), order.sequence, d.id.to_string()));
+                }
+            }
+        }
+        subject.gates.sort();
+        Ok(subject)
+    }
+
     fn put_subject(&mut self, key: &str, s: &Subject) -> Result<(), StoreError> {
         self.subjects.insert(key, s.encode().as_slice()).map_err(unavailable)?;
         Ok(())
@@ -119,7 +172,7 @@ impl Tables<'_> {
     /// Gives the event the next number of its subject and records it.
     pub(super) fn number(&mut self, n: &Numbering, event_id: &str) -> Result<Sequenced, StoreError> {
         let key = n.subject.key.as_str();
-        let mut subject = self.subject(key)?.unwrap_or_default();
+        let mut subject = self.subject_for_change(key)?;
         let last = (subject.last > 0).then(|| (subject.last, subject.status_json.clone()));
         let max_rank = (subject.max_rank > 0).then_some(subject.max_rank);
         let s = Sequenced::next(last, max_rank, n.subject.rank);
@@ -141,36 +194,22 @@ impl Tables<'_> {
         Ok(())
     }
 
-    /// Keeps `d`'s gate in step with its change from `old`, and says what
-    /// that means for the schedule (see [`GateMove`]).
-    pub(super) fn gate(&mut self, old: Option<&Delivery>, d: &Delivery) -> Result<GateMove, StoreError> {
+    /// Keeps `d`'s gate in step with its new state, and says what that
+    /// means for the schedule (see [`GateMove`]). Membership follows the
+    /// state alone, as on Redis: a member missing from its gate (a rebuilt
+    /// record) joins it again.
+    pub(super) fn gate(&mut self, d: &Delivery) -> Result<GateMove, StoreError> {
         let Some(order) = d.order.as_ref() else { return Ok(GateMove { schedulable: true, next: None }) };
-        let (was, is) = (old.is_some_and(is_member), is_member(d));
         let key = order.subject.as_str();
-        let mut subject = match self.subject(key) {
-            Ok(s) => {
-                s.unwrap_or_else(|| Subject { last: order.sequence, status_json: "null".into(), ..Subject::default() })
-            }
-            // Unreadable: start its gates afresh rather than hold every
-            // later delivery of the subject back.
-            Err(e @ StoreError::Corrupt { .. }) => {
-                tracing::error!(subject = %key, error = %Chain(&e), "unreadable subject record replaced");
-                Subject { last: order.sequence, status_json: "null".into(), ..Subject::default() }
-            }
-            Err(e) => return Err(e),
-        };
-        let entry = (d.endpoint.clone(), order.sequence, d.id.to_string());
-        let mut changed = false;
-        if is && !was && !subject.gates.contains(&entry) {
-            let at =
-                subject.gates.partition_point(|(e, s, _)| (e.as_str(), *s) < (d.endpoint.as_str(), order.sequence));
-            subject.gates.insert(at, entry);
-            changed = true;
-        } else if was && !is {
+        let mut subject = self.subject_for_change(key)?;
+        let mut changed = if is_member(d) {
+            subject.join(d)
+        } else {
+            let entry = (d.endpoint.clone(), order.sequence, d.id.to_string());
             let before = subject.gates.len();
             subject.gates.retain(|g| *g != entry);
-            changed = subject.gates.len() != before;
-        }
+            subject.gates.len() != before
+        };
         let head = self.gate_head(&mut subject, &d.endpoint, Some(d), &mut changed)?;
         if changed {
             self.put_subject(key, &subject)?;
@@ -238,15 +277,19 @@ impl Tables<'_> {
     }
 
     /// One step of the gate check housekeeping runs: for up to `limit`
-    /// open deliveries after the cursor (a delivery id), the ordered ones'
-    /// gates drop members that no longer belong, and an open head that is
-    /// off the schedule goes back on it. Open deliveries are few (those
-    /// waiting or being sent), so a pass is short whatever the store holds.
-    /// Returns how many heads it put back, and where to go on.
+    /// open deliveries after the cursor (a delivery id), an ordered one
+    /// missing from its gate joins it again (a rebuilt subject record),
+    /// members that no longer belong are dropped, and an open head that is
+    /// off the schedule goes back on it, unless another member holds a live
+    /// claim (it goes on when that one ends). Returns how many heads it put
+    /// back, and where to go on. Its writes are all redone by the next
+    /// pass, so the writer commits it without fsync.
     pub(in crate::store::embedded) fn heal_gates(
         &mut self,
+        claims: &ClaimTable,
         after: Option<String>,
         limit: usize,
+        now: u64,
     ) -> Result<(usize, Option<String>), StoreError> {
         let ids: Vec<String> = {
             let range = match &after {
@@ -263,15 +306,17 @@ impl Tables<'_> {
         for id in &ids {
             let Ok(Some(d)) = self.get_delivery(id) else { continue };
             let Some(order) = d.order.as_ref() else { continue };
-            let Some(mut subject) = self.subject(&order.subject).unwrap_or(None) else { continue };
-            let mut changed = false;
+            let mut subject = self.subject_for_change(&order.subject)?;
+            let mut changed = subject.join(&d);
             let head = self.gate_head(&mut subject, &d.endpoint, None, &mut changed)?;
             if changed {
                 self.put_subject(&order.subject, &subject)?;
             }
-            if let Some(h) = head
-                && self.schedule_head(&h)?
-            {
+            let Some(h) = head else { continue };
+            let busy = subject
+                .gate(&d.endpoint)
+                .any(|(_, m)| m != h.id.as_str() && claims.live.get(m).is_some_and(|c| c.until > now));
+            if !busy && self.schedule_head(&h)? {
                 healed += 1;
             }
         }
@@ -280,8 +325,10 @@ impl Tables<'_> {
     }
 
     /// Whether a claim may take `d` now: unordered, or the head of its gate
-    /// with no other delivery of the gate claimed. If not, `d` leaves the
-    /// schedule until its gate moves on.
+    /// (members that no longer belong dropped first) with no other delivery
+    /// of the gate claimed. If not, `d` leaves the schedule until its gate
+    /// moves on, and the head goes on it (it may have been parked behind
+    /// `d`'s expired claim).
     pub(super) fn may_claim(
         &mut self,
         claims: &ClaimTable,
@@ -290,18 +337,23 @@ impl Tables<'_> {
         now: u64,
     ) -> Result<bool, StoreError> {
         let Some(order) = d.order.as_ref() else { return Ok(true) };
-        let subject = self.subject(&order.subject).unwrap_or(None).unwrap_or_default();
-        let mut gate = subject.gate(&d.endpoint).peekable();
-        let head = gate.peek().is_none_or(|(_, id)| *id == d.id.as_str());
+        let mut subject = self.subject_for_change(&order.subject)?;
+        let mut changed = subject.join(d);
+        let head = self.gate_head(&mut subject, &d.endpoint, Some(d), &mut changed)?;
+        if changed {
+            self.put_subject(&order.subject, &subject)?;
+        }
+        let heads = head.as_ref().is_none_or(|h| h.id == d.id);
         let free = !subject
             .gate(&d.endpoint)
             .any(|(_, id)| id != d.id.as_str() && claims.live.get(id).is_some_and(|c| c.until > now));
-        if head && free {
+        if heads && free {
             return Ok(true);
         }
         self.due.remove((d.endpoint.as_str(), at, d.id.as_str())).map_err(unavailable)?;
-        // The head may have been parked behind `d`'s expired claim.
-        self.advance_gate(d)?;
+        if let Some(h) = head.filter(|h| h.id != d.id) {
+            self.schedule_head(&h)?;
+        }
         Ok(false)
     }
 }

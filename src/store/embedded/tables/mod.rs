@@ -216,7 +216,7 @@ impl<'txn> Tables<'txn> {
     /// Writes `d` and keeps the due index, its gate (if ordered) and state
     /// counts in step with the record it replaces (`old`).
     pub(super) fn put_delivery(&mut self, old: Option<&Delivery>, d: &Delivery) -> Result<(), StoreError> {
-        let gate = self.gate(old, d)?;
+        let gate = self.gate(d)?;
         match (old.is_some_and(|o| is_scheduled(o.state)), is_scheduled(d.state)) {
             (false, true) => drop(self.open.insert(d.id.as_str(), ()).map_err(unavailable)?),
             (true, false) => drop(self.open.remove(d.id.as_str()).map_err(unavailable)?),
