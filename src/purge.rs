@@ -29,8 +29,10 @@ pub(crate) const EVERY: Duration = Duration::from_secs(10);
 /// admissions wait).
 pub(crate) const STEP: usize = 200;
 /// Queue entries one step looks at on a store that does not give way: a
-/// Redis script blocks the server while it runs, so it stays short.
-pub(crate) const SHORT_STEP: usize = 20;
+/// Redis script blocks the server while it runs, so it stays short (20
+/// cost admissions' p99 half again, 10 about a seventh, while removing a
+/// backlog; BENCHMARKS.md, "Retention").
+pub(crate) const SHORT_STEP: usize = 10;
 /// The pause between steps on Redis while a backlog lasts. On the embedded
 /// store a step that was not interrupted found the store idle, and the
 /// next follows at once.

@@ -215,7 +215,7 @@ async fn without_ordering_the_same_run_reorders() {
 /// `kill -9` of the relay mid-run, restarted on the same file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn order_holds_across_a_kill_9() {
-    let payments = 400;
+    let payments = 1000;
     let dir = tempfile::tempdir().unwrap();
     let receiver = Receiver::start(flaky_receiver()).await;
     let store = format!("path = \"{}\"", dir.path().join("relay.redb").display());
@@ -243,7 +243,7 @@ async fn order_holds_across_a_kill_9() {
 /// Two relays on one Redis, callbacks spread over both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn order_holds_with_two_relays_on_one_redis() {
-    let payments = 400;
+    let payments = 1000;
     let redis = common::RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
     let receiver = Receiver::start(flaky_receiver()).await;

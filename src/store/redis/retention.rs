@@ -12,6 +12,12 @@ use crate::store::{Millis, ReplayJob};
 
 impl RedisStore {
     pub(super) async fn purge_step(&self, cutoffs: Cutoffs, limit: usize) -> Result<Purged, StoreError> {
+        // While Redis rewrites its AOF (a forked child writing the whole
+        // dataset), every admission's fsync competes with it: removal waits,
+        // adding nothing to that write load (BENCHMARKS.md, "Retention").
+        if self.aof_rewriting().await {
+            return Ok(Purged { interrupted: true, ..Purged::default() });
+        }
         let mut inv = self.scripts.purge.prepare_invoke();
         inv.key(self.key("counts"))
             .key(self.key("index"))
@@ -30,6 +36,13 @@ impl RedisStore {
         let (events, deliveries, attempts, replay_jobs, examined): (u64, u64, u64, u64, usize) =
             self.invoke(&inv, false).await?;
         Ok(Purged { events, deliveries, attempts, replay_jobs, examined, interrupted: false, gives_way: false })
+    }
+
+    /// Whether the server is rewriting its AOF now. A server that will not
+    /// say (INFO refused by an ACL) counts as not rewriting.
+    async fn aof_rewriting(&self) -> bool {
+        let info: Result<String, _> = redis::cmd("INFO").arg("persistence").query_async(&mut self.conn()).await;
+        info.is_ok_and(|i| i.lines().any(|l| l.trim() == "aof_rewrite_in_progress:1"))
     }
 
     pub(super) async fn read_stats(&self, deliveries: crate::store::Counts) -> Result<StoreStats, StoreError> {
