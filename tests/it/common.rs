@@ -275,14 +275,17 @@ impl Receiver {
         let addr = listener.local_addr().unwrap();
         let log: Arc<std::sync::Mutex<Vec<Received>>> = Arc::default();
         let plan = Arc::new(plan);
+        // Requests seen per webhook id, so that a long run does not scan
+        // the whole log at every request.
+        let seen_by_id: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>> = Arc::default();
         let (log2, plan2) = (log.clone(), plan.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { return };
-                let (log, plan) = (log2.clone(), plan2.clone());
+                let (log, plan, seen_by_id) = (log2.clone(), plan2.clone(), seen_by_id.clone());
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                        let (log, plan) = (log.clone(), plan.clone());
+                        let (log, plan, seen_by_id) = (log.clone(), plan.clone(), seen_by_id.clone());
                         async move {
                             let at = std::time::Instant::now();
                             let (parts, body) = req.into_parts();
@@ -291,7 +294,12 @@ impl Receiver {
                                 parts.headers.get("webhook-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
                             let (reply, index) = {
                                 let mut log = log.lock().unwrap();
-                                let seen = log.iter().filter(|r| r.webhook_id() == id).count();
+                                let seen = {
+                                    let mut by_id = seen_by_id.lock().unwrap();
+                                    let n = by_id.entry(id).or_default();
+                                    *n += 1;
+                                    *n - 1
+                                };
                                 let reply = plan(seen);
                                 log.push(Received { at, headers: parts.headers, body, reply, answered: false });
                                 (reply, log.len() - 1)
