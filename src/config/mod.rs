@@ -393,11 +393,13 @@ impl Config {
         }
         for ep in &self.endpoints {
             s.push_str(&format!(
-                "endpoint  {} → {} (timeout {}, max in flight {})\n",
+                "endpoint  {} → {} (timeout {}, max in flight {}{}{})\n",
                 ep.name,
                 ep.url,
                 humantime::format_duration(ep.timeout),
-                ep.max_in_flight
+                ep.max_in_flight,
+                if ep.ordering == Ordering::Subject { ", in order per payment" } else { "" },
+                if ep.regressions == Regressions::Skip { ", regressions skipped" } else { "" }
             ));
         }
         let d = &self.delivery;

@@ -358,3 +358,17 @@ fn worker_threads_default_by_store_and_are_bounded() {
         assert!(e.contains("server.worker_threads: must be between 1 and 1024"), "{e}");
     }
 }
+
+#[test]
+fn endpoint_lifecycle_policy_defaults_parses_and_refuses_unknown_values() {
+    let cfg = parse(EP).unwrap();
+    assert_eq!((cfg.endpoints[0].ordering, cfg.endpoints[0].regressions), (Ordering::None, Regressions::Deliver));
+    assert_eq!(cfg.endpoints[0].policy(), crate::store::Policy { ordered: false, skip_regressions: false });
+    let cfg = parse(&format!("{EP}ordering = \"subject\"\nregressions = \"skip\"\n")).unwrap();
+    assert_eq!(cfg.endpoints[0].policy(), crate::store::Policy { ordered: true, skip_regressions: true });
+    assert!(cfg.summary().contains("in order per payment, regressions skipped"), "{}", cfg.summary());
+    let e = err(&format!("{EP}ordering = \"payment\"\n"));
+    assert!(e.contains("ordering") && e.contains("subject"), "{e}");
+    let e = err(&format!("{EP}regressions = \"drop\"\n"));
+    assert!(e.contains("regressions") && e.contains("skip"), "{e}");
+}

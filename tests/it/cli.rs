@@ -33,6 +33,8 @@ fn check_config_summarises_the_example_and_exits_0() {
     assert!(stdout.contains("is valid"), "{stdout}");
     assert!(stdout.contains("source    nowpayments (nowpayments) → POST /hooks/nowpayments"), "{stdout}");
     assert!(stdout.contains("WARNING   ${NOWPAYMENTS_IPN_SECRET} is not set"), "{stdout}");
+    // The example's endpoint keeps the defaults: no ordering, regressions delivered.
+    assert!(stdout.contains("(timeout 10s, max in flight 16)\n"), "{stdout}");
     assert!(!stdout.contains("dev-nowpayments-ipn-secret"), "the summary must not print secrets: {stdout}");
 }
 
