@@ -101,6 +101,12 @@ impl Subject {
         true
     }
 
+    /// Whether a member of `endpoint`'s gate other than `id` holds a claim
+    /// live at `now`.
+    fn claimed_besides(&self, endpoint: &str, id: &str, claims: &ClaimTable, now: u64) -> bool {
+        self.gate(endpoint).any(|(_, m)| m != id && claims.live.get(m).is_some_and(|c| c.until > now))
+    }
+
     /// The gate of `endpoint`: its members' (sequence, id), in order.
     fn gate<'a>(&'a self, endpoint: &'a str) -> impl Iterator<Item = (u64, &'a str)> + 'a {
         self.gates.iter().filter(move |(e, _, _)| e == endpoint).map(|(_, s, id)| (*s, id.as_str()))
@@ -202,7 +208,7 @@ impl Tables<'_> {
         let Some(order) = d.order.as_ref() else { return Ok(GateMove { schedulable: true, next: None }) };
         let key = order.subject.as_str();
         let mut subject = self.subject_for_change(key)?;
-        let mut changed = if is_member(d) {
+        let changed = if is_member(d) {
             subject.join(d)
         } else {
             let entry = (d.endpoint.clone(), order.sequence, d.id.to_string());
@@ -210,10 +216,7 @@ impl Tables<'_> {
             subject.gates.retain(|g| *g != entry);
             subject.gates.len() != before
         };
-        let head = self.gate_head(&mut subject, &d.endpoint, Some(d), &mut changed)?;
-        if changed {
-            self.put_subject(key, &subject)?;
-        }
+        let head = self.gate_head(key, &mut subject, &d.endpoint, Some(d), changed)?;
         let heads = head.as_ref().is_some_and(|h| h.id == d.id);
         Ok(GateMove {
             schedulable: heads && is_scheduled(d.state),
@@ -221,27 +224,29 @@ impl Tables<'_> {
         })
     }
 
-    /// The delivery heading `endpoint`'s gate in `subject`. Members whose
-    /// record is missing, unreadable or final are dropped on the way
-    /// (logged; `changed` is set): a damaged record must not hold its
-    /// subject back for ever, nor fail the write that met it. `known` is a
+    /// The delivery heading `endpoint`'s gate in `subject` (the record of
+    /// `key`). Members whose record is missing, unreadable or final are
+    /// dropped on the way (logged): a damaged record must not hold its
+    /// subject back for ever, nor fail the write that met it. The record is
+    /// saved if that, or the caller (`changed`), altered it. `known` is a
     /// delivery being written now, whose stored record may be older.
     fn gate_head(
-        &self,
+        &mut self,
+        key: &str,
         subject: &mut Subject,
         endpoint: &str,
         known: Option<&Delivery>,
-        changed: &mut bool,
+        mut changed: bool,
     ) -> Result<Option<Delivery>, StoreError> {
-        loop {
+        let head = loop {
             let Some((sequence, id)) = subject.gate(endpoint).next().map(|(s, id)| (s, id.to_owned())) else {
-                return Ok(None);
+                break None;
             };
             if let Some(k) = known.filter(|k| k.id.as_str() == id) {
-                return Ok(Some(k.clone()));
+                break Some(k.clone());
             }
             match self.get_delivery(&id) {
-                Ok(Some(h)) if is_member(&h) => return Ok(Some(h)),
+                Ok(Some(h)) if is_member(&h) => break Some(h),
                 Ok(_) => tracing::warn!(delivery_id = %id, "a settled or missing delivery left its ordering gate"),
                 Err(e @ StoreError::Corrupt { .. }) => {
                     tracing::error!(delivery_id = %id, error = %Chain(&e), "unreadable delivery record left its ordering gate; the subject's next delivery goes on")
@@ -249,8 +254,12 @@ impl Tables<'_> {
                 Err(e) => return Err(e),
             }
             subject.gates.retain(|(e, s, i)| !(e == endpoint && *s == sequence && *i == id));
-            *changed = true;
+            changed = true;
+        };
+        if changed {
+            self.put_subject(key, subject)?;
         }
+        Ok(head)
     }
 
     /// Puts `d`'s gate's head, if it is another open delivery, on the
@@ -258,11 +267,7 @@ impl Tables<'_> {
     pub(super) fn advance_gate(&mut self, d: &Delivery) -> Result<(), StoreError> {
         let Some(order) = d.order.as_ref() else { return Ok(()) };
         let Some(mut subject) = self.subject(&order.subject).unwrap_or(None) else { return Ok(()) };
-        let mut changed = false;
-        let head = self.gate_head(&mut subject, &d.endpoint, Some(d), &mut changed)?;
-        if changed {
-            self.put_subject(&order.subject, &subject)?;
-        }
+        let head = self.gate_head(&order.subject, &mut subject, &d.endpoint, Some(d), false)?;
         if let Some(h) = head.filter(|h| h.id != d.id) {
             self.schedule_head(&h)?;
         }
@@ -307,16 +312,9 @@ impl Tables<'_> {
             let Ok(Some(d)) = self.get_delivery(id) else { continue };
             let Some(order) = d.order.as_ref() else { continue };
             let mut subject = self.subject_for_change(&order.subject)?;
-            let mut changed = subject.join(&d);
-            let head = self.gate_head(&mut subject, &d.endpoint, None, &mut changed)?;
-            if changed {
-                self.put_subject(&order.subject, &subject)?;
-            }
-            let Some(h) = head else { continue };
-            let busy = subject
-                .gate(&d.endpoint)
-                .any(|(_, m)| m != h.id.as_str() && claims.live.get(m).is_some_and(|c| c.until > now));
-            if !busy && self.schedule_head(&h)? {
+            let joined = subject.join(&d);
+            let Some(h) = self.gate_head(&order.subject, &mut subject, &d.endpoint, None, joined)? else { continue };
+            if !subject.claimed_besides(&d.endpoint, h.id.as_str(), claims, now) && self.schedule_head(&h)? {
                 healed += 1;
             }
         }
@@ -338,16 +336,10 @@ impl Tables<'_> {
     ) -> Result<bool, StoreError> {
         let Some(order) = d.order.as_ref() else { return Ok(true) };
         let mut subject = self.subject_for_change(&order.subject)?;
-        let mut changed = subject.join(d);
-        let head = self.gate_head(&mut subject, &d.endpoint, Some(d), &mut changed)?;
-        if changed {
-            self.put_subject(&order.subject, &subject)?;
-        }
+        let joined = subject.join(d);
+        let head = self.gate_head(&order.subject, &mut subject, &d.endpoint, Some(d), joined)?;
         let heads = head.as_ref().is_none_or(|h| h.id == d.id);
-        let free = !subject
-            .gate(&d.endpoint)
-            .any(|(_, id)| id != d.id.as_str() && claims.live.get(id).is_some_and(|c| c.until > now));
-        if heads && free {
+        if heads && !subject.claimed_besides(&d.endpoint, d.id.as_str(), claims, now) {
             return Ok(true);
         }
         self.due.remove((d.endpoint.as_str(), at, d.id.as_str())).map_err(unavailable)?;

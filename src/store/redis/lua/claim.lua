@@ -20,15 +20,16 @@ for _, id in ipairs(ids) do
     if redis.call('ZREM', ARGV[4] .. 'open', id) == 1 then redis.call('HINCRBY', KEYS[2], 'pending', -1) end
   else
     local event = redis.call('GET', ARGV[4] .. 'event:' .. d.event_id)
-    if d.state ~= 'pending' and d.state ~= 'in_flight' then
+    local open = d.state == 'pending' or d.state == 'in_flight'
+    local why = open and gate_free(ARGV[4], d, id, now) or 'ok'
+    if not open then
       redis.call('ZREM', KEYS[1], id)
-    elseif gate_free(ARGV[4], d, id, now) ~= 'ok' then
+    elseif why ~= 'ok' then
       -- Ordered, and behind an earlier delivery of its subject or beside
       -- one being sent: off the schedule until its gate moves on. The head
       -- goes back on it, in case it was parked behind this one's expired
       -- claim; and this one, if it heads the gate once stale entries are
       -- dropped.
-      local why = gate_free(ARGV[4], d, id, now)
       redis.call('ZREM', KEYS[1], id)
       if gate_update(ARGV[4], d, id) and why == 'behind' and gate_free(ARGV[4], d, id, now) == 'ok' then
         redis.call('ZADD', KEYS[1], tonumber(d.next_attempt_at) or now, id)
