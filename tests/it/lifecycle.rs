@@ -254,32 +254,19 @@ async fn a_readmitted_event_keeps_one_timeline_entry(s: Arc<impl Store>) {
     assert_eq!((seqs, seq), (vec![2], Value::from(1)), "timeline before purge / sequence after purge");
 }
 
-macro_rules! lifecycle_suite {
-    ($module:ident, $make:expr) => {
-        mod $module {
-            use super::*;
-            macro_rules! case {
-                ($name:ident) => {
-                    #[tokio::test]
-                    async fn $name() {
-                        let (store, _guard) = $make;
-                        super::$name(store).await;
-                    }
-                };
-            }
-            case!(events_are_numbered_per_subject_with_regressions);
-            case!(regressions_to_a_skipping_endpoint_are_skipped_and_replayable);
-            case!(ordered_deliveries_wait_for_their_subjects_earlier_ones);
-            case!(discarding_the_head_opens_the_gate);
-            case!(retention_takes_events_off_the_timeline);
-            case!(an_orphaned_head_keeps_its_gate);
-            case!(a_readmitted_event_keeps_one_timeline_entry);
-        }
-    };
-}
-
-lifecycle_suite!(embedded_store, embedded());
-lifecycle_suite!(redis_store, redis().await);
+on_both_stores!(
+    embedded(),
+    redis().await,
+    [
+        events_are_numbered_per_subject_with_regressions,
+        regressions_to_a_skipping_endpoint_are_skipped_and_replayable,
+        ordered_deliveries_wait_for_their_subjects_earlier_ones,
+        discarding_the_head_opens_the_gate,
+        retention_takes_events_off_the_timeline,
+        an_orphaned_head_keeps_its_gate,
+        a_readmitted_event_keeps_one_timeline_entry,
+    ]
+);
 
 /// A relay of an older version finishes an ordered head without moving its
 /// gate on (its script knows no gates): the housekeeping check puts the

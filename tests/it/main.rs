@@ -2,6 +2,35 @@
 //! its dependencies link once. Each module drives the real server, stores
 //! and processes; `common` starts them.
 
+/// One test per case on each store: `mod embedded_store` and `mod
+/// redis_store`, where each case calls the enclosing module's async
+/// function of that name with a fresh store (made by `$embedded` or
+/// `$redis`, which return it with a guard kept for the test's length).
+macro_rules! on_both_stores {
+    ($embedded:expr, $redis:expr, [$($case:ident),* $(,)?]) => {
+        mod embedded_store {
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let (store, _guard) = $embedded;
+                    super::$case(store).await;
+                }
+            )*
+        }
+        mod redis_store {
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let (store, _guard) = $redis;
+                    super::$case(store).await;
+                }
+            )*
+        }
+    };
+}
+
 mod common;
 
 mod admin;

@@ -181,29 +181,16 @@ async fn a_copy_received_again_starts_its_retention_afresh(s: Arc<impl Store>) {
     assert_eq!(purge_all(s.as_ref(), all(10_001), 10_500).await.events, 1);
 }
 
-macro_rules! retention_suite {
-    ($module:ident, $make:expr) => {
-        mod $module {
-            use super::*;
-            macro_rules! case {
-                ($name:ident) => {
-                    #[tokio::test]
-                    async fn $name() {
-                        let (store, _guard) = $make;
-                        super::$name(store).await;
-                    }
-                };
-            }
-            case!(settled_events_go_and_nothing_else);
-            case!(classes_keep_their_own_retention);
-            case!(finished_replay_jobs_go_after_theirs);
-            case!(a_copy_received_again_starts_its_retention_afresh);
-        }
-    };
-}
-
-retention_suite!(embedded_store, embedded());
-retention_suite!(redis_store, redis().await);
+on_both_stores!(
+    embedded(),
+    redis().await,
+    [
+        settled_events_go_and_nothing_else,
+        classes_keep_their_own_retention,
+        finished_replay_jobs_go_after_theirs,
+        a_copy_received_again_starts_its_retention_afresh,
+    ]
+);
 
 /// Two relays purging one Redis at once: every event is removed exactly
 /// once, and the counts stay true.

@@ -578,52 +578,40 @@ async fn list_scans_a_bounded_number_of_records_per_page(s: Arc<impl Store>) {
     assert_eq!(p2.next_cursor, None);
 }
 
-macro_rules! conformance {
-    ($backend:ident, $make:expr) => {
-        mod $backend {
-            use super::*;
-            macro_rules! case {
-                ($name:ident) => {
-                    #[tokio::test]
-                    async fn $name() {
-                        let (store, _guard) = $make;
-                        super::$name(store).await;
-                    }
-                };
-            }
-            case!(admit_stores_event_and_deliveries);
-            case!(event_without_endpoints_is_still_stored);
-            case!(dedupe_holds_for_the_ttl_then_expires);
-            case!(sweep_removes_only_expired_keys);
-            case!(concurrent_admissions_of_one_event_accept_once);
-            case!(claims_are_exclusive_until_the_visibility_timeout);
-            case!(claims_are_per_endpoint);
-            case!(retries_are_scheduled_and_dead_is_final);
-            case!(release_returns_a_claim_without_counting_an_attempt);
-            case!(list_filters_and_pages_newest_first);
-            case!(replay_resets_the_budget_and_keeps_history);
-            case!(counts_follow_state_changes);
-            case!(oldest_open_is_the_oldest_pending_or_in_flight);
-            case!(replay_job_steps_commit_in_order_and_resume);
-            case!(replay_job_never_visits_a_delivery_twice);
-            case!(replay_job_is_bounded);
-            case!(a_truncated_replay_job_continues_exactly_at_its_cursor);
-            case!(list_scans_a_bounded_number_of_records_per_page);
-            case!(listing_by_state_reads_only_deliveries_in_that_state);
-            case!(deliveries_to_a_removed_endpoint_are_orphaned_and_taken_back);
-            case!(discard_closes_waiting_and_dead_deliveries_and_replay_reopens_them);
-            case!(bulk_replay_and_bulk_discard_act_only_on_what_is_as_listed);
-        }
-    };
-}
-
 pub(crate) fn embedded() -> (Arc<EmbeddedStore>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let store = EmbeddedStore::open(&dir.path().join("relay.redb")).unwrap();
     (Arc::new(store), dir)
 }
 
-conformance!(embedded_store, embedded());
+on_both_stores!(
+    embedded(),
+    redis().await,
+    [
+        admit_stores_event_and_deliveries,
+        event_without_endpoints_is_still_stored,
+        dedupe_holds_for_the_ttl_then_expires,
+        sweep_removes_only_expired_keys,
+        concurrent_admissions_of_one_event_accept_once,
+        claims_are_exclusive_until_the_visibility_timeout,
+        claims_are_per_endpoint,
+        retries_are_scheduled_and_dead_is_final,
+        release_returns_a_claim_without_counting_an_attempt,
+        list_filters_and_pages_newest_first,
+        replay_resets_the_budget_and_keeps_history,
+        counts_follow_state_changes,
+        oldest_open_is_the_oldest_pending_or_in_flight,
+        replay_job_steps_commit_in_order_and_resume,
+        replay_job_never_visits_a_delivery_twice,
+        replay_job_is_bounded,
+        a_truncated_replay_job_continues_exactly_at_its_cursor,
+        list_scans_a_bounded_number_of_records_per_page,
+        listing_by_state_reads_only_deliveries_in_that_state,
+        deliveries_to_a_removed_endpoint_are_orphaned_and_taken_back,
+        discard_closes_waiting_and_dead_deliveries_and_replay_reopens_them,
+        bulk_replay_and_bulk_discard_act_only_on_what_is_as_listed,
+    ]
+);
 
 #[tokio::test]
 async fn embedded_store_keeps_everything_across_reopen() {
@@ -648,8 +636,6 @@ pub(crate) async fn redis() -> (Arc<ipn_relay::store::redis::RedisStore>, crate:
     }
     panic!("redis-server did not come up at {}", server.url);
 }
-
-conformance!(redis_store, redis().await);
 
 /// A plain connection to the test's Redis, to look under the store.
 pub(crate) async fn raw_connection(server: &crate::common::RedisServer) -> redis::aio::MultiplexedConnection {

@@ -12,8 +12,9 @@ use redb::{Database, ReadableDatabase, ReadableTable};
 
 use super::codec::decode_delivery;
 use super::tables::*;
+use super::tests::event;
 use super::*;
-use crate::store::{Attempt, AttemptResult, DeliveryId, DeliveryState, NewDelivery, NewEvent, Next, Store};
+use crate::store::{Attempt, AttemptResult, DeliveryId, DeliveryState, NewDelivery, Next, Store};
 
 #[derive(Debug)]
 enum Pending {
@@ -118,17 +119,6 @@ fn open_on(backend: PowerLoss) -> EmbeddedStore {
         init_tables(db)
     })
     .unwrap()
-}
-
-fn event(id: &str, at: u64) -> NewEvent {
-    NewEvent {
-        id: id.into(),
-        source: "np".into(),
-        event_type: "t.t".into(),
-        received_at: at,
-        json: b"{}".to_vec(),
-        subject: None,
-    }
 }
 
 fn ok_attempt() -> Attempt {

@@ -4,7 +4,7 @@
 use super::*;
 use crate::store::{DeliveryId, DeliveryState, NewDelivery, NewEvent};
 
-fn event(id: &str, at: u64) -> NewEvent {
+pub(super) fn event(id: &str, at: u64) -> NewEvent {
     NewEvent {
         id: id.into(),
         source: "np".into(),
@@ -200,6 +200,14 @@ fn subject_event(id: &str, status: &str, at: u64) -> NewEvent {
     }
 }
 
+/// Replaces one record of a closed store's file behind its back.
+fn overwrite(path: &Path, table: redb::TableDefinition<&str, &[u8]>, key: &str, bytes: &[u8]) {
+    let db = Database::create(path).unwrap();
+    let txn = db.begin_write().unwrap();
+    txn.open_table(table).unwrap().insert(key, bytes).unwrap();
+    txn.commit().unwrap();
+}
+
 fn ordered(at: u64) -> Vec<NewDelivery> {
     let policy = crate::store::Policy { ordered: true, skip_regressions: false };
     vec![NewDelivery { id: DeliveryId::new(at), endpoint: "be".into(), policy }]
@@ -254,11 +262,7 @@ async fn an_unreadable_gate_head_does_not_break_admissions() {
     let first = ordered(1000);
     store.admit(subject_event("evt_a", "waiting", 1000), first.clone(), 10_000).await.unwrap();
     store.close().await;
-    let db = Database::create(&path).unwrap();
-    let txn = db.begin_write().unwrap();
-    txn.open_table(DELIVERIES).unwrap().insert(first[0].id.as_str(), b"not json".as_slice()).unwrap();
-    txn.commit().unwrap();
-    drop(db);
+    overwrite(&path, DELIVERIES, first[0].id.as_str(), b"not json");
     let store = EmbeddedStore::open(&path).unwrap();
     let r = store.admit(subject_event("evt_b", "confirming", 2000), ordered(2000), 10_000).await;
     let stored = store.event(&"evt_b".into()).await.unwrap();
@@ -281,11 +285,7 @@ async fn the_gate_check_passes_over_an_unreadable_head() {
     store.admit(subject_event("evt_a", "waiting", 1000), first.clone(), 10_000).await.unwrap();
     store.admit(subject_event("evt_b", "confirming", 1001), second, 10_000).await.unwrap();
     store.close().await;
-    let db = Database::create(&path).unwrap();
-    let txn = db.begin_write().unwrap();
-    txn.open_table(DELIVERIES).unwrap().insert(first[0].id.as_str(), b"not json".as_slice()).unwrap();
-    txn.commit().unwrap();
-    drop(db);
+    overwrite(&path, DELIVERIES, first[0].id.as_str(), b"not json");
     let store = EmbeddedStore::open(&path).unwrap();
     // The claim meets the unreadable head and takes it off the schedule.
     assert!(store.claim_due("be", 3000, 10, 500).await.unwrap().is_empty());
@@ -333,11 +333,7 @@ async fn an_unreadable_subject_record_is_rebuilt_and_order_kept() {
     store.admit(subject_event("evt_a", "waiting", 1000), ordered(1000), 10_000).await.unwrap();
     store.admit(subject_event("evt_b", "confirming", 1001), ordered(1001), 10_000).await.unwrap();
     store.close().await;
-    let db = Database::create(&path).unwrap();
-    let txn = db.begin_write().unwrap();
-    txn.open_table(SUBJECTS).unwrap().insert("np/payment/p1", b"\x01\x02".as_slice()).unwrap();
-    txn.commit().unwrap();
-    drop(db);
+    overwrite(&path, SUBJECTS, "np/payment/p1", b"\x01\x02");
     let store = EmbeddedStore::open(&path).unwrap();
     let r = store.admit(subject_event("evt_c", "finished", 1002), ordered(1002), 10_000).await.unwrap();
     assert!(matches!(r, Admission::Accepted { .. }));
