@@ -15,6 +15,7 @@
 pub mod embedded;
 mod error;
 mod ids;
+pub mod quarantine;
 pub mod redis;
 pub mod retention;
 mod subjects;
@@ -419,8 +420,10 @@ pub struct StoredEvent {
     pub json: Vec<u8>,
 }
 
+/// The whole store: deliveries here, the quarantine's records in
+/// [`quarantine::QuarantineStore`].
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: quarantine::QuarantineStore + Send + Sync + 'static {
     /// Admits `event` with its deliveries, atomically with its dedupe key,
     /// which lives for `dedupe_ttl_ms`. Durable when it returns `Ok`.
     async fn admit(

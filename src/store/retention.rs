@@ -23,6 +23,7 @@
 //! in one atomic step, so a crash never leaves an event half removed, and
 //! two relays sharing a Redis never remove the same one twice.
 
+use super::quarantine::QuarantineSize;
 use super::{Counts, DeliveryState, Millis};
 
 /// Which retention applies to a settled event.
@@ -119,4 +120,6 @@ pub struct StoreStats {
     pub bytes: u64,
     /// When the oldest stored event was received.
     pub oldest_event_at: Option<Millis>,
+    /// Refused callbacks kept in the quarantine (expired by its own `ttl`).
+    pub quarantine: QuarantineSize,
 }

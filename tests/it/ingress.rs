@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use crate::common::*;
 use ipn_relay::providers::{nova, nowpayments};
-use ipn_relay::store::{DeliveryState, Store};
+use ipn_relay::store::quarantine::{
+    QuarantineFilter, QuarantineItem, QuarantinePage, QuarantineSize, QuarantineStore, Quarantined,
+};
+use ipn_relay::store::{DeliveryState, Store, StoreError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -413,54 +416,70 @@ enum Fault {
 }
 
 #[async_trait::async_trait]
+impl QuarantineStore for FaultyStore {
+    async fn quarantine(&self, items: Vec<QuarantineItem>, max: u64) -> Result<usize, StoreError> {
+        self.0.quarantine(items, max).await
+    }
+    async fn quarantined(&self, id: &str) -> Result<Option<QuarantineItem>, StoreError> {
+        self.0.quarantined(id).await
+    }
+    async fn list_quarantine(
+        &self,
+        f: &QuarantineFilter,
+        c: Option<&str>,
+        l: usize,
+    ) -> Result<QuarantinePage, StoreError> {
+        self.0.list_quarantine(f, c, l).await
+    }
+    async fn rediagnose(&self, meta: &Quarantined) -> Result<bool, StoreError> {
+        self.0.rediagnose(meta).await
+    }
+    async fn release_quarantined(&self, ids: &[String]) -> Result<usize, StoreError> {
+        self.0.release_quarantined(ids).await
+    }
+    async fn expire_quarantine(&self, before: u64, limit: usize) -> Result<usize, StoreError> {
+        self.0.expire_quarantine(before, limit).await
+    }
+    async fn quarantine_size(&self) -> Result<QuarantineSize, StoreError> {
+        self.0.quarantine_size().await
+    }
+}
+
+#[async_trait::async_trait]
 impl Store for FaultyStore {
     async fn admit(
         &self,
         e: ipn_relay::store::NewEvent,
         d: Vec<ipn_relay::store::NewDelivery>,
         t: u64,
-    ) -> Result<ipn_relay::store::Admission, ipn_relay::store::StoreError> {
+    ) -> Result<ipn_relay::store::Admission, StoreError> {
         if self.1 == Fault::HangAdmit {
             std::future::pending::<()>().await;
         }
         self.0.admit(e, d, t).await
     }
-    async fn event(
-        &self,
-        id: &ipn_relay::store::EventId,
-    ) -> Result<Option<ipn_relay::store::StoredEvent>, ipn_relay::store::StoreError> {
+    async fn event(&self, id: &ipn_relay::store::EventId) -> Result<Option<ipn_relay::store::StoredEvent>, StoreError> {
         self.0.event(id).await
     }
-    async fn heal_gates(
-        &self,
-        after: Option<String>,
-        limit: usize,
-    ) -> Result<(usize, Option<String>), ipn_relay::store::StoreError> {
+    async fn heal_gates(&self, after: Option<String>, limit: usize) -> Result<(usize, Option<String>), StoreError> {
         self.0.heal_gates(after, limit).await
     }
-    async fn subject(&self, key: &str) -> Result<Vec<ipn_relay::store::TimelineEntry>, ipn_relay::store::StoreError> {
+    async fn subject(&self, key: &str) -> Result<Vec<ipn_relay::store::TimelineEntry>, StoreError> {
         self.0.subject(key).await
     }
     async fn event_deliveries(
         &self,
         id: &ipn_relay::store::EventId,
-    ) -> Result<Vec<ipn_relay::store::Delivery>, ipn_relay::store::StoreError> {
+    ) -> Result<Vec<ipn_relay::store::Delivery>, StoreError> {
         self.0.event_deliveries(id).await
     }
     async fn delivery(
         &self,
         id: &ipn_relay::store::DeliveryId,
-    ) -> Result<Option<(ipn_relay::store::Delivery, Vec<ipn_relay::store::Attempt>)>, ipn_relay::store::StoreError>
-    {
+    ) -> Result<Option<(ipn_relay::store::Delivery, Vec<ipn_relay::store::Attempt>)>, StoreError> {
         self.0.delivery(id).await
     }
-    async fn claim_due(
-        &self,
-        e: &str,
-        n: u64,
-        l: usize,
-        v: u64,
-    ) -> Result<Vec<ipn_relay::store::Claim>, ipn_relay::store::StoreError> {
+    async fn claim_due(&self, e: &str, n: u64, l: usize, v: u64) -> Result<Vec<ipn_relay::store::Claim>, StoreError> {
         if self.1 == Fault::PanicClaim {
             panic!("injected fault: claim_due");
         }
@@ -472,15 +491,10 @@ impl Store for FaultyStore {
         t: u64,
         a: ipn_relay::store::Attempt,
         n: ipn_relay::store::Next,
-    ) -> Result<bool, ipn_relay::store::StoreError> {
+    ) -> Result<bool, StoreError> {
         self.0.finish(id, t, a, n).await
     }
-    async fn release(
-        &self,
-        id: &ipn_relay::store::DeliveryId,
-        t: u64,
-        d: u64,
-    ) -> Result<bool, ipn_relay::store::StoreError> {
+    async fn release(&self, id: &ipn_relay::store::DeliveryId, t: u64, d: u64) -> Result<bool, StoreError> {
         self.0.release(id, t, d).await
     }
     async fn list(
@@ -488,7 +502,7 @@ impl Store for FaultyStore {
         f: &ipn_relay::store::DeliveryFilter,
         c: Option<&str>,
         l: usize,
-    ) -> Result<ipn_relay::store::Page, ipn_relay::store::StoreError> {
+    ) -> Result<ipn_relay::store::Page, StoreError> {
         self.0.list(f, c, l).await
     }
     async fn replay(
@@ -496,16 +510,16 @@ impl Store for FaultyStore {
         ids: &[ipn_relay::store::DeliveryId],
         d: bool,
         n: u64,
-    ) -> Result<ipn_relay::store::ReplayCount, ipn_relay::store::StoreError> {
+    ) -> Result<ipn_relay::store::ReplayCount, StoreError> {
         self.0.replay(ids, d, n).await
     }
-    async fn create_replay_job(&self, j: &ipn_relay::store::ReplayJob) -> Result<(), ipn_relay::store::StoreError> {
+    async fn create_replay_job(&self, j: &ipn_relay::store::ReplayJob) -> Result<(), StoreError> {
         self.0.create_replay_job(j).await
     }
-    async fn replay_job(&self, id: &str) -> Result<Option<ipn_relay::store::ReplayJob>, ipn_relay::store::StoreError> {
+    async fn replay_job(&self, id: &str) -> Result<Option<ipn_relay::store::ReplayJob>, StoreError> {
         self.0.replay_job(id).await
     }
-    async fn unfinished_replay_jobs(&self) -> Result<Vec<ipn_relay::store::ReplayJob>, ipn_relay::store::StoreError> {
+    async fn unfinished_replay_jobs(&self) -> Result<Vec<ipn_relay::store::ReplayJob>, StoreError> {
         self.0.unfinished_replay_jobs().await
     }
     async fn replay_step(
@@ -513,16 +527,16 @@ impl Store for FaultyStore {
         j: &ipn_relay::store::ReplayJob,
         ids: &[ipn_relay::store::DeliveryId],
         n: u64,
-    ) -> Result<Option<ipn_relay::store::ReplayJob>, ipn_relay::store::StoreError> {
+    ) -> Result<Option<ipn_relay::store::ReplayJob>, StoreError> {
         self.0.replay_step(j, ids, n).await
     }
-    async fn sweep(&self, n: u64) -> Result<usize, ipn_relay::store::StoreError> {
+    async fn sweep(&self, n: u64) -> Result<usize, StoreError> {
         self.0.sweep(n).await
     }
-    async fn oldest_open(&self) -> Result<Option<u64>, ipn_relay::store::StoreError> {
+    async fn oldest_open(&self) -> Result<Option<u64>, StoreError> {
         self.0.oldest_open().await
     }
-    async fn counts(&self) -> Result<ipn_relay::store::Counts, ipn_relay::store::StoreError> {
+    async fn counts(&self) -> Result<ipn_relay::store::Counts, StoreError> {
         self.0.counts().await
     }
     async fn reconcile_endpoints(
@@ -530,10 +544,10 @@ impl Store for FaultyStore {
         endpoints: &[String],
         orphan_others: bool,
         now: u64,
-    ) -> Result<ipn_relay::store::Reconciled, ipn_relay::store::StoreError> {
+    ) -> Result<ipn_relay::store::Reconciled, StoreError> {
         self.0.reconcile_endpoints(endpoints, orphan_others, now).await
     }
-    async fn known_endpoints(&self) -> Result<Vec<String>, ipn_relay::store::StoreError> {
+    async fn known_endpoints(&self) -> Result<Vec<String>, StoreError> {
         self.0.known_endpoints().await
     }
     async fn discard(
@@ -542,7 +556,7 @@ impl Store for FaultyStore {
         reason: &str,
         only: Option<DeliveryState>,
         now: u64,
-    ) -> Result<ipn_relay::store::DiscardCount, ipn_relay::store::StoreError> {
+    ) -> Result<ipn_relay::store::DiscardCount, StoreError> {
         self.0.discard(ids, reason, only, now).await
     }
     async fn purge(
@@ -550,13 +564,13 @@ impl Store for FaultyStore {
         cutoffs: ipn_relay::store::retention::Cutoffs,
         now: u64,
         limit: usize,
-    ) -> Result<ipn_relay::store::retention::Purged, ipn_relay::store::StoreError> {
+    ) -> Result<ipn_relay::store::retention::Purged, StoreError> {
         self.0.purge(cutoffs, now, limit).await
     }
-    async fn stats(&self) -> Result<ipn_relay::store::retention::StoreStats, ipn_relay::store::StoreError> {
+    async fn stats(&self) -> Result<ipn_relay::store::retention::StoreStats, StoreError> {
         self.0.stats().await
     }
-    async fn ping(&self) -> Result<(), ipn_relay::store::StoreError> {
+    async fn ping(&self) -> Result<(), StoreError> {
         self.0.ping().await
     }
 }

@@ -8,11 +8,13 @@ use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata};
 
 use crate::http::Chain;
 
+use super::super::quarantine::QuarantineSize;
 use super::super::retention::StoreStats;
 use super::super::{Counts, Delivery, DeliveryFilter, DeliveryState, LIST_SCAN_LIMIT, Page, StoreError};
 use super::codec::{decode_delivery, unavailable};
 use super::tables::{
-    ATTEMPTS, BY_STATE, DEDUPE_EXPIRY, DELIVERIES, EVENT_BODIES, OPEN, REPLAY_JOBS, SETTLED, in_by_state,
+    ATTEMPTS, BY_STATE, DEDUPE_EXPIRY, DELIVERIES, EVENT_BODIES, META, OPEN, QUARANTINE, REPLAY_JOBS, SETTLED,
+    in_by_state,
 };
 use super::writer::SharedClaims;
 
@@ -115,6 +117,7 @@ pub(super) fn stats(txn: &ReadTransaction, deliveries: Counts, bytes: u64) -> Re
         retention_queue: len(txn.open_table(SETTLED).map_err(unavailable)?.len())?,
         bytes,
         oldest_event_at,
+        quarantine: quarantine_size(txn)?,
     })
 }
 
@@ -127,4 +130,13 @@ pub(crate) fn received_at(json: &[u8]) -> Option<u64> {
     let r: Received = serde_json::from_slice(json).ok()?;
     let t = time::OffsetDateTime::parse(&r.received_at, &time::format_description::well_known::Rfc3339).ok()?;
     u64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
+}
+
+/// What the quarantine holds: its table's length and the byte total kept
+/// beside it.
+pub(super) fn quarantine_size(txn: &ReadTransaction) -> Result<QuarantineSize, StoreError> {
+    let items = txn.open_table(QUARANTINE).map_err(unavailable)?.len().map_err(unavailable)?;
+    let meta = txn.open_table(META).map_err(unavailable)?;
+    let bytes = meta.get("quarantine_bytes").map_err(unavailable)?.map(|g| g.value()).unwrap_or(0);
+    Ok(QuarantineSize { items, bytes })
 }

@@ -45,6 +45,7 @@
 
 mod codec;
 mod listing;
+mod quarantine;
 mod snapshot;
 mod tables;
 mod writer;

@@ -52,6 +52,8 @@ pub(super) fn copy(from: &ReadTransaction, to: &Path) -> Result<(std::fs::File, 
     copier.table(from, SETTLED)?;
     copier.table(from, SUBJECTS)?;
     copier.table(from, TIMELINE)?;
+    copier.table(from, QUARANTINE)?;
+    copier.table(from, QUARANTINE_BODIES)?;
     copier.finish()?;
     drop(out);
     let len = reader.metadata().map_err(unavailable)?.len();

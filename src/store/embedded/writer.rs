@@ -23,7 +23,7 @@ use super::super::{
 };
 use super::MAX_BATCH;
 use super::codec::unavailable;
-use super::tables::{MIN_PROBE_BYTES, Tables};
+use super::tables::{MIN_PROBE_BYTES, QuarantineChange, Tables};
 
 /// A commit slower than this is logged: every admission in it waited.
 pub(super) const SLOW_COMMIT: std::time::Duration = std::time::Duration::from_millis(100);
@@ -104,6 +104,10 @@ pub(super) enum Op {
     },
     Ping {
         reply: Reply<()>,
+    },
+    Quarantine {
+        change: QuarantineChange,
+        reply: Reply<usize>,
     },
 }
 
@@ -248,10 +252,17 @@ impl Writer {
         // step or a gate check: undone by a power loss, it is done again. Everything else is
         // durable before it is answered (a later durable commit also makes
         // earlier non-durable ones durable). Tested in powerloss_tests.rs.
-        let purge_due =
-            self.last_durable.elapsed() >= PURGE_DURABLE_EVERY && batch.iter().any(|op| matches!(op, Op::Purge { .. }));
-        let durable = purge_due
-            || !batch.iter().all(|op| matches!(op, Op::Claim { .. } | Op::Purge { .. } | Op::HealGates { .. }));
+        // Keeping refused callbacks is best effort too (a flood of forgeries
+        // must not cost an fsync each), made durable by the next durable
+        // commit or within a second.
+        let lazy = |op: &Op| match op {
+            Op::Purge { .. } => true,
+            Op::Quarantine { change, .. } => change.may_wait_for_fsync(),
+            _ => false,
+        };
+        let purge_due = self.last_durable.elapsed() >= PURGE_DURABLE_EVERY && batch.iter().any(lazy);
+        let durable =
+            purge_due || !batch.iter().all(|op| matches!(op, Op::Claim { .. } | Op::HealGates { .. }) || lazy(op));
         let durability = if durable { Durability::Immediate } else { Durability::None };
         txn.set_durability(durability).map_err(|e| (unavailable(e), Vec::new()))?;
         let mut answers = Vec::with_capacity(batch.len());
@@ -349,6 +360,7 @@ pub(super) fn fail(op: Op, e: StoreError) {
         Op::Discard { reply, .. } => drop(reply.send(Err(e))),
         Op::Purge { reply, .. } => drop(reply.send(Err(e))),
         Op::Ping { reply } => drop(reply.send(Err(e))),
+        Op::Quarantine { reply, .. } => drop(reply.send(Err(e))),
     }
 }
 
@@ -409,5 +421,6 @@ pub(super) fn apply(
         Op::Discard { ids, reason, only, now, reply } => run!(reply, t.discard(claims, &ids, &reason, only, now)),
         Op::Purge { cutoffs, now, limit, reply } => run!(reply, t.purge(cutoffs, now, limit, busy)),
         Op::Ping { reply } => run!(reply, t.ping(probe)),
+        Op::Quarantine { change, reply } => run!(reply, t.change_quarantine(change)),
     }
 }

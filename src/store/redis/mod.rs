@@ -62,6 +62,7 @@ use crate::http::Chain;
 
 mod connect;
 mod finishes;
+mod quarantine;
 mod retention;
 mod scripts;
 use finishes::PendingFinish;

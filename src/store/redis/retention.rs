@@ -7,6 +7,7 @@
 use redis::AsyncCommands;
 
 use super::{RedisStore, StoreError, unavailable};
+use crate::store::quarantine::QuarantineStore;
 use crate::store::retention::{Class, Cutoffs, Purged, StoreStats};
 use crate::store::{Millis, ReplayJob};
 
@@ -79,6 +80,7 @@ impl RedisStore {
             retention_queue: settled_delivered + settled_dead,
             bytes,
             oldest_event_at: oldest.first().map(|(_, at)| *at as Millis),
+            quarantine: self.quarantine_size().await?,
         })
     }
 

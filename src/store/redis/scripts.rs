@@ -31,6 +31,9 @@ pub(super) struct Scripts {
     pub discard: Script,
     pub purge: Script,
     pub heal_gates: Script,
+    pub quarantine_keep: Script,
+    pub quarantine_release: Script,
+    pub quarantine_rediagnose: Script,
 }
 
 impl Scripts {
@@ -50,6 +53,9 @@ impl Scripts {
             discard: with_lib(include_str!("lua/discard.lua")),
             purge: with_lib(include_str!("lua/purge.lua")),
             heal_gates: with_lib(include_str!("lua/heal_gates.lua")),
+            quarantine_keep: Script::new(include_str!("lua/quarantine_keep.lua")),
+            quarantine_release: Script::new(include_str!("lua/quarantine_release.lua")),
+            quarantine_rediagnose: Script::new(include_str!("lua/quarantine_rediagnose.lua")),
         }
     }
 }

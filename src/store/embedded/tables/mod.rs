@@ -18,7 +18,10 @@ mod admission;
 mod claims;
 mod endpoints;
 mod lifecycle;
+mod quarantine;
 mod replay;
+
+pub(super) use quarantine::QuarantineChange;
 mod retention;
 
 use redb::{Database, Durability, ReadableTable, Table, TableDefinition, WriteTransaction};
@@ -55,6 +58,11 @@ pub(super) const SETTLED: TableDefinition<(u8, u64, &str), ()> = TableDefinition
 pub(super) const SUBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("subjects");
 /// (subject key, sequence) → event id: a subject's timeline.
 pub(super) const TIMELINE: TableDefinition<(&str, u64), &str> = TableDefinition::new("timeline");
+
+/// Quarantine id → its description (`Quarantined`, JSON), and → its body.
+/// `meta["quarantine_bytes"]` is the sum of the kept items' sizes.
+pub(super) const QUARANTINE: TableDefinition<&str, &[u8]> = TableDefinition::new("quarantine");
+pub(super) const QUARANTINE_BODIES: TableDefinition<&str, &[u8]> = TableDefinition::new("quarantine_bodies");
 
 /// Scratch space for readiness probes: see [`EmbeddedStore::ping`].
 pub(super) const PROBE: TableDefinition<&str, &[u8]> = TableDefinition::new("probe");
@@ -126,6 +134,8 @@ pub(super) struct Tables<'txn> {
     settled: Table<'txn, (u8, u64, &'static str), ()>,
     subjects: Table<'txn, &'static str, &'static [u8]>,
     timeline: Table<'txn, (&'static str, u64), &'static str>,
+    quarantine: Table<'txn, &'static str, &'static [u8]>,
+    quarantine_bodies: Table<'txn, &'static str, &'static [u8]>,
     /// State-count changes of this batch, written once before commit.
     count_deltas: [i64; DeliveryState::ALL.len()],
 }
@@ -151,6 +161,8 @@ impl<'txn> Tables<'txn> {
             settled: txn.open_table(SETTLED).map_err(unavailable)?,
             subjects: txn.open_table(SUBJECTS).map_err(unavailable)?,
             timeline: txn.open_table(TIMELINE).map_err(unavailable)?,
+            quarantine: txn.open_table(QUARANTINE).map_err(unavailable)?,
+            quarantine_bodies: txn.open_table(QUARANTINE_BODIES).map_err(unavailable)?,
             count_deltas: [0; DeliveryState::ALL.len()],
         })
         .and_then(|mut t| {

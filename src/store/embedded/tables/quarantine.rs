@@ -1,0 +1,109 @@
+//! The quarantine's changes (`store::quarantine`): keeping refused
+//! callbacks under the byte cap, refreshing their diagnosis, and removing
+//! them when admitted or expired. The byte total in `meta` changes in the
+//! same transaction as the items, so it always matches them.
+
+use redb::ReadableTable;
+
+use super::super::codec::{encode, unavailable};
+use super::Tables;
+use crate::store::StoreError;
+use crate::store::quarantine::{QuarantineItem, Quarantined};
+
+const BYTES: &str = "quarantine_bytes";
+
+/// A change to the quarantine, applied by the writer thread.
+pub(in crate::store::embedded) enum QuarantineChange {
+    Keep { items: Vec<QuarantineItem>, max_bytes: u64 },
+    Rediagnose(Box<Quarantined>),
+    Release(Vec<String>),
+    Expire { before: crate::store::Millis, limit: usize },
+}
+
+impl QuarantineChange {
+    /// Whether the change may commit without an fsync: keeping refused
+    /// callbacks and expiring old ones are best effort (docs/quarantine.md);
+    /// an operator's reverify is not.
+    pub(in crate::store::embedded) fn may_wait_for_fsync(&self) -> bool {
+        matches!(self, QuarantineChange::Keep { .. } | QuarantineChange::Expire { .. })
+    }
+}
+
+impl Tables<'_> {
+    pub(in crate::store::embedded) fn change_quarantine(
+        &mut self,
+        change: QuarantineChange,
+    ) -> Result<usize, StoreError> {
+        match change {
+            QuarantineChange::Keep { items, max_bytes } => self.keep(items, max_bytes),
+            QuarantineChange::Rediagnose(meta) => {
+                if self.quarantine.get(meta.id.as_str()).map_err(unavailable)?.is_none() {
+                    return Ok(0);
+                }
+                self.quarantine.insert(meta.id.as_str(), encode(&*meta).as_slice()).map_err(unavailable)?;
+                Ok(1)
+            }
+            QuarantineChange::Release(ids) => {
+                let mut removed = 0;
+                for id in &ids {
+                    removed += self.unkeep(id)? as usize;
+                }
+                Ok(removed)
+            }
+            QuarantineChange::Expire { before, limit } => {
+                let upper = format!("qtn_{before:012x}");
+                let ids: Vec<String> = self
+                    .quarantine
+                    .range::<&str>(..upper.as_str())
+                    .map_err(unavailable)?
+                    .take(limit)
+                    .map(|e| e.map(|(k, _)| k.value().to_owned()).map_err(unavailable))
+                    .collect::<Result<_, _>>()?;
+                for id in &ids {
+                    self.unkeep(id)?;
+                }
+                Ok(ids.len())
+            }
+        }
+    }
+
+    fn bytes(&self) -> Result<u64, StoreError> {
+        Ok(self.meta.get(BYTES).map_err(unavailable)?.map(|g| g.value()).unwrap_or(0))
+    }
+
+    fn keep(&mut self, items: Vec<QuarantineItem>, max_bytes: u64) -> Result<usize, StoreError> {
+        let mut bytes = self.bytes()?;
+        let mut kept = 0;
+        for item in items {
+            let id = item.meta.id.as_str();
+            let size = item.meta.size;
+            if bytes.saturating_add(size) > max_bytes || self.quarantine.get(id).map_err(unavailable)?.is_some() {
+                continue;
+            }
+            self.quarantine.insert(id, encode(&item.meta).as_slice()).map_err(unavailable)?;
+            self.quarantine_bodies.insert(id, item.body.as_slice()).map_err(unavailable)?;
+            bytes += size;
+            kept += 1;
+        }
+        if kept > 0 {
+            self.meta.insert(BYTES, bytes).map_err(unavailable)?;
+        }
+        Ok(kept)
+    }
+
+    /// Removes one item and takes its size off the total. An unreadable
+    /// description still goes, counted by its body's length (what most of
+    /// its size was).
+    fn unkeep(&mut self, id: &str) -> Result<bool, StoreError> {
+        let Some(meta) = self.quarantine.remove(id).map_err(unavailable)? else {
+            return Ok(false);
+        };
+        let described = serde_json::from_slice::<Quarantined>(meta.value()).map(|m| m.size);
+        drop(meta);
+        let body_len = self.quarantine_bodies.remove(id).map_err(unavailable)?.map(|b| b.value().len() as u64);
+        let size = described.unwrap_or_else(|_| body_len.unwrap_or(0));
+        let bytes = self.bytes()?.saturating_sub(size);
+        self.meta.insert(BYTES, bytes).map_err(unavailable)?;
+        Ok(true)
+    }
+}

@@ -1,0 +1,20 @@
+-- Removes kept callbacks (admitted by a reverify, or expired), taking each
+-- one's size off the total. Harmless to run twice.
+-- KEYS: qtn, qtn-bytes. ARGV: key prefix, then ids. Returns how many were
+-- kept.
+local removed, freed = 0, 0
+for i = 2, #ARGV do
+  local key = ARGV[1] .. 'qtn:' .. ARGV[i]
+  local size = redis.call('HGET', key, 'size')
+  if size then
+    redis.call('DEL', key)
+    freed = freed + tonumber(size)
+    removed = removed + 1
+  end
+  redis.call('ZREM', KEYS[1], ARGV[i])
+end
+if freed > 0 then
+  local left = tonumber(redis.call('GET', KEYS[2]) or '0') - freed
+  redis.call('SET', KEYS[2], string.format('%d', math.max(left, 0)))
+end
+return removed
