@@ -8,7 +8,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::admin_cli::{
-    self, ClientError, Connection, DeliveriesCommand, DiscardArgs, EventsCommand, ReplayArgs, StoreCommand,
+    self, ClientError, Connection, DeliveriesCommand, DiscardArgs, EventsCommand, QuarantineCommand, ReplayArgs,
+    StoreCommand,
 };
 use crate::config::{Config, LogFormat, StoreKind};
 use crate::providers::{nova, nowpayments};
@@ -66,6 +67,14 @@ enum Command {
         kind: String,
         /// The provider's id, e.g. a payment_id.
         id: String,
+    },
+    /// The refused callbacks the relay kept: list, show, and reverify them
+    /// once their cause is fixed (via the admin API).
+    Quarantine {
+        #[command(flatten)]
+        conn: Connection,
+        #[command(subcommand)]
+        command: QuarantineCommand,
     },
     /// Replay deliveries by id, or every one a filter selects (via the admin API).
     Replay {
@@ -156,6 +165,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Deliveries { conn, command } => operator(|| admin_cli::deliveries(&conn, command)),
         Command::Events { conn, command } => operator(|| admin_cli::events(&conn, command)),
         Command::Subject { conn, source, kind, id } => operator(|| admin_cli::subject(&conn, &source, &kind, &id)),
+        Command::Quarantine { conn, command } => operator(|| admin_cli::quarantine(&conn, command)),
         Command::Replay { conn, args } => operator(|| admin_cli::replay(&conn, args)),
         Command::Discard { conn, args } => operator(|| admin_cli::discard(&conn, args)),
         Command::Store { conn, command } => operator(|| admin_cli::store(&conn, command)),

@@ -59,6 +59,11 @@ pub struct Event {
     pub tx_hash: Option<String>,
     pub occurred_at: Option<String>,
     pub received_at: String,
+    /// The quarantine item this event was admitted from by a reverify.
+    pub recovered_from: Option<String>,
+    /// Admitted by a reverify with `allow_stale` although its timestamp was
+    /// outside the tolerance when it was received.
+    pub stale_timestamp_accepted: bool,
     /// The provider's body as JSON text, written into the event as it is
     /// (see [`Event::to_json`]). Not through serde_json's `RawValue`: that
     /// gives the key `$serde_json::private::RawValue` a meaning, and a
@@ -93,6 +98,8 @@ impl Event {
             tx_hash: n.tx_hash,
             occurred_at: n.occurred_at,
             received_at: rfc3339_millis(received_at),
+            recovered_from: None,
+            stale_timestamp_accepted: false,
             payload,
         }
     }

@@ -24,13 +24,14 @@ use ipnet::IpNet;
 use time::OffsetDateTime;
 use tracing::Instrument;
 
+use crate::admission::Admitter;
 use crate::config::{Config, RateLimit, Source};
-use crate::event::Event;
-use crate::http::{BodyError, Chain, error_response, read_body};
+use crate::http::{BodyError, error_response, read_body};
 use crate::metrics::{IngressOutcome, Metrics};
 use crate::providers::{self, ProviderError};
-use crate::store::{Admission, DeliveryId, EventId, NewDelivery, NewEvent, Numbering, Store};
-use crate::wake::Wake;
+use crate::quarantine::Quarantine;
+use crate::store::quarantine::Refusal;
+use crate::store::{Admission, EventId};
 
 type KeyedLimiter = RateLimiter<IpAddr, DefaultKeyedStateStore<IpAddr>, DefaultClock>;
 
@@ -190,23 +191,27 @@ fn limiter(r: RateLimit) -> KeyedLimiter {
 /// The ingress handler, shared by every connection.
 pub(crate) struct Ingress {
     gates: std::sync::RwLock<Arc<Gates>>,
-    store: Arc<dyn Store>,
-    wake: Arc<Wake>,
+    admitter: Arc<Admitter>,
+    quarantine: Arc<Quarantine>,
     metrics: Arc<Metrics>,
-    dedupe_ttl_ms: u64,
     last_prune: AtomicU64,
 }
 
 impl Ingress {
-    pub(crate) fn new(config: Arc<Config>, store: Arc<dyn Store>, wake: Arc<Wake>, metrics: Arc<Metrics>) -> Ingress {
-        let dedupe_ttl_ms = config.store.dedupe_ttl.as_millis() as u64;
+    pub(crate) fn new(
+        config: Arc<Config>,
+        admitter: Arc<Admitter>,
+        quarantine: Arc<Quarantine>,
+        metrics: Arc<Metrics>,
+    ) -> Ingress {
         let gates = std::sync::RwLock::new(Arc::new(Gates::new(config, None)));
-        Ingress { gates, store, wake, metrics, dedupe_ttl_ms, last_prune: AtomicU64::new(0) }
+        Ingress { gates, admitter, quarantine, metrics, last_prune: AtomicU64::new(0) }
     }
 
     /// Takes in a reloaded configuration: requests that arrive from now on
     /// are checked against it.
     pub(crate) fn apply(&self, config: Arc<Config>) {
+        self.quarantine.apply(&config);
         let mut gates = self.gates.write().unwrap_or_else(|e| e.into_inner());
         *gates = Arc::new(Gates::new(config, Some(&gates)));
     }
@@ -230,6 +235,7 @@ impl Ingress {
     /// Forgets rate-limit state of addresses that have been quiet, so the
     /// per-IP maps do not grow without bound.
     pub(crate) fn forget_idle_clients(&self) {
+        self.quarantine.forget_idle_clients();
         for gate in self.gates().by_source.values() {
             if let Some(l) = &gate.limiter {
                 l.retain_recent();
@@ -248,7 +254,12 @@ impl Ingress {
         let source = req.uri().path().strip_prefix("/hooks/").unwrap_or("").to_owned();
         // The span names what the request is about; never a secret, a
         // signature or the body.
-        let span = tracing::info_span!("callback", source = %source, event_id = tracing::field::Empty);
+        let span = tracing::info_span!(
+            "callback",
+            source = %source,
+            event_id = tracing::field::Empty,
+            quarantine_id = tracing::field::Empty
+        );
         let result = self.accept(req, peer).instrument(span.clone()).await;
         let elapsed = started.elapsed();
         let elapsed_ms = elapsed.as_secs_f64() * 1000.0;
@@ -344,58 +355,20 @@ impl Ingress {
         let received_at = OffsetDateTime::now_utc();
         let normalised = providers::process(source, &parts.headers, &body, received_at).map_err(|e| {
             tracing::debug!(source = %source.name, reason = %e, "verification failed");
+            let refusal = match e {
+                ProviderError::InvalidSignature(_) => Some(Refusal::InvalidSignature),
+                ProviderError::StaleTimestamp => Some(Refusal::StaleTimestamp),
+                _ => None,
+            };
+            if let Some(refusal) = refusal
+                && let Some(id) =
+                    self.quarantine.offer(&source.name, refusal, client, &parts.headers, body.clone(), received_at)
+            {
+                tracing::Span::current().record("quarantine_id", tracing::field::display(&id));
+            }
             IngressError::from(e)
         })?;
-        let event = Event::new(&source.name, source.kind.as_str(), normalised, received_at);
-        let received_ms = (received_at.unix_timestamp_nanos() / 1_000_000) as u64;
-        let deliveries = config
-            .endpoints
-            .iter()
-            .filter(|ep| ep.wants(&source.name, &event.event_type))
-            .map(|ep| NewDelivery { id: DeliveryId::new(received_ms), endpoint: ep.name.clone(), policy: ep.policy() })
-            .collect::<Vec<_>>();
-        if deliveries.is_empty() {
-            tracing::info!(source = %source.name, event_id = %event.id, event_type = %event.event_type, "event matches no endpoint; stored without deliveries");
-        }
-        let id = event.id.clone();
-        let endpoints: Vec<String> = deliveries.iter().map(|d| d.endpoint.clone()).collect();
-        let (json, subject) = match event.subject_ref() {
-            Some(subject) => {
-                let (json, at) = event.to_json_unnumbered();
-                (json, Some(Numbering { subject, at }))
-            }
-            None => (event.to_json(), None),
-        };
-        let new = NewEvent {
-            id: event.id.clone(),
-            source: source.name.clone(),
-            event_type: event.event_type.clone(),
-            received_at: received_ms,
-            json,
-            subject,
-        };
-        let admit = self.store.admit(new, deliveries, self.dedupe_ttl_ms);
-        match tokio::time::timeout(config.server.admission_timeout, admit).await {
-            Ok(Ok(admission)) => {
-                if let Admission::Accepted { regression } = admission {
-                    endpoints.iter().for_each(|ep| self.wake.wake(ep));
-                    if regression {
-                        self.metrics.regression(&source.name);
-                    }
-                }
-                Ok((admission, id))
-            }
-            Ok(Err(e)) => {
-                tracing::error!(source = %source.name, event_id = %id, error = %Chain(&e), "admission failed");
-                Err(IngressError::Unavailable)
-            }
-            Err(_) => {
-                // The write may still commit later; the provider's retry is
-                // then answered "duplicate". Never a 200 before the commit.
-                tracing::error!(source = %source.name, event_id = %id, "admission timed out; the store is not answering");
-                Err(IngressError::Unavailable)
-            }
-        }
+        self.admitter.admit(config, source, normalised, received_at, None).await.map_err(|_| IngressError::Unavailable)
     }
 }
 
@@ -442,7 +415,7 @@ fn parse_hop(hop: &[u8]) -> Option<IpAddr> {
 
 /// The rate-limit key of a client: IPv4 addresses as they are, IPv6 by /64,
 /// since one IPv6 client usually owns a whole /64 and could rotate through it.
-fn rate_key(ip: IpAddr) -> IpAddr {
+pub(crate) fn rate_key(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
         v4 => v4,

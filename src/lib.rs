@@ -7,7 +7,9 @@
 //! sends each delivery to its endpoint with `retry`s; [`admin`] and
 //! `admin_cli` let operators list and [`replay`] them, both ends speaking
 //! the types of [`admin::api`]; [`metrics`] counts it
-//! all for Prometheus. [`server`] runs the listeners, [`cli`] the binary.
+//! all for Prometheus. Refused callbacks are kept and recovered by
+//! `quarantine`; it and ingress admit through `admission`. [`server`] runs
+//! the listeners, [`cli`] the binary.
 //! Shared plumbing has its own small modules: `http` (JSON error bodies,
 //! body reading, the outgoing client), `listener` (connection accounting),
 //! `mac` (HMAC), `shutdown` and `wake` (signals between tasks).
@@ -23,6 +25,7 @@
 
 pub mod admin;
 mod admin_cli;
+mod admission;
 pub mod canonical;
 pub mod cli;
 pub mod config;
@@ -36,6 +39,7 @@ mod mac;
 pub mod metrics;
 pub mod providers;
 mod purge;
+mod quarantine;
 mod reload;
 pub mod replay;
 mod retry;

@@ -21,6 +21,8 @@ use tokio::sync::Mutex;
 
 use crate::config::Config;
 use crate::http::Chain;
+use crate::quarantine::Dropped;
+use crate::store::quarantine::Refusal;
 use crate::store::{DeliveryState, Next, Store, now_millis};
 
 /// How a callback was answered, as `ipn_relay_ingress_requests_total`
@@ -114,6 +116,10 @@ pub struct Metrics {
     last_poll: GaugeVec,
     store_ready: IntGauge,
     clock_offset: Gauge,
+    quarantined: IntCounterVec,
+    quarantine_dropped: IntCounterVec,
+    quarantine_items: IntGauge,
+    quarantine_bytes: IntGauge,
     /// Configured source names, to bound the `source` label.
     sources: std::sync::RwLock<Vec<String>>,
     /// Configured endpoint names, to drop the series of removed ones.
@@ -223,6 +229,24 @@ const CLOCK_OFFSET: Spec = Spec {
     labels: &[],
 };
 
+const QUARANTINED: Spec = Spec {
+    name: "ipn_relay_quarantined_total",
+    help: "Refused callbacks kept in the quarantine, by source and reason (invalid_signature, stale_timestamp).",
+    labels: &["source", "reason"],
+};
+const QUARANTINE_DROPPED: Spec = Spec {
+    name: "ipn_relay_quarantine_dropped_total",
+    help: "Refused callbacks not kept, by why (full, client_rate, busy, store_error).",
+    labels: &["reason"],
+};
+const QUARANTINE_ITEMS: Spec =
+    Spec { name: "ipn_relay_quarantine_items", help: "Refused callbacks in the quarantine.", labels: &[] };
+const QUARANTINE_BYTES: Spec = Spec {
+    name: "ipn_relay_quarantine_bytes",
+    help: "What the quarantine's callbacks take (bodies and kept headers), against quarantine.max_bytes.",
+    labels: &[],
+};
+
 fn registered<T: prometheus::core::Collector + Clone + 'static>(
     registry: &Registry,
     metric: T,
@@ -252,6 +276,9 @@ impl Metrics {
             }
             let _ = self.ingress_duration.remove_label_values(&[gone.as_str()]);
             let _ = self.regressions.remove_label_values(&[gone.as_str()]);
+            for reason in Refusal::ALL {
+                let _ = self.quarantined.remove_label_values(&[gone.as_str(), reason.as_str()]);
+            }
         }
         *sources = config.sources.iter().map(|s| s.name.clone()).collect();
         let mut endpoints = self.endpoints.write().unwrap_or_else(|e| e.into_inner());
@@ -276,6 +303,9 @@ impl Metrics {
         self.ingress_duration.with_label_values(&[source]);
         if source != UNKNOWN_SOURCE {
             self.regressions.with_label_values(&[source]);
+            for reason in Refusal::ALL {
+                self.quarantined.with_label_values(&[source, reason.as_str()]);
+            }
         }
     }
 
@@ -346,6 +376,14 @@ impl Metrics {
         let last_poll = registered(r, GaugeVec::new(LAST_POLL.opts(), LAST_POLL.labels)?)?;
         let store_ready = registered(r, IntGauge::with_opts(STORE_READY.opts())?)?;
         let clock_offset = registered(r, Gauge::with_opts(CLOCK_OFFSET.opts())?)?;
+        let quarantined = registered(r, IntCounterVec::new(QUARANTINED.opts(), QUARANTINED.labels)?)?;
+        let quarantine_dropped =
+            registered(r, IntCounterVec::new(QUARANTINE_DROPPED.opts(), QUARANTINE_DROPPED.labels)?)?;
+        for why in Dropped::ALL {
+            quarantine_dropped.with_label_values(&[why.as_str()]);
+        }
+        let quarantine_items = registered(r, IntGauge::with_opts(QUARANTINE_ITEMS.opts())?)?;
+        let quarantine_bytes = registered(r, IntGauge::with_opts(QUARANTINE_BYTES.opts())?)?;
         let registry = r.clone();
 
         let names: Vec<String> = sources.iter().map(|s| s.to_string()).collect();
@@ -372,6 +410,10 @@ impl Metrics {
             last_poll,
             store_ready,
             clock_offset,
+            quarantined,
+            quarantine_dropped,
+            quarantine_items,
+            quarantine_bytes,
             sources: std::sync::RwLock::new(names),
             endpoints: std::sync::RwLock::new(endpoints.iter().map(|e| e.to_string()).collect()),
             refreshed: Mutex::new(None),
@@ -420,6 +462,18 @@ impl Metrics {
         self.regressions.with_label_values(&[self.source_label(source)]).inc();
     }
 
+    /// Counts refused callbacks from `source` kept in the quarantine.
+    pub(crate) fn quarantined(&self, source: &str, reason: Refusal, n: usize) {
+        if n > 0 {
+            self.quarantined.with_label_values(&[self.source_label(source), reason.as_str()]).inc_by(n as u64);
+        }
+    }
+
+    /// Counts refused callbacks not kept, by why.
+    pub(crate) fn quarantine_dropped(&self, why: Dropped, n: usize) {
+        self.quarantine_dropped.with_label_values(&[why.as_str()]).inc_by(n as u64);
+    }
+
     pub(crate) fn discarded(&self, n: usize) {
         self.discards.inc_by(n as u64);
     }
@@ -461,6 +515,8 @@ impl Metrics {
             let age = oldest.map_or(0, |created| now_millis().saturating_sub(created));
             self.oldest_open_age.set(age as f64 / 1000.0);
             self.store_bytes.set(i64::try_from(stats.bytes).unwrap_or(i64::MAX));
+            self.quarantine_items.set(i64::try_from(stats.quarantine.items).unwrap_or(i64::MAX));
+            self.quarantine_bytes.set(i64::try_from(stats.quarantine.bytes).unwrap_or(i64::MAX));
             let age = stats.oldest_event_at.map_or(0, |at| now_millis().saturating_sub(at));
             self.store_oldest_event_age.set(age as f64 / 1000.0);
             Ok::<_, crate::store::StoreError>(())

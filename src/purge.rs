@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::config::RetentionConfig;
+use crate::config::Config;
 use crate::http::Chain;
 use crate::metrics::Metrics;
 use crate::shutdown::stopped;
@@ -44,16 +44,17 @@ pub(crate) const PAUSE: Duration = Duration::from_millis(20);
 /// that p99 cost (BENCHMARKS.md, "Retention").
 pub(crate) const YIELD_PAUSE: Duration = Duration::from_millis(20);
 
-/// Runs until `stop`; `retention` is read at every step, so a reload
-/// applies at once.
+/// Runs until `stop`; the configuration is read at every step, so a
+/// reload applies at once.
 pub(crate) async fn run(
     store: Arc<dyn Store>,
-    retention: impl Fn() -> RetentionConfig + Send,
+    config: impl Fn() -> Arc<Config> + Send,
     metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
 ) {
     // The first look comes soon after start: a backlog left by a stopped
     // relay, or by an upgrade, starts going at once.
+    let retention = || config().retention;
     let mut first = true;
     loop {
         let r = retention();
@@ -96,6 +97,9 @@ pub(crate) async fn run(
                 _ = stopped(&mut stop) => return,
             }
         }
+        if !expire_quarantine(store.as_ref(), config().quarantine.ttl, &mut stop).await {
+            return;
+        }
         if total.events + total.replay_jobs > 0 {
             tracing::debug!(
                 events = total.events,
@@ -106,4 +110,33 @@ pub(crate) async fn run(
             );
         }
     }
+}
+
+/// Removes quarantined callbacks older than `ttl`, in steps of [`STEP`]
+/// with [`PAUSE`] between them. False if `stop` came meanwhile.
+async fn expire_quarantine(store: &dyn Store, ttl: Duration, stop: &mut watch::Receiver<bool>) -> bool {
+    let mut expired = 0;
+    loop {
+        let before = now_millis().saturating_sub(ttl.as_millis() as u64);
+        match store.expire_quarantine(before, STEP).await {
+            Ok(n) => {
+                expired += n;
+                if n < STEP {
+                    break;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %Chain(&e), "quarantine expiry failed; will retry");
+                break;
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(PAUSE) => {}
+            _ = stopped(stop) => return false,
+        }
+    }
+    if expired > 0 {
+        tracing::debug!(expired, "quarantined callbacks expired");
+    }
+    true
 }

@@ -15,12 +15,14 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::admin::Admin;
+use crate::admission::Admitter;
 use crate::config::Config;
 use crate::delivery;
 use crate::http::Chain;
 use crate::ingress::Ingress;
 use crate::listener::{Limits, serve};
 use crate::metrics::Metrics;
+use crate::quarantine::Quarantine;
 use crate::reload::Live;
 use crate::replay;
 use crate::shutdown::stopped;
@@ -67,13 +69,15 @@ pub async fn run_from(
     let metrics =
         Metrics::new(&config).map_err(|e| std::io::Error::other(format!("cannot set up the metrics: {e}")))?;
     let live = Live::new(config.clone(), path, metrics.clone());
-    let ingress = Arc::new(Ingress::new(config.clone(), store.clone(), wake.clone(), metrics.clone()));
+    let admitter = Arc::new(Admitter::new(&config, store.clone(), wake.clone(), metrics.clone()));
+    let (quarantine, quarantine_queue) = Quarantine::new(&config, metrics.clone());
+    let ingress = Arc::new(Ingress::new(config.clone(), admitter.clone(), quarantine, metrics.clone()));
     live.on_reload({
         let ingress = ingress.clone();
         move |config| ingress.apply(config.clone())
     });
     let running = replay::Running::default();
-    let admin = Arc::new(Admin::new(live.clone(), store.clone(), running.clone(), metrics.clone()));
+    let admin = Arc::new(Admin::new(live.clone(), admitter, running.clone(), metrics.clone()));
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let endpoints: Arc<[String]> = config.endpoints.iter().map(|e| e.name.clone()).collect();
@@ -112,9 +116,19 @@ pub async fn run_from(
     });
     tasks.spawn("delivery", delivery::run(live.clone(), store.clone(), sender, wake, metrics.clone(), stop_rx.clone()));
     tasks.spawn("reload on SIGHUP", on_sighup(live.clone(), stop_rx.clone()));
+    tasks.spawn("the quarantine", {
+        let live = live.clone();
+        crate::quarantine::run(
+            quarantine_queue,
+            store.clone(),
+            move || live.current(),
+            metrics.clone(),
+            stop_rx.clone(),
+        )
+    });
     tasks.spawn("retention", {
         let live = live.clone();
-        let run = crate::purge::run(store.clone(), move || live.current().retention, metrics.clone(), stop_rx.clone());
+        let run = crate::purge::run(store.clone(), move || live.current(), metrics.clone(), stop_rx.clone());
         async move {
             run.await;
             Ok(())

@@ -143,6 +143,11 @@ pub struct StoreView {
     pub oldest_event_at: Option<String>,
     /// The configured retention, as written in the configuration's units.
     pub retention: RetentionView,
+    /// Refused callbacks kept, and the bytes they take (docs/quarantine.md).
+    #[serde(default)]
+    pub quarantine_items: u64,
+    #[serde(default)]
+    pub quarantine_bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -169,6 +174,8 @@ impl StoreView {
                 dead: span(r.dead),
                 replay_jobs: span(r.replay_jobs),
             },
+            quarantine_items: s.quarantine.items,
+            quarantine_bytes: s.quarantine.bytes,
         }
     }
 }
@@ -289,7 +296,7 @@ pub struct DiscardRequest {
 }
 
 /// A stored time as the API writes it.
-fn time(ms: Millis) -> String {
+pub(crate) fn time(ms: Millis) -> String {
     crate::event::rfc3339_millis(time::OffsetDateTime::UNIX_EPOCH + Duration::from_millis(ms))
 }
 

@@ -14,6 +14,7 @@
 pub(crate) mod api;
 mod discard;
 mod params;
+pub(crate) mod quarantine;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +26,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::admission::Admitter;
 use crate::http::{AdminBody, BodyError, json_response};
 use crate::metrics::Metrics;
 use crate::reload::Live;
@@ -52,6 +54,8 @@ pub(crate) struct Admin {
     /// The configuration in force: a reload applies to the next request.
     live: Arc<Live>,
     store: Arc<dyn Store>,
+    /// Admits what a quarantine reverify recovers.
+    admitter: Arc<Admitter>,
     running: Running,
     metrics: Arc<Metrics>,
 }
@@ -87,8 +91,8 @@ impl From<StoreError> for ApiError {
 type Answer = Result<Response<Full<Bytes>>, ApiError>;
 
 impl Admin {
-    pub(crate) fn new(live: Arc<Live>, store: Arc<dyn Store>, running: Running, metrics: Arc<Metrics>) -> Admin {
-        Admin { live, store, running, metrics }
+    pub(crate) fn new(live: Arc<Live>, admitter: Arc<Admitter>, running: Running, metrics: Arc<Metrics>) -> Admin {
+        Admin { live, store: admitter.store().clone(), admitter, running, metrics }
     }
 
     pub(crate) async fn handle<B>(&self, req: Request<B>) -> Response<AdminBody>
@@ -233,6 +237,12 @@ impl Admin {
                 };
                 Ok(json_response(StatusCode::OK, &api::StoreView::new(kind, &stats, &config.retention)))
             }
+            (&Method::GET, ["quarantine"]) => self.quarantine_list(&query).await,
+            (&Method::GET, ["quarantine", id]) => self.quarantine_item(id).await,
+            (&Method::POST, ["quarantine", "reverify"]) => {
+                let body = read_body(req.into_body()).await?;
+                self.quarantine_reverify(&body).await
+            }
             (&Method::POST, ["deliveries", id, "discard"]) => {
                 let body = read_body(req.into_body()).await?;
                 self.discard_one(&DeliveryId::from(*id), &body).await
@@ -249,6 +259,12 @@ impl Admin {
                 "method_not_allowed",
                 format!("{method} not allowed here"),
             )),
+            (_, ["quarantine", "reverify"]) => {
+                Err(ApiError(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use POST".into()))
+            }
+            (_, ["quarantine"] | ["quarantine", _]) => {
+                Err(ApiError(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use GET".into()))
+            }
             (_, ["deliveries", _, "replay" | "discard"] | ["replay"] | ["discard"] | ["reload"]) => {
                 Err(ApiError(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "use POST".into()))
             }

@@ -1,5 +1,5 @@
 //! The operator commands of the command line: `deliveries list/show`,
-//! `events show`, `subject`, `replay` and `discard`, over the admin API of a running
+//! `events show`, `subject`, `replay`, `discard`, `store` and `quarantine`, over the admin API of a running
 //! relay.
 //!
 //! Output is a table for people and, with `--json`, the API's own JSON for
@@ -7,9 +7,11 @@
 //! 2 a bad request (a bad filter, say), 3 a missing or wrong token, 4 no such
 //! id.
 
+mod quarantine;
 mod render;
 mod store;
 
+pub use quarantine::{QuarantineCommand, quarantine};
 pub use store::{StoreCommand, store};
 
 use std::time::Duration;

@@ -23,7 +23,7 @@ fn state_text(s: Option<DeliveryState>) -> String {
 }
 
 /// Left-aligned columns, two spaces apart; long cells are cut.
-fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+pub(super) fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     const MAX_CELL: usize = 60;
     let cut = |s: &str| -> String {
         if s.chars().count() > MAX_CELL {

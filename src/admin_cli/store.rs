@@ -112,6 +112,7 @@ fn render_stats(s: &StoreView) -> String {
         ("replay jobs", s.replay_jobs.to_string()),
         ("dedupe keys", s.dedupe_keys.to_string()),
         ("oldest event", s.oldest_event_at.clone().unwrap_or_else(|| "-".into())),
+        ("quarantine", format!("{} refused callbacks, {} bytes", s.quarantine_items, s.quarantine_bytes)),
         (
             "retention",
             format!(

@@ -284,6 +284,18 @@ impl RetentionConfig {
     }
 }
 
+/// What the quarantine keeps of refused callbacks (docs/quarantine.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuarantineConfig {
+    pub enabled: bool,
+    /// How long a refused callback is kept.
+    pub ttl: Duration,
+    /// The most all kept callbacks (bodies and headers) may take together.
+    pub max_bytes: u64,
+    /// Refused callbacks kept per client address (IPv6: per /64) a minute.
+    pub max_per_client_per_minute: NonZeroU32,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -299,6 +311,7 @@ pub struct Config {
     pub endpoints: Vec<Endpoint>,
     pub delivery: DeliveryConfig,
     pub retention: RetentionConfig,
+    pub quarantine: QuarantineConfig,
     pub log_format: LogFormat,
     /// Variables whose `${NAME:-default}` fallback is in use: development
     /// values that must not reach production.
@@ -419,6 +432,16 @@ impl Config {
             span(r.dead),
             span(r.replay_jobs)
         ));
+        let q = &self.quarantine;
+        s.push_str(&match q.enabled {
+            true => format!(
+                "quarantine keeps refused callbacks {}, up to {} bytes, {} a minute per client\n",
+                span(q.ttl),
+                q.max_bytes,
+                q.max_per_client_per_minute
+            ),
+            false => "quarantine off: refused callbacks are not kept\n".to_owned(),
+        });
         for w in self.warnings() {
             s.push_str(&format!("WARNING   {w}\n"));
         }

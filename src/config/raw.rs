@@ -83,6 +83,8 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub retention: RawRetention,
     #[serde(default)]
+    pub quarantine: RawQuarantine,
+    #[serde(default)]
     pub log: RawLog,
     /// Variables whose `${NAME:-default}` fallback is in use; set after
     /// deserialisation.
@@ -255,6 +257,26 @@ impl Default for RawRetention {
             delivered: Dur(Duration::from_secs(7 * DAY)),
             dead: Dur(Duration::from_secs(90 * DAY)),
             replay_jobs: Dur(Duration::from_secs(30 * DAY)),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawQuarantine {
+    pub enabled: bool,
+    pub ttl: Dur,
+    pub max_bytes: u64,
+    pub max_per_client_per_minute: u32,
+}
+
+impl Default for RawQuarantine {
+    fn default() -> Self {
+        RawQuarantine {
+            enabled: true,
+            ttl: Dur(Duration::from_secs(7 * 86_400)),
+            max_bytes: 64 * 1024 * 1024,
+            max_per_client_per_minute: 60,
         }
     }
 }

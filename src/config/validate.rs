@@ -10,11 +10,12 @@ use base64::Engine as _;
 use toml::Spanned;
 
 use super::raw::{
-    RawConfig, RawDelivery, RawEndpoint, RawRateLimit, RawRetention, RawServer, RawSource, RawStore, RawStoreKind,
+    RawConfig, RawDelivery, RawEndpoint, RawQuarantine, RawRateLimit, RawRetention, RawServer, RawSource, RawStore,
+    RawStoreKind,
 };
 use super::{
-    Config, DeliveryConfig, Endpoint, EventPattern, ProviderKind, RateLimit, RetentionConfig, Secret, ServerConfig,
-    Source, StoreConfig, StoreKind, Url,
+    Config, DeliveryConfig, Endpoint, EventPattern, ProviderKind, QuarantineConfig, RateLimit, RetentionConfig, Secret,
+    ServerConfig, Source, StoreConfig, StoreKind, Url,
 };
 
 /// A value the file may not have: the key that holds it, and why.
@@ -325,6 +326,31 @@ impl TryFrom<RawEndpoint> for Endpoint {
     }
 }
 
+impl QuarantineConfig {
+    fn check(q: RawQuarantine, max_body_bytes: usize) -> Result<QuarantineConfig, Invalid> {
+        if q.ttl.0 < Duration::from_secs(1) {
+            return invalid("quarantine.ttl", "must be at least 1s");
+        }
+        if q.max_bytes < max_body_bytes as u64 {
+            return invalid(
+                "quarantine.max_bytes",
+                format!(
+                    "must be at least server.max_body_bytes ({max_body_bytes}), or no refused callback could be kept; to keep none, set quarantine.enabled = false"
+                ),
+            );
+        }
+        let Some(per_client) = NonZeroU32::new(q.max_per_client_per_minute) else {
+            return invalid("quarantine.max_per_client_per_minute", "must be at least 1");
+        };
+        Ok(QuarantineConfig {
+            enabled: q.enabled,
+            ttl: q.ttl.0,
+            max_bytes: q.max_bytes,
+            max_per_client_per_minute: per_client,
+        })
+    }
+}
+
 impl TryFrom<RawRetention> for RetentionConfig {
     type Error = Invalid;
 
@@ -440,6 +466,7 @@ impl TryFrom<RawConfig> for Config {
             );
         }
 
+        let quarantine = QuarantineConfig::check(raw.quarantine, server.max_body_bytes)?;
         Ok(Config {
             server,
             store,
@@ -447,6 +474,7 @@ impl TryFrom<RawConfig> for Config {
             endpoints,
             delivery,
             retention: RetentionConfig::try_from(raw.retention)?,
+            quarantine,
             log_format: raw.log.format,
             defaulted_vars: raw.defaulted_vars,
         })

@@ -4,6 +4,7 @@
 //! normalised event; nothing else in the crate knows a provider's format.
 //! Both are pure functions of the headers, the body bytes and the clock.
 
+pub mod diagnose;
 pub mod nova;
 pub mod nowpayments;
 

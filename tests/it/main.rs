@@ -46,6 +46,7 @@ mod layout;
 mod lifecycle;
 mod metrics;
 mod ordering;
+mod quarantine;
 mod quarantine_store;
 mod redis_relays;
 mod reload;

@@ -1,0 +1,268 @@
+//! The quarantine: callbacks refused as `invalid_signature` or
+//! `stale_timestamp` are kept for `[quarantine] ttl`, with a diagnosis,
+//! and admitted once an operator fixes the cause and reverifies them
+//! (docs/quarantine.md; the records are `store::quarantine`).
+//!
+//! **A flood cannot buy anything with it.** Ingress hands a refused
+//! callback over with [`Quarantine::offer`], which never waits: past a
+//! client's `max_per_client_per_minute`, or when the queue to the writer
+//! task is full, the callback is not kept and counted as dropped. The task
+//! ([`run`]) diagnoses what it takes off the queue on the blocking pool and
+//! keeps it in batches; the store keeps an item only while the total stays
+//! within `max_bytes`, and past it drops new ones (what is kept stays, so a
+//! flood cannot push out the genuine callbacks kept before it). On the
+//! embedded store these batches commit without an fsync of their own.
+//! Nothing here changes what the provider is answered.
+
+mod reverify;
+
+pub(crate) use reverify::{Outcome, Reverified, reverify};
+
+use std::net::IpAddr;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use governor::{Quota, RateLimiter};
+use http::{HeaderMap, HeaderName, HeaderValue};
+use time::OffsetDateTime;
+use tokio::sync::{mpsc, watch};
+
+use crate::config::{Config, QuarantineConfig};
+use crate::http::Chain;
+use crate::metrics::Metrics;
+use crate::providers::diagnose::{SIGNATURE_HEADERS, diagnose};
+use crate::shutdown::stopped;
+use crate::store::quarantine::{QuarantineItem, Quarantined, Refusal};
+use crate::store::{Millis, Store};
+
+type KeyedLimiter =
+    RateLimiter<IpAddr, governor::state::keyed::DefaultKeyedStateStore<IpAddr>, governor::clock::DefaultClock>;
+
+/// Refused callbacks waiting for the writer task at most. With the largest
+/// body (16 MiB) that is bounded memory; a flood past it is dropped.
+const QUEUE: usize = 256;
+/// Items one store call keeps at most.
+const BATCH: usize = 64;
+/// How often a warning about dropped callbacks is repeated at most.
+const WARN_EVERY: Duration = Duration::from_secs(60);
+
+/// Why a refused callback was not kept: the label of
+/// `ipn_relay_quarantine_dropped_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dropped {
+    /// The quarantine holds `max_bytes` already.
+    Full,
+    /// Its client sent more than `max_per_client_per_minute`.
+    ClientRate,
+    /// The queue to the writer was full (a burst faster than the store).
+    Busy,
+    /// The store failed to keep it.
+    StoreError,
+}
+
+impl Dropped {
+    pub(crate) const ALL: [Dropped; 4] = [Dropped::Full, Dropped::ClientRate, Dropped::Busy, Dropped::StoreError];
+
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Dropped::Full => "full",
+            Dropped::ClientRate => "client_rate",
+            Dropped::Busy => "busy",
+            Dropped::StoreError => "store_error",
+        }
+    }
+}
+
+/// A refused callback on its way to the store.
+struct Pending {
+    id: String,
+    source: String,
+    reason: Refusal,
+    received_at: OffsetDateTime,
+    client: IpAddr,
+    headers: Vec<(String, String)>,
+    body: Bytes,
+}
+
+impl Pending {
+    fn diagnosed(self, config: &Config) -> Option<QuarantineItem> {
+        // The source went in a reload meanwhile: nothing to verify against.
+        let source = config.sources.iter().find(|s| s.name == self.source)?;
+        let headers = header_map(&self.headers);
+        let diagnosis = diagnose(source, &config.sources, self.reason, &headers, &self.body, self.received_at);
+        let size = Quarantined::size_of(&self.headers, &self.body);
+        Some(QuarantineItem {
+            meta: Quarantined {
+                id: self.id,
+                source: self.source,
+                reason: self.reason,
+                received_at: millis(self.received_at),
+                client: self.client.to_string(),
+                headers: self.headers,
+                size,
+                diagnosis,
+            },
+            body: self.body.to_vec(),
+        })
+    }
+}
+
+fn millis(t: OffsetDateTime) -> Millis {
+    (t.unix_timestamp_nanos() / 1_000_000) as Millis
+}
+
+/// The kept headers as the verifiers read them.
+pub(crate) fn header_map(headers: &[(String, String)]) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    for (name, value) in headers {
+        if let (Ok(name), Ok(value)) = (HeaderName::try_from(name.as_str()), HeaderValue::from_str(value)) {
+            map.insert(name, value);
+        }
+    }
+    map
+}
+
+/// The quarantine's front door, shared by ingress.
+pub(crate) struct Quarantine {
+    config: RwLock<(QuarantineConfig, Arc<KeyedLimiter>)>,
+    queue: mpsc::Sender<Pending>,
+    metrics: Arc<Metrics>,
+}
+
+fn per_client(q: &QuarantineConfig) -> Arc<KeyedLimiter> {
+    Arc::new(RateLimiter::keyed(Quota::per_minute(q.max_per_client_per_minute)))
+}
+
+impl Quarantine {
+    /// The front door, and the receiving end of its queue for [`run`].
+    pub(crate) fn new(config: &Config, metrics: Arc<Metrics>) -> (Arc<Quarantine>, Queue) {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let q = config.quarantine;
+        let quarantine = Quarantine { config: RwLock::new((q, per_client(&q))), queue: tx, metrics };
+        (Arc::new(quarantine), Queue(rx))
+    }
+
+    /// Takes in a reloaded configuration; clients keep their count unless
+    /// the per-client limit changed.
+    pub(crate) fn apply(&self, config: &Config) {
+        let mut current = self.config.write().unwrap_or_else(|e| e.into_inner());
+        if current.0.max_per_client_per_minute != config.quarantine.max_per_client_per_minute {
+            current.1 = per_client(&config.quarantine);
+        }
+        current.0 = config.quarantine;
+    }
+
+    /// Forgets clients that have been quiet (housekeeping).
+    pub(crate) fn forget_idle_clients(&self) {
+        let limiter = self.config.read().unwrap_or_else(|e| e.into_inner()).1.clone();
+        limiter.retain_recent();
+        limiter.shrink_to_fit();
+    }
+
+    /// Hands a refused callback to the writer task, never waiting. Returns
+    /// the id it will be kept under, or `None` if it is not kept.
+    pub(crate) fn offer(
+        &self,
+        source: &str,
+        reason: Refusal,
+        client: IpAddr,
+        headers: &HeaderMap,
+        body: Bytes,
+        received_at: OffsetDateTime,
+    ) -> Option<String> {
+        let (config, limiter) = self.config.read().unwrap_or_else(|e| e.into_inner()).clone();
+        if !config.enabled {
+            return None;
+        }
+        if limiter.check_key(&crate::ingress::rate_key(client)).is_err() {
+            self.metrics.quarantine_dropped(Dropped::ClientRate, 1);
+            return None;
+        }
+        let kept = SIGNATURE_HEADERS
+            .iter()
+            .filter_map(|name| {
+                let value = headers.get(*name)?;
+                Some(((*name).to_owned(), String::from_utf8_lossy(value.as_bytes()).into_owned()))
+            })
+            .collect();
+        let id = Quarantined::new_id(millis(received_at));
+        let pending =
+            Pending { id: id.clone(), source: source.to_owned(), reason, received_at, client, headers: kept, body };
+        match self.queue.try_send(pending) {
+            Ok(()) => Some(id),
+            Err(_) => {
+                self.metrics.quarantine_dropped(Dropped::Busy, 1);
+                None
+            }
+        }
+    }
+}
+
+/// The receiving end of the quarantine's queue.
+pub(crate) struct Queue(mpsc::Receiver<Pending>);
+
+/// The writer task: diagnoses and keeps what ingress offered, until `stop`.
+pub(crate) async fn run(
+    Queue(mut queue): Queue,
+    store: Arc<dyn Store>,
+    config: impl Fn() -> Arc<Config> + Send,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), String> {
+    let mut warned: Option<Instant> = None;
+    loop {
+        let first = tokio::select! {
+            Some(first) = queue.recv() => first,
+            _ = stopped(&mut stop) => return Ok(()),
+        };
+        let mut batch = vec![first];
+        while batch.len() < BATCH
+            && let Ok(more) = queue.try_recv()
+        {
+            batch.push(more);
+        }
+        let config = config();
+        let max_bytes = config.quarantine.max_bytes;
+        // HMACs over every configured secret: off the async workers.
+        let items = tokio::task::spawn_blocking(move || {
+            batch.into_iter().filter_map(|p| p.diagnosed(&config)).collect::<Vec<_>>()
+        })
+        .await
+        .map_err(|e| format!("diagnosing refused callbacks failed: {e}"))?;
+        // One store call per source and reason, so each is counted under
+        // its own labels.
+        let mut groups: Vec<((String, Refusal), Vec<QuarantineItem>)> = Vec::new();
+        for item in items {
+            let key = (item.meta.source.clone(), item.meta.reason);
+            match groups.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, g)) => g.push(item),
+                None => groups.push((key, vec![item])),
+            }
+        }
+        for ((source, reason), group) in groups {
+            let n = group.len();
+            let (kept, dropped, error) = match store.quarantine(group, max_bytes).await {
+                Ok(kept) => (kept, Dropped::Full, None),
+                Err(e) => (0, Dropped::StoreError, Some(e)),
+            };
+            metrics.quarantined(&source, reason, kept);
+            if kept < n {
+                metrics.quarantine_dropped(dropped, n - kept);
+                if warned.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
+                    warned = Some(Instant::now());
+                    match error {
+                        Some(e) => {
+                            tracing::warn!(source = %source, error = %Chain(&e), "refused callbacks could not be quarantined")
+                        }
+                        None => tracing::warn!(
+                            source = %source,
+                            max_bytes,
+                            "the quarantine is full: new refused callbacks are not kept until old ones expire or are reverified (ipn_relay_quarantine_dropped_total)"
+                        ),
+                    }
+                }
+            }
+        }
+    }
+}

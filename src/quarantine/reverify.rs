@@ -1,0 +1,144 @@
+//! Reverify: each kept callback is verified again with the configuration
+//! in force, as if it arrived again at the time it first arrived. One that
+//! verifies now is admitted through the normal path (same dedupe key, same
+//! event id: one admitted meanwhile is a duplicate) with `received_at` its
+//! first receipt and `recovered_from` its quarantine id, and leaves the
+//! quarantine; one that does not stays, its diagnosis refreshed.
+//!
+//! A Nova timestamp is judged against the receipt time, not the time of
+//! the reverify, so a callback held back by a wrong secret is not stale for
+//! having waited. `allow_stale` admits one whose only fault is its
+//! timestamp, and the event says so (`stale_timestamp_accepted`).
+//!
+//! Items go oldest first, so a payment's events are numbered in the order
+//! they arrived (docs/lifecycle.md).
+
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use super::header_map;
+use crate::admission::{Admitter, Recovery};
+use crate::config::Config;
+use crate::providers::diagnose::diagnose;
+use crate::providers::{self, ProviderError};
+use crate::store::quarantine::Refusal;
+use crate::store::{Admission, EventId, StoreError};
+
+/// What a reverify did with one item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Outcome {
+    /// Verified and stored now; it left the quarantine.
+    Admitted,
+    /// Verified, and its event was stored already; it left the quarantine.
+    Duplicate,
+    /// Still refused; it stays, with a fresh diagnosis.
+    Refused,
+    /// Its source is not in the configuration; it stays as it was.
+    SourceNotConfigured,
+    /// Verified, but the store did not take it; it stays. Try again.
+    Unavailable,
+    NotFound,
+}
+
+/// One item's outcome, as the admin API reports it.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Reverified {
+    pub id: String,
+    pub outcome: Outcome,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<EventId>,
+    /// Why it is still refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<Refusal>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
+}
+
+impl Reverified {
+    fn new(id: &str, outcome: Outcome) -> Reverified {
+        Reverified { id: id.to_owned(), outcome, event_id: None, reason: None, summary: None }
+    }
+}
+
+/// Reverifies the given items, oldest first. A store failure reading an
+/// item stops the run (what was done is kept) and is returned.
+pub(crate) async fn reverify(
+    admitter: &Admitter,
+    config: &Config,
+    mut ids: Vec<String>,
+    allow_stale: bool,
+) -> Result<Vec<Reverified>, StoreError> {
+    ids.sort();
+    ids.dedup();
+    let store = admitter.store();
+    let mut out = Vec::with_capacity(ids.len());
+    for id in &ids {
+        let Some(item) = store.quarantined(id).await? else {
+            out.push(Reverified::new(id, Outcome::NotFound));
+            continue;
+        };
+        let mut meta = item.meta;
+        let Some(source) = config.sources.iter().find(|s| s.name == meta.source) else {
+            let mut r = Reverified::new(id, Outcome::SourceNotConfigured);
+            r.summary = Some(format!("source '{}' is not in the configuration", meta.source));
+            out.push(r);
+            continue;
+        };
+        let headers = header_map(&meta.headers);
+        let received_at = OffsetDateTime::from_unix_timestamp_nanos(meta.received_at as i128 * 1_000_000)
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+        let mut stale_timestamp_accepted = false;
+        let verdict = match providers::process(source, &headers, &item.body, received_at) {
+            Err(ProviderError::StaleTimestamp) if allow_stale => {
+                stale_timestamp_accepted = true;
+                let lenient = crate::config::Source { timestamp_tolerance: None, ..source.clone() };
+                providers::process(&lenient, &headers, &item.body, received_at)
+            }
+            verdict => verdict,
+        };
+        let refusal = match verdict {
+            Ok(normalised) => {
+                let recovery = Recovery { from: id.clone(), stale_timestamp_accepted };
+                match admitter.admit(config, source, normalised, received_at, Some(recovery)).await {
+                    Ok((admission, event_id)) => {
+                        store.release_quarantined(std::slice::from_ref(id)).await?;
+                        let outcome = match admission {
+                            Admission::Accepted { .. } => Outcome::Admitted,
+                            Admission::Duplicate => Outcome::Duplicate,
+                        };
+                        tracing::info!(quarantine_id = %id, event_id = %event_id, outcome = ?outcome, "quarantined callback recovered");
+                        out.push(Reverified { event_id: Some(event_id), ..Reverified::new(id, outcome) });
+                    }
+                    Err(_) => out.push(Reverified::new(id, Outcome::Unavailable)),
+                }
+                continue;
+            }
+            Err(ProviderError::InvalidSignature(_)) => Refusal::InvalidSignature,
+            Err(ProviderError::StaleTimestamp) => Refusal::StaleTimestamp,
+            // Genuine now, but a body ingress would refuse as a bad request:
+            // it stays, saying so.
+            Err(e @ (ProviderError::BadRequest(_) | ProviderError::UnsignedContent(_))) => {
+                meta.diagnosis.summary =
+                    format!("It verifies with the configuration now in force but is refused as a bad request: {e}");
+                meta.diagnosis.checked_at = crate::store::now_millis();
+                store.rediagnose(&meta).await?;
+                out.push(Reverified {
+                    reason: Some(meta.reason),
+                    summary: Some(meta.diagnosis.summary),
+                    ..Reverified::new(id, Outcome::Refused)
+                });
+                continue;
+            }
+        };
+        meta.reason = refusal;
+        meta.diagnosis = diagnose(source, &config.sources, refusal, &headers, &item.body, received_at);
+        store.rediagnose(&meta).await?;
+        out.push(Reverified {
+            reason: Some(refusal),
+            summary: Some(meta.diagnosis.summary.clone()),
+            ..Reverified::new(id, Outcome::Refused)
+        });
+    }
+    Ok(out)
+}

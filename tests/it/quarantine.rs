@@ -1,0 +1,346 @@
+//! The quarantine against a real relay, on both stores: callbacks refused
+//! by a configuration mistake are kept with a diagnosis that names the
+//! cause, and once it is fixed a reverify admits each exactly once, with
+//! its first receipt time, while a forgery among them stays. Also: a stale
+//! Nova callback needs `allow_stale`, a flood of forgeries from many
+//! addresses never takes the quarantine past `max_bytes`, and a client's
+//! share is bounded.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::admin::{TOKEN, get, post};
+use crate::common::*;
+use ipn_relay::providers::{nova, nowpayments};
+use ipn_relay::store::Store;
+use ipn_relay::store::quarantine::QuarantineStore;
+use serde_json::{Value, json};
+
+/// The standard sources on `store`, with the admin token, the NOWPayments
+/// secret replaced by `np_secret`, and one endpoint at `url`.
+fn config(store: &str, np_secret: &str, url: &str, extra: &str) -> String {
+    let text = base_config(std::path::Path::new("unused.redb"))
+        .replace("path = \"unused.redb\"", store)
+        .replace(&format!("\"{NP_SECRET}\""), &format!("\"{np_secret}\""))
+        .replacen("[server]\n", &format!("[server]\nadmin_token = \"{TOKEN}\"\n"), 1);
+    format!(
+        "{text}
+[[endpoints]]
+name = \"backend\"
+url = \"{url}\"
+secret = \"{ENDPOINT_SECRET}\"
+{extra}"
+    )
+}
+
+async fn metric(c: &reqwest::Client, admin: &str, name: &str) -> f64 {
+    let text = c.get(format!("{admin}/metrics")).send().await.unwrap().text().await.unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Every quarantined item the filter query selects, following cursors.
+async fn quarantined(c: &reqwest::Client, admin: &str, query: &str) -> Vec<Value> {
+    let (mut items, mut cursor) = (Vec::new(), None::<String>);
+    loop {
+        let mut url = format!("{admin}/admin/quarantine?limit=7&{query}");
+        if let Some(cur) = &cursor {
+            url.push_str(&format!("&cursor={cur}"));
+        }
+        let (status, page) = get(c, url, Some(TOKEN)).await;
+        assert_eq!(status, 200, "{page}");
+        items.extend(page["items"].as_array().unwrap().iter().cloned());
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => return items,
+        }
+    }
+}
+
+async fn wait_quarantined(c: &reqwest::Client, admin: &str, query: &str, n: usize) -> Vec<Value> {
+    for _ in 0..500 {
+        let items = quarantined(c, admin, query).await;
+        if items.len() >= n {
+            return items;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("never {n} quarantined for {query}");
+}
+
+/// The story on one store: a wrong secret, 50 deposits refused and kept,
+/// the diagnosis, the fix, the recovery, and the forgery that stays.
+async fn a_wrong_secret_is_recovered_after_the_fix(store: Arc<dyn Store>, store_toml: &str) {
+    let receiver = Receiver::start(|_| Reply::Status(200)).await;
+    // The operator pasted a wrong secret: the provider signs with NP_SECRET.
+    let wrong = config(store_toml, "pasted-the-wrong-secret", &receiver.url(), "");
+    let relay = crate::admin::Running::start(&wrong, store.clone()).await;
+    let (c, admin) = (client(), relay.admin_url());
+
+    let mut sent_at = Vec::new();
+    for i in 0..50 {
+        let (status, v) =
+            answer(post_np_to(&c, relay.addr, &payment_ipn(90_000 + i, "finished"), NP_SECRET).await).await;
+        assert_eq!((status, error_code(&v)), (401, "invalid_signature"));
+        sent_at.push(time::OffsetDateTime::now_utc());
+    }
+    // A forgery, signed with a secret nobody configured.
+    let forged_body = payment_ipn(99_999, "finished");
+    let (status, _) = answer(post_np_to(&c, relay.addr, &forged_body, "attackers-guess").await).await;
+    assert_eq!(status, 401);
+    // Refused callbacks that are not forgeries or staleness are not kept.
+    let r = c.post(format!("http://{}/hooks/nowpayments", relay.addr)).body("{}").send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = c.post(format!("http://{}/hooks/paypal", relay.addr)).body("{}").send().await.unwrap();
+    assert_eq!(r.status(), 404);
+
+    let items = wait_quarantined(&c, &admin, "source=nowpayments", 52).await;
+    assert_eq!(items.len(), 52, "51 signed callbacks and one unsigned are kept");
+    for item in &items {
+        assert_eq!(item["reason"], "invalid_signature");
+        assert_eq!(item["client"], "127.0.0.1");
+        assert!(item.get("body").is_none(), "listings carry no body");
+    }
+    let signed: Vec<&Value> = items.iter().filter(|i| i["headers"]["x-nowpayments-sig"].is_string()).collect();
+    assert_eq!(signed.len(), 51);
+    let d = &signed[0]["diagnosis"];
+    assert!(d["summary"].as_str().unwrap().contains("secret is wrong or was rotated"), "{d}");
+    assert_eq!(d["secrets_tried"], 2);
+    assert!(d["findings"].as_array().unwrap().iter().any(|f| f.as_str().unwrap().contains("payment IPN")), "{d}");
+    let unsigned = items.iter().find(|i| !i["headers"]["x-nowpayments-sig"].is_string()).unwrap();
+    assert!(unsigned["diagnosis"]["summary"].as_str().unwrap().contains("no signature"), "{unsigned}");
+
+    // One item, whole: the body as it came.
+    let id = signed[0]["id"].as_str().unwrap();
+    let (status, one) = get(&c, format!("{admin}/admin/quarantine/{id}"), Some(TOKEN)).await;
+    assert_eq!(status, 200, "{one}");
+    assert!(one["body"].as_str().unwrap().starts_with(r#"{"actually_paid":0.00656612"#));
+    assert_eq!(get(&c, format!("{admin}/admin/quarantine/{id}"), None).await.0, 401);
+    assert_eq!(get(&c, format!("{admin}/admin/quarantine/qtn_nothere"), Some(TOKEN)).await.0, 404);
+    assert_eq!(
+        metric(&c, &admin, "ipn_relay_quarantined_total{reason=\"invalid_signature\",source=\"nowpayments\"}").await,
+        52.0
+    );
+    assert_eq!(metric(&c, &admin, "ipn_relay_quarantine_items").await, 52.0);
+
+    // Reverify before the fix admits nothing and refreshes the diagnosis.
+    let (status, r) = post(&c, format!("{admin}/admin/quarantine/reverify"), Some(json!({"ids": [id]}))).await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["items"][0]["outcome"], "refused");
+    assert!(receiver.received().is_empty());
+
+    // Bad requests say what is wrong.
+    for body in [
+        json!({"ids": [id], "source": "nowpayments"}),
+        json!({"ids": []}),
+        json!({"ids": ["dlv_1"]}),
+        json!({"max": 0}),
+        json!({"allow_stale": "yes"}),
+        json!({"reason": "forged"}),
+        json!({"colour": "red"}),
+    ] {
+        let (status, v) = post(&c, format!("{admin}/admin/quarantine/reverify"), Some(body.clone())).await;
+        assert_eq!((status, error_code(&v)), (400, "bad_request"), "{body}: {v}");
+    }
+
+    // The fix: the right secret, and a restart on the same store.
+    relay.stop().await;
+    let fixed = config(store_toml, NP_SECRET, &receiver.url(), "");
+    let relay = crate::admin::Running::start(&fixed, store.clone()).await;
+    let admin = relay.admin_url();
+    let (status, r) =
+        post(&c, format!("{admin}/admin/quarantine/reverify"), Some(json!({"source": "nowpayments"}))).await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["considered"], 52);
+    assert_eq!(r["counts"], json!({"admitted": 50, "refused": 2}), "{r}");
+    let outcomes = r["items"].as_array().unwrap();
+    // Oldest first, as they arrived.
+    let ids: Vec<&str> = outcomes.iter().map(|o| o["id"].as_str().unwrap()).collect();
+    let mut sorted = ids.clone();
+    sorted.sort();
+    assert_eq!(ids, sorted);
+
+    assert!(eventually(Duration::from_secs(20), || receiver.delivered_ids().len() == 50).await);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let got = receiver.received();
+    assert_eq!(got.len(), 50, "each recovered deposit is delivered once");
+    for (n, r) in got.iter().enumerate() {
+        let event: Value = serde_json::from_slice(&r.body).unwrap();
+        let recovered = event["recovered_from"].as_str().unwrap();
+        let outcome = outcomes.iter().find(|o| o["id"] == recovered).unwrap();
+        assert_eq!(outcome["outcome"], "admitted");
+        assert_eq!(outcome["event_id"], event["id"]);
+        assert_eq!(event["stale_timestamp_accepted"], false);
+        // received_at is the first receipt: before the fix, not now.
+        let received = ipn_relay::event::parse_rfc3339(event["received_at"].as_str().unwrap()).unwrap();
+        assert!(received <= sent_at[49] && received + Duration::from_secs(60) > sent_at[0], "{n}: {event}");
+        assert_eq!(event["type"], "deposit.confirmed");
+    }
+
+    // What is left: the forgery and the unsigned one, still refused.
+    let left = quarantined(&c, &admin, "").await;
+    assert_eq!(left.len(), 2);
+    assert!(left.iter().any(|i| i["headers"]["x-nowpayments-sig"].is_string()));
+    // A second reverify is a no-op.
+    let (_, again) =
+        post(&c, format!("{admin}/admin/quarantine/reverify"), Some(json!({"source": "nowpayments"}))).await;
+    assert_eq!(again["counts"], json!({"refused": 2}), "{again}");
+    // Ids already recovered are gone.
+    let (_, gone) = post(&c, format!("{admin}/admin/quarantine/reverify"), Some(json!({"ids": [ids[0]]}))).await;
+    assert_eq!(gone["items"][0]["outcome"], "not_found");
+    // The provider's own retry, now verified, is a duplicate of the recovered event.
+    let (status, v) = answer(post_np_to(&c, relay.addr, &payment_ipn(90_000, "finished"), NP_SECRET).await).await;
+    assert_eq!((status, v["status"].as_str()), (200, Some("duplicate")));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(receiver.received().len(), 50);
+    relay.stop().await;
+}
+
+async fn post_np_to(c: &reqwest::Client, addr: std::net::SocketAddr, body: &str, secret: &str) -> reqwest::Response {
+    let sig = nowpayments::sign(secret.as_bytes(), body.as_bytes());
+    c.post(format!("http://{addr}/hooks/nowpayments"))
+        .header("x-nowpayments-sig", sig)
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_a_wrong_secret_is_recovered_after_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("relay.redb");
+    let store = Arc::new(ipn_relay::store::embedded::EmbeddedStore::open(&path).unwrap());
+    a_wrong_secret_is_recovered_after_the_fix(store, &format!("path = \"{}\"", path.display())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_a_wrong_secret_is_recovered_after_the_fix() {
+    let redis = RedisServer::start();
+    let store = Arc::new(ipn_relay::store::redis::RedisStore::connect(&redis.url, "qtn").await.unwrap());
+    let toml = format!("kind = \"redis\"\nurl = \"{}\"\nprefix = \"qtn\"", redis.url);
+    a_wrong_secret_is_recovered_after_the_fix(store, &toml).await;
+}
+
+/// A genuine Nova webhook whose timestamp is outside the tolerance is kept
+/// as stale and admitted only with `allow_stale`, and the event says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_nova_callback_needs_allow_stale() {
+    let receiver = Receiver::start(|_| Reply::Status(200)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("relay.redb");
+    let store = Arc::new(ipn_relay::store::embedded::EmbeddedStore::open(&path).unwrap());
+    let text = config(&format!("path = \"{}\"", path.display()), NP_SECRET, &receiver.url(), "");
+    let relay = crate::admin::Running::start(&text, store).await;
+    let (c, admin) = (client(), relay.admin_url());
+
+    let old = time::OffsetDateTime::now_utc() - Duration::from_secs(600);
+    let ts = old.format(&time::format_description::well_known::Rfc3339).unwrap();
+    let body = nova_body("deposit.confirmed", "dep_stale_1", &ts);
+    let sig = nova::sign(NOVA_SECRET.as_bytes(), body.as_bytes());
+    let r =
+        c.post(format!("http://{}/hooks/nova", relay.addr)).header("x-signature", sig).body(body).send().await.unwrap();
+    let (status, v) = answer(r).await;
+    assert_eq!((status, error_code(&v)), (401, "stale_timestamp"));
+
+    let items = wait_quarantined(&c, &admin, "reason=stale_timestamp", 1).await;
+    let item = &items[0];
+    let offset = item["diagnosis"]["timestamp_offset_secs"].as_i64().unwrap();
+    assert!((-602..=-599).contains(&offset), "{item}");
+    assert!(item["diagnosis"]["summary"].as_str().unwrap().contains("allow_stale"), "{item}");
+    let id = item["id"].as_str().unwrap();
+
+    let url = format!("{admin}/admin/quarantine/reverify");
+    let (_, r) = post(&c, url.clone(), Some(json!({"ids": [id]}))).await;
+    assert_eq!(
+        (r["items"][0]["outcome"].as_str(), r["items"][0]["reason"].as_str()),
+        (Some("refused"), Some("stale_timestamp"))
+    );
+    let (_, r) = post(&c, url.clone(), Some(json!({"ids": [id], "allow_stale": true}))).await;
+    assert_eq!(r["items"][0]["outcome"], "admitted", "{r}");
+    assert!(eventually(Duration::from_secs(10), || receiver.received().len() == 1).await);
+    let event: Value = serde_json::from_slice(&receiver.received()[0].body).unwrap();
+    assert_eq!((event["stale_timestamp_accepted"].as_bool(), event["recovered_from"].as_str()), (Some(true), Some(id)));
+    relay.stop().await;
+}
+
+/// 100,000 forged callbacks from many addresses (through a trusted proxy)
+/// never take the quarantine past `max_bytes`; what does not fit is
+/// counted as dropped, and a genuine callback sent during the flood is
+/// admitted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_forgeries_stays_within_max_bytes() {
+    const MAX_BYTES: u64 = 256 * 1024;
+    let receiver = Receiver::start(|_| Reply::Status(200)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("relay.redb");
+    let store = Arc::new(ipn_relay::store::embedded::EmbeddedStore::open(&path).unwrap());
+    let text = config(
+        &format!("path = \"{}\"", path.display()),
+        NP_SECRET,
+        &receiver.url(),
+        &format!("[quarantine]\nmax_bytes = {MAX_BYTES}\nmax_per_client_per_minute = 3\n"),
+    )
+    .replacen("[server]\n", "[server]\ntrusted_proxies = [\"127.0.0.1/32\"]\n", 1);
+    let relay = crate::admin::Running::start(&text, store.clone()).await;
+    let (c, admin) = (client(), relay.admin_url());
+    let addr = relay.addr;
+
+    let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for w in 0..32u32 {
+        let (c, sent) = (c.clone(), sent.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in 0..3125u32 {
+                let n = w * 3125 + i;
+                // 20,000 addresses, five forgeries each.
+                let from = std::net::Ipv4Addr::from(0x0a00_0000 + n / 5);
+                let body = payment_ipn(1_000_000 + u64::from(n), "finished");
+                let r = c
+                    .post(format!("http://{addr}/hooks/nowpayments"))
+                    .header("x-nowpayments-sig", "ab".repeat(64))
+                    .header("x-forwarded-for", from.to_string())
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 401);
+                sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }));
+    }
+    // Half way, a genuine deposit goes through as usual.
+    while sent.load(std::sync::atomic::Ordering::Relaxed) < 50_000 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, v) = answer(post_np_to(&c, addr, &payment_ipn(42, "finished"), NP_SECRET).await).await;
+    assert_eq!((status, v["status"].as_str()), (200, Some("accepted")));
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // Every forgery is accounted for once the writer has caught up.
+    let (mut kept, mut full, mut rate, mut busy) = (0.0, 0.0, 0.0, 0.0);
+    for _ in 0..200 {
+        kept = metric(&c, &admin, "ipn_relay_quarantined_total{reason=\"invalid_signature\",source=\"nowpayments\"}")
+            .await;
+        full = metric(&c, &admin, "ipn_relay_quarantine_dropped_total{reason=\"full\"}").await;
+        rate = metric(&c, &admin, "ipn_relay_quarantine_dropped_total{reason=\"client_rate\"}").await;
+        busy = metric(&c, &admin, "ipn_relay_quarantine_dropped_total{reason=\"busy\"}").await;
+        if kept + full + rate + busy >= 100_000.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let size = store.quarantine_size().await.unwrap();
+    assert!(size.bytes <= MAX_BYTES && size.bytes > MAX_BYTES - 2_000, "{size:?}");
+    assert_eq!(kept as u64, size.items);
+    eprintln!("flood: kept {kept}, full {full}, busy {busy}, client_rate {rate}; {size:?}");
+    // Three a minute per address: two of every five forgeries are not kept.
+    assert_eq!(rate, 40_000.0);
+    assert_eq!(kept + full + busy + rate, 100_000.0, "kept {kept}, full {full}, busy {busy}, rate {rate}");
+    assert_eq!(metric(&c, &admin, "ipn_relay_quarantine_bytes").await as u64, size.bytes);
+    assert!(eventually(Duration::from_secs(10), || receiver.received().len() == 1).await);
+    relay.stop().await;
+}
