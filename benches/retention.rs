@@ -1,7 +1,8 @@
-//! Retention under load: the store stops growing, and purging a backlog
-//! does not slow admissions down.
+//! Retention and the quarantine under load: the store stops growing,
+//! purging a backlog does not slow admissions down, and neither does a
+//! flood of forged callbacks.
 //!
-//! Run: `cargo bench --bench retention -- soak` or `-- purge`, with
+//! Run: `cargo bench --bench retention -- soak`, `-- purge` or `-- flood`, with
 //! `BENCH_STORE=redis` for a private redis-server (AOF, `appendfsync
 //! always`) instead of the embedded file.
 //!
@@ -23,6 +24,16 @@
 //!   each post's scheduled time) and what retention removed meanwhile, and
 //!   the median p99 of each half. On Redis each row also says how many AOF
 //!   rewrites have run so far (a rewrite forks the server and stalls fsyncs).
+//! - **flood**: one relay takes FLOOD_RATE genuine IPNs a second (default
+//!   500) in windows of FLOOD_SECS (default 15), in FLOOD_ROUNDS (default
+//!   3) rounds of three: no flood; a flood of forged callbacks (wrong
+//!   signature, real-looking bodies, each from another address through a
+//!   trusted proxy) over FLOOD_CONNS connections (default 16) as fast as
+//!   they go, with the quarantine off; the same flood with it on. The
+//!   quarantine is switched by a reload, and is filled up to its cap
+//!   (64 MiB) in the first flood window with it on. It prints each window's
+//!   genuine ingest latency, the forgeries sent, and what the quarantine
+//!   kept and dropped, then the median p99 of each kind of window.
 
 #[path = "../tests/it/common.rs"]
 mod common;
@@ -47,10 +58,11 @@ fn free_port() -> u16 {
 
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
-        println!("retention benchmark: run with `cargo bench --bench retention -- soak|purge`");
+        println!("retention benchmark: run with `cargo bench --bench retention -- soak|purge|flood`");
         return;
     }
-    let mode = std::env::args().skip(1).find(|a| a == "soak" || a == "purge").unwrap_or_else(|| "soak".into());
+    let mode =
+        std::env::args().skip(1).find(|a| a == "soak" || a == "purge" || a == "flood").unwrap_or_else(|| "soak".into());
     let redis = (std::env::var("BENCH_STORE").as_deref() == Ok("redis"))
         .then(|| common::RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]));
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
@@ -58,6 +70,7 @@ fn main() {
     let target = Target { dir: dir.path().to_owned(), redis_url: redis.as_ref().map(|r| r.url.clone()) };
     match mode.as_str() {
         "soak" => rt.block_on(soak(&target)),
+        "flood" => rt.block_on(flood(&target)),
         _ => rt.block_on(purge(&target)),
     }
 }
@@ -165,6 +178,7 @@ fn config_text(target: &Target, ports: (u16, u16), receiver: SocketAddr, retenti
 listen = "127.0.0.1:{port}"
 admin_listen = "127.0.0.1:{admin}"
 admin_token = "{TOKEN}"
+trusted_proxies = ["127.0.0.1/32"]
 
 [store]
 {store}
@@ -478,4 +492,131 @@ async fn backlog<S: Store>(store: Arc<S>, n: u64) {
             }
         }
     }
+}
+
+/// Posts forged NOWPayments IPNs over `conns` connections until `stop`,
+/// each from another address (`X-Forwarded-For`, 10.0.0.0/8 from `first`);
+/// returns how many were sent.
+async fn forge(addr: SocketAddr, conns: u32, first: u32, stop: Arc<std::sync::atomic::AtomicBool>) -> u64 {
+    use std::sync::atomic::Ordering;
+    let c = common::client();
+    let wrong = nowpayments::sign(b"an-attackers-guess-at-the-secret", b"x");
+    let tasks: Vec<_> = (0..conns)
+        .map(|w| {
+            let (c, stop, wrong) = (c.clone(), stop.clone(), wrong.clone());
+            tokio::spawn(async move {
+                let mut sent = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let n = first.wrapping_add(w + conns * sent as u32);
+                    let from = std::net::Ipv4Addr::from(0x0a00_0000 | (n & 0x00ff_ffff));
+                    let r = c
+                        .post(format!("http://{addr}/hooks/nowpayments"))
+                        .header("x-nowpayments-sig", &wrong)
+                        .header("x-forwarded-for", from.to_string())
+                        .body(common::payment_ipn(u64::from(n), "finished"))
+                        .send()
+                        .await;
+                    assert!(r.is_ok_and(|r| r.status() == 401), "a forgery was not refused");
+                    sent += 1;
+                }
+                sent
+            })
+        })
+        .collect();
+    let mut sent = 0;
+    for t in tasks {
+        sent += t.await.unwrap();
+    }
+    sent
+}
+
+/// The relay's quarantine figures: (kept so far, dropped so far, bytes held).
+async fn quarantine_figures(relay: &Relay) -> (u64, u64, u64) {
+    let c = common::client();
+    let text = c.get(format!("http://{}/metrics", relay.admin)).send().await.unwrap().text().await.unwrap();
+    let sum = |prefix: &str| -> u64 {
+        text.lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    };
+    (
+        sum("ipn_relay_quarantined_total{"),
+        sum("ipn_relay_quarantine_dropped_total{"),
+        sum("ipn_relay_quarantine_bytes "),
+    )
+}
+
+async fn flood(target: &Target) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let rate: f64 = env_or("FLOOD_RATE", 500.0);
+    let secs: f64 = env_or("FLOOD_SECS", 15.0);
+    let rounds: u64 = env_or("FLOOD_ROUNDS", 3);
+    let conns: u32 = env_or("FLOOD_CONNS", 16);
+    let store_kind = if target.redis_url.is_some() { "redis (AOF, appendfsync always)" } else { "embedded" };
+    println!(
+        "quarantine flood: genuine IPNs at {rate}/s in windows of {secs}s; forgeries over {conns} connections; {store_kind} store"
+    );
+    let receiver = start_receiver().await;
+    let retention = |on: bool| format!("delivered = \"7d\"\n\n[quarantine]\nenabled = {on}");
+    let relay = spawn_relay(target, receiver, &retention(false), "30d");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    println!(
+        "| window | flood | quarantine | genuine posted | failed | p50 (ms) | p99 (ms) | p99.9 (ms) | forgeries sent | kept | not kept | quarantine MiB |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let (lat, _) = load(relay.addr, rate, secs, 7_000_000_000).await;
+    println!(
+        "| warm-up | no | off | {} | | {:.2} | {:.2} | {:.2} | | | | |",
+        lat.len(),
+        pct(&lat, 0.5),
+        pct(&lat, 0.99),
+        pct(&lat, 0.999)
+    );
+    let mut p99s: [Vec<f64>; 3] = Default::default();
+    let mut first = 0u32;
+    for window in 0..3 * rounds {
+        let kind = (window % 3) as usize;
+        let (flooding, quarantine) = (kind > 0, kind == 2);
+        relay.set_retention(target, &retention(quarantine)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let before = quarantine_figures(&relay).await;
+        let stop = Arc::new(AtomicBool::new(false));
+        let forging = flooding.then(|| tokio::spawn(forge(relay.addr, conns, first, stop.clone())));
+        let (lat, errors) = load(relay.addr, rate, secs, 8_000_000_000 + window * 100_000_000).await;
+        stop.store(true, Ordering::Relaxed);
+        let sent = match forging {
+            Some(f) => f.await.unwrap(),
+            None => 0,
+        };
+        first = first.wrapping_add(sent as u32 + conns);
+        // Let the quarantine's writer drain before reading its figures.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let after = quarantine_figures(&relay).await;
+        let p99 = pct(&lat, 0.99);
+        p99s[kind].push(p99);
+        println!(
+            "| {} | {} | {} | {} | {errors} | {:.2} | {p99:.2} | {:.2} | {sent} | {} | {} | {:.1} |",
+            window + 1,
+            if flooding { "yes" } else { "no" },
+            if quarantine { "on" } else { "off" },
+            lat.len() + errors,
+            pct(&lat, 0.5),
+            pct(&lat, 0.999),
+            after.0 - before.0,
+            after.1 - before.1,
+            after.2 as f64 / 1048576.0
+        );
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let [mut none, mut off, mut on] = p99s;
+    let (none, off, on) = (median(&mut none), median(&mut off), median(&mut on));
+    println!(
+        "median genuine p99: {none:.2} ms without a flood, {off:.2} ms in a flood with the quarantine off, {on:.2} ms with it on ({:+.0} % against off, {:+.0} % against no flood)",
+        (on / off - 1.0) * 100.0,
+        (on / none - 1.0) * 100.0
+    );
 }

@@ -179,6 +179,17 @@ impl hyper::body::Body for FileBody {
     }
 }
 
+/// The rate-limit key of a client: IPv4 addresses as they are, IPv6 by /64,
+/// since one IPv6 client usually owns a whole /64 and could rotate through it.
+pub(crate) fn rate_key(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V6(v6) => {
+            std::net::IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1)))
+        }
+        v4 => v4,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

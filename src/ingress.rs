@@ -26,7 +26,7 @@ use tracing::Instrument;
 
 use crate::admission::Admitter;
 use crate::config::{Config, RateLimit, Source};
-use crate::http::{BodyError, error_response, read_body};
+use crate::http::{BodyError, error_response, rate_key, read_body};
 use crate::metrics::{IngressOutcome, Metrics};
 use crate::providers::{self, ProviderError};
 use crate::quarantine::Quarantine;
@@ -411,15 +411,6 @@ fn parse_hop(hop: &[u8]) -> Option<IpAddr> {
         return Some(sa.ip());
     }
     s.strip_prefix('[')?.strip_suffix(']')?.parse().ok()
-}
-
-/// The rate-limit key of a client: IPv4 addresses as they are, IPv6 by /64,
-/// since one IPv6 client usually owns a whole /64 and could rotate through it.
-pub(crate) fn rate_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
-        v4 => v4,
-    }
 }
 
 /// IPv4-mapped IPv6 addresses compare as IPv4, so `10.0.0.0/8` matches

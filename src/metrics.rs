@@ -21,7 +21,6 @@ use tokio::sync::Mutex;
 
 use crate::config::Config;
 use crate::http::Chain;
-use crate::quarantine::Dropped;
 use crate::store::quarantine::Refusal;
 use crate::store::{DeliveryState, Next, Store, now_millis};
 
@@ -67,6 +66,33 @@ impl IngressOutcome {
             IngressOutcome::BodyTooLarge => "body_too_large",
             IngressOutcome::Unavailable => "unavailable",
             IngressOutcome::UnknownSource => "unknown_source",
+        }
+    }
+}
+
+/// Why a refused callback was not kept: the label of
+/// `ipn_relay_quarantine_dropped_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dropped {
+    /// The quarantine holds `max_bytes` already.
+    Full,
+    /// Its client sent more than `max_per_client_per_minute`.
+    ClientRate,
+    /// The queue to the writer was full (a burst faster than the store).
+    Busy,
+    /// The store failed to keep it.
+    StoreError,
+}
+
+impl Dropped {
+    pub(crate) const ALL: [Dropped; 4] = [Dropped::Full, Dropped::ClientRate, Dropped::Busy, Dropped::StoreError];
+
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Dropped::Full => "full",
+            Dropped::ClientRate => "client_rate",
+            Dropped::Busy => "busy",
+            Dropped::StoreError => "store_error",
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The retention task: removes settled records older than `[retention]`
-//! says, in small steps, so that admissions never wait long behind it.
+//! says, and quarantined callbacks older than `[quarantine] ttl`, in small
+//! steps, so that admissions never wait long behind it.
 //!
 //! Every [`EVERY`] (or sooner, see there) it runs steps of [`STEP`] queue entries until a step
 //! finds fewer than that, pausing [`PAUSE`] between steps. A backlog (the
@@ -22,7 +23,8 @@ use crate::store::retention::Purged;
 use crate::store::{Store, now_millis};
 
 /// How often the task looks for removable records: this often, or twice
-/// per the shortest retention if that is shorter (at least every 100 ms).
+/// per the shortest retention (or quarantine `ttl`) if that is shorter (at
+/// least every 100 ms).
 pub(crate) const EVERY: Duration = Duration::from_secs(10);
 /// Queue entries one step looks at at most, on a store that gives way to
 /// waiting writes (the embedded store stops a step after a few when
@@ -58,7 +60,8 @@ pub(crate) async fn run(
     let mut first = true;
     loop {
         let r = retention();
-        let mut every = EVERY.min(r.delivered.min(r.dead).min(r.replay_jobs) / 2).max(Duration::from_millis(100));
+        let shortest = r.delivered.min(r.dead).min(r.replay_jobs).min(config().quarantine.ttl);
+        let mut every = EVERY.min(shortest / 2).max(Duration::from_millis(100));
         if std::mem::take(&mut first) {
             every = every.min(Duration::from_secs(1));
         }

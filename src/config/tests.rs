@@ -372,3 +372,25 @@ fn endpoint_lifecycle_policy_defaults_parses_and_refuses_unknown_values() {
     let e = err(&format!("{EP}regressions = \"drop\"\n"));
     assert!(e.contains("regressions") && e.contains("skip"), "{e}");
 }
+
+#[test]
+fn quarantine_defaults_parses_and_refuses_what_would_keep_nothing() {
+    let q = parse("").unwrap().quarantine;
+    assert!(q.enabled);
+    assert_eq!((q.ttl, q.max_bytes, q.max_per_client_per_minute.get()), (Duration::from_secs(7 * 86400), 64 << 20, 60));
+    let cfg =
+        parse("[quarantine]\nenabled = false\nttl = \"36h\"\nmax_bytes = 1048576\nmax_per_client_per_minute = 5\n")
+            .unwrap();
+    let q = cfg.quarantine;
+    assert_eq!((q.enabled, q.ttl, q.max_bytes), (false, Duration::from_secs(36 * 3600), 1 << 20));
+    assert!(cfg.summary().contains("quarantine off"), "{}", cfg.summary());
+    assert!(parse("").unwrap().summary().contains("quarantine keeps refused callbacks 7d, up to 67108864 bytes"));
+    let e = err("[quarantine]\nmax_bytes = 1000\n");
+    assert!(e.contains("quarantine.max_bytes") && e.contains("server.max_body_bytes (65536)"), "{e}");
+    let e = err("[quarantine]\nttl = \"0s\"\n");
+    assert!(e.contains("quarantine.ttl"), "{e}");
+    let e = err("[quarantine]\nmax_per_client_per_minute = 0\n");
+    assert!(e.contains("quarantine.max_per_client_per_minute"), "{e}");
+    let e = err("[quarantine]\nmax_byte = 1\n");
+    assert!(e.contains("max_byte"), "{e}");
+}

@@ -221,10 +221,12 @@ fn summary(
         let off = d.timestamp_offset_secs.map(|s| format!(" ({} s off)", s.abs())).unwrap_or_default();
         return match reason {
             Refusal::StaleTimestamp => format!(
-                "The signature is genuine but the timestamp is outside the tolerance{off}: the relay's clock or the sender's is wrong (check NTP), or the callback was delayed or replayed. Once you are sure it is genuine, reverify it with allow_stale."
+                "Stale timestamp{off}, genuine signature: the relay's clock or the sender's is wrong (check NTP), or the callback was delayed or replayed. Once you are sure it is genuine, reverify it with allow_stale."
             ),
             Refusal::InvalidSignature => {
-                format!("It verifies with the configuration now in force: reverify it to admit it (source '{name}').")
+                format!(
+                    "Verifies now: the configuration in force accepts it (source '{name}'); reverify it to admit it."
+                )
             }
         };
     }
@@ -235,16 +237,16 @@ fn summary(
     }
     match signature {
         Signature::Missing => format!(
-            "The callback carries no signature where source '{name}' expects one: a proxy may strip the header, the provider may not be set up to sign, or it was not sent by the provider. It cannot be admitted until a signed copy arrives."
+            "No signature where source '{name}' expects one: a proxy may strip the header, the provider may not be set up to sign, or it was not sent by the provider. It cannot be admitted until a signed copy arrives."
         ),
         Signature::Malformed => format!(
-            "The signature is not in the form source '{name}' expects (see the findings): check that the provider's callbacks go to the right source, and that no proxy rewrites the header."
+            "Malformed signature (see the findings): check that the provider's callbacks go to the right source ('{name}' now), and that no proxy rewrites the header."
         ),
         Signature::WellFormed if !json => format!(
-            "The body is not JSON and no secret of source '{name}' signs it as received: it was changed on the way (a proxy re-encoding or truncating it) or it is not a provider callback."
+            "Body changed on the way, or not a provider callback: it is not JSON and no secret of source '{name}' signs it as received (a proxy re-encoding or truncating it?)."
         ),
         Signature::WellFormed => format!(
-            "No secret of source '{name}' verifies this callback: the secret is wrong or was rotated at the provider (add the new secret to the source's secrets, keeping the old one until the change is complete, then reverify), a proxy changed the body, or it is forged."
+            "The secret is wrong or was rotated, a proxy changed the body, or it is forged: no secret of source '{name}' verifies this callback. If the provider's secret changed, add the new one to the source's secrets (keep the old one until the change is complete), then reverify."
         ),
     }
 }
@@ -328,9 +330,13 @@ mod tests {
         let np = source("np", ProviderKind::Nowpayments, &["s"]);
         let one = std::slice::from_ref(&np);
         let cases = [
-            (HeaderMap::new(), "no x-nowpayments-sig header", "carries no signature"),
-            (header(nowpayments::SIGNATURE_HEADER, "zz"), "not hexadecimal", "not in the form"),
-            (header(nowpayments::SIGNATURE_HEADER, &"ab".repeat(32)), "has 64 hex digits, not 128", "not in the form"),
+            (HeaderMap::new(), "no x-nowpayments-sig header", "No signature"),
+            (header(nowpayments::SIGNATURE_HEADER, "zz"), "not hexadecimal", "Malformed signature"),
+            (
+                header(nowpayments::SIGNATURE_HEADER, &"ab".repeat(32)),
+                "has 64 hex digits, not 128",
+                "Malformed signature",
+            ),
         ];
         for (h, finding, summary) in cases {
             let d = diagnose(&np, one, Refusal::InvalidSignature, &h, PAYMENT.as_bytes(), AT);

@@ -30,7 +30,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::{Config, QuarantineConfig};
 use crate::http::Chain;
-use crate::metrics::Metrics;
+use crate::metrics::{Dropped, Metrics};
 use crate::providers::diagnose::{SIGNATURE_HEADERS, diagnose};
 use crate::shutdown::stopped;
 use crate::store::quarantine::{QuarantineItem, Quarantined, Refusal};
@@ -46,33 +46,6 @@ const QUEUE: usize = 256;
 const BATCH: usize = 64;
 /// How often a warning about dropped callbacks is repeated at most.
 const WARN_EVERY: Duration = Duration::from_secs(60);
-
-/// Why a refused callback was not kept: the label of
-/// `ipn_relay_quarantine_dropped_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Dropped {
-    /// The quarantine holds `max_bytes` already.
-    Full,
-    /// Its client sent more than `max_per_client_per_minute`.
-    ClientRate,
-    /// The queue to the writer was full (a burst faster than the store).
-    Busy,
-    /// The store failed to keep it.
-    StoreError,
-}
-
-impl Dropped {
-    pub(crate) const ALL: [Dropped; 4] = [Dropped::Full, Dropped::ClientRate, Dropped::Busy, Dropped::StoreError];
-
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Dropped::Full => "full",
-            Dropped::ClientRate => "client_rate",
-            Dropped::Busy => "busy",
-            Dropped::StoreError => "store_error",
-        }
-    }
-}
 
 /// A refused callback on its way to the store.
 struct Pending {
@@ -175,7 +148,7 @@ impl Quarantine {
         if !config.enabled {
             return None;
         }
-        if limiter.check_key(&crate::ingress::rate_key(client)).is_err() {
+        if limiter.check_key(&crate::http::rate_key(client)).is_err() {
             self.metrics.quarantine_dropped(Dropped::ClientRate, 1);
             return None;
         }
@@ -211,6 +184,10 @@ pub(crate) async fn run(
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), String> {
     let mut warned: Option<Instant> = None;
+    // Set when the store last dropped items at the cap: until its size
+    // says there is room again, a batch is dropped without diagnosing it,
+    // so a flood against a full quarantine costs no HMACs.
+    let mut full = false;
     loop {
         let first = tokio::select! {
             Some(first) = queue.recv() => first,
@@ -224,6 +201,16 @@ pub(crate) async fn run(
         }
         let config = config();
         let max_bytes = config.quarantine.max_bytes;
+        if full {
+            let smallest = batch.iter().map(|p| Quarantined::size_of(&p.headers, &p.body)).min().unwrap_or(0);
+            match store.quarantine_size().await {
+                Ok(size) if size.bytes.saturating_add(smallest) > max_bytes => {
+                    metrics.quarantine_dropped(Dropped::Full, batch.len());
+                    continue;
+                }
+                _ => full = false,
+            }
+        }
         // HMACs over every configured secret: off the async workers.
         let items = tokio::task::spawn_blocking(move || {
             batch.into_iter().filter_map(|p| p.diagnosed(&config)).collect::<Vec<_>>()
@@ -247,6 +234,7 @@ pub(crate) async fn run(
                 Err(e) => (0, Dropped::StoreError, Some(e)),
             };
             metrics.quarantined(&source, reason, kept);
+            full |= error.is_none() && kept < n;
             if kept < n {
                 metrics.quarantine_dropped(dropped, n - kept);
                 if warned.is_none_or(|t| t.elapsed() >= WARN_EVERY) {

@@ -308,7 +308,7 @@ async fn a_real_prometheus_evaluates_every_dashboard_and_alert_expression() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(rules.len(), 10, "{rules:?}");
+    assert_eq!(rules.len(), 12, "{rules:?}");
     let metric = regex_lite_names();
     for rule in &rules {
         let (name, query) = (rule["name"].as_str().unwrap(), rule["query"].as_str().unwrap());

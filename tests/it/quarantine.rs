@@ -110,7 +110,7 @@ async fn a_wrong_secret_is_recovered_after_the_fix(store: Arc<dyn Store>, store_
     assert_eq!(d["secrets_tried"], 2);
     assert!(d["findings"].as_array().unwrap().iter().any(|f| f.as_str().unwrap().contains("payment IPN")), "{d}");
     let unsigned = items.iter().find(|i| !i["headers"]["x-nowpayments-sig"].is_string()).unwrap();
-    assert!(unsigned["diagnosis"]["summary"].as_str().unwrap().contains("no signature"), "{unsigned}");
+    assert!(unsigned["diagnosis"]["summary"].as_str().unwrap().contains("No signature"), "{unsigned}");
 
     // One item, whole: the body as it came.
     let id = signed[0]["id"].as_str().unwrap();
@@ -343,4 +343,114 @@ async fn a_flood_of_forgeries_stays_within_max_bytes() {
     assert_eq!(metric(&c, &admin, "ipn_relay_quarantine_bytes").await as u64, size.bytes);
     assert!(eventually(Duration::from_secs(10), || receiver.received().len() == 1).await);
     relay.stop().await;
+}
+
+/// The relay binary, logging at debug: refused callbacks never put their
+/// body or signature in a log line (only the admin API shows them); the
+/// operator fixes the secret with a reload and recovers them with the CLI.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_stay_out_of_logs_and_the_cli_recovers_after_a_reload() {
+    let receiver = Receiver::start(|_| Reply::Status(200)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("path = \"{}\"", dir.path().join("relay.redb").display());
+    let path = dir.path().join("relay.toml");
+    let file = |secret: &str| format!("{}\n[log]\nformat = \"json\"\n", config(&store, secret, &receiver.url(), ""));
+    std::fs::write(&path, file("pasted-the-wrong-secret")).unwrap();
+    let relay = spawn_relay_logging(&path, "debug");
+    let c = client();
+
+    const MARKER: &str = "MARKER-b0d1e5-never-logged";
+    let mut sigs = Vec::new();
+    for i in 0..3 {
+        let body = payment_ipn(70_000 + i, "finished").replace("casino wallet", MARKER);
+        let sig = nowpayments::sign(NP_SECRET.as_bytes(), body.as_bytes());
+        let r = c
+            .post(format!("http://{}/hooks/nowpayments", relay.addr))
+            .header("x-nowpayments-sig", &sig)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+        sigs.push(sig);
+    }
+    let admin = format!("http://{}", relay.admin);
+    let conn = |cmd: &[&str]| {
+        let mut a = crate::admin::args(cmd);
+        a.extend(crate::admin::args(&["--admin-url", &admin, "--token", TOKEN]));
+        a
+    };
+    let items = wait_quarantined(&c, &admin, "", 3).await;
+    let id = items[0]["id"].as_str().unwrap().to_owned();
+
+    let (code, out, err) = crate::admin::cli(&conn(&["quarantine", "list"])).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&id) && out.contains("invalid_signature") && out.contains("secret is wrong"), "{out}");
+    let (code, out, _) = crate::admin::cli(&conn(&["quarantine", "show", &id])).await;
+    assert_eq!(code, 0);
+    assert!(out.contains(MARKER) && out.contains("x-nowpayments-sig") && out.contains("forms tried"), "{out}");
+    let (code, _, err) = crate::admin::cli(&conn(&["quarantine", "reverify"])).await;
+    assert_eq!(code, 2, "a bare reverify does nothing: {err}");
+    let (code, _, err) = crate::admin::cli(&conn(&["quarantine", "reverify", &id, "--source", "nowpayments"])).await;
+    assert_eq!(code, 2, "{err}");
+    let (code, _, _) = crate::admin::cli(&conn(&["quarantine", "show", "qtn_0000000000000000000000000000"])).await;
+    assert_eq!(code, 4);
+
+    // The fix, by reload.
+    std::fs::write(&path, file(NP_SECRET)).unwrap();
+    let r = c.post(format!("{admin}/admin/reload")).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let (code, out, err) = crate::admin::cli(&conn(&["quarantine", "reverify", "--since", "1h", "--json"])).await;
+    assert_eq!(code, 0, "{err}");
+    let result: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(result["counts"], json!({"admitted": 3}), "{out}");
+    assert!(eventually(Duration::from_secs(10), || receiver.delivered_ids().len() == 3).await);
+    let (code, out, _) = crate::admin::cli(&conn(&["quarantine", "list"])).await;
+    assert_eq!((code, out.lines().count()), (0, 1), "only the header is left: {out}");
+
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let log = relay.log.lock().unwrap().clone();
+    assert!(
+        log.iter().any(|l| l.contains("callback refused") && l.contains("quarantine_id")),
+        "refusals are logged with their quarantine id"
+    );
+    assert!(log.iter().any(|l| l.contains("quarantined callback recovered")));
+    for line in &log {
+        assert!(!line.contains(MARKER), "a body reached the log: {line}");
+        for sig in &sigs {
+            assert!(!line.contains(&sig[..32]), "a signature reached the log: {line}");
+        }
+    }
+}
+
+/// Items go after `ttl`, by the relay's own retention task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_callbacks_expire_after_the_ttl() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("relay.redb");
+    let store = Arc::new(ipn_relay::store::embedded::EmbeddedStore::open(&path).unwrap());
+    let text = config(
+        &format!("path = \"{}\"", path.display()),
+        NP_SECRET,
+        "http://127.0.0.1:9/",
+        "[quarantine]\nttl = \"1s\"\n",
+    );
+    let relay = crate::admin::Running::start(&text, store.clone()).await;
+    let c = client();
+    let (status, _) = answer(post_np_to(&c, relay.addr, &payment_ipn(5, "finished"), "wrong").await).await;
+    assert_eq!(status, 401);
+    assert!(
+        eventually(Duration::from_secs(5), || futures_now(store.quarantine_size()).is_some_and(|s| s.items == 1)).await
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || futures_now(store.quarantine_size())
+            .is_some_and(|s| s.items == 0 && s.bytes == 0))
+        .await
+    );
+    relay.stop().await;
+}
+
+/// Runs a store read to completion from a synchronous check.
+fn futures_now<T>(f: impl Future<Output = Result<T, ipn_relay::store::StoreError>>) -> Option<T> {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f)).ok()
 }
