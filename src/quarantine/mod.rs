@@ -42,8 +42,14 @@ type KeyedLimiter =
 /// Refused callbacks waiting for the writer task at most. With the largest
 /// body (16 MiB) that is bounded memory; a flood past it is dropped.
 const QUEUE: usize = 256;
-/// Items one store call keeps at most.
-const BATCH: usize = 64;
+/// Items one store call keeps at most, and the pause after each call
+/// that wrote: the writer keeps at most about 1,500 callbacks a second, so
+/// filling the quarantine during a flood never competes with admissions
+/// for the store's writes (on Redis with `appendfsync always`, batches of
+/// 64 back to back doubled admissions' p99 while it filled; BENCHMARKS.md,
+/// "Quarantine"). Genuine refusals arrive at the providers' pace, far below.
+const BATCH: usize = 32;
+const PAUSE: Duration = Duration::from_millis(20);
 /// How often a warning about dropped callbacks is repeated at most.
 const WARN_EVERY: Duration = Duration::from_secs(60);
 
@@ -227,6 +233,7 @@ pub(crate) async fn run(
                 None => groups.push((key, vec![item])),
             }
         }
+        let wrote = !groups.is_empty();
         for ((source, reason), group) in groups {
             let n = group.len();
             let (kept, dropped, error) = match store.quarantine(group, max_bytes).await {
@@ -250,6 +257,12 @@ pub(crate) async fn run(
                         ),
                     }
                 }
+            }
+        }
+        if wrote {
+            tokio::select! {
+                _ = tokio::time::sleep(PAUSE) => {}
+                _ = stopped(&mut stop) => return Ok(()),
             }
         }
     }
