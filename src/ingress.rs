@@ -360,9 +360,17 @@ impl Ingress {
                 ProviderError::StaleTimestamp => Some(Refusal::StaleTimestamp),
                 _ => None,
             };
+            let listed = !source.allow_ips.is_empty();
             if let Some(refusal) = refusal
-                && let Some(id) =
-                    self.quarantine.offer(&source.name, refusal, client, &parts.headers, body.clone(), received_at)
+                && let Some(id) = self.quarantine.offer(
+                    &source.name,
+                    listed,
+                    refusal,
+                    client,
+                    &parts.headers,
+                    body.clone(),
+                    received_at,
+                )
             {
                 tracing::Span::current().record("quarantine_id", tracing::field::display(&id));
             }

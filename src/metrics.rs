@@ -82,10 +82,13 @@ pub(crate) enum Dropped {
     Busy,
     /// The store failed to keep it.
     StoreError,
+    /// The same callback (a provider's retry) is kept already.
+    Duplicate,
 }
 
 impl Dropped {
-    pub(crate) const ALL: [Dropped; 4] = [Dropped::Full, Dropped::ClientRate, Dropped::Busy, Dropped::StoreError];
+    pub(crate) const ALL: [Dropped; 5] =
+        [Dropped::Full, Dropped::ClientRate, Dropped::Busy, Dropped::StoreError, Dropped::Duplicate];
 
     pub(crate) fn as_str(self) -> &'static str {
         match self {
@@ -93,6 +96,7 @@ impl Dropped {
             Dropped::ClientRate => "client_rate",
             Dropped::Busy => "busy",
             Dropped::StoreError => "store_error",
+            Dropped::Duplicate => "duplicate",
         }
     }
 }
@@ -262,7 +266,7 @@ const QUARANTINED: Spec = Spec {
 };
 const QUARANTINE_DROPPED: Spec = Spec {
     name: "ipn_relay_quarantine_dropped_total",
-    help: "Refused callbacks not kept, by why (full, client_rate, busy, store_error).",
+    help: "Refused callbacks not kept, by why (full, client_rate, busy, store_error, duplicate).",
     labels: &["reason"],
 };
 const QUARANTINE_ITEMS: Spec =

@@ -33,7 +33,7 @@ use crate::http::Chain;
 use crate::metrics::{Dropped, Metrics};
 use crate::providers::diagnose::{SIGNATURE_HEADERS, diagnose};
 use crate::shutdown::stopped;
-use crate::store::quarantine::{QuarantineItem, Quarantined, Refusal};
+use crate::store::quarantine::{Kept, QuarantineItem, Quarantined, Refusal};
 use crate::store::{Millis, Store};
 
 type KeyedLimiter =
@@ -71,6 +71,7 @@ impl Pending {
         let headers = header_map(&self.headers);
         let diagnosis = diagnose(source, &config.sources, self.reason, &headers, &self.body, self.received_at);
         let size = Quarantined::size_of(&self.headers, &self.body);
+        let digest = Quarantined::digest_of(&self.source, &self.headers, &self.body);
         Some(QuarantineItem {
             meta: Quarantined {
                 id: self.id,
@@ -80,6 +81,7 @@ impl Pending {
                 client: self.client.to_string(),
                 headers: self.headers,
                 size,
+                digest,
                 diagnosis,
             },
             body: self.body.to_vec(),
@@ -140,10 +142,15 @@ impl Quarantine {
     }
 
     /// Hands a refused callback to the writer task, never waiting. Returns
-    /// the id it will be kept under, or `None` if it is not kept.
+    /// the id it will be kept under, or `None` if it is not kept. A client
+    /// in the source's `allow_ips` (`allow_listed`) is the provider itself:
+    /// its callbacks are not held to `max_per_client_per_minute`, since a
+    /// busy merchant's provider sends more than that from one address.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn offer(
         &self,
         source: &str,
+        allow_listed: bool,
         reason: Refusal,
         client: IpAddr,
         headers: &HeaderMap,
@@ -154,7 +161,7 @@ impl Quarantine {
         if !config.enabled {
             return None;
         }
-        if limiter.check_key(&crate::http::rate_key(client)).is_err() {
+        if !allow_listed && limiter.check_key(&crate::http::rate_key(client)).is_err() {
             self.metrics.quarantine_dropped(Dropped::ClientRate, 1);
             return None;
         }
@@ -236,11 +243,15 @@ pub(crate) async fn run(
         let wrote = !groups.is_empty();
         for ((source, reason), group) in groups {
             let n = group.len();
-            let (kept, dropped, error) = match store.quarantine(group, max_bytes).await {
-                Ok(kept) => (kept, Dropped::Full, None),
-                Err(e) => (0, Dropped::StoreError, Some(e)),
+            let (done, dropped, error) = match store.quarantine(group, max_bytes).await {
+                Ok(done) => (done, Dropped::Full, None),
+                Err(e) => (Kept::default(), Dropped::StoreError, Some(e)),
             };
-            metrics.quarantined(&source, reason, kept);
+            metrics.quarantined(&source, reason, done.kept);
+            if done.duplicates > 0 {
+                metrics.quarantine_dropped(Dropped::Duplicate, done.duplicates);
+            }
+            let kept = done.kept + done.duplicates;
             full |= error.is_none() && kept < n;
             if kept < n {
                 metrics.quarantine_dropped(dropped, n - kept);

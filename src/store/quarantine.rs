@@ -80,6 +80,10 @@ pub struct Quarantined {
     pub headers: Vec<(String, String)>,
     /// What counts against `max_bytes`: the body and the kept headers.
     pub size: u64,
+    /// Identifies the same callback received again (a provider's retry):
+    /// [`Quarantined::digest_of`] its source, headers and body.
+    #[serde(default)]
+    pub digest: String,
     pub diagnosis: Diagnosis,
 }
 
@@ -92,6 +96,21 @@ impl Quarantined {
     /// The size an item with these headers and body counts for.
     pub fn size_of(headers: &[(String, String)], body: &[u8]) -> u64 {
         (body.len() + headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()) as u64
+    }
+
+    /// The SHA-256 of a callback's source, kept headers and body, hex: two
+    /// callbacks with the same digest verify alike whatever the config.
+    pub fn digest_of(source: &str, headers: &[(String, String)], body: &[u8]) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for part in
+            std::iter::once(source.as_bytes()).chain(headers.iter().flat_map(|(k, v)| [k.as_bytes(), v.as_bytes()]))
+        {
+            h.update((part.len() as u64).to_le_bytes());
+            h.update(part);
+        }
+        h.update(body);
+        hex::encode(h.finalize())
     }
 
     /// A header the verifier reads, as kept.
@@ -143,6 +162,15 @@ pub struct QuarantinePage {
     pub next_cursor: Option<String>,
 }
 
+/// What one [`QuarantineStore::quarantine`] call did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Kept {
+    pub kept: usize,
+    /// Not kept: the same callback (by digest) is kept already, or the
+    /// same id.
+    pub duplicates: usize,
+}
+
 /// What the quarantine holds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct QuarantineSize {
@@ -155,9 +183,10 @@ pub struct QuarantineSize {
 pub trait QuarantineStore: Send + Sync {
     /// Keeps each item, in order, if the quarantine's bytes with it stay
     /// within `max_bytes`; an item that does not fit is dropped (a later,
-    /// smaller one may still fit). Returns how many were kept. An id already
-    /// kept is left as it is and not counted.
-    async fn quarantine(&self, items: Vec<QuarantineItem>, max_bytes: u64) -> Result<usize, StoreError>;
+    /// smaller one may still fit). An item whose id, or whose digest, is
+    /// kept already (a provider's retry of a refused callback) is a
+    /// duplicate and not kept again: the first receipt stays.
+    async fn quarantine(&self, items: Vec<QuarantineItem>, max_bytes: u64) -> Result<Kept, StoreError>;
 
     /// One kept callback with its body.
     async fn quarantined(&self, id: &str) -> Result<Option<QuarantineItem>, StoreError>;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::common::*;
 use ipn_relay::providers::{nova, nowpayments};
 use ipn_relay::store::quarantine::{
-    QuarantineFilter, QuarantineItem, QuarantinePage, QuarantineSize, QuarantineStore, Quarantined,
+    Kept, QuarantineFilter, QuarantineItem, QuarantinePage, QuarantineSize, QuarantineStore, Quarantined,
 };
 use ipn_relay::store::{DeliveryState, Store, StoreError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -417,7 +417,7 @@ enum Fault {
 
 #[async_trait::async_trait]
 impl QuarantineStore for FaultyStore {
-    async fn quarantine(&self, items: Vec<QuarantineItem>, max: u64) -> Result<usize, StoreError> {
+    async fn quarantine(&self, items: Vec<QuarantineItem>, max: u64) -> Result<Kept, StoreError> {
         self.0.quarantine(items, max).await
     }
     async fn quarantined(&self, id: &str) -> Result<Option<QuarantineItem>, StoreError> {

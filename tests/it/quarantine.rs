@@ -454,3 +454,48 @@ async fn kept_callbacks_expire_after_the_ttl() {
 fn futures_now<T>(f: impl Future<Output = Result<T, ipn_relay::store::StoreError>>) -> Option<T> {
     tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f)).ok()
 }
+
+/// A provider's retries of a refused callback are kept once. Its own
+/// addresses (the source's `allow_ips`) are not held to the per-client
+/// limit, which still holds for a source without an allow list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_are_kept_once_and_allow_listed_providers_are_not_rate_limited() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("relay.redb");
+    let store = Arc::new(ipn_relay::store::embedded::EmbeddedStore::open(&path).unwrap());
+    let text = config(
+        &format!("path = \"{}\"", path.display()),
+        NP_SECRET,
+        "http://127.0.0.1:9/",
+        "[quarantine]\nmax_per_client_per_minute = 3\n",
+    )
+    .replacen("kind = \"nowpayments\"\n", "kind = \"nowpayments\"\nallow_ips = [\"127.0.0.0/8\"]\n", 1);
+    let relay = crate::admin::Running::start(&text, store.clone()).await;
+    let (c, admin) = (client(), relay.admin_url());
+    for round in 0..2 {
+        for i in 0..10 {
+            let r = post_np_to(&c, relay.addr, &payment_ipn(300 + i, "finished"), "rotated-at-the-provider").await;
+            assert_eq!(r.status(), 401, "round {round}");
+        }
+    }
+    for i in 0..5 {
+        let body = nova_body("deposit.confirmed", &format!("dep_{i}"), &now_rfc3339());
+        let r = c.post(format!("http://{}/hooks/nova", relay.addr)).header("x-signature", "ab".repeat(32)).body(body);
+        assert_eq!(r.send().await.unwrap().status(), 401);
+    }
+    let dropped = |reason: &'static str| {
+        let (c, admin) = (c.clone(), admin.clone());
+        async move { metric(&c, &admin, &format!("ipn_relay_quarantine_dropped_total{{reason=\"{reason}\"}}")).await }
+    };
+    for _ in 0..200 {
+        if dropped("duplicate").await >= 10.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(dropped("duplicate").await, 10.0, "the second round is the provider retrying");
+    assert_eq!(dropped("client_rate").await, 2.0, "nova has no allow list: 3 a minute from 127.0.0.1");
+    assert_eq!(quarantined(&c, &admin, "source=nowpayments").await.len(), 10);
+    assert_eq!(quarantined(&c, &admin, "source=nova").await.len(), 3);
+    relay.stop().await;
+}

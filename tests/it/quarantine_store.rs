@@ -20,6 +20,8 @@ fn item(id: &str, source: &str, reason: Refusal, at: u64, body: &[u8]) -> Quaran
             client: "203.0.113.9".into(),
             headers,
             size,
+            // Unique unless a test says otherwise.
+            digest: format!("digest-{id}-{at}"),
             diagnosis: Diagnosis { checked_at: at, summary: "wrong secret".into(), ..Default::default() },
         },
         body: body.to_vec(),
@@ -36,19 +38,20 @@ async fn the_cap_holds_and_items_keep_their_bytes(s: Arc<impl Store>) {
     let items: Vec<_> =
         (0..5).map(|i| item(&format!("{i:016x}"), "np", Refusal::InvalidSignature, 1_000 + i, &body)).collect();
     // Room for three of five.
-    assert_eq!(s.quarantine(items.clone(), 3_500).await.unwrap(), 3);
+    assert_eq!(s.quarantine(items.clone(), 3_500).await.unwrap().kept, 3);
     assert_eq!(s.quarantine_size().await.unwrap(), QuarantineSize { items: 3, bytes: 3_000 });
     // Kept ids are not kept twice; a smaller item still fits.
     let small = item("00000000000000ff", "np", Refusal::InvalidSignature, 2_000, b"{}");
-    assert_eq!(s.quarantine(vec![items[0].clone(), small.clone()], 3_500).await.unwrap(), 1);
+    let done = s.quarantine(vec![items[0].clone(), small.clone()], 3_500).await.unwrap();
+    assert_eq!((done.kept, done.duplicates), (1, 1));
     assert_eq!(s.quarantine_size().await.unwrap(), QuarantineSize { items: 4, bytes: 3_000 + HEADER_BYTES + 2 });
     // The body and headers come back byte for byte, even when not text.
     let odd = item("00000000000000fe", "np", Refusal::InvalidSignature, 2_001, b"\xff\x00{\"a\":1}");
-    assert_eq!(s.quarantine(vec![odd.clone()], u64::MAX).await.unwrap(), 1);
+    assert_eq!(s.quarantine(vec![odd.clone()], u64::MAX).await.unwrap().kept, 1);
     assert_eq!(s.quarantined(&odd.meta.id).await.unwrap(), Some(odd.clone()));
     assert_eq!(s.quarantined("qtn_000000000000nothere").await.unwrap(), None);
     // An empty batch is nothing.
-    assert_eq!(s.quarantine(vec![], 0).await.unwrap(), 0);
+    assert_eq!(s.quarantine(vec![], 0).await.unwrap().kept, 0);
     let stats = s.stats().await.unwrap();
     assert_eq!(stats.quarantine.items, 5);
 }
@@ -63,7 +66,7 @@ async fn listing_is_newest_first_filtered_and_paged(s: Arc<impl Store>) {
         };
         all.push(item(&format!("{i:016x}"), source, reason, 10_000 + i * 10, b"{}"));
     }
-    assert_eq!(s.quarantine(all.clone(), u64::MAX).await.unwrap(), 30);
+    assert_eq!(s.quarantine(all.clone(), u64::MAX).await.unwrap().kept, 30);
     let page = s.list_quarantine(&QuarantineFilter::default(), None, 100).await.unwrap();
     let ids: Vec<&str> = page.items.iter().map(|q| q.id.as_str()).collect();
     let mut expected: Vec<&str> = all.iter().map(|q| q.meta.id.as_str()).collect();
@@ -133,7 +136,7 @@ async fn rediagnose_release_and_expire(s: Arc<impl Store>) {
     assert_eq!(s.quarantine_size().await.unwrap(), QuarantineSize { items: 2, bytes: 2 * (HEADER_BYTES + 2) });
     // Freed room is room again.
     let big = item("00000000000000aa", "np", Refusal::InvalidSignature, 20_000, &[b'y'; 100]);
-    assert_eq!(s.quarantine(vec![big], 2 * (HEADER_BYTES + 2) + HEADER_BYTES + 100).await.unwrap(), 1);
+    assert_eq!(s.quarantine(vec![big], 2 * (HEADER_BYTES + 2) + HEADER_BYTES + 100).await.unwrap().kept, 1);
 }
 
 /// Many writers at once cannot overshoot the cap between them.
@@ -156,6 +159,31 @@ async fn concurrent_writers_stay_under_the_cap(s: Arc<impl Store>) {
     assert_eq!(s.quarantine_size().await.unwrap(), QuarantineSize { items: 20, bytes: 4_000 });
 }
 
+/// A provider's retries of one refused callback are kept once, with the
+/// first receipt; once it is gone (admitted, expired), a later copy is kept.
+async fn a_callback_received_again_is_kept_once(s: Arc<impl Store>) {
+    let digest = Quarantined::digest_of("np", &[("x-nowpayments-sig".into(), "ab".repeat(64))], b"{}");
+    let copy = |n: u64| {
+        let mut i = item(&format!("{n:016x}"), "np", Refusal::InvalidSignature, 1_000 * n, b"{}");
+        i.meta.digest = digest.clone();
+        i
+    };
+    let done = s.quarantine(vec![copy(1), copy(2)], u64::MAX).await.unwrap();
+    assert_eq!((done.kept, done.duplicates), (1, 1));
+    let done = s.quarantine(vec![copy(3)], u64::MAX).await.unwrap();
+    assert_eq!((done.kept, done.duplicates), (0, 1));
+    let page = s.list_quarantine(&QuarantineFilter::default(), None, 10).await.unwrap();
+    assert_eq!(page.items.iter().map(|q| q.received_at).collect::<Vec<_>>(), vec![1_000]);
+    // Another source's identical bytes are another callback.
+    assert_ne!(digest, Quarantined::digest_of("nova", &[("x-nowpayments-sig".into(), "ab".repeat(64))], b"{}"));
+    assert_eq!(s.release_quarantined(&[copy(1).meta.id]).await.unwrap(), 1);
+    let done = s.quarantine(vec![copy(4)], u64::MAX).await.unwrap();
+    assert_eq!((done.kept, done.duplicates), (1, 0));
+    assert_eq!(s.expire_quarantine(u64::MAX / 2, 10).await.unwrap(), 1);
+    assert_eq!(s.quarantine(vec![copy(5)], u64::MAX).await.unwrap().kept, 1);
+    assert_eq!(s.quarantine_size().await.unwrap(), QuarantineSize { items: 1, bytes: HEADER_BYTES + 2 });
+}
+
 on_both_stores!(
     embedded(),
     redis().await,
@@ -164,5 +192,6 @@ on_both_stores!(
         listing_is_newest_first_filtered_and_paged,
         rediagnose_release_and_expire,
         concurrent_writers_stay_under_the_cap,
+        a_callback_received_again_is_kept_once,
     ]
 );

@@ -11,16 +11,16 @@ use super::writer::Op;
 use super::{EmbeddedStore, listing};
 use crate::http::Chain;
 use crate::store::quarantine::{
-    QUARANTINE_SCAN_LIMIT, QuarantineFilter, QuarantineItem, QuarantinePage, QuarantineSize, QuarantineStore,
+    Kept, QUARANTINE_SCAN_LIMIT, QuarantineFilter, QuarantineItem, QuarantinePage, QuarantineSize, QuarantineStore,
     Quarantined,
 };
 use crate::store::{Millis, StoreError};
 
 #[async_trait]
 impl QuarantineStore for EmbeddedStore {
-    async fn quarantine(&self, items: Vec<QuarantineItem>, max_bytes: u64) -> Result<usize, StoreError> {
+    async fn quarantine(&self, items: Vec<QuarantineItem>, max_bytes: u64) -> Result<Kept, StoreError> {
         if items.is_empty() {
-            return Ok(0);
+            return Ok(Kept::default());
         }
         self.call(|reply| Op::Quarantine { change: QuarantineChange::Keep { items, max_bytes }, reply }).await
     }
@@ -73,16 +73,17 @@ impl QuarantineStore for EmbeddedStore {
 
     async fn rediagnose(&self, meta: &Quarantined) -> Result<bool, StoreError> {
         let change = QuarantineChange::Rediagnose(Box::new(meta.clone()));
-        Ok(self.call(|reply| Op::Quarantine { change, reply }).await? > 0)
+        Ok(self.call(|reply| Op::Quarantine { change, reply }).await?.kept > 0)
     }
 
     async fn release_quarantined(&self, ids: &[String]) -> Result<usize, StoreError> {
         let change = QuarantineChange::Release(ids.to_vec());
-        self.call(|reply| Op::Quarantine { change, reply }).await
+        Ok(self.call(|reply| Op::Quarantine { change, reply }).await?.kept)
     }
 
     async fn expire_quarantine(&self, before: Millis, limit: usize) -> Result<usize, StoreError> {
-        self.call(|reply| Op::Quarantine { change: QuarantineChange::Expire { before, limit }, reply }).await
+        let change = QuarantineChange::Expire { before, limit };
+        Ok(self.call(|reply| Op::Quarantine { change, reply }).await?.kept)
     }
 
     async fn quarantine_size(&self) -> Result<QuarantineSize, StoreError> {

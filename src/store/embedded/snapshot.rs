@@ -54,6 +54,7 @@ pub(super) fn copy(from: &ReadTransaction, to: &Path) -> Result<(std::fs::File, 
     copier.table(from, TIMELINE)?;
     copier.table(from, QUARANTINE)?;
     copier.table(from, QUARANTINE_BODIES)?;
+    copier.table(from, QUARANTINE_DIGESTS)?;
     copier.finish()?;
     drop(out);
     let len = reader.metadata().map_err(unavailable)?.len();

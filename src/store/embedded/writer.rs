@@ -107,7 +107,7 @@ pub(super) enum Op {
     },
     Quarantine {
         change: QuarantineChange,
-        reply: Reply<usize>,
+        reply: Reply<crate::store::quarantine::Kept>,
     },
 }
 

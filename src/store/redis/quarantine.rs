@@ -1,13 +1,14 @@
 //! The Redis store's quarantine (`store::quarantine`). Keys: `qtn` (every
 //! kept id, score 0, so ordered by id and thus by receipt time),
-//! `qtn:ID` (a hash: `meta`, the description as JSON; `body`; `size`) and
-//! `qtn-bytes` (the total of the sizes). Keeping and removing are scripts
+//! `qtn:ID` (a hash: `meta`, the description as JSON; `body`; `size`;
+//! `digest`), `qtn-bytes` (the total of the sizes) and `qtn-digests` (a
+//! hash: digest → id, so a provider's retry is kept once). Keeping and removing are scripts
 //! that change the total with the items.
 
 use super::{RedisStore, decode, unavailable};
 use crate::http::Chain;
 use crate::store::quarantine::{
-    QUARANTINE_SCAN_LIMIT, QuarantineFilter, QuarantineItem, QuarantinePage, QuarantineSize, QuarantineStore,
+    Kept, QUARANTINE_SCAN_LIMIT, QuarantineFilter, QuarantineItem, QuarantinePage, QuarantineSize, QuarantineStore,
     Quarantined,
 };
 use crate::store::{Millis, StoreError};
@@ -18,18 +19,19 @@ const LIST_SCAN: usize = 500;
 
 #[async_trait]
 impl QuarantineStore for RedisStore {
-    async fn quarantine(&self, items: Vec<QuarantineItem>, max_bytes: u64) -> Result<usize, StoreError> {
+    async fn quarantine(&self, items: Vec<QuarantineItem>, max_bytes: u64) -> Result<Kept, StoreError> {
         if items.is_empty() {
-            return Ok(0);
+            return Ok(Kept::default());
         }
         let mut inv = self.scripts.quarantine_keep.prepare_invoke();
-        inv.key(self.key("qtn")).key(self.key("qtn-bytes")).arg(max_bytes).arg(&self.keys);
+        inv.key(self.key("qtn")).key(self.key("qtn-bytes")).key(self.key("qtn-digests")).arg(max_bytes).arg(&self.keys);
         for item in &items {
             let meta = serde_json::to_string(&item.meta).map_err(unavailable)?;
-            inv.arg(&item.meta.id).arg(item.meta.size).arg(meta).arg(item.body.as_slice());
+            inv.arg(&item.meta.id).arg(item.meta.size).arg(&item.meta.digest).arg(meta).arg(item.body.as_slice());
         }
         // Harmless to run twice: a kept id is not kept again.
-        self.invoke(&inv, true).await
+        let (kept, duplicates): (usize, usize) = self.invoke(&inv, true).await?;
+        Ok(Kept { kept, duplicates })
     }
 
     async fn quarantined(&self, id: &str) -> Result<Option<QuarantineItem>, StoreError> {
@@ -103,7 +105,7 @@ impl QuarantineStore for RedisStore {
             return Ok(0);
         }
         let mut inv = self.scripts.quarantine_release.prepare_invoke();
-        inv.key(self.key("qtn")).key(self.key("qtn-bytes")).arg(&self.keys);
+        inv.key(self.key("qtn")).key(self.key("qtn-bytes")).key(self.key("qtn-digests")).arg(&self.keys);
         for id in ids {
             inv.arg(id);
         }

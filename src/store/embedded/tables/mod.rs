@@ -63,6 +63,8 @@ pub(super) const TIMELINE: TableDefinition<(&str, u64), &str> = TableDefinition:
 /// `meta["quarantine_bytes"]` is the sum of the kept items' sizes.
 pub(super) const QUARANTINE: TableDefinition<&str, &[u8]> = TableDefinition::new("quarantine");
 pub(super) const QUARANTINE_BODIES: TableDefinition<&str, &[u8]> = TableDefinition::new("quarantine_bodies");
+/// A kept callback's digest → its id, to keep a provider's retries once.
+pub(super) const QUARANTINE_DIGESTS: TableDefinition<&str, &str> = TableDefinition::new("quarantine_digests");
 
 /// Scratch space for readiness probes: see [`EmbeddedStore::ping`].
 pub(super) const PROBE: TableDefinition<&str, &[u8]> = TableDefinition::new("probe");
@@ -136,6 +138,7 @@ pub(super) struct Tables<'txn> {
     timeline: Table<'txn, (&'static str, u64), &'static str>,
     quarantine: Table<'txn, &'static str, &'static [u8]>,
     quarantine_bodies: Table<'txn, &'static str, &'static [u8]>,
+    quarantine_digests: Table<'txn, &'static str, &'static str>,
     /// State-count changes of this batch, written once before commit.
     count_deltas: [i64; DeliveryState::ALL.len()],
 }
@@ -163,6 +166,7 @@ impl<'txn> Tables<'txn> {
             timeline: txn.open_table(TIMELINE).map_err(unavailable)?,
             quarantine: txn.open_table(QUARANTINE).map_err(unavailable)?,
             quarantine_bodies: txn.open_table(QUARANTINE_BODIES).map_err(unavailable)?,
+            quarantine_digests: txn.open_table(QUARANTINE_DIGESTS).map_err(unavailable)?,
             count_deltas: [0; DeliveryState::ALL.len()],
         })
         .and_then(|mut t| {

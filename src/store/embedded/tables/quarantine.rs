@@ -8,7 +8,7 @@ use redb::ReadableTable;
 use super::super::codec::{encode, unavailable};
 use super::Tables;
 use crate::store::StoreError;
-use crate::store::quarantine::{QuarantineItem, Quarantined};
+use crate::store::quarantine::{Kept, QuarantineItem, Quarantined};
 
 const BYTES: &str = "quarantine_bytes";
 
@@ -30,25 +30,27 @@ impl QuarantineChange {
 }
 
 impl Tables<'_> {
+    /// Applies `change`; `kept` counts what it kept, rediagnosed or removed.
     pub(in crate::store::embedded) fn change_quarantine(
         &mut self,
         change: QuarantineChange,
-    ) -> Result<usize, StoreError> {
+    ) -> Result<Kept, StoreError> {
+        let n = |kept| Ok(Kept { kept, duplicates: 0 });
         match change {
             QuarantineChange::Keep { items, max_bytes } => self.keep(items, max_bytes),
             QuarantineChange::Rediagnose(meta) => {
                 if self.quarantine.get(meta.id.as_str()).map_err(unavailable)?.is_none() {
-                    return Ok(0);
+                    return n(0);
                 }
                 self.quarantine.insert(meta.id.as_str(), encode(&*meta).as_slice()).map_err(unavailable)?;
-                Ok(1)
+                n(1)
             }
             QuarantineChange::Release(ids) => {
                 let mut removed = 0;
                 for id in &ids {
                     removed += self.unkeep(id)? as usize;
                 }
-                Ok(removed)
+                n(removed)
             }
             QuarantineChange::Expire { before, limit } => {
                 let upper = format!("qtn_{before:012x}");
@@ -62,7 +64,7 @@ impl Tables<'_> {
                 for id in &ids {
                     self.unkeep(id)?;
                 }
-                Ok(ids.len())
+                n(ids.len())
             }
         }
     }
@@ -71,24 +73,43 @@ impl Tables<'_> {
         Ok(self.meta.get(BYTES).map_err(unavailable)?.map(|g| g.value()).unwrap_or(0))
     }
 
-    fn keep(&mut self, items: Vec<QuarantineItem>, max_bytes: u64) -> Result<usize, StoreError> {
+    fn keep(&mut self, items: Vec<QuarantineItem>, max_bytes: u64) -> Result<Kept, StoreError> {
         let mut bytes = self.bytes()?;
-        let mut kept = 0;
+        let mut done = Kept::default();
         for item in items {
-            let id = item.meta.id.as_str();
+            let (id, digest) = (item.meta.id.as_str(), item.meta.digest.as_str());
+            if self.quarantine.get(id).map_err(unavailable)?.is_some() || self.kept_digest(digest)? {
+                done.duplicates += 1;
+                continue;
+            }
             let size = item.meta.size;
-            if bytes.saturating_add(size) > max_bytes || self.quarantine.get(id).map_err(unavailable)?.is_some() {
+            if bytes.saturating_add(size) > max_bytes {
                 continue;
             }
             self.quarantine.insert(id, encode(&item.meta).as_slice()).map_err(unavailable)?;
             self.quarantine_bodies.insert(id, item.body.as_slice()).map_err(unavailable)?;
+            if !digest.is_empty() {
+                self.quarantine_digests.insert(digest, id).map_err(unavailable)?;
+            }
             bytes += size;
-            kept += 1;
+            done.kept += 1;
         }
-        if kept > 0 {
+        if done.kept > 0 {
             self.meta.insert(BYTES, bytes).map_err(unavailable)?;
         }
-        Ok(kept)
+        Ok(done)
+    }
+
+    /// Whether a callback with this digest is kept (its entry names an
+    /// item that is still there).
+    fn kept_digest(&self, digest: &str) -> Result<bool, StoreError> {
+        if digest.is_empty() {
+            return Ok(false);
+        }
+        let Some(id) = self.quarantine_digests.get(digest).map_err(unavailable)?.map(|g| g.value().to_owned()) else {
+            return Ok(false);
+        };
+        Ok(self.quarantine.get(id.as_str()).map_err(unavailable)?.is_some())
     }
 
     /// Removes one item and takes its size off the total. An unreadable
@@ -98,10 +119,20 @@ impl Tables<'_> {
         let Some(meta) = self.quarantine.remove(id).map_err(unavailable)? else {
             return Ok(false);
         };
-        let described = serde_json::from_slice::<Quarantined>(meta.value()).map(|m| m.size);
+        let described = serde_json::from_slice::<Quarantined>(meta.value()).map(|m| (m.size, m.digest));
         drop(meta);
         let body_len = self.quarantine_bodies.remove(id).map_err(unavailable)?.map(|b| b.value().len() as u64);
-        let size = described.unwrap_or_else(|_| body_len.unwrap_or(0));
+        let size = match described {
+            Ok((size, digest)) => {
+                let points_here =
+                    self.quarantine_digests.get(digest.as_str()).map_err(unavailable)?.is_some_and(|g| g.value() == id);
+                if points_here {
+                    self.quarantine_digests.remove(digest.as_str()).map_err(unavailable)?;
+                }
+                size
+            }
+            Err(_) => body_len.unwrap_or(0),
+        };
         let bytes = self.bytes()?.saturating_sub(size);
         self.meta.insert(BYTES, bytes).map_err(unavailable)?;
         Ok(true)
