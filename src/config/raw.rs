@@ -265,19 +265,15 @@ impl Default for RawRetention {
 #[serde(deny_unknown_fields, default)]
 pub(super) struct RawQuarantine {
     pub enabled: bool,
-    pub ttl: Dur,
+    /// 7 days, or `store.dedupe_ttl` if that is shorter.
+    pub ttl: Option<Dur>,
     pub max_bytes: u64,
     pub max_per_client_per_minute: u32,
 }
 
 impl Default for RawQuarantine {
     fn default() -> Self {
-        RawQuarantine {
-            enabled: true,
-            ttl: Dur(Duration::from_secs(7 * 86_400)),
-            max_bytes: 64 * 1024 * 1024,
-            max_per_client_per_minute: 60,
-        }
+        RawQuarantine { enabled: true, ttl: None, max_bytes: 64 * 1024 * 1024, max_per_client_per_minute: 60 }
     }
 }
 

@@ -389,6 +389,11 @@ fn quarantine_defaults_parses_and_refuses_what_would_keep_nothing() {
     assert!(e.contains("quarantine.max_bytes") && e.contains("server.max_body_bytes (65536)"), "{e}");
     let e = err("[quarantine]\nttl = \"0s\"\n");
     assert!(e.contains("quarantine.ttl"), "{e}");
+    // Default 7d, or dedupe_ttl if shorter.
+    let short = parse("[store]\ndedupe_ttl = \"1h\"\n").unwrap();
+    assert_eq!(short.quarantine.ttl, Duration::from_secs(3600));
+    let e = err("[quarantine]\nttl = \"31d\"\n");
+    assert!(e.contains("quarantine.ttl") && e.contains("store.dedupe_ttl (30days)"), "{e}");
     let e = err("[quarantine]\nmax_per_client_per_minute = 0\n");
     assert!(e.contains("quarantine.max_per_client_per_minute"), "{e}");
     let e = err("[quarantine]\nmax_byte = 1\n");

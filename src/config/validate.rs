@@ -327,9 +327,19 @@ impl TryFrom<RawEndpoint> for Endpoint {
 }
 
 impl QuarantineConfig {
-    fn check(q: RawQuarantine, max_body_bytes: usize) -> Result<QuarantineConfig, Invalid> {
-        if q.ttl.0 < Duration::from_secs(1) {
+    fn check(q: RawQuarantine, max_body_bytes: usize, dedupe_ttl: Duration) -> Result<QuarantineConfig, Invalid> {
+        // A recovered event is deduplicated from its first receipt: kept
+        // longer than dedupe_ttl, it would be admitted with its dedupe key
+        // already expired, and a provider's later retry admitted again.
+        let ttl = q.ttl.map_or(Duration::from_secs(7 * 86_400).min(dedupe_ttl), |t| t.0);
+        if ttl < Duration::from_secs(1) {
             return invalid("quarantine.ttl", "must be at least 1s");
+        }
+        if ttl > dedupe_ttl {
+            return invalid(
+                "quarantine.ttl",
+                format!("must not exceed store.dedupe_ttl ({})", humantime::format_duration(dedupe_ttl)),
+            );
         }
         if q.max_bytes < max_body_bytes as u64 {
             return invalid(
@@ -342,12 +352,7 @@ impl QuarantineConfig {
         let Some(per_client) = NonZeroU32::new(q.max_per_client_per_minute) else {
             return invalid("quarantine.max_per_client_per_minute", "must be at least 1");
         };
-        Ok(QuarantineConfig {
-            enabled: q.enabled,
-            ttl: q.ttl.0,
-            max_bytes: q.max_bytes,
-            max_per_client_per_minute: per_client,
-        })
+        Ok(QuarantineConfig { enabled: q.enabled, ttl, max_bytes: q.max_bytes, max_per_client_per_minute: per_client })
     }
 }
 
@@ -466,7 +471,7 @@ impl TryFrom<RawConfig> for Config {
             );
         }
 
-        let quarantine = QuarantineConfig::check(raw.quarantine, server.max_body_bytes)?;
+        let quarantine = QuarantineConfig::check(raw.quarantine, server.max_body_bytes, store.dedupe_ttl)?;
         Ok(Config {
             server,
             store,
