@@ -240,7 +240,7 @@ impl Admin {
             (&Method::GET, ["quarantine"]) => self.quarantine_list(&query).await,
             (&Method::GET, ["quarantine", id]) => self.quarantine_item(id).await,
             (&Method::POST, ["quarantine", "reverify"]) => {
-                let body = read_body(req.into_body()).await?;
+                let body = read_body_up_to(req.into_body(), quarantine::MAX_REVERIFY_BODY).await?;
                 self.quarantine_reverify(&body).await
             }
             (&Method::POST, ["deliveries", id, "discard"]) => {
@@ -492,7 +492,15 @@ where
     B: hyper::body::Body<Data = Bytes> + Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    crate::http::read_body(body, MAX_ADMIN_BODY, None).await.map_err(|e| match e {
+    read_body_up_to(body, MAX_ADMIN_BODY).await
+}
+
+async fn read_body_up_to<B>(body: B, max: usize) -> Result<Bytes, ApiError>
+where
+    B: hyper::body::Body<Data = Bytes> + Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    crate::http::read_body(body, max, None).await.map_err(|e| match e {
         BodyError::TooLarge(_) => ApiError(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", e.to_string()),
         _ => ApiError::bad(format!("body: {e}")),
     })

@@ -20,6 +20,8 @@ use crate::store::quarantine::{Diagnosis, QuarantineFilter, QuarantineItem, Quar
 /// at most; ids one reverify names at most.
 const DEFAULT_REVERIFY_MAX: usize = 1000;
 const MAX_REVERIFY: usize = 10_000;
+/// The largest reverify body: room for `MAX_REVERIFY` ids.
+pub(super) const MAX_REVERIFY_BODY: usize = 512 * 1024;
 
 /// A kept callback as listings show it: everything but the body.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -169,6 +171,7 @@ impl Admin {
         let mut ids: Option<Vec<String>> = None;
         let mut filter = QuarantineFilter::default();
         let (mut max, mut allow_stale, mut filtered) = (DEFAULT_REVERIFY_MAX, false, false);
+        let mut as_source: Option<String> = None;
         for (key, value) in &fields {
             match key.as_str() {
                 "ids" => {
@@ -184,6 +187,13 @@ impl Admin {
                         })
                         .collect::<Result<_, _>>()?;
                     ids = Some(list);
+                }
+                "as_source" => {
+                    let name = value.as_str().ok_or_else(|| ApiError::bad("as_source: expected a source name"))?;
+                    if !self.live.current().sources.iter().any(|s| s.name == name) {
+                        return Err(ApiError::bad(format!("as_source: no source named '{name}' in the configuration")));
+                    }
+                    as_source = Some(name.to_owned());
                 }
                 "allow_stale" => {
                     allow_stale = value.as_bool().ok_or_else(|| ApiError::bad("allow_stale: expected true or false"))?
@@ -209,32 +219,35 @@ impl Admin {
             None => self.select_quarantined(&filter, max).await?,
         };
         let config = self.live.current();
-        let done = reverify(&self.admitter, &config, ids, allow_stale).await?;
+        let done = reverify(&self.admitter, &config, ids, allow_stale, as_source.as_deref()).await?;
         let mut counts = BTreeMap::new();
         for r in &done {
             *counts.entry(outcome_label(r.outcome)).or_insert(0) += 1;
         }
-        tracing::info!(considered = done.len(), ?counts, allow_stale, "quarantine reverified");
+        tracing::info!(considered = done.len(), ?counts, allow_stale, as_source, "quarantine reverified");
         let items = done.iter().map(|r: &Reverified| serde_json::to_value(r).unwrap_or(Value::Null)).collect();
         Ok(json_response(StatusCode::OK, &ReverifyResult { considered: done.len(), counts, truncated, items }))
     }
 
-    /// Up to `max` ids matching `filter`, and whether more matched.
+    /// The oldest `max` ids matching `filter`, and whether more matched: a
+    /// reverify cut short must leave the newer ones for the next run, so
+    /// that a payment's events are still admitted in the order they came.
+    /// The listing runs newest first, so every match is listed (ids only;
+    /// `max_bytes` bounds how many there can be).
     async fn select_quarantined(&self, filter: &QuarantineFilter, max: usize) -> Result<(Vec<String>, bool), ApiError> {
         let mut ids = Vec::new();
         let mut cursor: Option<String> = None;
         loop {
-            let page = self.store.list_quarantine(filter, cursor.as_deref(), (max + 1 - ids.len()).min(1000)).await?;
-            ids.extend(page.items.iter().map(|q| q.id.clone()));
-            if ids.len() > max {
-                ids.truncate(max);
-                return Ok((ids, true));
-            }
+            let page = self.store.list_quarantine(filter, cursor.as_deref(), 1000).await?;
+            ids.extend(page.items.into_iter().map(|q| q.id));
             match page.next_cursor {
                 Some(c) => cursor = Some(c),
-                None => return Ok((ids, false)),
+                None => break,
             }
         }
+        let truncated = ids.len() > max;
+        let oldest = ids.split_off(ids.len().saturating_sub(max));
+        Ok((oldest, truncated))
     }
 }
 

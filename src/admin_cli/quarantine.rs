@@ -62,9 +62,14 @@ pub enum QuarantineCommand {
         /// unless given).
         #[arg(long)]
         max: Option<usize>,
-        /// Admit a Nova callback whose only fault is its timestamp.
+        /// Admit a Nova callback whose only fault is its timestamp (within
+        /// half of store.dedupe_ttl of its receipt).
         #[arg(long)]
         allow_stale: bool,
+        /// Verify against this source instead, and admit as its events:
+        /// for callbacks the provider posted to the wrong URL.
+        #[arg(long)]
+        as_source: Option<String>,
     },
 }
 
@@ -84,6 +89,8 @@ struct ReverifyRequest {
     #[serde(skip_serializing_if = "Option::is_none")]
     max: Option<usize>,
     allow_stale: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    as_source: Option<String>,
 }
 
 pub async fn quarantine(conn: &Connection, cmd: QuarantineCommand) -> Result<(), ClientError> {
@@ -104,7 +111,7 @@ pub async fn quarantine(conn: &Connection, cmd: QuarantineCommand) -> Result<(),
             let item: Answer<QuarantineDetail> = client.call(reqwest::Method::GET, &path, None).await?;
             print(conn, &item.json, &item.body, render_item);
         }
-        QuarantineCommand::Reverify { ids, filters, max, allow_stale } => {
+        QuarantineCommand::Reverify { ids, filters, max, allow_stale, as_source } => {
             let selects = !filters.pairs().is_empty() || max.is_some();
             let request = match (ids.is_empty(), selects) {
                 (false, true) => {
@@ -123,10 +130,11 @@ pub async fn quarantine(conn: &Connection, cmd: QuarantineCommand) -> Result<(),
                     until: None,
                     max: None,
                     allow_stale,
+                    as_source,
                 },
                 (true, true) => {
                     let QuarantineFilters { source, reason, since, until } = filters;
-                    ReverifyRequest { ids: None, source, reason, since, until, max, allow_stale }
+                    ReverifyRequest { ids: None, source, reason, since, until, max, allow_stale, as_source }
                 }
             };
             let path = "/admin/quarantine/reverify";
@@ -136,6 +144,19 @@ pub async fn quarantine(conn: &Connection, cmd: QuarantineCommand) -> Result<(),
         }
     }
     Ok(())
+}
+
+/// Text from an unauthenticated request as a terminal should show it:
+/// control characters (an escape sequence could rewrite the screen or the
+/// clipboard) escaped, line breaks kept.
+fn printable(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| match c {
+            '\n' | '\t' => vec![c],
+            c if c.is_control() => c.escape_default().collect(),
+            c => vec![c],
+        })
+        .collect()
 }
 
 fn render_list(page: &QuarantinePageView) -> String {
@@ -148,8 +169,8 @@ fn render_list(page: &QuarantinePageView) -> String {
                 q.received_at.clone(),
                 q.source.clone(),
                 q.reason.as_str().to_owned(),
-                q.client.clone(),
-                q.diagnosis.summary.clone(),
+                printable(&q.client),
+                printable(&q.diagnosis.summary),
             ]
         })
         .collect();
@@ -170,11 +191,11 @@ fn render_item(d: &QuarantineDetail) -> String {
     let _ = writeln!(out, "client      {}", q.client);
     let _ = writeln!(out, "size        {} bytes", q.size);
     for (name, value) in &q.headers {
-        let _ = writeln!(out, "header      {name}: {value}");
+        let _ = writeln!(out, "header      {name}: {}", printable(value));
     }
-    let _ = writeln!(out, "\ndiagnosis   {} (checked {})", q.diagnosis.summary, q.diagnosis.checked_at);
+    let _ = writeln!(out, "\ndiagnosis   {} (checked {})", printable(&q.diagnosis.summary), q.diagnosis.checked_at);
     for f in &q.diagnosis.findings {
-        let _ = writeln!(out, "  - {f}");
+        let _ = writeln!(out, "  - {}", printable(f));
     }
     if !q.diagnosis.forms_tried.is_empty() {
         let _ = writeln!(
@@ -185,7 +206,7 @@ fn render_item(d: &QuarantineDetail) -> String {
         );
     }
     match (&d.body, &d.body_base64) {
-        (Some(text), _) => drop(writeln!(out, "\nbody\n{text}")),
+        (Some(text), _) => drop(writeln!(out, "\nbody\n{}", printable(text))),
         (None, Some(b64)) => drop(writeln!(out, "\nbody (not UTF-8, base64)\n{b64}")),
         (None, None) => {}
     }
@@ -197,7 +218,7 @@ fn render_reverify(r: &ReverifyResult) -> String {
         .items
         .iter()
         .map(|i| {
-            let text = |k: &str| i.get(k).and_then(|v| v.as_str()).unwrap_or("-").to_owned();
+            let text = |k: &str| printable(i.get(k).and_then(|v| v.as_str()).unwrap_or("-"));
             vec![text("id"), text("outcome"), text("event_id"), text("summary")]
         })
         .collect();
@@ -213,4 +234,15 @@ fn render_reverify(r: &ReverifyResult) -> String {
         let _ = writeln!(out, "more matched than --max: run it again to go on");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_from_a_request_are_escaped_for_the_terminal() {
+        assert_eq!(printable("a\u{1b}]52;c;x\u{7}b\r\nc\td"), "a\\u{1b}]52;c;x\\u{7}b\\r\nc\td");
+        assert_eq!(printable("plain ünïcode"), "plain ünïcode");
+    }
 }

@@ -45,7 +45,11 @@ pub fn diagnose(
     };
     match &parsed {
         Ok(v) => d.findings.push(describe_body(source.kind, v)),
-        Err(e) => d.findings.push(format!("the body is not JSON ({e}), {} bytes", body.len())),
+        Err(e) => {
+            // A duplicate key is quoted in the error: keep it short.
+            let e: String = e.to_string().chars().take(120).collect();
+            d.findings.push(format!("the body is not JSON ({e}), {} bytes", body.len()))
+        }
     }
     if source.kind == ProviderKind::Nova
         && let Ok(v) = &parsed
@@ -166,8 +170,8 @@ fn nova_signature(d: &mut Diagnosis, headers: &HeaderMap, parsed: Option<&Value>
 /// Which callback the body looks like.
 fn describe_body(kind: ProviderKind, v: &Value) -> String {
     let text = |key: &str| match v.get(key) {
-        Some(Value::String(s)) => Some(s.to_string()),
-        Some(Value::Number(n)) => Some((*n).to_owned()),
+        Some(Value::String(s)) => Some(quote(s)),
+        Some(Value::Number(n)) => Some(quote(n)),
         _ => None,
     };
     if !matches!(v, Value::Object(_)) {
@@ -192,13 +196,32 @@ fn describe_body(kind: ProviderKind, v: &Value) -> String {
     }
 }
 
+/// A value from the (unauthenticated) body as the diagnosis quotes it: at
+/// most [`QUOTED`] characters, control characters escaped, so the
+/// description stays small and prints safely.
+fn quote(s: &str) -> String {
+    let mut out: String = s.chars().take(QUOTED).flat_map(char::escape_debug).collect();
+    if s.chars().count() > QUOTED {
+        out.push('…');
+    }
+    out
+}
+
+const QUOTED: usize = 40;
+
+/// How far a Nova body's `timestamp` is from `received_at`, in seconds
+/// (positive: ahead); `None` without an RFC 3339 `timestamp`.
+pub fn timestamp_offset(v: &Value, received_at: OffsetDateTime) -> Option<i64> {
+    let ts = v.get("timestamp").and_then(Value::as_str).and_then(event::parse_rfc3339)?;
+    Some((ts - received_at).whole_seconds())
+}
+
 /// How far a Nova body's `timestamp` is from its receipt.
 fn timestamp(d: &mut Diagnosis, source: &Source, v: &Value, received_at: OffsetDateTime) {
-    let Some(ts) = v.get("timestamp").and_then(Value::as_str).and_then(event::parse_rfc3339) else {
+    let Some(offset) = timestamp_offset(v, received_at) else {
         d.findings.push("the body has no RFC 3339 `timestamp`".into());
         return;
     };
-    let offset = (ts - received_at).whole_seconds();
     d.timestamp_offset_secs = Some(offset);
     let side = if offset >= 0 { "ahead of" } else { "behind" };
     let tolerance = match source.timestamp_tolerance {
@@ -357,6 +380,44 @@ mod tests {
         let d = diagnose(&np, one, Refusal::InvalidSignature, &h, b"payment_id=5&status=finished", AT);
         assert!(d.findings.iter().any(|f| f.starts_with("the body is not JSON")));
         assert!(d.summary.contains("not JSON"), "{}", d.summary);
+    }
+
+    #[test]
+    fn the_description_stays_within_its_allowance_whatever_the_body() {
+        let np =
+            source("np-source-with-a-long-name-0123456789-abcdefghijklmnopqrstuvwx", ProviderKind::Nowpayments, &["s"]);
+        let nova_src =
+            source("nova-source-with-a-long-name-0123456789-abcdefghijklmnopqrstu", ProviderKind::Nova, &["s"]);
+        let long = "\\u001b]52;c;".repeat(5000);
+        let bodies = [
+            format!(r#"{{"payment_id":"{long}","payment_status":"{long}","items":[1]}}"#),
+            format!(r#"{{"id":"{long}","status":"{long}","address":"x"}}"#),
+            format!(r#"{{"event":"{long}","data":{{}},"timestamp":"{long}","signature":"{long}"}}"#),
+            format!("{{\"broken\": {long}"),
+            format!(r#"{{"{long}":1,"{long}":2}}"#),
+        ];
+        for body in &bodies {
+            for (src, h) in
+                [(&np, header(nowpayments::SIGNATURE_HEADER, &"ab".repeat(64))), (&nova_src, HeaderMap::new())]
+            {
+                let d =
+                    diagnose(src, &[np.clone(), nova_src.clone()], Refusal::StaleTimestamp, &h, body.as_bytes(), AT);
+                let meta = crate::store::quarantine::Quarantined {
+                    id: "qtn_0123456789abcdef0123456789ab".into(),
+                    source: src.name.clone(),
+                    reason: Refusal::StaleTimestamp,
+                    received_at: u64::MAX,
+                    client: "2001:db8:ffff:ffff:ffff:ffff:ffff:ffff".into(),
+                    headers: vec![],
+                    size: u64::MAX,
+                    digest: "f".repeat(64),
+                    diagnosis: d,
+                };
+                let len = serde_json::to_vec(&meta).unwrap().len() as u64;
+                assert!(len < crate::store::quarantine::DESCRIPTION_BYTES, "{len}: {meta:?}");
+                assert!(meta.diagnosis.findings.iter().all(|f| !f.contains('\u{1b}')), "{:?}", meta.diagnosis);
+            }
+        }
     }
 
     #[test]

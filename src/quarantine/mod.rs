@@ -19,6 +19,7 @@ mod reverify;
 pub(crate) use reverify::{Outcome, Reverified, reverify};
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -39,9 +40,10 @@ use crate::store::{Millis, Store};
 type KeyedLimiter =
     RateLimiter<IpAddr, governor::state::keyed::DefaultKeyedStateStore<IpAddr>, governor::clock::DefaultClock>;
 
-/// Refused callbacks waiting for the writer task at most. With the largest
-/// body (16 MiB) that is bounded memory; a flood past it is dropped.
+/// Refused callbacks waiting for the writer task at most, and their bodies'
+/// bytes at most: what a flood holds in memory; past either it is dropped.
 const QUEUE: usize = 256;
+const QUEUE_BYTES: usize = 16 * 1024 * 1024;
 /// Items one store call keeps at most, and the pause after each call
 /// that wrote: the writer keeps at most about 1,500 callbacks a second, so
 /// filling the quarantine during a flood never competes with admissions
@@ -108,6 +110,8 @@ pub(crate) fn header_map(headers: &[(String, String)]) -> HeaderMap {
 pub(crate) struct Quarantine {
     config: RwLock<(QuarantineConfig, Arc<KeyedLimiter>)>,
     queue: mpsc::Sender<Pending>,
+    /// Body bytes in the queue.
+    queued: Arc<AtomicUsize>,
     metrics: Arc<Metrics>,
 }
 
@@ -120,8 +124,10 @@ impl Quarantine {
     pub(crate) fn new(config: &Config, metrics: Arc<Metrics>) -> (Arc<Quarantine>, Queue) {
         let (tx, rx) = mpsc::channel(QUEUE);
         let q = config.quarantine;
-        let quarantine = Quarantine { config: RwLock::new((q, per_client(&q))), queue: tx, metrics };
-        (Arc::new(quarantine), Queue(rx))
+        let queued = Arc::new(AtomicUsize::new(0));
+        let quarantine =
+            Quarantine { config: RwLock::new((q, per_client(&q))), queue: tx, queued: queued.clone(), metrics };
+        (Arc::new(quarantine), Queue(rx, queued))
     }
 
     /// Takes in a reloaded configuration; clients keep their count unless
@@ -173,24 +179,33 @@ impl Quarantine {
             })
             .collect();
         let id = Quarantined::new_id(millis(received_at));
+        let len = body.len();
+        let busy = || {
+            self.metrics.quarantine_dropped(Dropped::Busy, 1);
+            None
+        };
+        if self.queued.fetch_add(len, Ordering::Relaxed) + len > QUEUE_BYTES {
+            self.queued.fetch_sub(len, Ordering::Relaxed);
+            return busy();
+        }
         let pending =
             Pending { id: id.clone(), source: source.to_owned(), reason, received_at, client, headers: kept, body };
         match self.queue.try_send(pending) {
             Ok(()) => Some(id),
             Err(_) => {
-                self.metrics.quarantine_dropped(Dropped::Busy, 1);
-                None
+                self.queued.fetch_sub(len, Ordering::Relaxed);
+                busy()
             }
         }
     }
 }
 
-/// The receiving end of the quarantine's queue.
-pub(crate) struct Queue(mpsc::Receiver<Pending>);
+/// The receiving end of the quarantine's queue, and its byte count.
+pub(crate) struct Queue(mpsc::Receiver<Pending>, Arc<AtomicUsize>);
 
 /// The writer task: diagnoses and keeps what ingress offered, until `stop`.
 pub(crate) async fn run(
-    Queue(mut queue): Queue,
+    Queue(mut queue, queued): Queue,
     store: Arc<dyn Store>,
     config: impl Fn() -> Arc<Config> + Send,
     metrics: Arc<Metrics>,
@@ -212,6 +227,7 @@ pub(crate) async fn run(
         {
             batch.push(more);
         }
+        queued.fetch_sub(batch.iter().map(|p| p.body.len()).sum(), Ordering::Relaxed);
         let config = config();
         let max_bytes = config.quarantine.max_bytes;
         if full {

@@ -8,7 +8,14 @@
 //! A Nova timestamp is judged against the receipt time, not the time of
 //! the reverify, so a callback held back by a wrong secret is not stale for
 //! having waited. `allow_stale` admits one whose only fault is its
-//! timestamp, and the event says so (`stale_timestamp_accepted`).
+//! timestamp, and the event says so (`stale_timestamp_accepted`), but only
+//! within half of `dedupe_ttl` of its receipt: further off, a copy admitted
+//! that long ago may have lost its dedupe key, and a captured webhook
+//! replayed would be admitted twice (the rule that bounds
+//! `timestamp_tolerance`).
+//!
+//! `as_source` verifies against another configured source (callbacks the
+//! provider posted to the wrong URL) and admits them as that source's.
 //!
 //! Items go oldest first, so a payment's events are numbered in the order
 //! they arrived (docs/lifecycle.md).
@@ -19,7 +26,7 @@ use time::OffsetDateTime;
 use super::header_map;
 use crate::admission::{Admitter, Recovery};
 use crate::config::Config;
-use crate::providers::diagnose::diagnose;
+use crate::providers::diagnose::{self, diagnose};
 use crate::providers::{self, ProviderError};
 use crate::store::quarantine::Refusal;
 use crate::store::{Admission, EventId, StoreError};
@@ -36,6 +43,8 @@ pub(crate) enum Outcome {
     Refused,
     /// Its source is not in the configuration; it stays as it was.
     SourceNotConfigured,
+    /// Its record cannot be read; it stays (and expires).
+    Unreadable,
     /// Verified, but the store did not take it; it stays. Try again.
     Unavailable,
     NotFound,
@@ -68,20 +77,31 @@ pub(crate) async fn reverify(
     config: &Config,
     mut ids: Vec<String>,
     allow_stale: bool,
+    as_source: Option<&str>,
 ) -> Result<Vec<Reverified>, StoreError> {
     ids.sort();
     ids.dedup();
     let store = admitter.store();
     let mut out = Vec::with_capacity(ids.len());
     for id in &ids {
-        let Some(item) = store.quarantined(id).await? else {
-            out.push(Reverified::new(id, Outcome::NotFound));
-            continue;
+        let item = match store.quarantined(id).await {
+            Ok(Some(item)) => item,
+            Ok(None) => {
+                out.push(Reverified::new(id, Outcome::NotFound));
+                continue;
+            }
+            Err(e @ StoreError::Corrupt { .. }) => {
+                tracing::error!(quarantine_id = %id, error = %crate::http::Chain(&e), "unreadable quarantine record");
+                out.push(Reverified::new(id, Outcome::Unreadable));
+                continue;
+            }
+            Err(e) => return Err(e),
         };
         let mut meta = item.meta;
-        let Some(source) = config.sources.iter().find(|s| s.name == meta.source) else {
+        let name = as_source.unwrap_or(&meta.source);
+        let Some(source) = config.sources.iter().find(|s| s.name == name) else {
             let mut r = Reverified::new(id, Outcome::SourceNotConfigured);
-            r.summary = Some(format!("source '{}' is not in the configuration", meta.source));
+            r.summary = Some(format!("source '{name}' is not in the configuration"));
             out.push(r);
             continue;
         };
@@ -90,7 +110,7 @@ pub(crate) async fn reverify(
             .unwrap_or(OffsetDateTime::UNIX_EPOCH);
         let mut stale_timestamp_accepted = false;
         let verdict = match providers::process(source, &headers, &item.body, received_at) {
-            Err(ProviderError::StaleTimestamp) if allow_stale => {
+            Err(ProviderError::StaleTimestamp) if allow_stale && within_dedupe(&item.body, received_at, config) => {
                 stale_timestamp_accepted = true;
                 let lenient = crate::config::Source { timestamp_tolerance: None, ..source.clone() };
                 providers::process(&lenient, &headers, &item.body, received_at)
@@ -133,6 +153,12 @@ pub(crate) async fn reverify(
         };
         meta.reason = refusal;
         meta.diagnosis = diagnose(source, &config.sources, refusal, &headers, &item.body, received_at);
+        if refusal == Refusal::StaleTimestamp && allow_stale {
+            meta.diagnosis.summary = format!(
+                "Its timestamp is more than half of store.dedupe_ttl from its receipt: a copy admitted that long ago may have lost its dedupe key, so allow_stale does not admit it. {}",
+                meta.diagnosis.summary
+            );
+        }
         store.rediagnose(&meta).await?;
         out.push(Reverified {
             reason: Some(refusal),
@@ -141,4 +167,11 @@ pub(crate) async fn reverify(
         });
     }
     Ok(out)
+}
+
+/// Whether a Nova body's timestamp is within half of `dedupe_ttl` of its
+/// receipt, where `allow_stale` may waive the tolerance.
+fn within_dedupe(body: &[u8], received_at: OffsetDateTime, config: &Config) -> bool {
+    let offset = crate::canonical::parse(body).ok().and_then(|v| diagnose::timestamp_offset(&v, received_at));
+    offset.is_some_and(|s| s.unsigned_abs().saturating_mul(2) <= config.store.dedupe_ttl.as_secs())
 }

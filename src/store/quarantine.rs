@@ -18,6 +18,12 @@ use super::{Millis, StoreError};
 /// Most items one listing call examines, as for deliveries.
 pub const QUARANTINE_SCAN_LIMIT: usize = 5_000;
 
+/// What an item's description (id, source, client, diagnosis) counts for
+/// against `max_bytes`, whatever its length: the diagnosis quotes at most
+/// a few short strings from the body, so it stays under this
+/// (`providers::diagnose`), and an empty callback still costs room.
+pub const DESCRIPTION_BYTES: u64 = 2048;
+
 /// Why a kept callback was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -78,7 +84,8 @@ pub struct Quarantined {
     /// A value that is not text is kept with its bytes replaced (U+FFFD),
     /// which fails verification exactly as the original did.
     pub headers: Vec<(String, String)>,
-    /// What counts against `max_bytes`: the body and the kept headers.
+    /// What counts against `max_bytes`: the body, the kept headers and
+    /// [`DESCRIPTION_BYTES`].
     pub size: u64,
     /// Identifies the same callback received again (a provider's retry):
     /// [`Quarantined::digest_of`] its source, headers and body.
@@ -95,7 +102,7 @@ impl Quarantined {
 
     /// The size an item with these headers and body counts for.
     pub fn size_of(headers: &[(String, String)], body: &[u8]) -> u64 {
-        (body.len() + headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()) as u64
+        (body.len() + headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()) as u64 + DESCRIPTION_BYTES
     }
 
     /// The SHA-256 of a callback's source, kept headers and body, hex: two

@@ -6,7 +6,10 @@ use std::sync::Arc;
 
 use crate::store_conformance::{embedded, redis};
 use ipn_relay::store::Store;
-use ipn_relay::store::quarantine::{Diagnosis, QuarantineFilter, QuarantineItem, QuarantineSize, Quarantined, Refusal};
+use ipn_relay::store::quarantine::{
+    DESCRIPTION_BYTES, Diagnosis, QuarantineFilter, QuarantineItem, QuarantineSize, QuarantineStore, Quarantined,
+    Refusal,
+};
 
 fn item(id: &str, source: &str, reason: Refusal, at: u64, body: &[u8]) -> QuarantineItem {
     let headers = vec![("x-nowpayments-sig".to_owned(), "ab".repeat(64))];
@@ -28,23 +31,27 @@ fn item(id: &str, source: &str, reason: Refusal, at: u64, body: &[u8]) -> Quaran
     }
 }
 
-/// 128 header bytes plus the body.
-const HEADER_BYTES: u64 = 17 + 128;
+/// What an item counts for besides its body: the signature header and the
+/// description's allowance.
+const HEADER_BYTES: u64 = 17 + 128 + DESCRIPTION_BYTES;
 
 async fn the_cap_holds_and_items_keep_their_bytes(s: Arc<impl Store>) {
     let body = vec![b'x'; 855];
     let one = HEADER_BYTES + 855;
-    assert_eq!(one, 1000);
+    assert_eq!(one, 3048);
     let items: Vec<_> =
         (0..5).map(|i| item(&format!("{i:016x}"), "np", Refusal::InvalidSignature, 1_000 + i, &body)).collect();
     // Room for three of five.
-    assert_eq!(s.quarantine(items.clone(), 3_500).await.unwrap().kept, 3);
-    assert_eq!(s.quarantine_size().await.unwrap(), QuarantineSize { items: 3, bytes: 3_000 });
+    assert_eq!(s.quarantine(items.clone(), 3 * one + 500).await.unwrap().kept, 3);
+    assert_eq!(s.quarantine_size().await.unwrap(), QuarantineSize { items: 3, bytes: 3 * one });
     // Kept ids are not kept twice; a smaller item still fits.
     let small = item("00000000000000ff", "np", Refusal::InvalidSignature, 2_000, b"{}");
-    let done = s.quarantine(vec![items[0].clone(), small.clone()], 3_500).await.unwrap();
+    let done = s.quarantine(vec![items[0].clone(), small.clone()], 3 * one + HEADER_BYTES + 2).await.unwrap();
     assert_eq!((done.kept, done.duplicates), (1, 1));
-    assert_eq!(s.quarantine_size().await.unwrap(), QuarantineSize { items: 4, bytes: 3_000 + HEADER_BYTES + 2 });
+    assert_eq!(s.quarantine_size().await.unwrap(), QuarantineSize { items: 4, bytes: 3 * one + HEADER_BYTES + 2 });
+    // Even an empty callback takes room: a flood of them stops at the cap.
+    let empty = item("00000000000000fd", "np", Refusal::InvalidSignature, 2_002, b"");
+    assert_eq!(s.quarantine(vec![empty], 3 * one + HEADER_BYTES + 2 + HEADER_BYTES - 1).await.unwrap().kept, 0);
     // The body and headers come back byte for byte, even when not text.
     let odd = item("00000000000000fe", "np", Refusal::InvalidSignature, 2_001, b"\xff\x00{\"a\":1}");
     assert_eq!(s.quarantine(vec![odd.clone()], u64::MAX).await.unwrap().kept, 1);
@@ -149,14 +156,14 @@ async fn concurrent_writers_stay_under_the_cap(s: Arc<impl Store>) {
                 let items = (0..5)
                     .map(|i| item(&format!("{w:04x}{b:04x}{i:08x}"), "np", Refusal::InvalidSignature, 1 + b, &[1; 55]))
                     .collect();
-                s.quarantine(items, 20 * 200).await.unwrap();
+                s.quarantine(items, 20 * (HEADER_BYTES + 55)).await.unwrap();
             }
         }));
     }
     for t in tasks {
         t.await.unwrap();
     }
-    assert_eq!(s.quarantine_size().await.unwrap(), QuarantineSize { items: 20, bytes: 4_000 });
+    assert_eq!(s.quarantine_size().await.unwrap(), QuarantineSize { items: 20, bytes: 20 * (HEADER_BYTES + 55) });
 }
 
 /// A provider's retries of one refused callback are kept once, with the
@@ -195,3 +202,27 @@ on_both_stores!(
         a_callback_received_again_is_kept_once,
     ]
 );
+
+/// A damaged record on Redis (its description unreadable, or its size
+/// gone) is left out of listings, reported as corrupt when read, and still
+/// removed whole, giving its bytes back.
+#[tokio::test]
+async fn redis_damaged_records_are_skipped_reported_and_removed() {
+    let (s, server) = redis().await;
+    let items: Vec<_> =
+        (0..3).map(|i| item(&format!("{i:016x}"), "np", Refusal::InvalidSignature, 7_000 + i, b"{}")).collect();
+    s.quarantine(items.clone(), u64::MAX).await.unwrap();
+    let mut raw = redis::Client::open(server.url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let key = |i: usize| format!("{{conformance}}:qtn:{}", items[i].meta.id);
+    let _: () = redis::cmd("HSET").arg(key(0)).arg("meta").arg("not json").query_async(&mut raw).await.unwrap();
+    let _: () = redis::cmd("HDEL").arg(key(1)).arg("size").query_async(&mut raw).await.unwrap();
+    let page = s.list_quarantine(&QuarantineFilter::default(), None, 10).await.unwrap();
+    assert_eq!(page.items.len(), 2);
+    assert!(matches!(s.quarantined(&items[0].meta.id).await, Err(ipn_relay::store::StoreError::Corrupt { .. })));
+    let ids: Vec<String> = items.iter().map(|i| i.meta.id.clone()).collect();
+    assert_eq!(s.release_quarantined(&ids).await.unwrap(), 3);
+    let exists: usize = redis::cmd("EXISTS").arg(key(0)).arg(key(1)).query_async(&mut raw).await.unwrap();
+    assert_eq!(exists, 0);
+    // The item without a size could not give its bytes back; the others did.
+    assert_eq!(s.quarantine_size().await.unwrap(), QuarantineSize { items: 0, bytes: HEADER_BYTES + 2 });
+}

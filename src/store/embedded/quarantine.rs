@@ -5,8 +5,8 @@
 use async_trait::async_trait;
 use redb::ReadTransaction;
 
-use super::codec::{corrupt, unavailable};
-use super::tables::{QUARANTINE, QUARANTINE_BODIES, QuarantineChange};
+use super::codec::unavailable;
+use super::tables::{QUARANTINE, QUARANTINE_BODIES, QuarantineChange, decode_meta};
 use super::writer::Op;
 use super::{EmbeddedStore, listing};
 use crate::http::Chain;
@@ -58,12 +58,10 @@ impl QuarantineStore for EmbeddedStore {
                 let (k, v) = entry.map_err(unavailable)?;
                 examined += 1;
                 last = Some(k.value().to_owned());
-                match serde_json::from_slice::<Quarantined>(v.value()) {
+                match decode_meta(k.value(), v.value()) {
                     Ok(q) if filter.matches(&q) => items.push(q),
                     Ok(_) => {}
-                    Err(e) => {
-                        tracing::error!(error = %Chain(&corrupt(k.value(), e)), "unreadable quarantine record left out")
-                    }
+                    Err(e) => tracing::error!(error = %Chain(&e), "unreadable quarantine record left out"),
                 }
             }
             Ok(QuarantinePage { items, next_cursor: None })
@@ -94,7 +92,7 @@ impl QuarantineStore for EmbeddedStore {
 fn read_meta(txn: &ReadTransaction, id: &str) -> Result<Option<Quarantined>, StoreError> {
     let table = txn.open_table(QUARANTINE).map_err(unavailable)?;
     match table.get(id).map_err(unavailable)? {
-        Some(g) => serde_json::from_slice(g.value()).map(Some).map_err(|e| corrupt(id, e)),
+        Some(g) => decode_meta(id, g.value()).map(Some),
         None => Ok(None),
     }
 }

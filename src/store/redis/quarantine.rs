@@ -79,11 +79,10 @@ impl QuarantineStore for RedisStore {
             for (id, meta) in ids.iter().zip(metas) {
                 examined += 1;
                 // Removed between the two reads: left out.
-                let Some(meta) = meta else { continue };
-                match decode::<Quarantined>(id, &meta) {
-                    Ok(q) if filter.matches(&q) => items.push(q),
-                    Ok(_) => {}
-                    Err(e) => tracing::error!(error = %Chain(&e), "unreadable quarantine record left out"),
+                match meta.map(|m| decode::<Quarantined>(id, &m)) {
+                    Some(Ok(q)) if filter.matches(&q) => items.push(q),
+                    Some(Ok(_)) | None => {}
+                    Some(Err(e)) => tracing::error!(error = %Chain(&e), "unreadable quarantine record left out"),
                 }
                 if items.len() == limit || examined == QUARANTINE_SCAN_LIMIT {
                     return Ok(QuarantinePage { items, next_cursor: Some(id.clone()) });

@@ -21,7 +21,7 @@ mod lifecycle;
 mod quarantine;
 mod replay;
 
-pub(super) use quarantine::QuarantineChange;
+pub(super) use quarantine::{QuarantineChange, decode_meta};
 mod retention;
 
 use redb::{Database, Durability, ReadableTable, Table, TableDefinition, WriteTransaction};

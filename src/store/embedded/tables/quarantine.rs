@@ -5,12 +5,30 @@
 
 use redb::ReadableTable;
 
-use super::super::codec::{encode, unavailable};
+use super::super::codec::{corrupt, encode, unavailable};
 use super::Tables;
 use crate::store::StoreError;
 use crate::store::quarantine::{Kept, QuarantineItem, Quarantined};
 
 const BYTES: &str = "quarantine_bytes";
+
+/// A kept callback's description as stored: its size (u64 LE), then the
+/// description as JSON. The size comes first so that an unreadable
+/// description still gives its bytes back when removed.
+pub(in crate::store::embedded) fn encode_meta(meta: &Quarantined) -> Vec<u8> {
+    let mut out = meta.size.to_le_bytes().to_vec();
+    out.extend_from_slice(&encode(meta));
+    out
+}
+
+pub(in crate::store::embedded) fn decode_meta(id: &str, bytes: &[u8]) -> Result<Quarantined, StoreError> {
+    let json = bytes.get(8..).ok_or_else(|| corrupt(id, "truncated quarantine record"))?;
+    serde_json::from_slice(json).map_err(|e| corrupt(id, e))
+}
+
+fn stored_size(bytes: &[u8]) -> Option<u64> {
+    bytes.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes)
+}
 
 /// A change to the quarantine, applied by the writer thread.
 pub(in crate::store::embedded) enum QuarantineChange {
@@ -38,11 +56,15 @@ impl Tables<'_> {
         let n = |kept| Ok(Kept { kept, duplicates: 0 });
         match change {
             QuarantineChange::Keep { items, max_bytes } => self.keep(items, max_bytes),
-            QuarantineChange::Rediagnose(meta) => {
-                if self.quarantine.get(meta.id.as_str()).map_err(unavailable)?.is_none() {
+            QuarantineChange::Rediagnose(mut meta) => {
+                // The size it was kept with stays: the total counted it.
+                let Some(kept) =
+                    self.quarantine.get(meta.id.as_str()).map_err(unavailable)?.map(|g| stored_size(g.value()))
+                else {
                     return n(0);
-                }
-                self.quarantine.insert(meta.id.as_str(), encode(&*meta).as_slice()).map_err(unavailable)?;
+                };
+                meta.size = kept.unwrap_or(meta.size);
+                self.quarantine.insert(meta.id.as_str(), encode_meta(&meta).as_slice()).map_err(unavailable)?;
                 n(1)
             }
             QuarantineChange::Release(ids) => {
@@ -86,7 +108,7 @@ impl Tables<'_> {
             if bytes.saturating_add(size) > max_bytes {
                 continue;
             }
-            self.quarantine.insert(id, encode(&item.meta).as_slice()).map_err(unavailable)?;
+            self.quarantine.insert(id, encode_meta(&item.meta).as_slice()).map_err(unavailable)?;
             self.quarantine_bodies.insert(id, item.body.as_slice()).map_err(unavailable)?;
             if !digest.is_empty() {
                 self.quarantine_digests.insert(digest, id).map_err(unavailable)?;
@@ -112,27 +134,21 @@ impl Tables<'_> {
         Ok(self.quarantine.get(id.as_str()).map_err(unavailable)?.is_some())
     }
 
-    /// Removes one item and takes its size off the total. An unreadable
-    /// description still goes, counted by its body's length (what most of
-    /// its size was).
+    /// Removes one item and takes its size off the total, and its digest
+    /// out of the index (unless its description is unreadable: the entry
+    /// then names an item that is gone, which counts as not kept).
     fn unkeep(&mut self, id: &str) -> Result<bool, StoreError> {
         let Some(meta) = self.quarantine.remove(id).map_err(unavailable)? else {
             return Ok(false);
         };
-        let described = serde_json::from_slice::<Quarantined>(meta.value()).map(|m| (m.size, m.digest));
+        let (size, digest) = (stored_size(meta.value()).unwrap_or(0), decode_meta(id, meta.value()).map(|m| m.digest));
         drop(meta);
-        let body_len = self.quarantine_bodies.remove(id).map_err(unavailable)?.map(|b| b.value().len() as u64);
-        let size = match described {
-            Ok((size, digest)) => {
-                let points_here =
-                    self.quarantine_digests.get(digest.as_str()).map_err(unavailable)?.is_some_and(|g| g.value() == id);
-                if points_here {
-                    self.quarantine_digests.remove(digest.as_str()).map_err(unavailable)?;
-                }
-                size
-            }
-            Err(_) => body_len.unwrap_or(0),
-        };
+        self.quarantine_bodies.remove(id).map_err(unavailable)?;
+        if let Ok(digest) = digest
+            && self.quarantine_digests.get(digest.as_str()).map_err(unavailable)?.is_some_and(|g| g.value() == id)
+        {
+            self.quarantine_digests.remove(digest.as_str()).map_err(unavailable)?;
+        }
         let bytes = self.bytes()?.saturating_sub(size);
         self.meta.insert(BYTES, bytes).map_err(unavailable)?;
         Ok(true)
