@@ -153,7 +153,11 @@ fn printable(s: &str) -> String {
     s.chars()
         .flat_map(|c| match c {
             '\n' | '\t' => vec![c],
-            c if c.is_control() => c.escape_default().collect(),
+            // Bidi overrides and zero-width characters could make text
+            // read as something else.
+            c if c.is_control() || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}') => {
+                c.escape_unicode().collect()
+            }
             c => vec![c],
         })
         .collect()
@@ -242,7 +246,8 @@ mod tests {
 
     #[test]
     fn control_characters_from_a_request_are_escaped_for_the_terminal() {
-        assert_eq!(printable("a\u{1b}]52;c;x\u{7}b\r\nc\td"), "a\\u{1b}]52;c;x\\u{7}b\\r\nc\td");
+        assert_eq!(printable("a\u{1b}]52;c;x\u{7}b\r\nc\td"), "a\\u{1b}]52;c;x\\u{7}b\\u{d}\nc\td");
+        assert_eq!(printable("pay\u{202e}gnp.exe"), "pay\\u{202e}gnp.exe");
         assert_eq!(printable("plain ünïcode"), "plain ünïcode");
     }
 }

@@ -108,15 +108,32 @@ pub(crate) fn header_map(headers: &[(String, String)]) -> HeaderMap {
 
 /// The quarantine's front door, shared by ingress.
 pub(crate) struct Quarantine {
-    config: RwLock<(QuarantineConfig, Arc<KeyedLimiter>)>,
+    config: RwLock<(QuarantineConfig, Limiters)>,
     queue: mpsc::Sender<Pending>,
     /// Body bytes in the queue.
     queued: Arc<AtomicUsize>,
     metrics: Arc<Metrics>,
 }
 
-fn per_client(q: &QuarantineConfig) -> Arc<KeyedLimiter> {
-    Arc::new(RateLimiter::keyed(Quota::per_minute(q.max_per_client_per_minute)))
+/// Clients in a source's `allow_ips` (the provider's own addresses) may
+/// have this many times `max_per_client_per_minute` kept: a busy merchant's
+/// provider sends more than 60 callbacks a minute from one address.
+const LISTED_FACTOR: u32 = 10;
+
+/// Per-client counts: for other clients, and for allow-listed ones.
+#[derive(Clone)]
+struct Limiters {
+    others: Arc<KeyedLimiter>,
+    listed: Arc<KeyedLimiter>,
+}
+
+fn per_client(q: &QuarantineConfig) -> Limiters {
+    let n = q.max_per_client_per_minute;
+    let listed = n.saturating_mul(std::num::NonZeroU32::new(LISTED_FACTOR).expect("not zero"));
+    Limiters {
+        others: Arc::new(RateLimiter::keyed(Quota::per_minute(n))),
+        listed: Arc::new(RateLimiter::keyed(Quota::per_minute(listed))),
+    }
 }
 
 impl Quarantine {
@@ -142,16 +159,17 @@ impl Quarantine {
 
     /// Forgets clients that have been quiet (housekeeping).
     pub(crate) fn forget_idle_clients(&self) {
-        let limiter = self.config.read().unwrap_or_else(|e| e.into_inner()).1.clone();
-        limiter.retain_recent();
-        limiter.shrink_to_fit();
+        let limiters = self.config.read().unwrap_or_else(|e| e.into_inner()).1.clone();
+        for limiter in [limiters.others, limiters.listed] {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
     }
 
     /// Hands a refused callback to the writer task, never waiting. Returns
     /// the id it will be kept under, or `None` if it is not kept. A client
-    /// in the source's `allow_ips` (`allow_listed`) is the provider itself:
-    /// its callbacks are not held to `max_per_client_per_minute`, since a
-    /// busy merchant's provider sends more than that from one address.
+    /// in the source's `allow_ips` (`allow_listed`) is the provider itself,
+    /// and may have [`LISTED_FACTOR`] times the per-client limit kept.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn offer(
         &self,
@@ -163,11 +181,12 @@ impl Quarantine {
         body: Bytes,
         received_at: OffsetDateTime,
     ) -> Option<String> {
-        let (config, limiter) = self.config.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let (config, limiters) = self.config.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let limiter = if allow_listed { limiters.listed } else { limiters.others };
         if !config.enabled {
             return None;
         }
-        if !allow_listed && limiter.check_key(&crate::http::rate_key(client)).is_err() {
+        if limiter.check_key(&crate::http::rate_key(client)).is_err() {
             self.metrics.quarantine_dropped(Dropped::ClientRate, 1);
             return None;
         }

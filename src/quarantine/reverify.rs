@@ -8,14 +8,16 @@
 //! A Nova timestamp is judged against the receipt time, not the time of
 //! the reverify, so a callback held back by a wrong secret is not stale for
 //! having waited. `allow_stale` admits one whose only fault is its
-//! timestamp, and the event says so (`stale_timestamp_accepted`), but only
-//! within half of `dedupe_ttl` of its receipt: further off, a copy admitted
-//! that long ago may have lost its dedupe key, and a captured webhook
-//! replayed would be admitted twice (the rule that bounds
-//! `timestamp_tolerance`).
+//! timestamp, and the event says so (`stale_timestamp_accepted`). Either
+//! way a Nova webhook is admitted only while its timestamp is within half
+//! of `dedupe_ttl` of now (the rule that bounds `timestamp_tolerance`):
+//! later, a copy admitted when it was sent may have lost its dedupe key,
+//! and a captured webhook replayed would be admitted twice.
 //!
+//! The client must be in the source's `allow_ips` as configured now.
 //! `as_source` verifies against another configured source (callbacks the
-//! provider posted to the wrong URL) and admits them as that source's.
+//! provider posted to the wrong URL, its `allow_ips` included) and admits
+//! them as that source's; an item it does not admit keeps its description.
 //!
 //! Items go oldest first, so a payment's events are numbered in the order
 //! they arrived (docs/lifecycle.md).
@@ -25,7 +27,7 @@ use time::OffsetDateTime;
 
 use super::header_map;
 use crate::admission::{Admitter, Recovery};
-use crate::config::Config;
+use crate::config::{Config, ProviderKind};
 use crate::providers::diagnose::{self, diagnose};
 use crate::providers::{self, ProviderError};
 use crate::store::quarantine::Refusal;
@@ -45,6 +47,9 @@ pub(crate) enum Outcome {
     SourceNotConfigured,
     /// Its record cannot be read; it stays (and expires).
     Unreadable,
+    /// Its client is not in the `allow_ips` of the source it was verified
+    /// against; it stays as it was.
+    IpNotAllowed,
     /// Verified, but the store did not take it; it stays. Try again.
     Unavailable,
     NotFound,
@@ -105,12 +110,22 @@ pub(crate) async fn reverify(
             out.push(r);
             continue;
         };
+        // As at ingress, the client must be one the source (as configured
+        // now) takes callbacks from; with `as_source` that is another
+        // source's list than the one checked on arrival.
+        let client = meta.client.parse::<std::net::IpAddr>().ok();
+        if !source.allow_ips.is_empty() && !client.is_some_and(|c| source.allow_ips.iter().any(|n| n.contains(&c))) {
+            let mut r = Reverified::new(id, Outcome::IpNotAllowed);
+            r.summary = Some(format!("client {} is not in the allow_ips of source '{name}'", meta.client));
+            out.push(r);
+            continue;
+        }
         let headers = header_map(&meta.headers);
         let received_at = OffsetDateTime::from_unix_timestamp_nanos(meta.received_at as i128 * 1_000_000)
             .unwrap_or(OffsetDateTime::UNIX_EPOCH);
         let mut stale_timestamp_accepted = false;
         let verdict = match providers::process(source, &headers, &item.body, received_at) {
-            Err(ProviderError::StaleTimestamp) if allow_stale && within_dedupe(&item.body, received_at, config) => {
+            Err(ProviderError::StaleTimestamp) if allow_stale => {
                 stale_timestamp_accepted = true;
                 let lenient = crate::config::Source { timestamp_tolerance: None, ..source.clone() };
                 providers::process(&lenient, &headers, &item.body, received_at)
@@ -118,6 +133,21 @@ pub(crate) async fn reverify(
             verdict => verdict,
         };
         let refusal = match verdict {
+            // A Nova webhook is admitted only while a copy admitted when it
+            // was sent would still have its dedupe key: judged now, since
+            // the duplicate check runs now.
+            Ok(_)
+                if source.kind == ProviderKind::Nova
+                    && !within_dedupe(&item.body, OffsetDateTime::now_utc(), config) =>
+            {
+                let mut r = Reverified::new(id, Outcome::Refused);
+                r.reason = Some(meta.reason);
+                r.summary = Some(
+                    "Too late to admit safely: its timestamp is more than half of store.dedupe_ttl from now, so a copy admitted when it was sent may have lost its dedupe key and this one would be admitted twice. It stays until it expires.".into(),
+                );
+                out.push(r);
+                continue;
+            }
             Ok(normalised) => {
                 let recovery = Recovery { from: id.clone(), stale_timestamp_accepted };
                 match admitter.admit(config, source, normalised, received_at, Some(recovery)).await {
@@ -139,39 +169,40 @@ pub(crate) async fn reverify(
             // Genuine now, but a body ingress would refuse as a bad request:
             // it stays, saying so.
             Err(e @ (ProviderError::BadRequest(_) | ProviderError::UnsignedContent(_))) => {
-                meta.diagnosis.summary =
-                    format!("It verifies with the configuration now in force but is refused as a bad request: {e}");
-                meta.diagnosis.checked_at = crate::store::now_millis();
-                store.rediagnose(&meta).await?;
+                let message: String = e.to_string().chars().take(200).flat_map(char::escape_debug).collect();
+                let summary = format!("Verifies now, but is refused as a bad request: {message}");
+                if as_source.is_none() {
+                    meta.diagnosis.summary = summary.clone();
+                    meta.diagnosis.checked_at = crate::store::now_millis();
+                    store.rediagnose(&meta).await?;
+                }
                 out.push(Reverified {
                     reason: Some(meta.reason),
-                    summary: Some(meta.diagnosis.summary),
+                    summary: Some(summary),
                     ..Reverified::new(id, Outcome::Refused)
                 });
                 continue;
             }
         };
-        meta.reason = refusal;
-        meta.diagnosis = diagnose(source, &config.sources, refusal, &headers, &item.body, received_at);
-        if refusal == Refusal::StaleTimestamp && allow_stale {
-            meta.diagnosis.summary = format!(
-                "Its timestamp is more than half of store.dedupe_ttl from its receipt: a copy admitted that long ago may have lost its dedupe key, so allow_stale does not admit it. {}",
-                meta.diagnosis.summary
-            );
+        let diagnosis = diagnose(source, &config.sources, refusal, &headers, &item.body, received_at);
+        // Tried as another source's: say why here, but the item keeps the
+        // description of the source it came to.
+        if as_source.is_none() {
+            meta.reason = refusal;
+            meta.diagnosis = diagnosis.clone();
+            store.rediagnose(&meta).await?;
         }
-        store.rediagnose(&meta).await?;
         out.push(Reverified {
             reason: Some(refusal),
-            summary: Some(meta.diagnosis.summary.clone()),
+            summary: Some(diagnosis.summary),
             ..Reverified::new(id, Outcome::Refused)
         });
     }
     Ok(out)
 }
 
-/// Whether a Nova body's timestamp is within half of `dedupe_ttl` of its
-/// receipt, where `allow_stale` may waive the tolerance.
-fn within_dedupe(body: &[u8], received_at: OffsetDateTime, config: &Config) -> bool {
-    let offset = crate::canonical::parse(body).ok().and_then(|v| diagnose::timestamp_offset(&v, received_at));
+/// Whether a Nova body's timestamp is within half of `dedupe_ttl` of `now`.
+fn within_dedupe(body: &[u8], now: OffsetDateTime, config: &Config) -> bool {
+    let offset = crate::canonical::parse(body).ok().and_then(|v| diagnose::timestamp_offset(&v, now));
     offset.is_some_and(|s| s.unsigned_abs().saturating_mul(2) <= config.store.dedupe_ttl.as_secs())
 }

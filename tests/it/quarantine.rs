@@ -457,8 +457,8 @@ fn futures_now<T>(f: impl Future<Output = Result<T, ipn_relay::store::StoreError
 }
 
 /// A provider's retries of a refused callback are kept once. Its own
-/// addresses (the source's `allow_ips`) are not held to the per-client
-/// limit, which still holds for a source without an allow list.
+/// addresses (the source's `allow_ips`) may have ten times the per-client
+/// limit kept; a source without an allow list has the limit itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_are_kept_once_and_allow_listed_providers_are_not_rate_limited() {
     let dir = tempfile::tempdir().unwrap();
@@ -561,50 +561,77 @@ async fn a_truncated_reverify_takes_the_oldest_and_empty_callbacks_take_room() {
 
 /// A NOWPayments IPN the provider posted to the Nova URL is diagnosed as
 /// signed by the other source and recovered as that source's with
-/// `as_source`; `allow_stale` waives a timestamp only within half of
-/// `dedupe_ttl` of the receipt.
+/// `as_source`, if its client is in that source's `allow_ips`; an item
+/// `as_source` does not admit keeps its description. A Nova webhook is
+/// admitted only while its timestamp is within half of `dedupe_ttl` of the
+/// reverify (not of its receipt), `allow_stale` or not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn wrong_url_callbacks_are_recovered_as_their_source_and_allow_stale_is_bounded() {
+async fn wrong_url_callbacks_are_recovered_as_their_source_and_old_webhooks_are_not() {
     let receiver = Receiver::start(|_| Reply::Status(200)).await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("relay.redb");
     let store = Arc::new(ipn_relay::store::embedded::EmbeddedStore::open(&path).unwrap());
     let text = config(&format!("path = \"{}\"", path.display()), NP_SECRET, &receiver.url(), "")
-        .replace("[store]\n", "[store]\ndedupe_ttl = \"1h\"\n");
-    let relay = crate::admin::Running::start(&text, store).await;
+        .replace("[store]\n", "[store]\ndedupe_ttl = \"1m\"\n")
+        .replace("timestamp_tolerance = \"5m\"", "timestamp_tolerance = \"5s\"");
+    let listed = text.replacen("kind = \"nowpayments\"\n", "kind = \"nowpayments\"\nallow_ips = [\"10.0.0.0/8\"]\n", 1);
+    let relay = crate::admin::Running::start(&listed, store.clone()).await;
     let (c, admin) = (client(), relay.admin_url());
+    let url = format!("{admin}/admin/quarantine/reverify");
+
+    // A genuine Nova webhook sent 25 s ago: stale on arrival (5 s), yet
+    // within half of dedupe_ttl of its receipt.
+    let sent = time::OffsetDateTime::now_utc() - Duration::from_secs(25);
+    let ts = sent.format(&time::format_description::well_known::Rfc3339).unwrap();
+    let body = nova_body("deposit.confirmed", "dep_late", &ts);
+    let sig = nova::sign(NOVA_SECRET.as_bytes(), body.as_bytes());
+    let r = c.post(format!("http://{}/hooks/nova", relay.addr)).header("x-signature", sig).body(body);
+    assert_eq!(r.send().await.unwrap().status(), 401);
+    let stale = wait_quarantined(&c, &admin, "reason=stale_timestamp", 1).await.remove(0);
 
     let body = payment_ipn(4242, "finished");
     let sig = nowpayments::sign(NP_SECRET.as_bytes(), body.as_bytes());
     let r = c.post(format!("http://{}/hooks/nova", relay.addr)).header("x-nowpayments-sig", sig).body(body);
     assert_eq!(r.send().await.unwrap().status(), 401);
-    let item = wait_quarantined(&c, &admin, "source=nova", 1).await.remove(0);
+    let item = wait_quarantined(&c, &admin, "reason=invalid_signature", 1).await.remove(0);
     assert_eq!(item["diagnosis"]["verifies_with_source"], "nowpayments", "{item}");
     let id = item["id"].as_str().unwrap();
-    let url = format!("{admin}/admin/quarantine/reverify");
     let (_, r) = post(&c, url.clone(), Some(json!({"ids": [id]}))).await;
     assert_eq!(r["items"][0]["outcome"], "refused");
     let (status, r) = post(&c, url.clone(), Some(json!({"ids": [id], "as_source": "paypal"}))).await;
     assert_eq!(status, 400, "{r}");
+    // 127.0.0.1 is not among nowpayments' addresses.
+    let (_, r) = post(&c, url.clone(), Some(json!({"ids": [id], "as_source": "nowpayments"}))).await;
+    assert_eq!(r["items"][0]["outcome"], "ip_not_allowed", "{r}");
+    // Tried as nowpayments', the stale Nova item is refused but stays as it was.
+    let (_, r) =
+        post(&c, url.clone(), Some(json!({"ids": [stale["id"]], "as_source": "nowpayments", "allow_stale": true})))
+            .await;
+    assert_eq!(r["items"][0]["outcome"], "ip_not_allowed", "{r}");
+    relay.stop().await;
+
+    let relay = crate::admin::Running::start(&text, store).await;
+    let admin = relay.admin_url();
+    let url = format!("{admin}/admin/quarantine/reverify");
+    let (_, r) = post(&c, url.clone(), Some(json!({"ids": [stale["id"]], "as_source": "nowpayments"}))).await;
+    assert_eq!(r["items"][0]["outcome"], "refused", "{r}");
+    let (_, kept) = get(&c, format!("{admin}/admin/quarantine/{}", stale["id"].as_str().unwrap()), Some(TOKEN)).await;
+    assert_eq!((kept["reason"].as_str(), &kept["diagnosis"]), (Some("stale_timestamp"), &stale["diagnosis"]));
     let (_, r) = post(&c, url.clone(), Some(json!({"ids": [id], "as_source": "nowpayments"}))).await;
     assert_eq!(r["items"][0]["outcome"], "admitted", "{r}");
     assert!(eventually(Duration::from_secs(10), || receiver.received().len() == 1).await);
     let event: Value = serde_json::from_slice(&receiver.received()[0].body).unwrap();
     assert_eq!((event["source"].as_str(), event["recovered_from"].as_str()), (Some("nowpayments"), Some(id)));
 
-    // 40 minutes off with a dedupe_ttl of 1h: more than half, refused even with allow_stale.
-    let old = time::OffsetDateTime::now_utc() - Duration::from_secs(40 * 60);
-    let body = nova_body(
-        "deposit.confirmed",
-        "dep_replayed",
-        &old.format(&time::format_description::well_known::Rfc3339).unwrap(),
-    );
-    let sig = nova::sign(NOVA_SECRET.as_bytes(), body.as_bytes());
-    let r = c.post(format!("http://{}/hooks/nova", relay.addr)).header("x-signature", sig).body(body);
-    assert_eq!(r.send().await.unwrap().status(), 401);
-    let item = wait_quarantined(&c, &admin, "reason=stale_timestamp", 1).await.remove(0);
-    let (_, r) = post(&c, url, Some(json!({"ids": [item["id"]], "allow_stale": true}))).await;
+    // Now more than 30 s after it was sent: a copy admitted then may have
+    // lost its dedupe key, so even allow_stale does not admit it.
+    let wait = (sent + Duration::from_secs(31)) - time::OffsetDateTime::now_utc();
+    if wait.is_positive() {
+        tokio::time::sleep(wait.unsigned_abs()).await;
+    }
+    let (_, r) = post(&c, url, Some(json!({"ids": [stale["id"]], "allow_stale": true}))).await;
     assert_eq!(r["items"][0]["outcome"], "refused", "{r}");
-    assert!(r["items"][0]["summary"].as_str().unwrap().contains("half of store.dedupe_ttl"), "{r}");
+    assert!(r["items"][0]["summary"].as_str().unwrap().contains("half of store.dedupe_ttl from now"), "{r}");
+    assert_eq!(receiver.received().len(), 1);
     relay.stop().await;
 }
