@@ -242,7 +242,16 @@ impl ServerConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub enum StoreKind {
     Embedded { path: PathBuf },
-    Redis { url: Url<String>, prefix: String },
+    Redis { url: Url<String>, prefix: String, tls: RedisTls },
+}
+
+/// TLS to Redis beyond what a `rediss://` URL says: files read at
+/// connect. Without `ca_file` the system's roots verify the server.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RedisTls {
+    pub ca_file: Option<PathBuf>,
+    /// A client certificate and its key, for a server that asks for one.
+    pub client: Option<(PathBuf, PathBuf)>,
 }
 
 #[derive(Debug, Clone)]
@@ -381,7 +390,11 @@ impl Config {
         let mut s = String::new();
         let store = match &self.store.kind {
             StoreKind::Embedded { path } => format!("embedded ({})", path.display()),
-            StoreKind::Redis { url, prefix } => format!("redis ({url}, prefix {prefix})"),
+            StoreKind::Redis { url, prefix, tls } => format!(
+                "redis ({url}, prefix {prefix}{}{})",
+                tls.ca_file.as_ref().map(|f| format!(", CA {}", f.display())).unwrap_or_default(),
+                tls.client.as_ref().map(|(c, _)| format!(", client certificate {}", c.display())).unwrap_or_default()
+            ),
         };
         s.push_str(&format!(
             "ingress   {}\nadmin     {}\nstore     {store}, dedupe ttl {}\n",

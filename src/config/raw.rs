@@ -159,11 +159,25 @@ pub(super) struct RawStore {
     pub prefix: Option<String>,
     #[serde(default = "default_dedupe_ttl")]
     pub dedupe_ttl: Dur,
+    /// `rediss://` only: the CA that signed the server's certificate (else
+    /// the system's roots), and a client certificate and its key.
+    pub tls_ca_file: Option<String>,
+    pub tls_cert_file: Option<String>,
+    pub tls_key_file: Option<String>,
 }
 
 impl Default for RawStore {
     fn default() -> Self {
-        RawStore { kind: RawStoreKind::Embedded, path: None, url: None, prefix: None, dedupe_ttl: default_dedupe_ttl() }
+        RawStore {
+            kind: RawStoreKind::Embedded,
+            path: None,
+            url: None,
+            prefix: None,
+            dedupe_ttl: default_dedupe_ttl(),
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+        }
     }
 }
 

@@ -114,13 +114,41 @@ fn checks_the_previous_signing_secret() {
 #[test]
 fn refuses_redis_urls_it_cannot_connect_to() {
     let store = |url: &str| format!("\n[store]\nkind = \"redis\"\nurl = \"{url}\"\n");
-    assert!(
-        err(&store("rediss://redis.internal:6380/0")).contains("store.url: rediss:// (TLS to Redis) is not built in")
-    );
     assert!(err(&store("http://redis.internal:6379")).contains("store.url: must start with redis://"));
-    for ok in ["redis://127.0.0.1:6379/0", "unix:///run/redis.sock", "redis+unix:///run/redis.sock"] {
+    for ok in [
+        "redis://127.0.0.1:6379/0",
+        "rediss://redis.internal:6380/0",
+        "unix:///run/redis.sock",
+        "redis+unix:///run/redis.sock",
+    ] {
         assert!(parse(&store(ok)).is_ok(), "{ok}");
     }
+}
+
+#[test]
+fn redis_tls_files_need_rediss_go_in_pairs_and_must_be_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, "-----BEGIN CERTIFICATE-----\n").unwrap();
+        p.display().to_string()
+    };
+    let (ca, cert, key) = (file("ca.pem"), file("client.pem"), file("client.key"));
+    let store = |url: &str, files: &str| format!("\n[store]\nkind = \"redis\"\nurl = \"{url}\"\n{files}");
+    let all = format!("tls_ca_file = \"{ca}\"\ntls_cert_file = \"{cert}\"\ntls_key_file = \"{key}\"\n");
+    let cfg = parse(&store("rediss://redis.internal:6380/0", &all)).unwrap();
+    let StoreKind::Redis { tls, .. } = &cfg.store.kind else { panic!("redis") };
+    assert_eq!(tls.ca_file.as_deref(), Some(std::path::Path::new(&ca)));
+    assert!(tls.client.is_some());
+    assert!(cfg.summary().contains("client certificate"), "{}", cfg.summary());
+    let e = err(&store("redis://redis.internal:6379/0", &all));
+    assert!(e.contains("need a rediss:// url"), "{e}");
+    let e = err(&store("rediss://r:6380/0", &format!("tls_cert_file = \"{cert}\"\n")));
+    assert!(e.contains("tls_cert_file and tls_key_file go together"), "{e}");
+    let e = err(&store("rediss://r:6380/0", "tls_ca_file = \"/nonexistent/ca.pem\"\n"));
+    assert!(e.contains("store.tls_ca_file") && e.contains("cannot read /nonexistent/ca.pem"), "{e}");
+    let e = err(&format!("\n[store]\ntls_ca_file = \"{ca}\"\n"));
+    assert!(e.contains("apply to kind = \"redis\" only"), "{e}");
 }
 
 #[test]
@@ -348,7 +376,8 @@ fn worker_threads_default_by_store_and_are_bounded() {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let cfg = parse("").unwrap();
     assert_eq!(cfg.server.workers(&cfg.store.kind), cores.saturating_sub(1).max(1));
-    let redis = StoreKind::Redis { url: Url::new("redis://127.0.0.1/".into()), prefix: "p".into() };
+    let redis =
+        StoreKind::Redis { url: Url::new("redis://127.0.0.1/".into()), prefix: "p".into(), tls: Default::default() };
     assert_eq!(cfg.server.workers(&redis), cores);
     let with = |n: &str| BASE.replace("[server]\n", &format!("[server]\nworker_threads = {n}\n"));
     let cfg = parse_text(&with("3")).unwrap();

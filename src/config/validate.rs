@@ -199,6 +199,12 @@ impl TryFrom<RawStore> for StoreConfig {
                 if st.url.is_some() || st.prefix.is_some() {
                     return invalid("store", "url and prefix apply to kind = \"redis\" only");
                 }
+                if st.tls_ca_file.is_some() || st.tls_cert_file.is_some() || st.tls_key_file.is_some() {
+                    return invalid(
+                        "store",
+                        "tls_ca_file, tls_cert_file and tls_key_file apply to kind = \"redis\" only",
+                    );
+                }
                 let path = st.path.unwrap_or_else(|| "./data/ipn-relay.redb".into());
                 if path.is_empty() {
                     return invalid("store.path", "must not be empty");
@@ -210,15 +216,10 @@ impl TryFrom<RawStore> for StoreConfig {
                     return invalid("store.path", "applies to kind = \"embedded\" only");
                 }
                 let url = st.url.unwrap_or_else(|| "redis://127.0.0.1:6379/0".into());
-                if url.starts_with("rediss://") {
-                    return invalid(
-                        "store.url",
-                        "rediss:// (TLS to Redis) is not built in; reach a TLS-only Redis through a local TLS tunnel and use redis:// or unix://",
-                    );
+                if !["redis://", "rediss://", "unix://", "redis+unix://"].iter().any(|p| url.starts_with(p)) {
+                    return invalid("store.url", "must start with redis://, rediss:// (TLS), unix:// or redis+unix://");
                 }
-                if !["redis://", "unix://", "redis+unix://"].iter().any(|p| url.starts_with(p)) {
-                    return invalid("store.url", "must start with redis://, unix:// or redis+unix://");
-                }
+                let tls = redis_tls(&url, st.tls_ca_file, st.tls_cert_file, st.tls_key_file)?;
                 let prefix = st.prefix.unwrap_or_else(|| "ipn-relay".into());
                 if prefix.is_empty() || prefix.contains(['{', '}']) {
                     return invalid(
@@ -226,11 +227,39 @@ impl TryFrom<RawStore> for StoreConfig {
                         "must be non-empty and contain no braces (it becomes the {hash tag})",
                     );
                 }
-                StoreKind::Redis { url: Url::new(url), prefix }
+                StoreKind::Redis { url: Url::new(url), prefix, tls }
             }
         };
         Ok(StoreConfig { kind, dedupe_ttl })
     }
+}
+
+/// The TLS files of a Redis store: only with a `rediss://` URL, a client
+/// certificate only with its key, and each a file that can be read now
+/// (they are read again at connect).
+fn redis_tls(
+    url: &str,
+    ca: Option<String>,
+    cert: Option<String>,
+    key: Option<String>,
+) -> Result<crate::config::RedisTls, Invalid> {
+    let given = ca.is_some() || cert.is_some() || key.is_some();
+    if given && !url.starts_with("rediss://") {
+        return invalid("store", "tls_ca_file, tls_cert_file and tls_key_file need a rediss:// url");
+    }
+    let readable = |key: &str, path: String| -> Result<std::path::PathBuf, Invalid> {
+        match std::fs::read(&path) {
+            Ok(_) => Ok(path.into()),
+            Err(e) => invalid(format!("store.{key}"), format!("cannot read {path}: {e}")),
+        }
+    };
+    let client = match (cert, key) {
+        (Some(c), Some(k)) => Some((readable("tls_cert_file", c)?, readable("tls_key_file", k)?)),
+        (None, None) => None,
+        _ => return invalid("store", "tls_cert_file and tls_key_file go together"),
+    };
+    let ca_file = ca.map(|c| readable("tls_ca_file", c)).transpose()?;
+    Ok(crate::config::RedisTls { ca_file, client })
 }
 
 /// Keys are relative to the source (`name`, `secrets[0]`).

@@ -8,12 +8,41 @@ use redis::aio::ConnectionManager;
 use super::finishes::{FINISH_BATCH, FINISH_CALLS, record_finishes};
 use super::scripts::Scripts;
 use super::{DeliveryState, RedisStore, StoreError, unavailable};
+use crate::config::RedisTls;
+use crate::store::Context;
+
+/// A client for `url`, with `tls`'s files read now. rustls with ring, the
+/// provider the relay's HTTP client uses; no OpenSSL.
+fn client(url: &str, tls: &RedisTls) -> Result<redis::Client, StoreError> {
+    if *tls == RedisTls::default() {
+        if url.starts_with("rediss://") {
+            crate::http::install_tls_provider();
+        }
+        return redis::Client::open(url).map_err(unavailable);
+    }
+    crate::http::install_tls_provider();
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| unavailable(Context::new(format!("cannot read {}", path.display()), e)))
+    };
+    let root_cert = tls.ca_file.as_deref().map(read).transpose()?;
+    let client_tls = match &tls.client {
+        Some((cert, key)) => Some(redis::ClientTlsConfig { client_cert: read(cert)?, client_key: read(key)? }),
+        None => None,
+    };
+    redis::Client::build_with_tls(url, redis::TlsCertificates { client_tls, root_cert }).map_err(unavailable)
+}
 
 impl RedisStore {
     /// Connects to `url` (redis://, unix://, redis+unix://) with keys under
     /// `{prefix}`.
     pub async fn connect(url: &str, prefix: &str) -> Result<RedisStore, StoreError> {
-        let client = redis::Client::open(url).map_err(unavailable)?;
+        RedisStore::connect_with(url, prefix, &RedisTls::default()).await
+    }
+
+    /// [`connect`](RedisStore::connect), also to `rediss://` (rustls), with
+    /// `tls`'s CA and client certificate.
+    pub async fn connect_with(url: &str, prefix: &str, tls: &RedisTls) -> Result<RedisStore, StoreError> {
+        let client = client(url, tls)?;
         // Fail fast while Redis is unreachable: ingress answers 503 within
         // about two seconds and the provider retries, rather than holding
         // its request through a long outage.
@@ -23,6 +52,13 @@ impl RedisStore {
             .set_number_of_retries(1)
             .set_max_delay(std::time::Duration::from_millis(200));
         let mut conn = ConnectionManager::new_with_config(client, config).await.map_err(unavailable)?;
+        // A command now, so that what only shows on the first read (a TLS
+        // server refusing a missing client certificate, a wrong password)
+        // stops the start with its reason rather than the first admission.
+        redis::cmd("PING")
+            .query_async::<String>(&mut conn)
+            .await
+            .map_err(|e| unavailable(Context::new("Redis did not answer PING", e)))?;
         // Evicting any of our keys loses data: dedupe keys (duplicates get
         // through), schedules (deliveries are never claimed) or events.
         // Best effort: a Redis user without INFO rights still runs the relay.
