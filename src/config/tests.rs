@@ -138,7 +138,7 @@ fn redis_tls_files_need_rediss_go_in_pairs_and_must_be_readable() {
     let all = format!("tls_ca_file = \"{ca}\"\ntls_cert_file = \"{cert}\"\ntls_key_file = \"{key}\"\n");
     let cfg = parse(&store("rediss://redis.internal:6380/0", &all)).unwrap();
     let StoreKind::Redis { tls, .. } = &cfg.store.kind else { panic!("redis") };
-    assert_eq!(tls.ca_file.as_deref(), Some(std::path::Path::new(&ca)));
+    assert_eq!(tls.ca_file.as_deref(), Some(Path::new(&ca)));
     assert!(tls.client.is_some());
     assert!(cfg.summary().contains("client certificate"), "{}", cfg.summary());
     let e = err(&store("redis://redis.internal:6379/0", &all));
