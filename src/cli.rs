@@ -217,8 +217,8 @@ async fn serve(config: Config, path: PathBuf) -> anyhow::Result<()> {
             tracing::info!(path = %path.display(), "embedded store open");
             Arc::new(store)
         }
-        StoreKind::Redis { url, prefix, tls } => {
-            let store = RedisStore::connect_with(url.expose(), prefix, tls)
+        StoreKind::Redis { url, prefix, options } => {
+            let store = RedisStore::connect_with(url.expose(), prefix, options)
                 .await
                 .with_context(|| format!("cannot connect to Redis at {url} (store.url)"))?;
             tracing::info!(prefix = %prefix, "redis store connected");

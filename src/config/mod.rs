@@ -242,7 +242,24 @@ impl ServerConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub enum StoreKind {
     Embedded { path: PathBuf },
-    Redis { url: Url<String>, prefix: String, tls: RedisTls },
+    Redis { url: Url<String>, prefix: String, options: RedisOptions },
+}
+
+/// How the relay talks to Redis, beyond the URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisOptions {
+    pub tls: RedisTls,
+    /// Replicas that must confirm an admission's writes before its 200
+    /// (`WAIT`); 0 answers once the primary has them.
+    pub min_replicas_ack: u32,
+    /// How long an admission waits for them before answering 503.
+    pub replica_ack_timeout: Duration,
+}
+
+impl Default for RedisOptions {
+    fn default() -> Self {
+        RedisOptions { tls: RedisTls::default(), min_replicas_ack: 0, replica_ack_timeout: Duration::from_secs(1) }
+    }
 }
 
 /// TLS to Redis beyond what a `rediss://` URL says: files read at
@@ -390,10 +407,14 @@ impl Config {
         let mut s = String::new();
         let store = match &self.store.kind {
             StoreKind::Embedded { path } => format!("embedded ({})", path.display()),
-            StoreKind::Redis { url, prefix, tls } => format!(
-                "redis ({url}, prefix {prefix}{}{})",
-                tls.ca_file.as_ref().map(|f| format!(", CA {}", f.display())).unwrap_or_default(),
-                tls.client.as_ref().map(|(c, _)| format!(", client certificate {}", c.display())).unwrap_or_default()
+            StoreKind::Redis { url, prefix, options: o } => format!(
+                "redis ({url}, prefix {prefix}{}{}{})",
+                o.tls.ca_file.as_ref().map(|f| format!(", CA {}", f.display())).unwrap_or_default(),
+                o.tls.client.as_ref().map(|(c, _)| format!(", client certificate {}", c.display())).unwrap_or_default(),
+                match o.min_replicas_ack {
+                    0 => String::new(),
+                    n => format!(", {n} replica(s) confirm each admission within {}", span(o.replica_ack_timeout)),
+                }
             ),
         };
         s.push_str(&format!(

@@ -164,6 +164,9 @@ pub(super) struct RawStore {
     pub tls_ca_file: Option<String>,
     pub tls_cert_file: Option<String>,
     pub tls_key_file: Option<String>,
+    /// Redis only: replicas that confirm each admission (`WAIT`).
+    pub min_replicas_ack: Option<u32>,
+    pub replica_ack_timeout: Option<Dur>,
 }
 
 impl Default for RawStore {
@@ -177,6 +180,8 @@ impl Default for RawStore {
             tls_ca_file: None,
             tls_cert_file: None,
             tls_key_file: None,
+            min_replicas_ack: None,
+            replica_ack_timeout: None,
         }
     }
 }

@@ -137,9 +137,9 @@ fn redis_tls_files_need_rediss_go_in_pairs_and_must_be_readable() {
     let store = |url: &str, files: &str| format!("\n[store]\nkind = \"redis\"\nurl = \"{url}\"\n{files}");
     let all = format!("tls_ca_file = \"{ca}\"\ntls_cert_file = \"{cert}\"\ntls_key_file = \"{key}\"\n");
     let cfg = parse(&store("rediss://redis.internal:6380/0", &all)).unwrap();
-    let StoreKind::Redis { tls, .. } = &cfg.store.kind else { panic!("redis") };
-    assert_eq!(tls.ca_file.as_deref(), Some(Path::new(&ca)));
-    assert!(tls.client.is_some());
+    let StoreKind::Redis { options, .. } = &cfg.store.kind else { panic!("redis") };
+    assert_eq!(options.tls.ca_file.as_deref(), Some(Path::new(&ca)));
+    assert!(options.tls.client.is_some());
     assert!(cfg.summary().contains("client certificate"), "{}", cfg.summary());
     let e = err(&store("redis://redis.internal:6379/0", &all));
     assert!(e.contains("need a rediss:// url"), "{e}");
@@ -376,8 +376,11 @@ fn worker_threads_default_by_store_and_are_bounded() {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let cfg = parse("").unwrap();
     assert_eq!(cfg.server.workers(&cfg.store.kind), cores.saturating_sub(1).max(1));
-    let redis =
-        StoreKind::Redis { url: Url::new("redis://127.0.0.1/".into()), prefix: "p".into(), tls: Default::default() };
+    let redis = StoreKind::Redis {
+        url: Url::new("redis://127.0.0.1/".into()),
+        prefix: "p".into(),
+        options: Default::default(),
+    };
     assert_eq!(cfg.server.workers(&redis), cores);
     let with = |n: &str| BASE.replace("[server]\n", &format!("[server]\nworker_threads = {n}\n"));
     let cfg = parse_text(&with("3")).unwrap();
@@ -427,4 +430,20 @@ fn quarantine_defaults_parses_and_refuses_what_would_keep_nothing() {
     assert!(e.contains("quarantine.max_per_client_per_minute"), "{e}");
     let e = err("[quarantine]\nmax_byte = 1\n");
     assert!(e.contains("max_byte"), "{e}");
+}
+
+#[test]
+fn replica_acks_are_for_redis_and_bounded() {
+    let redis = "\n[store]\nkind = \"redis\"\nurl = \"redis://127.0.0.1:6379/0\"\n";
+    let cfg = parse(&format!("{redis}min_replicas_ack = 1\nreplica_ack_timeout = \"250ms\"\n")).unwrap();
+    let StoreKind::Redis { options, .. } = &cfg.store.kind else { panic!("redis") };
+    assert_eq!((options.min_replicas_ack, options.replica_ack_timeout), (1, Duration::from_millis(250)));
+    assert!(cfg.summary().contains("1 replica(s) confirm each admission within 250ms"), "{}", cfg.summary());
+    let cfg = parse(redis).unwrap();
+    let StoreKind::Redis { options, .. } = &cfg.store.kind else { panic!("redis") };
+    assert_eq!((options.min_replicas_ack, options.replica_ack_timeout), (0, Duration::from_secs(1)));
+    let e = err(&format!("{redis}replica_ack_timeout = \"5ms\"\n"));
+    assert!(e.contains("store.replica_ack_timeout"), "{e}");
+    let e = err("\n[store]\nmin_replicas_ack = 1\n");
+    assert!(e.contains("apply to kind = \"redis\" only"), "{e}");
 }

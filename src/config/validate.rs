@@ -205,6 +205,9 @@ impl TryFrom<RawStore> for StoreConfig {
                         "tls_ca_file, tls_cert_file and tls_key_file apply to kind = \"redis\" only",
                     );
                 }
+                if st.min_replicas_ack.is_some() || st.replica_ack_timeout.is_some() {
+                    return invalid("store", "min_replicas_ack and replica_ack_timeout apply to kind = \"redis\" only");
+                }
                 let path = st.path.unwrap_or_else(|| "./data/ipn-relay.redb".into());
                 if path.is_empty() {
                     return invalid("store.path", "must not be empty");
@@ -227,7 +230,15 @@ impl TryFrom<RawStore> for StoreConfig {
                         "must be non-empty and contain no braces (it becomes the {hash tag})",
                     );
                 }
-                StoreKind::Redis { url: Url::new(url), prefix, tls }
+                let mut options = crate::config::RedisOptions { tls, ..Default::default() };
+                options.min_replicas_ack = st.min_replicas_ack.unwrap_or(0);
+                if let Some(t) = st.replica_ack_timeout {
+                    if !(Duration::from_millis(10)..=Duration::from_secs(60)).contains(&t.0) {
+                        return invalid("store.replica_ack_timeout", "must be between 10ms and 60s");
+                    }
+                    options.replica_ack_timeout = t.0;
+                }
+                StoreKind::Redis { url: Url::new(url), prefix, options }
             }
         };
         Ok(StoreConfig { kind, dedupe_ttl })

@@ -49,6 +49,7 @@ mod ordering;
 mod quarantine;
 mod quarantine_store;
 mod redis_relays;
+mod redis_replicas;
 mod redis_tls;
 mod reload;
 mod restart;

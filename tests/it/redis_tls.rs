@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::common::*;
-use ipn_relay::config::RedisTls;
+use ipn_relay::config::{RedisOptions, RedisTls};
 use ipn_relay::store::Store;
 use ipn_relay::store::redis::RedisStore;
 use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, SanType};
@@ -90,11 +90,12 @@ fn tls_redis(dir: &Path, pki: &Pki) -> TlsRedis {
     TlsRedis { child, port }
 }
 
-fn tls(pki: &Pki, client: bool) -> RedisTls {
-    RedisTls {
+fn tls(pki: &Pki, client: bool) -> RedisOptions {
+    let tls = RedisTls {
         ca_file: Some(pki.ca.clone()),
         client: client.then(|| (pki.client_cert.clone(), pki.client_key.clone())),
-    }
+    };
+    RedisOptions { tls, ..Default::default() }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,9 +6,10 @@ use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 
 use super::finishes::{FINISH_BATCH, FINISH_CALLS, record_finishes};
+use super::replicas::ReplicaAcks;
 use super::scripts::Scripts;
 use super::{DeliveryState, RedisStore, StoreError, unavailable};
-use crate::config::RedisTls;
+use crate::config::{RedisOptions, RedisTls};
 use crate::store::Context;
 
 /// A client for `url`, with `tls`'s files read now. rustls with ring, the
@@ -36,19 +37,21 @@ impl RedisStore {
     /// Connects to `url` (redis://, unix://, redis+unix://) with keys under
     /// `{prefix}`.
     pub async fn connect(url: &str, prefix: &str) -> Result<RedisStore, StoreError> {
-        RedisStore::connect_with(url, prefix, &RedisTls::default()).await
+        RedisStore::connect_with(url, prefix, &RedisOptions::default()).await
     }
 
-    /// [`connect`](RedisStore::connect), also to `rediss://` (rustls), with
-    /// `tls`'s CA and client certificate.
-    pub async fn connect_with(url: &str, prefix: &str, tls: &RedisTls) -> Result<RedisStore, StoreError> {
-        let client = client(url, tls)?;
+    /// [`connect`](RedisStore::connect), also to `rediss://` (rustls) with
+    /// the options' CA and client certificate, and with admissions
+    /// confirmed by `min_replicas_ack` replicas.
+    pub async fn connect_with(url: &str, prefix: &str, options: &RedisOptions) -> Result<RedisStore, StoreError> {
+        let client = client(url, &options.tls)?;
         // Fail fast while Redis is unreachable: ingress answers 503 within
         // about two seconds and the provider retries, rather than holding
         // its request through a long outage.
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(std::time::Duration::from_secs(1)))
-            .set_response_timeout(Some(std::time::Duration::from_secs(2)))
+            // A WAIT for replicas holds the connection up to its timeout.
+            .set_response_timeout(Some(std::time::Duration::from_secs(2) + options.replica_ack_timeout))
             .set_number_of_retries(1)
             .set_max_delay(std::time::Duration::from_millis(200));
         let mut conn = ConnectionManager::new_with_config(client, config).await.map_err(unavailable)?;
@@ -85,7 +88,11 @@ impl RedisStore {
         let keys = format!("{{{prefix}}}:");
         let (finishes, queue) = tokio::sync::mpsc::channel(FINISH_BATCH * FINISH_CALLS);
         tokio::spawn(record_finishes(conn.clone(), scripts.finish_many.clone(), keys.clone(), queue));
-        let store = RedisStore { conn, keys, scripts, finishes };
+        let replicas = match options.min_replicas_ack {
+            0 => None,
+            n => Some(ReplicaAcks::start(conn.clone(), n, options.replica_ack_timeout).await),
+        };
+        let store = RedisStore { conn, keys, scripts, finishes, replicas };
         store.build_open_index().await?;
         store.build_state_index().await?;
         store.build_retention_index().await?;

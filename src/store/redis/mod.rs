@@ -24,10 +24,8 @@
 //! deliveries scored by sequence; only the lowest is in `due:NAME`; `gates`
 //! lists them for the housekeeping check).
 //!
-//! **Why a sorted set and not Streams.** A delivery is retried at a time of
-//! its own and claimed again after a visibility timeout. A sorted set scored
-//! by "next time this needs attention" expresses both with one
-//! `ZRANGEBYSCORE`; Streams would need such a delayed set beside them anyway.
+//! **Why a sorted set and not Streams.** A delivery is retried at a time of its own and claimed
+//! again after a visibility timeout: one `ZRANGEBYSCORE` on "next time this needs attention".
 //!
 //! **Atomicity and retries.** Every change is one Lua script, so it happens
 //! whole or not at all, and each is harmless to run twice: a retried
@@ -50,9 +48,9 @@
 //! with 14 significant digits: exact for millisecond times until the year
 //! 2286, and for every counter here.
 //!
-//! This file holds the [`Store`] implementation; [`connect`](RedisStore::connect)
-//! lives in `connect.rs`, the batched finish recorder in `finishes.rs`, and
-//! the Lua scripts and how they are run in `scripts.rs`.
+//! This file holds the [`Store`] implementation; [`connect`](RedisStore::connect) (TLS too) lives
+//! in `connect.rs`, the batched finish recorder in `finishes.rs`, waiting for replicas
+//! (`min_replicas_ack`) in `replicas.rs`, the Lua scripts and how they are run in `scripts.rs`.
 
 use async_trait::async_trait;
 use redis::AsyncCommands;
@@ -63,6 +61,7 @@ use crate::http::Chain;
 mod connect;
 mod finishes;
 mod quarantine;
+mod replicas;
 mod retention;
 mod scripts;
 use finishes::PendingFinish;
@@ -93,6 +92,8 @@ pub struct RedisStore {
     scripts: std::sync::Arc<Scripts>,
     /// Finishes go to a task that records them in batches.
     finishes: tokio::sync::mpsc::Sender<PendingFinish>,
+    /// With `min_replicas_ack`: what admissions wait on before answering.
+    replicas: Option<replicas::ReplicaAcks>,
 }
 
 impl RedisStore {
@@ -178,6 +179,11 @@ impl Store for RedisStore {
             script.arg(if policy.ordered { "1" } else { "0" }).arg(if policy.skip_regressions { "1" } else { "0" });
         }
         let accepted: i64 = self.invoke(&script, true).await?;
+        // A duplicate too: the copy stored earlier may be the one whose
+        // replicas did not confirm (its admission answered 503).
+        if let Some(replicas) = &self.replicas {
+            replicas.confirm().await?;
+        }
         Ok(match accepted {
             0 => Admission::Duplicate,
             n => Admission::Accepted { regression: n == 2 },

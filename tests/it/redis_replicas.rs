@@ -1,0 +1,138 @@
+//! Acknowledged means replicated: with `min_replicas_ack = 1` an
+//! admission's 200 waits for a replica to confirm its writes (`WAIT`), and
+//! without one it answers 503; the provider's retry then finds the event
+//! stored and, once a replica confirms, gets `duplicate`. Real processes on
+//! loopback: a primary and a replica.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::common::*;
+use ipn_relay::config::Config;
+
+/// A redis-server on a loopback TCP port, killed when dropped.
+pub(crate) struct TcpRedis {
+    child: std::process::Child,
+    pub(crate) port: u16,
+    dir: tempfile::TempDir,
+    args: Vec<String>,
+}
+
+impl TcpRedis {
+    pub(crate) fn start(args: &[&str]) -> TcpRedis {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let child = TcpRedis::spawn(dir.path(), port, &args);
+        TcpRedis { child, port, dir, args }
+    }
+
+    fn spawn(dir: &std::path::Path, port: u16, args: &[String]) -> std::process::Child {
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--repl-diskless-sync-delay", "0"])
+            .arg("--dir")
+            .arg(dir)
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (scripts/test installs it)");
+        let until = std::time::Instant::now() + Duration::from_secs(5);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < until, "redis-server did not come up");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        child
+    }
+
+    pub(crate) fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    pub(crate) fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub(crate) fn restart(&mut self) {
+        self.kill();
+        self.child = TcpRedis::spawn(self.dir.path(), self.port, &self.args);
+    }
+}
+
+impl Drop for TcpRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Waits until a write on `primary` is confirmed by `n` replicas: right
+/// after a full sync `WAIT` can answer 0 for a moment.
+pub(crate) async fn replicated(primary: &TcpRedis, n: i64) {
+    let client = redis::Client::open(primary.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    for _ in 0..200 {
+        let _: () = redis::cmd("SET").arg("probe").arg(1).query_async(&mut conn).await.unwrap();
+        let acks: i64 = redis::cmd("WAIT").arg(n).arg(100).query_async(&mut conn).await.unwrap();
+        if acks >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the replica never confirmed a write");
+}
+
+fn relay_config(url: &str, replicas: u32) -> Arc<Config> {
+    let store = format!(
+        "kind = \"redis\"\nurl = \"{url}\"\nprefix = \"acks\"\nmin_replicas_ack = {replicas}\nreplica_ack_timeout = \"300ms\""
+    );
+    let text = base_config(std::path::Path::new("unused.redb")).replace("path = \"unused.redb\"", &store);
+    let text = format!(
+        "{text}\n[[endpoints]]\nname = \"backend\"\nurl = \"http://127.0.0.1:9/\"\nsecret = \"{ENDPOINT_SECRET}\"\n"
+    );
+    Arc::new(Config::parse(&text, std::path::Path::new("acks.toml")).unwrap())
+}
+
+async fn start(config: Arc<Config>) -> Served {
+    let ipn_relay::config::StoreKind::Redis { url, prefix, options } = &config.store.kind else { unreachable!() };
+    let store = ipn_relay::store::redis::RedisStore::connect_with(url.expose(), prefix, options).await.unwrap();
+    Served::start(config.clone(), Arc::new(store)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admission_waits_for_a_replica_and_is_503_without_one() {
+    let primary = TcpRedis::start(&["--appendonly", "yes"]);
+    let mut replica = TcpRedis::start(&["--replicaof", "127.0.0.1", &primary.port.to_string()]);
+    replicated(&primary, 1).await;
+    let served = start(relay_config(&primary.url(), 1)).await;
+    let c = client();
+
+    let (status, v) = post_to(&c, served.addr, payment_ipn(1, "finished")).await.unwrap();
+    assert_eq!((status, v["status"].as_str()), (200, Some("accepted")), "{v}");
+    // The replica has the event already: the 200 came after its ack.
+    let event_key = format!("{{acks}}:event:{}", v["id"].as_str().unwrap());
+    let mut on_replica = redis::Client::open(replica.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let exists: i64 = redis::cmd("EXISTS").arg(&event_key).query_async(&mut on_replica).await.unwrap();
+    assert_eq!(exists, 1);
+
+    // No replica: stored on the primary, but not acknowledged.
+    replica.kill();
+    let started = std::time::Instant::now();
+    let (status, v) = post_to(&c, served.addr, payment_ipn(2, "finished")).await.unwrap();
+    assert_eq!((status, error_code(&v)), (503, "unavailable"), "{v}");
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    // The provider's retry once a replica is back: duplicate, and a 200.
+    replica.restart();
+    replicated(&primary, 1).await;
+    let (status, v) = post_to(&c, served.addr, payment_ipn(2, "finished")).await.unwrap();
+    assert_eq!((status, v["status"].as_str()), (200, Some("duplicate")), "{v}");
+    let _ = served.stop.send(());
+    served.task.await.unwrap().unwrap();
+
+    // With min_replicas_ack = 0 the same loss of the replica is not seen.
+    replica.kill();
+    let served = start(relay_config(&primary.url(), 0)).await;
+    let (status, _) = post_to(&c, served.addr, payment_ipn(3, "finished")).await.unwrap();
+    assert_eq!(status, 200);
+    let _ = served.stop.send(());
+    served.task.await.unwrap().unwrap();
+}
