@@ -9,7 +9,7 @@ use super::finishes::{FINISH_BATCH, FINISH_CALLS, record_finishes};
 use super::replicas::ReplicaAcks;
 use super::scripts::Scripts;
 use super::{DeliveryState, RedisStore, StoreError, unavailable};
-use crate::config::{RedisOptions, RedisTls};
+use super::{RedisOptions, RedisTls};
 use crate::store::Context;
 
 /// A client for `url`, with `tls`'s files read now. rustls with ring, the

@@ -40,13 +40,10 @@
 //! that arrive together are recorded by one script call (`FINISH_MANY`),
 //! each with its own result. A lone finish is not held back for company.
 //!
-//! Claim deadlines and due times come from the relays' clocks, so relays
-//! sharing a Redis must keep their clocks in sync (NTP), well within the gap
-//! between `visibility_timeout` and the endpoint timeout.
-//!
-//! Scripts edit delivery records with Redis's `cjson`, which prints numbers
-//! with 14 significant digits: exact for millisecond times until the year
-//! 2286, and for every counter here.
+//! Claim deadlines and due times come from the relays' clocks, so relays sharing a Redis must keep
+//! their clocks in sync (NTP), well within the gap between `visibility_timeout` and the endpoint
+//! timeout. Scripts edit delivery records with Redis's `cjson`, which prints numbers with 14
+//! significant digits: exact for millisecond times until the year 2286, and for every counter.
 //!
 //! This file holds the [`Store`] implementation; [`connect`](RedisStore::connect) (TLS too) lives
 //! in `connect.rs`, the batched finish recorder in `finishes.rs`, waiting for replicas
@@ -60,11 +57,13 @@ use crate::http::Chain;
 
 mod connect;
 mod finishes;
+mod options;
 mod quarantine;
 mod replicas;
 mod retention;
 mod scripts;
 use finishes::PendingFinish;
+pub use options::{RedisOptions, RedisTls};
 use scripts::{Scripts, invoke_raw};
 
 use super::retention::{Cutoffs, Purged, StoreStats};
