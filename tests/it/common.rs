@@ -388,24 +388,9 @@ pub fn spawn_relay(config: &Path) -> RelayProcess {
 
 /// Like [`spawn_relay`], with `RUST_LOG` set to `filter`.
 pub fn spawn_relay_logging(config: &Path, filter: &str) -> RelayProcess {
-    spawn_relay_under(config, filter, &[])
-}
-
-/// Like [`spawn_relay_logging`], run by `wrapper` (a command and its
-/// arguments, e.g. `faketime -f +120s`), which gets the relay's command line.
-pub fn spawn_relay_under(config: &Path, filter: &str, wrapper: &[&str]) -> RelayProcess {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
-    let bin = env!("CARGO_BIN_EXE_ipn-relay");
-    let mut command = match wrapper.split_first() {
-        Some((program, args)) => {
-            let mut c = Command::new(program);
-            c.args(args).arg(bin);
-            c
-        }
-        None => Command::new(bin),
-    };
-    let mut child = command
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ipn-relay"))
         .args(["serve", "--config"])
         .arg(config)
         .env("RUST_LOG", filter)

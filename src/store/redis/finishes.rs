@@ -82,7 +82,6 @@ async fn finish_batch(
     for f in batch {
         inv.arg(&f.id).arg(f.token).arg(&f.attempt).arg(f.next).arg(f.retry_at).arg(&f.last_error).arg(f.updated_at);
     }
-    inv.arg(super::scripts::clock());
     invoke_raw(conn, &inv, true).await
 }
 

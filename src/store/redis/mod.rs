@@ -40,8 +40,9 @@
 //! that arrive together are recorded by one script call (`FINISH_MANY`),
 //! each with its own result. A lone finish is not held back for company.
 //!
-//! Claim deadlines and due times are on Redis's clock: a script given times also gets the relay's
-//! clock (`scripts::clock`) and moves them onto Redis's `TIME` (`at` in `lib.lua`). Scripts edit delivery records with Redis's `cjson`, which prints numbers with 14
+//! Claim deadlines and due times come from the relays' clocks, so relays sharing a Redis must keep
+//! their clocks in sync (NTP), well within the gap between `visibility_timeout` and the endpoint
+//! timeout. Scripts edit delivery records with Redis's `cjson`, which prints numbers with 14
 //! significant digits: exact for millisecond times until the year 2286, and for every counter.
 //!
 //! This file holds the [`Store`] implementation; [`connect`](RedisStore::connect) (TLS too) lives
@@ -55,7 +56,6 @@ use redis::aio::ConnectionManager;
 use crate::http::Chain;
 
 mod connect;
-mod endpoints;
 mod finishes;
 mod options;
 mod quarantine;
@@ -64,7 +64,7 @@ mod retention;
 mod scripts;
 use finishes::PendingFinish;
 pub use options::{RedisOptions, RedisTls};
-use scripts::{Scripts, clock, invoke_raw};
+use scripts::{Scripts, invoke_raw};
 
 use super::retention::{Cutoffs, Purged, StoreStats};
 
@@ -177,7 +177,6 @@ impl Store for RedisStore {
             script.arg(d.id.as_str()).arg(serde_json::to_string(&d).map_err(unavailable)?);
             script.arg(if policy.ordered { "1" } else { "0" }).arg(if policy.skip_regressions { "1" } else { "0" });
         }
-        script.arg(clock());
         let accepted: i64 = self.invoke(&script, true).await?;
         // A duplicate too: the copy stored earlier may be the one whose
         // replicas did not confirm (its admission answered 503).
@@ -247,8 +246,7 @@ impl Store for RedisStore {
             .arg(&self.keys)
             // cjson prints 14 significant digits: a 13-digit base keeps every
             // token of the batch exact.
-            .arg(rand::random_range(1..9_000_000_000_000u64))
-            .arg(clock());
+            .arg(rand::random_range(1..9_000_000_000_000u64));
         let raw: Vec<Vec<u8>> = self.invoke(&inv, false).await?;
         // A record Lua could edit but we cannot read is skipped (it returns
         // after its visibility timeout, and is logged each time), so one bad
@@ -300,8 +298,7 @@ impl Store for RedisStore {
             .key(self.key("counts"))
             .arg(claim_token)
             .arg(due)
-            .arg(&self.keys)
-            .arg(clock());
+            .arg(&self.keys);
         let done: i64 = self.invoke(&inv, true).await?;
         Ok(done == 1)
     }
@@ -375,7 +372,6 @@ impl Store for RedisStore {
         for id in ids {
             script.arg(id.as_str());
         }
-        script.arg(clock());
         let (replayed, skipped, not_found): (usize, usize, usize) = self.invoke(&script, false).await?;
         Ok(ReplayCount { replayed, skipped, not_found })
     }
@@ -431,7 +427,6 @@ impl Store for RedisStore {
         for id in ids {
             inv.arg(id.as_str());
         }
-        inv.arg(clock());
         // Safe to run twice: the second run finds the step already saved.
         let saved: Option<String> = self.invoke(&inv, true).await?;
         saved.map(|s| decode(&job.id, &s)).transpose()
@@ -473,7 +468,63 @@ impl Store for RedisStore {
         orphan_others: bool,
         now: Millis,
     ) -> Result<Reconciled, StoreError> {
-        self.reconcile(endpoints, orphan_others, now).await
+        let mut conn = self.conn();
+        if !endpoints.is_empty() {
+            let _: () = conn.sadd(self.key("endpoints"), endpoints).await.map_err(unavailable)?;
+        }
+        let mut out = Reconciled::default();
+        if orphan_others {
+            let orphan = &self.scripts.orphan;
+            let known: Vec<String> = conn.smembers(self.key("endpoints")).await.map_err(unavailable)?;
+            for endpoint in known.iter().filter(|e| !endpoints.contains(e)) {
+                let mut offset = 0;
+                loop {
+                    let mut inv = orphan.prepare_invoke();
+                    inv.key(self.key(&format!("due:{endpoint}")))
+                        .key(self.key("counts"))
+                        .key(self.key("open"))
+                        .key(self.key("orphaned"))
+                        .key(self.key(&format!("orphaned:{endpoint}")))
+                        .arg(&self.keys)
+                        .arg(now)
+                        .arg(offset)
+                        .arg(RECONCILE_CHUNK);
+                    let (_, left, examined): (usize, usize, usize) = self.invoke(&inv, false).await?;
+                    offset += left;
+                    if examined < RECONCILE_CHUNK {
+                        break;
+                    }
+                }
+                let n: u64 = conn.zcard(self.key(&format!("orphaned:{endpoint}"))).await.map_err(unavailable)?;
+                if n > 0 {
+                    out.orphaned.push((endpoint.clone(), n));
+                }
+            }
+        }
+        let adopt = &self.scripts.adopt;
+        for endpoint in endpoints {
+            let mut adopted = 0;
+            loop {
+                let mut inv = adopt.prepare_invoke();
+                inv.key(self.key(&format!("orphaned:{endpoint}")))
+                    .key(self.key("orphaned"))
+                    .key(self.key("open"))
+                    .key(self.key("counts"))
+                    .key(self.key(&format!("due:{endpoint}")))
+                    .arg(&self.keys)
+                    .arg(now)
+                    .arg(RECONCILE_CHUNK);
+                let (n, examined): (u64, usize) = self.invoke(&inv, false).await?;
+                adopted += n;
+                if examined < RECONCILE_CHUNK {
+                    break;
+                }
+            }
+            if adopted > 0 {
+                out.adopted.push((endpoint.clone(), adopted));
+            }
+        }
+        Ok(out)
     }
 
     async fn known_endpoints(&self) -> Result<Vec<String>, StoreError> {
@@ -503,7 +554,6 @@ impl Store for RedisStore {
         for id in ids {
             inv.arg(id.as_str());
         }
-        inv.arg(clock());
         let (discarded, skipped, in_flight, not_found): (usize, usize, usize, usize) = self.invoke(&inv, false).await?;
         Ok(DiscardCount { discarded, skipped, in_flight, not_found })
     }

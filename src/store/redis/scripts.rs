@@ -60,14 +60,6 @@ impl Scripts {
     }
 }
 
-/// The last argument of a script that takes times: this relay's clock now,
-/// which `lib.lua` turns into the offset to Redis's (`TIME`), so that every
-/// time the script writes or compares is on Redis's clock, whatever this
-/// relay's clock says (`at(t)` in `lib.lua`).
-pub(super) fn clock() -> String {
-    format!("@{}", crate::store::now_millis())
-}
-
 /// Runs a script; with `retry`, once more if the connection dropped under
 /// it (not after a timeout: the first run may still be queued). Admit,
 /// finish, release and sweep are harmless to run twice; claim and replay are

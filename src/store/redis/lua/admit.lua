@@ -6,7 +6,7 @@
 -- '1'|'0') quadruple per delivery. The subject's record, timeline and
 -- gates are under the prefix (`subject:`, `timeline:`, `gate:`). Returns
 -- 0 for a duplicate, 1 accepted, 2 accepted as a regression.
-local now = at(tonumber(ARGV[3]))
+local now = tonumber(ARGV[3])
 local prev = redis.call('GET', KEYS[1])
 if prev and tonumber(prev) > now then return 0 end
 local p, id = ARGV[5], ARGV[4]

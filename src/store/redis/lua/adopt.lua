@@ -1,7 +1,7 @@
 -- Takes back up to ARGV[3] orphaned deliveries of one endpoint. KEYS:
 -- orphaned by endpoint, orphaned, open, counts, due. ARGV: key prefix, now,
 -- max. Returns {adopted, examined}.
-local now = at(tonumber(ARGV[2]))
+local now = tonumber(ARGV[2])
 local ids = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[3]) - 1)
 local adopted = 0
 for _, id in ipairs(ids) do

@@ -5,7 +5,7 @@
 -- token the first one holds. The batch's records, schedule entries and
 -- counts are written with one command each (in slices, for Lua's stack):
 -- every write command costs Redis an append to its log, whatever its size.
-local now = at(tonumber(ARGV[1]))
+local now = tonumber(ARGV[1])
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
 local deadline = now + tonumber(ARGV[3])
 local base = tonumber(ARGV[5])

@@ -5,10 +5,10 @@
 -- that state now (an expired claim counts as pending). KEYS: counts, open,
 -- dead, orphaned, discarded. ARGV: key prefix, now, reason, only, ids...
 -- Returns {discarded, skipped, in_flight, not_found}.
-local prefix, now = ARGV[1], at(tonumber(ARGV[2]))
+local prefix, now = ARGV[1], tonumber(ARGV[2])
 local discarded, skipped, in_flight, missing, seen = 0, 0, 0, 0, {}
 local only = ARGV[4]
-for i = 5, NARGV do
+for i = 5, #ARGV do
   local id = ARGV[i]
   if not seen[id] then
     seen[id] = true

@@ -26,7 +26,7 @@ local unschedule, reschedule, ordered = {}, {}, {}
 local added = {delivered = 0, dead = 0, pending = 0}
 local kinds = {delivered = true, dead = true, retry = true}
 local finished = 0
-for i = 0, (NARGV - 1) / 7 - 1 do
+for i = 0, (#ARGV - 1) / 7 - 1 do
   local b = 1 + i * 7
   local id, kind = ARGV[b + 1], ARGV[b + 4]
   local d = read_record(p .. 'dlv:' .. id)
@@ -51,10 +51,10 @@ for i = 0, (NARGV - 1) / 7 - 1 do
     table.insert(attempts, p .. 'attempts:' .. id)
     table.insert(attempts, cjson.encode(a))
     if ARGV[b + 6] == '' then d.last_error = cjson.null else d.last_error = ARGV[b + 6] end
-    d.updated_at = at(tonumber(ARGV[b + 7]))
+    d.updated_at = tonumber(ARGV[b + 7])
     if kind == 'retry' then
       d.state = 'pending'
-      d.next_attempt_at = at(tonumber(ARGV[b + 5]))
+      d.next_attempt_at = tonumber(ARGV[b + 5])
       reschedule[due] = reschedule[due] or {}
       table.insert(reschedule[due], d.next_attempt_at)
       table.insert(reschedule[due], id)

@@ -2,26 +2,6 @@
 -- `read_record(key)`: the decoded record; nil if there is none; false if it
 -- is not a JSON object. `each_slice(list, f)`: calls `f` with `list` in
 -- slices of 200 (Lua's stack limits `unpack`); pairs stay together.
--- One clock: a script the relay sends with its wall clock as the last
--- ARGV ('@' and milliseconds) moves every time it was given onto Redis's
--- clock with `at(t)`, so relays whose clocks differ agree on every claim
--- deadline and due time. A relay within 200 ms of Redis keeps its own
--- times, exact (the offset measured here also holds the script's queueing
--- delay): two such relays differ by less than the 500 ms that
--- `visibility_timeout` leaves above every endpoint timeout. `NARGV` is the
--- count of the other arguments.
-local SENT, SHIFT, NARGV = nil, 0, #ARGV
-if type(ARGV[#ARGV]) == 'string' and string.sub(ARGV[#ARGV], 1, 1) == '@' then
-  SENT = tonumber(string.sub(ARGV[#ARGV], 2))
-  local t = redis.call('TIME')
-  local shift = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - SENT
-  if math.abs(shift) >= 200 then SHIFT = shift end
-  NARGV = #ARGV - 1
-end
-local function at(t)
-  if t == nil then return nil end
-  return t + SHIFT
-end
 local function read_record(key)
   local raw = redis.call('GET', key)
   if not raw then return nil end

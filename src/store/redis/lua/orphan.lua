@@ -4,7 +4,7 @@
 -- ones whose claim expired, become orphaned; a live claim is left to end
 -- (it stays at the front of the schedule: the caller adds it to `offset`).
 -- Returns {orphaned, left, examined}.
-local now = at(tonumber(ARGV[2]))
+local now = tonumber(ARGV[2])
 local ids = redis.call('ZRANGE', KEYS[1], tonumber(ARGV[3]), tonumber(ARGV[3]) + tonumber(ARGV[4]) - 1)
 local orphaned, left = 0, 0
 for _, id in ipairs(ids) do

@@ -6,7 +6,7 @@
 local function replay_ids(counts, prefix, include_delivered, only, now, first)
   local replayed, skipped, missing = 0, 0, 0
   local seen = {}
-  for i = first, NARGV do
+  for i = first, #ARGV do
     local id = ARGV[i]
     if not seen[id] then
       seen[id] = true

@@ -8,7 +8,7 @@ local job = cjson.decode(ARGV[3])
 if stored.finished or stored.steps + 1 ~= job.steps then return false end
 local only = type(job.filter) == 'table' and job.filter.state or nil
 if type(only) ~= 'string' then only = nil end
-local r, s, m = replay_ids(KEYS[1], ARGV[1], job.include_delivered, only, at(tonumber(ARGV[2])), 4)
+local r, s, m = replay_ids(KEYS[1], ARGV[1], job.include_delivered, only, tonumber(ARGV[2]), 4)
 job.replayed = job.replayed + r
 job.skipped = job.skipped + s
 job.not_found = job.not_found + m
