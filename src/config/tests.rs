@@ -442,6 +442,8 @@ fn replica_acks_are_for_redis_and_bounded() {
     let cfg = parse(redis).unwrap();
     let StoreKind::Redis { options, .. } = &cfg.store.kind else { panic!("redis") };
     assert_eq!((options.min_replicas_ack, options.replica_ack_timeout), (0, Duration::from_secs(1)));
+    let e = err(&format!("{redis}min_replicas_ack = 1\nreplica_ack_timeout = \"4s\"\n"));
+    assert!(e.contains("a third of server.admission_timeout (10s)"), "{e}");
     let e = err(&format!("{redis}replica_ack_timeout = \"5ms\"\n"));
     assert!(e.contains("store.replica_ack_timeout"), "{e}");
     let e = err("\n[store]\nmin_replicas_ack = 1\n");

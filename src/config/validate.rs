@@ -512,6 +512,20 @@ impl TryFrom<RawConfig> for Config {
         }
 
         let quarantine = QuarantineConfig::check(raw.quarantine, server.max_body_bytes, store.dedupe_ttl)?;
+        // An admission may wait behind one WAIT for replicas, then its own,
+        // within admission_timeout.
+        if let StoreKind::Redis { options, .. } = &store.kind
+            && options.min_replicas_ack > 0
+            && options.replica_ack_timeout.saturating_mul(3) > server.admission_timeout
+        {
+            return invalid(
+                "store.replica_ack_timeout",
+                format!(
+                    "must be at most a third of server.admission_timeout ({})",
+                    humantime::format_duration(server.admission_timeout)
+                ),
+            );
+        }
         Ok(Config {
             server,
             store,

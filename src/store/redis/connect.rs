@@ -51,7 +51,10 @@ impl RedisStore {
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(std::time::Duration::from_secs(1)))
             // A WAIT for replicas holds the connection up to its timeout.
-            .set_response_timeout(Some(std::time::Duration::from_secs(2) + options.replica_ack_timeout))
+            .set_response_timeout(Some(
+                std::time::Duration::from_secs(2)
+                    + if options.min_replicas_ack > 0 { options.replica_ack_timeout } else { Default::default() },
+            ))
             .set_number_of_retries(1)
             .set_max_delay(std::time::Duration::from_millis(200));
         let mut conn = ConnectionManager::new_with_config(client, config).await.map_err(unavailable)?;
@@ -90,7 +93,7 @@ impl RedisStore {
         tokio::spawn(record_finishes(conn.clone(), scripts.finish_many.clone(), keys.clone(), queue));
         let replicas = match options.min_replicas_ack {
             0 => None,
-            n => Some(ReplicaAcks::start(conn.clone(), n, options.replica_ack_timeout).await),
+            n => Some(ReplicaAcks::start(conn.clone(), format!("{keys}ack-mark"), n, options.replica_ack_timeout)),
         };
         let store = RedisStore { conn, keys, scripts, finishes, replicas };
         store.build_open_index().await?;

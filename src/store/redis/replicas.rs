@@ -1,15 +1,20 @@
 //! Acknowledged means replicated (`[store] min_replicas_ack`): an
 //! admission's 200 waits until that many replicas have its writes.
 //!
-//! `WAIT` covers the writes sent before it *on the same connection*, and
-//! every admission goes over the store's one multiplexed connection. So
-//! admissions whose scripts have been answered hand over a waiter, and one
-//! task sends a single `WAIT` for all that queued meanwhile: group commit
-//! for replication, one round trip to the replicas for many admissions.
-//! Other commands on the connection queue behind a `WAIT` for as long as it
-//! takes (at most `replica_ack_timeout`). Where the server has `WAITAOF`
-//! (Redis 7.2), it is used instead: the replicas have also written the
-//! writes to their append-only files.
+//! `WAIT` counts replicas that have the replication stream up to the last
+//! write *of its own connection*. Admissions whose scripts have been
+//! answered hand over a waiter, and one task writes a marker key and sends
+//! `WAIT` right after it, in one pipeline: the primary's replication offset
+//! is one stream, so the marker's offset covers every write the primary had
+//! applied, whichever connection (or relay) made it. That also holds after
+//! the connection was re-made, and for a duplicate whose first copy another
+//! relay wrote. One `WAIT` serves every admission that queued meanwhile:
+//! group commit for replication. Commands on the connection queue behind it
+//! for at most `replica_ack_timeout`.
+//!
+//! `WAITAOF` (Redis 7.2) is not used: a replica without an append-only file
+//! never confirms it, so an upgrade of Redis would turn every admission
+//! into a 503.
 
 use std::time::Duration;
 
@@ -27,17 +32,12 @@ pub(super) struct ReplicaAcks {
 }
 
 impl ReplicaAcks {
-    /// Starts the task that waits for `n` replicas on `conn`.
-    pub(super) async fn start(conn: ConnectionManager, n: u32, timeout: Duration) -> ReplicaAcks {
-        let waitaof = has_waitaof(&conn).await;
-        tracing::info!(
-            replicas = n,
-            timeout_ms = timeout.as_millis() as u64,
-            command = if waitaof { "WAITAOF" } else { "WAIT" },
-            "admissions wait for replicas"
-        );
+    /// Starts the task that waits for `n` replicas on `conn`, writing its
+    /// marker at `marker`.
+    pub(super) fn start(conn: ConnectionManager, marker: String, n: u32, timeout: Duration) -> ReplicaAcks {
+        tracing::info!(replicas = n, timeout_ms = timeout.as_millis() as u64, "admissions wait for replicas");
         let (tx, rx) = mpsc::channel(4096);
-        tokio::spawn(wait_for_replicas(conn, n, timeout, waitaof, rx));
+        tokio::spawn(wait_for_replicas(conn, marker, n, timeout, rx));
         ReplicaAcks { waiters: tx }
     }
 
@@ -50,19 +50,11 @@ impl ReplicaAcks {
     }
 }
 
-/// Whether the server knows `WAITAOF` (`COMMAND INFO` answers nil for a
-/// command it does not have).
-async fn has_waitaof(conn: &ConnectionManager) -> bool {
-    let info: redis::RedisResult<Vec<redis::Value>> =
-        redis::cmd("COMMAND").arg("INFO").arg("WAITAOF").query_async(&mut conn.clone()).await;
-    matches!(info.as_deref(), Ok([first]) if *first != redis::Value::Nil)
-}
-
 async fn wait_for_replicas(
     conn: ConnectionManager,
+    marker: String,
     n: u32,
     timeout: Duration,
-    waitaof: bool,
     mut waiters: mpsc::Receiver<Waiter>,
 ) {
     let ms = timeout.as_millis().max(1) as u64;
@@ -71,13 +63,16 @@ async fn wait_for_replicas(
         while let Ok(more) = waiters.try_recv() {
             batch.push(more);
         }
-        let acks: redis::RedisResult<i64> = if waitaof {
-            let counts: redis::RedisResult<(i64, i64)> =
-                redis::cmd("WAITAOF").arg(0).arg(n).arg(ms).query_async(&mut conn.clone()).await;
-            counts.map(|(_, replicas)| replicas)
-        } else {
-            redis::cmd("WAIT").arg(n).arg(ms).query_async(&mut conn.clone()).await
-        };
+        let acks: redis::RedisResult<(i64,)> = redis::pipe()
+            .cmd("INCR")
+            .arg(&marker)
+            .ignore()
+            .cmd("WAIT")
+            .arg(n)
+            .arg(ms)
+            .query_async(&mut conn.clone())
+            .await;
+        let acks = acks.map(|(n,)| n);
         let outcome = match acks {
             Ok(got) if got >= i64::from(n) => Ok(()),
             Ok(got) => {
