@@ -147,6 +147,12 @@ fn redis_tls_files_need_rediss_go_in_pairs_and_must_be_readable() {
     assert!(e.contains("tls_cert_file and tls_key_file go together"), "{e}");
     let e = err(&store("rediss://r:6380/0", "tls_ca_file = \"/nonexistent/ca.pem\"\n"));
     assert!(e.contains("store.tls_ca_file") && e.contains("cannot read /nonexistent/ca.pem"), "{e}");
+    let e = err(&store("rediss://r:6380/0#insecure", ""));
+    assert!(e.contains("store.url") && e.contains("#insecure"), "{e}");
+    let der = dir.path().join("ca.der");
+    std::fs::write(&der, [0x30, 0x82, 0x01]).unwrap();
+    let e = err(&store("rediss://r:6380/0", &format!("tls_ca_file = \"{}\"\n", der.display())));
+    assert!(e.contains("is not PEM"), "{e}");
     let e = err(&format!("\n[store]\ntls_ca_file = \"{ca}\"\n"));
     assert!(e.contains("apply to kind = \"redis\" only"), "{e}");
 }

@@ -258,9 +258,14 @@ fn redis_tls(
     if given && !url.starts_with("rediss://") {
         return invalid("store", "tls_ca_file, tls_cert_file and tls_key_file need a rediss:// url");
     }
+    // The Redis client reads `#insecure` as "skip the server's certificate".
+    if url.starts_with("rediss://") && url.contains('#') {
+        return invalid("store.url", "must not have a #fragment (#insecure would skip verifying the server)");
+    }
     let readable = |key: &str, path: String| -> Result<std::path::PathBuf, Invalid> {
         match std::fs::read(&path) {
-            Ok(_) => Ok(path.into()),
+            Ok(pem) if pem.windows(11).any(|w| w == b"-----BEGIN ") => Ok(path.into()),
+            Ok(_) => invalid(format!("store.{key}"), format!("{path} is not PEM (no -----BEGIN line)")),
             Err(e) => invalid(format!("store.{key}"), format!("cannot read {path}: {e}")),
         }
     };
