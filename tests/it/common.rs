@@ -191,8 +191,18 @@ pub fn payment_ipn(payment_id: u64, status: &str) -> String {
 }
 
 pub async fn post_np(c: &reqwest::Client, relay: &Relay, body: &str, secret: &str) -> reqwest::Response {
+    post_np_at(c, relay.addr, body, secret).await
+}
+
+/// A NOWPayments IPN signed with `secret`, posted to the relay at `addr`.
+pub async fn post_np_at(c: &reqwest::Client, addr: SocketAddr, body: &str, secret: &str) -> reqwest::Response {
     let sig = nowpayments::sign(secret.as_bytes(), body.as_bytes());
-    c.post(relay.url("/hooks/nowpayments")).header("x-nowpayments-sig", sig).body(body.to_owned()).send().await.unwrap()
+    c.post(format!("http://{addr}/hooks/nowpayments"))
+        .header("x-nowpayments-sig", sig)
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap()
 }
 
 pub fn nova_body(event: &str, id: &str, timestamp: &str) -> String {

@@ -33,6 +33,16 @@ secret = \"{ENDPOINT_SECRET}\"
     )
 }
 
+/// A fresh embedded store, the directory it lives in, and its `[store]`
+/// line.
+fn embedded() -> (tempfile::TempDir, Arc<ipn_relay::store::embedded::EmbeddedStore>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("relay.redb");
+    let store = Arc::new(ipn_relay::store::embedded::EmbeddedStore::open(&path).unwrap());
+    let toml = format!("path = \"{}\"", path.display());
+    (dir, store, toml)
+}
+
 async fn metric(c: &reqwest::Client, admin: &str, name: &str) -> f64 {
     let text = c.get(format!("{admin}/metrics")).send().await.unwrap().text().await.unwrap();
     text.lines()
@@ -82,13 +92,13 @@ async fn a_wrong_secret_is_recovered_after_the_fix(store: Arc<dyn Store>, store_
     let mut sent_at = Vec::new();
     for i in 0..50 {
         let (status, v) =
-            answer(post_np_to(&c, relay.addr, &payment_ipn(90_000 + i, "finished"), NP_SECRET).await).await;
+            answer(post_np_at(&c, relay.addr, &payment_ipn(90_000 + i, "finished"), NP_SECRET).await).await;
         assert_eq!((status, error_code(&v)), (401, "invalid_signature"));
         sent_at.push(time::OffsetDateTime::now_utc());
     }
     // A forgery, signed with a secret nobody configured.
     let forged_body = payment_ipn(99_999, "finished");
-    let (status, _) = answer(post_np_to(&c, relay.addr, &forged_body, "attackers-guess").await).await;
+    let (status, _) = answer(post_np_at(&c, relay.addr, &forged_body, "attackers-guess").await).await;
     assert_eq!(status, 401);
     // Refused callbacks that are not forgeries or staleness are not kept.
     let r = c.post(format!("http://{}/hooks/nowpayments", relay.addr)).body("{}").send().await.unwrap();
@@ -191,29 +201,17 @@ async fn a_wrong_secret_is_recovered_after_the_fix(store: Arc<dyn Store>, store_
     let (_, gone) = post(&c, format!("{admin}/admin/quarantine/reverify"), Some(json!({"ids": [ids[0]]}))).await;
     assert_eq!(gone["items"][0]["outcome"], "not_found");
     // The provider's own retry, now verified, is a duplicate of the recovered event.
-    let (status, v) = answer(post_np_to(&c, relay.addr, &payment_ipn(90_000, "finished"), NP_SECRET).await).await;
+    let (status, v) = answer(post_np_at(&c, relay.addr, &payment_ipn(90_000, "finished"), NP_SECRET).await).await;
     assert_eq!((status, v["status"].as_str()), (200, Some("duplicate")));
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(receiver.received().len(), 50);
     relay.stop().await;
 }
 
-async fn post_np_to(c: &reqwest::Client, addr: std::net::SocketAddr, body: &str, secret: &str) -> reqwest::Response {
-    let sig = nowpayments::sign(secret.as_bytes(), body.as_bytes());
-    c.post(format!("http://{addr}/hooks/nowpayments"))
-        .header("x-nowpayments-sig", sig)
-        .body(body.to_owned())
-        .send()
-        .await
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_a_wrong_secret_is_recovered_after_the_fix() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("relay.redb");
-    let store = Arc::new(ipn_relay::store::embedded::EmbeddedStore::open(&path).unwrap());
-    a_wrong_secret_is_recovered_after_the_fix(store, &format!("path = \"{}\"", path.display())).await;
+    let (_dir, store, store_toml) = embedded();
+    a_wrong_secret_is_recovered_after_the_fix(store, &store_toml).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -229,10 +227,8 @@ async fn redis_a_wrong_secret_is_recovered_after_the_fix() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_nova_callback_needs_allow_stale() {
     let receiver = Receiver::start(|_| Reply::Status(200)).await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("relay.redb");
-    let store = Arc::new(ipn_relay::store::embedded::EmbeddedStore::open(&path).unwrap());
-    let text = config(&format!("path = \"{}\"", path.display()), NP_SECRET, &receiver.url(), "");
+    let (_dir, store, store_toml) = embedded();
+    let text = config(&store_toml, NP_SECRET, &receiver.url(), "");
     let relay = crate::admin::Running::start(&text, store).await;
     let (c, admin) = (client(), relay.admin_url());
 
@@ -274,11 +270,9 @@ async fn a_stale_nova_callback_needs_allow_stale() {
 async fn a_flood_of_forgeries_stays_within_max_bytes() {
     const MAX_BYTES: u64 = 256 * 1024;
     let receiver = Receiver::start(|_| Reply::Status(200)).await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("relay.redb");
-    let store = Arc::new(ipn_relay::store::embedded::EmbeddedStore::open(&path).unwrap());
+    let (_dir, store, store_toml) = embedded();
     let text = config(
-        &format!("path = \"{}\"", path.display()),
+        &store_toml,
         NP_SECRET,
         &receiver.url(),
         &format!("[quarantine]\nmax_bytes = {MAX_BYTES}\nmax_per_client_per_minute = 3\n"),
@@ -315,7 +309,7 @@ async fn a_flood_of_forgeries_stays_within_max_bytes() {
     while sent.load(std::sync::atomic::Ordering::Relaxed) < 50_000 {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let (status, v) = answer(post_np_to(&c, addr, &payment_ipn(42, "finished"), NP_SECRET).await).await;
+    let (status, v) = answer(post_np_at(&c, addr, &payment_ipn(42, "finished"), NP_SECRET).await).await;
     assert_eq!((status, v["status"].as_str()), (200, Some("accepted")));
     for t in tasks {
         t.await.unwrap();
@@ -427,18 +421,11 @@ async fn bodies_stay_out_of_logs_and_the_cli_recovers_after_a_reload() {
 /// Items go after `ttl`, by the relay's own retention task.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kept_callbacks_expire_after_the_ttl() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("relay.redb");
-    let store = Arc::new(ipn_relay::store::embedded::EmbeddedStore::open(&path).unwrap());
-    let text = config(
-        &format!("path = \"{}\"", path.display()),
-        NP_SECRET,
-        "http://127.0.0.1:9/",
-        "[quarantine]\nttl = \"1s\"\n",
-    );
+    let (_dir, store, store_toml) = embedded();
+    let text = config(&store_toml, NP_SECRET, "http://127.0.0.1:9/", "[quarantine]\nttl = \"1s\"\n");
     let relay = crate::admin::Running::start(&text, store.clone()).await;
     let c = client();
-    let (status, _) = answer(post_np_to(&c, relay.addr, &payment_ipn(5, "finished"), "wrong").await).await;
+    let (status, _) = answer(post_np_at(&c, relay.addr, &payment_ipn(5, "finished"), "wrong").await).await;
     assert_eq!(status, 401);
     assert!(
         eventually(Duration::from_secs(5), || futures_now(store.quarantine_size()).is_some_and(|s| s.items == 1)).await
@@ -461,21 +448,14 @@ fn futures_now<T>(f: impl Future<Output = Result<T, ipn_relay::store::StoreError
 /// limit kept; a source without an allow list has the limit itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_are_kept_once_and_allow_listed_providers_are_not_rate_limited() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("relay.redb");
-    let store = Arc::new(ipn_relay::store::embedded::EmbeddedStore::open(&path).unwrap());
-    let text = config(
-        &format!("path = \"{}\"", path.display()),
-        NP_SECRET,
-        "http://127.0.0.1:9/",
-        "[quarantine]\nmax_per_client_per_minute = 3\n",
-    )
-    .replacen("kind = \"nowpayments\"\n", "kind = \"nowpayments\"\nallow_ips = [\"127.0.0.0/8\"]\n", 1);
+    let (_dir, store, store_toml) = embedded();
+    let text = config(&store_toml, NP_SECRET, "http://127.0.0.1:9/", "[quarantine]\nmax_per_client_per_minute = 3\n")
+        .replacen("kind = \"nowpayments\"\n", "kind = \"nowpayments\"\nallow_ips = [\"127.0.0.0/8\"]\n", 1);
     let relay = crate::admin::Running::start(&text, store.clone()).await;
     let (c, admin) = (client(), relay.admin_url());
     for round in 0..2 {
         for i in 0..10 {
-            let r = post_np_to(&c, relay.addr, &payment_ipn(300 + i, "finished"), "rotated-at-the-provider").await;
+            let r = post_np_at(&c, relay.addr, &payment_ipn(300 + i, "finished"), "rotated-at-the-provider").await;
             assert_eq!(r.status(), 401, "round {round}");
         }
     }
@@ -507,10 +487,7 @@ async fn retries_are_kept_once_and_allow_listed_providers_are_not_rate_limited()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_truncated_reverify_takes_the_oldest_and_empty_callbacks_take_room() {
     let receiver = Receiver::start(|_| Reply::Status(200)).await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("relay.redb");
-    let store = Arc::new(ipn_relay::store::embedded::EmbeddedStore::open(&path).unwrap());
-    let store_toml = format!("path = \"{}\"", path.display());
+    let (_dir, store, store_toml) = embedded();
     let extra = "[quarantine]\nmax_bytes = 65536\n";
     let wrong = config(&store_toml, "pasted-the-wrong-secret", &receiver.url(), extra).replacen(
         "[server]\n",
@@ -520,7 +497,7 @@ async fn a_truncated_reverify_takes_the_oldest_and_empty_callbacks_take_room() {
     let relay = crate::admin::Running::start(&wrong, store.clone()).await;
     let (c, admin) = (client(), relay.admin_url());
     for status in ["waiting", "confirming", "finished"] {
-        let r = post_np_to(&c, relay.addr, &payment_ipn(777, status), NP_SECRET).await;
+        let r = post_np_at(&c, relay.addr, &payment_ipn(777, status), NP_SECRET).await;
         assert_eq!(r.status(), 401);
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -568,10 +545,8 @@ async fn a_truncated_reverify_takes_the_oldest_and_empty_callbacks_take_room() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_url_callbacks_are_recovered_as_their_source_and_old_webhooks_are_not() {
     let receiver = Receiver::start(|_| Reply::Status(200)).await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("relay.redb");
-    let store = Arc::new(ipn_relay::store::embedded::EmbeddedStore::open(&path).unwrap());
-    let text = config(&format!("path = \"{}\"", path.display()), NP_SECRET, &receiver.url(), "")
+    let (_dir, store, store_toml) = embedded();
+    let text = config(&store_toml, NP_SECRET, &receiver.url(), "")
         .replace("[store]\n", "[store]\ndedupe_ttl = \"1m\"\n")
         .replace("timestamp_tolerance = \"5m\"", "timestamp_tolerance = \"5s\"");
     let listed = text.replacen("kind = \"nowpayments\"\n", "kind = \"nowpayments\"\nallow_ips = [\"10.0.0.0/8\"]\n", 1);
