@@ -299,7 +299,7 @@ async fn housekeeping(
                 clock_unreadable = false;
                 tracing::warn!(
                     offset_ms = ms,
-                    "this relay's clock differs from the store's by more than {} ms: relays sharing a store must keep their clocks in sync (NTP), or one relay may take over a claim that another is still sending",
+                    "this relay's clock differs from the store's by more than {} ms: claims and due times follow the store's clock, but event times (received_at), attempt times and logs follow this one; keep clocks in sync (NTP)",
                     crate::store::CLOCK_OFFSET_WARN_MS
                 );
             }

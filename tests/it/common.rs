@@ -382,10 +382,16 @@ pub struct RelayProcess {
     pub admin: SocketAddr,
     /// Every line the relay logged to stdout so far.
     pub log: Arc<std::sync::Mutex<Vec<String>>>,
+    /// Run by a wrapper in a process group of its own, killed as a whole.
+    group: bool,
 }
 
 impl Drop for RelayProcess {
     fn drop(&mut self) {
+        let pid = self.child.id();
+        if self.group && pid > 1 {
+            let _ = std::process::Command::new("kill").args(["-s", "KILL", "--", &format!("-{pid}")]).status();
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -398,9 +404,29 @@ pub fn spawn_relay(config: &Path) -> RelayProcess {
 
 /// Like [`spawn_relay`], with `RUST_LOG` set to `filter`.
 pub fn spawn_relay_logging(config: &Path, filter: &str) -> RelayProcess {
+    spawn_relay_under(config, filter, &[])
+}
+
+/// Like [`spawn_relay_logging`], run by `wrapper` (a command and its
+/// arguments, e.g. `faketime -f +120s`), which gets the relay's command line.
+pub fn spawn_relay_under(config: &Path, filter: &str, wrapper: &[&str]) -> RelayProcess {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ipn-relay"))
+    let bin = env!("CARGO_BIN_EXE_ipn-relay");
+    let mut command = match wrapper.split_first() {
+        Some((program, args)) => {
+            // faketime forks the relay and waits for it: a process group of
+            // their own lets dropping the RelayProcess kill both, or the
+            // relay would outlive the test holding its stderr (the test
+            // command's pipe) open.
+            use std::os::unix::process::CommandExt;
+            let mut c = Command::new(program);
+            c.args(args).arg(bin).process_group(0);
+            c
+        }
+        None => Command::new(bin),
+    };
+    let mut child = command
         .args(["serve", "--config"])
         .arg(config)
         .env("RUST_LOG", filter)
@@ -430,7 +456,7 @@ pub fn spawn_relay_logging(config: &Path, filter: &str) -> RelayProcess {
             kept.lock().unwrap().push(line);
         }
     });
-    RelayProcess { child, addr, admin, log }
+    RelayProcess { child, addr, admin, log, group: !wrapper.is_empty() }
 }
 
 /// Posts a signed NOWPayments IPN to a relay at `addr`; `None` if the

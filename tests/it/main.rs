@@ -48,6 +48,7 @@ mod metrics;
 mod ordering;
 mod quarantine;
 mod quarantine_store;
+mod redis_limits;
 mod redis_relays;
 mod redis_replicas;
 mod redis_tls;

@@ -12,7 +12,7 @@ use crate::common::*;
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 /// A relay config on `redis` delivering to `receiver`.
-fn redis_config(
+pub(crate) fn redis_config(
     dir: &std::path::Path,
     name: &str,
     redis: &RedisServer,
@@ -34,7 +34,7 @@ fn redis_config(
 
 /// Requests per webhook-id, and how many pairs of requests for one id were
 /// open at the same moment.
-fn repeats_and_overlaps(received: &[Received], hold: Duration) -> (usize, usize) {
+pub(crate) fn repeats_and_overlaps(received: &[Received], hold: Duration) -> (usize, usize) {
     let mut per_id: HashMap<String, Vec<std::time::Instant>> = HashMap::new();
     for r in received {
         per_id.entry(r.webhook_id()).or_default().push(r.at);

@@ -95,7 +95,18 @@ impl RedisStore {
             0 => None,
             n => Some(ReplicaAcks::start(conn.clone(), format!("{keys}ack-mark"), n, options.replica_ack_timeout)),
         };
-        let store = RedisStore { conn, keys, scripts, finishes, replicas };
+        let clock = super::schedule::Clock::default();
+        let store = RedisStore { conn, keys, scripts, finishes, replicas, clock: clock.clone() };
+        // Scheduling follows Redis's clock (schedule.rs). A Redis user not
+        // allowed TIME leaves each relay on its own clock, said once here.
+        match super::schedule::measure_offset(&store.conn).await {
+            Ok(offset) => clock.set(offset),
+            Err(e) => tracing::warn!(
+                error = %e,
+                "Redis refused TIME: claims and due times follow this relay's clock; allow TIME (+time) for the relay's Redis user, and keep the relays' clocks in sync (NTP)"
+            ),
+        }
+        clock.keep_measuring(store.conn.clone());
         store.build_open_index().await?;
         store.build_state_index().await?;
         store.build_retention_index().await?;

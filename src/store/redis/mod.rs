@@ -56,11 +56,13 @@ use redis::aio::ConnectionManager;
 use crate::http::Chain;
 
 mod connect;
+mod endpoints;
 mod finishes;
 mod options;
 mod quarantine;
 mod replicas;
 mod retention;
+mod schedule;
 mod scripts;
 use finishes::PendingFinish;
 pub use options::{RedisOptions, RedisTls};
@@ -70,8 +72,8 @@ use super::retention::{Cutoffs, Purged, StoreStats};
 
 use super::{
     Admission, Attempt, Claim, Counts, Delivery, DeliveryFilter, DeliveryId, DeliveryState, DiscardCount, EventId,
-    LIST_SCAN_LIMIT, Millis, NewDelivery, NewEvent, Next, Page, Reconciled, ReplayCount, ReplayJob, Store, StoreError,
-    StoredEvent, TimelineEntry, corrupt, unavailable,
+    LIST_SCAN_LIMIT, Millis, NewDelivery, NewEvent, Next, Page, Reconciled, ReplayCount, ReplayJob, SharedLimits,
+    Store, StoreError, StoredEvent, TimelineEntry, corrupt, unavailable,
 };
 
 /// Schedule entries or orphaned deliveries one reconciling script call
@@ -93,6 +95,8 @@ pub struct RedisStore {
     finishes: tokio::sync::mpsc::Sender<PendingFinish>,
     /// With `min_replicas_ack`: what admissions wait on before answering.
     replicas: Option<replicas::ReplicaAcks>,
+    /// How far Redis's clock is from this relay's (`schedule.rs`).
+    clock: schedule::Clock,
 }
 
 impl RedisStore {
@@ -162,7 +166,8 @@ impl Store for RedisStore {
             .key(self.key("settled:delivered"))
             .arg(dedupe_ttl_ms.max(1))
             .arg(event.json.as_slice())
-            .arg(event.received_at)
+            // Dedupe expiry and due times on Redis's clock (schedule.rs).
+            .arg(self.clock.to_redis(event.received_at))
             .arg(event.id.as_str())
             .arg(&self.keys)
             .arg(subject)
@@ -172,7 +177,8 @@ impl Store for RedisStore {
         for nd in deliveries {
             let policy = nd.policy;
             // Numbered (and skipped, or ordered) by the script.
-            let d = Delivery::pending(&event, nd, None);
+            let mut d = Delivery::pending(&event, nd, None);
+            d.next_attempt_at = d.next_attempt_at.map(|t| self.clock.to_redis(t));
             script.key(self.key(&format!("dlv:{}", d.id))).key(self.key(&format!("due:{}", d.endpoint)));
             script.arg(d.id.as_str()).arg(serde_json::to_string(&d).map_err(unavailable)?);
             script.arg(if policy.ordered { "1" } else { "0" }).arg(if policy.skip_regressions { "1" } else { "0" });
@@ -237,33 +243,18 @@ impl Store for RedisStore {
         limit: usize,
         visibility_ms: u64,
     ) -> Result<Vec<Claim>, StoreError> {
-        let mut inv = self.scripts.claim.prepare_invoke();
-        inv.key(self.key(&format!("due:{endpoint}")))
-            .key(self.key("counts"))
-            .arg(now)
-            .arg(limit)
-            .arg(visibility_ms)
-            .arg(&self.keys)
-            // cjson prints 14 significant digits: a 13-digit base keeps every
-            // token of the batch exact.
-            .arg(rand::random_range(1..9_000_000_000_000u64));
-        let raw: Vec<Vec<u8>> = self.invoke(&inv, false).await?;
-        // A record Lua could edit but we cannot read is skipped (it returns
-        // after its visibility timeout, and is logged each time), so one bad
-        // record never holds up the rest of the batch.
-        Ok(raw
-            .chunks(2)
-            .filter_map(|pair| {
-                let text = String::from_utf8_lossy(&pair[0]);
-                match decode::<Delivery>("claimed delivery", &text) {
-                    Ok(delivery) => Some(Claim { delivery, event_json: pair.get(1).cloned().unwrap_or_default() }),
-                    Err(e) => {
-                        tracing::error!(error = %Chain(&e), "unreadable delivery record skipped");
-                        None
-                    }
-                }
-            })
-            .collect())
+        self.claim(endpoint, now, limit, visibility_ms, SharedLimits::default()).await
+    }
+
+    async fn claim_due_within(
+        &self,
+        endpoint: &str,
+        now: Millis,
+        limit: usize,
+        visibility_ms: u64,
+        shared: SharedLimits,
+    ) -> Result<Vec<Claim>, StoreError> {
+        self.claim(endpoint, now, limit, visibility_ms, shared).await
     }
 
     async fn finish(
@@ -276,7 +267,7 @@ impl Store for RedisStore {
         // The script takes '' for "no error".
         let last_error = attempt.result.last_error().unwrap_or_default();
         let updated_at = attempt.started_at.saturating_add(attempt.duration_ms);
-        let at = if let Next::RetryAt(at) = next { at } else { 0 };
+        let at = if let Next::RetryAt(at) = next { self.clock.to_redis(at) } else { 0 };
         let (reply, result) = tokio::sync::oneshot::channel();
         let pending = PendingFinish {
             id: delivery_id.to_string(),
@@ -297,7 +288,7 @@ impl Store for RedisStore {
         inv.key(self.key(&format!("dlv:{delivery_id}")))
             .key(self.key("counts"))
             .arg(claim_token)
-            .arg(due)
+            .arg(self.clock.to_redis(due))
             .arg(&self.keys);
         let done: i64 = self.invoke(&inv, true).await?;
         Ok(done == 1)
@@ -368,7 +359,11 @@ impl Store for RedisStore {
         now: Millis,
     ) -> Result<ReplayCount, StoreError> {
         let mut script = self.scripts.replay.prepare_invoke();
-        script.key(self.key("counts")).arg(&self.keys).arg(if include_delivered { "1" } else { "0" }).arg(now);
+        script
+            .key(self.key("counts"))
+            .arg(&self.keys)
+            .arg(if include_delivered { "1" } else { "0" })
+            .arg(self.clock.to_redis(now));
         for id in ids {
             script.arg(id.as_str());
         }
@@ -422,7 +417,7 @@ impl Store for RedisStore {
             .key(self.key(&format!("replay:{}", job.id)))
             .key(self.key("replays-open"))
             .arg(&self.keys)
-            .arg(now)
+            .arg(self.clock.to_redis(now))
             .arg(serde_json::to_string(job).map_err(unavailable)?);
         for id in ids {
             inv.arg(id.as_str());
@@ -435,7 +430,7 @@ impl Store for RedisStore {
     async fn sweep(&self, now: Millis) -> Result<usize, StoreError> {
         let script = &self.scripts.sweep;
         let mut inv = script.prepare_invoke();
-        inv.key(self.key("dedupe-exp")).arg(&self.keys).arg(now).arg(10_000);
+        inv.key(self.key("dedupe-exp")).arg(&self.keys).arg(self.clock.to_redis(now)).arg(10_000);
         self.invoke(&inv, true).await
     }
 
@@ -468,63 +463,7 @@ impl Store for RedisStore {
         orphan_others: bool,
         now: Millis,
     ) -> Result<Reconciled, StoreError> {
-        let mut conn = self.conn();
-        if !endpoints.is_empty() {
-            let _: () = conn.sadd(self.key("endpoints"), endpoints).await.map_err(unavailable)?;
-        }
-        let mut out = Reconciled::default();
-        if orphan_others {
-            let orphan = &self.scripts.orphan;
-            let known: Vec<String> = conn.smembers(self.key("endpoints")).await.map_err(unavailable)?;
-            for endpoint in known.iter().filter(|e| !endpoints.contains(e)) {
-                let mut offset = 0;
-                loop {
-                    let mut inv = orphan.prepare_invoke();
-                    inv.key(self.key(&format!("due:{endpoint}")))
-                        .key(self.key("counts"))
-                        .key(self.key("open"))
-                        .key(self.key("orphaned"))
-                        .key(self.key(&format!("orphaned:{endpoint}")))
-                        .arg(&self.keys)
-                        .arg(now)
-                        .arg(offset)
-                        .arg(RECONCILE_CHUNK);
-                    let (_, left, examined): (usize, usize, usize) = self.invoke(&inv, false).await?;
-                    offset += left;
-                    if examined < RECONCILE_CHUNK {
-                        break;
-                    }
-                }
-                let n: u64 = conn.zcard(self.key(&format!("orphaned:{endpoint}"))).await.map_err(unavailable)?;
-                if n > 0 {
-                    out.orphaned.push((endpoint.clone(), n));
-                }
-            }
-        }
-        let adopt = &self.scripts.adopt;
-        for endpoint in endpoints {
-            let mut adopted = 0;
-            loop {
-                let mut inv = adopt.prepare_invoke();
-                inv.key(self.key(&format!("orphaned:{endpoint}")))
-                    .key(self.key("orphaned"))
-                    .key(self.key("open"))
-                    .key(self.key("counts"))
-                    .key(self.key(&format!("due:{endpoint}")))
-                    .arg(&self.keys)
-                    .arg(now)
-                    .arg(RECONCILE_CHUNK);
-                let (n, examined): (u64, usize) = self.invoke(&inv, false).await?;
-                adopted += n;
-                if examined < RECONCILE_CHUNK {
-                    break;
-                }
-            }
-            if adopted > 0 {
-                out.adopted.push((endpoint.clone(), adopted));
-            }
-        }
-        Ok(out)
+        self.reconcile(endpoints, orphan_others, now).await
     }
 
     async fn known_endpoints(&self) -> Result<Vec<String>, StoreError> {
@@ -548,7 +487,7 @@ impl Store for RedisStore {
             .key(self.key("orphaned"))
             .key(self.key("discarded"))
             .arg(&self.keys)
-            .arg(now)
+            .arg(self.clock.to_redis(now))
             .arg(reason)
             .arg(only.map_or("", DeliveryState::as_str));
         for id in ids {
@@ -575,25 +514,6 @@ impl Store for RedisStore {
     }
 
     async fn clock_offset_ms(&self) -> Result<Option<i64>, StoreError> {
-        // Redis's clock against the middle of the round trip, from the
-        // quickest of three: a slow answer (a reconnect, a busy runtime)
-        // would otherwise read as skew.
-        let mut best: Option<(u64, i64)> = None;
-        for _ in 0..3 {
-            let before = super::now_millis();
-            let (secs, micros): (i64, i64) =
-                redis::cmd("TIME").query_async(&mut self.conn()).await.map_err(unavailable)?;
-            let after = super::now_millis();
-            let rtt = after.saturating_sub(before);
-            let middle = i64::try_from(before + rtt / 2).unwrap_or(i64::MAX);
-            let redis_ms = secs
-                .checked_mul(1000)
-                .and_then(|ms| ms.checked_add(micros / 1000))
-                .ok_or_else(|| unavailable("Redis TIME answered out of range"))?;
-            if best.is_none_or(|(r, _)| rtt < r) {
-                best = Some((rtt, redis_ms.saturating_sub(middle)));
-            }
-        }
-        Ok(best.map(|(_, offset)| offset))
+        schedule::measure_offset(&self.conn).await.map(Some)
     }
 }

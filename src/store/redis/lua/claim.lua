@@ -1,15 +1,49 @@
--- KEYS: due, counts. ARGV: now, limit, visibility, key prefix, token base.
--- Returns (delivery json, event json) pairs. Claim tokens are the random
+-- KEYS: due, counts, slots, bucket. ARGV: now, limit, visibility, key
+-- prefix, token base, shared max_in_flight (0: none), rate per second and
+-- burst (0: none), the relay's clock at sending, and its last measured
+-- offset from Redis's clock (used when TIME is not allowed).
+-- Returns Redis's "now" of the claim, then (delivery json, event json) pairs.
+-- Claim tokens are the random
 -- base plus the claim's place in the batch, not the old token plus one: a
 -- Redis that lost its last writes would otherwise hand a second claimer the
 -- token the first one holds. The batch's records, schedule entries and
 -- counts are written with one command each (in slices, for Lua's stack):
 -- every write command costs Redis an append to its log, whatever its size.
-local now = tonumber(ARGV[1])
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
+--
+-- One clock: "now" is the relay's, moved by how far Redis's TIME is from
+-- the relay's clock at sending, so a relay whose clock is off never sees a
+-- live claim of another relay as expired. Offsets under 250 ms are left
+-- alone: they are as likely the time the request waited as a clock apart.
+local shift = tonumber(ARGV[10])
+local t = redis.pcall('TIME')
+if type(t) == 'table' and t[1] then
+  shift = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - tonumber(ARGV[9])
+  if math.abs(shift) < 250 then shift = 0 end
+end
+local now = tonumber(ARGV[1]) + shift
+local limit = tonumber(ARGV[2])
+-- Shared limits: a lease per delivery in flight, to its claim's deadline;
+-- tokens refilled at the rate, up to the burst.
+local slots, rate, burst = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+if slots > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+  limit = math.min(limit, slots - redis.call('ZCARD', KEYS[3]))
+end
+local tokens, refilled = 0, now
+if rate > 0 then
+  local b = redis.call('HMGET', KEYS[4], 'tokens', 'at')
+  tokens, refilled = tonumber(b[1]) or burst, tonumber(b[2]) or now
+  if now > refilled then
+    tokens = math.min(burst, tokens + (now - refilled) * rate / 1000)
+    refilled = now
+  end
+  limit = math.min(limit, math.floor(tokens))
+end
+if limit <= 0 then return {tostring(now)} end
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, limit)
 local deadline = now + tonumber(ARGV[3])
 local base = tonumber(ARGV[5])
-local out, records, schedule, was_pending = {}, {}, {}, 0
+local out, records, schedule, leases, was_pending = {}, {}, {}, {}, 0
 for _, id in ipairs(ids) do
   local d = read_record(ARGV[4] .. 'dlv:' .. id)
   if not d or type(d.event_id) ~= 'string' or type(d.claim_token) ~= 'number' or type(d.state) ~= 'string' then
@@ -59,6 +93,8 @@ for _, id in ipairs(ids) do
       table.insert(records, enc)
       table.insert(schedule, deadline)
       table.insert(schedule, id)
+      table.insert(leases, deadline)
+      table.insert(leases, id)
       table.insert(out, enc)
       table.insert(out, event)
     end
@@ -66,8 +102,18 @@ for _, id in ipairs(ids) do
 end
 each_slice(records, function(...) redis.call('MSET', ...) end)
 each_slice(schedule, function(...) redis.call('ZADD', KEYS[1], ...) end)
+local claimed = #leases / 2
+if slots > 0 and claimed > 0 then
+  each_slice(leases, function(...) redis.call('ZADD', KEYS[3], ...) end)
+  redis.call('PEXPIRE', KEYS[3], 2 * tonumber(ARGV[3]) + 60000)
+end
+if rate > 0 and claimed > 0 then
+  redis.call('HSET', KEYS[4], 'tokens', tostring(tokens - claimed), 'at', refilled)
+  redis.call('PEXPIRE', KEYS[4], 3600000)
+end
 if was_pending > 0 then
   redis.call('HINCRBY', KEYS[2], 'pending', -was_pending)
   redis.call('HINCRBY', KEYS[2], 'in_flight', was_pending)
 end
+table.insert(out, 1, tostring(now))
 return out

@@ -7,7 +7,7 @@
 -- first write: Redis does not undo a script's writes when it fails half way.
 -- The batch's records, schedule changes and counts are written with one
 -- command each, its attempts with one `RPUSH` each. Schedule keys come from
--- the records' endpoints.
+-- the records' endpoints, and so do the keys of their shared slots.
 local p = ARGV[1]
 local function has_type(key, want)
   local t = redis.call('TYPE', key).ok
@@ -22,7 +22,7 @@ if not has_type(KEYS[1], 'hash') or not has_type(p .. 'open', 'zset') or not has
   return redis.error_reply('relay keys of the wrong type: ' .. KEYS[1] .. ', ' .. p .. 'open or ' .. p .. 'dead')
 end
 local results, seen, attempts, records, settled, dead, notes = {}, {}, {}, {}, {}, {}, {}
-local unschedule, reschedule, ordered = {}, {}, {}
+local unschedule, reschedule, ordered, leases = {}, {}, {}, {}
 local added = {delivered = 0, dead = 0, pending = 0}
 local kinds = {delivered = true, dead = true, retry = true}
 local finished = 0
@@ -40,12 +40,16 @@ for i = 0, (#ARGV - 1) / 7 - 1 do
     result = 0
   elseif type(d.attempts) ~= 'number' or type(d.endpoint) ~= 'string' or not kinds[kind]
       or not aok or type(a) ~= 'table' or not has_type(p .. 'attempts:' .. id, 'list')
-      or not schedule_ok(p .. 'due:' .. d.endpoint) then
+      or not schedule_ok(p .. 'due:' .. d.endpoint) or not schedule_ok(p .. 'slots:' .. d.endpoint) then
     result = -1
   end
   if result == 1 then
     seen[id] = true
     local due = p .. 'due:' .. d.endpoint
+    -- The lease on one of the endpoint's shared slots goes back.
+    local slots = p .. 'slots:' .. d.endpoint
+    leases[slots] = leases[slots] or {}
+    table.insert(leases[slots], id)
     d.attempts = d.attempts + 1
     a.number = d.attempts
     table.insert(attempts, p .. 'attempts:' .. id)
@@ -85,6 +89,7 @@ for i = 0, (#ARGV - 1) / 7 - 1 do
 end
 for i = 1, #attempts, 2 do redis.call('RPUSH', attempts[i], attempts[i + 1]) end
 each_slice(records, function(...) redis.call('MSET', ...) end)
+for slots, ids in pairs(leases) do each_slice(ids, function(...) redis.call('ZREM', slots, ...) end) end
 for due, ids in pairs(unschedule) do each_slice(ids, function(...) redis.call('ZREM', due, ...) end) end
 for due, entries in pairs(reschedule) do each_slice(entries, function(...) redis.call('ZADD', due, ...) end) end
 each_slice(settled, function(...) redis.call('ZREM', p .. 'open', ...) end)
