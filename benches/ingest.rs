@@ -48,6 +48,25 @@ const ROLE_ENV: &str = "IPN_RELAY_BENCH_ROLE";
 static REDIS_URL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 /// Set when the relay runs on Redis: the redis-server's process id.
 static REDIS_PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+/// Set with BENCH_REPLICA_ACK: the relays' `min_replicas_ack`.
+static REPLICA_ACK: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+
+/// Waits until a write on the primary at `url` is confirmed by `n`
+/// replicas (right after a full sync `WAIT` can answer 0 for a moment).
+async fn replicated(url: &str, n: u32) {
+    let client = redis::Client::open(url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    for _ in 0..200 {
+        let _: () = redis::cmd("SET").arg("probe").arg(1).query_async(&mut conn).await.unwrap();
+        let acks: u32 = redis::cmd("WAIT").arg(n).arg(100).query_async(&mut conn).await.unwrap();
+        if acks >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the replicas never confirmed a write");
+}
+
 /// A fresh key prefix for each relay run on Redis.
 static RUN: AtomicU64 = AtomicU64::new(0);
 
@@ -72,15 +91,42 @@ fn main() {
     let secs: u64 = env_or("BENCH_SECS", 5);
     let conns: usize = env_or("BENCH_CONNECTIONS", 32);
     let runs: usize = env_or("BENCH_RUNS", 3);
-    let _redis = (std::env::var("BENCH_STORE").as_deref() == Ok("redis")).then(|| {
-        let redis = common::RedisServer::start_with(&["--appendonly", "yes", "--appendfsync", "always"]);
-        REDIS_URL.set(redis.url.clone()).unwrap();
-        REDIS_PID.set(redis.pid()).unwrap();
-        redis
-    });
+    let acks: u32 = env_or("BENCH_REPLICA_ACK", 0);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let _redis = (std::env::var("BENCH_STORE").as_deref() == Ok("redis")).then(|| {
+        let durable = ["--appendonly", "yes", "--appendfsync", "always"];
+        let Some(port) = (acks > 0).then(free_port) else {
+            let redis = common::RedisServer::start_with(&durable);
+            REDIS_URL.set(redis.url.clone()).unwrap();
+            REDIS_PID.set(redis.pid()).unwrap();
+            return vec![redis];
+        };
+        // BENCH_REPLICA_ACK=N: the primary on a loopback port for N replicas
+        // to follow, each as durable as it, and every admission waits for
+        // them (min_replicas_ack).
+        let port = port.to_string();
+        let mut args = durable.to_vec();
+        args.extend(["--port", &port, "--bind", "127.0.0.1", "--repl-diskless-sync-delay", "0"]);
+        let primary = common::RedisServer::start_with(&args);
+        let mut servers = vec![];
+        for _ in 0..acks {
+            let mut args = durable.to_vec();
+            args.extend(["--replicaof", "127.0.0.1", &port]);
+            servers.push(common::RedisServer::start_with(&args));
+        }
+        rt.block_on(replicated(&primary.url, acks));
+        REDIS_URL.set(primary.url.clone()).unwrap();
+        REDIS_PID.set(primary.pid()).unwrap();
+        REPLICA_ACK.set(acks).unwrap();
+        servers.insert(0, primary);
+        servers
+    });
     let body_len = common::payment_ipn(1_000_000_000, "finished").len();
-    let store = if REDIS_URL.get().is_some() { "redis (AOF, appendfsync always)" } else { "embedded" };
+    let store = match (REDIS_URL.get(), acks) {
+        (None, _) => "embedded".to_owned(),
+        (Some(_), 0) => "redis (AOF, appendfsync always)".to_owned(),
+        (Some(_), n) => format!("redis (AOF, appendfsync always) with {n} replica(s) confirming each admission"),
+    };
     println!(
         "ingest benchmark: {conns} connections, {secs}s per run, IPN body {body_len} bytes, {} cores, {store} store, {runs} rounds",
         num_cpus()
@@ -402,7 +448,10 @@ fn spawn_relay_as(dir: &Path, endpoints: &str, name: &str, run: u64) -> (Child, 
     let base = match REDIS_URL.get() {
         Some(url) => base.replace(
             &format!("path = \"{}\"", dir.join("relay.redb").display()),
-            &format!("kind = \"redis\"\nurl = \"{url}\"\nprefix = \"bench-{run}\""),
+            &format!(
+                "kind = \"redis\"\nurl = \"{url}\"\nprefix = \"bench-{run}\"\nmin_replicas_ack = {}",
+                REPLICA_ACK.get().copied().unwrap_or(0)
+            ),
         ),
         None => base,
     };

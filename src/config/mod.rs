@@ -15,6 +15,7 @@
 
 mod env;
 mod raw;
+mod redis;
 mod validate;
 
 use std::fmt;
@@ -245,7 +246,7 @@ pub enum StoreKind {
     Redis { url: Url<String>, prefix: String, options: RedisOptions },
 }
 
-pub use crate::store::redis::{RedisOptions, RedisTls};
+pub use crate::store::redis::{RedisOptions, RedisTls, Topology};
 
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
@@ -384,7 +385,14 @@ impl Config {
         let store = match &self.store.kind {
             StoreKind::Embedded { path } => format!("embedded ({})", path.display()),
             StoreKind::Redis { url, prefix, options: o } => format!(
-                "redis ({url}, prefix {prefix}{}{}{})",
+                "redis ({}, prefix {prefix}{}{}{})",
+                match &o.topology {
+                    Topology::Node => url.to_string(),
+                    Topology::Sentinel { sentinels, master_name } => {
+                        format!("primary {master_name:?} named by {} sentinel(s), as {url}", sentinels.len())
+                    }
+                    Topology::Cluster { urls } => format!("cluster with {} seed(s), first {url}", urls.len()),
+                },
                 o.tls.ca_file.as_ref().map(|f| format!(", CA {}", f.display())).unwrap_or_default(),
                 o.tls.client.as_ref().map(|(c, _)| format!(", client certificate {}", c.display())).unwrap_or_default(),
                 match o.min_replicas_ack {

@@ -147,6 +147,8 @@ pub(super) enum RawStoreKind {
     #[default]
     Embedded,
     Redis,
+    #[serde(rename = "redis-cluster")]
+    RedisCluster,
 }
 
 #[derive(Deserialize)]
@@ -167,6 +169,12 @@ pub(super) struct RawStore {
     /// Redis only: replicas that confirm each admission (`WAIT`).
     pub min_replicas_ack: Option<u32>,
     pub replica_ack_timeout: Option<Dur>,
+    /// Redis Sentinel: the sentinels (`host:port`) and the name they
+    /// monitor the primary under.
+    pub sentinels: Option<Vec<String>>,
+    pub master_name: Option<String>,
+    /// Redis Cluster: seed URLs.
+    pub urls: Option<Vec<String>>,
 }
 
 impl Default for RawStore {
@@ -182,6 +190,9 @@ impl Default for RawStore {
             tls_key_file: None,
             min_replicas_ack: None,
             replica_ack_timeout: None,
+            sentinels: None,
+            master_name: None,
+            urls: None,
         }
     }
 }

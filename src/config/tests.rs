@@ -158,6 +158,40 @@ fn redis_tls_files_need_rediss_go_in_pairs_and_must_be_readable() {
 }
 
 #[test]
+fn redis_behind_sentinel_or_in_a_cluster() {
+    use crate::config::Topology;
+    let sentinel = "\n[store]\nkind = \"redis\"\nurl = \"redis://:pw@ignored/2\"\nsentinels = [\"10.0.0.1:26379\", \"[::1]:26380\"]\nmaster_name = \"relay\"\n";
+    let cfg = parse(sentinel).unwrap();
+    let StoreKind::Redis { options, .. } = &cfg.store.kind else { panic!("redis") };
+    let want = vec![("10.0.0.1".to_owned(), 26379), ("::1".to_owned(), 26380)];
+    assert_eq!(options.topology, Topology::Sentinel { sentinels: want, master_name: "relay".into() });
+    assert!(cfg.summary().contains("named by 2 sentinel(s)"), "{}", cfg.summary());
+    let e = err("\n[store]\nkind = \"redis\"\nsentinels = [\"10.0.0.1:26379\"]\n");
+    assert!(e.contains("sentinels and master_name go together"), "{e}");
+    let e = err(&sentinel.replace("\"10.0.0.1:26379\"", "\"10.0.0.1\""));
+    assert!(e.contains("store.sentinels") && e.contains("is not host:port"), "{e}");
+    let e = err(&sentinel.replace("redis://:pw@ignored/2", "unix:///tmp/r.sock"));
+    assert!(e.contains("store.url"), "{e}");
+
+    let seeds = "urls = [\"redis://10.0.0.1:6379\", \"redis://:pw@10.0.0.2:6379\"]\n";
+    let cfg = parse(&format!("\n[store]\nkind = \"redis-cluster\"\n{seeds}")).unwrap();
+    let StoreKind::Redis { options, url, .. } = &cfg.store.kind else { panic!("redis") };
+    assert!(matches!(&options.topology, Topology::Cluster { urls } if urls.len() == 2));
+    assert_eq!(url.expose(), "redis://10.0.0.1:6379");
+    assert!(!format!("{cfg:?}").contains("pw@"), "a seed's password shows in Debug");
+    let e = err("\n[store]\nkind = \"redis-cluster\"\n");
+    assert!(e.contains("store.urls: needs at least one seed"), "{e}");
+    let e = err(&format!("\n[store]\nkind = \"redis-cluster\"\nurl = \"redis://a:1\"\n{seeds}"));
+    assert!(e.contains("not url, sentinels or master_name"), "{e}");
+    let e = err("\n[store]\nkind = \"redis-cluster\"\nurls = [\"redis://a:1\", \"rediss://b:1\"]\n");
+    assert!(e.contains("must all use TLS (rediss://) or none"), "{e}");
+    let e = err(&format!("\n[store]\nkind = \"redis\"\n{seeds}"));
+    assert!(e.contains("store.urls: applies to kind = \"redis-cluster\" only"), "{e}");
+    let e = err(&format!("\n[store]\n{seeds}"));
+    assert!(e.contains("apply to Redis only"), "{e}");
+}
+
+#[test]
 fn urls_with_credentials_never_print_their_password() {
     let text = format!(
         "\n[store]\nkind = \"redis\"\nurl = \"redis://relay:s3cr3t-redis-pw@redis.internal:6379/0\"\n{}",

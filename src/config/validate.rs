@@ -13,6 +13,7 @@ use super::raw::{
     RawConfig, RawDelivery, RawEndpoint, RawQuarantine, RawRateLimit, RawRetention, RawServer, RawSource, RawStore,
     RawStoreKind,
 };
+use super::redis::{redis_tls, redis_topology};
 use super::{
     Config, DeliveryConfig, Endpoint, EventPattern, ProviderKind, QuarantineConfig, RateLimit, RetentionConfig, Secret,
     ServerConfig, Source, StoreConfig, StoreKind, Url,
@@ -32,7 +33,7 @@ impl Invalid {
     }
 }
 
-fn invalid<T>(key: impl Into<String>, message: impl Into<String>) -> Result<T, Invalid> {
+pub(super) fn invalid<T>(key: impl Into<String>, message: impl Into<String>) -> Result<T, Invalid> {
     Err(Invalid { key: key.into(), message: message.into() })
 }
 
@@ -208,20 +209,20 @@ impl TryFrom<RawStore> for StoreConfig {
                 if st.min_replicas_ack.is_some() || st.replica_ack_timeout.is_some() {
                     return invalid("store", "min_replicas_ack and replica_ack_timeout apply to kind = \"redis\" only");
                 }
+                if st.sentinels.is_some() || st.master_name.is_some() || st.urls.is_some() {
+                    return invalid("store", "sentinels, master_name and urls apply to Redis only");
+                }
                 let path = st.path.unwrap_or_else(|| "./data/ipn-relay.redb".into());
                 if path.is_empty() {
                     return invalid("store.path", "must not be empty");
                 }
                 StoreKind::Embedded { path: path.into() }
             }
-            RawStoreKind::Redis => {
+            RawStoreKind::Redis | RawStoreKind::RedisCluster => {
                 if st.path.is_some() {
                     return invalid("store.path", "applies to kind = \"embedded\" only");
                 }
-                let url = st.url.unwrap_or_else(|| "redis://127.0.0.1:6379/0".into());
-                if !["redis://", "rediss://", "unix://", "redis+unix://"].iter().any(|p| url.starts_with(p)) {
-                    return invalid("store.url", "must start with redis://, rediss:// (TLS), unix:// or redis+unix://");
-                }
+                let (url, topology) = redis_topology(&st)?;
                 let tls = redis_tls(&url, st.tls_ca_file, st.tls_cert_file, st.tls_key_file)?;
                 let prefix = st.prefix.unwrap_or_else(|| "ipn-relay".into());
                 if prefix.is_empty() || prefix.contains(['{', '}']) {
@@ -230,7 +231,7 @@ impl TryFrom<RawStore> for StoreConfig {
                         "must be non-empty and contain no braces (it becomes the {hash tag})",
                     );
                 }
-                let mut options = crate::config::RedisOptions { tls, ..Default::default() };
+                let mut options = crate::config::RedisOptions { topology, tls, ..Default::default() };
                 options.min_replicas_ack = st.min_replicas_ack.unwrap_or(0);
                 if let Some(t) = st.replica_ack_timeout {
                     if !(Duration::from_millis(10)..=Duration::from_secs(60)).contains(&t.0) {
@@ -243,39 +244,6 @@ impl TryFrom<RawStore> for StoreConfig {
         };
         Ok(StoreConfig { kind, dedupe_ttl })
     }
-}
-
-/// The TLS files of a Redis store: only with a `rediss://` URL, a client
-/// certificate only with its key, and each a file that can be read now
-/// (they are read again at connect).
-fn redis_tls(
-    url: &str,
-    ca: Option<String>,
-    cert: Option<String>,
-    key: Option<String>,
-) -> Result<crate::config::RedisTls, Invalid> {
-    let given = ca.is_some() || cert.is_some() || key.is_some();
-    if given && !url.starts_with("rediss://") {
-        return invalid("store", "tls_ca_file, tls_cert_file and tls_key_file need a rediss:// url");
-    }
-    // The Redis client reads `#insecure` as "skip the server's certificate".
-    if url.starts_with("rediss://") && url.contains('#') {
-        return invalid("store.url", "must not have a #fragment (#insecure would skip verifying the server)");
-    }
-    let readable = |key: &str, path: String| -> Result<std::path::PathBuf, Invalid> {
-        match std::fs::read(&path) {
-            Ok(pem) if pem.windows(11).any(|w| w == b"-----BEGIN ") => Ok(path.into()),
-            Ok(_) => invalid(format!("store.{key}"), format!("{path} is not PEM (no -----BEGIN line)")),
-            Err(e) => invalid(format!("store.{key}"), format!("cannot read {path}: {e}")),
-        }
-    };
-    let client = match (cert, key) {
-        (Some(c), Some(k)) => Some((readable("tls_cert_file", c)?, readable("tls_key_file", k)?)),
-        (None, None) => None,
-        _ => return invalid("store", "tls_cert_file and tls_key_file go together"),
-    };
-    let ca_file = ca.map(|c| readable("tls_ca_file", c)).transpose()?;
-    Ok(crate::config::RedisTls { ca_file, client })
 }
 
 /// Keys are relative to the source (`name`, `secrets[0]`).

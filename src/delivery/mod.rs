@@ -62,6 +62,11 @@ struct EndpointRunner {
     endpoint: Endpoint,
     limiter: Option<Arc<DefaultDirectRateLimiter>>,
     slots: Arc<Semaphore>,
+    /// On a store that shares limits across relays, a delivery's shared
+    /// slot is given back when its attempt is recorded, after its local
+    /// slot: this wakes the claim loop then, or it would wait for its next
+    /// poll with free slots.
+    recorded: Notify,
 }
 
 impl EndpointRunner {
@@ -242,6 +247,7 @@ impl Loops {
         let runner = Arc::new(EndpointRunner {
             limiter,
             slots: Arc::new(Semaphore::new(ep.max_in_flight)),
+            recorded: Notify::new(),
             endpoint: ep.clone(),
         });
         let (stop, stop_rx) = watch::channel(false);
@@ -297,6 +303,7 @@ async fn endpoint_loop(
 ) {
     let name = runner.endpoint.name.clone();
     let visibility_ms = shared.schedule.visibility_timeout.as_millis() as u64;
+    let shares_limits = shared.store.shares_limits();
     // In-flight deliveries; `abort` tells them to give their claim back.
     let (abort_tx, abort_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
@@ -355,6 +362,7 @@ async fn endpoint_loop(
             drop(first);
             tokio::select! {
                 _ = wake.notified() => {}
+                _ = runner.recorded.notified(), if shares_limits => {}
                 _ = tokio::time::sleep(POLL_EVERY) => {}
                 _ = stopped(&mut stop) => break,
             }
@@ -489,6 +497,7 @@ async fn deliver(
     }
     let attempt = Attempt { number, started_at, duration_ms, result, response_excerpt: excerpt };
     finish(&shared, &claim, attempt, next).await;
+    runner.recorded.notify_one();
 }
 
 /// Records the attempt. If the store is briefly unreachable, tries a few

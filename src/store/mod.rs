@@ -408,6 +408,12 @@ pub trait Store: quarantine::QuarantineStore + Send + Sync + 'static {
         self.claim_due(endpoint, now, limit, visibility_ms).await
     }
 
+    /// Whether [`claim_due_within`](Store::claim_due_within) holds shared
+    /// limits, whose slots come back when an attempt is recorded.
+    fn shares_limits(&self) -> bool {
+        false
+    }
+
     /// Records `attempt` and moves the claimed delivery on per `next`.
     /// Returns false, changing nothing, if the claim was lost (expired and
     /// taken by another claim, or replayed meanwhile).

@@ -48,6 +48,8 @@ mod metrics;
 mod ordering;
 mod quarantine;
 mod quarantine_store;
+mod redis_cluster;
+mod redis_failover;
 mod redis_limits;
 mod redis_relays;
 mod redis_replicas;

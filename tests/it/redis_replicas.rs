@@ -18,6 +18,15 @@ pub(crate) struct TcpRedis {
     args: Vec<String>,
 }
 
+/// Waits until something listens on `port`.
+fn listening(port: u16) {
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < until, "redis-server did not come up");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 impl TcpRedis {
     pub(crate) fn start(args: &[&str]) -> TcpRedis {
         let dir = tempfile::tempdir().unwrap();
@@ -36,12 +45,33 @@ impl TcpRedis {
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("redis-server must be installed (scripts/test installs it)");
-        let until = std::time::Instant::now() + Duration::from_secs(5);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(std::time::Instant::now() < until, "redis-server did not come up");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        listening(port);
         child
+    }
+
+    /// A Redis Sentinel on a loopback port, configured by `config` (its
+    /// `sentinel monitor` lines). Sentinel rewrites its file, which lives
+    /// in the sentinel's own directory.
+    pub(crate) fn start_sentinel(config: &str) -> TcpRedis {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let file = dir.path().join("sentinel.conf");
+        let text =
+            format!("port {port}\nbind 127.0.0.1\ndir {0}\nlogfile {0}/sentinel.log\n{config}", dir.path().display());
+        std::fs::write(&file, text).unwrap();
+        let child = std::process::Command::new("redis-server")
+            .arg(&file)
+            .arg("--sentinel")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (scripts/test installs it)");
+        listening(port);
+        TcpRedis { child, port, dir, args: Vec::new() }
+    }
+
+    /// What a sentinel logged so far.
+    pub(crate) fn sentinel_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("sentinel.log")).unwrap_or_default()
     }
 
     pub(crate) fn url(&self) -> String {

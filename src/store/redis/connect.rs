@@ -3,25 +3,24 @@
 //! older versions.
 
 use redis::AsyncCommands;
+use std::time::Duration;
+
 use redis::aio::ConnectionManager;
 
+use super::conn::{ClusterConn, Conn, SentinelConn};
 use super::finishes::{FINISH_BATCH, FINISH_CALLS, record_finishes};
 use super::replicas::ReplicaAcks;
 use super::scripts::Scripts;
+use super::sentinel::Lookup;
 use super::{DeliveryState, RedisStore, StoreError, unavailable};
-use super::{RedisOptions, RedisTls};
+use super::{RedisOptions, RedisTls, Topology};
 use crate::store::Context;
 
-/// A client for `url`, with `tls`'s files read now. rustls with ring, the
-/// provider the relay's HTTP client uses; no OpenSSL.
-fn client(url: &str, tls: &RedisTls) -> Result<redis::Client, StoreError> {
+/// `tls`'s files, read now; `None` without any.
+fn certificates(tls: &RedisTls) -> Result<Option<redis::TlsCertificates>, StoreError> {
     if *tls == RedisTls::default() {
-        if url.starts_with("rediss://") {
-            crate::http::install_tls_provider();
-        }
-        return redis::Client::open(url).map_err(unavailable);
+        return Ok(None);
     }
-    crate::http::install_tls_provider();
     let read = |path: &std::path::Path| {
         std::fs::read(path).map_err(|e| unavailable(Context::new(format!("cannot read {}", path.display()), e)))
     };
@@ -30,34 +29,110 @@ fn client(url: &str, tls: &RedisTls) -> Result<redis::Client, StoreError> {
         Some((cert, key)) => Some(redis::ClientTlsConfig { client_cert: read(cert)?, client_key: read(key)? }),
         None => None,
     };
-    redis::Client::build_with_tls(url, redis::TlsCertificates { client_tls, root_cert }).map_err(unavailable)
+    Ok(Some(redis::TlsCertificates { client_tls, root_cert }))
+}
+
+/// The connection to `url` in the options' topology. TLS is rustls with
+/// ring, the provider the relay's HTTP client uses; no OpenSSL.
+async fn open(url: &str, prefix: &str, options: &RedisOptions) -> Result<Conn, StoreError> {
+    let tls = url.starts_with("rediss://")
+        || matches!(&options.topology, Topology::Cluster { urls } if urls.iter().any(|u| u.starts_with("rediss://")));
+    if tls {
+        crate::http::install_tls_provider();
+    }
+    let certs = certificates(&options.tls)?;
+    // Fail fast while Redis is unreachable: ingress answers 503 within
+    // about two seconds and the provider retries, rather than holding its
+    // request through a long outage. A WAIT for replicas holds the
+    // connection up to its timeout.
+    let connect_timeout = Duration::from_secs(1);
+    let response_timeout = Duration::from_secs(2)
+        + if options.min_replicas_ack > 0 { options.replica_ack_timeout } else { Duration::ZERO };
+    match &options.topology {
+        Topology::Node => {
+            let client = match certs {
+                Some(certs) => redis::Client::build_with_tls(url, certs),
+                None => redis::Client::open(url),
+            }
+            .map_err(unavailable)?;
+            let config = redis::aio::ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(connect_timeout))
+                .set_response_timeout(Some(response_timeout))
+                .set_number_of_retries(1)
+                .set_max_delay(Duration::from_millis(200));
+            Ok(Conn::Node(ConnectionManager::new_with_config(client, config).await.map_err(unavailable)?))
+        }
+        Topology::Sentinel { sentinels, master_name } => {
+            use redis::IntoConnectionInfo;
+            // The sentinels speak TLS when the primary does, with the same files.
+            let sentinels = sentinels
+                .iter()
+                .map(|(host, port)| {
+                    let addr = match tls {
+                        true => redis::ConnectionAddr::TcpTls {
+                            host: host.clone(),
+                            port: *port,
+                            insecure: false,
+                            tls_params: None,
+                        },
+                        false => redis::ConnectionAddr::Tcp(host.clone(), *port),
+                    };
+                    let info = addr.into_connection_info()?;
+                    match &certs {
+                        Some(certs) => redis::Client::build_with_tls(info, certs.clone()),
+                        None => redis::Client::open(info),
+                    }
+                })
+                .collect::<redis::RedisResult<Vec<_>>>()
+                .map_err(unavailable)?;
+            let lookup = Lookup {
+                sentinels,
+                master_name: master_name.clone(),
+                primary: url.into_connection_info().map_err(unavailable)?,
+                tls,
+                certs,
+                config: redis::AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(connect_timeout))
+                    .set_response_timeout(Some(response_timeout)),
+            };
+            let conn = SentinelConn::connect(lookup)
+                .await
+                .map_err(|e| unavailable(Context::new(format!("no Redis primary {master_name:?} found"), e)))?;
+            Ok(Conn::Sentinel(conn))
+        }
+        Topology::Cluster { urls } => {
+            let mut builder = redis::cluster::ClusterClient::builder(urls.clone())
+                .connection_timeout(connect_timeout)
+                .response_timeout(response_timeout)
+                // No retries: a script that may have run is never sent
+                // again here (scripts.rs retries those harmless to run
+                // twice). A MOVED after a failover fails its command once,
+                // as a broken connection does, and refreshes the slot map
+                // for the next one; ingress answers 503 meanwhile.
+                .retries(0);
+            if let Some(certs) = certs {
+                builder = builder.certs(certs);
+            }
+            let client = builder.build().map_err(unavailable)?;
+            let conn = client.get_async_connection().await.map_err(unavailable)?;
+            Ok(Conn::Cluster(ClusterConn { conn, slot_key: format!("{{{prefix}}}:") }))
+        }
+    }
 }
 
 impl RedisStore {
-    /// Connects to `url` (redis://, unix://, redis+unix://) with keys under
-    /// `{prefix}`.
+    /// Connects to `url` (redis://, unix://, redis+unix://), one node, with
+    /// keys under `{prefix}`.
     pub async fn connect(url: &str, prefix: &str) -> Result<RedisStore, StoreError> {
         RedisStore::connect_with(url, prefix, &RedisOptions::default()).await
     }
 
     /// [`connect`](RedisStore::connect), also to `rediss://` (rustls) with
-    /// the options' CA and client certificate, and with admissions
-    /// confirmed by `min_replicas_ack` replicas.
+    /// the options' CA and client certificate, through Sentinel or to a
+    /// Cluster, and with admissions confirmed by `min_replicas_ack`
+    /// replicas.
     pub async fn connect_with(url: &str, prefix: &str, options: &RedisOptions) -> Result<RedisStore, StoreError> {
-        let client = client(url, &options.tls)?;
-        // Fail fast while Redis is unreachable: ingress answers 503 within
-        // about two seconds and the provider retries, rather than holding
-        // its request through a long outage.
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(std::time::Duration::from_secs(1)))
-            // A WAIT for replicas holds the connection up to its timeout.
-            .set_response_timeout(Some(
-                std::time::Duration::from_secs(2)
-                    + if options.min_replicas_ack > 0 { options.replica_ack_timeout } else { Default::default() },
-            ))
-            .set_number_of_retries(1)
-            .set_max_delay(std::time::Duration::from_millis(200));
-        let mut conn = ConnectionManager::new_with_config(client, config).await.map_err(unavailable)?;
+        let mut conn = open(url, prefix, options).await?;
         // A command now, so that what only shows on the first read (a TLS
         // server refusing a missing client certificate, a wrong password)
         // stops the start with its reason rather than the first admission.

@@ -4,8 +4,8 @@
 //! write command costs Redis an append to its log. A lone finish is not
 //! held back for company.
 
+use super::conn::Conn;
 use redis::Script;
-use redis::aio::ConnectionManager;
 
 use super::scripts::invoke_raw;
 use super::{Millis, StoreError, corrupt, unavailable};
@@ -34,7 +34,7 @@ pub(super) struct PendingFinish {
 /// of its own, so nothing waits for company. Ends when every store clone
 /// (and so every sender) is gone.
 pub(super) async fn record_finishes(
-    conn: ConnectionManager,
+    conn: Conn,
     script: Script,
     keys: String,
     mut queue: tokio::sync::mpsc::Receiver<PendingFinish>,
@@ -72,7 +72,7 @@ pub(super) async fn record_finishes(
 /// Runs `FINISH_MANY` over `batch`; once more if the connection dropped
 /// under it (a second run finds its finishes settled and changes nothing).
 async fn finish_batch(
-    conn: &ConnectionManager,
+    conn: &Conn,
     script: &Script,
     keys: &str,
     batch: &[PendingFinish],

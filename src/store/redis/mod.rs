@@ -50,11 +50,12 @@
 //! (`min_replicas_ack`) in `replicas.rs`, the Lua scripts and how they are run in `scripts.rs`.
 
 use async_trait::async_trait;
+use conn::Conn;
 use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
 
 use crate::http::Chain;
 
+mod conn;
 mod connect;
 mod endpoints;
 mod finishes;
@@ -64,8 +65,9 @@ mod replicas;
 mod retention;
 mod schedule;
 mod scripts;
+mod sentinel;
 use finishes::PendingFinish;
-pub use options::{RedisOptions, RedisTls};
+pub use options::{RedisOptions, RedisTls, Topology};
 use scripts::{Scripts, invoke_raw};
 
 use super::retention::{Cutoffs, Purged, StoreStats};
@@ -86,7 +88,7 @@ const LIST_SCAN: isize = 500;
 /// The Redis store. Cheap to clone; every clone shares one connection.
 #[derive(Clone)]
 pub struct RedisStore {
-    conn: ConnectionManager,
+    conn: Conn,
     /// `{prefix}:`
     keys: String,
     /// Every script, hashed once.
@@ -104,7 +106,7 @@ impl RedisStore {
         format!("{}{name}", self.keys)
     }
 
-    fn conn(&self) -> ConnectionManager {
+    fn conn(&self) -> Conn {
         self.conn.clone()
     }
 
@@ -244,6 +246,10 @@ impl Store for RedisStore {
         visibility_ms: u64,
     ) -> Result<Vec<Claim>, StoreError> {
         self.claim(endpoint, now, limit, visibility_ms, SharedLimits::default()).await
+    }
+
+    fn shares_limits(&self) -> bool {
+        true
     }
 
     async fn claim_due_within(

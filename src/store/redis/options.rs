@@ -8,6 +8,8 @@ use std::time::Duration;
 /// How the relay talks to Redis, beyond the URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisOptions {
+    /// One node, the primary Sentinel names, or a Cluster.
+    pub topology: Topology,
     pub tls: RedisTls,
     /// Replicas that must confirm an admission's writes before its 200
     /// (`WAIT`); 0 answers once the primary has them.
@@ -18,7 +20,12 @@ pub struct RedisOptions {
 
 impl Default for RedisOptions {
     fn default() -> Self {
-        RedisOptions { tls: RedisTls::default(), min_replicas_ack: 0, replica_ack_timeout: Duration::from_secs(1) }
+        RedisOptions {
+            topology: Topology::Node,
+            tls: RedisTls::default(),
+            min_replicas_ack: 0,
+            replica_ack_timeout: Duration::from_secs(1),
+        }
     }
 }
 
@@ -29,4 +36,31 @@ pub struct RedisTls {
     pub ca_file: Option<PathBuf>,
     /// A client certificate and its key, for a server that asks for one.
     pub client: Option<(PathBuf, PathBuf)>,
+}
+
+/// Where the relay finds its Redis.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub enum Topology {
+    /// The URL's one address (a primary, or a proxy that follows failover).
+    #[default]
+    Node,
+    /// The primary the sentinels (`host:port`) name `master_name`, found
+    /// again after a failover. The URL gives the scheme (TLS or not), the
+    /// credentials and the database; its host is not used.
+    Sentinel { sentinels: Vec<(String, u16)>, master_name: String },
+    /// A Redis Cluster, reached through its seed URLs.
+    Cluster { urls: Vec<String> },
+}
+
+/// Seed URLs may hold a password: their count only.
+impl std::fmt::Debug for Topology {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Topology::Node => f.write_str("Node"),
+            Topology::Sentinel { sentinels, master_name } => {
+                f.debug_struct("Sentinel").field("sentinels", sentinels).field("master_name", master_name).finish()
+            }
+            Topology::Cluster { urls } => write!(f, "Cluster {{ urls: {} seed(s) }}", urls.len()),
+        }
+    }
 }

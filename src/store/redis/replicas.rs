@@ -18,7 +18,7 @@
 
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use super::conn::Conn;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::store::{StoreError, unavailable};
@@ -34,7 +34,7 @@ pub(super) struct ReplicaAcks {
 impl ReplicaAcks {
     /// Starts the task that waits for `n` replicas on `conn`, writing its
     /// marker at `marker`.
-    pub(super) fn start(conn: ConnectionManager, marker: String, n: u32, timeout: Duration) -> ReplicaAcks {
+    pub(super) fn start(conn: Conn, marker: String, n: u32, timeout: Duration) -> ReplicaAcks {
         tracing::info!(replicas = n, timeout_ms = timeout.as_millis() as u64, "admissions wait for replicas");
         let (tx, rx) = mpsc::channel(4096);
         tokio::spawn(wait_for_replicas(conn, marker, n, timeout, rx));
@@ -50,13 +50,7 @@ impl ReplicaAcks {
     }
 }
 
-async fn wait_for_replicas(
-    conn: ConnectionManager,
-    marker: String,
-    n: u32,
-    timeout: Duration,
-    mut waiters: mpsc::Receiver<Waiter>,
-) {
+async fn wait_for_replicas(conn: Conn, marker: String, n: u32, timeout: Duration, mut waiters: mpsc::Receiver<Waiter>) {
     let ms = timeout.as_millis().max(1) as u64;
     while let Some(first) = waiters.recv().await {
         let mut batch = vec![first];

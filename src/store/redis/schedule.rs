@@ -1,43 +1,47 @@
 //! One clock and shared limits for the relays sharing a Redis.
 //!
 //! **One clock.** Whether a delivery is due and whether a claim has expired
-//! is decided on Redis's clock (`TIME` inside the claim script), never on the
-//! claiming relay's: a relay whose clock is minutes ahead would otherwise see
-//! another relay's live claim as expired and send the same delivery at the
-//! same time. Every time a relay writes for scheduling (due times, the
-//! dedupe clock, the "now" of the sweep, replays and reconciling) is moved
-//! onto Redis's clock by [`Clock`], the offset measured at connect and every
-//! [`REFRESH`] after. Times that record what happened (`received_at`, an
-//! attempt's `started_at`, `updated_at`) stay on the relay's clock, as its
-//! logs do. A claim's deadline goes back to the relay on its own clock, so
-//! the checks in delivery ("is there time left to send?") compare like
-//! with like.
+//! is decided on Redis's clock, never on the claiming relay's: a relay whose
+//! clock is minutes ahead would otherwise see another relay's live claim as
+//! expired and send the same delivery at the same time. [`Clock`] holds the
+//! offset of Redis's clock (`TIME`, the quickest of three round trips),
+//! measured at connect and every [`REFRESH`] after; every time a relay
+//! writes for scheduling (due times, the dedupe clock, the "now" of claims,
+//! the sweep, replays, discards and reconciling) is moved by it. The claim
+//! script checks `TIME` too, and trusts it over a measurement that is off
+//! by more than a second (a clock stepped since). Offsets under
+//! [`IGNORED_MS`] are left alone. A claim's deadline goes back to the relay
+//! on its own clock, so the checks in delivery ("is there time left to
+//! send?") compare like with like. `received_at` and attempt times stay on
+//! the relay's clock, as its logs do.
 //!
 //! **Shared limits.** An endpoint's `max_in_flight` and `rate_limit` hold
 //! across every relay on the prefix: the claim script keeps a lease per
 //! claimed delivery in `slots:NAME` (a sorted set scored by the claim's
 //! deadline) and a token bucket in `bucket:NAME`, and claims no more than
-//! both allow. A finish or release gives the lease back; a relay killed
-//! while holding leases gives them back at their deadline (the visibility
-//! timeout), when its claims can be taken over too.
+//! both allow. A finish or release gives the lease back (and delivery wakes
+//! its claim loop then); a relay killed while holding leases gives them
+//! back at their deadline (the visibility timeout), when its claims can be
+//! taken over too.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use super::conn::Conn;
 
 use super::{Claim, Delivery, Millis, RedisStore, StoreError, decode, unavailable};
 use crate::http::Chain;
 use crate::store::SharedLimits;
 
 /// How often the offset between the clocks is measured again.
-pub(super) const REFRESH: Duration = Duration::from_secs(10);
+pub(super) const REFRESH: Duration = Duration::from_secs(5);
 
-/// Offsets smaller than this are left alone, here and in the claim script:
-/// clocks kept by NTP are that close, and a smaller measured offset is as
-/// likely the time a request waited as clocks apart.
-const IGNORED_MS: i64 = 250;
+/// Offsets smaller than this are left alone: clocks kept by NTP are that
+/// close, and the simulated times of tests stay exact. Two relays on either
+/// side of Redis's clock are then at most twice this apart, well inside the
+/// 500 ms by which `visibility_timeout` must exceed every endpoint timeout.
+const IGNORED_MS: i64 = 100;
 
 /// Due times are written this much early on Redis's clock when they are
 /// moved at all, so that an error in the measured offset (at most half a
@@ -68,7 +72,7 @@ impl Clock {
     /// Measures the offset again every [`REFRESH`] for as long as the store
     /// lives. A failed measurement keeps the last one.
     /// Ends once the store is dropped.
-    pub fn keep_measuring(&self, conn: ConnectionManager) {
+    pub fn keep_measuring(&self, conn: Conn) {
         let clock = Arc::downgrade(&self.0);
         tokio::spawn(async move {
             loop {
@@ -85,7 +89,7 @@ impl Clock {
 /// Redis's clock minus this relay's, from the quickest of three `TIME`
 /// round trips against their middle: a slow answer (a reconnect, a busy
 /// runtime) would otherwise read as skew.
-pub(super) async fn measure_offset(conn: &ConnectionManager) -> Result<i64, StoreError> {
+pub(super) async fn measure_offset(conn: &Conn) -> Result<i64, StoreError> {
     let mut best: Option<(u64, i64)> = None;
     for _ in 0..3 {
         let before = crate::store::now_millis();

@@ -11,8 +11,8 @@
 //! [`invoke_raw`] runs one, retrying only the scripts that are harmless to
 //! run twice.
 
+use super::conn::Conn;
 use redis::Script;
-use redis::aio::ConnectionManager;
 
 const LIB: &str = include_str!("lua/lib.lua");
 const REPLAY_IDS: &str = include_str!("lua/replay_ids.lua");
@@ -64,17 +64,29 @@ impl Scripts {
 /// it (not after a timeout: the first run may still be queued). Admit,
 /// finish, release and sweep are harmless to run twice; claim and replay are
 /// not (a second run would strand or miscount), so they are never retried
-/// here: their callers retry.
+/// here: their callers retry. Any script runs once more, a moment later,
+/// when the node refused it unrun because the data moved or is not served
+/// yet (a Cluster or Sentinel failover: `MOVED`, `READONLY`, …).
 pub(super) async fn invoke_raw<T: redis::FromRedisValue>(
-    conn: &ConnectionManager,
+    conn: &Conn,
     script: &redis::ScriptInvocation<'_>,
     retry: bool,
 ) -> redis::RedisResult<T> {
     match script.invoke_async(&mut conn.clone()).await {
+        Err(e) if not_run(&e) => {
+            tracing::debug!(error = %e, "redis refused the script unrun; running it once more");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            script.invoke_async(&mut conn.clone()).await
+        }
         Err(e) if retry && e.is_connection_dropped() && !e.is_timeout() => {
             tracing::debug!(error = %e, "redis connection dropped; running the script once more");
             script.invoke_async(&mut conn.clone()).await
         }
         result => result,
     }
+}
+
+/// Errors with which a node refuses a command before running it.
+fn not_run(e: &redis::RedisError) -> bool {
+    matches!(e.code(), Some("MOVED" | "ASK" | "TRYAGAIN" | "CLUSTERDOWN" | "READONLY" | "MASTERDOWN" | "LOADING"))
 }

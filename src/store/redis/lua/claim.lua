@@ -1,7 +1,7 @@
 -- KEYS: due, counts, slots, bucket. ARGV: now, limit, visibility, key
 -- prefix, token base, shared max_in_flight (0: none), rate per second and
--- burst (0: none), the relay's clock at sending, and its last measured
--- offset from Redis's clock (used when TIME is not allowed).
+-- burst (0: none), the relay's clock at sending, and the offset of Redis's
+-- clock from the relay's, as the relay last measured it.
 -- Returns Redis's "now" of the claim, then (delivery json, event json) pairs.
 -- Claim tokens are the random
 -- base plus the claim's place in the batch, not the old token plus one: a
@@ -10,15 +10,17 @@
 -- counts are written with one command each (in slices, for Lua's stack):
 -- every write command costs Redis an append to its log, whatever its size.
 --
--- One clock: "now" is the relay's, moved by how far Redis's TIME is from
--- the relay's clock at sending, so a relay whose clock is off never sees a
--- live claim of another relay as expired. Offsets under 250 ms are left
--- alone: they are as likely the time the request waited as a clock apart.
+-- One clock: "now" is the relay's, moved onto Redis's clock by the offset
+-- the relay measured (ARGV 10), so a relay whose clock is off never sees a
+-- live claim of another relay as expired. Should Redis's TIME say the
+-- clocks moved apart by more than a second since that measurement (a clock
+-- was stepped), TIME wins: then "now" is off by at most the time this
+-- request waited, which errs late, never early.
 local shift = tonumber(ARGV[10])
 local t = redis.pcall('TIME')
 if type(t) == 'table' and t[1] then
-  shift = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - tonumber(ARGV[9])
-  if math.abs(shift) < 250 then shift = 0 end
+  local measured = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - tonumber(ARGV[9])
+  if math.abs(measured - shift) > 1000 then shift = measured end
 end
 local now = tonumber(ARGV[1]) + shift
 local limit = tonumber(ARGV[2])
@@ -87,7 +89,7 @@ for _, id in ipairs(ids) do
       if token == d.claim_token then token = token + 1 end
       d.claim_token = token
       d.next_attempt_at = deadline
-      d.updated_at = now
+      d.updated_at = tonumber(ARGV[1])
       local enc = cjson.encode(d)
       table.insert(records, ARGV[4] .. 'dlv:' .. id)
       table.insert(records, enc)

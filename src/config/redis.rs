@@ -1,0 +1,98 @@
+//! The Redis part of `[store]`: where the store is (one node, Sentinel or
+//! a Cluster) and its TLS files.
+
+use super::raw::{RawStore, RawStoreKind};
+use super::validate::{Invalid, invalid};
+
+/// Where a Redis store is: its URL (for a Cluster, the first seed, whose
+/// scheme all seeds share) and its topology.
+pub(super) fn redis_topology(st: &RawStore) -> Result<(String, crate::config::Topology), Invalid> {
+    use crate::config::Topology;
+    let tcp = |key: &str, url: &str| -> Result<(), Invalid> {
+        if !["redis://", "rediss://"].iter().any(|p| url.starts_with(p)) {
+            return invalid(format!("store.{key}"), "must start with redis:// or rediss:// (TLS)");
+        }
+        Ok(())
+    };
+    if st.kind == RawStoreKind::RedisCluster {
+        if st.url.is_some() || st.sentinels.is_some() || st.master_name.is_some() {
+            return invalid("store", "kind = \"redis-cluster\" takes seed urls, not url, sentinels or master_name");
+        }
+        let urls = st.urls.clone().unwrap_or_default();
+        let Some(first) = urls.first().cloned() else {
+            return invalid("store.urls", "needs at least one seed URL of the cluster");
+        };
+        for url in &urls {
+            tcp("urls", url)?;
+            if url.starts_with("rediss://") != first.starts_with("rediss://") {
+                return invalid("store.urls", "must all use TLS (rediss://) or none");
+            }
+        }
+        return Ok((first, Topology::Cluster { urls }));
+    }
+    if st.urls.is_some() {
+        return invalid("store.urls", "applies to kind = \"redis-cluster\" only");
+    }
+    let url = st.url.clone().unwrap_or_else(|| "redis://127.0.0.1:6379/0".into());
+    match (&st.sentinels, &st.master_name) {
+        (None, None) => {
+            if !["redis://", "rediss://", "unix://", "redis+unix://"].iter().any(|p| url.starts_with(p)) {
+                return invalid("store.url", "must start with redis://, rediss:// (TLS), unix:// or redis+unix://");
+            }
+            Ok((url, Topology::Node))
+        }
+        (Some(sentinels), Some(master_name)) => {
+            tcp("url", &url)?;
+            if sentinels.is_empty() {
+                return invalid("store.sentinels", "needs at least one host:port");
+            }
+            if master_name.is_empty() {
+                return invalid("store.master_name", "must not be empty");
+            }
+            let sentinels = sentinels
+                .iter()
+                .map(|s| match s.rsplit_once(':').map(|(h, p)| (h, p.parse::<u16>())) {
+                    Some((host, Ok(port))) if !host.is_empty() && port > 0 => {
+                        Ok((host.trim_start_matches('[').trim_end_matches(']').to_owned(), port))
+                    }
+                    _ => invalid("store.sentinels", format!("{s:?} is not host:port")),
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((url, Topology::Sentinel { sentinels, master_name: master_name.clone() }))
+        }
+        _ => invalid("store", "sentinels and master_name go together"),
+    }
+}
+
+/// The TLS files of a Redis store: only with a `rediss://` URL, a client
+/// certificate only with its key, and each a file that can be read now
+/// (they are read again at connect).
+pub(super) fn redis_tls(
+    url: &str,
+    ca: Option<String>,
+    cert: Option<String>,
+    key: Option<String>,
+) -> Result<crate::config::RedisTls, Invalid> {
+    let given = ca.is_some() || cert.is_some() || key.is_some();
+    if given && !url.starts_with("rediss://") {
+        return invalid("store", "tls_ca_file, tls_cert_file and tls_key_file need a rediss:// url");
+    }
+    // The Redis client reads `#insecure` as "skip the server's certificate".
+    if url.starts_with("rediss://") && url.contains('#') {
+        return invalid("store.url", "must not have a #fragment (#insecure would skip verifying the server)");
+    }
+    let readable = |key: &str, path: String| -> Result<std::path::PathBuf, Invalid> {
+        match std::fs::read(&path) {
+            Ok(pem) if pem.windows(11).any(|w| w == b"-----BEGIN ") => Ok(path.into()),
+            Ok(_) => invalid(format!("store.{key}"), format!("{path} is not PEM (no -----BEGIN line)")),
+            Err(e) => invalid(format!("store.{key}"), format!("cannot read {path}: {e}")),
+        }
+    };
+    let client = match (cert, key) {
+        (Some(c), Some(k)) => Some((readable("tls_cert_file", c)?, readable("tls_key_file", k)?)),
+        (None, None) => None,
+        _ => return invalid("store", "tls_cert_file and tls_key_file go together"),
+    };
+    let ca_file = ca.map(|c| readable("tls_ca_file", c)).transpose()?;
+    Ok(crate::config::RedisTls { ca_file, client })
+}
