@@ -62,11 +62,11 @@ struct EndpointRunner {
     endpoint: Endpoint,
     limiter: Option<Arc<DefaultDirectRateLimiter>>,
     slots: Arc<Semaphore>,
-    /// On a store that shares limits across relays, a delivery's shared
-    /// slot is given back when its attempt is recorded, after its local
-    /// slot: this wakes the claim loop then, or it would wait for its next
-    /// poll with free slots.
-    recorded: Notify,
+    /// The store holds `max_in_flight` across relays, and gives a
+    /// delivery's shared slot back when its attempt is recorded: the local
+    /// slot is held as long, or the claim loop would claim into slots the
+    /// store still counts as taken, find none and wait for its next poll.
+    shares_limits: bool,
 }
 
 impl EndpointRunner {
@@ -247,7 +247,7 @@ impl Loops {
         let runner = Arc::new(EndpointRunner {
             limiter,
             slots: Arc::new(Semaphore::new(ep.max_in_flight)),
-            recorded: Notify::new(),
+            shares_limits: self.shared.store.shares_limits(),
             endpoint: ep.clone(),
         });
         let (stop, stop_rx) = watch::channel(false);
@@ -303,7 +303,6 @@ async fn endpoint_loop(
 ) {
     let name = runner.endpoint.name.clone();
     let visibility_ms = shared.schedule.visibility_timeout.as_millis() as u64;
-    let shares_limits = shared.store.shares_limits();
     // In-flight deliveries; `abort` tells them to give their claim back.
     let (abort_tx, abort_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
@@ -362,7 +361,6 @@ async fn endpoint_loop(
             drop(first);
             tokio::select! {
                 _ = wake.notified() => {}
-                _ = runner.recorded.notified(), if shares_limits => {}
                 _ = tokio::time::sleep(POLL_EVERY) => {}
                 _ = stopped(&mut stop) => break,
             }
@@ -464,8 +462,14 @@ async fn deliver(
     let elapsed = t0.elapsed();
     let duration_ms = elapsed.as_millis() as u64;
     // `max_in_flight` bounds open requests: the slot is free as soon as the
-    // exchange is over, while the attempt is being recorded.
-    drop(slot);
+    // exchange is over, while the attempt is being recorded (on a store that
+    // shares the limit, once it is recorded; see `shares_limits`).
+    let slot = if runner.shares_limits {
+        Some(slot)
+    } else {
+        drop(slot);
+        None
+    };
     let (result, retry_after, excerpt) = sent;
     let outcome = match &result {
         AttemptResult::Status { code } if (200..300).contains(code) => Outcome::Delivered,
@@ -497,7 +501,7 @@ async fn deliver(
     }
     let attempt = Attempt { number, started_at, duration_ms, result, response_excerpt: excerpt };
     finish(&shared, &claim, attempt, next).await;
-    runner.recorded.notify_one();
+    drop(slot);
 }
 
 /// Records the attempt. If the store is briefly unreachable, tries a few
