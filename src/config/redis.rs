@@ -22,10 +22,29 @@ pub(super) fn redis_topology(st: &RawStore) -> Result<(String, crate::config::To
         let Some(first) = urls.first().cloned() else {
             return invalid("store.urls", "needs at least one seed URL of the cluster");
         };
+        // The client takes the credentials and database of the first seed
+        // for every node: the others must say the same.
+        let settings = |url: &str| -> Result<(Option<String>, Option<String>, i64), Invalid> {
+            use redis::IntoConnectionInfo;
+            match url.into_connection_info() {
+                Ok(info) => {
+                    let r = info.redis_settings();
+                    Ok((r.username().map(str::to_owned), r.password().map(str::to_owned), r.db()))
+                }
+                Err(_) => invalid("store.urls", "each must be a Redis URL"),
+            }
+        };
+        let first_settings = settings(&first)?;
+        if first_settings.2 != 0 {
+            return invalid("store.urls", "a cluster has only database 0");
+        }
         for url in &urls {
             tcp("urls", url)?;
             if url.starts_with("rediss://") != first.starts_with("rediss://") {
                 return invalid("store.urls", "must all use TLS (rediss://) or none");
+            }
+            if settings(url)? != first_settings {
+                return invalid("store.urls", "must all carry the same user, password and database");
             }
         }
         return Ok((first, Topology::Cluster { urls }));
@@ -49,15 +68,30 @@ pub(super) fn redis_topology(st: &RawStore) -> Result<(String, crate::config::To
             if master_name.is_empty() {
                 return invalid("store.master_name", "must not be empty");
             }
-            let sentinels = sentinels
-                .iter()
-                .map(|s| match s.rsplit_once(':').map(|(h, p)| (h, p.parse::<u16>())) {
-                    Some((host, Ok(port))) if !host.is_empty() && port > 0 => {
-                        Ok((host.trim_start_matches('[').trim_end_matches(']').to_owned(), port))
+            let mut parsed: Vec<(String, u16)> = Vec::new();
+            for entry in sentinels {
+                // host:port only: no scheme, credentials or path (they would
+                // be ignored, and show in logs); an IPv6 host in brackets.
+                let host_port = entry.rsplit_once(':').map(|(h, p)| (h, p.parse::<u16>()));
+                let address = match host_port {
+                    Some((host, Ok(port))) if port > 0 && !host.is_empty() && !host.contains(['/', '@']) => {
+                        match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+                            Some(v6) if !v6.is_empty() => Some((v6.to_owned(), port)),
+                            None if !host.contains([':', '[', ']']) => Some((host.to_owned(), port)),
+                            _ => None,
+                        }
                     }
-                    _ => invalid("store.sentinels", format!("{s:?} is not host:port")),
-                })
-                .collect::<Result<Vec<_>, _>>()?;
+                    _ => None,
+                };
+                let Some(address) = address else {
+                    return invalid("store.sentinels", "each entry must be host:port ([v6 address]:port for IPv6)");
+                };
+                if parsed.contains(&address) {
+                    return invalid("store.sentinels", "lists a sentinel twice (each counts once toward a majority)");
+                }
+                parsed.push(address);
+            }
+            let sentinels = parsed;
             Ok((url, Topology::Sentinel { sentinels, master_name: master_name.clone() }))
         }
         _ => invalid("store", "sentinels and master_name go together"),

@@ -168,16 +168,26 @@ fn redis_behind_sentinel_or_in_a_cluster() {
     assert!(cfg.summary().contains("named by 2 sentinel(s)"), "{}", cfg.summary());
     let e = err("\n[store]\nkind = \"redis\"\nsentinels = [\"10.0.0.1:26379\"]\n");
     assert!(e.contains("sentinels and master_name go together"), "{e}");
-    let e = err(&sentinel.replace("\"10.0.0.1:26379\"", "\"10.0.0.1\""));
-    assert!(e.contains("store.sentinels") && e.contains("is not host:port"), "{e}");
+    for bad in ["10.0.0.1", "redis://10.0.0.1:26379", "admin:s3cret@10.0.0.1:26379", "::1:26379", "[]:1"] {
+        let e = err(&sentinel.replace("\"10.0.0.1:26379\"", &format!("{bad:?}")));
+        assert!(e.contains("store.sentinels") && e.contains("must be host:port"), "{bad}: {e}");
+        assert!(!e.contains("s3cret"), "{e}");
+    }
+    let e = err(&sentinel.replace("\"[::1]:26380\"", "\"10.0.0.1:26379\""));
+    assert!(e.contains("lists a sentinel twice"), "{e}");
     let e = err(&sentinel.replace("redis://:pw@ignored/2", "unix:///tmp/r.sock"));
     assert!(e.contains("store.url"), "{e}");
 
-    let seeds = "urls = [\"redis://10.0.0.1:6379\", \"redis://:pw@10.0.0.2:6379\"]\n";
+    let seeds = "urls = [\"redis://:pw@10.0.0.1:6379\", \"redis://:pw@10.0.0.2:6379\"]\n";
     let cfg = parse(&format!("\n[store]\nkind = \"redis-cluster\"\n{seeds}")).unwrap();
     let StoreKind::Redis { options, url, .. } = &cfg.store.kind else { panic!("redis") };
     assert!(matches!(&options.topology, Topology::Cluster { urls } if urls.len() == 2));
-    assert_eq!(url.expose(), "redis://10.0.0.1:6379");
+    assert_eq!(url.expose(), "redis://:pw@10.0.0.1:6379");
+    let e =
+        err("\n[store]\nkind = \"redis-cluster\"\nurls = [\"redis://10.0.0.1:6379\", \"redis://:pw@10.0.0.2:6379\"]\n");
+    assert!(e.contains("same user, password and database"), "{e}");
+    let e = err("\n[store]\nkind = \"redis-cluster\"\nurls = [\"redis://10.0.0.1:6379/3\"]\n");
+    assert!(e.contains("only database 0"), "{e}");
     assert!(!format!("{cfg:?}").contains("pw@"), "a seed's password shows in Debug");
     let e = err("\n[store]\nkind = \"redis-cluster\"\n");
     assert!(e.contains("store.urls: needs at least one seed"), "{e}");

@@ -53,6 +53,7 @@ mod redis_failover;
 mod redis_limits;
 mod redis_relays;
 mod redis_replicas;
+mod redis_split_brain;
 mod redis_tls;
 mod reload;
 mod restart;

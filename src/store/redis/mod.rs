@@ -185,11 +185,12 @@ impl Store for RedisStore {
             script.arg(d.id.as_str()).arg(serde_json::to_string(&d).map_err(unavailable)?);
             script.arg(if policy.ordered { "1" } else { "0" }).arg(if policy.skip_regressions { "1" } else { "0" });
         }
+        let dedupe_key = self.key(&format!("dedupe:{}", event.id));
         let accepted: i64 = self.invoke(&script, true).await?;
         // A duplicate too: the copy stored earlier may be the one whose
         // replicas did not confirm (its admission answered 503).
         if let Some(replicas) = &self.replicas {
-            replicas.confirm().await?;
+            replicas.confirm(dedupe_key).await?;
         }
         Ok(match accepted {
             0 => Admission::Duplicate,

@@ -12,6 +12,13 @@
 //! group commit for replication. Commands on the connection queue behind it
 //! for at most `replica_ack_timeout`.
 //!
+//! The node that answers `WAIT` must be the one that has the admission:
+//! after a failover (Sentinel naming another primary, a Cluster slot
+//! moving) the connection may reach a new primary whose replicas would
+//! confirm a marker written *there*, while the admission was written on the
+//! old one. So the same pipeline first asks that node whether each waiting
+//! admission's dedupe key is there (`EXISTS`; it outlives the event); one that is not answers 503.
+//!
 //! `WAITAOF` (Redis 7.2) is not used: a replica without an append-only file
 //! never confirms it, so an upgrade of Redis would turn every admission
 //! into a 503.
@@ -23,7 +30,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::store::{StoreError, unavailable};
 
-type Waiter = oneshot::Sender<Result<(), StoreError>>;
+/// An admission waiting: its dedupe key, and where its outcome goes.
+type Waiter = (String, oneshot::Sender<Result<(), StoreError>>);
 
 /// The handle admissions wait on.
 #[derive(Clone)]
@@ -41,11 +49,12 @@ impl ReplicaAcks {
         ReplicaAcks { waiters: tx }
     }
 
-    /// Returns once `n` replicas have every write this connection sent
-    /// before now, or fails (the admission answers 503).
-    pub(super) async fn confirm(&self) -> Result<(), StoreError> {
+    /// Returns once `n` replicas have every write the primary applied
+    /// before now, and the primary has `key` (the admission's dedupe key); or fails (the admission
+    /// answers 503).
+    pub(super) async fn confirm(&self, key: String) -> Result<(), StoreError> {
         let (tx, rx) = oneshot::channel();
-        self.waiters.send(tx).await.map_err(|_| unavailable("the replica wait task has stopped"))?;
+        self.waiters.send((key, tx)).await.map_err(|_| unavailable("the replica wait task has stopped"))?;
         rx.await.map_err(|_| unavailable("the replica wait task dropped the request"))?
     }
 }
@@ -57,16 +66,20 @@ async fn wait_for_replicas(conn: Conn, marker: String, n: u32, timeout: Duration
         while let Ok(more) = waiters.try_recv() {
             batch.push(more);
         }
-        let acks: redis::RedisResult<(i64,)> = redis::pipe()
-            .cmd("INCR")
-            .arg(&marker)
-            .ignore()
-            .cmd("WAIT")
-            .arg(n)
-            .arg(ms)
-            .query_async(&mut conn.clone())
-            .await;
-        let acks = acks.map(|(n,)| n);
+        let mut pipe = redis::pipe();
+        for (key, _) in &batch {
+            pipe.cmd("EXISTS").arg(key);
+        }
+        pipe.cmd("INCR").arg(&marker).ignore().cmd("WAIT").arg(n).arg(ms);
+        let reply: redis::RedisResult<Vec<i64>> = pipe.query_async(&mut conn.clone()).await;
+        let (present, acks) = match reply {
+            Ok(mut values) if values.len() == batch.len() + 1 => {
+                let acks = values.pop().unwrap_or(0);
+                (values, Ok(acks))
+            }
+            Ok(values) => (Vec::new(), Err(unavailable(format!("the replica check answered {} values", values.len())))),
+            Err(e) => (Vec::new(), Err(unavailable(e))),
+        };
         let outcome = match acks {
             Ok(got) if got >= i64::from(n) => Ok(()),
             Ok(got) => {
@@ -78,10 +91,20 @@ async fn wait_for_replicas(conn: Conn, marker: String, n: u32, timeout: Duration
                 );
                 Err(unavailable(format!("{got} of {n} replicas confirmed the write within {ms} ms")))
             }
-            Err(e) => Err(unavailable(e)),
+            Err(e) => Err(e),
         };
-        for waiter in batch {
-            let _ = waiter.send(outcome.clone());
+        for (i, (_, waiter)) in batch.into_iter().enumerate() {
+            let result = match (&outcome, present.get(i)) {
+                (Ok(()), Some(1)) => Ok(()),
+                (Ok(()), _) => {
+                    tracing::warn!(
+                        "an admission is not on the primary that confirmed replicas (a failover); answering 503"
+                    );
+                    Err(unavailable("the admission is not on the primary the replicas confirmed"))
+                }
+                (Err(e), _) => Err(e.clone()),
+            };
+            let _ = waiter.send(result);
         }
     }
 }

@@ -95,7 +95,15 @@ impl Lookup {
 
     /// Connects to the primary the sentinels name, which must say it is one.
     async fn connect(&self) -> redis::RedisResult<(MultiplexedConnection, (String, u16))> {
-        let (host, port) = self.primary_address().await.map_err(not_connected)?;
+        let address = self.primary_address().await.map_err(not_connected)?;
+        self.connect_to(address).await
+    }
+
+    /// Connects to `(host, port)`, which must say it is a primary.
+    async fn connect_to(
+        &self,
+        (host, port): (String, u16),
+    ) -> redis::RedisResult<(MultiplexedConnection, (String, u16))> {
         let found = (host.clone(), port);
         let addr = match self.tls {
             true => ConnectionAddr::TcpTls { host, port, insecure: false, tls_params: None },
@@ -185,16 +193,25 @@ impl SentinelConn {
             return;
         }
         let started = Instant::now();
-        let conn = match lookup.connect().await {
-            Ok((conn, address)) => {
-                tracing::info!(master_name = %lookup.master_name, "connected to the Redis primary the sentinels name");
-                *self.0.address.lock().unwrap_or_else(|e| e.into_inner()) = Some(address);
-                Some(conn)
+        let conn = match lookup.primary_address().await {
+            // No majority answers (sentinels down or cut off): nothing says
+            // the primary moved, so the connection stays as it is. A broken
+            // one fails its next command and asks again.
+            Err(why) => {
+                tracing::warn!(master_name = %lookup.master_name, why = %why, "cannot ask the sentinels; keeping the current Redis connection");
+                self.current().1
             }
-            Err(e) => {
-                tracing::warn!(master_name = %lookup.master_name, error = %e, "no Redis primary yet; ingress answers 503 until one is found");
-                None
-            }
+            Ok(address) => match lookup.connect_to(address).await {
+                Ok((conn, address)) => {
+                    tracing::info!(master_name = %lookup.master_name, "connected to the Redis primary the sentinels name");
+                    *self.0.address.lock().unwrap_or_else(|e| e.into_inner()) = Some(address);
+                    Some(conn)
+                }
+                Err(e) => {
+                    tracing::warn!(master_name = %lookup.master_name, error = %e, "no Redis primary yet; ingress answers 503 until one is found");
+                    None
+                }
+            },
         };
         *self.0.current.write().unwrap_or_else(|e| e.into_inner()) = (seen + 1, conn);
         // Hold the lock a little: callers queued behind it see the new
@@ -226,13 +243,23 @@ impl SentinelConn {
         match request.send(&mut conn).await {
             Err(e) if primary_may_have_moved(&e) => {
                 self.lookup(seen).await;
-                if e.code() == Some("READONLY") {
-                    let (_, mut conn) = self.primary().await?;
-                    return request.send(&mut conn).await;
-                }
                 Err(e)
             }
-            result => result,
+            // A server's error comes back as a value; a replica's READONLY
+            // (or MASTERDOWN, LOADING) means the primary moved.
+            Ok(reply) => match reply.moved() {
+                Some(code) => {
+                    self.lookup(seen).await;
+                    // A single command refused as READONLY did not run.
+                    if code == "READONLY" && matches!(request, Request::One(_)) {
+                        let (_, mut conn) = self.primary().await?;
+                        return request.send(&mut conn).await;
+                    }
+                    Ok(reply)
+                }
+                None => Ok(reply),
+            },
+            Err(e) => Err(e),
         }
     }
 }
@@ -246,6 +273,21 @@ enum Request<'a> {
 enum Reply {
     One(Value),
     Many(Vec<Value>),
+}
+
+impl Reply {
+    /// The code of a server error in the reply that means the node is no
+    /// longer the primary, if any.
+    fn moved(&self) -> Option<&'static str> {
+        let code = |v: &Value| match v {
+            Value::ServerError(e) => ["READONLY", "MASTERDOWN", "LOADING"].into_iter().find(|c| e.code() == *c),
+            _ => None,
+        };
+        match self {
+            Reply::One(v) => code(v),
+            Reply::Many(values) => values.iter().find_map(code),
+        }
+    }
 }
 
 impl Request<'_> {
