@@ -15,25 +15,11 @@ use ipn_relay::store::Store;
 
 const PREFIX: &str = "clustered";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// Six nodes made into three primaries with a replica each.
 async fn cluster() -> Vec<TcpRedis> {
     let nodes: Vec<TcpRedis> = (0..6)
         .map(|_| {
-            let bus = free_port().to_string();
-            TcpRedis::start(&[
-                "--cluster-enabled",
-                "yes",
-                "--cluster-config-file",
-                "nodes.conf",
-                "--cluster-node-timeout",
-                "1000",
-                "--cluster-port",
-                &bus,
-            ])
+            TcpRedis::start_cluster_node(&["--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "1000"])
         })
         .collect();
     let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();

@@ -29,8 +29,25 @@ fn listening(port: u16) {
 
 impl TcpRedis {
     pub(crate) fn start(args: &[&str]) -> TcpRedis {
-        let dir = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        TcpRedis::start_on(port, args)
+    }
+
+    /// A Redis Cluster node: its data port and its cluster bus port, picked
+    /// together so that they differ.
+    pub(crate) fn start_cluster_node(args: &[&str]) -> TcpRedis {
+        let data = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let bus = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let (port, bus_port) = (data.local_addr().unwrap().port(), bus.local_addr().unwrap().port());
+        drop((data, bus));
+        let bus_port = bus_port.to_string();
+        let mut all = vec!["--cluster-enabled", "yes", "--cluster-port", &bus_port];
+        all.extend_from_slice(args);
+        TcpRedis::start_on(port, &all)
+    }
+
+    fn start_on(port: u16, args: &[&str]) -> TcpRedis {
+        let dir = tempfile::tempdir().unwrap();
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         let child = TcpRedis::spawn(dir.path(), port, &args);
         TcpRedis { child, port, dir, args }
