@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::common::*;
-use crate::redis_replicas::TcpRedis;
+use crate::redis_replicas::{TcpRedis, connect};
 use ipn_relay::config::Config;
 use ipn_relay::store::Store;
 
@@ -76,11 +76,6 @@ fn relay_config(nodes: &[TcpRedis], receiver: &str) -> Arc<Config> {
         "{text}\n[[endpoints]]\nname = \"backend\"\nurl = \"{receiver}\"\nsecret = \"{ENDPOINT_SECRET}\"\ntimeout = \"2s\"\n\n[delivery]\nvisibility_timeout = \"5s\"\n"
     );
     Arc::new(Config::parse(&text, std::path::Path::new("cluster.toml")).unwrap())
-}
-
-async fn connect(config: &Config) -> ipn_relay::store::redis::RedisStore {
-    let ipn_relay::config::StoreKind::Redis { url, prefix, options } = &config.store.kind else { unreachable!() };
-    ipn_relay::store::redis::RedisStore::connect_with(url.expose(), prefix, options).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

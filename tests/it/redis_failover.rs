@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::common::*;
-use crate::redis_replicas::{TcpRedis, replicated};
+use crate::redis_replicas::{TcpRedis, connect, replicated};
 use ipn_relay::config::Config;
 use ipn_relay::store::Store;
 
@@ -118,11 +118,6 @@ fn relay_config(store: &str) -> Arc<Config> {
         "{text}\n[[endpoints]]\nname = \"backend\"\nurl = \"http://127.0.0.1:9/\"\nsecret = \"{ENDPOINT_SECRET}\"\n"
     );
     Arc::new(Config::parse(&text, std::path::Path::new("failover.toml")).unwrap())
-}
-
-async fn connect(config: &Config) -> ipn_relay::store::redis::RedisStore {
-    let ipn_relay::config::StoreKind::Redis { url, prefix, options } = &config.store.kind else { unreachable!() };
-    ipn_relay::store::redis::RedisStore::connect_with(url.expose(), prefix, options).await.unwrap()
 }
 
 /// What the provider saw: event ids answered 200 "accepted", and how many

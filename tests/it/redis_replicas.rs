@@ -139,10 +139,14 @@ fn relay_config(url: &str, replicas: u32) -> Arc<Config> {
     Arc::new(Config::parse(&text, std::path::Path::new("acks.toml")).unwrap())
 }
 
-async fn start(config: Arc<Config>) -> Served {
+/// The Redis store `config` names, connected as the relay connects it.
+pub(crate) async fn connect(config: &Config) -> ipn_relay::store::redis::RedisStore {
     let ipn_relay::config::StoreKind::Redis { url, prefix, options } = &config.store.kind else { unreachable!() };
-    let store = ipn_relay::store::redis::RedisStore::connect_with(url.expose(), prefix, options).await.unwrap();
-    Served::start(config.clone(), Arc::new(store)).await
+    ipn_relay::store::redis::RedisStore::connect_with(url.expose(), prefix, options).await.unwrap()
+}
+
+async fn start(config: Arc<Config>) -> Served {
+    Served::start(config.clone(), Arc::new(connect(&config).await)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

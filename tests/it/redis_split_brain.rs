@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::common::*;
-use crate::redis_replicas::{TcpRedis, replicated};
+use crate::redis_replicas::{TcpRedis, connect, replicated};
 use ipn_relay::config::Config;
 use ipn_relay::store::Store;
 
@@ -42,11 +42,6 @@ fn relay_config(sentinels: &[TcpRedis], ack_timeout: &str) -> Arc<Config> {
         "{text}\n[[endpoints]]\nname = \"backend\"\nurl = \"http://127.0.0.1:9/\"\nsecret = \"{ENDPOINT_SECRET}\"\n"
     );
     Arc::new(Config::parse(&text, std::path::Path::new("split.toml")).unwrap())
-}
-
-async fn connect(config: &Config) -> ipn_relay::store::redis::RedisStore {
-    let ipn_relay::config::StoreKind::Redis { url, prefix, options } = &config.store.kind else { unreachable!() };
-    ipn_relay::store::redis::RedisStore::connect_with(url.expose(), prefix, options).await.unwrap()
 }
 
 /// The case docs/scaling.md says `min_replicas_ack` turns into 503s: the

@@ -123,7 +123,7 @@ impl RedisStore {
         visibility_ms: u64,
         shared: SharedLimits,
     ) -> Result<Vec<Claim>, StoreError> {
-        let (per_second, burst) = shared.rate.map_or((0, 0), |(r, b)| (r, b));
+        let (per_second, burst) = shared.rate.unwrap_or((0, 0));
         let mut inv = self.scripts.claim.prepare_invoke();
         inv.key(self.key(&format!("due:{endpoint}")))
             .key(self.key("counts"))
