@@ -25,11 +25,14 @@ pub(crate) struct SentinelSet {
 
 impl SentinelSet {
     pub async fn start(replicas: usize) -> SentinelSet {
-        let primary = TcpRedis::start(&[]);
+        // Every node keeps an append-only file, as a production node that
+        // restarts by itself must: one that came back empty as a primary
+        // would hand its replicas an empty dataset.
+        let primary = TcpRedis::start(&["--appendonly", "yes"]);
         let port = primary.port.to_string();
         let mut nodes = vec![primary];
         for _ in 0..replicas {
-            nodes.push(TcpRedis::start(&["--replicaof", "127.0.0.1", &port]));
+            nodes.push(TcpRedis::start(&["--appendonly", "yes", "--replicaof", "127.0.0.1", &port]));
         }
         replicated(&nodes[0], replicas as i64).await;
         let sentinels = (0..3)
@@ -101,6 +104,33 @@ impl SentinelSet {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         false
+    }
+
+    /// Each node's port, role and number of keys, for the test's log.
+    pub async fn roles(&self) -> String {
+        let mut out = Vec::new();
+        for node in &self.nodes {
+            let client = redis::Client::open(node.url()).unwrap();
+            let line = match client.get_multiplexed_async_connection().await {
+                Ok(mut conn) => {
+                    let info: String =
+                        redis::cmd("INFO").arg("replication").query_async(&mut conn).await.unwrap_or_default();
+                    let keys: i64 = redis::cmd("DBSIZE").query_async(&mut conn).await.unwrap_or(-1);
+                    let field =
+                        |name: &str| info.lines().find_map(|l| l.strip_prefix(name)).unwrap_or("-").trim().to_owned();
+                    format!(
+                        "{} {}:{} of {} keys={keys}",
+                        node.port,
+                        field("role:"),
+                        field("master_link_status:"),
+                        field("master_port:")
+                    )
+                }
+                Err(_) => format!("{} down", node.port),
+            };
+            out.push(line);
+        }
+        out.join(" | ")
     }
 
     pub fn store_toml(&self, prefix: &str, replicas: u32) -> String {
@@ -181,6 +211,7 @@ async fn kill_the_primary(replicas: usize, acks: u32, cycles: usize) -> (usize, 
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         assert!(set.settled().await, "cycle {cycle}: the old primary did not rejoin as a replica");
+        eprintln!("cycle {cycle}: killed {old}; {}", set.roles().await);
     }
     stop.store(true, Ordering::Relaxed);
     for p in posters {

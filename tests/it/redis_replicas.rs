@@ -15,7 +15,6 @@ pub(crate) struct TcpRedis {
     child: std::process::Child,
     pub(crate) port: u16,
     dir: tempfile::TempDir,
-    args: Vec<String>,
 }
 
 /// Waits until something listens on `port`.
@@ -46,19 +45,33 @@ impl TcpRedis {
         TcpRedis::start_on(port, &all)
     }
 
+    /// Starts from a config file in the node's own directory, written from
+    /// `args` (`--key value …`). Sentinel rewrites that file when it turns
+    /// the node into a replica (`CONFIG REWRITE`), so a restarted node comes
+    /// back in the role it last had, as it would in production.
     fn start_on(port: u16, args: &[&str]) -> TcpRedis {
         let dir = tempfile::tempdir().unwrap();
-        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        let child = TcpRedis::spawn(dir.path(), port, &args);
-        TcpRedis { child, port, dir, args }
+        let mut text = format!(
+            "port {port}\nbind 127.0.0.1\nsave \"\"\nrepl-diskless-sync-delay 0\ndir {}\nlogfile {}/redis.log\n",
+            dir.path().display(),
+            dir.path().display()
+        );
+        for arg in args {
+            match arg.strip_prefix("--") {
+                Some(key) if !text.ends_with('\n') => text.push_str(&format!("\n{key}")),
+                Some(key) => text.push_str(key),
+                None => text.push_str(&format!(" \"{arg}\"")),
+            }
+        }
+        text.push('\n');
+        std::fs::write(dir.path().join("redis.conf"), text).unwrap();
+        let child = TcpRedis::spawn(dir.path(), port);
+        TcpRedis { child, port, dir }
     }
 
-    fn spawn(dir: &std::path::Path, port: u16, args: &[String]) -> std::process::Child {
+    fn spawn(dir: &std::path::Path, port: u16) -> std::process::Child {
         let child = std::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--repl-diskless-sync-delay", "0"])
-            .arg("--dir")
-            .arg(dir)
-            .args(args)
+            .arg(dir.join("redis.conf"))
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("redis-server must be installed (scripts/test installs it)");
@@ -83,7 +96,7 @@ impl TcpRedis {
             .spawn()
             .expect("redis-server must be installed (scripts/test installs it)");
         listening(port);
-        TcpRedis { child, port, dir, args: Vec::new() }
+        TcpRedis { child, port, dir }
     }
 
     /// What a sentinel logged so far.
@@ -102,7 +115,7 @@ impl TcpRedis {
 
     pub(crate) fn restart(&mut self) {
         self.kill();
-        self.child = TcpRedis::spawn(self.dir.path(), self.port, &self.args);
+        self.child = TcpRedis::spawn(self.dir.path(), self.port);
     }
 }
 
