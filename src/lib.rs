@@ -23,6 +23,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod activity;
 pub mod admin;
 mod admin_cli;
 mod admission;

@@ -156,6 +156,8 @@ pub struct Metrics {
     endpoints: std::sync::RwLock<Vec<String>>,
     /// When store-backed gauges were last read.
     refreshed: Mutex<Option<Instant>>,
+    /// The last hour's callbacks and each endpoint's health, for the console.
+    pub(crate) activity: crate::activity::Activity,
 }
 
 /// One metric: its name, help and labels.
@@ -447,6 +449,7 @@ impl Metrics {
             sources: std::sync::RwLock::new(names),
             endpoints: std::sync::RwLock::new(endpoints.iter().map(|e| e.to_string()).collect()),
             refreshed: Mutex::new(None),
+            activity: Default::default(),
         });
         for source in sources.iter().copied().chain([UNKNOWN_SOURCE]) {
             metrics.show_source(source);
@@ -466,6 +469,7 @@ impl Metrics {
         let source = self.source_label(source);
         self.ingress_requests.with_label_values(&[source, outcome.as_str()]).inc();
         self.ingress_duration.with_label_values(&[source]).observe(elapsed.as_secs_f64());
+        self.activity.callback(source, outcome.as_str(), now_millis());
     }
 
     /// Counts one delivery attempt to `endpoint` (a configured name),

@@ -12,7 +12,9 @@
 //! parameter.
 
 pub(crate) mod api;
+mod console;
 mod discard;
+mod overview;
 mod params;
 pub(crate) mod quarantine;
 
@@ -58,6 +60,8 @@ pub(crate) struct Admin {
     admitter: Arc<Admitter>,
     running: Running,
     metrics: Arc<Metrics>,
+    /// Signed-in console browsers.
+    sessions: console::Sessions,
 }
 
 /// An admin API error: status, code, message.
@@ -92,7 +96,7 @@ type Answer = Result<Response<Full<Bytes>>, ApiError>;
 
 impl Admin {
     pub(crate) fn new(live: Arc<Live>, admitter: Arc<Admitter>, running: Running, metrics: Arc<Metrics>) -> Admin {
-        Admin { live, store: admitter.store().clone(), admitter, running, metrics }
+        Admin { live, store: admitter.store().clone(), admitter, running, metrics, sessions: Default::default() }
     }
 
     pub(crate) async fn handle<B>(&self, req: Request<B>) -> Response<AdminBody>
@@ -162,6 +166,7 @@ impl Admin {
                 }
                 Err(_) => json_response(StatusCode::SERVICE_UNAVAILABLE, &json!({"status": "unavailable"})),
             },
+            (_, p) if p == "/ui" || p.starts_with("/ui/") => self.console(req).await,
             (_, p) if p == "/admin" || p.starts_with("/admin/") => {
                 if let Err(e) = self.authorize(&req) {
                     return error_response(e);
@@ -209,6 +214,7 @@ impl Admin {
         let query = req.uri().query().unwrap_or("").to_owned();
         let segments: Vec<&str> = path.trim_start_matches("/admin/").split('/').collect();
         match (&method, segments.as_slice()) {
+            (&Method::GET, ["overview"]) => self.overview().await,
             (&Method::GET, ["events", id]) => self.event(&EventId::from(*id)).await,
             (&Method::GET, ["subjects", source, kind, id]) => self.subject(source, kind, id).await,
             (&Method::GET, ["deliveries"]) => self.list(&query).await,
@@ -253,7 +259,13 @@ impl Admin {
             }
             (
                 _,
-                ["events", _] | ["subjects", _, _, _] | ["deliveries"] | ["deliveries", _] | ["replays", _] | ["store"],
+                ["overview"]
+                | ["events", _]
+                | ["subjects", _, _, _]
+                | ["deliveries"]
+                | ["deliveries", _]
+                | ["replays", _]
+                | ["store"],
             ) => Err(ApiError(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
@@ -451,7 +463,11 @@ impl Admin {
 
     async fn replay_bulk(&self, body: &[u8]) -> Answer {
         let fields = json_object(body)?;
-        let (filter, max, cursor) = self.selection(&fields, DEFAULT_REPLAY_MAX, MAX_REPLAY_MAX, &[]).await?;
+        let dry_run = match fields.get("dry_run") {
+            None => false,
+            Some(v) => v.as_bool().ok_or_else(|| ApiError::bad("dry_run: expected true or false"))?,
+        };
+        let (filter, max, cursor) = self.selection(&fields, DEFAULT_REPLAY_MAX, MAX_REPLAY_MAX, &["dry_run"]).await?;
         if let Some(refusal) = filter.endpoint.as_deref().and_then(|e| self.not_configured(e)) {
             return Err(refusal);
         }
@@ -460,6 +476,9 @@ impl Admin {
             Some(DeliveryState::Delivered) => true,
             _ => return Err(ApiError::bad("state: only dead, discarded or delivered deliveries can be replayed")),
         };
+        if dry_run {
+            return self.preview(filter, max, cursor).await;
+        }
         let job = replay::create(self.store.as_ref(), filter, include_delivered, max, cursor).await?;
         tracing::info!(job = %job.id, filter = ?job.filter, max, "bulk replay started");
         // The job runs in its own task: a client that hangs up does not stop

@@ -452,6 +452,7 @@ async fn deliver(
         .header("x-ipn-relay-delivery-id", d.id.as_str())
         .body(claim.event_json.clone());
     let t0 = Instant::now();
+    let sending = shared.metrics.activity.sending(&ep.name);
     let sent = tokio::select! {
         r = send(request) => r,
         _ = stopped(&mut abort) => {
@@ -460,6 +461,7 @@ async fn deliver(
         }
     };
     let elapsed = t0.elapsed();
+    drop(sending);
     let duration_ms = elapsed.as_millis() as u64;
     // `max_in_flight` bounds open requests: the slot is free as soon as the
     // exchange is over, while the attempt is being recorded (on a store that
@@ -477,6 +479,11 @@ async fn deliver(
     };
     let next = retry::next(&shared.schedule, d.attempts_in_budget() + 1, outcome, now_millis(), rand::random());
     shared.metrics.delivery(&ep.name, next, elapsed);
+    let error = match outcome {
+        Outcome::Delivered => None,
+        Outcome::Failed { .. } => Some(result.last_error().unwrap_or_default()),
+    };
+    shared.metrics.activity.attempted(&ep.name, error);
     match (&result, next) {
         // Successes are for metrics to count; the admission log line is the
         // audit trail, and failures are logged below.

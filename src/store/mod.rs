@@ -474,6 +474,12 @@ pub trait Store: quarantine::QuarantineStore + Send + Sync + 'static {
     /// the "oldest pending" gauge; `None` if there is none.
     async fn oldest_open(&self) -> Result<Option<Millis>, StoreError>;
 
+    /// For each endpoint with a delivery among the `scan` oldest still
+    /// pending or in flight: when its oldest of those was created (the
+    /// console's "oldest pending"). An endpoint whose open deliveries are
+    /// all newer than the `scan`th is missing.
+    async fn oldest_open_by_endpoint(&self, scan: usize) -> Result<Vec<(String, Millis)>, StoreError>;
+
     /// Counts of deliveries by state, for gauges.
     async fn counts(&self) -> Result<Counts, StoreError>;
 

@@ -536,6 +536,9 @@ impl Store for FaultyStore {
     async fn oldest_open(&self) -> Result<Option<u64>, StoreError> {
         self.0.oldest_open().await
     }
+    async fn oldest_open_by_endpoint(&self, scan: usize) -> Result<Vec<(String, u64)>, StoreError> {
+        self.0.oldest_open_by_endpoint(scan).await
+    }
     async fn counts(&self) -> Result<ipn_relay::store::Counts, StoreError> {
         self.0.counts().await
     }

@@ -396,6 +396,23 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn oldest_open_by_endpoint(&self, scan: usize) -> Result<Vec<(String, Millis)>, StoreError> {
+        self.read(move |txn| {
+            let table = txn.open_table(OPEN).map_err(unavailable)?;
+            let mut oldest: Vec<(String, Millis)> = Vec::new();
+            for entry in table.iter().map_err(unavailable)?.take(scan) {
+                let (key, _) = entry.map_err(unavailable)?;
+                if let Some(d) = read_delivery(txn, key.value())?
+                    && !oldest.iter().any(|(e, _)| *e == d.endpoint)
+                {
+                    oldest.push((d.endpoint, d.created_at));
+                }
+            }
+            Ok(oldest)
+        })
+        .await
+    }
+
     async fn counts(&self) -> Result<Counts, StoreError> {
         let claims = self.claims.clone();
         self.read(move |txn| {

@@ -454,6 +454,24 @@ impl Store for RedisStore {
         Ok(first.first().and_then(|id| DeliveryId::from(id.as_str()).created_at()))
     }
 
+    async fn oldest_open_by_endpoint(&self, scan: usize) -> Result<Vec<(String, Millis)>, StoreError> {
+        let ids: Vec<String> = self.conn().zrange(self.key("open"), 0, scan as isize - 1).await.map_err(unavailable)?;
+        let mut oldest: Vec<(String, Millis)> = Vec::new();
+        for chunk in ids.chunks(LIST_SCAN as usize) {
+            let keys: Vec<String> = chunk.iter().map(|id| self.key(&format!("dlv:{id}"))).collect();
+            let raws: Vec<Option<String>> = self.conn().mget(keys).await.map_err(unavailable)?;
+            for (id, raw) in chunk.iter().zip(raws) {
+                // Finished since the range was read: no longer open.
+                let Some(raw) = raw else { continue };
+                let d: Delivery = decode(id, &raw)?;
+                if !oldest.iter().any(|(e, _)| *e == d.endpoint) {
+                    oldest.push((d.endpoint, d.created_at));
+                }
+            }
+        }
+        Ok(oldest)
+    }
+
     async fn counts(&self) -> Result<Counts, StoreError> {
         let values: Vec<Option<i64>> = redis::cmd("HMGET")
             .arg(self.key("counts"))
