@@ -225,6 +225,34 @@ async fn dead_deliveries_are_found_and_replayed(store: Arc<dyn Store>, store_tom
     assert_eq!(get(&c, format!("{a}/admin/deliveries/dlv_nope"), Some(TOKEN)).await.0, 404);
     assert_eq!(post(&c, format!("{a}/admin/deliveries/dlv_nope/replay"), None).await.0, 404);
 
+    // A dry run counts what a bulk replay would take, to `max`, and
+    // replays nothing.
+    let dead = list_all(&c, &relay, "state=dead&endpoint=backend").await.len();
+    assert!(dead >= 2, "{dead}");
+    for (max, matching, truncated) in [(dead + 5, dead, false), (dead, dead, false), (dead - 1, dead - 1, true)] {
+        let body = json!({"state": "dead", "endpoint": "backend", "max": max, "dry_run": true});
+        let (status, v) = post(&c, format!("{a}/admin/replay"), Some(body)).await;
+        assert_eq!(status, 200, "{v}");
+        assert_eq!((v["matching"].as_u64(), v["truncated"].as_bool()), (Some(matching as u64), Some(truncated)), "{v}");
+        assert_eq!(v["filter"]["endpoint"], "backend");
+    }
+    let (status, v) = post(&c, format!("{a}/admin/replay"), Some(json!({"dry_run": "yes"}))).await;
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(list_all(&c, &relay, "state=dead&endpoint=backend").await.len(), dead, "nothing replayed");
+
+    // The overview: the store's counts, each endpoint failing, the callbacks.
+    let (status, o) = get(&c, format!("{a}/admin/overview"), Some(TOKEN)).await;
+    assert_eq!(status, 200, "{o}");
+    assert_eq!(o["deliveries"]["dead"].as_u64(), Some(list_all(&c, &relay, "state=dead").await.len() as u64));
+    let names: Vec<&str> = o["endpoints"].as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["backend", "ledger"]);
+    assert!(o["endpoints"][0]["consecutive_failures"].as_u64().unwrap() >= 2, "{o}");
+    assert_eq!(o["endpoints"][0]["last_error"], "HTTP 500");
+    assert!(o["endpoints"][0]["last_success_at"].is_null());
+    assert!(
+        o["callbacks"].as_array().unwrap().iter().any(|x| x["outcome"] == "accepted" && x["count"].as_u64() > Some(0))
+    );
+
     // The receiver is fixed; replay the backend's dead deliveries only.
     fixed.store(true, Ordering::SeqCst);
     let (status, r) =

@@ -12,30 +12,10 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use ipn_relay::store::embedded::EmbeddedStore;
-use serde_json::Value;
 
-use crate::admin::{Running, TOKEN, config, failing_until_fixed, get};
+use crate::admin::{Running, TOKEN, config, failing_until_fixed, list_all, wait_for};
 use crate::common::*;
 use crate::webdriver::Browser;
-
-/// The admin API's deliveries in `state`.
-async fn in_state(c: &reqwest::Client, relay: &Running, state: &str) -> Vec<Value> {
-    let (status, v) = get(c, format!("{}/admin/deliveries?state={state}", relay.admin_url()), Some(TOKEN)).await;
-    assert_eq!(status, 200, "{v}");
-    v["items"].as_array().unwrap().clone()
-}
-
-async fn wait_for(c: &reqwest::Client, relay: &Running, state: &str, n: usize) {
-    let mut found = 0;
-    for _ in 0..200 {
-        found = in_state(c, relay, state).await.len();
-        if found == n {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{found} deliveries {state}, expected {n}");
-}
 
 /// Serves one HTML page on another port of the same host: another origin
 /// (but the same site, so a `SameSite=Strict` cookie alone would not stop
@@ -86,7 +66,7 @@ async fn an_operator_finds_a_dead_delivery_fixes_the_receiver_and_replays_it_fro
     let r = post_np_at(&c, relay.addr, &payment_ipn(4_103, "finished"), "not-the-secret-000").await;
     assert_eq!(r.status(), 401);
     // Two events, each to backend and ledger, dead after two attempts.
-    wait_for(&c, &relay, "dead", 4).await;
+    wait_for(&c, &relay, "state=dead", 4).await;
 
     let console = relay.admin_url();
     let browser = Browser::start().await;
@@ -148,8 +128,8 @@ async fn an_operator_finds_a_dead_delivery_fixes_the_receiver_and_replays_it_fro
     assert_eq!(browser.text("#matching").await, "3 deliveries");
     browser.click("form[method=post][action='/ui/replay'] button").await;
     assert!(browser.url().await.contains("/ui/replays/rpl_"), "{}", browser.text("main").await);
-    wait_for(&c, &relay, "delivered", 4).await;
-    assert_eq!(in_state(&c, &relay, "dead").await.len(), 0);
+    wait_for(&c, &relay, "state=delivered", 4).await;
+    assert_eq!(list_all(&c, &relay, "state=dead").await.len(), 0);
 
     // Another origin's page submits a form to the console; the browser
     // sends the session cookie (same site), and the console refuses it.

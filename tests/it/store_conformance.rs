@@ -267,6 +267,26 @@ async fn oldest_open_is_the_oldest_pending_or_in_flight(s: Arc<impl Store>) {
     assert_eq!(s.oldest_open().await.unwrap(), Some(1000));
 }
 
+async fn oldest_open_by_endpoint_names_each_endpoints_oldest_open_delivery(s: Arc<impl Store>) {
+    assert_eq!(s.oldest_open_by_endpoint(100).await.unwrap(), []);
+    s.admit(event("evt_p1", "np", "t.t", 1000), deliveries(1000, &["be"]), TTL).await.unwrap();
+    s.admit(event("evt_p2", "np", "t.t", 2000), deliveries(2000, &["be", "ledger"]), TTL).await.unwrap();
+    s.admit(event("evt_p3", "np", "t.t", 3000), deliveries(3000, &["audit"]), TTL).await.unwrap();
+    let all = s.oldest_open_by_endpoint(100).await.unwrap();
+    assert_eq!(all, [("be".to_owned(), 1000), ("ledger".to_owned(), 2000), ("audit".to_owned(), 3000)]);
+    // Only the `scan` oldest are looked at.
+    assert_eq!(s.oldest_open_by_endpoint(1).await.unwrap(), [("be".to_owned(), 1000)]);
+    // In flight is still open; dead is not.
+    let c = s.claim_due("be", 1000, 1, VIS).await.unwrap().remove(0).delivery;
+    assert_eq!(s.oldest_open_by_endpoint(100).await.unwrap()[0], ("be".to_owned(), 1000));
+    s.finish(&c.id, c.claim_token, attempt(1000, 500), Next::Dead).await.unwrap();
+    let mut all = s.oldest_open_by_endpoint(100).await.unwrap();
+    // Oldest first; two of the same millisecond in either order.
+    assert_eq!(all.pop(), Some(("audit".to_owned(), 3000)));
+    all.sort();
+    assert_eq!(all, [("be".to_owned(), 2000), ("ledger".to_owned(), 2000)]);
+}
+
 async fn counts_follow_state_changes(s: Arc<impl Store>) {
     s.admit(event("evt_n", "np", "t.t", 1000), deliveries(1000, &["be", "be"]), TTL).await.unwrap();
     let c = s.claim_due("be", 1000, 1, VIS).await.unwrap().remove(0);
@@ -601,6 +621,7 @@ on_both_stores!(
         replay_resets_the_budget_and_keeps_history,
         counts_follow_state_changes,
         oldest_open_is_the_oldest_pending_or_in_flight,
+        oldest_open_by_endpoint_names_each_endpoints_oldest_open_delivery,
         replay_job_steps_commit_in_order_and_resume,
         replay_job_never_visits_a_delivery_twice,
         replay_job_is_bounded,
