@@ -304,6 +304,38 @@ impl EndToEnd {
     }
 }
 
+async fn redis_query(url: &str, args: &[&str]) -> String {
+    let client = redis::Client::open(url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let v: redis::Value = redis::cmd(args[0]).arg(&args[1..]).query_async(&mut conn).await.unwrap();
+    match v {
+        redis::Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
+        redis::Value::VerbatimString { text, .. } => text,
+        other => format!("{other:?}"),
+    }
+}
+
+/// Prints Redis's commands by CPU per delivered event, from `INFO
+/// commandstats` (commands a script runs count under their own names too).
+fn command_costs(info: &str, events: usize) {
+    let mut rows: Vec<(String, f64, f64)> = info
+        .lines()
+        .filter_map(|l| {
+            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+            let field = |k: &str| rest.split(',').find_map(|f| f.strip_prefix(k)?.parse::<f64>().ok());
+            Some((name.to_owned(), field("calls=")?, field("usec=")?))
+        })
+        .collect();
+    rows.sort_by(|a, b| b.2.total_cmp(&a.2));
+    let n = events.max(1) as f64;
+    let list: Vec<String> = rows
+        .iter()
+        .take(14)
+        .map(|(name, calls, usec)| format!("{name} {:.2}×/{:.1} µs", calls / n, usec / n))
+        .collect();
+    println!("  redis commands per delivered event (calls / CPU): {}", list.join(", "));
+}
+
 /// One end-to-end run against a fresh relay and receiver.
 async fn end_to_end(conns: usize, secs: u64, rate: Option<f64>, first_id: u64) -> EndToEnd {
     end_to_end_on(1, conns, secs, rate, first_id).await
@@ -326,6 +358,9 @@ async fn end_to_end_on(relays: usize, conns: usize, secs: u64, rate: Option<f64>
         (0..relays).map(|i| spawn_relay_as(dir.path(), &endpoints, &format!("relay{i}"), run)).collect();
     let cpu0: f64 = children.iter().map(|(c, _)| cpu_seconds(c.id())).sum();
     let redis_cpu0 = REDIS_PID.get().map(|pid| cpu_seconds(*pid));
+    if let Some(url) = REDIS_URL.get() {
+        redis_query(url, &["CONFIG", "RESETSTAT"]).await;
+    }
     let sends: Sends = Arc::default();
     let loads: Vec<_> = children
         .iter()
@@ -353,6 +388,9 @@ async fn end_to_end_on(relays: usize, conns: usize, secs: u64, rate: Option<f64>
     let cpu = children.iter().map(|(c, _)| cpu_seconds(c.id())).sum::<f64>() - cpu0;
     let redis_cpu = redis_cpu0.map(|c0| cpu_seconds(*REDIS_PID.get().unwrap()) - c0);
     let rss = children.iter().map(|(c, _)| peak_rss_kib(c.id())).max().unwrap_or(0);
+    if let Some(url) = REDIS_URL.get() {
+        command_costs(&redis_query(url, &["INFO", "commandstats"]).await, arrivals.lock().unwrap().len());
+    }
     for (c, _) in &mut children {
         c.kill().ok();
         c.wait().ok();

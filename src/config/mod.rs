@@ -388,7 +388,7 @@ impl Config {
                 "redis ({}, prefix {prefix}{}{}{})",
                 match &o.topology {
                     Topology::Node => url.to_string(),
-                    Topology::Sentinel { sentinels, master_name } => {
+                    Topology::Sentinel { sentinels, master_name, .. } => {
                         format!("primary {master_name:?} named by {} sentinel(s), as {url}", sentinels.len())
                     }
                     Topology::Cluster { urls } => format!("cluster with {} seed(s), first {url}", urls.len()),

@@ -173,6 +173,8 @@ pub(super) struct RawStore {
     /// monitor the primary under.
     pub sentinels: Option<Vec<String>>,
     pub master_name: Option<String>,
+    /// The sentinels' own password (`requirepass` in sentinel.conf).
+    pub sentinel_password: Option<String>,
     /// Redis Cluster: seed URLs.
     pub urls: Option<Vec<String>>,
 }
@@ -192,6 +194,7 @@ impl Default for RawStore {
             replica_ack_timeout: None,
             sentinels: None,
             master_name: None,
+            sentinel_password: None,
             urls: None,
         }
     }

@@ -53,6 +53,9 @@ pub(super) fn redis_topology(st: &RawStore) -> Result<(String, crate::config::To
         return invalid("store.urls", "applies to kind = \"redis-cluster\" only");
     }
     let url = st.url.clone().unwrap_or_else(|| "redis://127.0.0.1:6379/0".into());
+    if st.sentinel_password.is_some() && st.sentinels.is_none() {
+        return invalid("store.sentinel_password", "applies with sentinels only");
+    }
     match (&st.sentinels, &st.master_name) {
         (None, None) => {
             if !["redis://", "rediss://", "unix://", "redis+unix://"].iter().any(|p| url.starts_with(p)) {
@@ -92,7 +95,11 @@ pub(super) fn redis_topology(st: &RawStore) -> Result<(String, crate::config::To
                 parsed.push(address);
             }
             let sentinels = parsed;
-            Ok((url, Topology::Sentinel { sentinels, master_name: master_name.clone() }))
+            let password = match st.sentinel_password.as_deref() {
+                Some("") => return invalid("store.sentinel_password", "must not be empty (leave it out instead)"),
+                p => p.map(str::to_owned),
+            };
+            Ok((url, Topology::Sentinel { sentinels, master_name: master_name.clone(), password }))
         }
         _ => invalid("store", "sentinels and master_name go together"),
     }

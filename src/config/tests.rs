@@ -164,7 +164,16 @@ fn redis_behind_sentinel_or_in_a_cluster() {
     let cfg = parse(sentinel).unwrap();
     let StoreKind::Redis { options, .. } = &cfg.store.kind else { panic!("redis") };
     let want = vec![("10.0.0.1".to_owned(), 26379), ("::1".to_owned(), 26380)];
-    assert_eq!(options.topology, Topology::Sentinel { sentinels: want, master_name: "relay".into() });
+    assert_eq!(options.topology, Topology::Sentinel { sentinels: want, master_name: "relay".into(), password: None });
+    let with_password = format!("{sentinel}sentinel_password = \"s3ntinel-pw\"\n");
+    let cfg = parse(&with_password).unwrap();
+    let StoreKind::Redis { options, .. } = &cfg.store.kind else { panic!("redis") };
+    assert!(matches!(&options.topology, Topology::Sentinel { password: Some(p), .. } if p == "s3ntinel-pw"));
+    assert!(!format!("{cfg:?}").contains("s3ntinel-pw"), "the sentinels' password shows in Debug");
+    let e = err(&with_password.replace("s3ntinel-pw", ""));
+    assert!(e.contains("store.sentinel_password: must not be empty"), "{e}");
+    let e = err("\n[store]\nkind = \"redis\"\nsentinel_password = \"pw\"\n");
+    assert!(e.contains("store.sentinel_password: applies with sentinels only"), "{e}");
     assert!(cfg.summary().contains("named by 2 sentinel(s)"), "{}", cfg.summary());
     let e = err("\n[store]\nkind = \"redis\"\nsentinels = [\"10.0.0.1:26379\"]\n");
     assert!(e.contains("sentinels and master_name go together"), "{e}");

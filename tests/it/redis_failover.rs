@@ -21,10 +21,16 @@ pub(crate) struct SentinelSet {
     pub nodes: Vec<TcpRedis>,
     pub sentinels: Vec<TcpRedis>,
     replicas: usize,
+    password: Option<String>,
 }
 
 impl SentinelSet {
     pub async fn start(replicas: usize) -> SentinelSet {
+        SentinelSet::start_with(replicas, None).await
+    }
+
+    /// With `password`, the sentinels require it (and give it to each other).
+    pub async fn start_with(replicas: usize, password: Option<&str>) -> SentinelSet {
         // Every node keeps an append-only file, as a production node that
         // restarts by itself must: one that came back empty as a primary
         // would hand its replicas an empty dataset.
@@ -41,11 +47,12 @@ impl SentinelSet {
                     "sentinel monitor {MASTER} 127.0.0.1 {port} 2\n\
                      sentinel down-after-milliseconds {MASTER} 2000\n\
                      sentinel failover-timeout {MASTER} 3000\n\
-                     sentinel parallel-syncs {MASTER} 2\n"
+                     sentinel parallel-syncs {MASTER} 2\n{}",
+                    password.map(|p| format!("requirepass {p}\nsentinel sentinel-pass {p}\n")).unwrap_or_default()
                 ))
             })
             .collect();
-        let set = SentinelSet { nodes, sentinels, replicas };
+        let set = SentinelSet { nodes, sentinels, replicas, password: password.map(str::to_owned) };
         // Every sentinel knows the replicas and the other sentinels.
         let until = Instant::now() + Duration::from_secs(30);
         loop {
@@ -65,7 +72,11 @@ impl SentinelSet {
     }
 
     async fn ask<T: redis::FromRedisValue>(&self, sentinel: &TcpRedis, args: &[&str]) -> Option<T> {
-        let client = redis::Client::open(sentinel.url()).ok()?;
+        let url = match &self.password {
+            Some(p) => format!("redis://:{p}@127.0.0.1:{}/", sentinel.port),
+            None => sentinel.url(),
+        };
+        let client = redis::Client::open(url).ok()?;
         let mut conn = client.get_multiplexed_async_connection().await.ok()?;
         redis::cmd(args[0]).arg(&args[1..]).query_async(&mut conn).await.ok()
     }
@@ -230,6 +241,32 @@ async fn kill_the_primary(replicas: usize, acks: u32, cycles: usize) -> (usize, 
         }
     }
     (lost, seen)
+}
+
+/// Sentinels that require a password: the relay gives `sentinel_password`,
+/// and without it finds no primary and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinels_with_a_password_are_asked_with_sentinel_password() {
+    let set = SentinelSet::start_with(1, Some("sentinel-secret-1")).await;
+    let store = set.store_toml("sentinel-auth", 0);
+    let config = relay_config(&format!("{store}\nsentinel_password = \"sentinel-secret-1\""));
+    let served = Served::start(config.clone(), Arc::new(connect(&config).await)).await;
+    let (status, v) = post_to(&client(), served.addr, payment_ipn(77, "finished")).await.unwrap();
+    assert_eq!((status, v["status"].as_str()), (200, Some("accepted")), "{v}");
+    let without = relay_config(&store);
+    let ipn_relay::config::StoreKind::Redis { url, prefix, options } = &without.store.kind else { panic!("redis") };
+    let e = ipn_relay::store::redis::RedisStore::connect_with(url.expose(), prefix, options)
+        .await
+        .err()
+        .expect("no primary without the sentinels' password");
+    let mut chain = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        chain.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    assert!(chain.contains("no Redis primary \"main\" found") && chain.contains("(0 answered)"), "{chain}");
+    let _ = served.stop.send(());
 }
 
 /// Every replica confirms each admission: the replica Sentinel promotes

@@ -11,7 +11,7 @@ use super::conn::{ClusterConn, Conn, SentinelConn};
 use super::finishes::{FINISH_BATCH, FINISH_CALLS, record_finishes};
 use super::replicas::ReplicaAcks;
 use super::scripts::Scripts;
-use super::sentinel::Lookup;
+use super::sentinel::{Lookup, Sentinels};
 use super::{DeliveryState, RedisStore, StoreError, unavailable};
 use super::{RedisOptions, RedisTls, Topology};
 use crate::store::Context;
@@ -62,7 +62,7 @@ async fn open(url: &str, prefix: &str, options: &RedisOptions) -> Result<Conn, S
                 .set_max_delay(Duration::from_millis(200));
             Ok(Conn::Node(ConnectionManager::new_with_config(client, config).await.map_err(unavailable)?))
         }
-        Topology::Sentinel { sentinels, master_name } => {
+        Topology::Sentinel { sentinels, master_name, password } => {
             use redis::IntoConnectionInfo;
             // The sentinels speak TLS when the primary does, with the same files.
             let sentinels = sentinels
@@ -77,7 +77,11 @@ async fn open(url: &str, prefix: &str, options: &RedisOptions) -> Result<Conn, S
                         },
                         false => redis::ConnectionAddr::Tcp(host.clone(), *port),
                     };
-                    let info = addr.into_connection_info()?;
+                    let mut info = addr.into_connection_info()?;
+                    if let Some(password) = password {
+                        let settings = info.redis_settings().clone().set_password(password);
+                        info = info.set_redis_settings(settings);
+                    }
                     match &certs {
                         Some(certs) => redis::Client::build_with_tls(info, certs.clone()),
                         None => redis::Client::open(info),
@@ -86,8 +90,7 @@ async fn open(url: &str, prefix: &str, options: &RedisOptions) -> Result<Conn, S
                 .collect::<redis::RedisResult<Vec<_>>>()
                 .map_err(unavailable)?;
             let lookup = Lookup {
-                sentinels,
-                master_name: master_name.clone(),
+                sentinels: Sentinels::new(sentinels, master_name.clone()),
                 primary: url.into_connection_info().map_err(unavailable)?,
                 tls,
                 certs,

@@ -46,8 +46,9 @@ pub enum Topology {
     Node,
     /// The primary the sentinels (`host:port`) name `master_name`, found
     /// again after a failover. The URL gives the scheme (TLS or not), the
-    /// credentials and the database; its host is not used.
-    Sentinel { sentinels: Vec<(String, u16)>, master_name: String },
+    /// credentials and the database; its host is not used. `password` is
+    /// the sentinels' own (`requirepass` in their configuration), if any.
+    Sentinel { sentinels: Vec<(String, u16)>, master_name: String, password: Option<String> },
     /// A Redis Cluster, reached through its seed URLs.
     Cluster { urls: Vec<String> },
 }
@@ -57,9 +58,12 @@ impl std::fmt::Debug for Topology {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Topology::Node => f.write_str("Node"),
-            Topology::Sentinel { sentinels, master_name } => {
-                f.debug_struct("Sentinel").field("sentinels", sentinels).field("master_name", master_name).finish()
-            }
+            Topology::Sentinel { sentinels, master_name, password } => f
+                .debug_struct("Sentinel")
+                .field("sentinels", sentinels)
+                .field("master_name", master_name)
+                .field("password", &password.as_ref().map(|_| "set"))
+                .finish(),
             Topology::Cluster { urls } => write!(f, "Cluster {{ urls: {} seed(s) }}", urls.len()),
         }
     }

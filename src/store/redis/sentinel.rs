@@ -33,10 +33,81 @@ const SENTINEL_TIMEOUT: Duration = Duration::from_millis(500);
 #[derive(Clone)]
 pub(crate) struct SentinelConn(Arc<Inner>);
 
+/// The configured sentinels, each with a connection kept between
+/// questions (the check every second would otherwise open one to each).
+pub(crate) struct Sentinels {
+    links: Vec<(redis::Client, tokio::sync::Mutex<Option<MultiplexedConnection>>)>,
+    pub master_name: String,
+}
+
+impl Sentinels {
+    pub fn new(clients: Vec<redis::Client>, master_name: String) -> Arc<Sentinels> {
+        let links = clients.into_iter().map(|c| (c, tokio::sync::Mutex::new(None))).collect();
+        Arc::new(Sentinels { links, master_name })
+    }
+
+    /// What sentinel `i` names as the primary; `None` if it does not
+    /// answer in time. A kept connection that fails is made anew once (the
+    /// sentinel may have restarted since).
+    async fn ask(&self, i: usize) -> Option<(String, u16)> {
+        let (client, link) = &self.links[i];
+        let mut link = link.lock().await;
+        for _ in 0..2 {
+            let (mut conn, kept) = match link.clone() {
+                Some(conn) => (conn, true),
+                None => {
+                    let config = redis::AsyncConnectionConfig::new()
+                        .set_connection_timeout(Some(SENTINEL_TIMEOUT))
+                        .set_response_timeout(Some(SENTINEL_TIMEOUT));
+                    let conn = client.get_multiplexed_async_connection_with_config(&config).await.ok()?;
+                    *link = Some(conn.clone());
+                    (conn, false)
+                }
+            };
+            let named: redis::RedisResult<Option<(String, u16)>> = redis::cmd("SENTINEL")
+                .arg("get-master-addr-by-name")
+                .arg(&self.master_name)
+                .query_async(&mut conn)
+                .await;
+            match named {
+                Ok(named) => return named,
+                Err(_) => *link = None,
+            }
+            if !kept {
+                break;
+            }
+        }
+        None
+    }
+
+    /// The primary's address, as a majority of the sentinels name it.
+    async fn primary_address(self: &Arc<Self>) -> Result<(String, u16), String> {
+        let mut asks = tokio::task::JoinSet::new();
+        for i in 0..self.links.len() {
+            let sentinels = self.clone();
+            asks.spawn(async move { sentinels.ask(i).await });
+        }
+        let mut votes: HashMap<(String, u16), usize> = HashMap::new();
+        while let Some(answer) = asks.join_next().await {
+            if let Ok(Some(addr)) = answer {
+                *votes.entry(addr).or_default() += 1;
+            }
+        }
+        let majority = self.links.len() / 2 + 1;
+        let heard: usize = votes.values().sum();
+        votes.into_iter().find(|(_, n)| *n >= majority).map(|(addr, _)| addr).ok_or_else(|| {
+            format!(
+                "no majority of the {} sentinels names a primary for {:?} ({heard} answered)",
+                self.links.len(),
+                self.master_name
+            )
+        })
+    }
+}
+
 /// How to reach the sentinels and, once found, the primary.
 pub(crate) struct Lookup {
-    pub sentinels: Vec<redis::Client>,
-    pub master_name: String,
+    pub sentinels: Arc<Sentinels>,
     /// The primary's credentials, database and TLS; its address is found.
     pub primary: ConnectionInfo,
     pub tls: bool,
@@ -45,9 +116,11 @@ pub(crate) struct Lookup {
 }
 
 struct Inner {
-    /// Held while asking the sentinels, so that one failure leads to one
+    /// Held while looking the primary up, so that one failure leads to one
     /// lookup however many commands saw it.
     lookup: tokio::sync::Mutex<Lookup>,
+    /// Asked by the check every second without waiting for that lock.
+    sentinels: Arc<Sentinels>,
     /// The connection to the primary and its generation; `None` after a
     /// lookup that found no primary.
     current: std::sync::RwLock<(u64, Option<MultiplexedConnection>)>,
@@ -57,40 +130,8 @@ struct Inner {
 }
 
 impl Lookup {
-    /// The primary's address, as a majority of the sentinels name it.
     async fn primary_address(&self) -> Result<(String, u16), String> {
-        let mut asks = tokio::task::JoinSet::new();
-        for sentinel in &self.sentinels {
-            let (sentinel, name) = (sentinel.clone(), self.master_name.clone());
-            asks.spawn(async move {
-                let config = redis::AsyncConnectionConfig::new()
-                    .set_connection_timeout(Some(SENTINEL_TIMEOUT))
-                    .set_response_timeout(Some(SENTINEL_TIMEOUT));
-                let mut conn = sentinel.get_multiplexed_async_connection_with_config(&config).await.ok()?;
-                let addr: Option<(String, u16)> = redis::cmd("SENTINEL")
-                    .arg("get-master-addr-by-name")
-                    .arg(&name)
-                    .query_async(&mut conn)
-                    .await
-                    .ok()?;
-                addr
-            });
-        }
-        let mut votes: HashMap<(String, u16), usize> = HashMap::new();
-        while let Some(answer) = asks.join_next().await {
-            if let Ok(Some(addr)) = answer {
-                *votes.entry(addr).or_default() += 1;
-            }
-        }
-        let majority = self.sentinels.len() / 2 + 1;
-        let heard: usize = votes.values().sum();
-        votes.into_iter().find(|(_, n)| *n >= majority).map(|(addr, _)| addr).ok_or_else(|| {
-            format!(
-                "no majority of the {} sentinels names a primary for {:?} ({heard} answered)",
-                self.sentinels.len(),
-                self.master_name
-            )
-        })
+        self.sentinels.primary_address().await
     }
 
     /// Connects to the primary the sentinels name, which must say it is one.
@@ -143,6 +184,7 @@ impl SentinelConn {
         let (conn, address) = lookup.connect().await?;
         let db = lookup.primary.redis_settings().db();
         let sentinel = SentinelConn(Arc::new(Inner {
+            sentinels: lookup.sentinels.clone(),
             lookup: tokio::sync::Mutex::new(lookup),
             current: std::sync::RwLock::new((0, Some(conn))),
             address: std::sync::Mutex::new(Some(address)),
@@ -165,7 +207,7 @@ impl SentinelConn {
                 tokio::time::sleep(CHECK_EVERY).await;
                 let Some(inner) = inner.upgrade() else { return };
                 let conn = SentinelConn(inner);
-                let named = conn.0.lookup.lock().await.primary_address().await;
+                let named = conn.0.sentinels.primary_address().await;
                 let current = conn.0.address.lock().unwrap_or_else(|e| e.into_inner()).clone();
                 if let Ok(named) = named
                     && current.as_ref() != Some(&named)
@@ -198,17 +240,17 @@ impl SentinelConn {
             // the primary moved, so the connection stays as it is. A broken
             // one fails its next command and asks again.
             Err(why) => {
-                tracing::warn!(master_name = %lookup.master_name, why = %why, "cannot ask the sentinels; keeping the current Redis connection");
+                tracing::warn!(master_name = %lookup.sentinels.master_name, why = %why, "cannot ask the sentinels; keeping the current Redis connection");
                 self.current().1
             }
             Ok(address) => match lookup.connect_to(address).await {
                 Ok((conn, address)) => {
-                    tracing::info!(master_name = %lookup.master_name, "connected to the Redis primary the sentinels name");
+                    tracing::info!(master_name = %lookup.sentinels.master_name, "connected to the Redis primary the sentinels name");
                     *self.0.address.lock().unwrap_or_else(|e| e.into_inner()) = Some(address);
                     Some(conn)
                 }
                 Err(e) => {
-                    tracing::warn!(master_name = %lookup.master_name, error = %e, "no Redis primary yet; ingress answers 503 until one is found");
+                    tracing::warn!(master_name = %lookup.sentinels.master_name, error = %e, "no Redis primary yet; ingress answers 503 until one is found");
                     None
                 }
             },
