@@ -17,8 +17,8 @@ pub struct Activity {
     inner: Mutex<Inner>,
 }
 
-/// Callbacks by (source, outcome).
-type Counts = HashMap<(String, &'static str), u64>;
+/// Callbacks by source, then by outcome (a handful each).
+type Counts = HashMap<String, Vec<(&'static str, u64)>>;
 
 #[derive(Default)]
 struct Inner {
@@ -68,11 +68,14 @@ impl Activity {
         }
         // A clock stepped back counts into the newest minute.
         let counts = &mut inner.minutes.back_mut().expect("pushed above").1;
-        match counts.get_mut(&(source.to_owned(), outcome)) {
-            Some(n) => *n += 1,
-            None => {
-                counts.insert((source.to_owned(), outcome), 1);
-            }
+        // No allocation but for a source's first callback in a minute.
+        let by_outcome = match counts.get_mut(source) {
+            Some(by_outcome) => by_outcome,
+            None => counts.entry(source.to_owned()).or_default(),
+        };
+        match by_outcome.iter_mut().find(|(o, _)| *o == outcome) {
+            Some((_, n)) => *n += 1,
+            None => by_outcome.push((outcome, 1)),
         }
     }
 
@@ -82,8 +85,10 @@ impl Activity {
         let mut out = BTreeMap::new();
         for (m, counts) in &self.lock().minutes {
             if m + WINDOW_MINUTES > minute {
-                for (key, n) in counts {
-                    *out.entry(key.clone()).or_default() += n;
+                for (source, by_outcome) in counts {
+                    for (outcome, n) in by_outcome {
+                        *out.entry((source.clone(), *outcome)).or_default() += n;
+                    }
                 }
             }
         }
@@ -91,7 +96,11 @@ impl Activity {
     }
 
     fn endpoint(&self, name: &str) -> Arc<Mutex<Health>> {
-        self.lock().endpoints.entry(name.to_owned()).or_default().clone()
+        let mut inner = self.lock();
+        match inner.endpoints.get(name) {
+            Some(health) => health.clone(),
+            None => inner.endpoints.entry(name.to_owned()).or_default().clone(),
+        }
     }
 
     /// A request to `endpoint` is about to be sent.

@@ -105,8 +105,10 @@ pub async fn run_from(
         }
     });
     tasks.spawn("the admin listener", {
-        let serving = serve(admin_listener, admin_limits, stop_rx.clone(), move |req, _peer| {
+        let serving = serve(admin_listener, admin_limits, stop_rx.clone(), move |mut req, peer| {
             let admin = admin.clone();
+            // The console limits sign-ins per client address.
+            req.extensions_mut().insert(peer);
             async move { admin.handle(req).await }
         });
         async move {

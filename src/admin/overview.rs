@@ -11,8 +11,11 @@ use crate::store::{DeliveryFilter, DeliveryState, now_millis};
 
 /// Open deliveries looked at for each endpoint's oldest pending one.
 const OLDEST_SCAN: usize = 2_000;
-/// Deliveries read per page while counting a selection.
+/// Deliveries read per page while counting a selection, and pages at most:
+/// each page examines a bounded number of records, so this bounds the work
+/// of one count.
 const COUNT_PAGE: usize = 1_000;
+const COUNT_PAGES: usize = 20;
 
 impl Admin {
     pub(super) async fn overview(&self) -> Answer {
@@ -58,20 +61,22 @@ impl Admin {
 
     /// How many deliveries `filter` selects below `cursor`, counting to `max`.
     pub(super) async fn preview(&self, filter: DeliveryFilter, max: usize, cursor: Option<String>) -> Answer {
-        let (mut matching, mut cursor) = (0, cursor);
-        let truncated = loop {
+        let (mut matching, mut cursor, mut pages) = (0, cursor, 0);
+        let (truncated, counted_all) = loop {
             let page = self.store.list(&filter, cursor.as_deref(), COUNT_PAGE.min(max - matching + 1)).await?;
             matching += page.items.len();
+            pages += 1;
             if matching > max {
                 matching = max;
-                break true;
+                break (true, true);
             }
             match page.next_cursor {
+                None => break (false, true),
+                Some(_) if pages == COUNT_PAGES => break (false, false),
                 Some(next) => cursor = Some(next),
-                None => break false,
             }
         };
-        Ok(json_response(StatusCode::OK, &ReplayPreview { matching, truncated, filter: (&filter).into() }))
+        Ok(json_response(StatusCode::OK, &ReplayPreview { matching, truncated, counted_all, filter: (&filter).into() }))
     }
 }
 
@@ -119,5 +124,8 @@ pub struct ReplayPreview {
     pub matching: usize,
     /// More match than `max`: a replay would stop at `max`.
     pub truncated: bool,
+    /// False when the count stopped before the end of the store (a filter
+    /// that matches few of very many deliveries): at least `matching`.
+    pub counted_all: bool,
     pub filter: FilterView,
 }

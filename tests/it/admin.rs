@@ -234,6 +234,7 @@ async fn dead_deliveries_are_found_and_replayed(store: Arc<dyn Store>, store_tom
         let (status, v) = post(&c, format!("{a}/admin/replay"), Some(body)).await;
         assert_eq!(status, 200, "{v}");
         assert_eq!((v["matching"].as_u64(), v["truncated"].as_bool()), (Some(matching as u64), Some(truncated)), "{v}");
+        assert_eq!(v["counted_all"], true, "{v}");
         assert_eq!(v["filter"]["endpoint"], "backend");
     }
     let (status, v) = post(&c, format!("{a}/admin/replay"), Some(json!({"dry_run": "yes"}))).await;

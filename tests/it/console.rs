@@ -38,8 +38,15 @@ async fn serve_page(html: String) -> std::net::SocketAddr {
     addr
 }
 
+/// Writes a screenshot: into docs/ with `IPN_RELAY_UPDATE_SCREENSHOTS=1`
+/// (how the README's are made), else beside the test build, so a test run
+/// leaves the checkout as it was.
 fn screenshot(name: &str, png: &[u8]) {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs").join(name);
+    let dir = match std::env::var("IPN_RELAY_UPDATE_SCREENSHOTS").as_deref() {
+        Ok("1") => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs"),
+        _ => std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")),
+    };
+    let path = dir.join(name);
     assert!(png.starts_with(b"\x89PNG"), "not a PNG");
     std::fs::write(&path, png).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
 }
@@ -63,10 +70,17 @@ async fn an_operator_finds_a_dead_delivery_fixes_the_receiver_and_replays_it_fro
         let r = post_np_at(&c, relay.addr, &payment_ipn(id, "finished"), NP_SECRET).await;
         assert_eq!(r.status(), 200);
     }
+    // Markup in a provider's field is shown as text, never run.
+    let hostile = payment_ipn(4_104, "finished").replacen(
+        "Deposit of 0.00656612 ETH",
+        "<img src=x onerror=alert(1)><b>bold</b>",
+        1,
+    );
+    assert_eq!(post_np_at(&c, relay.addr, &hostile, NP_SECRET).await.status(), 200);
     let r = post_np_at(&c, relay.addr, &payment_ipn(4_103, "finished"), "not-the-secret-000").await;
     assert_eq!(r.status(), 401);
-    // Two events, each to backend and ledger, dead after two attempts.
-    wait_for(&c, &relay, "state=dead", 4).await;
+    // Three events, each to backend and ledger, dead after two attempts.
+    wait_for(&c, &relay, "state=dead", 6).await;
 
     let console = relay.admin_url();
     let browser = Browser::start().await;
@@ -75,18 +89,18 @@ async fn an_operator_finds_a_dead_delivery_fixes_the_receiver_and_replays_it_fro
 
     // A wrong token is refused.
     browser.type_into("#token", "not-the-admin-token").await;
-    browser.click("button[type=submit]").await;
+    browser.follow("button[type=submit]").await;
     let source = browser.source().await;
     assert!(source.contains("Wrong admin token"), "{source}");
     assert_eq!(browser.count("nav").await, 0, "nothing shown without a session");
 
     browser.type_into("#token", TOKEN).await;
-    browser.click("button[type=submit]").await;
+    browser.follow("button[type=submit]").await;
     assert!(browser.url().await.ends_with("/ui/"), "{}", browser.url().await);
     let overview = browser.text("main").await;
-    assert!(overview.contains("dead 4"), "{overview}");
-    assert!(overview.contains("backend failing (4 in a row)"), "{overview}");
-    assert!(overview.contains("nowpayments accepted 2"), "{overview}");
+    assert!(overview.contains("dead 6"), "{overview}");
+    assert!(overview.contains("backend failing (6 in a row)"), "{overview}");
+    assert!(overview.contains("nowpayments accepted 3"), "{overview}");
     assert!(overview.contains("nowpayments invalid_signature 1"), "{overview}");
     // Everything the page loaded came from the console itself.
     let loaded = browser.execute("return performance.getEntriesByType('resource').map(e => e.name)").await;
@@ -95,19 +109,22 @@ async fn an_operator_finds_a_dead_delivery_fixes_the_receiver_and_replays_it_fro
     screenshot("console-overview.png", &browser.screenshot().await);
 
     // The newest dead delivery, from the overview's table.
-    browser.click("main table:last-of-type tbody a").await;
+    browser.follow("main table:last-of-type tbody a").await;
     let title = browser.text("h1").await;
     assert!(title.starts_with("Delivery dlv_"), "{title}");
     let id = title.trim_start_matches("Delivery ").to_owned();
     let attempts = browser.text("table").await;
     assert_eq!(browser.count("table tbody tr").await, 2, "{attempts}");
     assert_eq!(attempts.matches("HTTP 500").count(), 2, "{attempts}");
-    assert!(browser.text("pre.payload").await.contains("\"payment_id\""));
+    let payload = browser.text("pre.payload").await;
+    assert!(payload.contains("\"payment_id\""), "{payload}");
+    assert!(payload.contains("<img src=x onerror=alert(1)><b>bold</b>"), "shown as text: {payload}");
+    assert_eq!(browser.count("main img, main b").await, 0, "no markup from the payload became elements");
     screenshot("console-delivery.png", &browser.screenshot().await);
 
     // Fixed: replay it from the page.
     fixed.store(true, Ordering::SeqCst);
-    browser.click(&format!("form[action='/ui/deliveries/{id}/replay'] button")).await;
+    browser.follow(&format!("form[action='/ui/deliveries/{id}/replay'] button")).await;
     assert!(browser.text(".notice").await.starts_with("Replayed"));
     let mut state = String::new();
     for _ in 0..100 {
@@ -123,12 +140,12 @@ async fn an_operator_finds_a_dead_delivery_fixes_the_receiver_and_replays_it_fro
     assert_eq!(delivered, 1);
 
     // Bulk replay: the confirmation says how many, then replays them.
-    browser.click("nav a[href='/ui/replay']").await;
-    browser.click("form.filters button").await;
-    assert_eq!(browser.text("#matching").await, "3 deliveries");
-    browser.click("form[method=post][action='/ui/replay'] button").await;
+    browser.follow("nav a[href='/ui/replay']").await;
+    browser.follow("form.filters button").await;
+    assert_eq!(browser.text("#matching").await, "5 deliveries");
+    browser.follow("form[method=post][action='/ui/replay'] button").await;
     assert!(browser.url().await.contains("/ui/replays/rpl_"), "{}", browser.text("main").await);
-    wait_for(&c, &relay, "state=delivered", 4).await;
+    wait_for(&c, &relay, "state=delivered", 6).await;
     assert_eq!(list_all(&c, &relay, "state=dead").await.len(), 0);
 
     // Another origin's page submits a form to the console; the browser
@@ -155,7 +172,7 @@ async fn an_operator_finds_a_dead_delivery_fixes_the_receiver_and_replays_it_fro
 
     // Signing out ends the session.
     browser.goto(&format!("{console}/ui/")).await;
-    browser.click(".signout button").await;
+    browser.follow(".signout button").await;
     assert!(browser.url().await.ends_with("/ui/login"));
     browser.goto(&format!("{console}/ui/deliveries")).await;
     assert!(browser.url().await.ends_with("/ui/login"));
@@ -221,6 +238,11 @@ async fn the_console_refuses_what_is_not_signed_in_same_origin_and_carrying_the_
         assert!(set_cookie.contains(attribute), "{set_cookie}");
     }
     assert!(!set_cookie.contains("Secure"), "a loopback admin listener is plain HTTP: {set_cookie}");
+    // Reached through a TLS proxy (the browser's origin is https), the
+    // cookie is for TLS only.
+    let tls_origin = origin.replacen("http://", "https://", 1);
+    let r = sign_in(TOKEN, Some(&tls_origin)).await.unwrap();
+    assert!(r.headers()["set-cookie"].to_str().unwrap().contains("; Secure"), "{:?}", r.headers());
     let cookie = set_cookie.split(';').next().unwrap().to_owned();
     let page = c.get(format!("{console}/ui/")).header("cookie", &cookie).send().await.unwrap();
     assert_eq!(page.status(), 200);
@@ -267,5 +289,15 @@ async fn the_console_refuses_what_is_not_signed_in_same_origin_and_carrying_the_
     assert!(r.headers()["set-cookie"].to_str().unwrap().contains("Max-Age=0"));
     let r = c.get(format!("{console}/ui/")).header("cookie", &cookie).send().await.unwrap();
     assert_eq!(r.status(), 303);
+    // Signing out again, with the session gone, still clears the cookie.
+    let r = c
+        .post(format!("{console}/ui/logout"))
+        .header("cookie", &cookie)
+        .header("origin", &origin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!((r.status().as_u16(), r.headers()["location"].to_str().unwrap()), (303, "/ui/login"));
+    assert!(r.headers()["set-cookie"].to_str().unwrap().contains("Max-Age=0"));
     relay.stop().await;
 }

@@ -89,6 +89,21 @@ impl Browser {
         self.send(reqwest::Method::POST, &format!("/element/{el}/click"), json!({})).await;
     }
 
+    /// Clicks a link or a submit button and waits until the page it leads
+    /// to has loaded (a click returns before the navigation ends).
+    pub async fn follow(&self, css: &str) {
+        self.execute("window.__left = false").await;
+        self.click(css).await;
+        for _ in 0..200 {
+            let loaded = "return window.__left === undefined && document.readyState === 'complete'";
+            if self.execute(loaded).await == Value::Bool(true) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("no new page after clicking {css}");
+    }
+
     pub async fn type_into(&self, css: &str, text: &str) {
         let el = self.find(css).await;
         self.send(reqwest::Method::POST, &format!("/element/{el}/value"), json!({"text": text})).await;

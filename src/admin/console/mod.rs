@@ -11,6 +11,7 @@
 
 mod html;
 mod pages;
+mod replay;
 mod session;
 
 use bytes::Bytes;
@@ -44,10 +45,12 @@ pub(super) fn get<'a>(form: &'a Form, name: &str) -> &'a str {
 }
 
 impl Admin {
-    /// Whether console cookies need TLS: an admin listener beyond loopback
-    /// must sit behind it (docs/console.md).
-    fn secure_cookie(&self) -> bool {
-        !self.live.current().server.admin_listen.ip().is_loopback()
+    /// Whether console cookies need TLS: when the browser reached the
+    /// console over it (a TLS proxy in front of a loopback listener), and
+    /// always on an admin listener beyond loopback, which must sit behind it
+    /// (docs/console.md).
+    fn secure_cookie(&self, headers: &http::HeaderMap) -> bool {
+        session::over_tls(headers) || !self.live.current().server.admin_listen.ip().is_loopback()
     }
 
     fn admin_token(&self) -> Option<Vec<u8>> {
@@ -60,6 +63,7 @@ impl Admin {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let (parts, body) = req.into_parts();
+        let peer = parts.extensions.get::<std::net::SocketAddr>().copied();
         let path = parts.uri.path().to_owned();
         let query: Form = form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes()).into_owned().collect();
         let post = parts.method == Method::POST;
@@ -74,12 +78,20 @@ impl Admin {
             }
             (false, "/ui") => return respond(Reply::SeeOther("/ui/".into())),
             (false, "/ui/login") => return respond(pages::sign_in(None)),
-            (true, "/ui/login") => return self.sign_in(&parts.headers, body).await,
+            (true, "/ui/login") => return self.sign_in(&parts.headers, peer, body).await,
             _ => {}
         }
         let token = self.admin_token();
         let Some(session) = self.sessions.find(&parts.headers, token.as_deref()) else {
             return match post {
+                true if path == "/ui/logout" => {
+                    // Nothing to end: clear the cookie and go to sign-in.
+                    let mut r = respond(Reply::SeeOther("/ui/login".into()));
+                    if let Ok(v) = HeaderValue::from_str(&session::clear_cookie(self.secure_cookie(&parts.headers))) {
+                        r.headers_mut().insert(header::SET_COOKIE, v);
+                    }
+                    r
+                }
                 true => refused(StatusCode::UNAUTHORIZED, "Your session has ended; sign in again."),
                 false => respond(Reply::SeeOther("/ui/login".into())),
             };
@@ -89,7 +101,7 @@ impl Admin {
             return respond(reply);
         }
         if !session::same_origin(&parts.headers) {
-            tracing::warn!(path, "console POST refused: not from the console's origin");
+            tracing::warn!(path, peer = ?peer, "console POST refused: not from the console's origin");
             return refused(StatusCode::FORBIDDEN, "Refused: this form was not sent from the console.");
         }
         let form = match read_form(body).await {
@@ -97,13 +109,13 @@ impl Admin {
             Err(message) => return respond(Reply::Page(StatusCode::BAD_REQUEST, message)),
         };
         if !session.csrf_matches(get(&form, "csrf")) {
-            tracing::warn!(path, "console POST refused: missing or wrong CSRF token");
+            tracing::warn!(path, peer = ?peer, "console POST refused: missing or wrong CSRF token");
             return refused(StatusCode::FORBIDDEN, "Refused: the form's token does not match your session.");
         }
         if path == "/ui/logout" {
             self.sessions.sign_out(&parts.headers);
             let mut r = respond(Reply::SeeOther("/ui/login".into()));
-            if let Ok(v) = HeaderValue::from_str(&session::clear_cookie(self.secure_cookie())) {
+            if let Ok(v) = HeaderValue::from_str(&session::clear_cookie(self.secure_cookie(&parts.headers))) {
                 r.headers_mut().insert(header::SET_COOKIE, v);
             }
             return r;
@@ -112,7 +124,12 @@ impl Admin {
         respond(reply)
     }
 
-    async fn sign_in<B>(&self, headers: &http::HeaderMap, body: B) -> Response<Full<Bytes>>
+    async fn sign_in<B>(
+        &self,
+        headers: &http::HeaderMap,
+        peer: Option<std::net::SocketAddr>,
+        body: B,
+    ) -> Response<Full<Bytes>>
     where
         B: hyper::body::Body<Data = Bytes> + Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -125,17 +142,19 @@ impl Admin {
             Err(message) => return respond(pages::sign_in(Some(&message))),
         };
         let token = self.admin_token();
-        match self.sessions.sign_in(token.as_deref(), get(&form, "token").trim().as_bytes()) {
+        // In-process callers (tests) have no peer: one shared address.
+        let client = peer.map_or(std::net::IpAddr::from([0, 0, 0, 0]), |p| p.ip());
+        match self.sessions.sign_in(client, token.as_deref(), get(&form, "token").trim().as_bytes()) {
             Ok(id) => {
-                tracing::info!("console: signed in");
+                tracing::info!(peer = ?peer, "console: signed in");
                 let mut r = respond(Reply::SeeOther("/ui/".into()));
-                if let Ok(v) = HeaderValue::from_str(&session::set_cookie(&id, self.secure_cookie())) {
+                if let Ok(v) = HeaderValue::from_str(&session::set_cookie(&id, self.secure_cookie(headers))) {
                     r.headers_mut().insert(header::SET_COOKIE, v);
                 }
                 r
             }
             Err(e) => {
-                tracing::warn!(reason = ?e, "console: sign-in refused");
+                tracing::warn!(reason = ?e, peer = ?peer, "console: sign-in refused");
                 let (status, message) = match e {
                     SignInError::WrongToken => (StatusCode::UNAUTHORIZED, "Wrong admin token."),
                     SignInError::TooMany => {

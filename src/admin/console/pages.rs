@@ -7,10 +7,8 @@ use serde_json::{Value, json};
 use super::html::{attr, csrf_field, esc, fields, or_dash, page, query, state, table};
 use super::session::Session;
 use super::{Form, Reply, get};
-use crate::admin::api::{
-    DeliveryDetail, DeliveryPage, DeliveryView, EventView, ReplayJobView, ReplayResult, SubjectView,
-};
-use crate::admin::overview::{OverviewView, ReplayPreview};
+use crate::admin::api::{DeliveryDetail, DeliveryPage, DeliveryView, EventView, ReplayResult, SubjectView};
+use crate::admin::overview::OverviewView;
 use crate::admin::quarantine::{QuarantineDetail, QuarantinePageView, ReverifyResult};
 use crate::admin::{Admin, ApiError};
 use crate::store::DeliveryState;
@@ -33,6 +31,15 @@ fn notice(query: &Form) -> Option<&'static str> {
     }
 }
 
+/// The path's segments after `/ui/`, percent-decoded (ids are sent on
+/// encoded again, once).
+fn segments(path: &str) -> Vec<String> {
+    path.trim_start_matches("/ui/")
+        .split('/')
+        .map(|s| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned())
+        .collect()
+}
+
 fn short(s: &str) -> String {
     match s.char_indices().nth(SHORT) {
         Some((i, _)) => format!("{}…", esc(&s[..i])),
@@ -45,7 +52,7 @@ fn link_delivery(d: &DeliveryView) -> String {
 }
 
 /// The filters present in `form`, in `FILTERS` order.
-fn filter_pairs(form: &Form) -> Vec<(&'static str, &str)> {
+pub(super) fn filter_pairs(form: &Form) -> Vec<(&'static str, &str)> {
     FILTERS.iter().map(|k| (*k, get(form, k).trim())).filter(|(_, v)| !v.is_empty()).collect()
 }
 
@@ -70,7 +77,8 @@ pub(super) fn sign_in(problem: Option<&str>) -> Reply {
 impl Admin {
     pub(super) async fn console_page(&self, path: &str, q: &Form, session: &Session) -> Reply {
         let csrf = session.csrf.as_str();
-        let segments: Vec<&str> = path.trim_start_matches("/ui/").split('/').collect();
+        let segments = segments(path);
+        let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
         let (current, result) = match segments.as_slice() {
             [""] => ("/ui/", self.overview_page(csrf).await),
             ["deliveries"] => ("/ui/deliveries", self.deliveries_page(q, csrf).await),
@@ -86,7 +94,8 @@ impl Admin {
     }
 
     pub(super) async fn console_action(&self, path: &str, form: &Form, session: &Session) -> Reply {
-        let segments: Vec<&str> = path.trim_start_matches("/ui/").split('/').collect();
+        let segments = segments(path);
+        let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
         let result = match segments.as_slice() {
             ["deliveries", id, "replay"] => {
                 let include = if get(form, "include_delivered") == "true" { "?include_delivered=true" } else { "" };
@@ -103,19 +112,7 @@ impl Admin {
                     self.call(Method::POST, &format!("/admin/deliveries/{}/discard", attr(id)), Some(body)).await;
                 r.map(|_| format!("/ui/deliveries/{}?done=discarded", attr(id)))
             }
-            ["replay"] => {
-                let mut body: serde_json::Map<String, Value> =
-                    filter_pairs(form).into_iter().map(|(k, v)| (k.to_owned(), json!(v))).collect();
-                match get(form, "max").parse::<u64>() {
-                    Ok(max) => {
-                        body.insert("max".into(), json!(max));
-                        let r: Result<ReplayJobView, _> =
-                            self.call(Method::POST, "/admin/replay", Some(Value::Object(body))).await;
-                        r.map(|job| format!("/ui/replays/{}", attr(&job.job)))
-                    }
-                    Err(_) => Err(ApiError::bad("max: expected a whole number")),
-                }
-            }
+            ["replay"] => self.replay_action(form).await,
             ["quarantine", "reverify"] => {
                 let id = get(form, "id");
                 let r: Result<ReverifyResult, _> =
@@ -160,10 +157,12 @@ impl Admin {
             .endpoints
             .iter()
             .map(|e| {
-                let health = match (e.consecutive_failures, e.configured) {
-                    (_, false) => "<strong>not configured</strong>".to_owned(),
-                    (0, true) => "ok".to_owned(),
-                    (n, true) => format!("<strong>failing</strong> ({n} in a row)"),
+                let tried = e.last_success_at.is_some() || e.last_failure_at.is_some();
+                let health = match (e.consecutive_failures, e.configured, tried) {
+                    (_, false, _) => "<strong>not configured</strong>".to_owned(),
+                    (0, true, false) => "no attempts yet by this relay".to_owned(),
+                    (0, true, true) => "ok".to_owned(),
+                    (n, true, _) => format!("<strong>failing</strong> ({n} in a row)"),
                 };
                 vec![
                     format!("<a href=\"/ui/deliveries?endpoint={}\">{}</a>", attr(&e.name), esc(&e.name)),
@@ -221,7 +220,7 @@ impl Admin {
     }
 
     /// The filter form of `GET /admin/deliveries`, filled from `q`.
-    async fn filter_form(&self, q: &Form, action: &str, button: &str, any_state: bool) -> String {
+    pub(super) async fn filter_form(&self, q: &Form, action: &str, button: &str, any_state: bool) -> String {
         let config = self.live.current();
         let chosen = get(q, "state");
         let mut options = String::new();
@@ -259,8 +258,14 @@ impl Admin {
 
     async fn delivery_page(&self, id: &str, q: &Form, csrf: &str) -> Result<Reply, ApiError> {
         let d: DeliveryDetail = self.call(Method::GET, &format!("/admin/deliveries/{}", attr(id)), None).await?;
-        let event: Option<EventView> =
-            self.call(Method::GET, &format!("/admin/events/{}", attr(d.delivery.event_id.as_str())), None).await.ok();
+        let event: Option<EventView> = match self
+            .call(Method::GET, &format!("/admin/events/{}", attr(d.delivery.event_id.as_str())), None)
+            .await
+        {
+            Ok(event) => Some(event),
+            Err(ApiError(StatusCode::NOT_FOUND, ..)) => None,
+            Err(e) => return Err(e),
+        };
         let v = &d.delivery;
         let mut items = vec![
             ("State", state(v.state.as_str())),
@@ -347,76 +352,9 @@ impl Admin {
         Ok(Reply::Page(StatusCode::OK, page(&title, "/ui/deliveries", Some(csrf), notice(q), &body)))
     }
 
-    /// Bulk replay: the filter form, then (with `preview`) how many the
-    /// filter selects and the button that replays them.
-    async fn replay_page(&self, q: &Form, csrf: &str) -> Result<Reply, ApiError> {
-        let mut body = String::from(
-            "<p>Choose which deliveries to replay: dead ones unless you pick another state (discarded, or delivered to send again).</p>",
-        );
-        let mut q = q.clone();
-        if get(&q, "state").is_empty() {
-            q.push(("state".into(), "dead".into()));
-        }
-        body.push_str(
-            &self
-                .filter_form(&q, "/ui/replay", "Count them", false)
-                .await
-                .replace("</form>", "<input type=\"hidden\" name=\"preview\" value=\"1\"></form>"),
-        );
-        if get(&q, "preview") == "1" {
-            let filters = filter_pairs(&q);
-            let mut request: serde_json::Map<String, Value> =
-                filters.iter().map(|(k, v)| ((*k).to_owned(), json!(v))).collect();
-            request.insert("dry_run".into(), json!(true));
-            request.insert("max".into(), json!(super::super::MAX_REPLAY_MAX));
-            let preview: ReplayPreview = self.call(Method::POST, "/admin/replay", Some(Value::Object(request))).await?;
-            let hidden: String = filters
-                .iter()
-                .map(|(k, v)| format!("<input type=\"hidden\" name=\"{k}\" value=\"{}\">", esc(v)))
-                .collect();
-            let described: Vec<String> = filters.iter().map(|(k, v)| format!("{k} = {}", esc(v))).collect();
-            let more = if preview.truncated { " or more; one replay takes at most this many" } else { "" };
-            body.push_str(&format!(
-                "<section aria-labelledby=\"confirm\"><h2 id=\"confirm\">Confirm</h2>\
-                 <p><strong id=\"matching\">{} deliveries</strong>{more} match {}.</p>",
-                preview.matching,
-                described.join(", ")
-            ));
-            if preview.matching > 0 {
-                body.push_str(&format!(
-                    "<form method=\"post\" action=\"/ui/replay\">{}{hidden}<input type=\"hidden\" name=\"max\" value=\"{}\">\
-                     <button type=\"submit\">Replay {} deliveries</button></form>",
-                    csrf_field(csrf),
-                    preview.matching,
-                    preview.matching
-                ));
-            }
-            body.push_str("</section>");
-        }
-        Ok(Reply::Page(StatusCode::OK, page("Bulk replay", "/ui/replay", Some(csrf), None, &body)))
-    }
-
-    async fn replay_job_page(&self, id: &str, csrf: &str) -> Result<Reply, ApiError> {
-        let job: ReplayJobView = self.call(Method::GET, &format!("/admin/replays/{}", attr(id)), None).await?;
-        let items = [
-            ("Finished", if job.finished { "yes" } else { "not yet; reload the page" }.to_owned()),
-            ("Considered", job.considered.to_string()),
-            ("Replayed", job.replayed.to_string()),
-            ("Skipped", job.skipped.to_string()),
-            ("Gone", job.not_found.to_string()),
-            ("Endpoint not configured", job.not_configured.to_string()),
-            ("Started", esc(&job.created_at)),
-        ];
-        let mut body = fields(&items);
-        if job.truncated {
-            body.push_str("<p>More deliveries matched than this job took; replay again to continue.</p>");
-        }
-        body.push_str("<p><a href=\"/ui/deliveries?state=pending\">See pending deliveries</a></p>");
-        Ok(Reply::Page(StatusCode::OK, page(&format!("Replay job {id}"), "/ui/replay", Some(csrf), None, &body)))
-    }
-
     async fn subject_page(&self, q: &Form, csrf: &str) -> Result<Reply, ApiError> {
         let (source, kind, id) = (get(q, "source").trim(), get(q, "kind").trim(), get(q, "id").trim());
+        let kind = if kind.is_empty() { "payment" } else { kind };
         let input = |name: &str, label: &str, value: &str| {
             format!(
                 "<label for=\"s-{name}\">{label}</label><input id=\"s-{name}\" name=\"{name}\" value=\"{}\" required>",
@@ -426,7 +364,7 @@ impl Admin {
         let mut body = format!(
             "<form method=\"get\" action=\"/ui/subjects\" class=\"filters\">{}{}{}<button type=\"submit\">Show</button></form>",
             input("source", "Source", source),
-            input("kind", "Kind (payment, payout…)", if kind.is_empty() { "payment" } else { kind }),
+            input("kind", "Kind (payment, payout…)", kind),
             input("id", "Id", id)
         );
         if !source.is_empty() && !id.is_empty() {

@@ -10,7 +10,7 @@ use std::num::NonZeroU32;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use http::{HeaderMap, header};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -22,6 +22,8 @@ pub(super) const IDLE: Duration = Duration::from_secs(60 * 60);
 pub(super) const LIFETIME: Duration = Duration::from_secs(12 * 60 * 60);
 /// Sessions held at once; signing in beyond it ends the oldest.
 const MAX_SESSIONS: usize = 1_000;
+/// Client addresses the sign-in limiter tracks before it forgets idle ones.
+const MAX_TRACKED: usize = 10_000;
 
 /// A signed-in browser.
 #[derive(Clone)]
@@ -37,15 +39,16 @@ pub(super) struct Session {
 pub(crate) struct Sessions {
     /// By the digest of the session id: the id itself is never kept.
     live: Mutex<HashMap<[u8; 32], Session>>,
-    /// Sign-in attempts, good or bad, for this whole listener.
-    sign_ins: DefaultDirectRateLimiter,
+    /// Sign-in attempts per client address: one address guessing cannot
+    /// lock the operator, at another, out.
+    sign_ins: DefaultKeyedRateLimiter<std::net::IpAddr>,
 }
 
 impl Default for Sessions {
     fn default() -> Sessions {
         let quota = Quota::per_minute(NonZeroU32::new(20).expect("non-zero"))
             .allow_burst(NonZeroU32::new(5).expect("non-zero"));
-        Sessions { live: Mutex::new(HashMap::new()), sign_ins: RateLimiter::direct(quota) }
+        Sessions { live: Mutex::new(HashMap::new()), sign_ins: RateLimiter::keyed(quota) }
     }
 }
 
@@ -71,10 +74,18 @@ impl Sessions {
         self.live.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Checks `given` against the admin token (`None`: the admin API is
-    /// disabled) and starts a session: its id, for the cookie.
-    pub(super) fn sign_in(&self, expected: Option<&[u8]>, given: &[u8]) -> Result<String, SignInError> {
-        if self.sign_ins.check().is_err() {
+    /// Checks `given`, from `client`, against the admin token (`None`: the
+    /// admin API is disabled) and starts a session: its id, for the cookie.
+    pub(super) fn sign_in(
+        &self,
+        client: std::net::IpAddr,
+        expected: Option<&[u8]>,
+        given: &[u8],
+    ) -> Result<String, SignInError> {
+        if self.sign_ins.len() > MAX_TRACKED {
+            self.sign_ins.retain_recent();
+        }
+        if self.sign_ins.check_key(&client).is_err() {
             return Err(SignInError::TooMany);
         }
         let expected = digest(expected.ok_or(SignInError::Disabled)?);
@@ -153,6 +164,11 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     found
 }
 
+/// Whether the browser reached the console over TLS, as its `Origin` says.
+pub(super) fn over_tls(headers: &HeaderMap) -> bool {
+    headers.get(header::ORIGIN).is_some_and(|o| o.as_bytes().starts_with(b"https://"))
+}
+
 /// Whether the request comes from the console's own origin: `Origin` names
 /// the host the request was sent to. Browsers send `Origin` with every
 /// POST; a request without one is refused.
@@ -166,7 +182,7 @@ pub(super) fn same_origin(headers: &HeaderMap) -> bool {
 }
 
 /// The `Set-Cookie` value that starts a session (`Secure` when the console
-/// is reached over TLS, as a non-loopback admin listener must be).
+/// is reached over TLS).
 pub(super) fn set_cookie(id: &str, secure: bool) -> String {
     let secure = if secure { "; Secure" } else { "" };
     format!("{COOKIE}={id}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={}{secure}", LIFETIME.as_secs())
@@ -183,6 +199,10 @@ mod tests {
     use super::*;
     use http::HeaderValue;
 
+    fn ip(n: u8) -> std::net::IpAddr {
+        std::net::IpAddr::from([10, 0, 0, n])
+    }
+
     fn with_cookie(value: &str) -> HeaderMap {
         let mut h = HeaderMap::new();
         h.insert(header::COOKIE, HeaderValue::from_str(value).unwrap());
@@ -193,9 +213,9 @@ mod tests {
     fn a_session_needs_the_right_token_and_ends_at_sign_out_or_a_new_token() {
         let sessions = Sessions::default();
         let token = b"the-admin-token-0123456789".as_slice();
-        assert_eq!(sessions.sign_in(Some(token), b"wrong"), Err(SignInError::WrongToken));
-        assert_eq!(sessions.sign_in(None, token), Err(SignInError::Disabled));
-        let id = sessions.sign_in(Some(token), token).unwrap();
+        assert_eq!(sessions.sign_in(ip(1), Some(token), b"wrong"), Err(SignInError::WrongToken));
+        assert_eq!(sessions.sign_in(ip(1), None, token), Err(SignInError::Disabled));
+        let id = sessions.sign_in(ip(1), Some(token), token).unwrap();
         let headers = with_cookie(&format!("other=1; {COOKIE}={id}"));
         let session = sessions.find(&headers, Some(token)).expect("signed in");
         assert!(session.csrf_matches(&session.csrf.clone()));
@@ -204,24 +224,26 @@ mod tests {
         // A reload that changes the token ends it.
         assert!(sessions.find(&headers, Some(b"a-new-admin-token-0123456")).is_none());
         assert!(sessions.find(&headers, Some(token)).is_none(), "ended for good");
-        let id = sessions.sign_in(Some(token), token).unwrap();
+        let id = sessions.sign_in(ip(2), Some(token), token).unwrap();
         let headers = with_cookie(&format!("{COOKIE}={id}"));
         sessions.sign_out(&headers);
         assert!(sessions.find(&headers, Some(token)).is_none());
         // A made-up id, or the same name twice, finds nothing.
         assert!(sessions.find(&with_cookie(&format!("{COOKIE}={}", "a".repeat(64))), Some(token)).is_none());
-        let id = sessions.sign_in(Some(token), token).unwrap();
+        let id = sessions.sign_in(ip(3), Some(token), token).unwrap();
         assert!(sessions.find(&with_cookie(&format!("{COOKIE}={id}; {COOKIE}=x")), Some(token)).is_none());
     }
 
     #[test]
-    fn sign_ins_are_rate_limited() {
+    fn sign_ins_are_rate_limited_per_client_address() {
         let sessions = Sessions::default();
         let token = b"the-admin-token-0123456789".as_slice();
-        let refused = (0..10).filter(|_| sessions.sign_in(Some(token), b"guess") == Err(SignInError::TooMany)).count();
+        let refused =
+            (0..10).filter(|_| sessions.sign_in(ip(1), Some(token), b"guess") == Err(SignInError::TooMany)).count();
         assert!(refused >= 5, "{refused}");
-        // The right token waits its turn too.
-        assert_eq!(sessions.sign_in(Some(token), token), Err(SignInError::TooMany));
+        // That address waits, the right token too; another address does not.
+        assert_eq!(sessions.sign_in(ip(1), Some(token), token), Err(SignInError::TooMany));
+        assert!(sessions.sign_in(ip(2), Some(token), token).is_ok());
     }
 
     #[test]

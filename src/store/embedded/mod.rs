@@ -402,7 +402,9 @@ impl Store for EmbeddedStore {
             let mut oldest: Vec<(String, Millis)> = Vec::new();
             for entry in table.iter().map_err(unavailable)?.take(scan) {
                 let (key, _) = entry.map_err(unavailable)?;
-                if let Some(d) = read_delivery(txn, key.value())?
+                // An unreadable record is for the listings to show, not a
+                // reason to fail the overview.
+                if let Ok(Some(d)) = read_delivery(txn, key.value())
                     && !oldest.iter().any(|(e, _)| *e == d.endpoint)
                 {
                     oldest.push((d.endpoint, d.created_at));

@@ -461,10 +461,11 @@ impl Store for RedisStore {
             let keys: Vec<String> = chunk.iter().map(|id| self.key(&format!("dlv:{id}"))).collect();
             let raws: Vec<Option<String>> = self.conn().mget(keys).await.map_err(unavailable)?;
             for (id, raw) in chunk.iter().zip(raws) {
-                // Finished since the range was read: no longer open.
-                let Some(raw) = raw else { continue };
-                let d: Delivery = decode(id, &raw)?;
-                if !oldest.iter().any(|(e, _)| *e == d.endpoint) {
+                // Finished (or removed) since the range was read: no longer
+                // open. An unreadable record is for the listings to show.
+                let Some(Ok(d)) = raw.map(|raw| decode::<Delivery>(id, &raw)) else { continue };
+                let open = matches!(d.state, DeliveryState::Pending | DeliveryState::InFlight);
+                if open && !oldest.iter().any(|(e, _)| *e == d.endpoint) {
                     oldest.push((d.endpoint, d.created_at));
                 }
             }
