@@ -235,6 +235,21 @@ mod tests {
     }
 
     #[test]
+    fn a_session_ends_after_an_idle_hour_or_twelve_hours_in_all() {
+        let token = digest(b"the-admin-token-0123456789");
+        // Times after sign-in (a monotonic clock may not reach 12 h back).
+        let start = Instant::now();
+        let at = |d: Duration| start + d;
+        let session = |last_seen| Session { csrf: String::new(), started: start, last_seen, token };
+        assert!(session(at(LIFETIME / 2)).alive(at(LIFETIME / 2 + IDLE / 2), &token));
+        assert!(!session(at(LIFETIME / 2)).alive(at(LIFETIME / 2 + IDLE), &token), "idle for an hour");
+        let busy = session(at(LIFETIME - Duration::from_secs(1)));
+        assert!(busy.alive(at(LIFETIME - Duration::from_millis(1)), &token));
+        assert!(!busy.alive(at(LIFETIME), &token), "twelve hours after sign-in");
+        assert!(!session(start).alive(start, &digest(b"another-token-0123456789")), "another token");
+    }
+
+    #[test]
     fn sign_ins_are_rate_limited_per_client_address() {
         let sessions = Sessions::default();
         let token = b"the-admin-token-0123456789".as_slice();
