@@ -473,7 +473,8 @@ async fn kill_9_during_a_purge_leaves_nothing_half_removed() {
     store.close().await;
 
     let relay = spawn_relay(&config);
-    let done = eventually(std::time::Duration::from_secs(60), || removed(&relay) == kept).await;
+    // A bound for a loaded machine, not a speed: CI once took over 60 s.
+    let done = eventually(std::time::Duration::from_secs(180), || removed(&relay) == kept).await;
     assert!(done, "the restarted relay removed {} of {kept}", removed(&relay));
     drop(relay);
 }
