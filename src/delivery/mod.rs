@@ -464,13 +464,23 @@ async fn deliver(
     drop(sending);
     let duration_ms = elapsed.as_millis() as u64;
     // `max_in_flight` bounds open requests: the slot is free as soon as the
-    // exchange is over, while the attempt is being recorded (on a store that
-    // shares the limit, once it is recorded; see `shares_limits`).
-    let slot = if runner.shares_limits {
-        Some(slot)
-    } else {
-        drop(slot);
-        None
+    // exchange is over, while the attempt is being recorded. On a store that
+    // shares the limit, once its shared lease is back too: claiming before
+    // would find this relay's own lease still taken. Should the store not
+    // take it back now, the local slot waits for the record, which returns
+    // the lease as well.
+    let slot = match runner.shares_limits {
+        true => match shared.store.return_lease(&ep.name, &d.id, d.claim_token).await {
+            Ok(()) => {
+                drop(slot);
+                None
+            }
+            Err(_) => Some(slot),
+        },
+        false => {
+            drop(slot);
+            None
+        }
     };
     let (result, retry_after, excerpt) = sent;
     let outcome = match &result {

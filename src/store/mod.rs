@@ -414,6 +414,19 @@ pub trait Store: quarantine::QuarantineStore + Send + Sync + 'static {
         false
     }
 
+    /// On a store that shares limits: gives back the shared slot of the
+    /// claim `claim_token` of `delivery_id` to `endpoint` once its request
+    /// is over, before the attempt is recorded. Nothing if the claim is no
+    /// longer held.
+    async fn return_lease(
+        &self,
+        _endpoint: &str,
+        _delivery_id: &DeliveryId,
+        _claim_token: u64,
+    ) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// Records `attempt` and moves the claimed delivery on per `next`.
     /// Returns false, changing nothing, if the claim was lost (expired and
     /// taken by another claim, or replayed meanwhile).

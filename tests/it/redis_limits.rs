@@ -47,6 +47,17 @@ async fn shared_slots_hold_across_stores_and_come_back_at_finish_release_or_leas
     assert!(a.release(&d.id, d.claim_token, 1001).await.unwrap());
     let after = b.claim_due_within("be", 1002, 10, 60_000, four).await.unwrap();
     assert_eq!(after.len(), 2, "two slots came back");
+    // The lease goes back as soon as the request is over, before the
+    // attempt is recorded; a return naming another claim frees nothing.
+    let d = &held[2].delivery;
+    a.return_lease("be", &d.id, d.claim_token + 1).await.unwrap();
+    assert!(b.claim_due_within("be", 1003, 10, 60_000, four).await.unwrap().is_empty(), "a stale return freed a slot");
+    a.return_lease("be", &d.id, d.claim_token).await.unwrap();
+    let early = b.claim_due_within("be", 1003, 10, 60_000, four).await.unwrap();
+    assert_eq!(early.len(), 1, "the returned lease's slot came back");
+    // Recording the attempt afterwards frees nothing more.
+    assert!(a.finish(&d.id, d.claim_token, attempt(1004, 200), Next::Delivered).await.unwrap());
+    assert!(b.claim_due_within("be", 1004, 10, 60_000, four).await.unwrap().is_empty(), "all four held again");
     // A holder that dies keeps its slots until its claims' deadline: short
     // claims here, then the next claim at a later "now" finds them free.
     let (c, server2) = crate::store_conformance::redis().await;

@@ -253,6 +253,16 @@ impl Store for RedisStore {
         true
     }
 
+    async fn return_lease(&self, endpoint: &str, delivery_id: &DeliveryId, claim_token: u64) -> Result<(), StoreError> {
+        // The member names the claim: a takeover's lease is another member.
+        let _: i64 = self
+            .conn()
+            .zrem(self.key(&format!("slots:{endpoint}")), format!("{delivery_id}:{claim_token}"))
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
     async fn claim_due_within(
         &self,
         endpoint: &str,

@@ -24,8 +24,8 @@ if type(t) == 'table' and t[1] then
 end
 local now = tonumber(ARGV[1]) + shift
 local limit = tonumber(ARGV[2])
--- Shared limits: a lease per delivery in flight, to its claim's deadline;
--- tokens refilled at the rate, up to the burst.
+-- Shared limits: a lease per delivery in flight ("id:token"), to its
+-- claim's deadline; tokens refilled at the rate, up to the burst.
 local slots, rate, burst = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 if slots > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
@@ -96,7 +96,9 @@ for _, id in ipairs(ids) do
       table.insert(schedule, deadline)
       table.insert(schedule, id)
       table.insert(leases, deadline)
-      table.insert(leases, id)
+      -- The lease names its claim: returning it after a takeover frees
+      -- nothing of the new claim's.
+      table.insert(leases, id .. ':' .. string.format('%.0f', token))
       table.insert(out, enc)
       table.insert(out, event)
     end

@@ -49,7 +49,7 @@ for i = 0, (#ARGV - 1) / 7 - 1 do
     -- The lease on one of the endpoint's shared slots goes back.
     local slots = p .. 'slots:' .. d.endpoint
     leases[slots] = leases[slots] or {}
-    table.insert(leases[slots], id)
+    table.insert(leases[slots], id .. ':' .. ARGV[b + 2])
     d.attempts = d.attempts + 1
     a.number = d.attempts
     table.insert(attempts, p .. 'attempts:' .. id)

@@ -7,7 +7,7 @@ if type(d.id) ~= 'string' or type(d.endpoint) ~= 'string' then return redis.erro
 d.state = 'pending'
 d.next_attempt_at = tonumber(ARGV[2])
 redis.call('ZADD', ARGV[3] .. 'due:' .. d.endpoint, tonumber(ARGV[2]), d.id)
-redis.call('ZREM', ARGV[3] .. 'slots:' .. d.endpoint, d.id)
+redis.call('ZREM', ARGV[3] .. 'slots:' .. d.endpoint, d.id .. ':' .. ARGV[1])
 redis.call('HINCRBY', KEYS[2], 'in_flight', -1)
 redis.call('HINCRBY', KEYS[2], 'pending', 1)
 redis.call('SET', KEYS[1], cjson.encode(d))
