@@ -124,8 +124,9 @@ pub struct ReplayPreview {
     pub matching: usize,
     /// More match than `max`: a replay would stop at `max`.
     pub truncated: bool,
-    /// False when the count stopped before the end of the store (a filter
-    /// that matches few of very many deliveries): at least `matching`.
+    /// False when the count stopped after 20 pages of listing without
+    /// reaching either `max` or the end (a filter that matches few of very
+    /// many deliveries): then at least `matching` match.
     pub counted_all: bool,
     pub filter: FilterView,
 }

@@ -15,8 +15,11 @@ pub(super) fn redis_topology(st: &RawStore) -> Result<(String, crate::config::To
         Ok(())
     };
     if st.kind == RawStoreKind::RedisCluster {
-        if st.url.is_some() || st.sentinels.is_some() || st.master_name.is_some() {
-            return invalid("store", "kind = \"redis-cluster\" takes seed urls, not url, sentinels or master_name");
+        if st.url.is_some() || st.sentinels.is_some() || st.master_name.is_some() || st.sentinel_password.is_some() {
+            return invalid(
+                "store",
+                "kind = \"redis-cluster\" takes seed urls, not url, sentinels, master_name or sentinel_password",
+            );
         }
         let urls = st.urls.clone().unwrap_or_default();
         let Some(first) = urls.first().cloned() else {

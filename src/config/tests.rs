@@ -174,6 +174,10 @@ fn redis_behind_sentinel_or_in_a_cluster() {
     assert!(e.contains("store.sentinel_password: must not be empty"), "{e}");
     let e = err("\n[store]\nkind = \"redis\"\nsentinel_password = \"pw\"\n");
     assert!(e.contains("store.sentinel_password: applies with sentinels only"), "{e}");
+    let e = err("\n[store]\nsentinel_password = \"pw\"\n");
+    assert!(e.contains("apply to Redis only"), "{e}");
+    let e = err("\n[store]\nkind = \"redis-cluster\"\nurls = [\"redis://a:1\"]\nsentinel_password = \"pw\"\n");
+    assert!(e.contains("not url, sentinels, master_name or sentinel_password"), "{e}");
     assert!(cfg.summary().contains("named by 2 sentinel(s)"), "{}", cfg.summary());
     let e = err("\n[store]\nkind = \"redis\"\nsentinels = [\"10.0.0.1:26379\"]\n");
     assert!(e.contains("sentinels and master_name go together"), "{e}");
@@ -201,7 +205,7 @@ fn redis_behind_sentinel_or_in_a_cluster() {
     let e = err("\n[store]\nkind = \"redis-cluster\"\n");
     assert!(e.contains("store.urls: needs at least one seed"), "{e}");
     let e = err(&format!("\n[store]\nkind = \"redis-cluster\"\nurl = \"redis://a:1\"\n{seeds}"));
-    assert!(e.contains("not url, sentinels or master_name"), "{e}");
+    assert!(e.contains("not url, sentinels, master_name or sentinel_password"), "{e}");
     let e = err("\n[store]\nkind = \"redis-cluster\"\nurls = [\"redis://a:1\", \"rediss://b:1\"]\n");
     assert!(e.contains("must all use TLS (rediss://) or none"), "{e}");
     let e = err(&format!("\n[store]\nkind = \"redis\"\n{seeds}"));

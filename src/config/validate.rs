@@ -209,8 +209,12 @@ impl TryFrom<RawStore> for StoreConfig {
                 if st.min_replicas_ack.is_some() || st.replica_ack_timeout.is_some() {
                     return invalid("store", "min_replicas_ack and replica_ack_timeout apply to kind = \"redis\" only");
                 }
-                if st.sentinels.is_some() || st.master_name.is_some() || st.urls.is_some() {
-                    return invalid("store", "sentinels, master_name and urls apply to Redis only");
+                if st.sentinels.is_some()
+                    || st.master_name.is_some()
+                    || st.sentinel_password.is_some()
+                    || st.urls.is_some()
+                {
+                    return invalid("store", "sentinels, master_name, sentinel_password and urls apply to Redis only");
                 }
                 let path = st.path.unwrap_or_else(|| "./data/ipn-relay.redb".into());
                 if path.is_empty() {

@@ -299,5 +299,9 @@ async fn the_console_refuses_what_is_not_signed_in_same_origin_and_carrying_the_
         .unwrap();
     assert_eq!((r.status().as_u16(), r.headers()["location"].to_str().unwrap()), (303, "/ui/login"));
     assert!(r.headers()["set-cookie"].to_str().unwrap().contains("Max-Age=0"));
+    // From another origin it clears nothing (a forced sign-out).
+    let r = c.post(format!("{console}/ui/logout")).header("origin", "http://evil.example").send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.headers().get("set-cookie").is_none(), "{:?}", r.headers());
     relay.stop().await;
 }

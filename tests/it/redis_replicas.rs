@@ -52,7 +52,7 @@ impl TcpRedis {
     fn start_on(port: u16, args: &[&str]) -> TcpRedis {
         let dir = tempfile::tempdir().unwrap();
         let mut text = format!(
-            "port {port}\nbind 127.0.0.1\nsave \"\"\nrepl-diskless-sync-delay 0\ndir {}\nlogfile {}/redis.log\n",
+            "port {port}\nbind 127.0.0.1\nsave \"\"\nrepl-diskless-sync-delay 0\ndir \"{}\"\nlogfile \"{}/redis.log\"\n",
             dir.path().display(),
             dir.path().display()
         );

@@ -30,7 +30,8 @@ impl Browser {
             .process_group(0)
             .spawn()
             .expect("chromedriver must be installed (scripts/test installs chromium-driver)");
-        let http = reqwest::Client::new();
+        // A wedged driver fails the test instead of hanging it.
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
         let until = Instant::now() + Duration::from_secs(20);
         while http.get(format!("http://127.0.0.1:{port}/status")).send().await.is_err() {
             assert!(Instant::now() < until, "chromedriver did not come up");
@@ -94,14 +95,28 @@ impl Browser {
     pub async fn follow(&self, css: &str) {
         self.execute("window.__left = false").await;
         self.click(css).await;
-        for _ in 0..200 {
+        let until = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < until {
+            // Asked while the page changes, the driver may answer an error:
+            // ask again.
             let loaded = "return window.__left === undefined && document.readyState === 'complete'";
-            if self.execute(loaded).await == Value::Bool(true) {
+            let body = json!({"script": loaded, "args": []});
+            let answer = self
+                .http
+                .post(format!("{}/execute/sync", self.base))
+                .header("content-type", "application/json")
+                .body(body.to_string())
+                .send()
+                .await;
+            if let Ok(r) = answer
+                && let Ok(text) = r.text().await
+                && serde_json::from_str::<Value>(&text).is_ok_and(|v| v["value"] == Value::Bool(true))
+            {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("no new page after clicking {css}");
+        panic!("no new page within 20 s of clicking {css}");
     }
 
     pub async fn type_into(&self, css: &str, text: &str) {

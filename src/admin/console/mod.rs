@@ -84,7 +84,7 @@ impl Admin {
         let token = self.admin_token();
         let Some(session) = self.sessions.find(&parts.headers, token.as_deref()) else {
             return match post {
-                true if path == "/ui/logout" => {
+                true if path == "/ui/logout" && session::same_origin(&parts.headers) => {
                     // Nothing to end: clear the cookie and go to sign-in.
                     let mut r = respond(Reply::SeeOther("/ui/login".into()));
                     if let Ok(v) = HeaderValue::from_str(&session::clear_cookie(self.secure_cookie(&parts.headers))) {
@@ -142,8 +142,13 @@ impl Admin {
             Err(message) => return respond(pages::sign_in(Some(&message))),
         };
         let token = self.admin_token();
-        // In-process callers (tests) have no peer: one shared address.
-        let client = peer.map_or(std::net::IpAddr::from([0, 0, 0, 0]), |p| p.ip());
+        // The client behind a trusted proxy, as ingress finds it, grouped
+        // as ingress groups it (an IPv6 /64 is one client). In-process
+        // callers (tests) have no peer: one shared address.
+        let trusted = self.live.current().server.trusted_proxies.clone();
+        let client = peer
+            .and_then(|p| crate::ingress::client_ip(p.ip(), headers, &trusted))
+            .map_or(std::net::IpAddr::from([0, 0, 0, 0]), crate::http::rate_key);
         match self.sessions.sign_in(client, token.as_deref(), get(&form, "token").trim().as_bytes()) {
             Ok(id) => {
                 tracing::info!(peer = ?peer, "console: signed in");

@@ -258,13 +258,14 @@ impl Admin {
 
     async fn delivery_page(&self, id: &str, q: &Form, csrf: &str) -> Result<Reply, ApiError> {
         let d: DeliveryDetail = self.call(Method::GET, &format!("/admin/deliveries/{}", attr(id)), None).await?;
-        let event: Option<EventView> = match self
+        // The delivery's actions stay usable when its event cannot be read.
+        let event: Result<EventView, String> = match self
             .call(Method::GET, &format!("/admin/events/{}", attr(d.delivery.event_id.as_str())), None)
             .await
         {
-            Ok(event) => Some(event),
-            Err(ApiError(StatusCode::NOT_FOUND, ..)) => None,
-            Err(e) => return Err(e),
+            Ok(event) => Ok(event),
+            Err(ApiError(StatusCode::NOT_FOUND, ..)) => Err("The event is no longer stored.".into()),
+            Err(ApiError(_, _, message)) => Err(format!("The event could not be read: {message}")),
         };
         let v = &d.delivery;
         let mut items = vec![
@@ -335,11 +336,11 @@ impl Admin {
             ));
         }
         let payload = match &event {
-            Some(e) => format!(
+            Ok(e) => format!(
                 "<pre class=\"payload\">{}</pre>",
                 esc(&serde_json::to_string_pretty(&e.event).unwrap_or_default())
             ),
-            None => "<p>The event is no longer stored.</p>".into(),
+            Err(why) => format!("<p>{}</p>", esc(why)),
         };
         let body = format!(
             "{}<section aria-labelledby=\"actions\"><h2 id=\"actions\">Actions</h2>{}</section>{}\

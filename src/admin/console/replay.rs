@@ -41,17 +41,28 @@ impl Admin {
         if get(&q, "state").is_empty() {
             q.push(("state".into(), "dead".into()));
         }
+        // Counting again on a continuation keeps its place.
+        let cursor = get(&q, "cursor").trim().to_owned();
+        let keep = match cursor.is_empty() {
+            true => String::new(),
+            false => format!("<input type=\"hidden\" name=\"cursor\" value=\"{}\">", esc(&cursor)),
+        };
         body.push_str(
             &self
                 .filter_form(&q, "/ui/replay", "Count them", false)
                 .await
-                .replace("</form>", "<input type=\"hidden\" name=\"preview\" value=\"1\"></form>"),
+                .replace("</form>", &format!("<input type=\"hidden\" name=\"preview\" value=\"1\">{keep}</form>")),
         );
+        if !cursor.is_empty() {
+            body.push_str(
+                "<p>Continuing where the last job stopped. <a href=\"/ui/replay\">Start over from the newest</a></p>",
+            );
+        }
         if get(&q, "preview") == "1" {
             // Relative times ("24h") become absolute now, so the replay
             // selects the window that was counted, not one that moved.
             let now = crate::store::now_millis();
-            let pinned: Vec<(&str, String)> = filter_pairs(&q)
+            let mut pinned: Vec<(&str, String)> = filter_pairs(&q)
                 .into_iter()
                 .map(|(k, v)| match k {
                     "since" | "until" => {
@@ -60,7 +71,12 @@ impl Admin {
                     _ => (k, v.to_owned()),
                 })
                 .collect();
-            let cursor = get(&q, "cursor").trim();
+            // And the top of the window is now: what was created after the
+            // count is not replayed in place of what was counted.
+            if !pinned.iter().any(|(k, _)| *k == "until") {
+                pinned.push(("until", crate::admin::api::time(now + 1)));
+            }
+            let cursor = cursor.as_str();
             let mut request: serde_json::Map<String, Value> =
                 pinned.iter().map(|(k, v)| ((*k).to_owned(), json!(v))).collect();
             if !cursor.is_empty() {

@@ -42,13 +42,15 @@ pub(crate) struct Sessions {
     /// Sign-in attempts per client address: one address guessing cannot
     /// lock the operator, at another, out.
     sign_ins: DefaultKeyedRateLimiter<std::net::IpAddr>,
+    /// When idle addresses were last forgotten (ms since the epoch).
+    pruned: std::sync::atomic::AtomicU64,
 }
 
 impl Default for Sessions {
     fn default() -> Sessions {
         let quota = Quota::per_minute(NonZeroU32::new(20).expect("non-zero"))
             .allow_burst(NonZeroU32::new(5).expect("non-zero"));
-        Sessions { live: Mutex::new(HashMap::new()), sign_ins: RateLimiter::keyed(quota) }
+        Sessions { live: Mutex::new(HashMap::new()), sign_ins: RateLimiter::keyed(quota), pruned: Default::default() }
     }
 }
 
@@ -82,7 +84,11 @@ impl Sessions {
         expected: Option<&[u8]>,
         given: &[u8],
     ) -> Result<String, SignInError> {
-        if self.sign_ins.len() > MAX_TRACKED {
+        // Forget idle addresses at most once a second, as ingress does.
+        let now = crate::store::now_millis();
+        let last = self.pruned.load(std::sync::atomic::Ordering::Relaxed);
+        if self.sign_ins.len() > MAX_TRACKED && now.saturating_sub(last) >= 1_000 {
+            self.pruned.store(now, std::sync::atomic::Ordering::Relaxed);
             self.sign_ins.retain_recent();
         }
         if self.sign_ins.check_key(&client).is_err() {

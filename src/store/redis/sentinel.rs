@@ -48,19 +48,26 @@ impl Sentinels {
 
     /// What sentinel `i` names as the primary; `None` if it does not
     /// answer in time. A kept connection that fails is made anew once (the
-    /// sentinel may have restarted since).
+    /// sentinel may have restarted since). The link's lock is held only to
+    /// take or put the connection, never across a request.
     async fn ask(&self, i: usize) -> Option<(String, u16)> {
         let (client, link) = &self.links[i];
-        let mut link = link.lock().await;
         for _ in 0..2 {
-            let (mut conn, kept) = match link.clone() {
+            let kept = link.lock().await.clone();
+            let (mut conn, was_kept) = match kept {
                 Some(conn) => (conn, true),
                 None => {
                     let config = redis::AsyncConnectionConfig::new()
                         .set_connection_timeout(Some(SENTINEL_TIMEOUT))
                         .set_response_timeout(Some(SENTINEL_TIMEOUT));
-                    let conn = client.get_multiplexed_async_connection_with_config(&config).await.ok()?;
-                    *link = Some(conn.clone());
+                    let conn = match client.get_multiplexed_async_connection_with_config(&config).await {
+                        Ok(conn) => conn,
+                        Err(e) => {
+                            tracing::debug!(sentinel = i, error = %e, "cannot reach a sentinel");
+                            return None;
+                        }
+                    };
+                    *link.lock().await = Some(conn.clone());
                     (conn, false)
                 }
             };
@@ -71,9 +78,13 @@ impl Sentinels {
                 .await;
             match named {
                 Ok(named) => return named,
-                Err(_) => *link = None,
+                Err(e) => {
+                    // A wrong sentinel_password shows here (NOAUTH/WRONGPASS).
+                    tracing::debug!(sentinel = i, error = %e, "a sentinel did not answer");
+                    *link.lock().await = None;
+                }
             }
-            if !kept {
+            if !was_kept {
                 break;
             }
         }
@@ -87,13 +98,19 @@ impl Sentinels {
             let sentinels = self.clone();
             asks.spawn(async move { sentinels.ask(i).await });
         }
+        let majority = self.links.len() / 2 + 1;
         let mut votes: HashMap<(String, u16), usize> = HashMap::new();
         while let Some(answer) = asks.join_next().await {
             if let Ok(Some(addr)) = answer {
-                *votes.entry(addr).or_default() += 1;
+                let n = votes.entry(addr.clone()).or_default();
+                *n += 1;
+                // A majority agrees: the rest cannot change it (dropping the
+                // set stops their asks).
+                if *n >= majority {
+                    return Ok(addr);
+                }
             }
         }
-        let majority = self.links.len() / 2 + 1;
         let heard: usize = votes.values().sum();
         votes.into_iter().find(|(_, n)| *n >= majority).map(|(addr, _)| addr).ok_or_else(|| {
             format!(
