@@ -62,10 +62,10 @@ struct EndpointRunner {
     endpoint: Endpoint,
     limiter: Option<Arc<DefaultDirectRateLimiter>>,
     slots: Arc<Semaphore>,
-    /// The store holds `max_in_flight` across relays, and gives a
-    /// delivery's shared slot back when its attempt is recorded: the local
-    /// slot is held as long, or the claim loop would claim into slots the
-    /// store still counts as taken, find none and wait for its next poll.
+    /// The store holds `max_in_flight` across relays with a lease per
+    /// delivery, given back once its request is over (`return_lease`): the
+    /// local slot is held as long, or the claim loop would claim into slots
+    /// the store still counts as taken, find none and wait for its next poll.
     shares_limits: bool,
 }
 
@@ -469,14 +469,18 @@ async fn deliver(
     // would find this relay's own lease still taken. Should the store not
     // take it back now, the local slot waits for the record, which returns
     // the lease as well.
-    let slot = match runner.shares_limits {
-        true => match shared.store.return_lease(&ep.name, &d.id, d.claim_token).await {
-            Ok(()) => {
-                drop(slot);
-                None
-            }
-            Err(_) => Some(slot),
-        },
+    // Beside recording the attempt, not before it: the record must not
+    // wait for another round trip while the claim runs out.
+    let returning = match runner.shares_limits {
+        true => {
+            let (store, name, id, token) = (shared.store.clone(), ep.name.clone(), d.id.clone(), d.claim_token);
+            Some(tokio::spawn(async move {
+                match store.return_lease(&name, &id, token).await {
+                    Ok(()) => None,
+                    Err(_) => Some(slot),
+                }
+            }))
+        }
         false => {
             drop(slot);
             None
@@ -518,7 +522,11 @@ async fn deliver(
     }
     let attempt = Attempt { number, started_at, duration_ms, result, response_excerpt: excerpt };
     finish(&shared, &claim, attempt, next).await;
-    drop(slot);
+    // A lease the store did not take back came back with the record: the
+    // local slot kept for it goes now.
+    if let Some(returning) = returning {
+        drop(returning.await);
+    }
 }
 
 /// Records the attempt. If the store is briefly unreachable, tries a few

@@ -69,6 +69,12 @@ async fn shared_slots_hold_across_stores_and_come_back_at_finish_release_or_leas
     // waiting deliveries are due, four of them are taken.
     let taken = c.claim_due_within("be", 1500, 10, 500, four).await.unwrap();
     assert_eq!(taken.len(), 4, "the dead holder's slots came back after the lease");
+    // The old holder's late return, for a delivery taken over, frees
+    // nothing of the new claim's.
+    let retaken = dying.iter().map(|c| &c.delivery).find(|d| taken.iter().any(|t| t.delivery.id == d.id));
+    let old = retaken.expect("a taken-over delivery");
+    c.return_lease("be", &old.id, old.claim_token).await.unwrap();
+    assert!(c.claim_due_within("be", 1501, 10, 500, four).await.unwrap().is_empty(), "the new claim's slot was freed");
     drop(server2);
 }
 

@@ -19,8 +19,9 @@
 //! across every relay on the prefix: the claim script keeps a lease per
 //! claimed delivery in `slots:NAME` (a sorted set scored by the claim's
 //! deadline) and a token bucket in `bucket:NAME`, and claims no more than
-//! both allow. A finish or release gives the lease back (delivery holds its
-//! local slot until then too); a relay killed while holding leases gives them
+//! both allow. The lease ("id:token") goes back when the request is over
+//! (`return_lease`, delivery holding its local slot until then), or at the
+//! finish or release at the latest; a relay killed while holding leases gives them
 //! back at their deadline (the visibility timeout), when its claims can be
 //! taken over too.
 
