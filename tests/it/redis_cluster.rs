@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::common::*;
-use crate::redis_replicas::{TcpRedis, connect};
+use crate::redis_replicas::{TcpRedis, connect, redis_relay_config};
 use ipn_relay::config::Config;
 use ipn_relay::store::Store;
 
@@ -69,13 +69,9 @@ fn relay_config(nodes: &[TcpRedis], receiver: &str) -> Arc<Config> {
         "kind = \"redis-cluster\"\nurls = [{}]\nprefix = \"{PREFIX}\"\nmin_replicas_ack = 1\nreplica_ack_timeout = \"300ms\"",
         seeds.join(", ")
     );
-    let text = base_config(std::path::Path::new("unused.redb")).replace("path = \"unused.redb\"", &store);
     // Claims taken just before the failover come back after a short
     // visibility timeout.
-    let text = format!(
-        "{text}\n[[endpoints]]\nname = \"backend\"\nurl = \"{receiver}\"\nsecret = \"{ENDPOINT_SECRET}\"\ntimeout = \"2s\"\n\n[delivery]\nvisibility_timeout = \"5s\"\n"
-    );
-    Arc::new(Config::parse(&text, std::path::Path::new("cluster.toml")).unwrap())
+    redis_relay_config(&store, receiver, "timeout = \"2s\"\n\n[delivery]\nvisibility_timeout = \"5s\"\n")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::common::*;
-use crate::redis_replicas::{TcpRedis, connect, replicated};
+use crate::redis_replicas::{TcpRedis, connect, redis_relay_config, replicated};
 use ipn_relay::config::Config;
 use ipn_relay::store::Store;
 
@@ -154,11 +154,7 @@ impl SentinelSet {
 }
 
 fn relay_config(store: &str) -> Arc<Config> {
-    let text = base_config(std::path::Path::new("unused.redb")).replace("path = \"unused.redb\"", store);
-    let text = format!(
-        "{text}\n[[endpoints]]\nname = \"backend\"\nurl = \"http://127.0.0.1:9/\"\nsecret = \"{ENDPOINT_SECRET}\"\n"
-    );
-    Arc::new(Config::parse(&text, std::path::Path::new("failover.toml")).unwrap())
+    redis_relay_config(store, "http://127.0.0.1:9/", "")
 }
 
 /// What the provider saw: event ids answered 200 "accepted", and how many

@@ -141,15 +141,22 @@ pub(crate) async fn replicated(primary: &TcpRedis, n: i64) {
     panic!("the replica never confirmed a write");
 }
 
+/// The standard relay config on the Redis `[store]` keys in `store`, with
+/// one endpoint `backend` at `backend_url`; `extra` follows it (more
+/// endpoint keys, then other tables). The Redis tests' one way to build it.
+pub(crate) fn redis_relay_config(store: &str, backend_url: &str, extra: &str) -> Arc<Config> {
+    let text = base_config(std::path::Path::new("unused.redb")).replace("path = \"unused.redb\"", store);
+    let text = format!(
+        "{text}\n[[endpoints]]\nname = \"backend\"\nurl = \"{backend_url}\"\nsecret = \"{ENDPOINT_SECRET}\"\n{extra}"
+    );
+    Arc::new(Config::parse(&text, std::path::Path::new("redis-test.toml")).unwrap())
+}
+
 fn relay_config(url: &str, replicas: u32) -> Arc<Config> {
     let store = format!(
         "kind = \"redis\"\nurl = \"{url}\"\nprefix = \"acks\"\nmin_replicas_ack = {replicas}\nreplica_ack_timeout = \"300ms\""
     );
-    let text = base_config(std::path::Path::new("unused.redb")).replace("path = \"unused.redb\"", &store);
-    let text = format!(
-        "{text}\n[[endpoints]]\nname = \"backend\"\nurl = \"http://127.0.0.1:9/\"\nsecret = \"{ENDPOINT_SECRET}\"\n"
-    );
-    Arc::new(Config::parse(&text, std::path::Path::new("acks.toml")).unwrap())
+    redis_relay_config(&store, "http://127.0.0.1:9/", "")
 }
 
 /// The Redis store `config` names, connected as the relay connects it.

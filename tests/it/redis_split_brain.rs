@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::common::*;
-use crate::redis_replicas::{TcpRedis, connect, replicated};
+use crate::redis_replicas::{TcpRedis, connect, redis_relay_config, replicated};
 use ipn_relay::config::Config;
 use ipn_relay::store::Store;
 
@@ -37,11 +37,7 @@ fn relay_config(sentinels: &[TcpRedis], ack_timeout: &str) -> Arc<Config> {
         "kind = \"redis\"\nurl = \"redis://127.0.0.1/0\"\nprefix = \"split\"\nsentinels = [{}]\nmaster_name = \"{MASTER}\"\nmin_replicas_ack = 1\nreplica_ack_timeout = \"{ack_timeout}\"",
         list.join(", ")
     );
-    let text = base_config(std::path::Path::new("unused.redb")).replace("path = \"unused.redb\"", &store);
-    let text = format!(
-        "{text}\n[[endpoints]]\nname = \"backend\"\nurl = \"http://127.0.0.1:9/\"\nsecret = \"{ENDPOINT_SECRET}\"\n"
-    );
-    Arc::new(Config::parse(&text, std::path::Path::new("split.toml")).unwrap())
+    redis_relay_config(&store, "http://127.0.0.1:9/", "")
 }
 
 /// The case docs/scaling.md says `min_replicas_ack` turns into 503s: the
