@@ -203,7 +203,7 @@ impl Admin {
         let cursor = get(q, "cursor");
         pairs.push(("cursor", cursor));
         let list: DeliveryPage = self.call(Method::GET, &format!("/admin/deliveries?{}", query(&pairs)), None).await?;
-        let mut body = self.filter_form(q, "/ui/deliveries", "Filter", true).await;
+        let mut body = self.filter_form(q, "/ui/deliveries", "Filter", true);
         body.push_str(&deliveries_table("Deliveries, newest first", &list.items));
         let mut links = Vec::new();
         if let Some(next) = &list.next_cursor {
@@ -220,7 +220,7 @@ impl Admin {
     }
 
     /// The filter form of `GET /admin/deliveries`, filled from `q`.
-    pub(super) async fn filter_form(&self, q: &Form, action: &str, button: &str, any_state: bool) -> String {
+    pub(super) fn filter_form(&self, q: &Form, action: &str, button: &str, any_state: bool) -> String {
         let config = self.live.current();
         let chosen = get(q, "state");
         let mut options = String::new();

@@ -50,7 +50,6 @@ impl Admin {
         body.push_str(
             &self
                 .filter_form(&q, "/ui/replay", "Count them", false)
-                .await
                 .replace("</form>", &format!("<input type=\"hidden\" name=\"preview\" value=\"1\">{keep}</form>")),
         );
         if !cursor.is_empty() {
