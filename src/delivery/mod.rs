@@ -30,7 +30,7 @@ use crate::metrics::Metrics;
 use crate::reload::Live;
 use crate::retry::{self, Outcome};
 use crate::shutdown::stopped;
-use crate::store::{Attempt, AttemptResult, Claim, Next, SharedLimits, Store, now_millis};
+use crate::store::{Attempt, AttemptResult, Claim, Lease, Next, SharedLimits, Store, now_millis};
 use crate::wake::Wake;
 
 mod request;
@@ -63,10 +63,10 @@ struct EndpointRunner {
     limiter: Option<Arc<DefaultDirectRateLimiter>>,
     slots: Arc<Semaphore>,
     /// The store holds `max_in_flight` across relays with a lease per
-    /// delivery, given back once its request is over (`return_lease`): the
-    /// local slot is held as long, or the claim loop would claim into slots
-    /// the store still counts as taken, find none and wait for its next poll.
-    shares_limits: bool,
+    /// delivery: `Some` of the leases whose request is over, for the next
+    /// claim to give back before it counts (or it would find this relay's
+    /// own finished requests still holding the slots it has free).
+    returned: Option<std::sync::Mutex<Vec<Lease>>>,
 }
 
 impl EndpointRunner {
@@ -77,6 +77,28 @@ impl EndpointRunner {
         SharedLimits {
             max_in_flight: ep.max_in_flight,
             rate: ep.rate_limit.map(|r| (r.per_second.get(), r.burst.get())),
+        }
+    }
+
+    /// Notes that the request of `d`'s claim is over.
+    fn returned_lease(&self, d: &crate::store::Delivery) {
+        if let Some(returned) = &self.returned {
+            let lease = Lease { delivery_id: d.id.clone(), claim_token: d.claim_token };
+            returned.lock().unwrap_or_else(|e| e.into_inner()).push(lease);
+        }
+    }
+
+    fn take_returned(&self) -> Vec<Lease> {
+        self.returned
+            .as_ref()
+            .map(|r| std::mem::take(&mut *r.lock().unwrap_or_else(|e| e.into_inner())))
+            .unwrap_or_default()
+    }
+
+    /// Leases a failed claim did not give back, for the next one.
+    fn put_back(&self, leases: Vec<Lease>) {
+        if let Some(returned) = &self.returned {
+            returned.lock().unwrap_or_else(|e| e.into_inner()).extend(leases);
         }
     }
 }
@@ -247,7 +269,7 @@ impl Loops {
         let runner = Arc::new(EndpointRunner {
             limiter,
             slots: Arc::new(Semaphore::new(ep.max_in_flight)),
-            shares_limits: self.shared.store.shares_limits(),
+            returned: self.shared.store.shares_limits().then(Default::default),
             endpoint: ep.clone(),
         });
         let (stop, stop_rx) = watch::channel(false);
@@ -338,9 +360,10 @@ async fn endpoint_loop(
             }
             room = cells;
         }
+        let returned = runner.take_returned();
         let claims = match shared
             .store
-            .claim_due_within(&name, now_millis(), room, visibility_ms, runner.shared_limits())
+            .claim_due_within(&name, now_millis(), room, visibility_ms, runner.shared_limits(), &returned)
             .await
         {
             Ok(c) => {
@@ -348,6 +371,8 @@ async fn endpoint_loop(
                 c
             }
             Err(e) => {
+                // The leases go with the next claim, or their records.
+                runner.put_back(returned);
                 tracing::warn!(endpoint = %name, error = %Chain(&e), "claiming deliveries failed; retrying shortly");
                 drop(first);
                 tokio::select! {
@@ -465,27 +490,9 @@ async fn deliver(
     let duration_ms = elapsed.as_millis() as u64;
     // `max_in_flight` bounds open requests: the slot is free as soon as the
     // exchange is over, while the attempt is being recorded. On a store that
-    // shares the limit, once its shared lease is back too: claiming before
-    // would find this relay's own lease still taken. Should the store not
-    // take it back now, the local slot waits for the record, which returns
-    // the lease as well.
-    // Beside recording the attempt, not before it: the record must not
-    // wait for another round trip while the claim runs out.
-    let returning = match runner.shares_limits {
-        true => {
-            let (store, name, id, token) = (shared.store.clone(), ep.name.clone(), d.id.clone(), d.claim_token);
-            Some(tokio::spawn(async move {
-                match store.return_lease(&name, &id, token).await {
-                    Ok(()) => None,
-                    Err(_) => Some(slot),
-                }
-            }))
-        }
-        false => {
-            drop(slot);
-            None
-        }
-    };
+    // shares the limit, the next claim gives the lease back first.
+    runner.returned_lease(d);
+    drop(slot);
     let (result, retry_after, excerpt) = sent;
     let outcome = match &result {
         AttemptResult::Status { code } if (200..300).contains(code) => Outcome::Delivered,
@@ -522,11 +529,6 @@ async fn deliver(
     }
     let attempt = Attempt { number, started_at, duration_ms, result, response_excerpt: excerpt };
     finish(&shared, &claim, attempt, next).await;
-    // A lease the store did not take back came back with the record: the
-    // local slot kept for it goes now.
-    if let Some(returning) = returning {
-        drop(returning.await);
-    }
 }
 
 /// Records the attempt. If the store is briefly unreachable, tries a few

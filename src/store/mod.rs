@@ -357,6 +357,16 @@ pub struct SharedLimits {
     pub rate: Option<(u32, u32)>,
 }
 
+/// A claim whose request is over, named by its token: on a store that shares
+/// limits, the next claim gives its lease back before counting the slots
+/// taken ([`Store::claim_due_within`]). A lease naming a claim since taken
+/// over frees nothing of the new claim's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub delivery_id: DeliveryId,
+    pub claim_token: u64,
+}
+
 #[async_trait]
 pub trait Store: quarantine::QuarantineStore + Send + Sync + 'static {
     /// Admits `event` with its deliveries, atomically with its dedupe key,
@@ -394,8 +404,11 @@ pub trait Store: quarantine::QuarantineStore + Send + Sync + 'static {
     ) -> Result<Vec<Claim>, StoreError>;
 
     /// [`claim_due`](Store::claim_due) within `shared`: an endpoint's limits
-    /// that hold across every relay sharing the store. A store only one
-    /// process uses (the embedded one) leaves them to that process.
+    /// that hold across every relay sharing the store. `returned` are this
+    /// relay's claims to `endpoint` whose request is over but whose attempt
+    /// may not be recorded yet: their leases go back first, in the same
+    /// step. A store only one process uses (the embedded one) leaves the
+    /// limits to that process.
     async fn claim_due_within(
         &self,
         endpoint: &str,
@@ -403,28 +416,17 @@ pub trait Store: quarantine::QuarantineStore + Send + Sync + 'static {
         limit: usize,
         visibility_ms: u64,
         shared: SharedLimits,
+        returned: &[Lease],
     ) -> Result<Vec<Claim>, StoreError> {
-        let _ = shared;
+        let _ = (shared, returned);
         self.claim_due(endpoint, now, limit, visibility_ms).await
     }
 
     /// Whether [`claim_due_within`](Store::claim_due_within) holds shared
-    /// limits, whose slots come back when an attempt is recorded.
+    /// limits, with a lease per claim that comes back with the next claim's
+    /// `returned`, or when the attempt is recorded or the claim released.
     fn shares_limits(&self) -> bool {
         false
-    }
-
-    /// On a store that shares limits: gives back the shared slot of the
-    /// claim `claim_token` of `delivery_id` to `endpoint` once its request
-    /// is over, before the attempt is recorded. Nothing if the claim is no
-    /// longer held.
-    async fn return_lease(
-        &self,
-        _endpoint: &str,
-        _delivery_id: &DeliveryId,
-        _claim_token: u64,
-    ) -> Result<(), StoreError> {
-        Ok(())
     }
 
     /// Records `attempt` and moves the claimed delivery on per `next`.

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ipn_relay::store::{Next, SharedLimits, Store};
+use ipn_relay::store::{Lease, Next, SharedLimits, Store};
 
 use crate::common::*;
 use crate::redis_relays::{redis_config, repeats_and_overlaps};
@@ -21,6 +21,10 @@ async fn two_stores() -> (Arc<dyn Store>, Arc<dyn Store>, RedisServer) {
     (a, Arc::new(b), server)
 }
 
+fn lease(d: &ipn_relay::store::Delivery, claim_token: u64) -> Lease {
+    Lease { delivery_id: d.id.clone(), claim_token }
+}
+
 async fn admit_n(s: &dyn Store, n: usize, at: u64) {
     for i in 0..n {
         let id = format!("evt_{at}_{i}");
@@ -33,48 +37,54 @@ async fn shared_slots_hold_across_stores_and_come_back_at_finish_release_or_leas
     let (a, b, _server) = two_stores().await;
     admit_n(a.as_ref(), 10, 1000).await;
     let four = SharedLimits { max_in_flight: 4, rate: None };
-    let held = a.claim_due_within("be", 1000, 3, 60_000, four).await.unwrap();
+    let held = a.claim_due_within("be", 1000, 3, 60_000, four, &[]).await.unwrap();
     assert_eq!(held.len(), 3);
     // The other relay gets only what is left of the four.
-    let more = b.claim_due_within("be", 1000, 10, 60_000, four).await.unwrap();
+    let more = b.claim_due_within("be", 1000, 10, 60_000, four, &[]).await.unwrap();
     assert_eq!(more.len(), 1, "one slot was left");
-    assert!(b.claim_due_within("be", 1000, 10, 60_000, four).await.unwrap().is_empty(), "all four held");
+    assert!(b.claim_due_within("be", 1000, 10, 60_000, four, &[]).await.unwrap().is_empty(), "all four held");
     // Without shared limits (the embedded store's way) nothing holds back.
     // A finish gives its slot back, and so does a release.
     let d = &held[0].delivery;
     assert!(a.finish(&d.id, d.claim_token, attempt(1001, 200), Next::Delivered).await.unwrap());
     let d = &held[1].delivery;
     assert!(a.release(&d.id, d.claim_token, 1001).await.unwrap());
-    let after = b.claim_due_within("be", 1002, 10, 60_000, four).await.unwrap();
+    let after = b.claim_due_within("be", 1002, 10, 60_000, four, &[]).await.unwrap();
     assert_eq!(after.len(), 2, "two slots came back");
-    // The lease goes back as soon as the request is over, before the
-    // attempt is recorded; a return naming another claim frees nothing.
+    // The lease goes back with the relay's next claim once the request is
+    // over, before the attempt is recorded; a lease naming another claim
+    // frees nothing.
     let d = &held[2].delivery;
-    a.return_lease("be", &d.id, d.claim_token + 1).await.unwrap();
-    assert!(b.claim_due_within("be", 1003, 10, 60_000, four).await.unwrap().is_empty(), "a stale return freed a slot");
-    a.return_lease("be", &d.id, d.claim_token).await.unwrap();
-    let early = b.claim_due_within("be", 1003, 10, 60_000, four).await.unwrap();
+    let stale = [lease(d, d.claim_token + 1)];
+    assert!(
+        a.claim_due_within("be", 1003, 10, 60_000, four, &stale).await.unwrap().is_empty(),
+        "a stale return freed a slot"
+    );
+    let early = a.claim_due_within("be", 1003, 10, 60_000, four, &[lease(d, d.claim_token)]).await.unwrap();
     assert_eq!(early.len(), 1, "the returned lease's slot came back");
     // Recording the attempt afterwards frees nothing more.
     assert!(a.finish(&d.id, d.claim_token, attempt(1004, 200), Next::Delivered).await.unwrap());
-    assert!(b.claim_due_within("be", 1004, 10, 60_000, four).await.unwrap().is_empty(), "all four held again");
+    assert!(b.claim_due_within("be", 1004, 10, 60_000, four, &[]).await.unwrap().is_empty(), "all four held again");
     // A holder that dies keeps its slots until its claims' deadline: short
     // claims here, then the next claim at a later "now" finds them free.
     let (c, server2) = crate::store_conformance::redis().await;
     admit_n(c.as_ref(), 6, 1000).await;
-    let dying = c.claim_due_within("be", 1000, 10, 500, four).await.unwrap();
+    let dying = c.claim_due_within("be", 1000, 10, 500, four, &[]).await.unwrap();
     assert_eq!(dying.len(), 4);
-    assert!(c.claim_due_within("be", 1499, 10, 500, four).await.unwrap().is_empty(), "leases still live");
+    assert!(c.claim_due_within("be", 1499, 10, 500, four, &[]).await.unwrap().is_empty(), "leases still live");
     // At the deadline the leases lapse: the expired claims and the two
     // waiting deliveries are due, four of them are taken.
-    let taken = c.claim_due_within("be", 1500, 10, 500, four).await.unwrap();
+    let taken = c.claim_due_within("be", 1500, 10, 500, four, &[]).await.unwrap();
     assert_eq!(taken.len(), 4, "the dead holder's slots came back after the lease");
     // The old holder's late return, for a delivery taken over, frees
     // nothing of the new claim's.
     let retaken = dying.iter().map(|c| &c.delivery).find(|d| taken.iter().any(|t| t.delivery.id == d.id));
     let old = retaken.expect("a taken-over delivery");
-    c.return_lease("be", &old.id, old.claim_token).await.unwrap();
-    assert!(c.claim_due_within("be", 1501, 10, 500, four).await.unwrap().is_empty(), "the new claim's slot was freed");
+    let late = [lease(old, old.claim_token)];
+    assert!(
+        c.claim_due_within("be", 1501, 10, 500, four, &late).await.unwrap().is_empty(),
+        "the new claim's slot was freed"
+    );
     drop(server2);
 }
 
@@ -84,13 +94,13 @@ async fn a_shared_token_bucket_paces_claims_across_stores() {
     admit_n(a.as_ref(), 20, 1000).await;
     // 2 a second, burst 3, no slot limit to speak of.
     let paced = SharedLimits { max_in_flight: 100, rate: Some((2, 3)) };
-    assert_eq!(a.claim_due_within("be", 1000, 10, 60_000, paced).await.unwrap().len(), 3, "the burst");
-    assert!(b.claim_due_within("be", 1000, 10, 60_000, paced).await.unwrap().is_empty(), "bucket empty");
-    assert!(b.claim_due_within("be", 1400, 10, 60_000, paced).await.unwrap().is_empty(), "0.8 of a token");
-    assert_eq!(b.claim_due_within("be", 1500, 10, 60_000, paced).await.unwrap().len(), 1, "one token after 0.5 s");
+    assert_eq!(a.claim_due_within("be", 1000, 10, 60_000, paced, &[]).await.unwrap().len(), 3, "the burst");
+    assert!(b.claim_due_within("be", 1000, 10, 60_000, paced, &[]).await.unwrap().is_empty(), "bucket empty");
+    assert!(b.claim_due_within("be", 1400, 10, 60_000, paced, &[]).await.unwrap().is_empty(), "0.8 of a token");
+    assert_eq!(b.claim_due_within("be", 1500, 10, 60_000, paced, &[]).await.unwrap().len(), 1, "one token after 0.5 s");
     // An idle second refills two, never past the burst.
-    assert_eq!(a.claim_due_within("be", 2500, 10, 60_000, paced).await.unwrap().len(), 2);
-    assert_eq!(a.claim_due_within("be", 60_000, 10, 60_000, paced).await.unwrap().len(), 3, "capped at the burst");
+    assert_eq!(a.claim_due_within("be", 2500, 10, 60_000, paced, &[]).await.unwrap().len(), 2);
+    assert_eq!(a.claim_due_within("be", 60_000, 10, 60_000, paced, &[]).await.unwrap().len(), 3, "capped at the burst");
 }
 
 /// The most requests open at once, from arrival times at a receiver that
@@ -245,10 +255,11 @@ async fn a_relay_alone_with_its_clock_off_delivers_and_retries_on_time() {
     }
 }
 
-/// A relay's own shared slots come back when its attempts are recorded,
-/// which wakes its claim loop: a backlog drains at the endpoint's pace, not
-/// at `max_in_flight` per 250 ms poll (as it did when the loop waited for
-/// its next poll). 200 deliveries at 4 in flight: at poll pace 12.5 s.
+/// A relay's own shared slots come back with its next claim once their
+/// requests are over: a backlog drains at the endpoint's pace, not at
+/// `max_in_flight` per 250 ms poll (as it does when the claim finds the
+/// relay's own finished requests still holding the slots). 200 deliveries
+/// at 4 in flight: at poll pace 12.5 s (seen, with the early return off).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backlog_drains_at_the_endpoints_pace_not_the_polls() {
     let redis = RedisServer::start();

@@ -74,8 +74,8 @@ use super::retention::{Cutoffs, Purged, StoreStats};
 
 use super::{
     Admission, Attempt, Claim, Counts, Delivery, DeliveryFilter, DeliveryId, DeliveryState, DiscardCount, EventId,
-    LIST_SCAN_LIMIT, Millis, NewDelivery, NewEvent, Next, Page, Reconciled, ReplayCount, ReplayJob, SharedLimits,
-    Store, StoreError, StoredEvent, TimelineEntry, corrupt, unavailable,
+    LIST_SCAN_LIMIT, Lease, Millis, NewDelivery, NewEvent, Next, Page, Reconciled, ReplayCount, ReplayJob,
+    SharedLimits, Store, StoreError, StoredEvent, TimelineEntry, corrupt, unavailable,
 };
 
 /// Schedule entries or orphaned deliveries one reconciling script call
@@ -246,21 +246,11 @@ impl Store for RedisStore {
         limit: usize,
         visibility_ms: u64,
     ) -> Result<Vec<Claim>, StoreError> {
-        self.claim(endpoint, now, limit, visibility_ms, SharedLimits::default()).await
+        self.claim(endpoint, now, limit, visibility_ms, SharedLimits::default(), &[]).await
     }
 
     fn shares_limits(&self) -> bool {
         true
-    }
-
-    async fn return_lease(&self, endpoint: &str, delivery_id: &DeliveryId, claim_token: u64) -> Result<(), StoreError> {
-        // The member names the claim: a takeover's lease is another member.
-        let _: i64 = self
-            .conn()
-            .zrem(self.key(&format!("slots:{endpoint}")), format!("{delivery_id}:{claim_token}"))
-            .await
-            .map_err(unavailable)?;
-        Ok(())
     }
 
     async fn claim_due_within(
@@ -270,8 +260,9 @@ impl Store for RedisStore {
         limit: usize,
         visibility_ms: u64,
         shared: SharedLimits,
+        returned: &[Lease],
     ) -> Result<Vec<Claim>, StoreError> {
-        self.claim(endpoint, now, limit, visibility_ms, shared).await
+        self.claim(endpoint, now, limit, visibility_ms, shared, returned).await
     }
 
     async fn finish(

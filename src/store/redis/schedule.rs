@@ -19,11 +19,12 @@
 //! across every relay on the prefix: the claim script keeps a lease per
 //! claimed delivery in `slots:NAME` (a sorted set scored by the claim's
 //! deadline) and a token bucket in `bucket:NAME`, and claims no more than
-//! both allow. The lease ("id:token") goes back when the request is over
-//! (`return_lease`, delivery holding its local slot until then), or at the
-//! finish or release at the latest; a relay killed while holding leases gives them
-//! back at their deadline (the visibility timeout), when its claims can be
-//! taken over too.
+//! both allow. The lease ("id:token") goes back when the request is over:
+//! the relay's next claim to the endpoint names it, and the claim script
+//! removes it before counting, with no round trip of its own; at the latest
+//! it goes with the finish or release. A relay killed while holding leases
+//! gives them back at their deadline (the visibility timeout), when its
+//! claims can be taken over too.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -33,7 +34,7 @@ use super::conn::Conn;
 
 use super::{Claim, Delivery, Millis, RedisStore, StoreError, decode, unavailable};
 use crate::http::Chain;
-use crate::store::SharedLimits;
+use crate::store::{Lease, SharedLimits};
 
 /// How often the offset between the clocks is measured again.
 pub(super) const REFRESH: Duration = Duration::from_secs(5);
@@ -123,6 +124,7 @@ impl RedisStore {
         limit: usize,
         visibility_ms: u64,
         shared: SharedLimits,
+        returned: &[Lease],
     ) -> Result<Vec<Claim>, StoreError> {
         let (per_second, burst) = shared.rate.unwrap_or((0, 0));
         let mut inv = self.scripts.claim.prepare_invoke();
@@ -142,6 +144,9 @@ impl RedisStore {
             .arg(burst)
             .arg(crate::store::now_millis())
             .arg(self.clock.offset());
+        for lease in returned {
+            inv.arg(format!("{}:{}", lease.delivery_id, lease.claim_token));
+        }
         let raw: Vec<Vec<u8>> = self.invoke(&inv, false).await?;
         let Some((redis_now, pairs)) = raw.split_first() else {
             return Err(unavailable("the claim script answered without its clock"));

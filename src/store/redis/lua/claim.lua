@@ -1,7 +1,9 @@
 -- KEYS: due, counts, slots, bucket. ARGV: now, limit, visibility, key
 -- prefix, token base, shared max_in_flight (0: none), rate per second and
 -- burst (0: none), the relay's clock at sending, and the offset of Redis's
--- clock from the relay's, as the relay last measured it.
+-- clock from the relay's, as the relay last measured it; then the leases
+-- ("id:token") of this relay's claims whose request is over, to give back
+-- before counting the slots taken.
 -- Returns Redis's "now" of the claim, then (delivery json, event json) pairs.
 -- Claim tokens are the random
 -- base plus the claim's place in the batch, not the old token plus one: a
@@ -27,6 +29,11 @@ local limit = tonumber(ARGV[2])
 -- Shared limits: a lease per delivery in flight ("id:token"), to its
 -- claim's deadline; tokens refilled at the rate, up to the burst.
 local slots, rate, burst = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+if #ARGV > 10 then
+  local returned = {}
+  for i = 11, #ARGV do returned[#returned + 1] = ARGV[i] end
+  each_slice(returned, function(...) redis.call('ZREM', KEYS[3], ...) end)
+end
 if slots > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
   limit = math.min(limit, slots - redis.call('ZCARD', KEYS[3]))
