@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::common::*;
-use crate::redis_replicas::{TcpRedis, connect, redis_relay_config, replicated};
+use crate::redis_replicas::{NodeTls, TcpRedis, client_for, connect, redis_relay_config, replicated};
 use ipn_relay::config::Config;
 use ipn_relay::store::Store;
 
@@ -22,6 +22,7 @@ pub(crate) struct SentinelSet {
     pub sentinels: Vec<TcpRedis>,
     replicas: usize,
     password: Option<String>,
+    tls: Option<NodeTls>,
 }
 
 impl SentinelSet {
@@ -31,28 +32,40 @@ impl SentinelSet {
 
     /// With `password`, the sentinels require it (and give it to each other).
     pub async fn start_with(replicas: usize, password: Option<&str>) -> SentinelSet {
+        SentinelSet::start_on(replicas, password, None).await
+    }
+
+    /// Nodes and sentinels that speak only TLS, with `tls`'s files.
+    pub async fn start_tls(replicas: usize, tls: NodeTls) -> SentinelSet {
+        SentinelSet::start_on(replicas, None, Some(tls)).await
+    }
+
+    async fn start_on(replicas: usize, password: Option<&str>, tls: Option<NodeTls>) -> SentinelSet {
         // Every node keeps an append-only file, as a production node that
         // restarts by itself must: one that came back empty as a primary
         // would hand its replicas an empty dataset.
-        let primary = TcpRedis::start(&["--appendonly", "yes"]);
+        let primary = TcpRedis::start_with(&["--appendonly", "yes"], tls.as_ref());
         let port = primary.port.to_string();
         let mut nodes = vec![primary];
         for _ in 0..replicas {
-            nodes.push(TcpRedis::start(&["--appendonly", "yes", "--replicaof", "127.0.0.1", &port]));
+            nodes.push(TcpRedis::start_with(&["--appendonly", "yes", "--replicaof", "127.0.0.1", &port], tls.as_ref()));
         }
         replicated(&nodes[0], replicas as i64).await;
         let sentinels = (0..3)
             .map(|_| {
-                TcpRedis::start_sentinel(&format!(
-                    "sentinel monitor {MASTER} 127.0.0.1 {port} 2\n\
+                TcpRedis::start_sentinel_with(
+                    &format!(
+                        "sentinel monitor {MASTER} 127.0.0.1 {port} 2\n\
                      sentinel down-after-milliseconds {MASTER} 2000\n\
                      sentinel failover-timeout {MASTER} 3000\n\
                      sentinel parallel-syncs {MASTER} 2\n{}",
-                    password.map(|p| format!("requirepass {p}\nsentinel sentinel-pass {p}\n")).unwrap_or_default()
-                ))
+                        password.map(|p| format!("requirepass {p}\nsentinel sentinel-pass {p}\n")).unwrap_or_default()
+                    ),
+                    tls.as_ref(),
+                )
             })
             .collect();
-        let set = SentinelSet { nodes, sentinels, replicas, password: password.map(str::to_owned) };
+        let set = SentinelSet { nodes, sentinels, replicas, password: password.map(str::to_owned), tls };
         // Every sentinel knows the replicas and the other sentinels.
         let until = Instant::now() + Duration::from_secs(30);
         loop {
@@ -72,11 +85,7 @@ impl SentinelSet {
     }
 
     async fn ask<T: redis::FromRedisValue>(&self, sentinel: &TcpRedis, args: &[&str]) -> Option<T> {
-        let url = match &self.password {
-            Some(p) => format!("redis://:{p}@127.0.0.1:{}/", sentinel.port),
-            None => sentinel.url(),
-        };
-        let client = redis::Client::open(url).ok()?;
+        let client = client_for(sentinel.port, self.tls.as_ref(), self.password.as_deref());
         let mut conn = client.get_multiplexed_async_connection().await.ok()?;
         redis::cmd(args[0]).arg(&args[1..]).query_async(&mut conn).await.ok()
     }
@@ -100,8 +109,7 @@ impl SentinelSet {
         let until = Instant::now() + Duration::from_secs(60);
         while Instant::now() < until {
             if let Some(port) = self.primary_port().await {
-                let url = format!("redis://127.0.0.1:{port}/");
-                let client = redis::Client::open(url).unwrap();
+                let client = client_for(port, self.tls.as_ref(), None);
                 if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
                     let set: redis::RedisResult<()> =
                         redis::cmd("SET").arg("probe").arg(1).query_async(&mut conn).await;
@@ -121,7 +129,7 @@ impl SentinelSet {
     pub async fn roles(&self) -> String {
         let mut out = Vec::new();
         for node in &self.nodes {
-            let client = redis::Client::open(node.url()).unwrap();
+            let client = node.client();
             let line = match client.get_multiplexed_async_connection().await {
                 Ok(mut conn) => {
                     let info: String =
@@ -144,10 +152,16 @@ impl SentinelSet {
         out.join(" | ")
     }
 
+    /// The relay's `[store]` keys for this set (`rediss://` and the test CA
+    /// when it speaks TLS).
     pub fn store_toml(&self, prefix: &str, replicas: u32) -> String {
         let sentinels: Vec<String> = self.sentinels.iter().map(|s| format!("\"127.0.0.1:{}\"", s.port)).collect();
+        let (scheme, ca) = match &self.tls {
+            Some(tls) => ("rediss", format!("\ntls_ca_file = \"{}\"", tls.ca.display())),
+            None => ("redis", String::new()),
+        };
         format!(
-            "kind = \"redis\"\nurl = \"redis://127.0.0.1/0\"\nprefix = \"{prefix}\"\nsentinels = [{}]\nmaster_name = \"{MASTER}\"\nmin_replicas_ack = {replicas}\nreplica_ack_timeout = \"300ms\"",
+            "kind = \"redis\"\nurl = \"{scheme}://127.0.0.1/0\"\nprefix = \"{prefix}\"\nsentinels = [{}]\nmaster_name = \"{MASTER}\"\nmin_replicas_ack = {replicas}\nreplica_ack_timeout = \"300ms\"{ca}",
             sentinels.join(", ")
         )
     }

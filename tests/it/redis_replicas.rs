@@ -15,6 +15,43 @@ pub(crate) struct TcpRedis {
     child: std::process::Child,
     pub(crate) port: u16,
     dir: tempfile::TempDir,
+    tls: Option<NodeTls>,
+}
+
+/// TLS for test nodes and sentinels: each speaks only TLS on its port,
+/// replicates and watches the others over TLS, and asks its clients for no
+/// certificate (client certificates are tested in `redis_tls`).
+#[derive(Clone)]
+pub(crate) struct NodeTls {
+    pub ca: std::path::PathBuf,
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+}
+
+impl NodeTls {
+    /// The configuration lines that put a node or sentinel on TLS at `port`.
+    fn config(&self, port: u16) -> String {
+        format!(
+            "port 0\ntls-port {port}\ntls-cert-file \"{}\"\ntls-key-file \"{}\"\ntls-ca-cert-file \"{}\"\ntls-replication yes\ntls-auth-clients no\n",
+            self.cert.display(),
+            self.key.display(),
+            self.ca.display()
+        )
+    }
+}
+
+/// A client of the node or sentinel at `port`, over TLS trusting the test
+/// CA when `tls` says so, with `password` if any.
+pub(crate) fn client_for(port: u16, tls: Option<&NodeTls>, password: Option<&str>) -> redis::Client {
+    let auth = password.map(|p| format!(":{p}@")).unwrap_or_default();
+    match tls {
+        None => redis::Client::open(format!("redis://{auth}127.0.0.1:{port}/")).unwrap(),
+        Some(tls) => {
+            let root_cert = Some(std::fs::read(&tls.ca).unwrap());
+            let certs = redis::TlsCertificates { client_tls: None, root_cert };
+            redis::Client::build_with_tls(format!("rediss://{auth}127.0.0.1:{port}/"), certs).unwrap()
+        }
+    }
 }
 
 /// Waits until something listens on `port`.
@@ -28,8 +65,13 @@ fn listening(port: u16) {
 
 impl TcpRedis {
     pub(crate) fn start(args: &[&str]) -> TcpRedis {
+        TcpRedis::start_with(args, None)
+    }
+
+    /// On TLS alone, with `tls`'s files.
+    pub(crate) fn start_with(args: &[&str], tls: Option<&NodeTls>) -> TcpRedis {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        TcpRedis::start_on(port, args)
+        TcpRedis::start_on(port, args, tls)
     }
 
     /// A Redis Cluster node: its data port and its cluster bus port, picked
@@ -42,17 +84,18 @@ impl TcpRedis {
         let bus_port = bus_port.to_string();
         let mut all = vec!["--cluster-enabled", "yes", "--cluster-port", &bus_port];
         all.extend_from_slice(args);
-        TcpRedis::start_on(port, &all)
+        TcpRedis::start_on(port, &all, None)
     }
 
     /// Starts from a config file in the node's own directory, written from
     /// `args` (`--key value …`). Sentinel rewrites that file when it turns
     /// the node into a replica (`CONFIG REWRITE`), so a restarted node comes
     /// back in the role it last had, as it would in production.
-    fn start_on(port: u16, args: &[&str]) -> TcpRedis {
+    fn start_on(port: u16, args: &[&str], tls: Option<&NodeTls>) -> TcpRedis {
         let dir = tempfile::tempdir().unwrap();
+        let listen = tls.map_or_else(|| format!("port {port}\n"), |t| t.config(port));
         let mut text = format!(
-            "port {port}\nbind 127.0.0.1\nsave \"\"\nrepl-diskless-sync-delay 0\ndir \"{}\"\nlogfile \"{}/redis.log\"\n",
+            "{listen}bind 127.0.0.1\nsave \"\"\nrepl-diskless-sync-delay 0\ndir \"{}\"\nlogfile \"{}/redis.log\"\n",
             dir.path().display(),
             dir.path().display()
         );
@@ -66,7 +109,7 @@ impl TcpRedis {
         text.push('\n');
         std::fs::write(dir.path().join("redis.conf"), text).unwrap();
         let child = TcpRedis::spawn(dir.path(), port);
-        TcpRedis { child, port, dir }
+        TcpRedis { child, port, dir, tls: tls.cloned() }
     }
 
     fn spawn(dir: &std::path::Path, port: u16) -> std::process::Child {
@@ -83,11 +126,16 @@ impl TcpRedis {
     /// `sentinel monitor` lines). Sentinel rewrites its file, which lives
     /// in the sentinel's own directory.
     pub(crate) fn start_sentinel(config: &str) -> TcpRedis {
+        TcpRedis::start_sentinel_with(config, None)
+    }
+
+    /// A sentinel on TLS alone, with `tls`'s files.
+    pub(crate) fn start_sentinel_with(config: &str, tls: Option<&NodeTls>) -> TcpRedis {
         let dir = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let file = dir.path().join("sentinel.conf");
-        let text =
-            format!("port {port}\nbind 127.0.0.1\ndir {0}\nlogfile {0}/sentinel.log\n{config}", dir.path().display());
+        let listen = tls.map_or_else(|| format!("port {port}\n"), |t| t.config(port));
+        let text = format!("{listen}bind 127.0.0.1\ndir {0}\nlogfile {0}/sentinel.log\n{config}", dir.path().display());
         std::fs::write(&file, text).unwrap();
         let child = std::process::Command::new("redis-server")
             .arg(&file)
@@ -96,7 +144,7 @@ impl TcpRedis {
             .spawn()
             .expect("redis-server must be installed (scripts/test installs it)");
         listening(port);
-        TcpRedis { child, port, dir }
+        TcpRedis { child, port, dir, tls: tls.cloned() }
     }
 
     /// What a sentinel logged so far.
@@ -106,6 +154,11 @@ impl TcpRedis {
 
     pub(crate) fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// A client of this node, over TLS if it speaks TLS.
+    pub(crate) fn client(&self) -> redis::Client {
+        client_for(self.port, self.tls.as_ref(), None)
     }
 
     pub(crate) fn kill(&mut self) {
@@ -128,7 +181,7 @@ impl Drop for TcpRedis {
 /// Waits until a write on `primary` is confirmed by `n` replicas: right
 /// after a full sync `WAIT` can answer 0 for a moment.
 pub(crate) async fn replicated(primary: &TcpRedis, n: i64) {
-    let client = redis::Client::open(primary.url()).unwrap();
+    let client = primary.client();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     for _ in 0..200 {
         let _: () = redis::cmd("SET").arg("probe").arg(1).query_async(&mut conn).await.unwrap();

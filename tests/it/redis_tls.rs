@@ -2,12 +2,15 @@
 //! certificates made here (a CA, a server certificate for 127.0.0.1, a
 //! client certificate). The relay connects with `rediss://`, its CA and its
 //! client certificate (rustls, no OpenSSL); without the client certificate,
-//! or trusting another CA, it refuses to start, saying why.
+//! or trusting another CA, it refuses to start, saying why. Sentinel over
+//! TLS, with nodes and sentinels that speak only TLS, follows a failover.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::common::*;
+use crate::redis_failover::SentinelSet;
+use crate::redis_replicas::{NodeTls, connect, redis_relay_config};
 use ipn_relay::config::{RedisOptions, RedisTls};
 use ipn_relay::store::Store;
 use ipn_relay::store::redis::RedisStore;
@@ -165,4 +168,48 @@ async fn the_relay_serves_on_a_tls_redis() {
     let (status, v) = post_to(&c, relay.addr, payment_ipn(31337, "finished")).await.unwrap();
     assert_eq!((status, v["status"].as_str()), (200, Some("accepted")), "{v}");
     assert!(eventually(Duration::from_secs(10), || receiver.received().len() == 1).await);
+}
+
+/// Sentinel over TLS: a primary, a replica and three sentinels that speak
+/// only TLS (they replicate and watch each other over it). The relay asks
+/// the sentinels over TLS, reaches the primary they name over TLS, trusting
+/// the test CA (`tls_ca_file`), and follows a failover by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_follows_a_failover_among_sentinels_and_nodes_on_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = pki(dir.path(), "sentinel");
+    let tls = NodeTls { ca: good.ca.clone(), cert: good.server_cert.clone(), key: good.server_key.clone() };
+    let mut set = SentinelSet::start_tls(1, tls).await;
+    let config = redis_relay_config(&set.store_toml("sentinel-tls", 0), "http://127.0.0.1:9/", "");
+    let served = Served::start(config.clone(), std::sync::Arc::new(connect(&config).await)).await;
+    let c = client();
+    let (status, v) = post_to(&c, served.addr, payment_ipn(4101, "finished")).await.unwrap();
+    assert_eq!((status, v["status"].as_str()), (200, Some("accepted")), "{v}");
+    let before = v["id"].as_str().unwrap().to_owned();
+    assert!(set.settled().await, "the replica has the first callback");
+
+    let old = set.primary_port().await.expect("a primary");
+    set.nodes.iter_mut().find(|n| n.port == old).expect("one of ours").kill();
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    while set.primary_port().await.is_none_or(|p| p == old) {
+        assert!(std::time::Instant::now() < until, "Sentinel promoted no replica");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The relay finds the new primary through the sentinels, over TLS:
+    // 503s during the gap, then the next callback is stored.
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    let after = loop {
+        match post_to(&c, served.addr, payment_ipn(4102, "finished")).await {
+            Some((200, v)) => break v["id"].as_str().unwrap().to_owned(),
+            Some((503, _)) | None => {}
+            Some((status, v)) => panic!("{status} {v}"),
+        }
+        assert!(std::time::Instant::now() < until, "the relay did not follow the failover");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let store = connect(&config).await;
+    for id in [before, after] {
+        assert!(store.event(&id.as_str().into()).await.unwrap().is_some(), "{id} is on the new primary");
+    }
+    let _ = served.stop.send(());
 }
