@@ -152,12 +152,20 @@ impl SentinelSet {
         out.join(" | ")
     }
 
-    /// The relay's `[store]` keys for this set (`rediss://` and the test CA
-    /// when it speaks TLS).
+    /// The relay's `[store]` keys for this set (`rediss://`, the test CA
+    /// and the client certificate when it speaks TLS).
     pub fn store_toml(&self, prefix: &str, replicas: u32) -> String {
         let sentinels: Vec<String> = self.sentinels.iter().map(|s| format!("\"127.0.0.1:{}\"", s.port)).collect();
         let (scheme, ca) = match &self.tls {
-            Some(tls) => ("rediss", format!("\ntls_ca_file = \"{}\"", tls.ca.display())),
+            Some(tls) => (
+                "rediss",
+                format!(
+                    "\ntls_ca_file = \"{}\"\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"",
+                    tls.ca.display(),
+                    tls.client_cert.display(),
+                    tls.client_key.display()
+                ),
+            ),
             None => ("redis", String::new()),
         };
         format!(

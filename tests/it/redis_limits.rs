@@ -43,7 +43,6 @@ async fn shared_slots_hold_across_stores_and_come_back_at_finish_release_or_leas
     let more = b.claim_due_within("be", 1000, 10, 60_000, four, &[]).await.unwrap();
     assert_eq!(more.len(), 1, "one slot was left");
     assert!(b.claim_due_within("be", 1000, 10, 60_000, four, &[]).await.unwrap().is_empty(), "all four held");
-    // Without shared limits (the embedded store's way) nothing holds back.
     // A finish gives its slot back, and so does a release.
     let d = &held[0].delivery;
     assert!(a.finish(&d.id, d.claim_token, attempt(1001, 200), Next::Delivered).await.unwrap());

@@ -19,36 +19,46 @@ pub(crate) struct TcpRedis {
 }
 
 /// TLS for test nodes and sentinels: each speaks only TLS on its port,
-/// replicates and watches the others over TLS, and asks its clients for no
-/// certificate (client certificates are tested in `redis_tls`).
+/// replicates and watches the others over TLS, and asks every client for a
+/// certificate the CA signed (they present `client_cert` to each other).
 #[derive(Clone)]
 pub(crate) struct NodeTls {
     pub ca: std::path::PathBuf,
     pub cert: std::path::PathBuf,
     pub key: std::path::PathBuf,
+    pub client_cert: std::path::PathBuf,
+    pub client_key: std::path::PathBuf,
 }
 
 impl NodeTls {
     /// The configuration lines that put a node or sentinel on TLS at `port`.
     fn config(&self, port: u16) -> String {
         format!(
-            "port 0\ntls-port {port}\ntls-cert-file \"{}\"\ntls-key-file \"{}\"\ntls-ca-cert-file \"{}\"\ntls-replication yes\ntls-auth-clients no\n",
+            "port 0\ntls-port {port}\ntls-cert-file \"{}\"\ntls-key-file \"{}\"\ntls-ca-cert-file \"{}\"\n\
+             tls-client-cert-file \"{}\"\ntls-client-key-file \"{}\"\ntls-replication yes\ntls-auth-clients yes\n",
             self.cert.display(),
             self.key.display(),
-            self.ca.display()
+            self.ca.display(),
+            self.client_cert.display(),
+            self.client_key.display()
         )
     }
 }
 
-/// A client of the node or sentinel at `port`, over TLS trusting the test
-/// CA when `tls` says so, with `password` if any.
+/// A client of the node or sentinel at `port`, over TLS (trusting the test
+/// CA, with the client certificate) when `tls` says so, with `password` if
+/// any.
 pub(crate) fn client_for(port: u16, tls: Option<&NodeTls>, password: Option<&str>) -> redis::Client {
     let auth = password.map(|p| format!(":{p}@")).unwrap_or_default();
     match tls {
         None => redis::Client::open(format!("redis://{auth}127.0.0.1:{port}/")).unwrap(),
         Some(tls) => {
             let root_cert = Some(std::fs::read(&tls.ca).unwrap());
-            let certs = redis::TlsCertificates { client_tls: None, root_cert };
+            let client_tls = Some(redis::ClientTlsConfig {
+                client_cert: std::fs::read(&tls.client_cert).unwrap(),
+                client_key: std::fs::read(&tls.client_key).unwrap(),
+            });
+            let certs = redis::TlsCertificates { client_tls, root_cert };
             redis::Client::build_with_tls(format!("rediss://{auth}127.0.0.1:{port}/"), certs).unwrap()
         }
     }

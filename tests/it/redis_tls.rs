@@ -171,14 +171,22 @@ async fn the_relay_serves_on_a_tls_redis() {
 }
 
 /// Sentinel over TLS: a primary, a replica and three sentinels that speak
-/// only TLS (they replicate and watch each other over it). The relay asks
-/// the sentinels over TLS, reaches the primary they name over TLS, trusting
-/// the test CA (`tls_ca_file`), and follows a failover by itself.
+/// only TLS (they replicate and watch each other over it) and ask every
+/// client for a certificate. The relay asks the sentinels over TLS, reaches
+/// the primary they name over TLS, trusting the test CA (`tls_ca_file`) and
+/// showing its client certificate to both, and follows a failover by
+/// itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_relay_follows_a_failover_among_sentinels_and_nodes_on_tls() {
     let dir = tempfile::tempdir().unwrap();
     let good = pki(dir.path(), "sentinel");
-    let tls = NodeTls { ca: good.ca.clone(), cert: good.server_cert.clone(), key: good.server_key.clone() };
+    let tls = NodeTls {
+        ca: good.ca.clone(),
+        cert: good.server_cert.clone(),
+        key: good.server_key.clone(),
+        client_cert: good.client_cert.clone(),
+        client_key: good.client_key.clone(),
+    };
     let mut set = SentinelSet::start_tls(1, tls).await;
     let config = redis_relay_config(&set.store_toml("sentinel-tls", 0), "http://127.0.0.1:9/", "");
     let served = Served::start(config.clone(), std::sync::Arc::new(connect(&config).await)).await;
