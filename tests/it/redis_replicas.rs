@@ -217,7 +217,7 @@ pub(crate) fn redis_relay_config(store: &str, backend_url: &str, extra: &str) ->
 
 fn relay_config(url: &str, replicas: u32) -> Arc<Config> {
     let store = format!(
-        "kind = \"redis\"\nurl = \"{url}\"\nprefix = \"acks\"\nmin_replicas_ack = {replicas}\nreplica_ack_timeout = \"300ms\""
+        "kind = \"redis\"\nurl = \"{url}\"\nprefix = \"acks\"\nmin_replicas_ack = {replicas}\nreplica_ack_timeout = \"1s\""
     );
     redis_relay_config(&store, "http://127.0.0.1:9/", "")
 }
@@ -253,7 +253,8 @@ async fn an_admission_waits_for_a_replica_and_is_503_without_one() {
     let started = std::time::Instant::now();
     let (status, v) = post_to(&c, served.addr, payment_ipn(2, "finished")).await.unwrap();
     assert_eq!((status, error_code(&v)), (503, "unavailable"), "{v}");
-    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    // Within the 1 s timeout and a margin for a loaded machine, not hung.
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
     // The provider's retry once a replica is back: duplicate, and a 200.
     replica.restart();
     replicated(&primary, 1).await;
