@@ -102,6 +102,19 @@ impl SentinelSet {
         votes.into_iter().find(|(_, n)| *n >= 2).map(|(port, _)| port)
     }
 
+    /// Kills the primary and waits until the sentinels name another;
+    /// returns the killed node's port.
+    pub async fn kill_primary(&mut self) -> u16 {
+        let old = self.primary_port().await.expect("a primary");
+        self.nodes.iter_mut().find(|n| n.port == old).expect("the primary is one of ours").kill();
+        let until = Instant::now() + Duration::from_secs(30);
+        while self.primary_port().await.is_none_or(|p| p == old) {
+            assert!(Instant::now() < until, "Sentinel promoted no replica after {old} was killed");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        old
+    }
+
     /// Waits until the primary the sentinels name has every replica in
     /// sync. A loaded machine may see a second, spurious failover meanwhile
     /// (a primary busy past `down-after-milliseconds`): asked again then.
@@ -220,15 +233,9 @@ async fn kill_the_primary(replicas: usize, acks: u32, cycles: usize) -> (usize, 
         })
         .collect();
     for cycle in 0..cycles {
-        let old = set.primary_port().await.expect("a primary");
         let accepted_before = seen.lock().unwrap().accepted.len();
-        let node = set.nodes.iter_mut().find(|n| n.port == old).expect("the primary is one of ours");
-        node.kill();
-        let until = Instant::now() + Duration::from_secs(30);
-        while set.primary_port().await.is_none_or(|p| p == old) {
-            assert!(Instant::now() < until, "cycle {cycle}: Sentinel promoted no replica");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        eprintln!("cycle {cycle}: killing the primary");
+        let old = set.kill_primary().await;
         // The killed node comes back; Sentinel makes it a replica of the new
         // primary (which, with one replica and min_replicas_ack = 1, answers
         // no admission before it has one).

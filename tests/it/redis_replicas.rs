@@ -30,6 +30,12 @@ pub(crate) struct NodeTls {
     pub client_key: std::path::PathBuf,
 }
 
+/// The configuration lines that make a node or sentinel listen at `port`:
+/// plain TCP, or TLS alone with `tls`'s files.
+fn listen(port: u16, tls: Option<&NodeTls>) -> String {
+    tls.map_or_else(|| format!("port {port}\n"), |t| t.config(port))
+}
+
 impl NodeTls {
     /// The configuration lines that put a node or sentinel on TLS at `port`.
     fn config(&self, port: u16) -> String {
@@ -103,7 +109,7 @@ impl TcpRedis {
     /// back in the role it last had, as it would in production.
     fn start_on(port: u16, args: &[&str], tls: Option<&NodeTls>) -> TcpRedis {
         let dir = tempfile::tempdir().unwrap();
-        let listen = tls.map_or_else(|| format!("port {port}\n"), |t| t.config(port));
+        let listen = listen(port, tls);
         let mut text = format!(
             "{listen}bind 127.0.0.1\nsave \"\"\nrepl-diskless-sync-delay 0\ndir \"{}\"\nlogfile \"{}/redis.log\"\n",
             dir.path().display(),
@@ -144,7 +150,7 @@ impl TcpRedis {
         let dir = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let file = dir.path().join("sentinel.conf");
-        let listen = tls.map_or_else(|| format!("port {port}\n"), |t| t.config(port));
+        let listen = listen(port, tls);
         let text = format!("{listen}bind 127.0.0.1\ndir {0}\nlogfile {0}/sentinel.log\n{config}", dir.path().display());
         std::fs::write(&file, text).unwrap();
         let child = std::process::Command::new("redis-server")

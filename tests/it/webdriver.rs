@@ -53,16 +53,22 @@ impl Browser {
     }
 
     async fn send(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
+        self.try_send(method, path, body).await.unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The command's value, or why there is none.
+    async fn try_send(&self, method: reqwest::Method, path: &str, body: Value) -> Result<Value, String> {
         let mut req = self.http.request(method.clone(), format!("{}{path}", self.base));
         if method == reqwest::Method::POST {
             req = req.header("content-type", "application/json").body(body.to_string());
         }
-        let text = req.send().await.unwrap().text().await.unwrap();
-        let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("WebDriver {path}: {e}: {text}"));
+        let failed = |e: reqwest::Error| format!("WebDriver {path}: {e}");
+        let text = req.send().await.map_err(failed)?.text().await.map_err(failed)?;
+        let v: Value = serde_json::from_str(&text).map_err(|e| format!("WebDriver {path}: {e}: {text}"))?;
         if let Some(e) = v["value"].get("error") {
-            panic!("WebDriver {path}: {e}: {}", v["value"]["message"]);
+            return Err(format!("WebDriver {path}: {e}: {}", v["value"]["message"]));
         }
-        v.get("value").cloned().unwrap_or(v)
+        Ok(v.get("value").cloned().unwrap_or(v))
     }
 
     pub async fn goto(&self, url: &str) {
@@ -101,17 +107,7 @@ impl Browser {
             // ask again.
             let loaded = "return window.__left === undefined && document.readyState === 'complete'";
             let body = json!({"script": loaded, "args": []});
-            let answer = self
-                .http
-                .post(format!("{}/execute/sync", self.base))
-                .header("content-type", "application/json")
-                .body(body.to_string())
-                .send()
-                .await;
-            if let Ok(r) = answer
-                && let Ok(text) = r.text().await
-                && serde_json::from_str::<Value>(&text).is_ok_and(|v| v["value"] == Value::Bool(true))
-            {
+            if self.try_send(reqwest::Method::POST, "/execute/sync", body).await == Ok(Value::Bool(true)) {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
